@@ -1,0 +1,136 @@
+// Schema and CPU implementation of se_fairseq::select.
+#include <Python.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "se_select.h"
+
+extern "C" {
+// Importing se_fairseq._C loads the library, which registers the operator.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr,
+                                          -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace se_fairseq {
+
+namespace {
+
+double selection_key(float score, int64_t pos, int64_t mode,
+                     double temperature, uint64_t seed) {
+  const double s = static_cast<double>(score);
+  if (mode != kSample) return s;
+  const double u = hash_uniform(seed, static_cast<uint64_t>(pos) + 1);
+  return s / temperature - std::log(-std::log(u));
+}
+
+void select_row(const float* scores, const bool* eligible, int64_t length,
+                int64_t mode, double ratio, int64_t fixed_k, double threshold,
+                double temperature, uint64_t seed, bool* out,
+                std::vector<int64_t>& positions, std::vector<double>& keys) {
+  positions.clear();
+  for (int64_t p = 0; p < length; ++p) {
+    if (!eligible[p]) continue;
+    TORCH_CHECK(!std::isnan(scores[p]), "se_fairseq::select: NaN score at "
+                "position ", p, " of a row; score files and online scores "
+                "must be finite or +/-inf");
+    positions.push_back(p);
+  }
+  const int64_t n = static_cast<int64_t>(positions.size());
+  if (mode == kThreshold) {
+    for (int64_t p : positions) out[p] = scores[p] > threshold;
+    return;
+  }
+  int64_t k = fixed_k >= 0 ? std::min(fixed_k, n)
+                           : rounded_count(ratio, n, seed);
+  if (k == 0) return;
+  if (k < n) {
+    keys.resize(length);
+    for (int64_t p : positions)
+      keys[p] = selection_key(scores[p], p, mode, temperature, seed);
+    auto before = [&](int64_t a, int64_t b) {
+      return ranks_before(keys[a], a, keys[b], b);
+    };
+    std::nth_element(positions.begin(), positions.begin() + (k - 1),
+                     positions.end(), before);
+  }
+  for (int64_t i = 0; i < k; ++i) out[positions[i]] = true;
+}
+
+}  // namespace
+
+at::Tensor select_cpu(const at::Tensor& scores, const at::Tensor& eligible,
+                      const at::Tensor& seeds,
+                      const std::optional<at::Tensor>& num_select,
+                      double ratio, int64_t mode, double threshold,
+                      double temperature) {
+  TORCH_CHECK(scores.dim() == 2, "se_fairseq::select: scores must be 2-D "
+              "(rows x positions), got ", scores.dim(), "-D");
+  TORCH_CHECK(scores.scalar_type() == at::kFloat,
+              "se_fairseq::select: scores must be float32");
+  TORCH_CHECK(eligible.scalar_type() == at::kBool &&
+                  eligible.sizes() == scores.sizes(),
+              "se_fairseq::select: eligible must be a bool tensor shaped like "
+              "scores");
+  TORCH_CHECK(seeds.scalar_type() == at::kLong && seeds.dim() == 1 &&
+                  seeds.size(0) == scores.size(0),
+              "se_fairseq::select: seeds must be int64 with one per row");
+  TORCH_CHECK(mode == kTopK || mode == kThreshold || mode == kSample,
+              "se_fairseq::select: unknown mode ", mode);
+  TORCH_CHECK(mode == kThreshold || num_select.has_value() ||
+                  (ratio >= 0.0 && ratio <= 1.0),
+              "se_fairseq::select: ratio must lie in [0, 1], got ", ratio);
+  TORCH_CHECK(mode != kSample || temperature > 0.0,
+              "se_fairseq::select: temperature must be positive, got ",
+              temperature);
+
+  const auto scores_c = scores.contiguous();
+  const auto eligible_c = eligible.contiguous();
+  const auto seeds_c = seeds.contiguous();
+  at::Tensor k_c;
+  if (num_select.has_value()) {
+    k_c = num_select->to(at::kLong).contiguous();
+    TORCH_CHECK(k_c.dim() == 1 && k_c.size(0) == scores.size(0),
+                "se_fairseq::select: num_select must hold one count per row");
+  }
+  auto out = at::zeros(scores.sizes(), scores.options().dtype(at::kBool));
+
+  const int64_t rows = scores.size(0);
+  const int64_t length = scores.size(1);
+  const float* s = scores_c.data_ptr<float>();
+  const bool* e = eligible_c.data_ptr<bool>();
+  const int64_t* sd = seeds_c.data_ptr<int64_t>();
+  const int64_t* kp = k_c.defined() ? k_c.data_ptr<int64_t>() : nullptr;
+  bool* o = out.data_ptr<bool>();
+
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> positions;
+    std::vector<double> keys;
+    positions.reserve(length);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t fixed_k = kp ? std::max<int64_t>(kp[r], 0) : -1;
+      select_row(s + r * length, e + r * length, length, mode, ratio, fixed_k,
+                 threshold, temperature, static_cast<uint64_t>(sd[r]),
+                 o + r * length, positions, keys);
+    }
+  });
+  return out;
+}
+
+TORCH_LIBRARY(se_fairseq, m) {
+  m.def(
+      "select(Tensor scores, Tensor eligible, Tensor seeds, Tensor? "
+      "num_select, float ratio, int mode, float threshold, float temperature) "
+      "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(se_fairseq, CPU, m) { m.impl("select", &select_cpu); }
+
+}  // namespace se_fairseq

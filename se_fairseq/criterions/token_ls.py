@@ -1,0 +1,139 @@
+"""Criterion ``token_ls``: Token-specific Label Smoothing (TLS).
+
+For a masked position i the target is (1 - alpha) * onehot(x_i) + alpha * p_ref_i,
+where p_ref_i is the model's own prediction at i on the unmasked input (eval
+mode, no gradient). The cross-entropy against that target decomposes into
+(1 - alpha) * NLL(x_i) + alpha * CE(p_ref_i, p_i), so no dense soft target is
+built, and both forwards project only the masked positions through the LM head.
+"""
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.logging import metrics
+
+TLS_REF_CHOICES = ChoiceEnum(["model", "uniform"])
+
+
+@dataclass
+class TokenLabelSmoothingConfig(FairseqDataclass):
+    tls_alpha: float = field(
+        default=0.1,
+        metadata={"help": "weight of the reference distribution in the target (0 = plain MLM)"},
+    )
+    tls_ref: TLS_REF_CHOICES = field(
+        default="model",
+        metadata={
+            "help": "reference distribution: model = the model's own prediction on the "
+            "unmasked input (TLS); uniform = ordinary label smoothing"
+        },
+    )
+
+
+def unwrap_model(model):
+    """The module under data-parallel wrappers, so the reference forward runs no
+    DDP hooks. Fully-sharded wrappers are kept: their forward gathers the weights."""
+    while hasattr(model, "module") and "FullySharded" not in type(model).__name__:
+        model = model.module
+    return model
+
+
+def original_tokens(sample, pad):
+    """The unmasked input: the target where a token was selected, the source elsewhere."""
+    src = sample["net_input"]["src_tokens"]
+    target = sample["target"]
+    return torch.where(target.ne(pad), target, src)
+
+
+@register_criterion("token_ls", dataclass=TokenLabelSmoothingConfig)
+class TokenLabelSmoothingCriterion(FairseqCriterion):
+    def __init__(self, cfg: TokenLabelSmoothingConfig, task):
+        super().__init__(task)
+        if not 0.0 <= cfg.tls_alpha <= 1.0:
+            raise ValueError(f"--tls-alpha must lie in [0, 1], got {cfg.tls_alpha}")
+        self.alpha = cfg.tls_alpha
+        self.reference = cfg.tls_ref
+
+    def forward(self, model, sample, reduce=True):
+        masked = sample["target"].ne(self.padding_idx)
+        sample_size = int(masked.sum())
+        if sample_size == 0:  # nothing selected in this batch: a zero loss with a graph
+            logits = model(**sample["net_input"])[0]
+            loss = logits.sum() * 0.0
+            return loss, 0, self._logging_output(sample, loss, loss.data, 0, 0, 0, 0)
+
+        logits = model(**sample["net_input"], masked_tokens=masked)[0]
+        targets = sample["target"][masked]
+        lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+        nll_loss = F.nll_loss(lprobs, targets, reduction="sum")
+        ref_correct = 0
+        if self.alpha == 0.0:
+            loss = nll_loss
+        else:
+            if self.reference == "uniform":
+                smooth_loss = -lprobs.mean(dim=-1).sum()
+            else:
+                ref_probs = self._reference_probs(model, sample, masked)
+                smooth_loss = -(ref_probs * lprobs).sum()
+                ref_correct = int(ref_probs.argmax(dim=-1).eq(targets).sum())
+            loss = (1.0 - self.alpha) * nll_loss + self.alpha * smooth_loss
+        correct = int(lprobs.argmax(dim=-1).eq(targets).sum())
+        return loss, sample_size, self._logging_output(
+            sample, loss.data, nll_loss.data, sample_size, correct, ref_correct,
+            sample_size if self.reference == "model" and self.alpha > 0 else 0,
+        )
+
+    @torch.no_grad()
+    def _reference_probs(self, model, sample, masked):
+        """p_ref at the masked positions: eval mode, unmasked input, no gradient."""
+        inner = unwrap_model(model)
+        was_training = inner.training
+        inner.eval()
+        try:
+            net_input = dict(sample["net_input"])
+            net_input["src_tokens"] = original_tokens(sample, self.padding_idx)
+            ref_logits = inner(**net_input, masked_tokens=masked)[0]
+        finally:
+            inner.train(was_training)
+        return F.softmax(ref_logits, dim=-1, dtype=torch.float32)
+
+    @staticmethod
+    def _logging_output(sample, loss, nll_loss, sample_size, correct, ref_correct, ref_total):
+        return {
+            "loss": loss,
+            "nll_loss": nll_loss,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["nsentences"],
+            "sample_size": sample_size,
+            "correct": correct,
+            "ref_correct": ref_correct,
+            "ref_total": ref_total,
+        }
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        sample_size = total("sample_size")
+        if sample_size == 0:
+            return
+        metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
+        metrics.log_scalar(
+            "nll_loss", total("nll_loss") / sample_size / math.log(2), sample_size, round=3
+        )
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+        metrics.log_scalar("accuracy", 100.0 * total("correct") / sample_size, sample_size, round=2)
+        ref_total = total("ref_total")
+        if ref_total > 0:
+            metrics.log_scalar(
+                "ref_accuracy", 100.0 * total("ref_correct") / ref_total, ref_total, round=2
+            )
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

@@ -1,0 +1,101 @@
+"""Batch-level SE masking: scores -> selected positions -> masked input and target.
+
+Called once per batch from the collater. Every random draw is a counter-based
+hash of the row seed, and the row seed is a hash of (seed, epoch, sample index),
+so a sample's mask does not depend on the batch it lands in, the worker that
+builds it, or how many times it was built: resuming reproduces it exactly.
+"""
+import numpy as np
+import torch
+
+from se_fairseq.ops import select
+from se_fairseq.ops.reference import hash_uniform, splitmix64
+
+_REPLACE_STREAM = 0x5E1EC7ED5E1EC7ED
+
+
+def row_seeds(seed, epoch, indices):
+    """int64 seed per sample: a hash of (seed, epoch, index)."""
+    indices = np.asarray(indices, dtype=np.int64).astype(np.uint64)
+    base = splitmix64(splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF)) ^ np.uint64(epoch))
+    return splitmix64(base ^ indices).view(np.int64)
+
+
+class SelfEvolutionMasker:
+    """Turns padded (tokens, scores) batches into (masked source, target)."""
+
+    def __init__(self, dictionary, mask_idx, *, mask_prob, mode, seed, threshold=0.0,
+                 temperature=1.0, leave_unmasked_prob=0.0, random_token_prob=0.0,
+                 freq_weighted_replacement=False, mask_whole_words=None):
+        self.pad = dictionary.pad()
+        self.mask_idx = mask_idx
+        self.mask_prob = mask_prob
+        self.mode = mode
+        self.seed = seed
+        self.threshold = threshold
+        self.temperature = temperature
+        self.leave_unmasked_prob = leave_unmasked_prob
+        self.random_token_prob = random_token_prob
+        vocab = len(dictionary)
+        special = torch.zeros(vocab, dtype=torch.bool)
+        special[: dictionary.nspecial] = True
+        special[mask_idx] = True
+        self.special = special
+        self.word_begins = None if mask_whole_words is None else mask_whole_words.bool()
+        weights = np.array(dictionary.count, dtype=np.float64) if freq_weighted_replacement \
+            else np.ones(vocab)
+        weights[: dictionary.nspecial] = 0
+        weights[mask_idx] = 0
+        self.replacement_cdf = np.cumsum(weights / weights.sum())
+
+    def __call__(self, tokens, scores, indices, epoch):
+        """tokens (B, L) int64 padded, scores (B, L) float, indices (B,) sample ids."""
+        eligible = ~self.special[tokens]
+        seeds = torch.from_numpy(row_seeds(self.seed, epoch, indices))
+        if self.word_begins is None:
+            selected = select(scores, eligible, seeds, ratio=self.mask_prob, mode=self.mode,
+                              threshold=self.threshold, temperature=self.temperature)
+            unit_of = None
+        else:
+            selected, unit_of = self._select_words(tokens, scores, eligible, seeds)
+        return self._replace(tokens, selected, seeds, unit_of)
+
+    def _select_words(self, tokens, scores, eligible, seeds):
+        """Whole-word selection: a word scores its highest token score."""
+        begins = self.word_begins[tokens] | ~eligible
+        # a special token is a word of its own, and so starts the next one
+        begins[:, 1:] |= ~eligible[:, :-1]
+        word_of = begins.long().cumsum(dim=1) - 1
+        num_words = int(word_of[:, -1].max().item()) + 1
+        word_scores = torch.full((tokens.size(0), num_words), float("-inf"))
+        word_scores.scatter_reduce_(1, word_of, scores.float(), reduce="amax")
+        word_eligible = torch.zeros((tokens.size(0), num_words), dtype=torch.bool)
+        word_eligible.scatter_(1, word_of, eligible)
+        chosen = select(word_scores, word_eligible, seeds, ratio=self.mask_prob, mode=self.mode,
+                        threshold=self.threshold, temperature=self.temperature)
+        return chosen.gather(1, word_of), word_of
+
+    def _replace(self, tokens, selected, seeds, unit_of):
+        """fairseq's policy: of the selected, keep some, randomize some, <mask> the rest."""
+        target = torch.full_like(tokens, self.pad)
+        target[selected] = tokens[selected]
+        source = tokens.clone()
+        keep_or_random = self.leave_unmasked_prob + self.random_token_prob
+        if keep_or_random == 0.0:
+            source[selected] = self.mask_idx
+            return source, target
+        rows, length = tokens.shape
+        stream = seeds.numpy().view(np.uint64) ^ np.uint64(_REPLACE_STREAM)
+        units = np.arange(length) if unit_of is None else unit_of.numpy()
+        if unit_of is None:
+            units = np.broadcast_to(units, (rows, length))
+        decision = torch.from_numpy(hash_uniform(stream[:, None], 2 * units.astype(np.uint64)))
+        keep = selected & (decision < self.leave_unmasked_prob)
+        randomize = selected & ~keep & (decision < keep_or_random)
+        source[selected & ~keep & ~randomize] = self.mask_idx
+        if randomize.any():
+            draws = hash_uniform(stream[:, None], 2 * np.arange(length, dtype=np.uint64) + 1)
+            replacement = np.searchsorted(self.replacement_cdf, draws, side="right")
+            replacement = torch.from_numpy(np.minimum(replacement, len(self.replacement_cdf) - 1))
+            source[randomize] = replacement[randomize].to(source.dtype)
+        return source, target

@@ -1,0 +1,14 @@
+"""Registration of the plugin's parts with fairseq (called once fairseq is imported)."""
+_registered = False
+
+
+def register():
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    from . import checkpoint_safety
+    from .criterions import token_ls  # noqa: F401
+    from .tasks import se_mlm  # noqa: F401
+
+    checkpoint_safety.install()
