@@ -28,7 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # the se_mlm task and token_ls criterion when (and only when) fairseq is imported.
 AUTOLOAD_PTH = "se_fairseq-autoload.pth"
 AUTOLOAD_LINE = (
-    "import sys; exec('try:\\n import se_fairseq._autoload\\nexcept Exception:\\n pass')\n"
+    "import os; exec(\"if os.environ.get('SE_FAIRSEQ_NO_AUTOLOAD') != '1':\\n try:\\n"
+    "  import se_fairseq._autoload\\n except Exception:\\n  pass\")\n"
 )
 
 

@@ -7,8 +7,9 @@ def register():
     if _registered:
         return
     _registered = True
-    from . import checkpoint_safety
+    from . import checkpoint_safety, fairseq_compat
     from .criterions import token_ls  # noqa: F401
     from .tasks import se_mlm  # noqa: F401
 
+    fairseq_compat.install()
     checkpoint_safety.install()

@@ -64,7 +64,7 @@ class TokenLabelSmoothingCriterion(FairseqCriterion):
         if sample_size == 0:  # nothing selected in this batch: a zero loss with a graph
             logits = model(**sample["net_input"])[0]
             loss = logits.sum() * 0.0
-            return loss, 0, self._logging_output(sample, loss, loss.data, 0, 0, 0, 0)
+            return loss, 0, self._logging_output(sample, loss.data, loss.data, 0, 0, 0, 0)
 
         logits = model(**sample["net_input"], masked_tokens=masked)[0]
         targets = sample["target"][masked]

@@ -1,0 +1,76 @@
+"""Installation: registration with fairseq, with and without --user-dir."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import se_fairseq
+from conftest import fairseq_train
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(se_fairseq.__file__))
+
+
+def python(code, **env):
+    run_env = dict(os.environ, **env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=run_env, check=True)
+    return out.stdout.strip()
+
+
+def test_hook_is_installed_and_imports_nothing_heavy():
+    code = (
+        "import sys; import se_fairseq; "
+        "print('se_fairseq._autoload' in sys.modules, "
+        "any(m in sys.modules for m in ('torch', 'numpy', 'fairseq')))"
+    )
+    assert python(code) == "True False"
+
+
+def test_importing_fairseq_registers_task_and_criterion():
+    code = (
+        "import fairseq; from fairseq.tasks import TASK_REGISTRY; "
+        "from fairseq.criterions import CRITERION_REGISTRY; "
+        "print('se_mlm' in TASK_REGISTRY, 'token_ls' in CRITERION_REGISTRY)"
+    )
+    assert python(code).endswith("True True")
+    assert python(code, SE_FAIRSEQ_NO_AUTOLOAD="1").endswith("False False")
+
+
+def test_training_parser_offers_the_options():
+    code = (
+        "from fairseq import options; p = options.get_training_parser(); "
+        "a = options.parse_args_and_arch(p, ['x', '--task', 'se_mlm', '--criterion', 'token_ls',"
+        " '--arch', 'roberta_base', '--se-select', 'sample', '--tls-alpha', '0.2']); "
+        "print(a.se_select, a.tls_alpha, a.tls_ref, a.se_metric, a.mask_prob)"
+    )
+    assert python(code).splitlines()[-1] == "sample 0.2 model correctness 0.15"
+
+
+@pytest.mark.slow
+def test_fairseq_train_se_mlm_token_ls_trains_checkpoints_and_resumes(scored_corpus, tmp_path):
+    save = str(tmp_path / "ckpt")
+    first = fairseq_train(scored_corpus, save, "--task", "se_mlm", "--criterion", "token_ls",
+                          max_update=12)
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert "nll_loss" in first.stdout and "ref_accuracy" in first.stdout
+    assert os.path.exists(os.path.join(save, "checkpoint_last.pt"))
+    resumed = fairseq_train(scored_corpus, save, "--task", "se_mlm", "--criterion", "token_ls",
+                            max_update=20)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "Loaded checkpoint" in resumed.stdout and "@ 12 updates" in resumed.stdout
+    from se_fairseq.checkpoint_safety import safe_load
+
+    state = safe_load(os.path.join(save, "checkpoint_last.pt"))
+    assert state["optimizer_history"][-1]["num_updates"] == 20
+
+
+@pytest.mark.slow
+def test_user_dir_pointing_at_the_package_works(scored_corpus, tmp_path):
+    result = fairseq_train(scored_corpus, str(tmp_path / "ckpt"), "--user-dir", PACKAGE_DIR,
+                           "--task", "se_mlm", "--criterion", "token_ls", max_update=3)
+    assert result.returncode == 0, result.stdout[-3000:]
+    no_hook = fairseq_train(scored_corpus, str(tmp_path / "ckpt2"), "--user-dir", PACKAGE_DIR,
+                            "--task", "se_mlm", "--criterion", "token_ls", max_update=3,
+                            env={"SE_FAIRSEQ_NO_AUTOLOAD": "1"})
+    assert no_hook.returncode == 0, no_hook.stdout[-3000:]

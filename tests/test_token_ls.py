@@ -1,0 +1,300 @@
+"""Criterion token_ls (Token-specific Label Smoothing), checked against a dense
+computation of its definition and against fairseq's own masked_lm criterion.
+
+For each selected position i the target is (1 - alpha) * onehot(x_i) + alpha * p_ref_i,
+p_ref_i being the model's softmax at i on the original (unmasked) input, in eval
+mode and without gradient. The dense reference below builds that target tensor
+explicitly over the whole vocabulary at every position and sums the
+cross-entropy over the selected positions.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq import options, tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+from conftest import TINY_ROBERTA
+
+NO_DROPOUT = ["--dropout", "0", "--attention-dropout", "0", "--activation-dropout", "0"]
+TASK_ARGS = {
+    # fairseq's own task: 80/10/10 replacement, so some selected tokens are not <mask>
+    "masked_lm": ["--task", "masked_lm"],
+    "se_mlm": ["--task", "se_mlm", "--se-select", "random"],
+}
+RTOL = 1e-5
+
+
+def parse(data, *extra):
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser, [data, *TINY_ROBERTA, "--cpu", "--seed", "3", *extra]
+    )
+    return convert_namespace_to_omegaconf(args)
+
+
+def make_model_opinionated(model, dictionary):
+    """A freshly initialised RoBERTa predicts a nearly uniform distribution, which
+    would make p_ref indistinguishable from the uniform one. Perturb the weights
+    (peaked, input-dependent predictions) and favour frequent words in the output
+    bias (the dictionary is sorted by count), so some predictions are right."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.3)
+        bias = model.encoder.lm_head.bias
+        nspecial = dictionary.nspecial
+        ranks = torch.arange(1, bias.numel() - nspecial + 1, dtype=bias.dtype)
+        bias[nspecial:] -= 2.0 * ranks.log()
+        bias[:nspecial] -= 10.0
+
+
+class Setup:
+    """A task, a small RoBERTa built by it (train mode) and one training batch."""
+
+    def __init__(self, data, task_name, dropout_args=NO_DROPOUT):
+        self.data = data
+        self.task_args = [*TASK_ARGS[task_name], *dropout_args]
+        cfg = parse(data, *self.task_args, "--criterion", "token_ls")
+        self.task = tasks.setup_task(cfg.task)
+        torch.manual_seed(1)
+        self.model = self.task.build_model(cfg.model)
+        make_model_opinionated(self.model, self.task.source_dictionary)
+        self.model.train()
+        self.task.load_dataset("train")
+        itr = self.task.get_batch_iterator(
+            self.task.dataset("train"), max_sentences=8, seed=3, num_workers=0
+        ).next_epoch_itr(shuffle=True)
+        self.sample = next(iter(itr))
+        self.pad = self.task.source_dictionary.pad()
+
+    def criterion(self, *extra):
+        """A criterion built the way fairseq-train builds it, from command-line flags."""
+        cfg = parse(self.data, *self.task_args, *extra)
+        return self.task.build_criterion(cfg.criterion)
+
+    def tls(self, alpha, ref="model"):
+        return self.criterion(
+            "--criterion", "token_ls", "--tls-alpha", str(alpha), "--tls-ref", ref
+        )
+
+    @property
+    def masked(self):
+        return self.sample["target"].ne(self.pad)
+
+    @property
+    def original(self):
+        src = self.sample["net_input"]["src_tokens"]
+        return torch.where(self.masked, self.sample["target"], src)
+
+
+@pytest.fixture(scope="module", params=sorted(TASK_ARGS))
+def setup(request, corpus):
+    s = Setup(corpus, request.param)
+    src = s.sample["net_input"]["src_tokens"]
+    mask_idx = s.task.source_dictionary.index("<mask>")
+    # the batch exercises the recovery of the original input: selected tokens that
+    # are <mask>, and selected tokens that are not (kept or replaced at random)
+    assert s.masked.sum() > 30
+    assert (src[s.masked] == mask_idx).any()
+    assert (src[s.masked] != mask_idx).any()
+    assert (src[s.masked] != s.sample["target"][s.masked]).any()
+    return s
+
+
+# ---------------------------------------------------------------------------
+# the dense reference computation
+
+
+def dense_reference_probs(model, tokens):
+    """Full-vocabulary softmax at every position, eval mode, no gradient."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return F.softmax(model(tokens, features_only=False)[0].float(), dim=-1)
+    finally:
+        model.train(was_training)
+
+
+def dense_loss(model, sample, pad, alpha, ref="model", ref_input=None):
+    """sum over selected positions of CE((1 - alpha) onehot + alpha p_ref, softmax(logits))."""
+    src = sample["net_input"]["src_tokens"]
+    target = sample["target"]
+    masked = target.ne(pad)
+    original = torch.where(masked, target, src)
+    logits = model(src, features_only=False)[0]  # (batch, time, vocab): no masked_tokens
+    lprobs = F.log_softmax(logits.float(), dim=-1)
+    vocab = lprobs.size(-1)
+    if ref == "uniform":
+        p_ref = torch.full_like(lprobs, 1.0 / vocab)
+    else:
+        p_ref = dense_reference_probs(model, original if ref_input is None else ref_input)
+    soft_target = (1.0 - alpha) * F.one_hot(original, vocab).to(lprobs) + alpha * p_ref
+    assert torch.allclose(soft_target.sum(-1), torch.ones(()), atol=1e-5)
+    return -(soft_target * lprobs).sum(-1)[masked].sum()
+
+
+def loss_and_grads(model, compute):
+    model.zero_grad(set_to_none=True)
+    out = compute()
+    loss = out[0] if isinstance(out, tuple) else out
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return out, grads
+
+
+def assert_grads_close(got, want, rtol=RTOL):
+    assert got.keys() == want.keys()
+    for name in want:
+        g, w = got[name], want[name]
+        scale = w.abs().max().item()
+        err = (g - w).abs().max().item()
+        # relative to the size of the parameter's gradient (entries of a tensor
+        # whose largest entry is O(1) can be ~0 and carry float32 rounding)
+        assert err <= rtol * scale + 1e-12, f"{name}: max error {err:.3g}, scale {scale:.3g}"
+
+
+# ---------------------------------------------------------------------------
+# tests
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1, 0.5])
+def test_loss_and_gradients_equal_dense_formula(setup, alpha):
+    model, sample = setup.model, setup.sample
+    criterion = setup.tls(alpha)
+    (loss, sample_size, log), got_grads = loss_and_grads(
+        model, lambda: criterion(model, sample)
+    )
+    want, want_grads = loss_and_grads(model, lambda: dense_loss(model, sample, setup.pad, alpha))
+    assert sample_size == int(setup.masked.sum())
+    torch.testing.assert_close(loss, want, rtol=RTOL, atol=0.0)
+    assert_grads_close(got_grads, want_grads)
+    assert model.training
+    if alpha > 0:  # the comparison can tell p_ref apart from what it must not be
+        with torch.no_grad():
+            uniform = dense_loss(model, sample, setup.pad, alpha, ref="uniform")
+            masked_input = dense_loss(
+                model, sample, setup.pad, alpha, ref_input=sample["net_input"]["src_tokens"]
+            )
+        for wrong in (uniform, masked_input):
+            assert abs(wrong.item() - want.item()) > 10 * RTOL * abs(want.item())
+
+
+def test_reference_forward_is_in_eval_mode_under_dropout(corpus):
+    """With dropout on, the criterion (train mode) equals the dense formula only if
+    p_ref comes from an eval-mode forward: the main forward draws the same dropout
+    masks in both (same seed, same order), the eval forward draws none."""
+    s = Setup(corpus, "masked_lm", dropout_args=["--dropout", "0.2", "--attention-dropout", "0.2"])
+    criterion = s.tls(0.5)
+    torch.manual_seed(123)
+    loss, _, _ = criterion(s.model, s.sample)
+    torch.manual_seed(123)
+    want = dense_loss(s.model, s.sample, s.pad, 0.5)
+    torch.testing.assert_close(loss, want, rtol=RTOL, atol=0.0)
+    torch.manual_seed(124)  # the dropout is real: another seed gives another loss
+    other = dense_loss(s.model, s.sample, s.pad, 0.5)
+    assert abs(other.item() - want.item()) > 10 * RTOL * abs(want.item())
+
+
+def test_alpha_zero_is_fairseq_masked_lm_bit_for_bit(setup):
+    model, sample = setup.model, setup.sample
+    tls_loss, tls_size, tls_log = setup.tls(0.0)(model, sample)
+    mlm_loss, mlm_size, mlm_log = setup.criterion("--criterion", "masked_lm")(model, sample)
+    assert torch.equal(tls_loss, mlm_loss)
+    assert int(tls_size) == int(mlm_size)
+    assert torch.equal(tls_log["loss"], mlm_log["loss"])
+    # uniform reference with alpha 0 is the same criterion
+    assert torch.equal(setup.tls(0.0, ref="uniform")(model, sample)[0], mlm_loss)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.5])
+def test_uniform_reference_is_label_smoothing(setup, alpha):
+    model, sample = setup.model, setup.sample
+    criterion = setup.tls(alpha, ref="uniform")
+    (loss, sample_size, log), got_grads = loss_and_grads(model, lambda: criterion(model, sample))
+    want, want_grads = loss_and_grads(
+        model, lambda: dense_loss(model, sample, setup.pad, alpha, ref="uniform")
+    )
+    torch.testing.assert_close(loss, want, rtol=RTOL, atol=0.0)
+    assert_grads_close(got_grads, want_grads)
+    # and PyTorch's own label smoothing, which spreads alpha uniformly over the vocabulary
+    masked = setup.masked
+    with torch.no_grad():
+        logits = model(**sample["net_input"])[0][masked].float()
+        torch_ls = F.cross_entropy(
+            logits, sample["target"][masked], label_smoothing=alpha, reduction="sum"
+        )
+    torch.testing.assert_close(loss.detach(), torch_ls, rtol=RTOL, atol=0.0)
+    assert log["ref_total"] == 0 and log["ref_correct"] == 0
+    assert sample_size == int(masked.sum())
+
+
+def test_reference_forward_restores_mode_and_makes_no_gradients(setup):
+    model, sample = setup.model, setup.sample
+    criterion = setup.tls(0.1)
+    masked = setup.masked
+    model.zero_grad(set_to_none=True)
+    model.train()
+    probs = criterion._reference_probs(model, sample, masked)
+    assert model.training and all(m.training for m in model.modules())
+    assert not probs.requires_grad and probs.grad_fn is None
+    assert all(p.grad is None for p in model.parameters())
+    want = dense_reference_probs(model, setup.original)[masked]
+    torch.testing.assert_close(probs, want, rtol=1e-4, atol=1e-6)
+    assert model.training
+
+    model.eval()  # a model in eval mode stays in eval mode
+    criterion._reference_probs(model, sample, masked)
+    assert not model.training and not any(m.training for m in model.modules())
+    model.train()
+
+    # the whole criterion call: train mode kept, gradients only once backward runs
+    loss, _, _ = criterion(model, sample)
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+
+
+def test_logging_outputs(setup):
+    model, sample = setup.model, setup.sample
+    masked, target = setup.masked, sample["target"]
+    with torch.no_grad():
+        loss0, _, _ = setup.tls(0.0)(model, sample)
+        loss, sample_size, log = setup.tls(0.1)(model, sample)
+        logits = model(sample["net_input"]["src_tokens"], features_only=False)[0]
+        ref = dense_reference_probs(model, setup.original)
+    assert torch.equal(log["nll_loss"], loss0)
+    assert torch.equal(log["loss"], loss.detach())
+    assert not log["loss"].requires_grad and not log["nll_loss"].requires_grad
+    correct = int((logits.argmax(-1) == target)[masked].sum())
+    ref_correct = int((ref.argmax(-1) == target)[masked].sum())
+    assert 0 < correct < int(masked.sum())  # the count is not trivially 0 or all
+    assert 0 < ref_correct < int(masked.sum())
+    assert log["correct"] == correct
+    assert log["ref_correct"] == ref_correct
+    assert log["ref_total"] == log["sample_size"] == sample_size == int(masked.sum())
+    assert log["ntokens"] == sample["ntokens"] and log["nsentences"] == sample["nsentences"]
+
+
+def test_batch_without_selected_tokens(setup):
+    model = setup.model
+    sample = dict(setup.sample)
+    sample["target"] = torch.full_like(sample["target"], setup.pad)
+    model.zero_grad(set_to_none=True)
+    loss, sample_size, log = setup.tls(0.1)(model, sample)
+    assert sample_size == 0 and loss.item() == 0.0
+    loss.backward()  # the zero loss still has a graph (all workers run backward)
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    for key in ("loss", "nll_loss"):  # logged values must not hold the autograd graph
+        assert not log[key].requires_grad
+    assert log["sample_size"] == log["correct"] == log["ref_total"] == 0
+
+
+@pytest.mark.parametrize("alpha", ["1.5", "-0.1"])
+def test_alpha_out_of_range_is_an_error(setup, alpha):
+    with pytest.raises(ValueError, match=r"tls-alpha.*\[0, 1\]"):
+        setup.criterion("--criterion", "token_ls", "--tls-alpha", alpha)
