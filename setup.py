@@ -118,6 +118,7 @@ setup(
     entry_points={
         "console_scripts": [
             "se-bench = se_fairseq.cli.bench:cli_main",
+            "se-score = se_fairseq.cli.score:cli_main",
         ]
     },
     zip_safe=False,

@@ -9,5 +9,5 @@ here=$(cd "$(dirname "$0")" && pwd)
 for workers in 0 2; do
   echo "== --num-workers $workers"
   se-bench "$work/data-bin" --task se_mlm --se-select topk --tokens-per-sample 512 \
-    --sample-break-mode complete --batch-size 16 --num-workers "$workers" --rounds 3
+    --sample-break-mode complete --batch-size 16 --num-workers "$workers" --rounds 5
 done

@@ -22,8 +22,8 @@ def add_bench_args(parser):
     group = parser.add_argument_group("se-bench")
     group.add_argument("--baseline-task", default="masked_lm",
                        help="task to compare against, built from the same options (default: masked_lm)")
-    group.add_argument("--rounds", type=int, default=3,
-                       help="alternating rounds; each round runs one epoch of each task (default: 3)")
+    group.add_argument("--rounds", type=int, default=5,
+                       help="alternating rounds; each round runs one epoch of each task (default: 5)")
     group.add_argument("--split", default="train", help="split to iterate (default: train)")
     group.add_argument("--max-batches", type=int, default=0,
                        help="stop each epoch after this many batches (0 = whole epoch)")
@@ -105,21 +105,22 @@ def run(args, base_args, bench_args, out=sys.stdout):
     if getattr(args, "se_select", None):
         names[1] += f" --se-select {args.se_select}"
     factories = [build_iterator_factory(base_args)[1], build_iterator_factory(args)[1]]
-    totals = [[0.0, 0, 0] for _ in factories]
+    rounds = [[] for _ in factories]  # (seconds, batches, tokens) per round
     for r in range(bench_args.rounds):
         order = (0, 1) if r % 2 == 0 else (1, 0)
         for i in order:
             seconds, batches, tokens = time_epoch(factories[i], r + 1, bench_args.max_batches)
-            totals[i][0] += seconds
-            totals[i][1] += batches
-            totals[i][2] += tokens
+            rounds[i].append((seconds, batches, tokens))
             print(f"round {r + 1}/{bench_args.rounds} {names[i]:<32} {batches:6d} batches "
                   f"{seconds:8.2f} s  {batches / seconds:9.1f} batches/s", file=out, flush=True)
+    # medians over rounds: one round slowed down by another process does not decide
     rates = []
-    print(f"\n{'task':<34}{'batches/s':>12}{'tokens/s':>14}", file=out)
-    for name, (seconds, batches, tokens) in zip(names, totals):
-        rates.append(batches / seconds)
-        print(f"{name:<34}{batches / seconds:12.1f}{tokens / seconds:14.0f}", file=out)
+    print(f"\n{'task (median of rounds)':<34}{'batches/s':>12}{'tokens/s':>14}", file=out)
+    for name, per_round in zip(names, rounds):
+        batch_rate = float(np.median([b / s for s, b, _ in per_round]))
+        token_rate = float(np.median([t / s for s, _, t in per_round]))
+        rates.append(batch_rate)
+        print(f"{name:<34}{batch_rate:12.1f}{token_rate:14.0f}", file=out)
     ratio = rates[1] / rates[0]
     print(f"ratio {args.task} / {base_args.task} (batches/s): {ratio:.2f}"
           f" (workers: {args.num_workers}, rounds: {bench_args.rounds})", file=out, flush=True)
@@ -127,6 +128,10 @@ def run(args, base_args, bench_args, out=sys.stdout):
 
 
 def cli_main(argv=None):
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)  # hydra/dataloader chatter
+    warnings.filterwarnings("ignore", module="hydra")
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=logging.WARNING, stream=sys.stderr)
     args, base_args, bench_args = parse(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,162 @@
+"""se-score: scores against a dense computation, resume, sharding, refusals."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import binarize, split_tokens, write_corpus
+from se_fairseq.data.score_file import ScoreFile
+
+
+def se_score(data, ckpt, *extra, env=None, check=True):
+    run_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    result = subprocess.run(["se-score", data, "--path", ckpt, "--no-progress-bar", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=run_env)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:]
+    return result
+
+
+@pytest.fixture
+def data(corpus, tmp_path):
+    return str(shutil.copytree(corpus, tmp_path / "data-bin"))
+
+
+def dense_scores(ckpt, data, metric):
+    """Independent: fairseq's own loader, full logits at every position, log-softmax."""
+    from fairseq import checkpoint_utils
+    from fairseq.data import PrependTokenDataset, TokenBlockDataset, data_utils
+
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([ckpt], arg_overrides={"data": data})
+    model = models[0].eval()
+    d = task.source_dictionary
+    tokens = data_utils.load_indexed_dataset(os.path.join(data, "train"), d)
+    blocks = TokenBlockDataset(tokens, tokens.sizes, cfg.task.tokens_per_sample - 1, pad=d.pad(),
+                               eos=d.eos(), break_mode=cfg.task.sample_break_mode)
+    items = PrependTokenDataset(blocks, d.bos())
+    out = np.zeros(int(tokens.sizes.sum()), dtype=np.float64)
+    with torch.no_grad():
+        for b in range(len(items)):
+            src = items[b].unsqueeze(0)
+            lprobs = torch.log_softmax(model(src)[0][0].double(), dim=-1)
+            if metric == "correctness":
+                s = -lprobs[torch.arange(len(src[0])), src[0]]
+            else:
+                s = -(lprobs.exp() * lprobs).sum(-1)
+            start, end = blocks.slice_indices[b]
+            out[start:end] = s[1:].numpy()
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", ["correctness", "confidence"])
+def test_scores_equal_a_dense_computation(vanilla_checkpoint, data, metric):
+    result = se_score(data, vanilla_checkpoint, "--metric", metric, "--max-tokens", "512")
+    assert "quantiles" in result.stdout and "tokens" in result.stdout
+    split = os.path.join(data, "train")
+    loaded = ScoreFile(split + ".se_scores", split)
+    assert loaded.metric == metric
+    assert loaded.meta["blocking"]["tokens_per_sample"] == 64  # the checkpoint's own
+    assert loaded.meta["checkpoint"]["path"] == os.path.abspath(vanilla_checkpoint)
+    expected = dense_scores(vanilla_checkpoint, data, metric)
+    np.testing.assert_allclose(loaded.scores.astype(np.float64), expected, rtol=1e-3, atol=1e-3)
+    assert loaded.meta["summary"]["tokens"] == len(expected)
+
+
+@pytest.mark.slow
+def test_stop_and_resume_gives_the_uninterrupted_file(vanilla_checkpoint, data, tmp_path):
+    full = str(tmp_path / "full")
+    se_score(data, vanilla_checkpoint, "--out", full, "--chunk-tokens", "500")
+    part = str(tmp_path / "part")
+    first = se_score(data, vanilla_checkpoint, "--out", part, "--chunk-tokens", "500",
+                     "--stop-after-chunks", "3")
+    assert "run the same command again to resume" in first.stdout
+    assert not os.path.exists(part + ".npy")  # partial output is never the score file
+    assert len([f for f in os.listdir(part + ".partial") if f.startswith("chunk-")]) == 3
+    second = se_score(data, vanilla_checkpoint, "--out", part, "--chunk-tokens", "500")
+    assert "resuming: 3 chunk(s)" in second.stdout
+    assert open(part + ".npy", "rb").read() == open(full + ".npy", "rb").read()
+    assert not os.path.exists(part + ".partial")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_file(vanilla_checkpoint, data, tmp_path):
+    full = str(tmp_path / "full")
+    se_score(data, vanilla_checkpoint, "--out", full, "--chunk-tokens", "200", "--batch-size", "1")
+    out = str(tmp_path / "killed")
+    proc = subprocess.Popen(["se-score", data, "--path", vanilla_checkpoint, "--out", out,
+                             "--chunk-tokens", "200", "--batch-size", "1", "--no-progress-bar"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(out + ".partial") and any(
+                f.startswith("chunk-") for f in os.listdir(out + ".partial")):
+            break
+        time.sleep(0.05)
+    was_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if was_running:
+        assert not os.path.exists(out + ".npy")
+    se_score(data, vanilla_checkpoint, "--out", out, "--chunk-tokens", "200", "--batch-size", "1")
+    assert open(out + ".npy", "rb").read() == open(full + ".npy", "rb").read()
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_equal_one_process(vanilla_checkpoint, data, tmp_path):
+    one = str(tmp_path / "one")
+    se_score(data, vanilla_checkpoint, "--out", one, "--chunk-tokens", "700", "--cpu")
+    two = str(tmp_path / "two")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "--no-python", "se-score", data, "--path", vanilla_checkpoint, "--out", two,
+         "--chunk-tokens", "700", "--cpu", "--no-progress-bar"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "2 rank(s)" in result.stdout
+    assert open(two + ".npy", "rb").read() == open(one + ".npy", "rb").read()
+
+
+@pytest.mark.slow
+def test_checkpoint_with_another_dictionary_is_refused(vanilla_checkpoint, tmp_path):
+    text = tmp_path / "text"
+    text.mkdir()
+    write_corpus(str(text), seed=3)
+    with open(text / "train.txt", "a") as f:  # new words: a bigger dictionary
+        f.write(" ".join(f"extra{i}" for i in range(50)) + "\n")
+    other = binarize(str(text), str(tmp_path / "other-bin"))
+    result = se_score(other, vanilla_checkpoint, check=False)
+    assert result.returncode != 0
+    assert "dictionary" in result.stdout and "dict.txt" in result.stdout
+    assert not os.path.exists(os.path.join(other, "train.se_scores.npy"))
+
+
+@pytest.mark.slow
+def test_partial_results_of_other_options_are_refused(vanilla_checkpoint, data, tmp_path):
+    out = str(tmp_path / "s")
+    se_score(data, vanilla_checkpoint, "--out", out, "--chunk-tokens", "500", "--stop-after-chunks", "1")
+    result = se_score(data, vanilla_checkpoint, "--out", out, "--chunk-tokens", "500",
+                      "--metric", "confidence", check=False)
+    assert result.returncode != 0 and "partial results of another run" in result.stdout
+    assert "metric" in result.stdout
+
+
+@pytest.mark.slow
+def test_se_mlm_trains_on_se_score_output(vanilla_checkpoint, data, tmp_path):
+    from conftest import fairseq_train
+
+    se_score(data, vanilla_checkpoint)
+    result = fairseq_train(data, str(tmp_path / "ck"), "--task", "se_mlm", "--criterion", "token_ls",
+                           "--restore-file", vanilla_checkpoint, "--reset-optimizer",
+                           "--reset-dataloader", "--reset-meters", max_update=5)
+    assert result.returncode == 0, result.stdout[-3000:]
+    meta = json.load(open(os.path.join(data, "train.se_scores.json")))
+    assert meta["corpus"]["num_tokens"] == sum(map(len, split_tokens(os.path.join(data, "train"))))
