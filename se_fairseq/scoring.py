@@ -2,24 +2,56 @@
 
 ``correctness`` = -log p(x_i | x) of the true token, ``confidence`` = entropy of
 the predicted distribution at i. The LM head runs over the non-padding
-positions in chunks, so no (batch x length x vocab) fp32 tensor is ever built;
-the softmax is computed in fp32 whatever the model's dtype.
+positions in chunks, so no (batch x length x vocab) fp32 tensor is ever built
+unless it fits a small budget; the softmax is computed in fp32 whatever the
+model's dtype.
 """
 import torch
 import torch.nn.functional as F
 
 METRICS = ("correctness", "confidence")
-_LOGITS_BUDGET = 1 << 25  # fp32 logits elements per LM-head chunk (128 MiB)
+LOGITS_BUDGET = 1 << 25  # fp32 elements per LM-head chunk (128 MiB)
 
 
-def token_scores_from_logits(logits, targets, metric):
-    """Scores of a (positions x vocab) logits chunk, in fp32."""
-    lprobs = F.log_softmax(logits.float(), dim=-1)
+def token_scores_from_lprobs(lprobs, targets, metric):
     if metric == "correctness":
         return -lprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     if metric == "confidence":
         return -(lprobs.exp() * lprobs).sum(-1)
     raise ValueError(f"unknown metric {metric!r}; choose from {METRICS}")
+
+
+def vocab_size(model):
+    return model.encoder.sentence_encoder.embed_tokens.num_embeddings
+
+
+@torch.no_grad()
+def score_features(model, features, src_tokens, pad, metric, keep_probs=False):
+    """Scores (batch x length, fp32, 0 at padding) from encoder ``features``.
+
+    With ``keep_probs``, also returns the fp32 probabilities of the
+    non-padding positions (row-major order) when they fit ``LOGITS_BUDGET``,
+    else None (the caller recomputes the few it needs).
+    """
+    keep = src_tokens.ne(pad)
+    flat_features = features[keep]
+    flat_targets = src_tokens[keep]
+    vocab = vocab_size(model)
+    keep_probs = keep_probs and flat_features.size(0) * vocab <= LOGITS_BUDGET
+    chunk = max(1, LOGITS_BUDGET // vocab)
+    pieces, probs = [], []
+    for s in range(0, flat_features.size(0), chunk):
+        logits = model.encoder.output_layer(flat_features[s:s + chunk])
+        lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+        pieces.append(token_scores_from_lprobs(lprobs, flat_targets[s:s + chunk], metric))
+        if keep_probs:
+            probs.append(lprobs.exp())
+    out = torch.zeros(src_tokens.shape, dtype=torch.float32, device=src_tokens.device)
+    if pieces:
+        out[keep] = torch.cat(pieces)
+    if not keep_probs:
+        return out, None
+    return out, torch.cat(probs) if probs else features.new_zeros((0, vocab), dtype=torch.float32)
 
 
 @torch.no_grad()
@@ -31,17 +63,4 @@ def score_batch(model, src_tokens, pad, metric):
     projects them through the LM head.
     """
     features, _ = model(src_tokens, features_only=True)
-    keep = src_tokens.ne(pad)
-    flat_features = features[keep]
-    flat_targets = src_tokens[keep]
-    vocab = model.encoder.sentence_encoder.embed_tokens.num_embeddings
-    chunk = max(1, _LOGITS_BUDGET // vocab)
-    out = torch.zeros(src_tokens.shape, dtype=torch.float32, device=src_tokens.device)
-    pieces = [
-        token_scores_from_logits(model.encoder.output_layer(flat_features[s:s + chunk]),
-                                 flat_targets[s:s + chunk], metric)
-        for s in range(0, flat_features.size(0), chunk)
-    ]
-    if pieces:
-        out[keep] = torch.cat(pieces)
-    return out
+    return score_features(model, features, src_tokens, pad, metric)[0]

@@ -87,6 +87,15 @@ class Setup:
         return torch.where(self.masked, self.sample["target"], src)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The model is tiny: one thread is as fast, and does not stall on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module", params=sorted(TASK_ARGS))
 def setup(request, corpus):
     s = Setup(corpus, request.param)

@@ -77,7 +77,9 @@ class TokenLabelSmoothingCriterion(FairseqCriterion):
             if self.reference == "uniform":
                 smooth_loss = -lprobs.mean(dim=-1).sum()
             else:
-                ref_probs = self._reference_probs(model, sample, masked)
+                ref_probs = sample.get("tls_ref_probs")  # --se-online computed it already
+                if ref_probs is None:
+                    ref_probs = self._reference_probs(model, sample, masked)
                 smooth_loss = -(ref_probs * lprobs).sum()
                 ref_correct = int(ref_probs.argmax(dim=-1).eq(targets).sum())
             loss = (1.0 - self.alpha) * nll_loss + self.alpha * smooth_loss

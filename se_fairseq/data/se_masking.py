@@ -50,8 +50,16 @@ class SelfEvolutionMasker:
 
     def __call__(self, tokens, scores, indices, epoch):
         """tokens (B, L) int64 padded, scores (B, L) float, indices (B,) sample ids."""
-        eligible = ~self.special[tokens]
-        seeds = torch.from_numpy(row_seeds(self.seed, epoch, indices))
+        return self.mask(tokens, scores, torch.from_numpy(row_seeds(self.seed, epoch, indices)))
+
+    def mask(self, tokens, scores, seeds):
+        """Masks a batch on its own device; ``seeds`` from ``row_seeds``.
+
+        Returns (source, target): target holds the original token at every
+        selected position and pad elsewhere.
+        """
+        eligible = ~self.special.to(tokens.device)[tokens]
+        seeds = seeds.to(tokens.device)
         if self.word_begins is None:
             selected = select(scores, eligible, seeds, ratio=self.mask_prob, mode=self.mode,
                               threshold=self.threshold, temperature=self.temperature)
@@ -62,14 +70,15 @@ class SelfEvolutionMasker:
 
     def _select_words(self, tokens, scores, eligible, seeds):
         """Whole-word selection: a word scores its highest token score."""
-        begins = self.word_begins[tokens] | ~eligible
+        begins = self.word_begins.to(tokens.device)[tokens] | ~eligible
         # a special token is a word of its own, and so starts the next one
         begins[:, 1:] |= ~eligible[:, :-1]
         word_of = begins.long().cumsum(dim=1) - 1
         num_words = int(word_of[:, -1].max().item()) + 1
-        word_scores = torch.full((tokens.size(0), num_words), float("-inf"))
+        word_scores = torch.full((tokens.size(0), num_words), float("-inf"), device=tokens.device)
         word_scores.scatter_reduce_(1, word_of, scores.float(), reduce="amax")
-        word_eligible = torch.zeros((tokens.size(0), num_words), dtype=torch.bool)
+        word_eligible = torch.zeros((tokens.size(0), num_words), dtype=torch.bool,
+                                    device=tokens.device)
         word_eligible.scatter_(1, word_of, eligible)
         chosen = select(word_scores, word_eligible, seeds, ratio=self.mask_prob, mode=self.mode,
                         threshold=self.threshold, temperature=self.temperature)
@@ -84,9 +93,11 @@ class SelfEvolutionMasker:
         if keep_or_random == 0.0:
             source[selected] = self.mask_idx
             return source, target
+        device = tokens.device
+        tokens, selected, source, target = tokens.cpu(), selected.cpu(), source.cpu(), target.cpu()
         rows, length = tokens.shape
-        stream = seeds.numpy().view(np.uint64) ^ np.uint64(_REPLACE_STREAM)
-        units = np.arange(length) if unit_of is None else unit_of.numpy()
+        stream = seeds.cpu().numpy().view(np.uint64) ^ np.uint64(_REPLACE_STREAM)
+        units = np.arange(length) if unit_of is None else unit_of.cpu().numpy()
         if unit_of is None:
             units = np.broadcast_to(units, (rows, length))
         decision = torch.from_numpy(hash_uniform(stream[:, None], 2 * units.astype(np.uint64)))
@@ -98,4 +109,4 @@ class SelfEvolutionMasker:
             replacement = np.searchsorted(self.replacement_cdf, draws, side="right")
             replacement = torch.from_numpy(np.minimum(replacement, len(self.replacement_cdf) - 1))
             source[randomize] = replacement[randomize].to(source.dtype)
-        return source, target
+        return source.to(device), target.to(device)

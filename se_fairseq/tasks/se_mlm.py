@@ -1,10 +1,13 @@
 """Task ``se_mlm``: masked-LM training that masks what the model knows least."""
+import inspect
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from omegaconf import II
 from fairseq import utils
 from fairseq.data import PrependTokenDataset, SortDataset, TokenBlockDataset, data_utils
@@ -13,10 +16,12 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
 
+from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion, unwrap_model
 from se_fairseq.data import score_file
 from se_fairseq.data.score_dataset import ScoreDataset
 from se_fairseq.data.se_mask_dataset import SelfEvolutionMaskDataset
 from se_fairseq.data.se_masking import SelfEvolutionMasker
+from se_fairseq.scoring import score_features
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +52,20 @@ class SelfEvolutionMLMConfig(MaskedLMConfig):
         default=1.0,
         metadata={"help": "with --se-select sample: score temperature (lower = closer to topk)"},
     )
+    se_online: bool = field(
+        default=False,
+        metadata={
+            "help": "one-stage SE: no score file; every train step scores the unmasked batch "
+            "with the current model (the reference forward that token_ls needs anyway), selects "
+            "on the device with --se-select topk or sample, then trains on the masked batch. "
+            "Needs --criterion token_ls. Valid/test splits use random (masked_lm) masking"
+        },
+    )
     se_metric: SE_METRIC_CHOICES = field(
         default="correctness",
         metadata={
-            "help": "the self-questioning score the score file must hold: correctness = "
-            "-log p(true token), confidence = entropy of the prediction"
+            "help": "the self-questioning score: correctness = -log p(true token), confidence = "
+            "entropy of the prediction (offline: what the score file must hold)"
         },
     )
     se_scores: Optional[str] = field(
@@ -91,6 +105,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
 
     def __init__(self, cfg, dictionary=None):
         _check_config(cfg)
+        self._online_masker = None
         for name in ("leave_unmasked_prob", "random_token_prob"):
             if getattr(cfg, name) is None:
                 default = _FAIRSEQ_REPLACEMENT_DEFAULT if cfg.se_select == "random" else 0.0
@@ -100,6 +115,12 @@ class SelfEvolutionMLMTask(MaskedLMTask):
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         if self.cfg.se_select == "random":
             return super().load_dataset(split, epoch, combine, **kwargs)
+        if self.cfg.se_online:
+            if split != self.cfg.train_subset:
+                logger.info(f"split {split}: --se-online trains only; random masking for it")
+                return super().load_dataset(split, epoch, combine, **kwargs)
+            self.datasets[split] = self._load_online_split(split, epoch, combine)
+            return
         prefix = self._score_prefix(split, epoch)
         if not all(os.path.exists(p) for p in score_file.paths(prefix)):
             if split == getattr(self.cfg, "train_subset", "train") or self.cfg.se_scores:
@@ -137,11 +158,39 @@ class SelfEvolutionMLMTask(MaskedLMTask):
                 f"score file {scores.meta_path} holds '{scores.metric}' scores but "
                 f"--se-metric is '{self.cfg.se_metric}'"
             )
+        tokens = self._load_tokens(split, split_path, combine)
+        blocks = self._blocks(tokens, ScoreDataset(scores, tokens.sizes))
+        logger.info(
+            f"loaded {len(blocks[0])} blocks from {split_path} with {scores.metric} scores "
+            f"from {scores.array_path} (--se-select {self.cfg.se_select})"
+        )
+        dataset = SelfEvolutionMaskDataset(blocks[0], blocks[1], self.build_masker(),
+                                           self.dictionary.pad(), self.cfg.seed)
+        return self._shuffled(dataset)
+
+    def _load_online_split(self, split, epoch, combine):
+        split_path = self._split_path(split, epoch)
+        tokens = self._load_tokens(split, split_path, combine)
+        if self.cfg.shorten_method != "none":
+            raise ValueError("--se-online does not support --shorten-method yet")
+        (blocks,) = self._blocks(tokens)
+        logger.info(f"loaded {len(blocks)} blocks from {split_path} (--se-online, "
+                    f"--se-select {self.cfg.se_select}, --se-metric {self.cfg.se_metric})")
+        dataset = SelfEvolutionMaskDataset(blocks, None, None, self.dictionary.pad(), self.cfg.seed)
+        return self._shuffled(dataset)
+
+    def _load_tokens(self, split, split_path, combine):
         tokens = data_utils.load_indexed_dataset(split_path, self.source_dictionary, combine=combine)
         if tokens is None:
             raise FileNotFoundError(f"Dataset not found: {split} ({split_path})")
-        score_items = ScoreDataset(scores, tokens.sizes)
-        blocks = [
+        return tokens
+
+    def _blocks(self, tokens, scores=None):
+        """Token blocks (and score blocks cut the same way), each behind <s>."""
+        sources = [(tokens, self.dictionary.pad(), self.dictionary.eos(), self.dictionary.bos())]
+        if scores is not None:
+            sources.append((scores, 0, 0, 0))
+        return [
             PrependTokenDataset(
                 TokenBlockDataset(
                     dataset,
@@ -153,16 +202,16 @@ class SelfEvolutionMLMTask(MaskedLMTask):
                 ),
                 bos,
             )
-            for dataset, pad, eos, bos in (
-                (tokens, self.dictionary.pad(), self.dictionary.eos(), self.dictionary.bos()),
-                (score_items, 0, 0, 0),
-            )
+            for dataset, pad, eos, bos in sources
         ]
-        logger.info(
-            f"loaded {len(blocks[0])} blocks from {split_path} with {scores.metric} scores "
-            f"from {scores.array_path} (--se-select {self.cfg.se_select})"
-        )
-        masker = SelfEvolutionMasker(
+
+    def _shuffled(self, dataset):
+        with data_utils.numpy_seed(self.cfg.seed):
+            shuffle = np.random.permutation(len(dataset))
+        return SortDataset(dataset, sort_order=[shuffle, dataset.sizes])
+
+    def build_masker(self):
+        return SelfEvolutionMasker(
             self.dictionary,
             self.mask_idx,
             mask_prob=self.cfg.mask_prob,
@@ -177,13 +226,69 @@ class SelfEvolutionMLMTask(MaskedLMTask):
                 get_whole_word_mask(self.args, self.dictionary) if self.cfg.mask_whole_words else None
             ),
         )
-        dataset = SelfEvolutionMaskDataset(blocks[0], blocks[1], masker, self.dictionary.pad())
-        with data_utils.numpy_seed(self.cfg.seed):
-            shuffle = np.random.permutation(len(dataset))
-        return SortDataset(dataset, sort_order=[shuffle, dataset.sizes])
+
+    # -- online SE -------------------------------------------------------------
+    def build_criterion(self, cfg, from_checkpoint=False):
+        criterion = super().build_criterion(cfg, from_checkpoint) if _accepts_from_checkpoint(
+            super().build_criterion) else super().build_criterion(cfg)
+        if self.cfg.se_online and not isinstance(criterion, TokenLabelSmoothingCriterion):
+            raise ValueError(
+                f"--se-online needs --criterion token_ls (got {type(criterion).__name__}): its "
+                "reference forward is what scores the batch"
+            )
+        return criterion
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if "se_online_seeds" in sample:
+            sample = self.mask_online(sample, model, criterion)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def mask_online(self, sample, model, criterion):
+        """Score the unmasked batch with the live model, select, mask; keep p_ref for TLS.
+
+        One reference forward (eval mode, no gradient) of the transformer; the LM
+        head runs at every position for the scores. The reference distribution at
+        the selected positions comes from the same forward.
+        """
+        if self._online_masker is None:
+            self._online_masker = self.build_masker()
+        tokens = sample["net_input"]["src_tokens"]
+        pad = self.dictionary.pad()
+        want_ref = criterion.alpha > 0 and criterion.reference == "model"
+        inner = unwrap_model(model)
+        was_training = inner.training
+        inner.eval()
+        try:
+            with torch.no_grad():
+                features, _ = inner(tokens, features_only=True)
+                scores, probs = score_features(inner, features, tokens, pad,
+                                               str(self.cfg.se_metric), keep_probs=want_ref)
+                source, target = self._online_masker.mask(tokens, scores, sample["se_online_seeds"])
+                selected = target.ne(pad)
+                ref_probs = None
+                if want_ref:
+                    if probs is not None:  # rows of non-pad positions -> the selected ones
+                        ref_probs = probs[selected[tokens.ne(pad)]]
+                    else:
+                        ref_probs = F.softmax(inner.encoder.output_layer(features[selected]),
+                                              dim=-1, dtype=torch.float32)
+        finally:
+            inner.train(was_training)
+        masked = {k: v for k, v in sample.items() if k != "se_online_seeds"}
+        masked["net_input"] = dict(sample["net_input"], src_tokens=source)
+        masked["target"] = target
+        if ref_probs is not None:
+            masked["tls_ref_probs"] = ref_probs
+        return masked
+
+
+def _accepts_from_checkpoint(method):
+    return "from_checkpoint" in inspect.signature(method).parameters
 
 
 def _check_config(cfg):
+    if cfg.se_online and cfg.se_select == "random":
+        raise ValueError("--se-online selects by score: use --se-select topk, sample or threshold")
     if not 0.0 < cfg.mask_prob < 1.0:
         raise ValueError(f"--mask-prob must lie in (0, 1), got {cfg.mask_prob}")
     for name in ("leave_unmasked_prob", "random_token_prob"):
