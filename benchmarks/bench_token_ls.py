@@ -183,6 +183,9 @@ def main():
         "machine, where spinning OpenMP threads otherwise swamp the measurement",
     )
     ap.add_argument("--show-times", action="store_true", help="print every update's time")
+    ap.add_argument("--online", action="store_true",
+                    help="also time (d) se_mlm --se-online + token_ls (scores from the live model; "
+                    "its bound: (c), offline plus the LM head at every position)")
     a = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)  # fairseq's INFO/WARNING chatter
@@ -240,6 +243,16 @@ def main():
                     se_batches),
         ]
 
+        if a.online:
+            on_cfg = parse(data, *common, "--task", "se_mlm", "--se-online", "--criterion",
+                           "token_ls", "--tls-alpha", str(a.alpha))
+            on_task = tasks.setup_task(on_cfg.task)
+            on_batches = batches_of(on_task, a.batch_size, n_batches)
+            for x, y in zip(on_batches, se_batches):
+                assert torch.equal(x["id"], y["id"])
+            variants.append(Variant("(d) online SE + token_ls", on_task, copy.deepcopy(base),
+                                    on_task.build_criterion(on_cfg.criterion), on_cfg, on_batches))
+
         # (b) and (c) compute the same loss (same weights, same batch)
         with torch.no_grad():
             lb = tls_crit(variants[1].model, se_batches[0])[0]
@@ -264,7 +277,8 @@ def main():
         done, rnd = 0, 0
         while done < a.updates:
             k = min(a.round_size, a.updates - done)
-            order = variants[rnd % 3:] + variants[: rnd % 3]
+            shift = rnd % len(variants)
+            order = variants[shift:] + variants[:shift]
             for v in order:
                 for _ in range(k):
                     v.update()
@@ -290,6 +304,13 @@ def main():
         print(f"ratio (b)/(a) = {ratio_b:.3f} of means, {med_b:.3f} of medians   (target <= 1.4)")
         print(f"ratio (c)/(a) = {ratio_c:.3f} of means, {med_c:.3f} of medians")
         print(f"ratio (c)/(b) = {ratio_c / ratio_b:.3f} of means, {med_c / med_b:.3f} of medians")
+        if a.online:
+            ratio_d = np.mean(variants[3].times) / base_mean
+            med_d = np.median(variants[3].times) / base_median
+            print(f"ratio (d)/(a) = {ratio_d:.3f} of means, {med_d:.3f} of medians")
+            print(f"ratio (d)/(b) = {ratio_d / ratio_b:.3f} of means, {med_d / med_b:.3f} of medians")
+            print(f"ratio (d)/(c) = {ratio_d / ratio_c:.3f} of means, {med_d / med_c:.3f} of medians"
+                  "   (online vs its bound: offline + LM head at every position; target <= ~1)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

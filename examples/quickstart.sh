@@ -20,7 +20,7 @@ if [ "$SCALE" = ci ]; then
   MAX_WORDS=30000 VOCAB=1000 LAYERS=2 DIM=64 FFN=128 HEADS=2 BATCH=16
   VANILLA_UPDATES=40 CONTINUE_UPDATES=20 VALID_EVERY=10
 else
-  MAX_WORDS=0 VOCAB=8000 LAYERS=4 DIM=256 FFN=1024 HEADS=4 BATCH=32
+  MAX_WORDS=0 VOCAB=8000 LAYERS=4 DIM=128 FFN=512 HEADS=4 BATCH=32
   VANILLA_UPDATES=800 CONTINUE_UPDATES=200 VALID_EVERY=50
 fi
 TPS=128
@@ -67,7 +67,7 @@ run fairseq-preprocess --only-source --trainpref "$WORK/spm/train.spm" --validpr
 done_step
 
 step "3. vanilla model: fairseq masked_lm, $VANILLA_UPDATES updates"
-train "$WORK/vanilla" --task masked_lm --criterion masked_lm --lr 5e-4 --lr-scheduler polynomial_decay \
+train "$WORK/vanilla" --task masked_lm --criterion masked_lm --lr 1e-3 --lr-scheduler polynomial_decay \
   --warmup-updates $(( VANILLA_UPDATES / 10 )) --total-num-update $VANILLA_UPDATES \
   --max-update $VANILLA_UPDATES --validate-interval-updates $(( VANILLA_UPDATES / 4 ))
 done_step
