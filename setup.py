@@ -114,11 +114,12 @@ setup(
         "numpy",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"], "hf": ["transformers", "safetensors"]},
+    extras_require={"test": ["pytest"], "hf": ["transformers>=4.40", "safetensors"]},
     entry_points={
         "console_scripts": [
             "se-bench = se_fairseq.cli.bench:cli_main",
             "se-score = se_fairseq.cli.score:cli_main",
+            "se-convert = se_fairseq.cli.convert:cli_main",
         ]
     },
     zip_safe=False,

@@ -20,7 +20,8 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
   pip install -q "torch==$TORCH_VERSION"
 fi
 echo "[setup] installing fairseq (ve-fairseq==0.12.3), build, test and demo tools"
-pip install -q "setuptools>=64" wheel ninja "ve-fairseq==0.12.3" pytest sentencepiece matplotlib
+pip install -q "setuptools>=64" wheel ninja "ve-fairseq==0.12.3" pytest sentencepiece matplotlib \
+  "transformers==5.24.0" "safetensors==0.8.0"  # transformers: se-convert (optional extra [hf])
 echo "[setup] building se-fairseq and its extension (pip install --no-build-isolation -e .)"
 pip install -q --no-build-isolation -e .
 .venv/bin/python -c "import fairseq, se_fairseq.ops as o; assert o.extension_available(); print('[setup] ok: fairseq', fairseq.__version__, '+ se-fairseq extension')" 2>&1 | grep '^\[setup\]'
