@@ -21,7 +21,7 @@ if [ "$SCALE" = ci ]; then
   VANILLA_UPDATES=40 CONTINUE_UPDATES=20 VALID_EVERY=10
 else
   MAX_WORDS=0 VOCAB=8000 LAYERS=4 DIM=128 FFN=512 HEADS=4 BATCH=32
-  VANILLA_UPDATES=800 CONTINUE_UPDATES=200 VALID_EVERY=50
+  VANILLA_UPDATES=600 CONTINUE_UPDATES=150 VALID_EVERY=25
 fi
 TPS=128
 rm -rf "$WORK"
@@ -69,7 +69,8 @@ done_step
 step "3. vanilla model: fairseq masked_lm, $VANILLA_UPDATES updates"
 train "$WORK/vanilla" --task masked_lm --criterion masked_lm --lr 1e-3 --lr-scheduler polynomial_decay \
   --warmup-updates $(( VANILLA_UPDATES / 10 )) --total-num-update $VANILLA_UPDATES \
-  --max-update $VANILLA_UPDATES --validate-interval-updates $(( VANILLA_UPDATES / 4 ))
+  --max-update $VANILLA_UPDATES --validate-interval-updates $(( VANILLA_UPDATES / 4 )) \
+  --leave-unmasked-prob 0 --random-token-prob 0
 done_step
 
 step "4. self-questioning: se-score (train split, and test for the hard-token evaluation)"
@@ -80,7 +81,8 @@ done_step
 
 CONTINUE=(--restore-file "$WORK/vanilla/checkpoint_last.pt" --reset-optimizer --reset-dataloader
   --reset-meters --reset-lr-scheduler --lr 1e-4 --lr-scheduler fixed --max-update $CONTINUE_UPDATES
-  --validate-interval-updates $VALID_EVERY --leave-unmasked-prob 0 --random-token-prob 0)
+  --validate-interval-updates $VALID_EVERY --leave-unmasked-prob 0 --random-token-prob 0
+  --validate-interval 1000)
 
 step "5a. continued pretraining: random masking, MLM loss"
 train "$WORK/random" "${CONTINUE[@]}" --task se_mlm --se-select random --criterion masked_lm
