@@ -11,7 +11,6 @@
 import argparse
 import time
 
-import numpy as np
 import torch
 
 from se_fairseq.ops import select

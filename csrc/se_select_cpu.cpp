@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "se_select.h"
+#include "se_select_checks.h"
 
 extern "C" {
 // Importing se_fairseq._C loads the library, which registers the operator.
@@ -71,25 +72,7 @@ at::Tensor select_cpu(const at::Tensor& scores, const at::Tensor& eligible,
                       const std::optional<at::Tensor>& num_select,
                       double ratio, int64_t mode, double threshold,
                       double temperature) {
-  TORCH_CHECK(scores.dim() == 2, "se_fairseq::select: scores must be 2-D "
-              "(rows x positions), got ", scores.dim(), "-D");
-  TORCH_CHECK(scores.scalar_type() == at::kFloat,
-              "se_fairseq::select: scores must be float32");
-  TORCH_CHECK(eligible.scalar_type() == at::kBool &&
-                  eligible.sizes() == scores.sizes(),
-              "se_fairseq::select: eligible must be a bool tensor shaped like "
-              "scores");
-  TORCH_CHECK(seeds.scalar_type() == at::kLong && seeds.dim() == 1 &&
-                  seeds.size(0) == scores.size(0),
-              "se_fairseq::select: seeds must be int64 with one per row");
-  TORCH_CHECK(mode == kTopK || mode == kThreshold || mode == kSample,
-              "se_fairseq::select: unknown mode ", mode);
-  TORCH_CHECK(mode == kThreshold || num_select.has_value() ||
-                  (ratio >= 0.0 && ratio <= 1.0),
-              "se_fairseq::select: ratio must lie in [0, 1], got ", ratio);
-  TORCH_CHECK(mode != kSample || temperature > 0.0,
-              "se_fairseq::select: temperature must be positive, got ",
-              temperature);
+  check_select_args(scores, eligible, seeds, num_select, ratio, mode, temperature);
 
   const auto scores_c = scores.contiguous();
   const auto eligible_c = eligible.contiguous();
@@ -97,8 +80,6 @@ at::Tensor select_cpu(const at::Tensor& scores, const at::Tensor& eligible,
   at::Tensor k_c;
   if (num_select.has_value()) {
     k_c = num_select->to(at::kLong).contiguous();
-    TORCH_CHECK(k_c.dim() == 1 && k_c.size(0) == scores.size(0),
-                "se_fairseq::select: num_select must hold one count per row");
   }
   auto out = at::zeros(scores.sizes(), scores.options().dtype(at::kBool));
 

@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include "se_select.h"
+#include "se_select_checks.h"
 
 namespace se_fairseq {
 
@@ -21,22 +22,7 @@ at::Tensor select_cuda(const at::Tensor& scores, const at::Tensor& eligible,
                        const std::optional<at::Tensor>& num_select,
                        double ratio, int64_t mode, double threshold,
                        double temperature) {
-  TORCH_CHECK(scores.dim() == 2 && scores.scalar_type() == at::kFloat,
-              "se_fairseq::select: scores must be 2-D float32");
-  TORCH_CHECK(eligible.scalar_type() == at::kBool &&
-                  eligible.sizes() == scores.sizes(),
-              "se_fairseq::select: eligible must be a bool tensor shaped like "
-              "scores");
-  TORCH_CHECK(seeds.scalar_type() == at::kLong && seeds.dim() == 1 &&
-                  seeds.size(0) == scores.size(0),
-              "se_fairseq::select: seeds must be int64 with one per row");
-  TORCH_CHECK(mode == kTopK || mode == kThreshold || mode == kSample,
-              "se_fairseq::select: unknown mode ", mode);
-  TORCH_CHECK(mode == kThreshold || num_select.has_value() ||
-                  (ratio >= 0.0 && ratio <= 1.0),
-              "se_fairseq::select: ratio must lie in [0, 1], got ", ratio);
-  TORCH_CHECK(mode != kSample || temperature > 0.0,
-              "se_fairseq::select: temperature must be positive");
+  check_select_args(scores, eligible, seeds, num_select, ratio, mode, temperature);
   const c10::cuda::CUDAGuard guard(scores.device());
   const auto s = scores.contiguous();
   const auto e = eligible.to(scores.device()).contiguous();
@@ -44,8 +30,6 @@ at::Tensor select_cuda(const at::Tensor& scores, const at::Tensor& eligible,
   at::Tensor k;
   if (num_select.has_value()) {
     k = num_select->to(scores.device(), at::kLong).contiguous();
-    TORCH_CHECK(k.dim() == 1 && k.size(0) == scores.size(0),
-                "se_fairseq::select: num_select must hold one count per row");
   }
   auto out = at::empty(scores.sizes(), scores.options().dtype(at::kBool));
   auto error = at::zeros({1}, scores.options().dtype(at::kInt));

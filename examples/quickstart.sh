@@ -69,8 +69,7 @@ done_step
 step "3. vanilla model: fairseq masked_lm, $VANILLA_UPDATES updates"
 train "$WORK/vanilla" --task masked_lm --criterion masked_lm --lr 1e-3 --lr-scheduler polynomial_decay \
   --warmup-updates $(( VANILLA_UPDATES / 10 )) --total-num-update $VANILLA_UPDATES \
-  --max-update $VANILLA_UPDATES --validate-interval-updates $(( VANILLA_UPDATES / 4 )) \
-  --leave-unmasked-prob 0 --random-token-prob 0
+  --max-update $VANILLA_UPDATES --validate-interval-updates $(( VANILLA_UPDATES / 4 ))
 done_step
 
 step "4. self-questioning: se-score (train split, and test for the hard-token evaluation)"
@@ -96,7 +95,7 @@ train "$WORK/online" "${CONTINUE[@]}" --task se_mlm --se-online --se-select topk
 done_step
 
 step "6. evaluation on the held-out test split"
-run python examples/quickstart/evaluate.py "$WORK/data-bin" --split test --tokens-per-sample $TPS \
+run python examples/quickstart/evaluate.py "$WORK/data-bin" --split test --curve-split valid --tokens-per-sample $TPS \
   --model vanilla="$WORK/vanilla/checkpoint_last.pt" --model random="$WORK/random/checkpoint_last.pt" \
   --model se="$WORK/se/checkpoint_last.pt" --model online="$WORK/online/checkpoint_last.pt" \
   --out "$WORK/results.json"

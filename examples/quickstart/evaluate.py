@@ -54,6 +54,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--curve-split", default=None,
+                        help="also evaluate this split under fairseq-train's own validation masks "
+                        "(the update-0 point of the report's training curves)")
     parser.add_argument("--model", action="append", required=True, help="NAME=CHECKPOINT")
     parser.add_argument("--tokens-per-sample", default="128")
     parser.add_argument("--out", required=True)
@@ -66,6 +69,8 @@ def main():
     blocking = ["--tokens-per-sample", args.tokens_per_sample, "--sample-break-mode", "none"]
     suites = {
         "random": masked_batches(args.data, args.split, ["--task", "masked_lm", *blocking]),
+        **({"curve": masked_batches(args.data, args.curve_split, ["--task", "masked_lm", *blocking],
+                                    batch_size=32)} if args.curve_split else {}),
         "hard": masked_batches(args.data, args.split, ["--task", "se_mlm", "--se-select", "topk",
                                                        *blocking]),
     }

@@ -36,11 +36,6 @@ def parse_log(path):
     return dict(sorted(curve.items()))
 
 
-def last_valid(path):
-    curve = parse_log(path)
-    return curve[max(curve)] if curve else None
-
-
 def findings(results):
     """Plain statements of what the numbers say (no judgement baked in)."""
     base = results["vanilla"]
@@ -76,7 +71,8 @@ def main():
     base = results["vanilla"]
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
-    start = last_valid(os.path.join(args.work, "vanilla", "train.log"))
+    # the vanilla model's loss on the same validation masks as the continued runs
+    start = base.get("curve", {}).get("loss")
     for name, label in RUNS:
         curve = parse_log(os.path.join(args.work, name, "train.log"))
         if start is not None:

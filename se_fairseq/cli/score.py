@@ -194,8 +194,10 @@ class ScoringJob:
                     "or delete that folder to start over"
                 )
             return
+        from se_fairseq.data import score_file
+
         os.makedirs(self.partial_dir, exist_ok=True)
-        _atomic_json(manifest_path, wanted)
+        score_file.atomic_write_text(manifest_path, json.dumps(wanted, indent=2, sort_keys=True))
 
     # -- scoring -------------------------------------------------------------
     def batches(self, first, last):
@@ -216,9 +218,9 @@ class ScoringJob:
             yield batch
 
     def score_chunk(self, i, progress=None):
-        import torch
         from fairseq.data import data_utils
 
+        from se_fairseq.data import score_file
         from se_fairseq.scoring import score_batch
 
         first, last = self.chunks[i]
@@ -234,7 +236,7 @@ class ScoringJob:
                 progress.update(int(sum(self.slices[b, 1] - self.slices[b, 0] for b in batch)))
         if not np.isfinite(out).all():
             raise SystemExit(f"se-score: non-finite scores in chunk {i}; try fp32")
-        _atomic_npy(self.chunk_path(i), out.astype(np.float16))
+        score_file.atomic_save_npy(self.chunk_path(i), out.astype(np.float16))
 
     def my_pending_chunks(self):
         return [i for i in range(len(self.chunks))
@@ -293,22 +295,6 @@ def format_summary(metric, summary):
     for lo, hi, c in zip(edges[:-1], edges[1:], counts):
         lines.append(f"  [{lo:7.3f}, {hi:7.3f})  {'#' * max(1 if c else 0, round(40 * c / top)):<40} {c}")
     return "\n".join(lines)
-
-
-def _atomic_npy(path, array):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_json(path, obj):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _init_distributed():

@@ -97,12 +97,13 @@ def write(prefix, scores, *, metric, checkpoint, blocking, fingerprint, extra=No
         "corpus": fingerprint,
     }
     meta.update(extra or {})
-    _atomic_save_npy(array_path, scores.astype(SCORE_DTYPE))
-    _atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic_save_npy(array_path, scores.astype(SCORE_DTYPE))
+    atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return array_path, meta_path
 
 
-def _atomic_save_npy(path, array):
+def atomic_save_npy(path, array):
+    """Write ``array`` as a plain .npy (no pickle) under a temporary name, then rename."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         np.save(f, array, allow_pickle=False)
@@ -111,7 +112,7 @@ def _atomic_save_npy(path, array):
     os.replace(tmp, path)
 
 
-def _atomic_write_text(path, text):
+def atomic_write_text(path, text):
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)

@@ -5,7 +5,6 @@ the extension is built, else the numpy reference with a one-time warning.
 """
 import warnings
 
-import numpy as np
 import torch
 
 from . import reference
