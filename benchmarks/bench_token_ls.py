@@ -31,17 +31,12 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import fairseq  # noqa: F401  (registers se_mlm / token_ls)
 from fairseq import optim, options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-from se_fairseq.criterions.token_ls import (
-    TokenLabelSmoothingCriterion,
-    original_tokens,
-    unwrap_model,
-)
+from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion
 from se_fairseq.data import score_file
 
 
@@ -49,18 +44,9 @@ class FullHeadReferenceTLS(TokenLabelSmoothingCriterion):
     """token_ls whose reference forward runs the LM head at every position and then
     keeps the masked ones (as the reference code does)."""
 
-    @torch.no_grad()
-    def _reference_probs(self, model, sample, masked):
-        inner = unwrap_model(model)
-        was_training = inner.training
-        inner.eval()
-        try:
-            net_input = dict(sample["net_input"])
-            net_input["src_tokens"] = original_tokens(sample, self.padding_idx)
-            ref_logits = inner(**net_input)[0][masked]  # no masked_tokens: all positions
-        finally:
-            inner.train(was_training)
-        return F.softmax(ref_logits, dim=-1, dtype=torch.float32)
+    @staticmethod
+    def _reference_logits(inner, net_input, masked):
+        return inner(**net_input)[0][masked]  # no masked_tokens: all positions, then index
 
 
 # ---------------------------------------------------------------------------

@@ -98,10 +98,14 @@ class TokenLabelSmoothingCriterion(FairseqCriterion):
         try:
             net_input = dict(sample["net_input"])
             net_input["src_tokens"] = original_tokens(sample, self.padding_idx)
-            ref_logits = inner(**net_input, masked_tokens=masked)[0]
+            ref_logits = self._reference_logits(inner, net_input, masked)
         finally:
             inner.train(was_training)
         return F.softmax(ref_logits, dim=-1, dtype=torch.float32)
+
+    @staticmethod
+    def _reference_logits(inner, net_input, masked):
+        return inner(**net_input, masked_tokens=masked)[0]  # LM head at masked positions only
 
     @staticmethod
     def _logging_output(sample, loss, nll_loss, sample_size, correct, ref_correct, ref_total):
