@@ -8,6 +8,10 @@ import pytest
 
 import fairseq  # noqa: F401  (registers se_mlm / token_ls through the plugin hook)
 
+# Console scripts (fairseq-train, se-score, ...) of the environment running the
+# tests, whether or not it is activated (CI calls .venv/bin/python directly).
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
 TINY_ROBERTA = [
     "--arch", "roberta_base", "--encoder-layers", "2", "--encoder-embed-dim", "32",
     "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
