@@ -239,10 +239,13 @@ def main():
             variants.append(Variant("(d) online SE + token_ls", on_task, copy.deepcopy(base),
                                     on_task.build_criterion(on_cfg.criterion), on_cfg, on_batches))
 
-        # (b) and (c) compute the same loss (same weights, same batch)
+        # (b) and (c) compute the same loss (same weights, same batch; eval mode so that
+        # dropout does not draw different masks for the two calls)
         with torch.no_grad():
+            variants[1].model.eval(), variants[2].model.eval()
             lb = tls_crit(variants[1].model, se_batches[0])[0]
             lc = full_crit(variants[2].model, se_batches[0])[0]
+            variants[1].model.train(), variants[2].model.train()
         torch.testing.assert_close(lb, lc, rtol=1e-4, atol=0.0)
 
         setup_s = time.perf_counter() - t0

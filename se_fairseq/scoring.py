@@ -13,6 +13,15 @@ METRICS = ("correctness", "confidence")
 LOGITS_BUDGET = 1 << 25  # fp32 elements per LM-head chunk (128 MiB)
 
 
+def token_scores_from_logits(logits, targets, metric):
+    """fp32 scores of a (positions x vocab) logits chunk; correctness without a full
+    log-softmax: logsumexp - logit of the true token."""
+    logits = logits.float()
+    if metric == "correctness":
+        return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return token_scores_from_lprobs(F.log_softmax(logits, dim=-1), targets, metric)
+
+
 def token_scores_from_lprobs(lprobs, targets, metric):
     if metric == "correctness":
         return -lprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -26,32 +35,31 @@ def vocab_size(model):
 
 
 @torch.no_grad()
-def score_features(model, features, src_tokens, pad, metric, keep_probs=False):
+def score_features(model, features, src_tokens, pad, metric, keep_logits=False):
     """Scores (batch x length, fp32, 0 at padding) from encoder ``features``.
 
-    With ``keep_probs``, also returns the fp32 probabilities of the
-    non-padding positions (row-major order) when they fit ``LOGITS_BUDGET``,
-    else None (the caller recomputes the few it needs).
+    With ``keep_logits``, also returns the LM-head logits of the non-padding
+    positions (row-major order) when they fit ``LOGITS_BUDGET``, else None (the
+    caller recomputes the few it needs).
     """
     keep = src_tokens.ne(pad)
     flat_features = features[keep]
     flat_targets = src_tokens[keep]
     vocab = vocab_size(model)
-    keep_probs = keep_probs and flat_features.size(0) * vocab <= LOGITS_BUDGET
+    keep_logits = keep_logits and flat_features.size(0) * vocab <= LOGITS_BUDGET
     chunk = max(1, LOGITS_BUDGET // vocab)
-    pieces, probs = [], []
+    pieces, kept = [], []
     for s in range(0, flat_features.size(0), chunk):
         logits = model.encoder.output_layer(flat_features[s:s + chunk])
-        lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
-        pieces.append(token_scores_from_lprobs(lprobs, flat_targets[s:s + chunk], metric))
-        if keep_probs:
-            probs.append(lprobs.exp())
+        pieces.append(token_scores_from_logits(logits, flat_targets[s:s + chunk], metric))
+        if keep_logits:
+            kept.append(logits)
     out = torch.zeros(src_tokens.shape, dtype=torch.float32, device=src_tokens.device)
     if pieces:
         out[keep] = torch.cat(pieces)
-    if not keep_probs:
+    if not keep_logits:
         return out, None
-    return out, torch.cat(probs) if probs else features.new_zeros((0, vocab), dtype=torch.float32)
+    return out, torch.cat(kept) if kept else features.new_zeros((0, vocab))
 
 
 @torch.no_grad()

@@ -261,17 +261,17 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         try:
             with torch.no_grad():
                 features, _ = inner(tokens, features_only=True)
-                scores, probs = score_features(inner, features, tokens, pad,
-                                               str(self.cfg.se_metric), keep_probs=want_ref)
+                scores, logits = score_features(inner, features, tokens, pad,
+                                                str(self.cfg.se_metric), keep_logits=want_ref)
                 source, target = self._online_masker.mask(tokens, scores, sample["se_online_seeds"])
                 selected = target.ne(pad)
                 ref_probs = None
                 if want_ref:
-                    if probs is not None:  # rows of non-pad positions -> the selected ones
-                        ref_probs = probs[selected[tokens.ne(pad)]]
+                    if logits is not None:  # rows of non-pad positions -> the selected ones
+                        logits = logits[selected[tokens.ne(pad)]]
                     else:
-                        ref_probs = F.softmax(inner.encoder.output_layer(features[selected]),
-                                              dim=-1, dtype=torch.float32)
+                        logits = inner.encoder.output_layer(features[selected])
+                    ref_probs = F.softmax(logits, dim=-1, dtype=torch.float32)
         finally:
             inner.train(was_training)
         masked = {k: v for k, v in sample.items() if k != "se_online_seeds"}
