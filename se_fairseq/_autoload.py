@@ -1,19 +1,21 @@
 """Registers the plugin with fairseq right after ``import fairseq`` completes.
 
 Installed as a one-line ``.pth`` file, so it runs at every interpreter start:
-it must stay tiny and import nothing heavy. It adds a meta-path finder that
+it must stay tiny and import nothing (not even importlib.abc, which pulls in
+typing and would double the start-up time). It adds a meta-path finder that
 answers only for the module ``fairseq`` and wraps its loader so that the
 plugin registers once fairseq has finished initialising (its registries then
 hold fairseq's own tasks, and ``fairseq-train --task se_mlm`` resolves).
 """
-import importlib.abc
 import os
 import sys
 
 _DISABLE_ENV = "SE_FAIRSEQ_NO_AUTOLOAD"
 
 
-class _RegisterAfterExec(importlib.abc.Loader):
+class _RegisterAfterExec:
+    """Wraps fairseq's loader: run it, then register the plugin."""
+
     def __init__(self, loader):
         self._loader = loader
 
@@ -30,7 +32,9 @@ class _RegisterAfterExec(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class _FairseqHook(importlib.abc.MetaPathFinder):
+class _FairseqHook:
+    """A meta-path finder that answers only for ``fairseq``, once."""
+
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "fairseq":
             return None

@@ -27,6 +27,13 @@ def test_hook_is_installed_and_imports_nothing_heavy():
     assert python(code) == "True False"
 
 
+def test_hook_adds_no_module_but_its_own_to_interpreter_start():
+    code = "import sys; print(' '.join(sorted(sys.modules)))"
+    with_hook = set(python(code).split())
+    without = set(python(code, SE_FAIRSEQ_NO_AUTOLOAD="1").split())
+    assert with_hook - without == {"se_fairseq", "se_fairseq._autoload"}
+
+
 def test_importing_fairseq_registers_task_and_criterion():
     code = (
         "import fairseq; from fairseq.tasks import TASK_REGISTRY; "
