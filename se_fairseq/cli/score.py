@@ -340,8 +340,7 @@ def main(argv=None):
         job.prepare_partial_dir()  # checks the manifest rank 0 wrote
 
     pending = job.my_pending_chunks()
-    done_before = sum(1 for i in range(len(job.chunks))
-                      if i % world_size == rank and i not in set(pending))
+    done_before = len(range(rank, len(job.chunks), world_size)) - len(pending)
     if done_before and rank == 0:
         logger.info(f"resuming: {done_before} chunk(s) of rank {rank} already scored")
     if args.stop_after_chunks:

@@ -123,7 +123,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             return
         prefix = self._score_prefix(split, epoch)
         if not all(os.path.exists(p) for p in score_file.paths(prefix)):
-            if split == getattr(self.cfg, "train_subset", "train") or self.cfg.se_scores:
+            if split == self.cfg.train_subset or self.cfg.se_scores:
                 score_file.ScoreFile(prefix, self._split_path(split, epoch))  # raises, naming both
             logger.info(
                 f"split {split}: no score file at {prefix}.npy; using random (masked_lm) "
@@ -137,7 +137,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         return os.path.join(paths[(epoch - 1) % len(paths)], split)
 
     def _score_prefix(self, split, epoch):
-        if self.cfg.se_scores and split == getattr(self.cfg, "train_subset", "train"):
+        if self.cfg.se_scores and split == self.cfg.train_subset:
             path = self.cfg.se_scores
             for ext in (".npy", ".json"):
                 if path.endswith(ext):
