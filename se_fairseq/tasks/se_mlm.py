@@ -1,5 +1,4 @@
 """Task ``se_mlm``: masked-LM training that masks what the model knows least."""
-import inspect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -229,8 +228,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
 
     # -- online SE -------------------------------------------------------------
     def build_criterion(self, cfg, from_checkpoint=False):
-        criterion = super().build_criterion(cfg, from_checkpoint) if _accepts_from_checkpoint(
-            super().build_criterion) else super().build_criterion(cfg)
+        criterion = super().build_criterion(cfg, from_checkpoint)
         if self.cfg.se_online and not isinstance(criterion, TokenLabelSmoothingCriterion):
             raise ValueError(
                 f"--se-online needs --criterion token_ls (got {type(criterion).__name__}): its "
@@ -280,10 +278,6 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         if ref_probs is not None:
             masked["tls_ref_probs"] = ref_probs
         return masked
-
-
-def _accepts_from_checkpoint(method):
-    return "from_checkpoint" in inspect.signature(method).parameters
 
 
 def _check_config(cfg):
