@@ -246,8 +246,9 @@ def from_hf(args):
         os.remove(tmp)
         raise convert.ConversionError(f"internal error: the checkpoint would pickle {sorted(unsafe)}")
     os.replace(tmp, out)
-    with open(dict_out, "w", encoding="utf-8") as f:
-        f.write(text)
+    from se_fairseq.data.score_file import atomic_write_text
+
+    atomic_write_text(dict_out, text)
     print(f"wrote {args.out}: fairseq RoBERTa with {options['encoder_layers']} layers, embed "
           f"{options['encoder_embed_dim']}, {options['vocab_size']} ids, {options['max_positions']} "
           f"positions; and {dict_out} (from {source})")

@@ -114,7 +114,7 @@ def atomic_save_npy(path, array):
 
 def atomic_write_text(path, text):
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
