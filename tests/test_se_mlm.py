@@ -8,7 +8,7 @@ import torch
 from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-from conftest import TINY_ROBERTA, split_tokens
+from conftest import TINY_ROBERTA, split_tokens, write_scores
 from se_fairseq.data import score_file
 from se_fairseq.data.score_file import ScoreFileError
 
@@ -173,18 +173,123 @@ def test_metric_mismatch_is_refused(scored_corpus):
         task.load_dataset("train")
 
 
-def test_explicit_score_path_and_threshold_mode(scored_corpus, tmp_path):
+def flat_scores_of_batch(batch, split_path, sentences, bos_offset=1):
+    """Scores of each row of an eos-mode batch, read straight from the score file."""
+    flat = np.load(split_path + ".se_scores.npy").astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sentences])])
+    rows = []
+    for index in batch["id"].tolist():
+        rows.append(np.concatenate([[0.0] * bos_offset, flat[offsets[index]:offsets[index + 1]]]))
+    return rows
+
+
+def test_explicit_score_path_loads_valid_with_its_fallback(scored_corpus, tmp_path):
+    """--se-scores names the train split's file; valid (loaded first by fairseq-train) keeps
+    its random-masking fallback instead of looking for a score file of its own."""
     split = os.path.join(scored_corpus, "train")
     moved = str(tmp_path / "elsewhere")
     for ext in (".npy", ".json"):
         os.rename(split + ".se_scores" + ext, moved + ext)
-    task, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-scores", moved + ".npy",
-                        "--se-select", "threshold", "--se-threshold", "6.0")
-    flat = np.load(moved + ".npy")
-    for batch in epoch_batches(task):
-        assert batch["target"].ne(1).any()
+    task, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-scores", moved + ".npy")
+    valid = epoch_batches(task, split="valid")
+    assert sum(int(b["target"].ne(1).sum()) for b in valid) > 0
+    assert type(task.dataset("valid").dataset.dataset).__name__ == "NestedDictionaryDataset"
+    train = epoch_batches(task)
+    assert type(task.dataset("train").dataset.dataset).__name__ == "SelfEvolutionMaskDataset"
+    assert all(b["target"].ne(1).any() for b in train)
     assert score_file.ScoreFile(moved, split).metric == "correctness"
-    assert (flat > 6.0).any()
+
+
+@pytest.mark.parametrize("threshold", [None, "6.0"])
+def test_threshold_mode_selects_scores_above_the_threshold(scored_corpus, threshold):
+    """Every eligible token scored above t, on real batches; default t = 0.1 (the reference
+    code's rule), tried on scores of which about 60 % lie below it."""
+    extra = [] if threshold is None else ["--se-threshold", threshold]
+    if threshold is None:
+        split = os.path.join(scored_corpus, "train")
+        num_tokens = sum(len(s) for s in split_tokens(split))
+        write_scores(split, np.random.default_rng(2).exponential(0.1, size=num_tokens))
+    task, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-select", "threshold",
+                        "--sample-break-mode", "eos", *extra)
+    t = 0.1 if threshold is None else float(threshold)
+    d = task.source_dictionary
+    split = os.path.join(scored_corpus, "train")
+    sentences = split_tokens(split)
+    rows = 0
+    for batch in epoch_batches(task):
+        for row, scores in enumerate(flat_scores_of_batch(batch, split, sentences)):
+            n = len(scores)
+            source = batch["net_input"]["src_tokens"][row, :n].numpy()
+            target = batch["target"][row, :n].numpy()
+            tokens = np.where(target != d.pad(), target, source)
+            eligible = tokens >= d.nspecial
+            above = eligible & (scores > t)
+            if above.any():  # else: the random fallback (tested below)
+                np.testing.assert_array_equal(target != d.pad(), above)
+                assert (source[above] == task.mask_idx).all()
+                rows += 1
+    assert rows > 50
+
+
+def test_threshold_rows_with_nothing_above_fall_back_to_random_masking(scored_corpus):
+    """Rows without a token above t get masked_lm masking (mask_prob, 80/10/10); with
+    --se-threshold-fallback none they stay unmasked."""
+    task, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-select", "threshold",
+                        "--se-threshold", "1000")  # nothing is above it
+    masked = kept_or_random = selected_total = eligible_total = 0
+    for batch in epoch_batches(task):
+        selected = batch["target"].ne(1)
+        src = batch["net_input"]["src_tokens"]
+        original = torch.where(selected, batch["target"], src)
+        eligible = original >= task.source_dictionary.nspecial
+        assert not (selected & ~eligible).any()
+        selected_total += int(selected.sum())
+        eligible_total += int(eligible.sum())
+        masked += int((src[selected] == task.mask_idx).sum())
+        kept_or_random += int((src[selected] != task.mask_idx).sum())
+    assert abs(selected_total / eligible_total - 0.15) < 0.02
+    assert abs(kept_or_random / selected_total - 0.2) < 0.06  # 10 % kept + 10 % random
+    none_task, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-select", "threshold",
+                             "--se-threshold", "1000", "--se-threshold-fallback", "none")
+    assert all(not b["target"].ne(1).any() for b in epoch_batches(none_task))
+
+
+def test_random_share_splits_the_budget(scored_corpus):
+    """--se-random-share 0.5: half of each block's k are its top scores, the rest drawn
+    uniformly from the others (so they are not all the next-highest scores)."""
+    task, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-random-share", "0.5",
+                        "--sample-break-mode", "eos", "--mask-prob", "0.3")
+    pure, _ = make_task(scored_corpus, "--task", "se_mlm", "--sample-break-mode", "eos",
+                        "--mask-prob", "0.3")
+    d = task.source_dictionary
+    split = os.path.join(scored_corpus, "train")
+    sentences = split_tokens(split)
+    outside_top = 0
+    for batch, pure_batch in zip(epoch_batches(task), epoch_batches(pure)):
+        assert torch.equal(batch["id"], pure_batch["id"])
+        for row, scores in enumerate(flat_scores_of_batch(batch, split, sentences)):
+            n = len(scores)
+            tokens = np.concatenate([[d.bos()], sentences[int(batch["id"][row])]])
+            eligible = tokens >= d.nspecial
+            selected = batch["target"][row, :n].numpy() != d.pad()
+            k = int(selected.sum())
+            assert k == int((pure_batch["target"][row, :n] != d.pad()).sum())  # same budget
+            order = sorted(np.flatnonzero(eligible),
+                           key=lambda p: (-scores[p], p))
+            by_score = k - int(np.floor(k * 0.5 + 0.5))
+            assert set(order[:by_score]) <= set(np.flatnonzero(selected))
+            outside_top += len(set(np.flatnonzero(selected)) - set(order[:k]))
+    assert outside_top > 20
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--se-select", "topk", "--se-threshold", "1"], "--se-threshold applies"),
+    (["--se-select", "threshold", "--se-random-share", "0.5"], "--se-random-share splits"),
+    (["--se-random-share", "1.5"], "--se-random-share must lie"),
+])
+def test_inconsistent_se_options_are_refused(scored_corpus, extra, message):
+    with pytest.raises(ValueError, match=message):
+        make_task(scored_corpus, "--task", "se_mlm", *extra)
 
 
 def test_empty_and_short_sequences(scored_corpus):
@@ -198,3 +303,63 @@ def test_empty_and_short_sequences(scored_corpus):
     source, target = masker(tokens, torch.ones(2, 4), np.arange(2), epoch=1)
     assert target[0].eq(d.pad()).all()  # nothing eligible: nothing masked
     assert target[1].tolist() == [d.pad(), 10, d.pad(), d.pad()]
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_corpus(tmp_path_factory):
+    """Text cut into SentencePiece pieces (an offline BPE), binarized, with a score file."""
+    import sentencepiece as spm
+
+    from conftest import binarize
+
+    root = tmp_path_factory.mktemp("spm")
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefghij"), size=rng.integers(2, 9))) for _ in range(300)]
+    p = 1.0 / np.arange(1, len(words) + 1)
+    lines = [" ".join(rng.choice(words, size=rng.integers(5, 30), p=p / p.sum()))
+             for _ in range(400)]
+    (root / "raw.txt").write_text("\n".join(lines) + "\n")
+    spm.SentencePieceTrainer.train(input=str(root / "raw.txt"), model_prefix=str(root / "spm"),
+                                   vocab_size=120, model_type="unigram", minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(root / "spm.model"))
+    (root / "txt").mkdir()
+    for split, rows in (("train", lines[:350]), ("valid", lines[350:])):
+        (root / "txt" / f"{split}.txt").write_text(
+            "\n".join(" ".join(sp.encode(r, out_type=str)) for r in rows) + "\n")
+    data = binarize(str(root / "txt"), str(root / "data-bin"))
+    split = os.path.join(data, "train")
+    num_tokens = sum(len(s) for s in split_tokens(split))
+    write_scores(split, np.random.default_rng(1).gamma(2.0, 2.0, size=num_tokens))
+    return data, str(root / "spm.model")
+
+
+@pytest.mark.parametrize("mode", ["topk", "random"])
+def test_whole_word_masking_through_fairseq_argument_parsing(sentencepiece_corpus, mode):
+    """--mask-whole-words as fairseq-train builds it (--bpe sentencepiece): every selected
+    piece belongs to a word selected whole; words start at pieces with SentencePiece's '▁'."""
+    data, model = sentencepiece_corpus
+    task, _ = make_task(data, "--task", "se_mlm", "--se-select", mode, "--mask-whole-words",
+                        "--bpe", "sentencepiece", "--sentencepiece-model", model,
+                        "--sample-break-mode", "eos")
+    d = task.source_dictionary
+    selected_words = 0
+    for batch in epoch_batches(task):
+        target = batch["target"]
+        original = torch.where(target.ne(d.pad()), target, batch["net_input"]["src_tokens"])
+        for row in range(len(original)):
+            pieces = [d[i] for i in original[row].tolist()]
+            begins = [i < d.nspecial or p.startswith("\u2581")
+                      for i, p in zip(original[row].tolist(), pieces)]
+            word = np.cumsum(begins)
+            chosen = target[row].ne(d.pad()).numpy()
+            for w in set(word[chosen]):
+                in_word = word == w
+                assert chosen[in_word].all(), f"word {w} of row {row} partly masked"
+                selected_words += 1
+    assert selected_words > 50
+
+
+def test_whole_word_masking_without_a_bpe_is_refused(scored_corpus):
+    with pytest.raises(ValueError, match="--mask-whole-words needs --bpe"):
+        task, _ = make_task(scored_corpus, "--task", "se_mlm", "--mask-whole-words")
+        task.load_dataset("train")

@@ -12,6 +12,12 @@ from se_fairseq.ops import select
 from se_fairseq.ops.reference import hash_uniform, splitmix64
 
 _REPLACE_STREAM = 0x5E1EC7ED5E1EC7ED
+_RANDOM_STREAM = 0x2A17C0DE0BADF00D  # uniform picks: threshold fallback, random share
+
+# fairseq masked_lm's replacement policy (80/10/10), which the reference code applies to
+# the rows that threshold selection leaves empty.
+FALLBACK_LEAVE_UNMASKED_PROB = 0.1
+FALLBACK_RANDOM_TOKEN_PROB = 0.1
 
 
 def row_seeds(seed, epoch, indices):
@@ -24,9 +30,20 @@ def row_seeds(seed, epoch, indices):
 class SelfEvolutionMasker:
     """Turns padded (tokens, scores) batches into (masked source, target)."""
 
+    """Turns padded (tokens, scores) batches into (masked source, target).
+
+    ``mode`` is the op's: topk, sample or threshold. With ``threshold``, rows where no
+    token scores above it get random masking (mask_prob, 80/10/10) unless
+    ``threshold_fallback`` is False, as in the reference code. With topk or sample,
+    ``random_share`` of each row's budget goes to uniformly drawn eligible positions.
+    """
+
     def __init__(self, dictionary, mask_idx, *, mask_prob, mode, seed, threshold=0.0,
                  temperature=1.0, leave_unmasked_prob=0.0, random_token_prob=0.0,
-                 freq_weighted_replacement=False, mask_whole_words=None):
+                 freq_weighted_replacement=False, mask_whole_words=None,
+                 threshold_fallback=False, random_share=0.0):
+        if not 0.0 <= random_share <= 1.0:
+            raise ValueError(f"random_share must lie in [0, 1], got {random_share}")
         self.pad = dictionary.pad()
         self.mask_idx = mask_idx
         self.mask_prob = mask_prob
@@ -34,6 +51,8 @@ class SelfEvolutionMasker:
         self.seed = seed
         self.threshold = threshold
         self.temperature = temperature
+        self.threshold_fallback = threshold_fallback and mode == "threshold"
+        self.random_share = random_share if mode != "threshold" else 0.0
         self.leave_unmasked_prob = leave_unmasked_prob
         self.random_token_prob = random_token_prob
         vocab = len(dictionary)
@@ -61,12 +80,37 @@ class SelfEvolutionMasker:
         eligible = ~self.special.to(tokens.device)[tokens]
         seeds = seeds.to(tokens.device)
         if self.word_begins is None:
-            selected = select(scores, eligible, seeds, ratio=self.mask_prob, mode=self.mode,
-                              threshold=self.threshold, temperature=self.temperature)
+            selected, fallback = self._select(scores, eligible, seeds)
             unit_of = None
         else:
-            selected, unit_of = self._select_words(tokens, scores, eligible, seeds)
-        return self._replace(tokens, selected, seeds, unit_of)
+            selected, fallback, unit_of = self._select_words(tokens, scores, eligible, seeds)
+        return self._replace(tokens, selected, seeds, unit_of, fallback)
+
+    def _select(self, scores, eligible, seeds):
+        """(selected, rows that fell back to random masking or None)."""
+        if self.mode == "threshold":
+            selected = select(scores, eligible, seeds, mode="threshold", threshold=self.threshold)
+            if not self.threshold_fallback:
+                return selected, None
+            fallback = ~selected.any(dim=1)
+            at_random = self._uniform(eligible, seeds, ratio=self.mask_prob)
+            return torch.where(fallback[:, None], at_random, selected), fallback
+        if self.random_share == 0.0:
+            return select(scores, eligible, seeds, ratio=self.mask_prob, mode=self.mode,
+                          temperature=self.temperature), None
+        budget = select(scores, eligible, seeds, ratio=self.mask_prob, mode=self.mode,
+                        temperature=self.temperature).sum(dim=1)
+        num_random = torch.floor(budget * self.random_share + 0.5).long()
+        by_score = select(scores, eligible, seeds, num_select=budget - num_random, mode=self.mode,
+                          temperature=self.temperature)
+        return by_score | self._uniform(eligible & ~by_score, seeds, num_select=num_random), None
+
+    @staticmethod
+    def _uniform(eligible, seeds, ratio=0.0, num_select=None):
+        """Eligible positions drawn uniformly without replacement (Gumbel top-k of equal
+        scores), from a stream of the row seed of its own."""
+        return select(torch.zeros(eligible.shape, device=eligible.device), eligible,
+                      seeds ^ _RANDOM_STREAM, ratio=ratio, num_select=num_select, mode="sample")
 
     def _select_words(self, tokens, scores, eligible, seeds):
         """Whole-word selection: a word scores its highest token score."""
@@ -80,28 +124,34 @@ class SelfEvolutionMasker:
         word_eligible = torch.zeros((tokens.size(0), num_words), dtype=torch.bool,
                                     device=tokens.device)
         word_eligible.scatter_(1, word_of, eligible)
-        chosen = select(word_scores, word_eligible, seeds, ratio=self.mask_prob, mode=self.mode,
-                        threshold=self.threshold, temperature=self.temperature)
-        return chosen.gather(1, word_of), word_of
+        chosen, fallback = self._select(word_scores, word_eligible, seeds)
+        return chosen.gather(1, word_of), fallback, word_of
 
-    def _replace(self, tokens, selected, seeds, unit_of):
-        """fairseq's policy: of the selected, keep some, randomize some, <mask> the rest."""
+    def _replace(self, tokens, selected, seeds, unit_of, fallback=None):
+        """fairseq's policy: of the selected, keep some, randomize some, <mask> the rest.
+        Rows in ``fallback`` use masked_lm's 80/10/10 whatever the masker's policy."""
         target = torch.full_like(tokens, self.pad)
         target[selected] = tokens[selected]
         source = tokens.clone()
-        keep_or_random = self.leave_unmasked_prob + self.random_token_prob
-        if keep_or_random == 0.0:
+        if fallback is None and self.leave_unmasked_prob + self.random_token_prob == 0.0:
             source[selected] = self.mask_idx
             return source, target
         device = tokens.device
         tokens, selected, source, target = tokens.cpu(), selected.cpu(), source.cpu(), target.cpu()
         rows, length = tokens.shape
+        leave = torch.full((rows, 1), self.leave_unmasked_prob, dtype=torch.float64)
+        keep_or_random = leave + self.random_token_prob
+        if fallback is not None:
+            fallback = fallback.cpu()[:, None]
+            leave = torch.where(fallback, FALLBACK_LEAVE_UNMASKED_PROB, leave)
+            keep_or_random = torch.where(
+                fallback, FALLBACK_LEAVE_UNMASKED_PROB + FALLBACK_RANDOM_TOKEN_PROB, keep_or_random)
         stream = seeds.cpu().numpy().view(np.uint64) ^ np.uint64(_REPLACE_STREAM)
         units = np.arange(length) if unit_of is None else unit_of.cpu().numpy()
         if unit_of is None:
             units = np.broadcast_to(units, (rows, length))
         decision = torch.from_numpy(hash_uniform(stream[:, None], 2 * units.astype(np.uint64)))
-        keep = selected & (decision < self.leave_unmasked_prob)
+        keep = selected & (decision < leave)
         randomize = selected & ~keep & (decision < keep_or_random)
         source[selected & ~keep & ~randomize] = self.mask_idx
         if randomize.any():

@@ -1,15 +1,24 @@
 """Task ``se_mlm``: masked-LM training that masks what the model knows least."""
 import logging
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import II
 from fairseq import utils
-from fairseq.data import PrependTokenDataset, SortDataset, TokenBlockDataset, data_utils
+from fairseq.data import (
+    MaskTokensDataset,
+    PrependTokenDataset,
+    RightPadDataset,
+    SortDataset,
+    TokenBlockDataset,
+    data_utils,
+)
+from fairseq.data.shorten_dataset import maybe_shorten_dataset
 from fairseq.data.encoders.utils import get_whole_word_mask
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
@@ -17,6 +26,7 @@ from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
 
 from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion, unwrap_model
 from se_fairseq.data import score_file
+from se_fairseq.data.epoch_sync_dataset import EpochSyncDataset
 from se_fairseq.data.score_dataset import ScoreDataset
 from se_fairseq.data.se_mask_dataset import SelfEvolutionMaskDataset
 from se_fairseq.data.se_masking import SelfEvolutionMasker
@@ -25,7 +35,19 @@ from se_fairseq.scoring import score_features
 logger = logging.getLogger(__name__)
 
 SE_SELECT_CHOICES = ChoiceEnum(["topk", "threshold", "sample", "random"])
-SE_METRIC_CHOICES = ChoiceEnum(["correctness", "confidence"])
+SE_METRIC_CHOICES = ChoiceEnum(["correctness", "confidence", "rarity"])  # rarity: se-score --metric rarity
+SE_THRESHOLD_FALLBACK_CHOICES = ChoiceEnum(["random", "none"])
+
+# The reference code masks the tokens whose loss (correctness) exceeds 0.1, i.e. whose
+# probability is below e^-0.1 = 0.905. For confidence (entropy) the default is the
+# entropy of the surest prediction with that top probability: the binary entropy
+# h(e^-0.1) = 0.314 nats. A token scores below it only if the model puts more than
+# 0.905 on one candidate, so the two rules agree wherever that candidate is the truth.
+_P_SURE = math.exp(-0.1)
+DEFAULT_THRESHOLDS = {
+    "correctness": 0.1,
+    "confidence": -(_P_SURE * math.log(_P_SURE) + (1 - _P_SURE) * math.log(1 - _P_SURE)),
+}
 
 # fairseq masked_lm's replacement defaults; the SE modes default to 0 (every
 # selected token becomes <mask>, as in the paper's reference code).
@@ -39,13 +61,34 @@ class SelfEvolutionMLMConfig(MaskedLMConfig):
         metadata={
             "help": "how to choose the tokens to mask: topk = the mask_prob fraction of "
             "eligible tokens with the highest scores; threshold = every token scored above "
-            "--se-threshold; sample = mask_prob of the tokens drawn without replacement with "
-            "probability rising with the score (Gumbel top-k at --se-temperature); random = "
-            "fairseq masked_lm masking (no scores needed)"
+            "--se-threshold (the reference code's rule); sample = mask_prob of the tokens drawn "
+            "without replacement with probability rising with the score (Gumbel top-k at "
+            "--se-temperature); random = fairseq masked_lm masking (no scores needed)"
         },
     )
-    se_threshold: float = field(
-        default=0.0, metadata={"help": "with --se-select threshold: mask tokens scored above it"}
+    se_threshold: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "with --se-select threshold: mask every token scored above it (default: "
+            "0.1 for correctness, as the reference code; 0.314 nats for confidence, the "
+            "entropy of a prediction 0.905 sure)"
+        },
+    )
+    se_threshold_fallback: SE_THRESHOLD_FALLBACK_CHOICES = field(
+        default="random",
+        metadata={
+            "help": "with --se-select threshold, rows with no token above the threshold: random "
+            "= fairseq masked_lm masking at --mask-prob with 80/10/10 replacement (the "
+            "reference code); none = leave them unmasked"
+        },
+    )
+    se_random_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "with --se-select topk or sample: the share of each block's mask budget "
+            "given to uniformly drawn tokens instead of the highest scores (0 = pure SE, "
+            "1 = random positions with SE's budget)"
+        },
     )
     se_temperature: float = field(
         default=1.0,
@@ -56,8 +99,8 @@ class SelfEvolutionMLMConfig(MaskedLMConfig):
         metadata={
             "help": "one-stage SE: no score file; every train step scores the unmasked batch "
             "with the current model (the reference forward that token_ls needs anyway), selects "
-            "on the device with --se-select topk or sample, then trains on the masked batch. "
-            "Needs --criterion token_ls. Valid/test splits use random (masked_lm) masking"
+            "on the device with --se-select topk, sample or threshold, then trains on the masked "
+            "batch. Needs --criterion token_ls. Valid/test splits use random (masked_lm) masking"
         },
     )
     se_metric: SE_METRIC_CHOICES = field(
@@ -75,6 +118,9 @@ class SelfEvolutionMLMConfig(MaskedLMConfig):
         },
     )
     train_subset: str = II("dataset.train_subset")
+    # fairseq-train's top-level --bpe options: --mask-whole-words needs them to find where
+    # words begin (masked_lm reads a self.args that dataclass tasks do not have).
+    se_bpe: Any = II("bpe")
     leave_unmasked_prob: Optional[float] = field(
         default=None,
         metadata={
@@ -97,7 +143,8 @@ class SelfEvolutionMLMTask(MaskedLMTask):
 
     Train splits with a score file are masked by score (--se-select); splits
     without one (valid, test) and --se-select random use fairseq's masked_lm
-    masking.
+    masking. Every split is wrapped so that the epoch reaches DataLoader
+    workers (see EpochSyncDataset).
     """
 
     cfg: SelfEvolutionMLMConfig
@@ -112,30 +159,33 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         super().__init__(cfg, dictionary)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        self.datasets[split] = EpochSyncDataset(self._load_split(split, epoch, combine))
+
+    def _load_split(self, split, epoch, combine):
         if self.cfg.se_select == "random":
-            return super().load_dataset(split, epoch, combine, **kwargs)
+            return self._load_random_split(split, epoch, combine)
         if self.cfg.se_online:
             if split != self.cfg.train_subset:
                 logger.info(f"split {split}: --se-online trains only; random masking for it")
-                return super().load_dataset(split, epoch, combine, **kwargs)
-            self.datasets[split] = self._load_online_split(split, epoch, combine)
-            return
+                return self._load_random_split(split, epoch, combine)
+            return self._load_online_split(split, epoch, combine)
         prefix = self._score_prefix(split, epoch)
         if not all(os.path.exists(p) for p in score_file.paths(prefix)):
-            if split == self.cfg.train_subset or self.cfg.se_scores:
+            if split == self.cfg.train_subset:
                 score_file.ScoreFile(prefix, self._split_path(split, epoch))  # raises, naming both
             logger.info(
                 f"split {split}: no score file at {prefix}.npy; using random (masked_lm) "
                 "masking for it"
             )
-            return super().load_dataset(split, epoch, combine, **kwargs)
-        self.datasets[split] = self._load_scored_split(split, epoch, combine, prefix)
+            return self._load_random_split(split, epoch, combine)
+        return self._load_scored_split(split, epoch, combine, prefix)
 
     def _split_path(self, split, epoch):
         paths = utils.split_paths(self.cfg.data)
         return os.path.join(paths[(epoch - 1) % len(paths)], split)
 
     def _score_prefix(self, split, epoch):
+        """--se-scores names the train split's file; other splits look beside themselves."""
         if self.cfg.se_scores and split == self.cfg.train_subset:
             path = self.cfg.se_scores
             for ext in (".npy", ".json"):
@@ -144,12 +194,31 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             return path
         return score_file.default_prefix(self._split_path(split, epoch))
 
+    def _load_random_split(self, split, epoch, combine):
+        """fairseq masked_lm's dataset, with the whole-word mask taken from --bpe."""
+        blocks = self._load_dataset_split(split, epoch, combine)
+        pad = self.source_dictionary.pad()
+        source, target = MaskTokensDataset.apply_mask(
+            blocks,
+            self.source_dictionary,
+            pad_idx=pad,
+            mask_idx=self.mask_idx,
+            seed=self.cfg.seed,
+            mask_prob=self.cfg.mask_prob,
+            leave_unmasked_prob=self.cfg.leave_unmasked_prob,
+            random_token_prob=self.cfg.random_token_prob,
+            freq_weighted_replacement=self.cfg.freq_weighted_replacement,
+            mask_whole_words=self._word_begins(),
+            mask_multiple_length=self.cfg.mask_multiple_length,
+            mask_stdev=self.cfg.mask_stdev,
+            skip_masking=self.cfg.skip_masking,
+        )
+        dataset = self._regular_dataset(source, RightPadDataset(target, pad_idx=pad))
+        with data_utils.numpy_seed(self.cfg.seed):
+            shuffle = np.random.permutation(len(source))
+        return SortDataset(dataset, sort_order=[shuffle, source.sizes])
+
     def _load_scored_split(self, split, epoch, combine, prefix):
-        if self.cfg.shorten_method != "none":
-            raise ValueError(
-                f"--shorten-method {self.cfg.shorten_method} would crop sequences apart from "
-                "their scores; use --se-select random or --shorten-method none"
-            )
         split_path = self._split_path(split, epoch)
         scores = score_file.ScoreFile(prefix, split_path)
         if scores.metric != self.cfg.se_metric:
@@ -158,7 +227,15 @@ class SelfEvolutionMLMTask(MaskedLMTask):
                 f"--se-metric is '{self.cfg.se_metric}'"
             )
         tokens = self._load_tokens(split, split_path, combine)
-        blocks = self._blocks(tokens, ScoreDataset(scores, tokens.sizes))
+        score_items = ScoreDataset(scores, tokens.sizes)
+        # the same (seeded) crop of tokens and of their scores
+        tokens, score_items = (
+            maybe_shorten_dataset(dataset, split, self.cfg.shorten_data_split_list,
+                                  self.cfg.shorten_method, self.cfg.tokens_per_sample,
+                                  self.cfg.seed)
+            for dataset in (tokens, score_items)
+        )
+        blocks = self._blocks(tokens, score_items)
         logger.info(
             f"loaded {len(blocks[0])} blocks from {split_path} with {scores.metric} scores "
             f"from {scores.array_path} (--se-select {self.cfg.se_select})"
@@ -168,13 +245,9 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         return self._shuffled(dataset)
 
     def _load_online_split(self, split, epoch, combine):
-        split_path = self._split_path(split, epoch)
-        tokens = self._load_tokens(split, split_path, combine)
-        if self.cfg.shorten_method != "none":
-            raise ValueError("--se-online does not support --shorten-method yet")
-        (blocks,) = self._blocks(tokens)
-        logger.info(f"loaded {len(blocks)} blocks from {split_path} (--se-online, "
-                    f"--se-select {self.cfg.se_select}, --se-metric {self.cfg.se_metric})")
+        blocks = self._load_dataset_split(split, epoch, combine)  # brings --shorten-method
+        logger.info(f"{split}: --se-online, --se-select {self.cfg.se_select}, --se-metric "
+                    f"{self.cfg.se_metric}")
         dataset = SelfEvolutionMaskDataset(blocks, None, None, self.dictionary.pad(), self.cfg.seed)
         return self._shuffled(dataset)
 
@@ -184,11 +257,10 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             raise FileNotFoundError(f"Dataset not found: {split} ({split_path})")
         return tokens
 
-    def _blocks(self, tokens, scores=None):
-        """Token blocks (and score blocks cut the same way), each behind <s>."""
-        sources = [(tokens, self.dictionary.pad(), self.dictionary.eos(), self.dictionary.bos())]
-        if scores is not None:
-            sources.append((scores, 0, 0, 0))
+    def _blocks(self, tokens, scores):
+        """Token blocks and score blocks cut the same way, each behind <s>."""
+        sources = [(tokens, self.dictionary.pad(), self.dictionary.eos(), self.dictionary.bos()),
+                   (scores, 0, 0, 0)]
         return [
             PrependTokenDataset(
                 TokenBlockDataset(
@@ -209,21 +281,36 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             shuffle = np.random.permutation(len(dataset))
         return SortDataset(dataset, sort_order=[shuffle, dataset.sizes])
 
+    def _word_begins(self):
+        """--mask-whole-words: which dictionary entries begin a word, from --bpe."""
+        if not self.cfg.mask_whole_words:
+            return None
+        bpe = self.cfg.se_bpe
+        if bpe is None or not bpe.get("_name"):
+            raise ValueError(
+                "--mask-whole-words needs --bpe (and its options, e.g. --bpe sentencepiece "
+                "--sentencepiece-model PATH) to know where words begin"
+            )
+        return get_whole_word_mask(bpe, self.source_dictionary)
+
     def build_masker(self):
+        threshold = self.cfg.se_threshold
+        if threshold is None and self.cfg.se_select == "threshold":
+            threshold = DEFAULT_THRESHOLDS[str(self.cfg.se_metric)]
         return SelfEvolutionMasker(
             self.dictionary,
             self.mask_idx,
             mask_prob=self.cfg.mask_prob,
             mode=str(self.cfg.se_select),
             seed=self.cfg.seed,
-            threshold=self.cfg.se_threshold,
+            threshold=threshold,
             temperature=self.cfg.se_temperature,
             leave_unmasked_prob=self.cfg.leave_unmasked_prob,
             random_token_prob=self.cfg.random_token_prob,
             freq_weighted_replacement=self.cfg.freq_weighted_replacement,
-            mask_whole_words=(
-                get_whole_word_mask(self.args, self.dictionary) if self.cfg.mask_whole_words else None
-            ),
+            mask_whole_words=self._word_begins(),
+            threshold_fallback=self.cfg.se_threshold_fallback == "random",
+            random_share=self.cfg.se_random_share,
         )
 
     # -- online SE -------------------------------------------------------------
@@ -298,3 +385,16 @@ def _check_config(cfg):
             "--mask-multiple-length/--mask-stdev are fairseq random-masking options; they "
             "apply only with --se-select random"
         )
+    if cfg.se_threshold is not None and cfg.se_select != "threshold":
+        raise ValueError(f"--se-threshold applies to --se-select threshold, not {cfg.se_select}")
+    if (cfg.se_select == "threshold" and cfg.se_threshold is None
+            and str(cfg.se_metric) not in DEFAULT_THRESHOLDS):
+        raise ValueError(f"--se-select threshold with --se-metric {cfg.se_metric} needs "
+                         "--se-threshold (there is no default for that metric)")
+    if not 0.0 <= cfg.se_random_share <= 1.0:
+        raise ValueError(f"--se-random-share must lie in [0, 1], got {cfg.se_random_share}")
+    if cfg.se_random_share > 0 and cfg.se_select not in ("topk", "sample"):
+        raise ValueError("--se-random-share splits the budget of --se-select topk or sample, "
+                         f"not {cfg.se_select}")
+    if getattr(cfg, "d2v2_multi", False):
+        raise ValueError("--d2v2-multi (data2vec batches) is not supported by se_mlm")
