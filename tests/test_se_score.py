@@ -88,25 +88,91 @@ def test_stop_and_resume_gives_the_uninterrupted_file(vanilla_checkpoint, data, 
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_file(vanilla_checkpoint, data, tmp_path):
+    """SIGKILL right after the third chunk is saved (from inside the process, so the kill
+    lands mid-run whatever the machine's speed), then a plain rerun."""
     full = str(tmp_path / "full")
     se_score(data, vanilla_checkpoint, "--out", full, "--chunk-tokens", "200", "--batch-size", "1")
     out = str(tmp_path / "killed")
-    proc = subprocess.Popen(["se-score", data, "--path", vanilla_checkpoint, "--out", out,
-                             "--chunk-tokens", "200", "--batch-size", "1", "--no-progress-bar"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(out + ".partial") and any(
-                f.startswith("chunk-") for f in os.listdir(out + ".partial")):
-            break
-        time.sleep(0.05)
-    was_running = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if was_running:
-        assert not os.path.exists(out + ".npy")
-    se_score(data, vanilla_checkpoint, "--out", out, "--chunk-tokens", "200", "--batch-size", "1")
+    killer = (
+        "import os, signal, sys\n"
+        "from se_fairseq.cli import score\n"
+        "save = score.ScoringJob.score_chunk\n"
+        "done = []\n"
+        "def score_chunk(self, i, progress=None):\n"
+        "    save(self, i, progress)\n"
+        "    done.append(i)\n"
+        "    if len(done) == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "score.ScoringJob.score_chunk = score_chunk\n"
+        "sys.exit(score.main(sys.argv[1:]))\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", killer, data, "--path", vanilla_checkpoint,
+                             "--out", out, "--chunk-tokens", "200", "--batch-size", "1",
+                             "--no-progress-bar"], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    chunks = [f for f in os.listdir(out + ".partial") if f.startswith("chunk-")]
+    total = len(json.load(open(os.path.join(out + ".partial", "manifest.json")))["chunks"])
+    assert len(chunks) == 3 < total  # killed mid-run, not after the end
+    assert not os.path.exists(out + ".npy")
+    resumed = se_score(data, vanilla_checkpoint, "--out", out, "--chunk-tokens", "200",
+                       "--batch-size", "1")
+    assert "resuming: 3 chunk(s)" in resumed.stdout
     assert open(out + ".npy", "rb").read() == open(full + ".npy", "rb").read()
+
+
+@pytest.fixture
+def long_sentence_data(corpus, tmp_path):
+    """The corpus's words (same dictionary), with train lines of up to 150 tokens: in
+    complete/eos mode they make blocks longer than the tiny model's 64 positions."""
+    rng = np.random.default_rng(7)
+    words = [f"w{i}" for i in range(200)]
+    text = tmp_path / "long-text"
+    text.mkdir()
+    for split, n in (("train", 200), ("valid", 20)):
+        longest = 150 if split == "train" else 40
+        with open(text / f"{split}.txt", "w") as f:
+            for _ in range(n):
+                f.write(" ".join(rng.choice(words, size=rng.integers(3, longest))) + "\n")
+    return binarize(str(text), str(tmp_path / "long-bin"),
+                    srcdict=os.path.join(corpus, "dict.txt"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("break_mode", ["complete", "eos"])
+def test_blocks_longer_than_the_model_are_skipped_as_fairseq_train_does(
+        vanilla_checkpoint, long_sentence_data, tmp_path, break_mode):
+    from fairseq.data import Dictionary, TokenBlockDataset, data_utils
+
+    from conftest import fairseq_train
+
+    data = long_sentence_data
+    result = se_score(data, vanilla_checkpoint, "--sample-break-mode", break_mode)
+    split = os.path.join(data, "train")
+    d = Dictionary.load(os.path.join(data, "dict.txt"))
+    tokens = data_utils.load_indexed_dataset(split, d)
+    blocks = TokenBlockDataset(tokens, tokens.sizes, 63, pad=d.pad(), eos=d.eos(),
+                               break_mode=break_mode)
+    spans = np.asarray(blocks.slice_indices)
+    too_long = spans[:, 1] - spans[:, 0] + 1 > 64  # with <s>, past the 64 positions
+    assert too_long.sum() > 5
+    loaded = ScoreFile(split + ".se_scores", split)
+    summary = loaded.meta["summary"]
+    assert summary["blocks_skipped_too_long"] == int(too_long.sum())
+    skipped_tokens = int((spans[too_long, 1] - spans[too_long, 0]).sum())
+    assert summary["tokens_in_skipped_blocks"] == skipped_tokens
+    assert f"skipped {int(too_long.sum())} blocks longer than 64 positions" in result.stdout
+    kept = np.zeros(len(loaded.scores), dtype=bool)
+    for start, end in spans[~too_long]:
+        kept[start:end] = True
+    assert summary["tokens"] == int(kept.sum())
+    assert (loaded.scores[~kept] == 0).all() and (loaded.scores[kept] > 0).mean() > 0.99
+    trained = fairseq_train(data, str(tmp_path / "ck"), "--task", "se_mlm", "--criterion",
+                            "token_ls", "--sample-break-mode", break_mode,
+                            "--restore-file", vanilla_checkpoint, "--reset-optimizer",
+                            "--reset-dataloader", "--reset-meters", max_update=4)
+    assert trained.returncode == 0, trained.stdout[-3000:]
+    assert f"{int(too_long.sum())} samples have invalid sizes and will be skipped" \
+        in trained.stdout
 
 
 @pytest.mark.slow

@@ -36,10 +36,13 @@ def build_parser():
         "(the self-questioning stage of Self-Evolution learning).",
     )
     p.add_argument("data", help="fairseq data-bin folder (with dict.txt and <split>.bin/.idx)")
-    p.add_argument("--path", required=True, help="fairseq RoBERTa checkpoint (.pt)")
+    p.add_argument("--path", default=None,
+                   help="fairseq RoBERTa checkpoint (.pt); not used by --metric rarity")
     p.add_argument("--split", default="train", help="split to score (default: train)")
-    p.add_argument("--metric", choices=METRICS, default="correctness",
-                   help="correctness = -log p(true token); confidence = entropy of the prediction")
+    p.add_argument("--metric", choices=(*METRICS, "rarity"), default="correctness",
+                   help="correctness = -log p(true token); confidence = entropy of the prediction; "
+                   "rarity = -log of the token's unigram probability in the train split (no model: "
+                   "a control, see se_fairseq/rarity.py)")
     p.add_argument("--tokens-per-sample", type=int, default=None,
                    help="block length incl. <s> (default: the checkpoint's training value)")
     p.add_argument("--sample-break-mode", choices=BREAK_MODES, default=None,
@@ -155,6 +158,20 @@ class ScoringJob:
                                         eos=d.eos(), break_mode=break_mode)
         self.items = PrependTokenDataset(self.blocks, d.bos())
         self.slices = np.asarray(self.blocks.slice_indices, dtype=np.int64)
+        # fairseq-train drops training blocks longer than the positions of the model
+        # (--sample-break-mode complete/eos makes them from long sentences): skip them too.
+        self.max_positions = min(int(tokens_per_sample), int(self.model.max_positions()))
+        self.too_long = self.slices[:, 1] - self.slices[:, 0] + 1 > self.max_positions
+        if self.too_long.any():
+            logger.warning(
+                f"{int(self.too_long.sum())} of {len(self.slices)} blocks ({self.skipped_tokens()} "
+                f"tokens) are longer than {self.max_positions} positions with <s> "
+                f"(--sample-break-mode {break_mode}); fairseq-train skips them, so se-score "
+                "does too: their tokens get score 0 and are never trained on")
+
+    def skipped_tokens(self):
+        lengths = self.slices[self.too_long, 1] - self.slices[self.too_long, 0]
+        return int(lengths.sum())
 
     def _plan_chunks(self):
         ends = np.cumsum(self.slices[:, 1] - self.slices[:, 0])
@@ -203,6 +220,7 @@ class ScoringJob:
     def batches(self, first, last):
         sizes = self.slices[first:last, 1] - self.slices[first:last, 0] + 1
         order = first + np.argsort(-sizes, kind="stable")
+        order = order[~self.too_long[order]]
         max_tokens = self.args.max_tokens or (None if self.args.batch_size else 16384)
         batch, longest = [], 0
         for b in order:
@@ -234,6 +252,9 @@ class ScoringJob:
                 out[start - base:end - base] = scores[row, 1:1 + end - start].numpy()
             if progress is not None:
                 progress.update(int(sum(self.slices[b, 1] - self.slices[b, 0] for b in batch)))
+        if progress is not None:  # skipped blocks count as done
+            skipped = np.flatnonzero(self.too_long[first:last]) + first
+            progress.update(int((self.slices[skipped, 1] - self.slices[skipped, 0]).sum()))
         if not np.isfinite(out).all():
             raise SystemExit(f"se-score: non-finite scores in chunk {i}; try fp32")
         score_file.atomic_save_npy(self.chunk_path(i), out.astype(np.float16))
@@ -255,9 +276,13 @@ class ScoringJob:
                 raise SystemExit(f"se-score: {self.chunk_path(i)} is damaged; delete it and rerun")
             scores[base:end] = chunk
             for b in range(first, last):
-                covered[self.slices[b, 0]:self.slices[b, 1]] = True
+                if not self.too_long[b]:
+                    covered[self.slices[b, 0]:self.slices[b, 1]] = True
         summary = summarize(scores[covered].astype(np.float32))
-        summary["tokens_not_in_any_block"] = int((~covered).sum())
+        summary["tokens_not_scored"] = int((~covered).sum())
+        summary["blocks_skipped_too_long"] = int(self.too_long.sum())
+        summary["tokens_in_skipped_blocks"] = self.skipped_tokens()
+        summary["max_positions"] = self.max_positions
         paths = score_file.write(
             self.prefix, scores, metric=self.args.metric, checkpoint=self.checkpoint,
             blocking=self.blocking, fingerprint=self.fingerprint, extra={"summary": summary},
@@ -325,6 +350,11 @@ def main(argv=None):
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         level=logging.INFO, stream=sys.stderr)
     import fairseq  # noqa: F401  (registers the safe checkpoint loader)
+
+    if args.metric == "rarity":
+        return _score_rarity(args)
+    if not args.path:
+        raise SystemExit(f"se-score: --metric {args.metric} needs --path CKPT")
     import torch
     from tqdm import tqdm
 
@@ -364,10 +394,28 @@ def main(argv=None):
     if rank == 0:
         (array_path, meta_path), summary = job.assemble()
         print(format_summary(args.metric, summary))
+        if summary["blocks_skipped_too_long"]:
+            print(f"skipped {summary['blocks_skipped_too_long']} blocks longer than "
+                  f"{summary['max_positions']} positions ({summary['tokens_in_skipped_blocks']} "
+                  "tokens), as fairseq-train does")
         print(f"wrote {array_path} and {meta_path}")
     _barrier(world_size)
     if world_size > 1:
         torch.distributed.destroy_process_group()
+    return 0
+
+
+def _score_rarity(args):
+    """--metric rarity: unigram surprisal from the train split's counts; no model, no blocking."""
+    from se_fairseq import rarity
+
+    if args.path:
+        logger.info("--metric rarity uses no checkpoint; ignoring --path")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # one pass over the token file: nothing to shard
+    (array_path, meta_path), scores = rarity.write_score_file(args.data, args.split, args.out)
+    print(format_summary("rarity", summarize(scores[scores > 0])))  # special tokens score 0
+    print(f"wrote {array_path} and {meta_path}")
     return 0
 
 
