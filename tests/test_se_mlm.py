@@ -363,3 +363,38 @@ def test_whole_word_masking_without_a_bpe_is_refused(scored_corpus):
     with pytest.raises(ValueError, match="--mask-whole-words needs --bpe"):
         task, _ = make_task(scored_corpus, "--task", "se_mlm", "--mask-whole-words")
         task.load_dataset("train")
+
+
+@pytest.mark.parametrize("method", ["truncate", "random_crop"])
+def test_shorten_method_cuts_tokens_and_scores_alike(scored_corpus, method):
+    """--shorten-method in a scored mode (eos blocks: block i = sentence i): each row is a
+    window of its sentence, masked by the top-k of that window's own scores."""
+    width = 17
+    task, _ = make_task(scored_corpus, "--task", "se_mlm", "--shorten-method", method,
+                        "--tokens-per-sample", str(width), "--sample-break-mode", "eos",
+                        "--mask-prob", "0.3")
+    d = task.source_dictionary
+    split = os.path.join(scored_corpus, "train")
+    sentences = split_tokens(split)
+    flat_scores = np.load(split + ".se_scores.npy").astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sentences])])
+    cropped = 0
+    for batch in epoch_batches(task):
+        target = batch["target"]
+        original = torch.where(target.ne(d.pad()), target, batch["net_input"]["src_tokens"])
+        for row, i in enumerate(batch["id"].tolist()):
+            sentence, scores = sentences[i], flat_scores[offsets[i]:offsets[i + 1]]
+            tokens = original[row][1:1 + min(width, len(sentence))].numpy()
+            selected = target[row, 1:1 + len(tokens)].ne(d.pad()).numpy()
+            starts = [0] if method == "truncate" else range(len(sentence) - len(tokens) + 1)
+            fits = []
+            for a in starts:
+                if not (sentence[a:a + len(tokens)] == tokens).all():
+                    continue
+                window = scores[a:a + len(tokens)]
+                eligible = np.flatnonzero(tokens >= d.nspecial)
+                top = sorted(eligible, key=lambda p: (-window[p], p))[: int(selected.sum())]
+                fits.append(set(top) == set(np.flatnonzero(selected)))
+            assert any(fits), f"sample {i}: the mask is not the top-k of its window's scores"
+            cropped += len(sentence) > width
+    assert cropped > 20
