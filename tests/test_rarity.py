@@ -1,0 +1,97 @@
+"""The rarity score source: unigram surprisal from the train split, no model."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import split_tokens
+from se_fairseq import rarity
+from se_fairseq.data import score_file
+
+
+def flat(split_path):
+    return np.concatenate(split_tokens(split_path)).astype(np.int64)
+
+
+def test_counts_are_the_split_tokens_read_by_fairseq(corpus):
+    tokens = flat(os.path.join(corpus, "train"))
+    np.testing.assert_array_equal(rarity.load_tokens(os.path.join(corpus, "train")), tokens)
+    unigram = rarity.Unigram.from_data(corpus)
+    assert unigram.counts.sum() == len(tokens)
+    np.testing.assert_array_equal(unigram.counts[: tokens.max() + 1], np.bincount(tokens))
+
+
+def test_scores_are_smoothed_surprisal_and_rank_rarest_highest(corpus):
+    unigram = rarity.Unigram.from_data(corpus)
+    probs = np.exp(unigram.logp)
+    assert probs.sum() == pytest.approx(1.0)
+    assert all(probs[s] == 0 for s in unigram.special)
+    # add-1 smoothing: an id never seen in train gets the lowest nonzero probability
+    vocab = len(unigram.counts)
+    assert len(unigram.special) == 5  # <s> <pad> </s> <unk> <mask>
+    total = unigram.counts.sum() - unigram.counts[unigram.special].sum() + (vocab - 5)
+    word = int(np.argmax(np.where(np.isin(np.arange(vocab), unigram.special), -1, unigram.counts)))
+    assert probs[word] == pytest.approx((unigram.counts[word] + 1) / total)
+    tokens = flat(os.path.join(corpus, "valid"))
+    scores = unigram.scores(tokens)
+    eos = tokens == 2
+    assert (scores[eos] == 0).all() and (scores[~eos] > 0).all()
+    # rarer in train -> higher score
+    order = np.argsort(unigram.counts[tokens[~eos]])
+    assert (np.diff(scores[~eos][order]) <= 1e-12).all()
+
+
+def test_cross_entropy_and_accuracy(corpus):
+    unigram = rarity.Unigram.from_data(corpus)
+    tokens = flat(os.path.join(corpus, "valid"))
+    tokens = tokens[~np.isin(tokens, unigram.special)]
+    expected = -np.mean(unigram.logp[tokens]) / np.log(2)
+    assert unigram.cross_entropy(tokens) == pytest.approx(expected)
+    assert unigram.accuracy(tokens) == pytest.approx(100 * np.mean(tokens == np.argmax(unigram.logp)))
+    with pytest.raises(ValueError, match="special"):
+        unigram.cross_entropy(np.array([2, 5]))
+
+
+def test_se_score_writes_a_rarity_file_without_a_checkpoint(corpus, tmp_path):
+    data = str(tmp_path / "data-bin")
+    shutil.copytree(corpus, data)
+    for split in ("train", "valid"):
+        out = subprocess.run(["se-score", data, "--metric", "rarity", "--split", split],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "rarity:" in out.stdout and "wrote" in out.stdout
+        split_path = os.path.join(data, split)
+        scores = score_file.ScoreFile(score_file.default_prefix(split_path), split_path)
+        assert scores.metric == "rarity"
+        # the valid split is scored under the *train* unigram
+        expected = rarity.Unigram.from_data(data).scores(flat(split_path))
+        np.testing.assert_allclose(np.asarray(scores.scores, dtype=np.float32), expected, rtol=1e-3)
+        meta = json.load(open(scores.meta_path))
+        assert meta["checkpoint"] is None
+        assert meta["rarity"]["counts_from"].endswith("train")
+    # other metrics still need a checkpoint
+    out = subprocess.run(["se-score", data], capture_output=True, text=True)
+    assert out.returncode != 0 and "--path" in out.stderr
+
+
+@pytest.mark.slow
+def test_se_mlm_trains_on_rarity_scores(corpus, tmp_path):
+    """fairseq-train --task se_mlm --se-metric rarity masks the rarest tokens of each block."""
+    from conftest import TINY_ROBERTA
+
+    data = str(tmp_path / "data-bin")
+    shutil.copytree(corpus, data)
+    prefix = str(tmp_path / "train.rarity")
+    subprocess.run(["se-score", data, "--metric", "rarity", "--out", prefix], check=True,
+                   capture_output=True)
+    cmd = [sys.executable, "-m", "fairseq_cli.train", data, *TINY_ROBERTA, "--task", "se_mlm",
+           "--se-select", "topk", "--se-metric", "rarity", "--se-scores", prefix,
+           "--criterion", "masked_lm", "--optimizer", "adam", "--lr", "1e-4", "--batch-size", "8",
+           "--max-update", "3", "--cpu", "--no-save", "--disable-validation", "--num-workers", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "rarity scores" in out.stdout + out.stderr
