@@ -3,7 +3,10 @@
 torch must already be installed: build with ``pip install --no-build-isolation``
 so that pip does not resolve (and download) a torch of its own.
 """
+import importlib.util
 import os
+import sys
+import sysconfig
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
@@ -16,7 +19,6 @@ except ImportError:  # setuptools < 64
 
 try:
     import torch
-    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError as err:
     raise SystemExit(
         "se-fairseq builds a torch C++ extension, so torch must be installed first "
@@ -33,22 +35,82 @@ AUTOLOAD_LINE = (
 )
 
 
-def build_with_cuda():
-    forced = os.environ.get("SE_FAIRSEQ_CUDA")
-    if forced is not None:
-        return forced == "1"
-    return torch.version.cuda is not None and CUDA_HOME is not None
+def load_build_config():
+    """se_fairseq/ops/_build_config.py, by path: the package itself needs torch and numpy."""
+    path = os.path.join(HERE, "se_fairseq", "ops", "_build_config.py")
+    spec = importlib.util.spec_from_file_location("se_fairseq_build_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def say(*lines):
+    for line in lines:
+        print(f"se-fairseq: {line}", file=sys.stderr)
+
+
+def plan_cuda():
+    """Decide the CUDA build (pure logic in _build_config), then apply it to the
+    environment torch.utils.cpp_extension reads: CUDA_HOME, TORCH_CUDA_ARCH_LIST."""
+    config = load_build_config()
+    cuda = torch.version.cuda
+    arches = torch.cuda.get_arch_list() if cuda else []
+    gpus = torch.cuda.device_count() if cuda else 0
+    site_dirs = []
+    for key in ("purelib", "platlib"):
+        site = sysconfig.get_paths()[key]
+        if site not in site_dirs:
+            site_dirs.append(site)
+    # the nvidia wheels sit beside torch (also when torch comes from another prefix)
+    torch_site = os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))
+    if torch_site not in site_dirs:
+        site_dirs.insert(0, torch_site)
+    try:
+        plan = config.plan_cuda_build(os.environ, cuda, arches, gpus, config.which_nvcc(os.environ),
+                                      site_dirs)
+    except ValueError as err:
+        raise SystemExit(f"se-fairseq: {err}") from err
+    forced = os.environ.get("SE_FAIRSEQ_CUDA") == "1"
+    if not plan.build:
+        if forced:
+            raise SystemExit(
+                f"se-fairseq: SE_FAIRSEQ_CUDA=1 but the CUDA operator cannot be built: "
+                f"{plan.reason}.\n{config.HOW_TO_GET_CUDA}")
+        if plan.reason != "SE_FAIRSEQ_CUDA=0":
+            fallback = (" CUDA tensors then run on the CPU kernel (se_fairseq.ops.select warns "
+                        "once)." if cuda else "")
+            say(f"WARNING: building the CPU operator only: {plan.reason}.{fallback} "
+                f"{config.HOW_TO_GET_CUDA}")
+        return plan
+    say(*plan.notes)
+    os.environ["CUDA_HOME"] = plan.toolkit
+    if plan.arch_list:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = plan.arch_list
+    return plan
+
+
+PLAN = plan_cuda()
+# Imported after plan_cuda(): it reads CUDA_HOME when it is imported.
+from torch.utils import cpp_extension  # noqa: E402
+
+if PLAN.build:
+    cpp_extension.CUDA_HOME = PLAN.toolkit  # in case it was imported earlier
 
 
 def extension():
     sources = ["csrc/se_select_cpu.cpp"]
-    cxx = ["-O3", "-std=c++17"]
-    if not build_with_cuda():
-        return CppExtension("se_fairseq._C", sources, extra_compile_args={"cxx": cxx})
-    return CUDAExtension(
+    # No -std: torch adds the standard its headers need (C++20 for torch 2.13).
+    # -ffp-contract=off: no FMA contraction, the selection keys must be
+    # bit-identical to the CUDA kernel's and the numpy reference's (se_select.h).
+    cxx = ["-O3"] + (["-ffp-contract=off"] if sys.platform != "win32" else [])
+    if not PLAN.build:
+        return cpp_extension.CppExtension("se_fairseq._C", sources, extra_compile_args={"cxx": cxx})
+    for folder in PLAN.include_after:
+        cxx += ["-idirafter", folder]
+    return cpp_extension.CUDAExtension(
         "se_fairseq._C",
         sources + ["csrc/se_select_cuda.cpp", "csrc/se_select_cuda_kernel.cu"],
-        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
     )
 
 
@@ -79,7 +141,7 @@ class DevelopWithHook(develop):
 
 
 cmdclass = {
-    "build_ext": BuildExtension.with_options(no_python_abi_suffix=False),
+    "build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False),
     "build_py": BuildPyWithHook,
     "develop": DevelopWithHook,
 }

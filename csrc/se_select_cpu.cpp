@@ -24,14 +24,6 @@ namespace se_fairseq {
 
 namespace {
 
-double selection_key(float score, int64_t pos, int64_t mode,
-                     double temperature, uint64_t seed) {
-  const double s = static_cast<double>(score);
-  if (mode != kSample) return s;
-  const double u = hash_uniform(seed, static_cast<uint64_t>(pos) + 1);
-  return s / temperature - std::log(-std::log(u));
-}
-
 void select_row(const float* scores, const bool* eligible, int64_t length,
                 int64_t mode, double ratio, int64_t fixed_k, double threshold,
                 double temperature, uint64_t seed, bool* out,
@@ -105,13 +97,39 @@ at::Tensor select_cpu(const at::Tensor& scores, const at::Tensor& eligible,
   return out;
 }
 
+at::Tensor selection_keys_cpu(const at::Tensor& scores, const at::Tensor& seeds,
+                              int64_t mode, double temperature) {
+  check_keys_args(scores, seeds, mode, temperature);
+  const auto s = scores.contiguous();
+  const auto sd = seeds.contiguous();
+  auto out = at::empty(scores.sizes(), scores.options().dtype(at::kDouble));
+  const int64_t rows = s.size(0);
+  const int64_t length = s.size(1);
+  const float* sp = s.data_ptr<float>();
+  const int64_t* seed = sd.data_ptr<int64_t>();
+  double* o = out.data_ptr<double>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t p = 0; p < length; ++p)
+      o[r * length + p] = selection_key(sp[r * length + p], p, mode, temperature,
+                                        static_cast<uint64_t>(seed[r]));
+  return out;
+}
+
 TORCH_LIBRARY(se_fairseq, m) {
   m.def(
       "select(Tensor scores, Tensor eligible, Tensor seeds, Tensor? "
       "num_select, float ratio, int mode, float threshold, float temperature) "
       "-> Tensor");
+  // The keys select ranks by, for tests: CPU, CUDA and the numpy reference
+  // must agree bit for bit.
+  m.def(
+      "_selection_keys(Tensor scores, Tensor seeds, int mode, float "
+      "temperature) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(se_fairseq, CPU, m) { m.impl("select", &select_cpu); }
+TORCH_LIBRARY_IMPL(se_fairseq, CPU, m) {
+  m.impl("select", &select_cpu);
+  m.impl("_selection_keys", &selection_keys_cpu);
+}
 
 }  // namespace se_fairseq
