@@ -197,6 +197,17 @@ def test_threshold_selects_every_eligible_score_above(device):
     assert torch.equal(got, eligible & (scores > 1.0))
 
 
+def test_threshold_compares_in_double(device):
+    """float32(0.1) > 0.1 in double: the op and the reference agree (a float32
+    compare, numpy's default for a Python float, would say no)."""
+    scores = torch.tensor([[0.1, 0.0999999, 0.25, 0.5]])
+    eligible = torch.ones(1, 4, dtype=torch.bool)
+    got = select(*to(device, scores, eligible, torch.tensor([0])), mode="threshold", threshold=0.1)
+    assert got.cpu().tolist() == [[True, False, True, True]]
+    want = reference(scores, eligible, torch.tensor([0]), mode="threshold", threshold=0.1)
+    assert want.tolist() == [[True, False, True, True]]
+
+
 def test_sample_prefers_high_scores_and_varies_with_seed(device):
     scores = torch.linspace(0, 3, 50).repeat(4000, 1)
     eligible = torch.ones_like(scores, dtype=torch.bool)

@@ -109,7 +109,8 @@ def select_reference(scores, eligible, seeds, num_select=None, ratio=0.15,
 
     out = np.zeros(scores.shape, dtype=bool)
     if mode == THRESHOLD:
-        return eligible & (scores > threshold)
+        # in float64, as the C++ op (a float32 compare would round the threshold)
+        return eligible & (scores.astype(np.float64) > np.float64(threshold))
     n = eligible.sum(axis=1)
     if num_select is None:
         k = rounded_count(ratio, n, seeds)
