@@ -24,4 +24,27 @@ pip install -q "setuptools>=64" wheel ninja "ve-fairseq==0.12.3" pytest sentence
   "transformers==5.24.0" "safetensors==0.8.0"  # transformers: se-convert (optional extra [hf])
 echo "[setup] building se-fairseq and its extension (pip install --no-build-isolation -e .)"
 pip install -q --no-build-isolation -e .
+
+# ve-fairseq requires torchaudio (for fairseq's speech tasks, which import it lazily)
+# and pip picks the newest release, built for another torch: it does not load, and
+# transformers, which imports torchaudio whenever it is installed, then fails to
+# import. Keep the torchaudio release of torch's own version when the registry has
+# one that loads (--no-deps: never another torch), else none. After every install
+# above: each one puts the dependency back.
+if .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torchaudio') is None)" \
+    && ! .venv/bin/python -c "import torchaudio" >/dev/null 2>&1; then
+  if pip install -q --no-deps "torchaudio==$TORCH_VERSION" >/dev/null 2>&1 \
+      && .venv/bin/python -c "import torchaudio" >/dev/null 2>&1; then
+    echo "[setup] torchaudio==$TORCH_VERSION installed: the torchaudio ve-fairseq pulled does not load with torch $TORCH_VERSION"
+  else
+    pip uninstall -q -y torchaudio
+    echo "[setup] removed torchaudio: no release loads with torch $TORCH_VERSION, and a broken one breaks 'import transformers'; fairseq needs it only for speech tasks"
+  fi
+fi
 .venv/bin/python -c "import fairseq, se_fairseq.ops as o; assert o.extension_available(); print('[setup] ok: fairseq', fairseq.__version__, '+ se-fairseq extension')" 2>&1 | grep '^\[setup\]'
+if ! out=$(.venv/bin/python -c "from transformers import RobertaForMaskedLM" 2>&1); then
+  echo "$out" | tail -5
+  echo "[setup] error: transformers does not import in .venv" >&2
+  exit 1
+fi
+echo "[setup] ok: transformers imports"

@@ -7,6 +7,9 @@ mode and without gradient. The dense reference below builds that target tensor
 explicitly over the whole vocabulary at every position and sums the
 cross-entropy over the selected positions.
 """
+import contextlib
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,9 +54,9 @@ def make_model_opinionated(model, dictionary):
 class Setup:
     """A task, a small RoBERTa built by it (train mode) and one training batch."""
 
-    def __init__(self, data, task_name, dropout_args=NO_DROPOUT):
+    def __init__(self, data, task_name, dropout_args=NO_DROPOUT, task_args=None):
         self.data = data
-        self.task_args = [*TASK_ARGS[task_name], *dropout_args]
+        self.task_args = [*(task_args or TASK_ARGS[task_name]), *dropout_args]
         cfg = parse(data, *self.task_args, "--criterion", "token_ls")
         self.task = tasks.setup_task(cfg.task)
         torch.manual_seed(1)
@@ -303,7 +306,118 @@ def test_batch_without_selected_tokens(setup):
     assert log["sample_size"] == log["correct"] == log["ref_total"] == 0
 
 
+def test_online_batch_without_selected_tokens(setup):
+    """--se-online hands over p_ref at the selected positions: none here (0 rows),
+    while the criterion projects every position of an empty selection."""
+    model = setup.model
+    sample = dict(setup.sample)
+    sample["target"] = torch.full_like(sample["target"], setup.pad)
+    sample["tls_ref_probs"] = torch.zeros(0, len(setup.task.source_dictionary))
+    model.zero_grad(set_to_none=True)
+    loss, sample_size, log = setup.tls(0.1)(model, sample)
+    assert sample_size == 0 and loss.item() == 0.0
+    loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    assert log["sample_size"] == log["correct"] == log["ref_correct"] == log["ref_total"] == 0
+
+
 @pytest.mark.parametrize("alpha", ["1.5", "-0.1"])
 def test_alpha_out_of_range_is_an_error(setup, alpha):
     with pytest.raises(ValueError, match=r"tls-alpha.*\[0, 1\]"):
         setup.criterion("--criterion", "token_ls", "--tls-alpha", alpha)
+
+
+def test_topk_se_mlm_batch_equals_dense_formula(scored_corpus):
+    """The SE setting itself: se_mlm masks the top-k tokens by score (all of them
+    become <mask>), token_ls trains on them; loss and gradients are the dense
+    (1 - a) onehot + a p_ref cross-entropy over every position of the batch."""
+    s = Setup(scored_corpus, None, task_args=["--task", "se_mlm", "--se-select", "topk"])
+    model, sample, masked = s.model, s.sample, s.masked
+    src = sample["net_input"]["src_tokens"]
+    assert masked.sum() > 30 and (src[masked] == s.task.mask_idx).all()
+    for alpha in (0.1, 0.5):
+        criterion = s.tls(alpha)
+        (loss, sample_size, log), got_grads = loss_and_grads(model, lambda: criterion(model, sample))
+        want, want_grads = loss_and_grads(model, lambda: dense_loss(model, sample, s.pad, alpha))
+        torch.testing.assert_close(loss, want, rtol=RTOL, atol=0.0)
+        assert_grads_close(got_grads, want_grads)
+        assert torch.is_tensor(sample_size) and sample_size == int(masked.sum())
+        with torch.no_grad():
+            uniform = dense_loss(model, sample, s.pad, alpha, ref="uniform")
+        assert abs(uniform.item() - want.item()) > 10 * RTOL * abs(want.item())
+
+
+@contextlib.contextmanager
+def host_syncs_outside(model):
+    """Records every conversion of a tensor to a Python value (bool, int, float,
+    item, tolist: each one a device-to-host sync on a GPU) made outside the model's
+    own forward (fairseq's encoder makes some of its own)."""
+    calls, depth = [], [0]
+
+    def enter(*_):
+        depth[0] += 1
+
+    def leave(*_):
+        depth[0] -= 1
+
+    hooks = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave)]
+    names = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist")
+    originals = {name: getattr(torch.Tensor, name) for name in names}
+
+    def spy(name):
+        def method(self, *args, **kwargs):
+            if depth[0] == 0:
+                calls.append(name)
+            return originals[name](self, *args, **kwargs)
+        return method
+
+    try:
+        for name in names:
+            setattr(torch.Tensor, name, spy(name))
+        yield calls
+    finally:
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, method)
+        for h in hooks:
+            h.remove()
+
+
+@pytest.mark.parametrize("alpha,ref,empty", [
+    (0.1, "model", False), (0.1, "uniform", False), (0.0, "model", False), (0.1, "model", True),
+])
+def test_forward_makes_no_host_sync(setup, alpha, ref, empty):
+    """Counts stay tensors (as in fairseq's masked_lm), and an empty selection is
+    handled on the device: token_ls itself never asks the device for a value."""
+    model, sample = setup.model, dict(setup.sample)
+    if empty:
+        sample["target"] = torch.full_like(sample["target"], setup.pad)
+    criterion = setup.tls(alpha, ref)
+    with host_syncs_outside(model) as calls:
+        loss, sample_size, log = criterion(model, sample)
+    assert calls == []
+    assert torch.is_tensor(sample_size) and torch.is_tensor(log["correct"])
+    with host_syncs_outside(model) as calls:  # the spy sees what the old code did
+        int(sample_size)
+    assert calls == ["__int__"]
+
+
+def test_reduce_metrics_takes_the_tensor_counts(setup):
+    """What fairseq's trainer does with the logging outputs: sum them (across
+    workers too) and reduce; the counts are tensors, as fairseq's masked_lm's."""
+    from fairseq.logging import metrics
+
+    criterion = setup.tls(0.1)
+    with torch.no_grad():
+        log = criterion(setup.model, setup.sample)[2]
+    logs = [log, dict(log)]  # two workers with the same batch
+    n = 2 * int(setup.masked.sum())
+    with metrics.aggregate() as agg:
+        criterion.reduce_metrics(logs)
+    values = agg.get_smoothed_values()
+    assert values["loss"] == pytest.approx(round(2 * log["loss"].item() / n / math.log(2), 3))
+    assert values["nll_loss"] == pytest.approx(
+        round(2 * log["nll_loss"].item() / n / math.log(2), 3))
+    assert values["accuracy"] == pytest.approx(round(100 * 2 * int(log["correct"]) / n, 2))
+    assert values["ref_accuracy"] == pytest.approx(round(100 * 2 * int(log["ref_correct"]) / n, 2))
+    assert 0 < values["accuracy"] < 100 and 0 < values["ref_accuracy"] < 100

@@ -59,31 +59,37 @@ class TokenLabelSmoothingCriterion(FairseqCriterion):
         self.reference = cfg.tls_ref
 
     def forward(self, model, sample, reduce=True):
+        # Counts stay tensors, as in fairseq's masked_lm: no host sync here (the
+        # trainer and reduce_metrics take tensors; fairseq sums them across workers).
         masked = sample["target"].ne(self.padding_idx)
-        sample_size = int(masked.sum())
-        if sample_size == 0:  # nothing selected in this batch: a zero loss with a graph
-            logits = model(**sample["net_input"])[0]
-            loss = logits.sum() * 0.0
-            return loss, 0, self._logging_output(sample, loss.data, loss.data, 0, 0, 0, 0)
+        sample_size = masked.int().sum()
+        # Rare: nothing selected in the batch. Then project every position, decided on
+        # the device (masked_lm's trick): all their targets are padding and weigh
+        # nothing, so the loss is a zero with a graph through the whole model (every
+        # data-parallel worker runs backward).
+        project = torch.where(masked.any(), masked, masked.new_ones(()))
 
-        logits = model(**sample["net_input"], masked_tokens=masked)[0]
-        targets = sample["target"][masked]
+        logits = model(**sample["net_input"], masked_tokens=project)[0]
+        targets = sample["target"][project]
+        weights = targets.ne(self.padding_idx)  # all True unless nothing was selected
         lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
-        nll_loss = F.nll_loss(lprobs, targets, reduction="sum")
+        nll_loss = F.nll_loss(lprobs, targets, reduction="sum", ignore_index=self.padding_idx)
         ref_correct = 0
         if self.alpha == 0.0:
             loss = nll_loss
         else:
             if self.reference == "uniform":
-                smooth_loss = -lprobs.mean(dim=-1).sum()
+                smooth = -lprobs.mean(dim=-1)
             else:
                 ref_probs = sample.get("tls_ref_probs")  # --se-online computed it already
-                if ref_probs is None:
-                    ref_probs = self._reference_probs(model, sample, masked)
-                smooth_loss = -(ref_probs * lprobs).sum()
-                ref_correct = int(ref_probs.argmax(dim=-1).eq(targets).sum())
+                if ref_probs is None or ref_probs.size(0) != targets.size(0):
+                    # (sizes differ only for an empty selection: shapes, no sync)
+                    ref_probs = self._reference_probs(model, sample, project)
+                smooth = -(ref_probs * lprobs).sum(dim=-1)
+                ref_correct = (ref_probs.argmax(dim=-1).eq(targets) & weights).sum()
+            smooth_loss = torch.where(weights, smooth, smooth.new_zeros(())).sum()
             loss = (1.0 - self.alpha) * nll_loss + self.alpha * smooth_loss
-        correct = int(lprobs.argmax(dim=-1).eq(targets).sum())
+        correct = (lprobs.argmax(dim=-1).eq(targets) & weights).sum()
         return loss, sample_size, self._logging_output(
             sample, loss.data, nll_loss.data, sample_size, correct, ref_correct,
             sample_size if self.reference == "model" and self.alpha > 0 else 0,
