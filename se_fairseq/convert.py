@@ -1,5 +1,18 @@
 """Conversion between fairseq RoBERTa checkpoints and Hugging Face ``RobertaForMaskedLM``.
 
+Two functions do a whole conversion, from paths to checked files, with every
+rule of it (where ``dict.txt`` comes from, the refusals, the tied-weights check,
+the safety re-check of what is written, the optional logit comparison):
+
+- :func:`fairseq_to_hf` ``(checkpoint, out_dir, dict_path=None, check=False, overwrite=False)``
+- :func:`hf_to_fairseq` ``(hf_dir, out_path, check=False, overwrite=False)``
+
+Both return a :class:`ConversionResult` and raise :class:`ConversionError`
+(never ``SystemExit``); the ``se-convert`` command (``se_fairseq.cli.convert``)
+only parses its arguments, calls them and prints. Below them, the state-dict
+level (:func:`fairseq_state_dict_to_hf`, :func:`hf_state_dict_to_fairseq`)
+works on tensors and configs only, for callers that hold models in memory.
+
 The two implementations compute the same function; only names and a few
 conventions differ:
 
@@ -17,23 +30,22 @@ conventions differ:
 
 Anything outside that common ground (pre-LN, untied LM head, other
 activations, relative positions, ...) is refused with :class:`ConversionError`
-instead of being converted wrong. The functions here work on plain state dicts
-and configs; the ``se-convert`` command (``se_fairseq.cli.convert``) does the
-file handling. transformers is imported only by the functions that need it.
+instead of being converted wrong. Importing this module is cheap (``se-convert
+--help`` stays instant): torch, fairseq and transformers are imported by the
+functions that need them.
 """
 import argparse
-import importlib
-import importlib.util
+import contextlib
 import json
 import logging
 import os
 import re
-import sys
+import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Optional
 
-import torch
-
-logger = logging.getLogger("se_fairseq.convert")
+logger = logging.getLogger(__name__)
 
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
@@ -81,12 +93,37 @@ INSTALL_HINT = (
 )
 
 
+CHECK_TOLERANCE = 1e-3  # max |logit difference| that check=True accepts (float32), as transformers' script
+HF_OUTPUTS = ("config.json", "model.safetensors", "fairseq_dict.txt")  # what fairseq_to_hf writes
+
+
 class ConversionError(Exception):
     """The input cannot be converted faithfully; the message says why."""
 
 
 class MissingDependencyError(ConversionError):
-    pass
+    """transformers or safetensors is not installed (``pip install 'se-fairseq[hf]'``)."""
+
+
+class CheckFailedError(ConversionError):
+    """``check=True`` found different logits. The files were written (and are wrong):
+    ``result`` is the :class:`ConversionResult` of what was written."""
+
+    def __init__(self, message, result):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class ConversionResult:
+    """What :func:`fairseq_to_hf` or :func:`hf_to_fairseq` wrote."""
+
+    output: str  # OUT_DIR (to HF) or the checkpoint OUT.pt (to fairseq)
+    files: list  # every file written, in the order written
+    dict_path: Optional[str]  # the fairseq dictionary written (None: to HF without a dict.txt)
+    dict_source: Optional[str]  # where its words came from
+    model: dict = field(default_factory=dict)  # layers, hidden, ffn, heads, vocab_size, max_positions
+    max_logit_difference: Optional[float] = None  # max |fairseq - HF logits|, with check=True
 
 
 def refuse(what, problems):
@@ -97,28 +134,40 @@ def refuse(what, problems):
 
 # -- optional dependency -------------------------------------------------------
 
-def hide_broken_torchaudio():
-    """transformers imports torchaudio whenever it is installed; a build that does not
-    match torch (fairseq pulls one in) then breaks ``import transformers``. Nothing
-    here uses audio, so let transformers see it as absent instead."""
-    if "torchaudio" in sys.modules or importlib.util.find_spec("torchaudio") is None:
-        return
-    try:
-        importlib.import_module("torchaudio")
-    except Exception as err:  # OSError from its C++ library, ImportError, RuntimeError
-        logger.debug(f"torchaudio does not load ({err}); hiding it from transformers")
-        sys.modules["torchaudio"] = None
-
-
 def require_transformers():
     """Import transformers (and safetensors) or raise :class:`MissingDependencyError`."""
-    hide_broken_torchaudio()
     try:
         import safetensors.torch  # noqa: F401
         import transformers
     except ImportError as err:
         raise MissingDependencyError(f"{INSTALL_HINT} ({err})") from None
     return transformers
+
+
+@contextlib.contextmanager
+def _quiet_transformers(transformers):
+    """Loading problems are reported here, as refusals: no transformers warnings or
+    progress bars while loading; the caller's settings come back afterwards."""
+    log = transformers.logging
+    verbosity, bars = log.get_verbosity(), log.is_progress_bar_enabled()
+    log.set_verbosity_error()
+    log.disable_progress_bar()
+    try:
+        yield
+    finally:
+        log.set_verbosity(verbosity)
+        if bars:
+            log.enable_progress_bar()
+
+
+def _import_fairseq():
+    """Import fairseq with the plugin registered: its checkpoint loading is then
+    ``torch.load(weights_only=True)`` with the allow-list (also when autoload is off)."""
+    import fairseq  # noqa: F401
+
+    import se_fairseq
+
+    se_fairseq.register_with_fairseq()
 
 
 # -- fairseq side ---------------------------------------------------------------
@@ -248,7 +297,7 @@ def key_pairs(num_layers):
     return pairs
 
 
-def fairseq_to_hf(state_dict, model_cfg, dictionary=None):
+def fairseq_state_dict_to_hf(state_dict, model_cfg, dictionary=None):
     """fairseq RoBERTa (state dict, model cfg, optional Dictionary) -> (RobertaConfig, HF state dict).
 
     ``dictionary`` is the fairseq Dictionary of ``dict.txt`` (with or without
@@ -256,6 +305,8 @@ def fairseq_to_hf(state_dict, model_cfg, dictionary=None):
     embedding. The HF state dict holds the keys ``save_pretrained`` writes
     (the tied ``lm_head.decoder.*`` are left out).
     """
+    import torch
+
     transformers = require_transformers()
     sd = upgrade_fairseq_state_dict(state_dict)
     o = model_options(model_cfg)
@@ -372,7 +423,7 @@ def check_hf_config(config):
     return problems
 
 
-def hf_to_fairseq(config, state_dict):
+def hf_state_dict_to_fairseq(config, state_dict):
     """HF RoBERTa (config, state dict) -> (fairseq model options dict, fairseq state dict).
 
     ``state_dict`` is ``RobertaForMaskedLM.state_dict()`` (the tied
@@ -380,6 +431,8 @@ def hf_to_fairseq(config, state_dict):
     exactly the keys of a fairseq 0.12 RoBERTa, with ``encoder.lm_head.weight``
     sharing the token embedding tensor as fairseq's own checkpoints do.
     """
+    import torch
+
     c = _config_dict(config)
     problems = check_hf_config(c)
     num_layers = _num_layers(state_dict, HF + "encoder.layer.")
@@ -572,12 +625,6 @@ def read_hf_vocab(hf_dir):
     return None
 
 
-def write_dict(words, path):
-    with open(path, "w", encoding="utf-8") as f:
-        for word in words:
-            f.write(f"{word} 1\n")
-
-
 # -- building models (checks and tests) ------------------------------------------
 
 def placeholder_dictionary(vocab_size):
@@ -616,6 +663,8 @@ def build_fairseq_model(model_cfg, state_dict, dictionary=None):
 
 def sample_batch(vocab_size, max_positions, seed=0):
     """Two sequences ``<s> ... </s>``, the second one right-padded."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     length = max(3, min(16, max_positions))
     ids = torch.randint(len(SPECIALS), vocab_size - 1, (2, length), generator=g)
@@ -627,8 +676,255 @@ def sample_batch(vocab_size, max_positions, seed=0):
 
 def max_logit_difference(fairseq_model, hf_model, tokens):
     """max |fairseq logits - HF logits| over the non-pad positions of ``tokens``."""
+    import torch
+
     with torch.no_grad():
         fs = fairseq_model(tokens)[0].float()
         hf = hf_model.float().eval()(input_ids=tokens, attention_mask=tokens.ne(PAD).long()).logits
     keep = tokens.ne(PAD)
     return (fs[keep] - hf[keep]).abs().max().item()
+
+
+# -- files: the two conversions --------------------------------------------------
+#
+# Compared with transformers' own script
+# (transformers/models/roberta/convert_roberta_original_pytorch_checkpoint_to_pytorch.py,
+# ``convert_roberta_checkpoint_to_pytorch(checkpoint_path, dump_folder, classification_head)``),
+# what is kept in common: one function from paths to a converted, checked model;
+# the same HF config for a fairseq RoBERTa (type_vocab_size=1 with zero token-type
+# embeddings, layer_norm_eps=1e-5, max_position_embeddings = max_positions + 2, the
+# decoder tied to the token embeddings); and the same check (max |logit difference| of
+# both models on one input, 1e-3 at most, an error otherwise). What differs, and why:
+# theirs loads through fairseq's hub interface (unpickling the whole checkpoint, and
+# needing its BPE files) and copies module by module; here the checkpoint loads with
+# weights_only=True and the state dicts map by a name table, refusing whatever does
+# not fit instead of asserting on shapes. Theirs checks the in-memory model before
+# saving; here the check reloads the written files, so the files themselves are
+# checked. Theirs encodes one sentence with the BPE; here a random-id batch with a
+# padded row (no tokenizer needed; it exercises the attention mask). Theirs also
+# converts an "mnli" classification head; here the masked LM only, both directions.
+
+def _unshared(state_dict):
+    """Contiguous tensors that own their memory (safetensors refuses shared storage)."""
+    out, seen = {}, set()
+    for key, t in state_dict.items():
+        t = t.detach().contiguous()
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() != t.numel() * t.element_size():
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[key] = t
+    return out
+
+
+def load_dictionary(path):
+    """A fairseq ``Dictionary`` from ``dict.txt``, or :class:`ConversionError`."""
+    from fairseq.data import Dictionary
+
+    try:
+        return Dictionary.load(path)
+    except Exception as err:
+        raise ConversionError(f"{path}: not a fairseq dict.txt ({err})") from None
+
+
+def checkpoint_dictionary(checkpoint, dict_path=None):
+    """``(Dictionary or None, its path)`` for a fairseq checkpoint: ``dict_path`` if given
+    (it must exist), else ``dict.txt`` beside the checkpoint if there is one, else None
+    (the weights convert without a vocabulary; a warning says what that costs)."""
+    if dict_path is not None:
+        dict_path = os.fspath(dict_path)
+        if not os.path.isfile(dict_path):
+            raise ConversionError(f"{dict_path}: no such dictionary")
+        return load_dictionary(dict_path), dict_path
+    dict_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "dict.txt")
+    if os.path.isfile(dict_path):
+        return load_dictionary(dict_path), dict_path
+    logger.warning(f"no dict.txt beside {checkpoint} (and no --dict): converting the weights "
+                   "only; OUT_DIR gets no fairseq_dict.txt, so a later from-hf cannot restore the "
+                   "vocabulary exactly")
+    return None, None
+
+
+def hf_dict_text(hf_dir, vocab_size):
+    """``(dict.txt contents, where they came from)`` for an HF model with ``vocab_size`` ids:
+    ``fairseq_dict.txt`` (as :func:`fairseq_to_hf` writes it) if present, else the
+    tokenizer vocab (vocab.json, tokenizer.json), else placeholder words."""
+    fairseq_dict = os.path.join(hf_dir, "fairseq_dict.txt")
+    if os.path.isfile(fairseq_dict):
+        d = load_dictionary(fairseq_dict)
+        if len(d) + 1 != vocab_size:
+            raise ConversionError(
+                f"{fairseq_dict} gives {len(d) + 1} ids (incl. <mask>) but the model has {vocab_size}")
+        with open(fairseq_dict, encoding="utf-8") as f:
+            return f.read(), "fairseq_dict.txt"
+    vocab = read_hf_vocab(hf_dir)
+    words, placeholders = dict_words_from_vocab(vocab, vocab_size)
+    text = "".join(f"{w} 1\n" for w in words)
+    if vocab is None:
+        logger.warning(f"{hf_dir} has neither fairseq_dict.txt nor a tokenizer vocab (vocab.json, "
+                       f"tokenizer.json): dict.txt gets placeholder words madeupwordNNNN for ids "
+                       f"4..{vocab_size - 2}; binarize data only with ids that match the model's")
+        return text, "placeholders"
+    if placeholders:
+        logger.warning(f"{placeholders} of {len(words)} ids have no usable token in the tokenizer "
+                       "vocab; dict.txt holds madeupwordNNNN placeholders for them")
+    return text, "the tokenizer vocab"
+
+
+def _check(fairseq_model, hf_model, model, result):
+    """Set ``result.max_logit_difference``; :class:`CheckFailedError` above the tolerance."""
+    diff = max_logit_difference(fairseq_model, hf_model,
+                                sample_batch(model["vocab_size"], model["max_positions"]))
+    result.max_logit_difference = diff
+    if diff > CHECK_TOLERANCE:
+        raise CheckFailedError(f"--check: fairseq and HF logits differ by {diff:.3g} "
+                               f"(> {CHECK_TOLERANCE:g}); the converted files are wrong", result)
+    return result
+
+
+def _save_without_unsafe_globals(checkpoint, out):
+    """torch.save to ``out`` (atomically), then re-read what the file would unpickle:
+    anything beyond the checkpoint allow-list removes the file and is an error."""
+    import torch
+
+    from se_fairseq.checkpoint_safety import allowed_globals
+
+    tmp = out + ".tmp"
+    torch.save(checkpoint, tmp)
+    found, aliases = allowed_globals()
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in found} | {name for _, name in aliases}
+    unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(tmp)) - allowed
+    if unsafe:  # cannot happen with plain containers; never leave such a file behind
+        os.remove(tmp)
+        raise ConversionError(f"internal error: the checkpoint would pickle {sorted(unsafe)}")
+    os.replace(tmp, out)
+
+
+def fairseq_to_hf(checkpoint, out_dir, dict_path=None, check=False, overwrite=False):
+    """fairseq RoBERTa checkpoint -> HF ``RobertaForMaskedLM`` directory (``se-convert to-hf``).
+
+    Writes ``config.json`` and ``model.safetensors`` into ``out_dir`` (created), what
+    ``RobertaForMaskedLM.from_pretrained(out_dir)`` loads, plus the fairseq dictionary
+    as ``fairseq_dict.txt``: ``dict_path``, else ``dict.txt`` beside the checkpoint,
+    else none (a warning). The checkpoint loads with ``weights_only=True`` and the
+    checkpoint allow-list; the released ``roberta.base`` layout converts too. Refused
+    with :class:`ConversionError`, before anything is written: architectures HF RoBERTa
+    cannot compute (pre-LN, untied LM head by option or by value, other activations,
+    ...), a dictionary of another size, existing outputs unless ``overwrite``.
+    ``check=True`` reloads the written files with transformers and compares logits
+    with the fairseq model (:class:`CheckFailedError` above :data:`CHECK_TOLERANCE`).
+    Returns a :class:`ConversionResult`.
+    """
+    transformers = require_transformers()
+    from safetensors.torch import save_file
+
+    _import_fairseq()
+    from fairseq import checkpoint_utils
+
+    checkpoint, out_dir = os.fspath(checkpoint), os.fspath(out_dir)
+    if not os.path.isfile(checkpoint):
+        raise ConversionError(f"{checkpoint}: no such checkpoint")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConversionError(f"{out_dir} exists and is not a directory")
+    clash = [f for f in HF_OUTPUTS if os.path.exists(os.path.join(out_dir, f))]
+    if clash and not overwrite:
+        raise ConversionError(f"{out_dir} already holds {', '.join(clash)} (--force overwrites)")
+    if os.path.exists(os.path.join(out_dir, "model.safetensors.index.json")):
+        raise ConversionError(f"{out_dir} holds a sharded model; use an empty directory")
+    dictionary, dict_path = checkpoint_dictionary(checkpoint, dict_path)
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)
+    model_cfg = checkpoint_model_cfg(state)
+    config, hf_sd = fairseq_state_dict_to_hf(state["model"], model_cfg, dictionary)
+
+    os.makedirs(out_dir, exist_ok=True)
+    config.save_pretrained(out_dir)
+    files = [os.path.join(out_dir, "config.json"), os.path.join(out_dir, "model.safetensors")]
+    save_file(_unshared(hf_sd), files[1], metadata={"format": "pt"})
+    dict_out = None
+    if dictionary is not None:
+        dict_out = os.path.join(out_dir, "fairseq_dict.txt")
+        shutil.copyfile(dict_path, dict_out)
+        files.append(dict_out)
+    model = dict(layers=config.num_hidden_layers, hidden=config.hidden_size,
+                 ffn=config.intermediate_size, heads=config.num_attention_heads,
+                 vocab_size=config.vocab_size, max_positions=config.max_position_embeddings - 2)
+    result = ConversionResult(out_dir, files, dict_out, dict_path, model)
+    if check:
+        with _quiet_transformers(transformers):
+            hf_model = transformers.RobertaForMaskedLM.from_pretrained(out_dir, local_files_only=True)
+        _check(build_fairseq_model(model_cfg, state["model"], dictionary), hf_model, model, result)
+    return result
+
+
+def hf_to_fairseq(hf_dir, out_path, check=False, overwrite=False):
+    """HF ``RobertaForMaskedLM`` directory -> fairseq checkpoint (``se-convert from-hf``).
+
+    Writes ``out_path``, a checkpoint of plain containers (re-checked: nothing outside
+    the checkpoint allow-list is pickled) that ``fairseq-train --restore-file`` continues
+    and ``torch.load(weights_only=True)`` reads, and ``dict.txt`` beside it: from
+    ``hf_dir/fairseq_dict.txt``, else the tokenizer vocab, else placeholder words
+    (:func:`hf_dict_text`). Refused with :class:`ConversionError`, before anything is
+    written: configurations fairseq RoBERTa cannot compute (other activations, relative
+    positions, pad id other than 1, untied LM head, distinct token types, ...), weights
+    missing or of the wrong shape, an existing ``out_path`` or a different ``dict.txt``
+    unless ``overwrite``. ``check=True`` loads the written checkpoint with fairseq and
+    compares logits with the HF model (:class:`CheckFailedError` above
+    :data:`CHECK_TOLERANCE`). Returns a :class:`ConversionResult`.
+    """
+    transformers = require_transformers()
+    _import_fairseq()
+
+    hf_dir = os.fspath(hf_dir)
+    config_path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise ConversionError(f"{hf_dir}: no config.json (not a saved HF model directory)")
+    out = os.path.abspath(out_path)
+    out_dir = os.path.dirname(out)
+    dict_out = os.path.join(out_dir, "dict.txt")
+    if os.path.exists(out) and not overwrite:
+        raise ConversionError(f"{os.fspath(out_path)} exists (--force overwrites)")
+
+    with open(config_path, encoding="utf-8") as f:
+        problems = check_hf_config(json.load(f))
+    if problems:
+        refuse("this Hugging Face model", problems)
+
+    with _quiet_transformers(transformers):
+        config = transformers.RobertaConfig.from_pretrained(hf_dir, local_files_only=True)
+        hf_model, info = transformers.RobertaForMaskedLM.from_pretrained(
+            hf_dir, config=config, local_files_only=True, output_loading_info=True, dtype="auto")
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = [str(m[0]) if isinstance(m, (list, tuple)) else str(m) for m in info.get("mismatched_keys") or []]
+    unexpected = sorted(k for k in info.get("unexpected_keys") or []
+                        if not (HF_DROPPED.match(k) or HF_IGNORED.match(k)))
+    if missing or mismatched or unexpected:
+        refuse(f"{hf_dir}", [
+            *([f"weights missing from the files (HF would initialise them randomly): {missing[:8]}"]
+              if missing else []),
+            *([f"weights of the wrong shape: {mismatched[:8]}"] if mismatched else []),
+            *([f"weights RobertaForMaskedLM does not use: {unexpected[:8]}"] if unexpected else []),
+        ])
+    options, fs_sd = hf_state_dict_to_fairseq(config, hf_model.state_dict())
+    text, source = hf_dict_text(hf_dir, options["vocab_size"])
+    if os.path.exists(dict_out) and not overwrite:
+        with open(dict_out, encoding="utf-8") as f:
+            if f.read() != text:
+                raise ConversionError(f"{dict_out} exists with other contents (--force overwrites)")
+
+    os.makedirs(out_dir, exist_ok=True)
+    _save_without_unsafe_globals(fairseq_checkpoint(options, fs_sd, out_dir), out)
+    from se_fairseq.data.score_file import atomic_write_text
+
+    atomic_write_text(dict_out, text)
+    model = dict(layers=options["encoder_layers"], hidden=options["encoder_embed_dim"],
+                 ffn=options["encoder_ffn_embed_dim"], heads=options["encoder_attention_heads"],
+                 vocab_size=options["vocab_size"], max_positions=options["max_positions"])
+    result = ConversionResult(out, [out, dict_out], dict_out, source, model)
+    if check:
+        from fairseq import checkpoint_utils
+
+        state = checkpoint_utils.load_checkpoint_to_cpu(out)
+        fs_model = build_fairseq_model(state["cfg"]["model"], state["model"], load_dictionary(dict_out))
+        _check(fs_model, hf_model, model, result)
+    return result

@@ -9,9 +9,9 @@ import torch
 
 from conftest import TINY_ROBERTA, fairseq_train
 from se_fairseq import convert
-from se_fairseq.cli.convert import main
+from se_fairseq.cli.convert import hide_broken_torchaudio, main
 
-convert.hide_broken_torchaudio()  # a torchaudio built for another torch breaks `import transformers`
+hide_broken_torchaudio()  # a torchaudio built for another torch breaks `import transformers`
 transformers = pytest.importorskip(
     "transformers", reason="se-convert needs the optional extras: pip install 'se-fairseq[hf]'")
 from safetensors.torch import load_file  # noqa: E402  (installed with transformers)
@@ -191,6 +191,55 @@ def test_cli_module_entry_point(fs, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "logits agree" in result.stdout
     assert (out / "model.safetensors").exists()
+
+
+# -- the library API -------------------------------------------------------------------
+
+def test_library_converts_both_ways_with_check(fs, tmp_path):
+    """fairseq_to_hf / hf_to_fairseq: paths in, checked files and a result out, no printing."""
+    _, _, ckpt = fs
+    verbosity = transformers.logging.get_verbosity()
+    to = convert.fairseq_to_hf(ckpt, tmp_path / "hf", check=True)
+    assert to.files == [str(tmp_path / "hf" / f) for f in convert.HF_OUTPUTS]
+    assert to.dict_path == str(tmp_path / "hf" / "fairseq_dict.txt")
+    assert to.dict_source == os.path.join(os.path.dirname(os.path.abspath(ckpt)), "dict.txt")
+    assert to.model == dict(layers=2, hidden=32, ffn=64, heads=2, vocab_size=VOCAB, max_positions=64)
+    assert 0 <= to.max_logit_difference < convert.CHECK_TOLERANCE
+    back = convert.hf_to_fairseq(tmp_path / "hf", tmp_path / "fs" / "model.pt", check=True)
+    assert back.files == [str(tmp_path / "fs" / "model.pt"), str(tmp_path / "fs" / "dict.txt")]
+    assert back.dict_source == "fairseq_dict.txt" and back.model == to.model
+    assert 0 <= back.max_logit_difference < convert.CHECK_TOLERANCE
+    assert convert.hf_to_fairseq(tmp_path / "hf", tmp_path / "fs" / "model.pt",
+                                 overwrite=True).max_logit_difference is None
+    assert transformers.logging.get_verbosity() == verbosity  # quiet while loading only
+
+
+def test_library_raises_conversion_errors(fs, fs_in_hf, tmp_path):
+    with pytest.raises(convert.ConversionError, match="no such checkpoint"):
+        convert.fairseq_to_hf(tmp_path / "none.pt", tmp_path / "hf")
+    with pytest.raises(convert.ConversionError, match="no such dictionary"):
+        convert.fairseq_to_hf(fs[2], tmp_path / "hf", dict_path=tmp_path / "none.txt")
+    with pytest.raises(convert.ConversionError, match="already holds"):
+        convert.fairseq_to_hf(fs[2], fs_in_hf)
+    with pytest.raises(convert.ConversionError, match="no config.json"):
+        convert.hf_to_fairseq(tmp_path, tmp_path / "model.pt")
+
+
+def test_failed_check_names_the_written_files(fs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(convert, "CHECK_TOLERANCE", -1.0)
+    with pytest.raises(convert.CheckFailedError, match="logits differ") as failed:
+        convert.fairseq_to_hf(fs[2], tmp_path / "lib", check=True)
+    assert failed.value.result.max_logit_difference >= 0
+    assert all(os.path.exists(f) for f in failed.value.result.files)
+    assert run("to-hf", fs[2], tmp_path / "cli", "--check") == 1
+    out, err = capsys.readouterr()
+    assert f"wrote {tmp_path / 'cli'}" in out and "logits agree" not in out
+    assert "se-convert: error: --check: fairseq and HF logits differ" in err
+
+
+def test_conversion_module_leaves_torchaudio_alone():
+    assert not hasattr(convert, "hide_broken_torchaudio") and not hasattr(convert, "write_dict")
+    assert convert.logger.name == "se_fairseq.convert"
 
 
 # -- HF -> fairseq ----------------------------------------------------------------------
