@@ -27,9 +27,6 @@ def extension_available():
     if _loaded is None:
         try:
             from se_fairseq import _C  # noqa: F401  (registers the operator)
-
-            _register_fake()
-            _loaded = True
         except ImportError as err:
             warnings.warn(
                 f"se_fairseq: the C++ extension is not built ({err}); masking falls back to "
@@ -38,26 +35,36 @@ def extension_available():
                 stacklevel=3,
             )
             _loaded = False
+        else:
+            _loaded = True
+            _register_fake()
     return _loaded
 
 
 def _register_fake():
     """Shape-only kernel of the operator (one bool per score), as pytorch/extension-cpp does."""
+    register = getattr(torch.library, "register_fake", None) or torch.library.impl_abstract  # < 2.4
+    try:
+        register(OP_NAME)(_fake_select)
+    except RuntimeError as err:  # registered already (this module was reloaded)
+        if "already" not in str(err):
+            raise
 
-    @torch.library.register_fake(OP_NAME)
-    def _(scores, eligible, seeds, num_select, ratio, mode, threshold, temperature):
-        for name, t in (("eligible", eligible), ("seeds", seeds), ("num_select", num_select)):
-            torch._check(t is None or t.device == scores.device,
-                         lambda: f"se_fairseq::select: all tensor arguments must be on one device, "
-                                 f"but scores is on {scores.device} and {name} on {t.device}")
-        torch._check(scores.dim() == 2, lambda: "se_fairseq::select: scores must be 2-D")
-        torch._check(scores.dtype == torch.float32, lambda: "se_fairseq::select: scores must be float32")
-        torch._check(eligible.dtype == torch.bool and eligible.shape == scores.shape,
-                     lambda: "se_fairseq::select: eligible must be a bool tensor shaped like scores")
-        torch._check(seeds.dtype == torch.int64 and seeds.dim() == 1
-                     and seeds.shape[0] == scores.shape[0],
-                     lambda: "se_fairseq::select: seeds must be int64 with one per row")
-        return torch.empty_like(scores, dtype=torch.bool)
+
+def _fake_select(scores, eligible, seeds, num_select, ratio, mode, threshold, temperature):
+    """The fake (meta) kernel: the C++ argument checks that need no data, then the shape."""
+    for name, t in (("eligible", eligible), ("seeds", seeds), ("num_select", num_select)):
+        torch._check(t is None or t.device == scores.device,
+                     lambda: f"se_fairseq::select: all tensor arguments must be on one device, "
+                             f"but scores is on {scores.device} and {name} on {t.device}")
+    torch._check(scores.dim() == 2, lambda: "se_fairseq::select: scores must be 2-D")
+    torch._check(scores.dtype == torch.float32, lambda: "se_fairseq::select: scores must be float32")
+    torch._check(eligible.dtype == torch.bool and eligible.shape == scores.shape,
+                 lambda: "se_fairseq::select: eligible must be a bool tensor shaped like scores")
+    torch._check(seeds.dtype == torch.int64 and seeds.dim() == 1
+                 and seeds.shape[0] == scores.shape[0],
+                 lambda: "se_fairseq::select: seeds must be int64 with one per row")
+    return torch.empty_like(scores, dtype=torch.bool)
 
 
 def has_kernel_for(device):
