@@ -129,10 +129,7 @@ def write_score_file(data, split="train", out=None, counts_split="train", alpha=
     from se_fairseq.data import score_file
 
     split_path = os.path.join(data, split)
-    prefix = out or score_file.default_prefix(split_path)
-    for ext in (".npy", ".json"):
-        if prefix.endswith(ext):
-            prefix = prefix[: -len(ext)]
+    prefix = score_file.prefix_of(out or score_file.default_prefix(split_path))
     scores, unigram = score_split(data, split, counts_split, alpha)
     fingerprint = score_file.corpus_fingerprint(split_path)
     source = dict(unigram.describe(),

@@ -95,15 +95,16 @@ def test_killed_run_resumes_to_the_same_file(vanilla_checkpoint, data, tmp_path)
     out = str(tmp_path / "killed")
     killer = (
         "import os, signal, sys\n"
+        "from se_fairseq import scoring_job\n"
         "from se_fairseq.cli import score\n"
-        "save = score.ScoringJob.score_chunk\n"
+        "save = scoring_job.ScoringJob.score_chunk\n"
         "done = []\n"
         "def score_chunk(self, i, progress=None):\n"
         "    save(self, i, progress)\n"
         "    done.append(i)\n"
         "    if len(done) == 3:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "score.ScoringJob.score_chunk = score_chunk\n"
+        "scoring_job.ScoringJob.score_chunk = score_chunk\n"
         "sys.exit(score.main(sys.argv[1:]))\n"
     )
     killed = subprocess.run([sys.executable, "-c", killer, data, "--path", vanilla_checkpoint,

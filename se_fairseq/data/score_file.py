@@ -35,6 +35,14 @@ def default_prefix(split_path):
     return f"{split_path}.se_scores"
 
 
+def prefix_of(path):
+    """The prefix a user may name either way: ``x``, ``x.npy`` or ``x.json`` -> ``x``."""
+    for ext in (".npy", ".json"):
+        if path.endswith(ext):
+            return path[: -len(ext)]
+    return path
+
+
 def paths(prefix):
     return prefix + ".npy", prefix + ".json"
 

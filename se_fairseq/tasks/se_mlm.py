@@ -187,11 +187,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
     def _score_prefix(self, split, epoch):
         """--se-scores names the train split's file; other splits look beside themselves."""
         if self.cfg.se_scores and split == self.cfg.train_subset:
-            path = self.cfg.se_scores
-            for ext in (".npy", ".json"):
-                if path.endswith(ext):
-                    path = path[: -len(ext)]
-            return path
+            return score_file.prefix_of(self.cfg.se_scores)
         return score_file.default_prefix(self._split_path(split, epoch))
 
     def _load_random_split(self, split, epoch, combine):

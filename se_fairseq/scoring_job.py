@@ -1,0 +1,387 @@
+"""Score a whole split: the self-questioning stage as a resumable, shardable job.
+
+    >>> from se_fairseq.scoring_job import score_corpus
+    >>> result = score_corpus("data-bin", "checkpoints/model.pt", metric="correctness")
+    >>> result.array_path, result.summary["mean"]
+
+The model reads every block of the split unmasked (eval mode, no gradient) and
+scores every token. The work is cut into chunks of consecutive blocks; each
+finished chunk is saved at once under ``<prefix>.partial/`` beside a manifest
+of the options, so an interrupted job continues where it stopped and the score
+file appears only when complete (atomic rename). With ``world_size`` > 1 each
+rank scores every world_size-th chunk and rank 0 assembles. Blocks longer than
+the model's positions are skipped, as fairseq-train skips them.
+"""
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from se_fairseq.data import score_file
+
+logger = logging.getLogger(__name__)
+
+BREAK_MODES = ("none", "complete", "complete_doc", "eos")
+DEFAULT_MAX_TOKENS = 16384
+DEFAULT_CHUNK_TOKENS = 1 << 18
+
+
+class ScoringError(RuntimeError):
+    """A scoring job that cannot run as asked (the message says why and what to do)."""
+
+
+@dataclass
+class ScoringResult:
+    complete: bool                     # False: chunks are left, run the job again
+    chunks_total: int
+    chunks_left: int
+    partial_dir: str
+    array_path: Optional[str] = None
+    meta_path: Optional[str] = None
+    summary: Optional[dict] = None
+
+
+def file_sha256(path, block=1 << 22):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(block), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def plan_chunks(block_lengths, chunk_tokens):
+    """Cut blocks into runs of consecutive blocks of at least ``chunk_tokens`` tokens
+    (the last one may be shorter): a list of (first, last) block ranges."""
+    lengths = np.asarray(block_lengths, dtype=np.int64)
+    chunks, first, tokens = [], 0, 0
+    for b, n in enumerate(lengths):
+        tokens += int(n)
+        if tokens >= chunk_tokens:
+            chunks.append((first, b + 1))
+            first, tokens = b + 1, 0
+    if first < len(lengths):
+        chunks.append((first, len(lengths)))
+    return chunks
+
+
+def summarize(values):
+    """Mean, spread, quantiles and a 10-bin histogram of the scores."""
+    if len(values) == 0:
+        return {"tokens": 0}
+    qs = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
+    counts, edges = np.histogram(values, bins=10)
+    return {
+        "tokens": int(len(values)),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "quantiles": {f"{int(q * 100)}%": float(np.quantile(values, q)) for q in qs},
+        "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+    }
+
+
+def format_summary(metric, summary):
+    if summary["tokens"] == 0:
+        return "no tokens scored"
+    lines = [
+        f"{metric}: {summary['tokens']} tokens, mean {summary['mean']:.3f}, std {summary['std']:.3f}, "
+        f"min {summary['min']:.3f}, max {summary['max']:.3f}",
+        "quantiles: " + "  ".join(f"{k} {v:.3f}" for k, v in summary["quantiles"].items()),
+    ]
+    edges, counts = summary["histogram"]["edges"], summary["histogram"]["counts"]
+    top = max(counts) or 1
+    for lo, hi, c in zip(edges[:-1], edges[1:], counts):
+        lines.append(f"  [{lo:7.3f}, {hi:7.3f})  {'#' * max(1 if c else 0, round(40 * c / top)):<40} {c}")
+    if summary.get("blocks_skipped_too_long"):
+        lines.append(f"skipped {summary['blocks_skipped_too_long']} blocks longer than "
+                     f"{summary['max_positions']} positions ({summary['tokens_in_skipped_blocks']} "
+                     "tokens), as fairseq-train does")
+    return "\n".join(lines)
+
+
+def load_scoring_model(path, data):
+    """The checkpoint's model and task, loaded as fairseq_cli/validate.py loads them, after
+    checking that its dictionary is the one ``data`` was binarized with."""
+    from fairseq import checkpoint_utils
+    from fairseq.data import Dictionary
+
+    if not os.path.exists(path):
+        raise ScoringError(f"checkpoint {path} not found")
+    state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides={"data": data})
+    dict_path = os.path.join(data, "dict.txt")
+    data_vocab = len(Dictionary.load(dict_path)) + 1  # + <mask>, as masked_lm adds it
+    embed = [v for k, v in state["model"].items()
+             if k.endswith("sentence_encoder.embed_tokens.weight")]
+    if not embed:
+        raise ScoringError(f"{path} holds no RoBERTa-style encoder embeddings")
+    if embed[0].shape[0] != data_vocab:
+        raise ScoringError(
+            f"the dictionary of checkpoint {path} has {embed[0].shape[0]} entries "
+            f"but {dict_path} gives {data_vocab} (incl. <mask>); score data binarized with "
+            "the checkpoint's own dict.txt"
+        )
+    # state passed in: the checkpoint is read once; its data path is already overridden
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], state=state)
+    return models[0], cfg, task
+
+
+class ScoringJob:
+    """One rank's view of the job: blocks, chunk plan, manifest, scoring, assembly."""
+
+    def __init__(self, data, path, *, split="train", metric="correctness",
+                 tokens_per_sample=None, sample_break_mode=None, max_tokens=None,
+                 batch_size=None, device="cpu", precision="fp32", out=None,
+                 chunk_tokens=DEFAULT_CHUNK_TOKENS, rank=0, world_size=1):
+        import torch
+
+        from se_fairseq.scoring import METRICS
+
+        if metric not in METRICS:
+            raise ScoringError(f"unknown metric {metric!r}; choose from {METRICS}")
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ScoringError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        self.data, self.split, self.metric = data, split, metric
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ScoringError("fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+        self.precision = precision
+        self.max_tokens = max_tokens or (None if batch_size else DEFAULT_MAX_TOKENS)
+        self.batch_size = batch_size
+        self.split_path = os.path.join(data, split)
+        self.prefix = score_file.prefix_of(out or score_file.default_prefix(self.split_path))
+        self.partial_dir = self.prefix + ".partial"
+        self.fingerprint = score_file.corpus_fingerprint(self.split_path)
+        self._load_model(path)
+        self._load_blocks(tokens_per_sample, sample_break_mode)
+        lengths = self.slices[:, 1] - self.slices[:, 0]
+        self.chunks = plan_chunks(lengths, chunk_tokens)
+
+    # -- model ---------------------------------------------------------------
+    def _load_model(self, path):
+        import torch
+
+        model, cfg, self.task = load_scoring_model(path, self.data)
+        self.task_cfg = cfg.task
+        if self.precision == "fp16":
+            model = model.half()
+        elif self.precision == "bf16":
+            model = model.to(torch.bfloat16)
+        self.model = model.to(self.device).eval()
+        self.checkpoint = {
+            "path": os.path.abspath(path),
+            "bytes": os.path.getsize(path),
+            "sha256": file_sha256(path),
+        }
+
+    # -- data ----------------------------------------------------------------
+    def _load_blocks(self, tokens_per_sample, break_mode):
+        from fairseq.data import PrependTokenDataset, TokenBlockDataset, data_utils
+
+        d = self.task.source_dictionary
+        self.pad = d.pad()
+        tokens_per_sample = int(tokens_per_sample or self.task_cfg.get("tokens_per_sample", 512))
+        break_mode = break_mode or str(self.task_cfg.get("sample_break_mode", "none"))
+        if break_mode not in BREAK_MODES:
+            raise ScoringError(f"unknown sample break mode {break_mode!r}; choose from {BREAK_MODES}")
+        self.blocking = {"tokens_per_sample": tokens_per_sample,
+                         "sample_break_mode": break_mode, "prepend_bos": True}
+        tokens = data_utils.load_indexed_dataset(self.split_path, d)
+        if tokens is None:
+            raise ScoringError(f"no dataset at {self.split_path}")
+        self.blocks = TokenBlockDataset(tokens, tokens.sizes, tokens_per_sample - 1, pad=d.pad(),
+                                        eos=d.eos(), break_mode=break_mode)
+        self.items = PrependTokenDataset(self.blocks, d.bos())
+        self.slices = np.asarray(self.blocks.slice_indices, dtype=np.int64)
+        # fairseq-train drops training blocks longer than the positions of the model
+        # (--sample-break-mode complete/eos makes them from long sentences): skip them too.
+        self.max_positions = min(tokens_per_sample, int(self.model.max_positions()))
+        self.too_long = self.slices[:, 1] - self.slices[:, 0] + 1 > self.max_positions
+        if self.too_long.any():
+            logger.warning(
+                f"{int(self.too_long.sum())} of {len(self.slices)} blocks ({self.skipped_tokens()} "
+                f"tokens) are longer than {self.max_positions} positions with <s> "
+                f"(--sample-break-mode {break_mode}); fairseq-train skips them, so se-score "
+                "does too: their tokens get score 0 and are never trained on")
+
+    def skipped_tokens(self, first=0, last=None):
+        skipped = np.flatnonzero(self.too_long[first:last]) + first
+        return int((self.slices[skipped, 1] - self.slices[skipped, 0]).sum())
+
+    def chunk_tokens(self, i):
+        first, last = self.chunks[i]
+        return int(self.slices[last - 1, 1] - self.slices[first, 0])
+
+    # -- manifest ------------------------------------------------------------
+    def manifest(self):
+        return {
+            "corpus": self.fingerprint,
+            "checkpoint": self.checkpoint,
+            "metric": self.metric,
+            "blocking": self.blocking,
+            "chunks": [list(c) for c in self.chunks],
+            "precision": self.precision,
+        }
+
+    def chunk_path(self, i):
+        return os.path.join(self.partial_dir, f"chunk-{i:06d}.npy")
+
+    def prepare_partial_dir(self):
+        """Rank 0 creates the partial folder's manifest; every rank checks it."""
+        manifest_path = os.path.join(self.partial_dir, "manifest.json")
+        wanted = self.manifest()
+        if os.path.exists(manifest_path):
+            with open(manifest_path) as f:
+                found = json.load(f)
+            if found != wanted:
+                differ = sorted(k for k in wanted if found.get(k) != wanted[k])
+                raise ScoringError(
+                    f"{self.partial_dir} holds partial results of another run "
+                    f"(different {', '.join(differ)}); rerun with the same options to resume, "
+                    "or delete that folder to start over"
+                )
+            return
+        if self.rank != 0:
+            raise ScoringError(f"rank {self.rank}: no manifest in {self.partial_dir}; the "
+                               "partial folder must be on storage that all ranks see")
+        os.makedirs(self.partial_dir, exist_ok=True)
+        score_file.atomic_write_text(manifest_path, json.dumps(wanted, indent=2, sort_keys=True))
+
+    # -- scoring -------------------------------------------------------------
+    def batches(self, first, last):
+        """Blocks of [first, last) that fit the model, longest first, by tokens or count."""
+        sizes = self.slices[first:last, 1] - self.slices[first:last, 0] + 1
+        order = first + np.argsort(-sizes, kind="stable")
+        order = order[~self.too_long[order]]
+        batch, longest = [], 0
+        for b in order:
+            n = int(self.slices[b, 1] - self.slices[b, 0] + 1)
+            full = (self.batch_size and len(batch) >= self.batch_size) or (
+                self.max_tokens and batch and max(longest, n) * (len(batch) + 1) > self.max_tokens)
+            if full:
+                yield batch
+                batch, longest = [], 0
+            batch.append(int(b))
+            longest = max(longest, n)
+        if batch:
+            yield batch
+
+    def score_chunk(self, i, progress=None):
+        from fairseq.data import data_utils
+
+        from se_fairseq.scoring import score_batch
+
+        first, last = self.chunks[i]
+        base = int(self.slices[first, 0])
+        out = np.zeros(self.chunk_tokens(i), dtype=np.float32)
+        for batch in self.batches(first, last):
+            src = data_utils.collate_tokens([self.items[b] for b in batch], self.pad)
+            scores = score_batch(self.model, src.to(self.device), self.pad, self.metric).cpu()
+            for row, b in enumerate(batch):
+                start, end = int(self.slices[b, 0]), int(self.slices[b, 1])
+                out[start - base:end - base] = scores[row, 1:1 + end - start].numpy()
+            if progress is not None:
+                progress.update(int(sum(self.slices[b, 1] - self.slices[b, 0] for b in batch)))
+        if progress is not None:  # skipped blocks count as done
+            progress.update(self.skipped_tokens(first, last))
+        if not np.isfinite(out).all():
+            raise ScoringError(f"non-finite scores in chunk {i}; try fp32")
+        score_file.atomic_save_npy(self.chunk_path(i), out.astype(np.float16))
+
+    def pending_chunks(self):
+        """This rank's chunks that no earlier run has saved."""
+        return [i for i in range(len(self.chunks))
+                if i % self.world_size == self.rank and not os.path.exists(self.chunk_path(i))]
+
+    def missing_chunks(self):
+        return [i for i in range(len(self.chunks)) if not os.path.exists(self.chunk_path(i))]
+
+    def assemble(self):
+        """Rank 0: join the chunks into the score file, then drop the partial folder."""
+        scores = np.zeros(self.fingerprint["num_tokens"], dtype=np.float16)
+        covered = np.zeros(len(scores), dtype=bool)
+        for i, (first, last) in enumerate(self.chunks):
+            base, end = int(self.slices[first, 0]), int(self.slices[last - 1, 1])
+            chunk = np.load(self.chunk_path(i), allow_pickle=False)
+            if len(chunk) != end - base:
+                raise ScoringError(f"{self.chunk_path(i)} is damaged; delete it and rerun")
+            scores[base:end] = chunk
+            for b in range(first, last):
+                if not self.too_long[b]:
+                    covered[self.slices[b, 0]:self.slices[b, 1]] = True
+        summary = summarize(scores[covered].astype(np.float32))
+        summary["tokens_not_scored"] = int((~covered).sum())
+        summary["blocks_skipped_too_long"] = int(self.too_long.sum())
+        summary["tokens_in_skipped_blocks"] = self.skipped_tokens()
+        summary["max_positions"] = self.max_positions
+        paths = score_file.write(
+            self.prefix, scores, metric=self.metric, checkpoint=self.checkpoint,
+            blocking=self.blocking, fingerprint=self.fingerprint, extra={"summary": summary},
+        )
+        shutil.rmtree(self.partial_dir, ignore_errors=True)
+        return paths, summary
+
+
+def _barrier(world_size):
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def score_corpus(data, path, *, split="train", metric="correctness", rank=0, world_size=1,
+                 stop_after_chunks=0, progress=None, **options):
+    """Score ``data/<split>`` with checkpoint ``path``; write the score file beside the split
+    (or at ``out``). Resumes a run stopped or killed with the same options.
+
+    ``options``: tokens_per_sample, sample_break_mode, max_tokens, batch_size, device,
+    precision ("fp32", "fp16", "bf16"), out, chunk_tokens. With ``world_size`` > 1 every
+    rank calls this with torch.distributed initialised. ``progress(total)`` may give a
+    tqdm-like object with ``update(n)`` (used as a context manager). ``stop_after_chunks``:
+    score at most that many chunks, then return (``complete`` False).
+    """
+    job = ScoringJob(data, path, split=split, metric=metric, rank=rank, world_size=world_size,
+                     **options)
+    if rank == 0:
+        job.prepare_partial_dir()
+        logger.info(f"scoring {split} of {data}: {job.fingerprint['num_tokens']} tokens in "
+                    f"{len(job.blocks)} blocks ({job.blocking}), {len(job.chunks)} chunks, "
+                    f"metric {metric}, {world_size} rank(s), device {job.device}")
+    _barrier(world_size)
+    if rank != 0:
+        job.prepare_partial_dir()  # checks the manifest rank 0 wrote
+
+    pending = job.pending_chunks()
+    done_before = len(range(rank, len(job.chunks), world_size)) - len(pending)
+    if done_before and rank == 0:
+        logger.info(f"resuming: {done_before} chunk(s) of rank {rank} already scored")
+    if stop_after_chunks:
+        pending = pending[:stop_after_chunks]
+    todo = sum(job.chunk_tokens(i) for i in pending)
+    start = time.perf_counter()
+    bar = progress(todo) if progress is not None else None
+    try:
+        for i in pending:
+            job.score_chunk(i, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - start
+    if todo:
+        logger.info(f"rank {rank}: scored {todo} tokens in {elapsed:.1f}s "
+                    f"({todo / elapsed:.0f} tokens/s)")
+    _barrier(world_size)
+    missing = job.missing_chunks()
+    result = ScoringResult(complete=not missing, chunks_total=len(job.chunks),
+                           chunks_left=len(missing), partial_dir=job.partial_dir)
+    if not missing and rank == 0:
+        (result.array_path, result.meta_path), result.summary = job.assemble()
+    _barrier(world_size)
+    return result
