@@ -22,6 +22,9 @@ from se_fairseq.ops.reference import (
 # the module (se_fairseq.ops.select is also the name of the function)
 select_module = importlib.import_module("se_fairseq.ops.select")
 MODES = {"topk": TOPK, "threshold": THRESHOLD, "sample": SAMPLE}
+# Loads se_fairseq._C (the operator) and registers its fake kernel, for the
+# tests that call torch.ops.se_fairseq directly; test_extension_is_built reports a missing build.
+extension_available()
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = [
     pytest.param("cpu", id="cpu"),
