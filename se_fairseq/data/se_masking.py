@@ -16,8 +16,8 @@ _RANDOM_STREAM = 0x2A17C0DE0BADF00D  # uniform picks: threshold fallback, random
 
 # fairseq masked_lm's replacement policy (80/10/10), which the reference code applies to
 # the rows that threshold selection leaves empty.
-FALLBACK_LEAVE_UNMASKED_PROB = 0.1
-FALLBACK_RANDOM_TOKEN_PROB = 0.1
+MASKED_LM_LEAVE_UNMASKED_PROB = 0.1
+MASKED_LM_RANDOM_TOKEN_PROB = 0.1
 
 
 def row_seeds(seed, epoch, indices):
@@ -143,9 +143,9 @@ class SelfEvolutionMasker:
         keep_or_random = leave + self.random_token_prob
         if fallback is not None:
             fallback = fallback.cpu()[:, None]
-            leave = torch.where(fallback, FALLBACK_LEAVE_UNMASKED_PROB, leave)
+            leave = torch.where(fallback, MASKED_LM_LEAVE_UNMASKED_PROB, leave)
             keep_or_random = torch.where(
-                fallback, FALLBACK_LEAVE_UNMASKED_PROB + FALLBACK_RANDOM_TOKEN_PROB, keep_or_random)
+                fallback, MASKED_LM_LEAVE_UNMASKED_PROB + MASKED_LM_RANDOM_TOKEN_PROB, keep_or_random)
         stream = seeds.cpu().numpy().view(np.uint64) ^ np.uint64(_REPLACE_STREAM)
         units = np.arange(length) if unit_of is None else unit_of.cpu().numpy()
         if unit_of is None:

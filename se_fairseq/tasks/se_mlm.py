@@ -29,7 +29,11 @@ from se_fairseq.data import score_file
 from se_fairseq.data.epoch_sync_dataset import EpochSyncDataset
 from se_fairseq.data.score_dataset import ScoreDataset
 from se_fairseq.data.se_mask_dataset import SelfEvolutionMaskDataset
-from se_fairseq.data.se_masking import SelfEvolutionMasker
+from se_fairseq.data.se_masking import (
+    MASKED_LM_LEAVE_UNMASKED_PROB,
+    MASKED_LM_RANDOM_TOKEN_PROB,
+    SelfEvolutionMasker,
+)
 from se_fairseq.scoring import score_features
 
 logger = logging.getLogger(__name__)
@@ -49,9 +53,6 @@ DEFAULT_THRESHOLDS = {
     "confidence": -(_P_SURE * math.log(_P_SURE) + (1 - _P_SURE) * math.log(1 - _P_SURE)),
 }
 
-# fairseq masked_lm's replacement defaults; the SE modes default to 0 (every
-# selected token becomes <mask>, as in the paper's reference code).
-_FAIRSEQ_REPLACEMENT_DEFAULT = 0.1
 
 
 @dataclass
@@ -152,10 +153,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
     def __init__(self, cfg, dictionary=None):
         _check_config(cfg)
         self._online_masker = None
-        for name in ("leave_unmasked_prob", "random_token_prob"):
-            if getattr(cfg, name) is None:
-                default = _FAIRSEQ_REPLACEMENT_DEFAULT if cfg.se_select == "random" else 0.0
-                setattr(cfg, name, default)
+        self.leave_unmasked_prob, self.random_token_prob = resolved_replacement(cfg)
         super().__init__(cfg, dictionary)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
@@ -201,8 +199,8 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             mask_idx=self.mask_idx,
             seed=self.cfg.seed,
             mask_prob=self.cfg.mask_prob,
-            leave_unmasked_prob=self.cfg.leave_unmasked_prob,
-            random_token_prob=self.cfg.random_token_prob,
+            leave_unmasked_prob=self.leave_unmasked_prob,
+            random_token_prob=self.random_token_prob,
             freq_weighted_replacement=self.cfg.freq_weighted_replacement,
             mask_whole_words=self._word_begins(),
             mask_multiple_length=self.cfg.mask_multiple_length,
@@ -301,8 +299,8 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             seed=self.cfg.seed,
             threshold=threshold,
             temperature=self.cfg.se_temperature,
-            leave_unmasked_prob=self.cfg.leave_unmasked_prob,
-            random_token_prob=self.cfg.random_token_prob,
+            leave_unmasked_prob=self.leave_unmasked_prob,
+            random_token_prob=self.random_token_prob,
             freq_weighted_replacement=self.cfg.freq_weighted_replacement,
             mask_whole_words=self._word_begins(),
             threshold_fallback=self.cfg.se_threshold_fallback == "random",
@@ -372,8 +370,9 @@ def _check_config(cfg):
         value = getattr(cfg, name)
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
-    if (cfg.leave_unmasked_prob or 0.0) + (cfg.random_token_prob or 0.0) > 1.0:
-        raise ValueError("--leave-unmasked-prob plus --random-token-prob must not exceed 1")
+    if sum(resolved_replacement(cfg)) > 1.0:
+        raise ValueError("--leave-unmasked-prob plus --random-token-prob must not exceed 1 "
+                         "(unset, each is 0.1 with --se-select random, else 0)")
     if cfg.se_temperature <= 0:
         raise ValueError(f"--se-temperature must be positive, got {cfg.se_temperature}")
     if cfg.se_select != "random" and (cfg.mask_multiple_length != 1 or cfg.mask_stdev != 0):
@@ -394,3 +393,13 @@ def _check_config(cfg):
                          f"not {cfg.se_select}")
     if getattr(cfg, "d2v2_multi", False):
         raise ValueError("--d2v2-multi (data2vec batches) is not supported by se_mlm")
+
+
+def resolved_replacement(cfg):
+    """(leave_unmasked_prob, random_token_prob): as given, else masked_lm's 0.1 each with
+    --se-select random and 0 in the SE modes (every selected token becomes <mask>, as in
+    the paper's reference code)."""
+    defaults = ((MASKED_LM_LEAVE_UNMASKED_PROB, MASKED_LM_RANDOM_TOKEN_PROB)
+                if cfg.se_select == "random" else (0.0, 0.0))
+    given = (cfg.leave_unmasked_prob, cfg.random_token_prob)
+    return tuple(d if g is None else float(g) for g, d in zip(given, defaults))
