@@ -24,9 +24,12 @@ class _RegisterAfterExec:
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        import se_fairseq
+        try:
+            import se_fairseq
 
-        se_fairseq.register_with_fairseq()
+            se_fairseq.register_with_fairseq()
+        except Exception as err:  # fairseq itself must still import
+            warn_failed("could not register se_mlm/token_ls with fairseq", err)
 
     def __getattr__(self, name):
         return getattr(self._loader, name)
@@ -49,6 +52,22 @@ class _FairseqHook:
             return spec
         spec.loader = _RegisterAfterExec(spec.loader)
         return spec
+
+
+_warned = False
+
+
+def warn_failed(what, err):
+    """One warning per process: the plugin is off, fairseq works without it."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    import warnings
+
+    warnings.warn(f"se_fairseq: {what} ({type(err).__name__}: {err}); --task se_mlm and "
+                  f"--criterion token_ls need --user-dir until this is fixed "
+                  f"(set {_DISABLE_ENV}=1 to silence)", RuntimeWarning, stacklevel=2)
 
 
 def install():

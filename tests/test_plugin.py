@@ -81,3 +81,19 @@ def test_user_dir_pointing_at_the_package_works(scored_corpus, tmp_path):
                             "--task", "se_mlm", "--criterion", "token_ls", max_update=3,
                             env={"SE_FAIRSEQ_NO_AUTOLOAD": "1"})
     assert no_hook.returncode == 0, no_hook.stdout[-3000:]
+
+
+def test_a_failing_registration_warns_once_and_fairseq_still_imports():
+    code = (
+        "import warnings, se_fairseq.plugin as p\n"
+        "def broken(): raise RuntimeError('boom')\n"
+        "p.register = broken\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import fairseq\n"
+        "    from se_fairseq import _autoload\n"
+        "    _autoload.warn_failed('again', RuntimeError('x'))\n"
+        "ours = [str(w.message) for w in caught if 'se_fairseq' in str(w.message)]\n"
+        "print(len(ours), 'boom' in ours[0], hasattr(fairseq, 'tasks'))\n"
+    )
+    assert python(code) == "1 True True"
