@@ -29,9 +29,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Loaded by site.py at interpreter start: installs an import hook that registers
 # the se_mlm task and token_ls criterion when (and only when) fairseq is imported.
 AUTOLOAD_PTH = "se_fairseq-autoload.pth"
+# A failure (e.g. the package removed but this file left behind) warns once per
+# interpreter instead of stopping it.
 AUTOLOAD_LINE = (
     "import os; exec(\"if os.environ.get('SE_FAIRSEQ_NO_AUTOLOAD') != '1':\\n try:\\n"
-    "  import se_fairseq._autoload\\n except Exception:\\n  pass\")\n"
+    "  import se_fairseq._autoload\\n except Exception as err:\\n  import warnings\\n"
+    "  warnings.warn('se_fairseq: the autoload hook failed (%r): se_mlm and token_ls are not "
+    "registered; reinstall se-fairseq or set SE_FAIRSEQ_NO_AUTOLOAD=1' % (err,), "
+    "RuntimeWarning)\")\n"
 )
 
 
@@ -149,7 +154,15 @@ cmdclass = {
 if editable_wheel is not None:
 
     class EditableWheelWithHook(editable_wheel):
-        """PEP 660 editable installs: add the .pth beside the editable finder."""
+        """PEP 660 editable installs: add the .pth beside the editable finder.
+
+        setuptools offers no public way to put a file at the root of an editable
+        wheel: its strategies write only their own path/finder files, and build_py's
+        outputs (where the .pth goes for regular wheels) are not copied in. So this
+        extends the private hook that every strategy calls with the wheel's folder
+        (other projects extend the private _create_wheel_file instead); the plugin
+        tests check that an editable install registers the task.
+        """
 
         def _install_namespaces(self, installation_dir, pth_prefix):
             super()._install_namespaces(installation_dir, pth_prefix)

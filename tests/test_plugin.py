@@ -97,3 +97,23 @@ def test_a_failing_registration_warns_once_and_fairseq_still_imports():
         "print(len(ours), 'boom' in ours[0], hasattr(fairseq, 'tasks'))\n"
     )
     assert python(code) == "1 True True"
+
+
+def test_a_failing_pth_hook_warns_instead_of_passing_silently():
+    """Run the installed .pth line with the hook module made unimportable."""
+    import site
+    import sysconfig
+
+    dirs = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+    pth = next(os.path.join(d, "se_fairseq-autoload.pth") for d in dirs
+               if os.path.exists(os.path.join(d, "se_fairseq-autoload.pth")))
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['se_fairseq._autoload'] = None\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    with open({pth!r}) as f:\n"
+        "        exec(f.read())\n"
+        "print([str(w.message)[:38] for w in caught])\n"
+    )
+    assert python(code, SE_FAIRSEQ_NO_AUTOLOAD="0") == "['se_fairseq: the autoload hook failed (']"
