@@ -421,3 +421,25 @@ def test_reduce_metrics_takes_the_tensor_counts(setup):
     assert values["accuracy"] == pytest.approx(round(100 * 2 * int(log["correct"]) / n, 2))
     assert values["ref_accuracy"] == pytest.approx(round(100 * 2 * int(log["ref_correct"]) / n, 2))
     assert 0 < values["accuracy"] < 100 and 0 < values["ref_accuracy"] < 100
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1, 0.7])
+@pytest.mark.parametrize("ref", ["model", "uniform"])
+def test_tls_loss_function_equals_the_dense_soft_target_cross_entropy(alpha, ref):
+    """The pure loss function against the definition: build the soft target densely."""
+    from se_fairseq.criterions.token_ls import token_label_smoothed_loss
+
+    g = torch.Generator().manual_seed(0)
+    positions, vocab, pad = 40, 30, 1
+    lprobs = torch.log_softmax(torch.randn(positions, vocab, generator=g, dtype=torch.float64), -1)
+    target = torch.randint(0, vocab, (positions,), generator=g)
+    target[::7] = pad  # ignored positions
+    p_ref = torch.softmax(torch.randn(positions, vocab, generator=g, dtype=torch.float64), -1)
+    reference = p_ref if ref == "model" else torch.full_like(p_ref, 1.0 / vocab)
+    soft = (1 - alpha) * F.one_hot(target, vocab).double() + alpha * reference
+    keep = target.ne(pad)
+    want_loss = -(soft * lprobs).sum(-1)[keep].sum()
+    want_nll = -lprobs[torch.arange(positions), target][keep].sum()
+    loss, nll = token_label_smoothed_loss(lprobs, target, alpha,
+                                          p_ref if ref == "model" else None, ignore_index=pad)
+    assert torch.allclose(loss, want_loss, rtol=1e-12) and torch.allclose(nll, want_nll, rtol=1e-12)

@@ -16,6 +16,8 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 
+from se_fairseq.reference_forward import REF_PROBS, reference_forward
+
 TLS_REF_CHOICES = ChoiceEnum(["model", "uniform"])
 
 
@@ -34,12 +36,22 @@ class TokenLabelSmoothingConfig(FairseqDataclass):
     )
 
 
-def unwrap_model(model):
-    """The module under data-parallel wrappers, so the reference forward runs no
-    DDP hooks. Fully-sharded wrappers are kept: their forward gathers the weights."""
-    while hasattr(model, "module") and "FullySharded" not in type(model).__name__:
-        model = model.module
-    return model
+def token_label_smoothed_loss(lprobs, target, alpha, ref_probs=None, ignore_index=None):
+    """Summed cross-entropy of the soft targets (1 - alpha) * onehot(target) + alpha * ref
+    against ``lprobs`` (positions x vocab, log-probabilities), without building them.
+
+    ``ref_probs`` (positions x vocab) is p_ref; None means the uniform distribution
+    (ordinary label smoothing). Positions whose target is ``ignore_index`` weigh
+    nothing. Returns (loss, nll_loss), nll_loss being the one-hot part alone.
+    """
+    nll_loss = F.nll_loss(lprobs, target, reduction="sum",
+                          ignore_index=-100 if ignore_index is None else ignore_index)
+    if alpha == 0.0:
+        return nll_loss, nll_loss
+    smooth = -lprobs.mean(dim=-1) if ref_probs is None else -(ref_probs * lprobs).sum(dim=-1)
+    if ignore_index is not None:
+        smooth = torch.where(target.ne(ignore_index), smooth, smooth.new_zeros(()))
+    return (1.0 - alpha) * nll_loss + alpha * smooth.sum(), nll_loss
 
 
 def original_tokens(sample, pad):
@@ -73,41 +85,28 @@ class TokenLabelSmoothingCriterion(FairseqCriterion):
         targets = sample["target"][project]
         weights = targets.ne(self.padding_idx)  # all True unless nothing was selected
         lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
-        nll_loss = F.nll_loss(lprobs, targets, reduction="sum", ignore_index=self.padding_idx)
-        ref_correct = 0
-        if self.alpha == 0.0:
-            loss = nll_loss
-        else:
-            if self.reference == "uniform":
-                smooth = -lprobs.mean(dim=-1)
-            else:
-                ref_probs = sample.get("tls_ref_probs")  # --se-online computed it already
-                if ref_probs is None or ref_probs.size(0) != targets.size(0):
-                    # (sizes differ only for an empty selection: shapes, no sync)
-                    ref_probs = self._reference_probs(model, sample, project)
-                smooth = -(ref_probs * lprobs).sum(dim=-1)
-                ref_correct = (ref_probs.argmax(dim=-1).eq(targets) & weights).sum()
-            smooth_loss = torch.where(weights, smooth, smooth.new_zeros(())).sum()
-            loss = (1.0 - self.alpha) * nll_loss + self.alpha * smooth_loss
+        ref_probs, ref_correct = None, 0
+        if self.alpha > 0.0 and self.reference == "model":
+            ref_probs = sample.get(REF_PROBS)  # --se-online computed it already
+            if ref_probs is None or ref_probs.size(0) != targets.size(0):
+                # (sizes differ only for an empty selection: shapes, no sync)
+                ref_probs = self._reference_probs(model, sample, project)
+            ref_correct = (ref_probs.argmax(dim=-1).eq(targets) & weights).sum()
+        loss, nll_loss = token_label_smoothed_loss(lprobs, targets, self.alpha, ref_probs,
+                                                   ignore_index=self.padding_idx)
         correct = (lprobs.argmax(dim=-1).eq(targets) & weights).sum()
         return loss, sample_size, self._logging_output(
             sample, loss.data, nll_loss.data, sample_size, correct, ref_correct,
             sample_size if self.reference == "model" and self.alpha > 0 else 0,
         )
 
-    @torch.no_grad()
     def _reference_probs(self, model, sample, masked):
         """p_ref at the masked positions: eval mode, unmasked input, no gradient."""
-        inner = unwrap_model(model)
-        was_training = inner.training
-        inner.eval()
-        try:
-            net_input = dict(sample["net_input"])
-            net_input["src_tokens"] = original_tokens(sample, self.padding_idx)
+        net_input = dict(sample["net_input"])
+        net_input["src_tokens"] = original_tokens(sample, self.padding_idx)
+        with reference_forward(model) as inner:
             ref_logits = self._reference_logits(inner, net_input, masked)
-        finally:
-            inner.train(was_training)
-        return F.softmax(ref_logits, dim=-1, dtype=torch.float32)
+            return F.softmax(ref_logits, dim=-1, dtype=torch.float32)
 
     @staticmethod
     def _reference_logits(inner, net_input, masked):

@@ -4,6 +4,7 @@ import torch
 from fairseq.data import FairseqDataset, data_utils
 
 from se_fairseq.data.se_masking import row_seeds
+from se_fairseq.reference_forward import ONLINE_SEEDS
 
 
 class SelfEvolutionMaskDataset(FairseqDataset):
@@ -15,7 +16,7 @@ class SelfEvolutionMaskDataset(FairseqDataset):
     ``nsentences`` and ``id``.
 
     Online mode (``scores`` and ``masker`` None): the batch stays unmasked and
-    carries ``se_online_seeds`` (one int64 per row); the task scores it with the
+    carries ``ONLINE_SEEDS`` (one int64 per row); the task scores it with the
     live model and masks it in ``train_step``.
     """
 
@@ -80,7 +81,7 @@ class SelfEvolutionMaskDataset(FairseqDataset):
         if self.online:
             batch["net_input"] = {"src_tokens": tokens, "src_lengths": lengths}
             batch["target"] = torch.full_like(tokens, self.pad_idx)
-            batch["se_online_seeds"] = seeds
+            batch[ONLINE_SEEDS] = seeds
             return batch
         scores = data_utils.collate_tokens([s["scores"].float() for s in samples], 0.0)
         source, target = self.masker.mask(tokens, scores, seeds)

@@ -24,7 +24,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
 
-from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion, unwrap_model
+from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion
 from se_fairseq.data import score_file
 from se_fairseq.data.epoch_sync_dataset import EpochSyncDataset
 from se_fairseq.data.score_dataset import ScoreDataset
@@ -34,6 +34,7 @@ from se_fairseq.data.se_masking import (
     MASKED_LM_RANDOM_TOKEN_PROB,
     SelfEvolutionMasker,
 )
+from se_fairseq.reference_forward import ONLINE_SEEDS, REF_PROBS, reference_forward
 from se_fairseq.scoring import score_features
 
 logger = logging.getLogger(__name__)
@@ -318,7 +319,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         return criterion
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        if "se_online_seeds" in sample:
+        if ONLINE_SEEDS in sample:
             sample = self.mask_online(sample, model, criterion)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
@@ -334,30 +335,24 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         tokens = sample["net_input"]["src_tokens"]
         pad = self.dictionary.pad()
         want_ref = criterion.alpha > 0 and criterion.reference == "model"
-        inner = unwrap_model(model)
-        was_training = inner.training
-        inner.eval()
-        try:
-            with torch.no_grad():
-                features, _ = inner(tokens, features_only=True)
-                scores, logits = score_features(inner, features, tokens, pad,
-                                                str(self.cfg.se_metric), keep_logits=want_ref)
-                source, target = self._online_masker.mask(tokens, scores, sample["se_online_seeds"])
-                selected = target.ne(pad)
-                ref_probs = None
-                if want_ref:
-                    if logits is not None:  # rows of non-pad positions -> the selected ones
-                        logits = logits[selected[tokens.ne(pad)]]
-                    else:
-                        logits = inner.encoder.output_layer(features[selected])
-                    ref_probs = F.softmax(logits, dim=-1, dtype=torch.float32)
-        finally:
-            inner.train(was_training)
-        masked = {k: v for k, v in sample.items() if k != "se_online_seeds"}
+        with reference_forward(model) as inner:
+            features, _ = inner(tokens, features_only=True)
+            scores, logits = score_features(inner, features, tokens, pad,
+                                            str(self.cfg.se_metric), keep_logits=want_ref)
+            source, target = self._online_masker.mask(tokens, scores, sample[ONLINE_SEEDS])
+            selected = target.ne(pad)
+            ref_probs = None
+            if want_ref:
+                if logits is not None:  # rows of non-pad positions -> the selected ones
+                    logits = logits[selected[tokens.ne(pad)]]
+                else:
+                    logits = inner.encoder.output_layer(features[selected])
+                ref_probs = F.softmax(logits, dim=-1, dtype=torch.float32)
+        masked = {k: v for k, v in sample.items() if k != ONLINE_SEEDS}
         masked["net_input"] = dict(sample["net_input"], src_tokens=source)
         masked["target"] = target
         if ref_probs is not None:
-            masked["tls_ref_probs"] = ref_probs
+            masked[REF_PROBS] = ref_probs
         return masked
 
 
