@@ -23,8 +23,6 @@ import copy
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -33,11 +31,11 @@ import numpy as np
 import torch
 
 import fairseq  # noqa: F401  (registers se_mlm / token_ls)
-from fairseq import optim, options, tasks
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq import optim, tasks
 
 from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion
 from se_fairseq.data import score_file
+from se_fairseq.testing import binarize, parse_training_args, write_scores, write_zipf_corpus
 
 
 class FullHeadReferenceTLS(TokenLabelSmoothingCriterion):
@@ -51,47 +49,6 @@ class FullHeadReferenceTLS(TokenLabelSmoothingCriterion):
 
 # ---------------------------------------------------------------------------
 # data
-
-
-def write_zipf_corpus(directory, vocab, num_train, num_valid, seed=0):
-    """Zipf-distributed word sequences, and a dictionary with every word in it."""
-    rng = np.random.default_rng(seed)
-    words = np.array([f"w{i}" for i in range(vocab)])
-    p = 1.0 / np.arange(1, vocab + 1)
-    p /= p.sum()
-    for split, n in (("train", num_train), ("valid", num_valid)):
-        with open(os.path.join(directory, f"{split}.txt"), "w") as f:
-            for _ in range(n):
-                f.write(" ".join(rng.choice(words, size=rng.integers(4, 40), p=p)) + "\n")
-    dict_path = os.path.join(directory, "dict.txt")
-    with open(dict_path, "w") as f:
-        for i, w in enumerate(words):
-            f.write(f"{w} {vocab - i}\n")
-    return dict_path
-
-
-def binarize(text_dir, dest, srcdict):
-    subprocess.run(
-        [
-            sys.executable, "-m", "fairseq_cli.preprocess", "--only-source",
-            "--trainpref", os.path.join(text_dir, "train.txt"),
-            "--validpref", os.path.join(text_dir, "valid.txt"),
-            "--destdir", dest, "--workers", "1", "--srcdict", srcdict,
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return dest
-
-
-def write_random_scores(split_path, prefix, tokens_per_sample, seed=1):
-    fingerprint = score_file.corpus_fingerprint(split_path)
-    scores = np.random.default_rng(seed).gamma(2.0, 2.0, size=fingerprint["num_tokens"])
-    score_file.write(
-        prefix, scores, metric="correctness", checkpoint={"path": "random (benchmark)"},
-        blocking={"tokens_per_sample": tokens_per_sample}, fingerprint=fingerprint,
-    )
-    return prefix
 
 
 # ---------------------------------------------------------------------------
@@ -108,9 +65,7 @@ def model_args(a):
     ]
 
 
-def parse(data, *extra):
-    parser = options.get_training_parser()
-    return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, [data, *extra]))
+parse = parse_training_args
 
 
 def batches_of(task, batch_size, count):
@@ -185,17 +140,16 @@ def main():
             data = a.data
             prefix = score_file.default_prefix(os.path.join(data, "train"))
             if not all(os.path.exists(p) for p in score_file.paths(prefix)):
-                prefix = write_random_scores(
-                    os.path.join(data, "train"), os.path.join(tmp, "train.se_scores"),
-                    a.tokens_per_sample,
-                )
+                prefix = os.path.join(tmp, "train.se_scores")
+                write_scores(os.path.join(data, "train"), prefix=prefix,
+                             blocking={"tokens_per_sample": a.tokens_per_sample})
         else:
-            dict_path = write_zipf_corpus(tmp, a.vocab, a.num_train, max(a.num_train // 10, 10))
-            data = binarize(tmp, os.path.join(tmp, "data-bin"), dict_path)
-            prefix = write_random_scores(
-                os.path.join(data, "train"), score_file.default_prefix(os.path.join(data, "train")),
-                a.tokens_per_sample,
-            )
+            text = write_zipf_corpus(tmp, vocab=a.vocab, write_dict=True, splits=(
+                ("train", a.num_train), ("valid", max(a.num_train // 10, 10))))
+            data = binarize(tmp, os.path.join(tmp, "data-bin"), text["dict"])
+            prefix = score_file.default_prefix(os.path.join(data, "train"))
+            write_scores(os.path.join(data, "train"), prefix=prefix,
+                         blocking={"tokens_per_sample": a.tokens_per_sample})
         common = model_args(a)
         n_batches = a.warmup + a.updates
 

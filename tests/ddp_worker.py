@@ -20,30 +20,20 @@ import traceback
 import torch
 import torch.distributed as dist
 
+from se_fairseq.testing import NO_DROPOUT, TINY_ROBERTA, setup_task
+
 CASES = [(mode, backend) for mode in ("offline", "online")
          for backend in ("pytorch_ddp", "legacy_ddp")]
-TINY_ROBERTA = [
-    "--arch", "roberta_base", "--encoder-layers", "2", "--encoder-embed-dim", "32",
-    "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
-    "--max-positions", "64", "--tokens-per-sample", "64",
-]
-NO_DROPOUT = ["--dropout", "0", "--attention-dropout", "0", "--activation-dropout", "0"]
 BATCH, STEPS = 8, 2
 
 
 def build(data, mode):
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
     extra = ["--se-online"] if mode == "online" else []  # offline: the score file beside train
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [
+    task, cfg = setup_task(
         data, *TINY_ROBERTA, "--cpu", "--seed", "3", "--task", "se_mlm", "--se-select", "topk",
         "--criterion", "token_ls", "--tls-alpha", "0.3", *NO_DROPOUT,
         "--optimizer", "adam", "--lr", "1e-3", *extra,
-    ])
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
+    )
     task.load_dataset("train")
     return task, cfg
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_ROBERTA, fairseq_train
+from se_fairseq.testing import TINY_ROBERTA, fairseq_train
 from se_fairseq.checkpoint_safety import UnsafeCheckpointError, safe_load
 
 

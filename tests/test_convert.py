@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY_ROBERTA, fairseq_train
+from se_fairseq.testing import TINY_ROBERTA, fairseq_train
 from se_fairseq import convert
 from se_fairseq.cli.convert import hide_broken_torchaudio, main
 

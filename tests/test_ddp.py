@@ -21,7 +21,7 @@ import torch
 import torch.multiprocessing as mp
 
 import ddp_worker
-from conftest import split_tokens, write_scores
+from se_fairseq.testing import split_tokens, write_scores
 
 WORLD_SIZE = 2
 RTOL = 1e-5  # float32 sums in another order (two halves, other padding) than one batch

@@ -2,21 +2,16 @@
 import numpy as np
 import pytest
 import torch
-from fairseq import options, tasks
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-from conftest import TINY_ROBERTA, fairseq_train
+from se_fairseq.testing import TINY_ROBERTA, fairseq_train, setup_task
 from se_fairseq.data.se_masking import SelfEvolutionMasker
 from se_fairseq.scoring import token_scores_from_lprobs
 
 
 def setup(data, *extra, criterion="token_ls"):
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [
+    task, cfg = setup_task(
         data, *TINY_ROBERTA, "--cpu", "--seed", "5", "--task", "se_mlm", "--se-online",
-        "--criterion", criterion, "--dropout", "0.1", "--optimizer", "adam", "--lr", "1e-3", *extra])
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
+        "--criterion", criterion, "--dropout", "0.1", "--optimizer", "adam", "--lr", "1e-3", *extra)
     model = task.build_model(cfg.model)
     criterion = task.build_criterion(cfg.criterion)
     return task, model, criterion, cfg

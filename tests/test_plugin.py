@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import se_fairseq
-from conftest import fairseq_train
+from se_fairseq.testing import fairseq_train
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(se_fairseq.__file__))
 

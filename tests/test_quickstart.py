@@ -1,11 +1,13 @@
-"""The main job, reduced: examples/quickstart.sh end to end at CI scale."""
+"""The main job, reduced: examples/quickstart.sh end to end at CI scale, every step and control."""
 import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = {"random", "se", "se_mlm", "rarity", "online", "threshold", "mixed"}
 
 
 @pytest.mark.slow
@@ -13,17 +15,39 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     work = tmp_path / "run"
     env = dict(os.environ, QUICKSTART_SCALE="ci", WORK=str(work))
     result = subprocess.run(["bash", os.path.join(ROOT, "examples", "quickstart.sh")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-4000:]
-    for step in ("1. real text", "3. vanilla model", "4. self-questioning", "5b. continued",
-                 "5c. continued", "6. evaluation", "7. report"):
-        assert step in result.stdout
-    results = json.load(open(work / "results.json"))
-    assert set(results) == {"vanilla", "random", "se", "online"}
+    for step in ("1. real text", "2. SentencePiece", "3. vanilla model", "4. scores",
+                 "(a) random", "(b) SE", "(c) SE top-k, plain MLM loss", "(d) rarity control",
+                 "(e) online SE", "(f) threshold rule", "(g) SE top-k, half the budget random",
+                 "6. evaluation", "7. report"):
+        assert step in result.stdout, step
+    data = json.load(open(work / "results.json"))
+    results = data["results"]
+    assert set(results) == {"unigram", "vanilla"} | RUNS
     for r in results.values():
         for suite in ("random", "hard"):
             assert 0 < r[suite]["loss"] < 20 and r[suite]["tokens"] > 0
-    report = (work / "report.md").read_text()
-    assert "| (b) SE: top-k + TLS |" in report and "se-score" in report
-    assert (work / "report.png").stat().st_size > 10_000
+        assert set(r["bands"]) == {"frequent", "middle", "rare"}
+        assert sum(b["tokens"] for b in r["bands"].values()) == r["random"]["tokens"]
+    # every test token is evaluated once under random masking
+    assert results["vanilla"]["random"]["tokens"] == data["meta"]["tokens"]
+    # what each method masks: SE and rarity concentrate on rare tokens, random does not
+    shares = data["mask_shares"]
+    assert set(shares) == RUNS - {"online"}
+    assert shares["rarity"]["rare"] > 0.9 and shares["random"]["rare"] < 0.6
+    assert abs(shares["se"]["rate"] - 0.15) < 0.01 and abs(shares["mixed"]["rate"] - 0.15) < 0.01
+    assert shares["mixed"]["frequent"] > shares["se"]["frequent"]
+    assert len(data["examples"]) == 3 and all("**" in e["text"] for e in data["examples"])
+    # the rarity control is a score file se-score wrote without a checkpoint
+    meta = json.load(open(work / "data-bin" / "train.rarity.json"))
+    assert meta["metric"] == "rarity" and meta["checkpoint"] is None
     assert os.path.exists(work / "data-bin" / "train.se_scores.npy")
+    tokens = np.load(work / "results.tokens.npz")
+    assert len(tokens["se.random"]) == len(tokens["random_band"]) == data["meta"]["tokens"]
+    report = (work / "report.md").read_text()
+    for text in ("| unigram (train frequencies) |", "| (b) SE: top-k + TLS |", "| (d) rarity control",
+                 "the unigram baseline", "Is SE just rare-token masking?",
+                 "se-score $WORK/data-bin --metric rarity"):
+        assert text in report, text
+    assert (work / "report.png").stat().st_size > 20_000

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import binarize, split_tokens, write_corpus, write_scores
+from se_fairseq.testing import binarize, split_tokens, write_zipf_corpus, write_scores
 from se_fairseq.data import score_file
 from se_fairseq.data.score_file import ScoreFile, ScoreFileError
 
@@ -37,7 +37,7 @@ def test_scores_of_another_corpus_are_refused(corpus, tmp_path):
     # re-binarize other text with the same dictionary into the same place
     other = tmp_path / "other"
     other.mkdir()
-    write_corpus(str(other), seed=7)
+    write_zipf_corpus(str(other), seed=7)
     binarize(str(other), str(tmp_path / "other-bin"), srcdict=os.path.join(corpus, "dict.txt"))
     for ext in (".bin", ".idx"):
         shutil.copy(str(tmp_path / "other-bin" / ("train" + ext)), split + ext)

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import split_tokens
+from se_fairseq.testing import split_tokens
 from se_fairseq.data.score_file import ScoreFile
 from se_fairseq.scoring_job import ScoringError, ScoringJob, plan_chunks, score_corpus
 

@@ -5,21 +5,15 @@ import os
 import numpy as np
 import pytest
 import torch
-from fairseq import options, tasks
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-from conftest import TINY_ROBERTA, split_tokens, write_scores
+from se_fairseq.testing import TINY_ROBERTA, setup_task, split_tokens, write_scores
 from se_fairseq.data import score_file
 from se_fairseq.data.score_file import ScoreFileError
 
 
 def make_task(data, *extra):
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(
-        parser, [data, *TINY_ROBERTA, "--cpu", "--seed", "5", "--criterion", "masked_lm", *extra]
-    )
-    cfg = convert_namespace_to_omegaconf(args)
-    return tasks.setup_task(cfg.task), cfg
+    return setup_task(data, *TINY_ROBERTA, "--cpu", "--seed", "5", "--criterion", "masked_lm",
+                      *extra)
 
 
 def epoch_batches(task, split="train", epoch=1, batch_size=8):
@@ -310,7 +304,7 @@ def sentencepiece_corpus(tmp_path_factory):
     """Text cut into SentencePiece pieces (an offline BPE), binarized, with a score file."""
     import sentencepiece as spm
 
-    from conftest import binarize
+    from se_fairseq.testing import binarize
 
     root = tmp_path_factory.mktemp("spm")
     rng = np.random.default_rng(0)

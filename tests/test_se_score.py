@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import binarize, split_tokens, write_corpus
+from se_fairseq.testing import binarize, split_tokens, write_zipf_corpus
 from se_fairseq.data.score_file import ScoreFile
 
 
@@ -144,7 +144,7 @@ def test_blocks_longer_than_the_model_are_skipped_as_fairseq_train_does(
         vanilla_checkpoint, long_sentence_data, tmp_path, break_mode):
     from fairseq.data import Dictionary, TokenBlockDataset, data_utils
 
-    from conftest import fairseq_train
+    from se_fairseq.testing import fairseq_train
 
     data = long_sentence_data
     result = se_score(data, vanilla_checkpoint, "--sample-break-mode", break_mode)
@@ -196,7 +196,7 @@ def test_two_ranks_under_torchrun_equal_one_process(vanilla_checkpoint, data, tm
 def test_checkpoint_with_another_dictionary_is_refused(vanilla_checkpoint, tmp_path):
     text = tmp_path / "text"
     text.mkdir()
-    write_corpus(str(text), seed=3)
+    write_zipf_corpus(str(text), seed=3)
     with open(text / "train.txt", "a") as f:  # new words: a bigger dictionary
         f.write(" ".join(f"extra{i}" for i in range(50)) + "\n")
     other = binarize(str(text), str(tmp_path / "other-bin"))
@@ -218,7 +218,7 @@ def test_partial_results_of_other_options_are_refused(vanilla_checkpoint, data, 
 
 @pytest.mark.slow
 def test_se_mlm_trains_on_se_score_output(vanilla_checkpoint, data, tmp_path):
-    from conftest import fairseq_train
+    from se_fairseq.testing import fairseq_train
 
     se_score(data, vanilla_checkpoint)
     result = fairseq_train(data, str(tmp_path / "ck"), "--task", "se_mlm", "--criterion", "token_ls",

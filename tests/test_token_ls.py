@@ -13,12 +13,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from fairseq import options, tasks
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq import tasks
 
-from conftest import TINY_ROBERTA
+from se_fairseq.testing import NO_DROPOUT, TINY_ROBERTA, parse_training_args
 
-NO_DROPOUT = ["--dropout", "0", "--attention-dropout", "0", "--activation-dropout", "0"]
 TASK_ARGS = {
     # fairseq's own task: 80/10/10 replacement, so some selected tokens are not <mask>
     "masked_lm": ["--task", "masked_lm"],
@@ -28,11 +26,7 @@ RTOL = 1e-5
 
 
 def parse(data, *extra):
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(
-        parser, [data, *TINY_ROBERTA, "--cpu", "--seed", "3", *extra]
-    )
-    return convert_namespace_to_omegaconf(args)
+    return parse_training_args(data, *TINY_ROBERTA, "--cpu", "--seed", "3", *extra)
 
 
 def make_model_opinionated(model, dictionary):
