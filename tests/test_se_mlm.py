@@ -24,6 +24,14 @@ def epoch_batches(task, split="train", epoch=1, batch_size=8):
     return list(itr)
 
 
+def sentence_scores(split_path):
+    """(sentences, their scores) read straight from the split and its score file."""
+    sentences = split_tokens(split_path)
+    flat = np.load(split_path + ".se_scores.npy").astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sentences])])
+    return sentences, [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+
 def test_random_mode_equals_fairseq_masked_lm(scored_corpus):
     for extra in ([], ["--leave-unmasked-prob", "0.2", "--random-token-prob", "0.3"]):
         fairseq_task, _ = make_task(scored_corpus, "--task", "masked_lm", *extra)
@@ -42,14 +50,12 @@ def test_topk_masks_the_highest_scored_tokens(scored_corpus):
     task, _ = make_task(scored_corpus, "--task", "se_mlm", "--sample-break-mode", "eos")
     d = task.source_dictionary
     split = os.path.join(scored_corpus, "train")
-    sentences = split_tokens(split)
-    flat_scores = np.load(split + ".se_scores.npy").astype(np.float32)
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sentences])])
+    sentences, sentence_score = sentence_scores(split)
     checked = 0
     for batch in epoch_batches(task):
         for row, index in enumerate(batch["id"].tolist()):
             tokens = np.concatenate([[d.bos()], sentences[index]])
-            scores = np.concatenate([[0.0], flat_scores[offsets[index]:offsets[index + 1]]])
+            scores = np.concatenate([[0.0], sentence_score[index]])
             eligible = tokens >= d.nspecial
             target = batch["target"][row, : len(tokens)].numpy()
             source = batch["net_input"]["src_tokens"][row, : len(tokens)].numpy()
@@ -167,14 +173,10 @@ def test_metric_mismatch_is_refused(scored_corpus):
         task.load_dataset("train")
 
 
-def flat_scores_of_batch(batch, split_path, sentences, bos_offset=1):
-    """Scores of each row of an eos-mode batch, read straight from the score file."""
-    flat = np.load(split_path + ".se_scores.npy").astype(np.float32)
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sentences])])
-    rows = []
-    for index in batch["id"].tolist():
-        rows.append(np.concatenate([[0.0] * bos_offset, flat[offsets[index]:offsets[index + 1]]]))
-    return rows
+def flat_scores_of_batch(batch, split_path):
+    """Scores of each row of an eos-mode batch (0 for <s>), read straight from the score file."""
+    _, sentence_score = sentence_scores(split_path)
+    return [np.concatenate([[0.0], sentence_score[i]]) for i in batch["id"].tolist()]
 
 
 def test_explicit_score_path_loads_valid_with_its_fallback(scored_corpus, tmp_path):
@@ -208,10 +210,9 @@ def test_threshold_mode_selects_scores_above_the_threshold(scored_corpus, thresh
     t = 0.1 if threshold is None else float(threshold)
     d = task.source_dictionary
     split = os.path.join(scored_corpus, "train")
-    sentences = split_tokens(split)
     rows = 0
     for batch in epoch_batches(task):
-        for row, scores in enumerate(flat_scores_of_batch(batch, split, sentences)):
+        for row, scores in enumerate(flat_scores_of_batch(batch, split)):
             n = len(scores)
             source = batch["net_input"]["src_tokens"][row, :n].numpy()
             target = batch["target"][row, :n].numpy()
@@ -261,7 +262,7 @@ def test_random_share_splits_the_budget(scored_corpus):
     outside_top = 0
     for batch, pure_batch in zip(epoch_batches(task), epoch_batches(pure)):
         assert torch.equal(batch["id"], pure_batch["id"])
-        for row, scores in enumerate(flat_scores_of_batch(batch, split, sentences)):
+        for row, scores in enumerate(flat_scores_of_batch(batch, split)):
             n = len(scores)
             tokens = np.concatenate([[d.bos()], sentences[int(batch["id"][row])]])
             eligible = tokens >= d.nspecial
@@ -369,15 +370,13 @@ def test_shorten_method_cuts_tokens_and_scores_alike(scored_corpus, method):
                         "--mask-prob", "0.3")
     d = task.source_dictionary
     split = os.path.join(scored_corpus, "train")
-    sentences = split_tokens(split)
-    flat_scores = np.load(split + ".se_scores.npy").astype(np.float32)
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sentences])])
+    sentences, sentence_score = sentence_scores(split)
     cropped = 0
     for batch in epoch_batches(task):
         target = batch["target"]
         original = torch.where(target.ne(d.pad()), target, batch["net_input"]["src_tokens"])
         for row, i in enumerate(batch["id"].tolist()):
-            sentence, scores = sentences[i], flat_scores[offsets[i]:offsets[i + 1]]
+            sentence, scores = sentences[i], sentence_score[i]
             tokens = original[row][1:1 + min(width, len(sentence))].numpy()
             selected = target[row, 1:1 + len(tokens)].ne(d.pad()).numpy()
             starts = [0] if method == "truncate" else range(len(sentence) - len(tokens) + 1)
