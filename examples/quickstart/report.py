@@ -2,156 +2,327 @@
 
     python report.py WORK_DIR
 
-Reads WORK_DIR/results.json (evaluate.py), the fairseq-train logs
-WORK_DIR/{random,se,online}/train.log, WORK_DIR/commands.txt and
-WORK_DIR/timings.txt.
+Reads WORK_DIR/results.json and results.tokens.npz (evaluate.py), WORK_DIR/commands.txt,
+WORK_DIR/timings.txt and WORK_DIR/settings.txt. Every finding is computed from the numbers.
 """
 import argparse
 import json
 import os
-import re
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-RUNS = [("random", "(a) random masking, MLM loss"), ("se", "(b) SE: top-k + TLS"),
-        ("online", "(c) online SE")]
-LABELS = {"vanilla": "vanilla (start point)", **dict(RUNS)}
-SHORT = {"vanilla": "vanilla", "random": "(a) random", "se": "(b) SE", "online": "(c) online SE"}
+BANDS = ("frequent", "middle", "rare")
+RUNS = [
+    ("random", "(a) random masking, MLM loss"),
+    ("se", "(b) SE: top-k + TLS"),
+    ("se_mlm", "(c) SE top-k, plain MLM loss"),
+    ("rarity", "(d) rarity control: rarest top-k + TLS"),
+    ("online", "(e) online SE: top-k + TLS"),
+    ("threshold", "(f) SE threshold rule (reference code) + TLS"),
+    ("mixed", "(g) SE top-k, 50 % of the budget random + TLS"),
+]
+LABELS = {"unigram": "unigram (train frequencies)", "vanilla": "vanilla (start point)", **dict(RUNS)}
+SHORT = {"random": "(a) random", "se": "(b) SE", "se_mlm": "(c) SE, MLM loss",
+         "rarity": "(d) rarity", "online": "(e) online SE", "threshold": "(f) threshold",
+         "mixed": "(g) SE+50% random"}
+GROUPS = [("all", "all tokens"), ("frequent", "frequent third"), ("middle", "middle third"),
+          ("rare", "rare third"), ("hard", "vanilla's hardest 15 %")]
+NOISE = 2.0  # a difference counts when it exceeds NOISE paired standard errors
+FLOOR = 0.005  # ... and this many bits
 
 
-def parse_log(path):
-    """valid curves from a fairseq-train log: num_updates -> hard-target loss (bits)."""
-    curve = {}
-    if not os.path.exists(path):
-        return curve
-    for line in open(path):
-        if "| valid on 'valid' subset" not in line:
-            continue
-        fields = dict(re.findall(r"\| (\w+) ([-\d.]+)", line))
-        key = "nll_loss" if "nll_loss" in fields else "loss"
-        curve[int(fields["num_updates"])] = float(fields[key])
-    return dict(sorted(curve.items()))
+def group_tokens(tokens, name, group):
+    """Per-token losses (bits) of one model on one token group."""
+    if group == "hard":
+        return tokens[f"{name}.hard"]
+    values = tokens[f"{name}.random"]
+    if group == "all":
+        return values
+    return values[tokens["random_band"] == BANDS.index(group)]
 
 
-def findings(results):
-    """Plain statements of what the numbers say (no judgement baked in)."""
-    base = results["vanilla"]
+def paired(tokens, a, b, group):
+    """Mean loss difference b - a (bits) on the same tokens, and its standard error."""
+    d = group_tokens(tokens, b, group) - group_tokens(tokens, a, group)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def loss(results, name, group):
+    r = results[name]
+    if group == "all":
+        return r["random"]["loss"]
+    if group == "hard":
+        return r["hard"]["loss"]
+    return r["bands"][group]["loss"]
+
+
+def compare(tokens, a, b, group, better="lower"):
+    d, se = paired(tokens, a, b, group)
+    if abs(d) <= max(NOISE * se, FLOOR):
+        verdict = "no clear difference"
+    else:
+        verdict = "lower" if d < 0 else "higher"
+    return d, se, verdict
+
+
+def findings(data, tokens, names):
+    meta, results, shares = data["meta"], data["results"], data["mask_shares"]
     lines = []
-    if "random" in results and "se" in results:
-        d_hard = {n: results[n]["hard"]["loss"] - base["hard"]["loss"] for n in ("random", "se")}
-        d_all = {n: results[n]["random"]["loss"] - base["random"]["loss"] for n in ("random", "se")}
-        better = "more" if d_hard["se"] < d_hard["random"] else "less"
+    gap = results["unigram"]["random"]["loss"] - results["vanilla"]["random"]["loss"]
+    band_gaps = ", ".join(
+        f"{b} {results['unigram']['bands'][b]['loss'] - results['vanilla']['bands'][b]['loss']:+.2f}"
+        for b in BANDS)
+    where = f"{gap:.2f} bits below" if gap >= 0 else f"{-gap:.2f} bits above (worse than)"
+    lines.append(
+        f"- **Vanilla vs unigram.** The vanilla model is **{where} the unigram baseline** "
+        f"on all test tokens ({results['vanilla']['random']['loss']:.3f} vs "
+        f"{results['unigram']['random']['loss']:.3f} bits; the issue's target is 1.5 bits: "
+        f"{'met' if gap >= 1.5 else 'not met'}). By band, unigram minus vanilla: {band_gaps} bits.")
+    if "random" not in results:
+        return "\n".join(lines)
+
+    runs = [n for n, _ in RUNS if n in results and n != "random"]
+    best = {}
+    for group, label in GROUPS:
+        ds = {n: compare(tokens, "random", n, group) for n in runs}
+        better = [n for n in runs if ds[n][2] == "lower"]
+        best[label] = min(better, key=lambda n: ds[n][0]) if better else None
+    helped = [f"{label}: {SHORT[n]}" for label, n in best.items() if n]
+    lines.append("- **Against random masking** (table below): "
+                 + ("the largest clear gain per token group was " + "; ".join(helped) if helped
+                    else "no method was clearly better than random masking on any token group") + ".")
+    if "se" in results and "rarity" in results:
+        parts = []
+        for group, label in GROUPS:
+            d, se, verdict = compare(tokens, "rarity", "se", group)
+            parts.append(f"{label} {d:+.3f} ± {se:.3f}" + (" (no clear difference)" if verdict.startswith("no") else ""))
+        wins = [label for group, label in GROUPS if compare(tokens, "rarity", "se", group)[2] == "lower"]
+        losses = [label for group, label in GROUPS if compare(tokens, "rarity", "se", group)[2] == "higher"]
+        if wins and not losses:
+            head = f"SE beat the rarity control on {', '.join(wins)} and lost nowhere"
+        elif wins:
+            head = (f"SE beat the rarity control on {', '.join(wins)} but did worse on "
+                    f"{', '.join(losses)}")
+        elif losses:
+            head = f"SE did not beat the rarity control; it did worse on {', '.join(losses)}"
+        else:
+            head = "SE did not beat the rarity control (no group with a clear difference)"
+        overlap = meta["test_masks"]["overlap"]
         lines.append(
-            f"- Hard tokens: SE changed the hard-15 % loss by {d_hard['se']:+.3f} bits, random "
-            f"masking by {d_hard['random']:+.3f}: SE lowered it {better} than random masking at "
-            "equal updates."
-        )
+            f"- **Is SE just rare-token masking?** {head}. (b) minus (d): " + "; ".join(parts)
+            + f". On test, {overlap:.0%} of the tokens SE would mask are also among the rarest 15 %.")
+    if "se" in results and "se_mlm" in results:
+        d, se, verdict = compare(tokens, "se_mlm", "se", "all")
+        dh, seh, verdicth = compare(tokens, "se_mlm", "se", "hard")
         lines.append(
-            f"- All tokens: SE changed the random-masking loss by {d_all['se']:+.3f} bits, random "
-            f"masking by {d_all['random']:+.3f}."
-        )
-    if "online" in results:
-        r = results["online"]
+            f"- **What TLS adds** ((b) minus (c), same masks): all tokens {d:+.3f} ± {se:.3f} "
+            f"({verdict}), hardest 15 % {dh:+.3f} ± {seh:.3f} ({verdicth}).")
+    if "se" in results and "online" in results:
+        d, se, verdict = compare(tokens, "se", "online", "all")
+        dh, seh, verdicth = compare(tokens, "se", "online", "hard")
         lines.append(
-            f"- Online SE: hard-15 % loss {r['hard']['loss'] - base['hard']['loss']:+.3f}, "
-            f"random-masking loss {r['random']['loss'] - base['random']['loss']:+.3f} bits vs vanilla."
-        )
+            f"- **Online vs offline SE** ((e) minus (b)): all tokens {d:+.3f} ± {se:.3f} ({verdict}), "
+            f"hardest 15 % {dh:+.3f} ± {seh:.3f} ({verdicth}).")
+    if "threshold" in shares:
+        lines.append(
+            f"- **The reference code's threshold rule** masked {shares['threshold']['rate']:.0%} of the "
+            f"train tokens (top-k masks {shares.get('se', {}).get('rate', float('nan')):.0%}).")
+    if "mixed" in results and "se" in results:
+        d, se, verdict = compare(tokens, "se", "mixed", "frequent")
+        lines.append(
+            f"- **Giving half the budget to random positions** ((g) minus (b)) changed the loss on "
+            f"frequent tokens by {d:+.3f} ± {se:.3f} ({verdict}) and on the hardest 15 % by "
+            f"{compare(tokens, 'se', 'mixed', 'hard')[0]:+.3f} ± {compare(tokens, 'se', 'mixed', 'hard')[1]:.3f}.")
     return "\n".join(lines)
+
+
+def delta_table(tokens, results):
+    """Markdown table: each continuation minus (a) random masking, per token group."""
+    runs = [n for n, _ in RUNS if n in results and n != "random"]
+    head = "| method | " + " | ".join(label for _, label in GROUPS) + " |\n" + "| --- " * (len(GROUPS) + 1) + "|"
+    rows = []
+    for n in runs:
+        cells = []
+        for group, _ in GROUPS:
+            d, se, verdict = compare(tokens, "random", n, group)
+            cell = f"{d:+.3f} ± {se:.3f}"
+            cells.append(f"**{cell}**" if verdict != "no clear difference" else cell)
+        rows.append(f"| {LABELS[n]} | " + " | ".join(cells) + " |")
+    return head + "\n" + "\n".join(rows)
+
+
+def plot(data, tokens, names, png):
+    results, shares, meta = data["results"], data["mask_shares"], data["meta"]
+    runs = [n for n in names if n not in ("vanilla", "random")]
+    fig, (ax_a, ax_b, ax_c) = plt.subplots(1, 3, figsize=(18, 5.2), gridspec_kw={"width_ratios": [1.0, 1.7, 1.0]})
+
+    # A: the start point against the unigram baseline
+    xs = np.arange(len(GROUPS))
+    for i, (name, color) in enumerate((("unigram", "#bbbbbb"), ("vanilla", "#4c72b0"))):
+        vals = [loss(results, name, g) for g, _ in GROUPS]
+        ax_a.bar(xs + (i - 0.5) * 0.38, vals, 0.38, label=LABELS[name], color=color)
+        for x, v in zip(xs, vals):
+            ax_a.text(x + (i - 0.5) * 0.38, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+    gap = results["unigram"]["random"]["loss"] - results["vanilla"]["random"]["loss"]
+    ax_a.set_xticks(xs, [label.replace(" third", "").replace("vanilla's ", "") for _, label in GROUPS],
+                    fontsize=8, rotation=20)
+    ax_a.set_ylabel("test MLM loss (bits/token)")
+    ax_a.set_title(f"Start point: vanilla is {abs(gap):.2f} bits {'below' if gap >= 0 else 'above'} "
+                   "the unigram baseline (all tokens)", fontsize=10)
+    ax_a.legend(fontsize=8, loc="upper left")
+    ax_a.set_ylim(0, max(loss(results, "unigram", g) for g, _ in GROUPS) * 1.2)
+
+    # B: every continuation against random masking, by token group, with paired error bars
+    width = 0.8 / max(1, len(runs))
+    colors = plt.cm.tab10(np.arange(len(runs)) + 1)
+    for i, name in enumerate(runs):
+        ds = [paired(tokens, "random", name, g) for g, _ in GROUPS]
+        ax_b.bar(xs + (i - (len(runs) - 1) / 2) * width, [d for d, _ in ds], width,
+                 yerr=[NOISE * se for _, se in ds], capsize=2, label=SHORT[name], color=colors[i])
+    ax_b.axhline(0, color="black", lw=1)
+    ax_b.set_xticks(xs, [label for _, label in GROUPS], fontsize=9)
+    ax_b.set_ylabel("test loss minus (a) random masking (bits)\n< 0: better than random masking")
+    ax_b.set_title("Continued pretraining, same updates: each method vs random masking "
+                   f"(bars: ±{NOISE:g} paired s.e.)", fontsize=10)
+    ax_b.legend(fontsize=8, ncol=2)
+
+    # C: what each method masks
+    order = [n for n in ["random"] + runs if n in shares]
+    bottoms = np.zeros(len(order))
+    band_colors = {"frequent": "#55a868", "middle": "#dd8452", "rare": "#c44e52"}
+    for b in BANDS:
+        vals = np.array([100 * shares[n][b] for n in order])
+        ax_c.barh(range(len(order)), vals, left=bottoms, color=band_colors[b], label=f"{b} third")
+        bottoms += vals
+    ax_c.set_yticks(range(len(order)), [f"{SHORT[n]} ({100 * shares[n]['rate']:.0f} % masked)" for n in order],
+                    fontsize=8)
+    ax_c.invert_yaxis()
+    ax_c.set_xlim(0, 100)
+    ax_c.set_xlabel("share of the masked train tokens (%)")
+    ax_c.set_title("What each method masks, by frequency band", fontsize=10)
+    ax_c.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work")
     args = parser.parse_args()
-    results = json.load(open(os.path.join(args.work, "results.json")))
-    names = [n for n in ["vanilla"] + [r for r, _ in RUNS] if n in results]
-    base = results["vanilla"]
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
-    # the vanilla model's loss on the same validation masks as the continued runs
-    start = base.get("curve", {}).get("loss")
-    for name, label in RUNS:
-        curve = parse_log(os.path.join(args.work, name, "train.log"))
-        if start is not None:
-            curve = {0: start, **curve}
-        if curve:
-            left.plot(list(curve), list(curve.values()), marker="o", ms=3, label=label)
-    left.set_xlabel("updates of continued pretraining")
-    left.set_ylabel("valid MLM loss, random masking (bits/token)")
-    left.set_title("Continued pretraining from the same vanilla checkpoint")
-    left.legend(fontsize=8)
-    width = 0.38
-    xs = range(len(names))
-    right.bar([x - width / 2 for x in xs], [results[n]["random"]["loss"] for n in names], width,
-              label="random 15% of tokens")
-    right.bar([x + width / 2 for x in xs], [results[n]["hard"]["loss"] for n in names], width,
-              label="hardest 15% (vanilla's scores)")
-    for x, n in zip(xs, names):
-        for dx, suite in ((-width / 2, "random"), (width / 2, "hard")):
-            v = results[n][suite]["loss"]
-            right.text(x + dx, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
-    right.set_xticks(list(xs), [SHORT[n] for n in names], fontsize=9)
-    right.set_ylabel("test MLM loss (bits/token)")
-    right.set_title("Held-out loss: random tokens vs hard tokens")
-    top = max(max(results[n]["random"]["loss"], results[n]["hard"]["loss"]) for n in names)
-    right.set_ylim(0, top * 1.25)
-    right.legend(fontsize=8, loc="upper left", ncol=2)
-    fig.tight_layout()
+    data = json.load(open(os.path.join(args.work, "results.json")))
+    tokens = dict(np.load(os.path.join(args.work, "results.tokens.npz")))
+    results, meta, shares = data["results"], data["meta"], data["mask_shares"]
+    names = ["vanilla"] + [n for n, _ in RUNS if n in results]
     png = os.path.join(args.work, "report.png")
-    fig.savefig(png, dpi=110)
+    plot(data, tokens, names, png)
 
-    rows = []
-    for n in names:
-        r = results[n]
-        rows.append(
-            f"| {LABELS[n]} | {r['random']['loss']:.3f} | {r['random']['accuracy']:.2f} | "
-            f"{r['random']['loss'] - base['random']['loss']:+.3f} | {r['hard']['loss']:.3f} | "
-            f"{r['hard']['accuracy']:.2f} | {r['hard']['loss'] - base['hard']['loss']:+.3f} |"
-        )
-    commands = open(os.path.join(args.work, "commands.txt")).read().strip()
-    timings = open(os.path.join(args.work, "timings.txt")).read().strip()
-    tokens = results["vanilla"]["random"]["tokens"], results["vanilla"]["hard"]["tokens"]
+    def row(name):
+        r = results[name]
+        d_all = r["random"]["loss"] - results["vanilla"]["random"]["loss"]
+        d_hard = r["hard"]["loss"] - results["vanilla"]["hard"]["loss"]
+        delta = "" if name in ("unigram", "vanilla") else f" ({d_all:+.3f})"
+        delta_h = "" if name in ("unigram", "vanilla") else f" ({d_hard:+.3f})"
+        bands = " | ".join(f"{r['bands'][b]['loss']:.3f}" for b in BANDS)
+        return (f"| {LABELS[name]} | {r['random']['loss']:.3f}{delta} | {r['random']['accuracy']:.2f} | "
+                f"{r['hard']['loss']:.3f}{delta_h} | {r['hard']['accuracy']:.2f} | {bands} |")
+
+    table = "\n".join(row(n) for n in ["unigram"] + names)
+    band_rows = "\n".join(
+        f"| {i['band']} | {i['types']} | {i['test_tokens']} | {i['train_count_min']} to {i['train_count_max']} |"
+        for i in meta["bands"])
+    share_rows = "\n".join(
+        f"| {LABELS.get(n, n)} | {100 * s['rate']:.1f} | "
+        + " | ".join(f"{100 * s[b]:.1f}" for b in BANDS) + " |" for n, s in shares.items())
+    tm = meta["test_masks"]
+    test_share_rows = "\n".join([
+        "| all test tokens | " + " | ".join(f"{100 * meta['test_band_share'][b]:.1f}" for b in BANDS) + " |",
+        "| SE: vanilla's hardest 15 % | " + " | ".join(f"{100 * tm['se'][b]:.1f}" for b in BANDS) + " |",
+        "| rarity: rarest 15 % | " + " | ".join(f"{100 * tm['rarity'][b]:.1f}" for b in BANDS) + " |",
+    ])
+    example_lines = "\n".join(
+        f"{i + 1}. {e['text']}\n\n   *(SE {e['se']}, rarity {e['rarity']}, both {e['both']} of these tokens)*\n"
+        for i, e in enumerate(data["examples"]))
+    read = lambda f: open(os.path.join(args.work, f)).read().strip() if os.path.exists(os.path.join(args.work, f)) else ""
     md = f"""# se-fairseq quickstart report
 
-Vanilla RoBERTa (small) pretrained with fairseq `masked_lm`, then continued from the same
-checkpoint for the same number of updates with the same seed: (a) random masking with the
-plain MLM loss, (b) Self-Evolution learning (top-k masking of the tokens the vanilla model
-knows least + Token-specific Label Smoothing), (c) online SE (scores from the live model).
+A small RoBERTa (the *vanilla* model) pretrained with fairseq `masked_lm`, then continued from
+the same checkpoint with the same updates, seed, learning rate and replacement policy (every
+selected token becomes `<mask>`) by each method below. Settings: {read('settings.txt')}.
 
-Evaluated on the held-out **test** split: MLM loss (bits per masked token, lower is better)
-and accuracy under random 15 % masking ({tokens[0]} masked tokens), and on the hardest 15 %
-of tokens by the vanilla model's correctness score ({tokens[1]} masked tokens). Every model
-sees the same masked batches.
+## Held-out test loss
 
-| model | random: loss | random: acc % | Δ loss vs vanilla | hard 15 %: loss | hard: acc % | Δ loss vs vanilla |
-| --- | --- | --- | --- | --- | --- | --- |
-{chr(10).join(rows)}
+Bits per masked token (lower is better) and top-1 accuracy on the **test** split
+({meta['tokens']} tokens in {meta['blocks']} blocks). *All tokens*: every test token is masked once
+({meta['random_folds']} passes per block, each masking a random seventh of it). *Hardest 15 %*: per
+block, the 15 % of tokens the vanilla model scores worst (its `se-score` correctness), masked
+together. *Frequency bands*: the *all tokens* figures split by the token's train frequency into
+thirds of the test tokens. In brackets: change vs the vanilla model. The unigram row is the train
+split's token frequencies (add-1 smoothed) on the same tokens, its accuracy that of always
+guessing `{meta['unigram_top_token']}`.
 
-{findings(results)}
+| model | all: bits | all: acc % | hardest 15 %: bits | hardest: acc % | frequent: bits | middle: bits | rare: bits |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{table}
 
-Read this at its scale: a small model pretrained for a few minutes on ~0.3 M tokens,
-continued for a few hundred updates. The paper continues a fully trained RoBERTa for 60k
-updates at a learning rate of 1e-5; `examples/roberta/README.md` has that recipe.
+![the result at a glance](report.png)
 
-![training curves and held-out losses](report.png)
+Left: the start point against the unigram baseline. Middle: each continued model minus (a)
+random masking on the same test tokens (below zero = better than random masking; error bars
+±{NOISE:g} paired standard errors). Right: what each method masks in the train split.
 
-Left: validation loss under random masking (the same masks for every run; for the
-`token_ls` runs the hard-target part `nll_loss`, comparable with the MLM loss) during
-continued pretraining, starting from the vanilla model's (update 0). Right: test loss.
+## Findings
 
+{findings(data, tokens, names)}
+
+Each continued model minus (a) random masking, bits per token on the same test tokens (± one
+paired standard error; **bold**: the difference exceeds {NOISE:g} standard errors and {FLOOR} bits):
+
+{delta_table(tokens, results) if "random" in results else ""}
+
+Read this at its scale: a small model pretrained for minutes on ~0.35 M tokens and continued
+for a few hundred updates. The paper continues a fully trained RoBERTa for 60k updates at a
+learning rate of 1e-5; `examples/roberta/README.md` has that recipe.
+
+## What each method masks
+
+Frequency bands (test tokens sorted by train frequency, cut into thirds of the test tokens,
+whole token types per band):
+
+| band | token types | test tokens | train count of a type |
+| --- | --- | --- | --- |
+{band_rows}
+
+Masked train tokens of the first epoch by band, as `fairseq-train`'s task builds them (online
+SE chooses with the live model, so it has no fixed masks; at update 0 they are (b)'s):
+
+| method | masked % of train tokens | frequent % | middle % | rare % |
+| --- | --- | --- | --- | --- |
+{share_rows}
+
+On the test split (what the evaluation's *hardest 15 %* and the rarity control select):
+
+| tokens | frequent % | middle % | rare % |
+| --- | --- | --- | --- |
+{test_share_rows}
+
+Three test passages: **bold** = SE would mask it (among the vanilla's hardest 15 % of its
+block), [brackets] = the rarity control would (among the rarest 15 %); ⏎ = paragraph end.
+
+{example_lines}
 ## Timings
 
 ```
-{timings}
+{read('timings.txt')}
 ```
 
 ## Commands
 
 ```bash
-{commands}
+{read('commands.txt')}
 ```
 """
     with open(os.path.join(args.work, "report.md"), "w") as f:
