@@ -69,7 +69,20 @@ def compare(tokens, a, b, group, better="lower"):
     return d, se, verdict
 
 
-def findings(data, tokens, names):
+def last_valid(log, key):
+    """The last value of `key` on fairseq-train's validation lines of a log, or None."""
+    import re
+
+    value = None
+    if os.path.exists(log):
+        for line in open(log):
+            if "valid on 'valid' subset" in line:
+                m = re.search(rf"\| {key} ([-\d.]+)", line)
+                value = float(m.group(1)) if m else value
+    return value
+
+
+def findings(data, tokens, names, work):
     meta, results, shares = data["meta"], data["results"], data["mask_shares"]
     lines = []
     gap = results["unigram"]["random"]["loss"] - results["vanilla"]["random"]["loss"]
@@ -92,9 +105,18 @@ def findings(data, tokens, names):
         better = [n for n in runs if ds[n][2] == "lower"]
         best[label] = min(better, key=lambda n: ds[n][0]) if better else None
     helped = [f"{label}: {SHORT[n]}" for label, n in best.items() if n]
-    lines.append("- **Against random masking** (table below): "
-                 + ("the largest clear gain per token group was " + "; ".join(helped) if helped
-                    else "no method was clearly better than random masking on any token group") + ".")
+    all_tokens = {n: compare(tokens, "random", n, "all") for n in runs}
+    better = [SHORT[n] for n in runs if all_tokens[n][2] == "lower"]
+    worse = [n for n in runs if all_tokens[n][2] == "higher"]
+    verdict = (f"better than random masking on all test tokens: {', '.join(better)}" if better
+               else "no method was better than random masking on all test tokens")
+    if worse:
+        lo, hi = min(all_tokens[n][0] for n in worse), max(all_tokens[n][0] for n in worse)
+        verdict += f"; {len(worse)} of {len(runs)} were worse, by {lo:+.2f} to {hi:+.2f} bits"
+    lines.append("- **Does SE help, against random masking with the same updates?** (table below) "
+                 + verdict + ". "
+                 + ("Largest clear gain per token group: " + "; ".join(helped) if helped
+                    else "No method was clearly better on any token group") + ".")
     if "se" in results and "rarity" in results:
         parts = []
         for group, label in GROUPS:
@@ -114,13 +136,21 @@ def findings(data, tokens, names):
         overlap = meta["test_masks"]["overlap"]
         lines.append(
             f"- **Is SE just rare-token masking?** {head}. (b) minus (d): " + "; ".join(parts)
-            + f". On test, {overlap:.0%} of the tokens SE would mask are also among the rarest 15 %.")
+            + f". On test, {overlap:.0%} of the tokens SE would mask are also among the rarest 15 %"
+            + (f"; SE's train masks are {100 * shares['se']['rare']:.0f} % rare-third tokens, the rarity "
+               f"control's {100 * shares['rarity']['rare']:.0f} %." if "se" in shares and "rarity" in shares
+               else "."))
     if "se" in results and "se_mlm" in results:
         d, se, verdict = compare(tokens, "se_mlm", "se", "all")
         dh, seh, verdicth = compare(tokens, "se_mlm", "se", "hard")
+        ref = last_valid(os.path.join(work, "se", "train.log"), "ref_accuracy")
         lines.append(
             f"- **What TLS adds** ((b) minus (c), same masks): all tokens {d:+.3f} ± {se:.3f} "
-            f"({verdict}), hardest 15 % {dh:+.3f} ± {seh:.3f} ({verdicth}).")
+            f"({verdict}), hardest 15 % {dh:+.3f} ± {seh:.3f} ({verdicth})."
+            + (f" Its reference distribution comes from the unmasked input, where the model sees the "
+               f"token: it ranked the true token first for {ref:.0f} % of (b)'s masked validation "
+               "tokens, so at alpha 0.1 the soft target is close to the one-hot one."
+               if ref is not None else ""))
     if "se" in results and "online" in results:
         d, se, verdict = compare(tokens, "se", "online", "all")
         dh, seh, verdicth = compare(tokens, "se", "online", "hard")
@@ -133,10 +163,11 @@ def findings(data, tokens, names):
             f"train tokens (top-k masks {shares.get('se', {}).get('rate', float('nan')):.0%}).")
     if "mixed" in results and "se" in results:
         d, se, verdict = compare(tokens, "se", "mixed", "frequent")
+        da, sea, _ = compare(tokens, "se", "mixed", "all")
+        dh, seh, _ = compare(tokens, "se", "mixed", "hard")
         lines.append(
-            f"- **Giving half the budget to random positions** ((g) minus (b)) changed the loss on "
-            f"frequent tokens by {d:+.3f} ± {se:.3f} ({verdict}) and on the hardest 15 % by "
-            f"{compare(tokens, 'se', 'mixed', 'hard')[0]:+.3f} ± {compare(tokens, 'se', 'mixed', 'hard')[1]:.3f}.")
+            f"- **Half the budget to random positions** ((g) minus (b)): frequent tokens "
+            f"{d:+.3f} ± {se:.3f}, all tokens {da:+.3f} ± {sea:.3f}, hardest 15 % {dh:+.3f} ± {seh:.3f}.")
     return "\n".join(lines)
 
 
@@ -171,8 +202,8 @@ def plot(data, tokens, names, png):
     ax_a.set_xticks(xs, [label.replace(" third", "").replace("vanilla's ", "") for _, label in GROUPS],
                     fontsize=8, rotation=20)
     ax_a.set_ylabel("test MLM loss (bits/token)")
-    ax_a.set_title(f"Start point: vanilla is {abs(gap):.2f} bits {'below' if gap >= 0 else 'above'} "
-                   "the unigram baseline (all tokens)", fontsize=10)
+    ax_a.set_title(f"Start point: vanilla {abs(gap):.2f} bits {'below' if gap >= 0 else 'above'} unigram",
+                   fontsize=10)
     ax_a.legend(fontsize=8, loc="upper left")
     ax_a.set_ylim(0, max(loss(results, "unigram", g) for g, _ in GROUPS) * 1.2)
 
@@ -276,15 +307,15 @@ random masking on the same test tokens (below zero = better than random masking;
 
 ## Findings
 
-{findings(data, tokens, names)}
+{findings(data, tokens, names, args.work)}
 
 Each continued model minus (a) random masking, bits per token on the same test tokens (± one
 paired standard error; **bold**: the difference exceeds {NOISE:g} standard errors and {FLOOR} bits):
 
 {delta_table(tokens, results) if "random" in results else ""}
 
-Read this at its scale: a small model pretrained for minutes on ~0.35 M tokens and continued
-for a few hundred updates. The paper continues a fully trained RoBERTa for 60k updates at a
+Read this at its scale: a small model pretrained for minutes on ~0.35 M tokens, continued for
+the few updates in the settings above. The paper continues a fully trained RoBERTa for 60k updates at a
 learning rate of 1e-5; `examples/roberta/README.md` has that recipe.
 
 ## What each method masks
