@@ -169,6 +169,7 @@ def test_blocks_longer_than_the_model_are_skipped_as_fairseq_train_does(
     assert (loaded.scores[~kept] == 0).all() and (loaded.scores[kept] > 0).mean() > 0.99
     trained = fairseq_train(data, str(tmp_path / "ck"), "--task", "se_mlm", "--criterion",
                             "token_ls", "--sample-break-mode", break_mode,
+                            "--num-workers", "1",  # fairseq-train's default
                             "--restore-file", vanilla_checkpoint, "--reset-optimizer",
                             "--reset-dataloader", "--reset-meters", max_update=4)
     assert trained.returncode == 0, trained.stdout[-3000:]
