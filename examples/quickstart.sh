@@ -3,7 +3,7 @@
 # the controls a reviewer asks for first, with a report. CPU only, no model hub.
 #
 #   bash examples/quickstart.sh                       # the demo (about 15 min on 2 CPU cores)
-#   QUICKSTART_SCALE=full bash examples/quickstart.sh # a 4x longer vanilla (about 45 min)
+#   QUICKSTART_SCALE=full bash examples/quickstart.sh # a 4x longer vanilla (about 42 min)
 #   QUICKSTART_SCALE=ci bash examples/quickstart.sh   # every step, reduced, in a few minutes (CI)
 #   WORK=/path/to/run bash examples/quickstart.sh     # where everything goes (default: ./quickstart-run)
 #
@@ -30,7 +30,7 @@ case "$SCALE" in
   default)
     MAX_WORDS=0 VOCAB=2000 LAYERS=4 DIM=128 FFN=512 HEADS=4 BATCH=64 TPS=32
     VANILLA_UPDATES=3000 CONTINUE_UPDATES=100 VALID_EVERY=50 ;;
-  full)  # a 4x longer vanilla (about 45 minutes on 2 cores)
+  full)  # a 4x longer vanilla (about 42 minutes on 2 cores)
     MAX_WORDS=0 VOCAB=2000 LAYERS=4 DIM=128 FFN=512 HEADS=4 BATCH=64 TPS=32
     VANILLA_UPDATES=12000 CONTINUE_UPDATES=100 VALID_EVERY=50 ;;
   *) echo "QUICKSTART_SCALE must be ci, default or full (got $SCALE)"; exit 2 ;;
@@ -134,7 +134,7 @@ done_step
 
 step "7. report"
 printf '%-60s %5ds\n' "total, set-up included" $SECONDS >>"$WORK/timings.txt"
-echo "machine: $(nproc) CPU cores, OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)" >>"$WORK/timings.txt"
+echo "machine: $(getconf _NPROCESSORS_ONLN) CPU cores, OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)" >>"$WORK/timings.txt"
 python examples/quickstart/report.py "$WORK"
 echo
 echo "Report: $WORK/report.md (plot: $WORK/report.png); total ${SECONDS}s, set-up included"
