@@ -281,6 +281,7 @@ def test_random_share_splits_the_budget(scored_corpus):
     (["--se-select", "topk", "--se-threshold", "1"], "--se-threshold applies"),
     (["--se-select", "threshold", "--se-random-share", "0.5"], "--se-random-share splits"),
     (["--se-random-share", "1.5"], "--se-random-share must lie"),
+    (["--se-online", "--se-metric", "rarity"], "--se-online scores with the live model"),
 ])
 def test_inconsistent_se_options_are_refused(scored_corpus, extra, message):
     with pytest.raises(ValueError, match=message):

@@ -35,6 +35,7 @@ from se_fairseq.data.se_masking import (
     SelfEvolutionMasker,
 )
 from se_fairseq.reference_forward import ONLINE_SEEDS, REF_PROBS, reference_forward
+from se_fairseq.scoring import METRICS as ONLINE_METRICS
 from se_fairseq.scoring import score_features
 
 logger = logging.getLogger(__name__)
@@ -359,6 +360,9 @@ class SelfEvolutionMLMTask(MaskedLMTask):
 def _check_config(cfg):
     if cfg.se_online and cfg.se_select == "random":
         raise ValueError("--se-online selects by score: use --se-select topk, sample or threshold")
+    if cfg.se_online and str(cfg.se_metric) not in ONLINE_METRICS:
+        raise ValueError(f"--se-online scores with the live model: --se-metric must be one of "
+                         f"{', '.join(ONLINE_METRICS)}, not {cfg.se_metric} (a score file's metric)")
     if not 0.0 < cfg.mask_prob < 1.0:
         raise ValueError(f"--mask-prob must lie in (0, 1), got {cfg.mask_prob}")
     for name in ("leave_unmasked_prob", "random_token_prob"):
