@@ -9,6 +9,7 @@ copies and the mask goes back to the device, with a one-time warning.
 Importing the extension also registers the operator's fake (meta) kernel, so
 that ``torch.compile``, ``torch.library.opcheck`` and meta tensors can trace it.
 """
+import functools
 import warnings
 
 import torch
@@ -53,10 +54,7 @@ def _register_fake():
 
 def _fake_select(scores, eligible, seeds, num_select, ratio, mode, threshold, temperature):
     """The fake (meta) kernel: the C++ argument checks that need no data, then the shape."""
-    for name, t in (("eligible", eligible), ("seeds", seeds), ("num_select", num_select)):
-        torch._check(t is None or t.device == scores.device,
-                     lambda: f"se_fairseq::select: all tensor arguments must be on one device, "
-                             f"but scores is on {scores.device} and {name} on {t.device}")
+    check_same_device(scores, eligible, seeds, num_select)
     torch._check(scores.dim() == 2, lambda: "se_fairseq::select: scores must be 2-D")
     torch._check(scores.dtype == torch.float32, lambda: "se_fairseq::select: scores must be float32")
     torch._check(eligible.dtype == torch.bool and eligible.shape == scores.shape,
@@ -69,9 +67,14 @@ def _fake_select(scores, eligible, seeds, num_select, ratio, mode, threshold, te
 
 def has_kernel_for(device):
     """Whether the built extension has a kernel for tensors on ``device``."""
-    if device.type in ("cpu", "meta"):
+    return _has_kernel_for_type(device.type)
+
+
+@functools.lru_cache(maxsize=None)  # asked once per batch; the kernels are fixed once loaded
+def _has_kernel_for_type(device_type):
+    if device_type in ("cpu", "meta"):
         return True
-    key = {"cuda": "CUDA", "xpu": "XPU", "mps": "MPS", "hip": "HIP"}.get(device.type, device.type.upper())
+    key = {"cuda": "CUDA", "xpu": "XPU", "mps": "MPS", "hip": "HIP"}.get(device_type, device_type.upper())
     try:
         return torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, key)
     except RuntimeError:  # a dispatch key this torch does not know
