@@ -9,6 +9,7 @@ def register():
     _registered = True
     from . import checkpoint_safety, fairseq_compat
     from .criterions import token_ls  # noqa: F401
+    from .models import bert  # noqa: F401  (--arch hf_bert_base, hf_bert_large)
     from .tasks import se_mlm  # noqa: F401
 
     fairseq_compat.install()

@@ -9,12 +9,14 @@ import torch
 
 from se_fairseq.testing import TINY_ROBERTA, fairseq_train
 from se_fairseq import convert
+from se_fairseq.convert import roberta  # noqa: F401  (convert.roberta)
 from se_fairseq.cli.convert import hide_broken_torchaudio, main
 
 hide_broken_torchaudio()  # a torchaudio built for another torch breaks `import transformers`
-transformers = pytest.importorskip(
-    "transformers", reason="se-convert needs the optional extras: pip install 'se-fairseq[hf]'")
-from safetensors.torch import load_file  # noqa: E402  (installed with transformers)
+# examples/setup.sh installs the [hf] extras: in the project's environment a missing
+# transformers is a failure, not a skip
+import transformers  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
@@ -200,10 +202,11 @@ def test_library_converts_both_ways_with_check(fs, tmp_path):
     _, _, ckpt = fs
     verbosity = transformers.logging.get_verbosity()
     to = convert.fairseq_to_hf(ckpt, tmp_path / "hf", check=True)
-    assert to.files == [str(tmp_path / "hf" / f) for f in convert.HF_OUTPUTS]
+    assert to.files == [str(tmp_path / "hf" / f) for f in convert.roberta.HF_OUTPUTS]
     assert to.dict_path == str(tmp_path / "hf" / "fairseq_dict.txt")
     assert to.dict_source == os.path.join(os.path.dirname(os.path.abspath(ckpt)), "dict.txt")
     assert to.model == dict(layers=2, hidden=32, ffn=64, heads=2, vocab_size=VOCAB, max_positions=64)
+    assert to.family == "roberta" and to.fairseq_args == ["--arch", "roberta_base"]
     assert 0 <= to.max_logit_difference < convert.CHECK_TOLERANCE
     back = convert.hf_to_fairseq(tmp_path / "hf", tmp_path / "fs" / "model.pt", check=True)
     assert back.files == [str(tmp_path / "fs" / "model.pt"), str(tmp_path / "fs" / "dict.txt")]
@@ -219,14 +222,14 @@ def test_library_raises_conversion_errors(fs, fs_in_hf, tmp_path):
         convert.fairseq_to_hf(tmp_path / "none.pt", tmp_path / "hf")
     with pytest.raises(convert.ConversionError, match="no such dictionary"):
         convert.fairseq_to_hf(fs[2], tmp_path / "hf", dict_path=tmp_path / "none.txt")
-    with pytest.raises(convert.ConversionError, match="already holds"):
+    with pytest.raises(convert.OutputExistsError, match=r"already holds .*\(overwrite=True replaces it\)"):
         convert.fairseq_to_hf(fs[2], fs_in_hf)
     with pytest.raises(convert.ConversionError, match="no config.json"):
         convert.hf_to_fairseq(tmp_path, tmp_path / "model.pt")
 
 
 def test_failed_check_names_the_written_files(fs, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(convert, "CHECK_TOLERANCE", -1.0)
+    monkeypatch.setattr(convert.core, "CHECK_TOLERANCE", -1.0)
     with pytest.raises(convert.CheckFailedError, match="logits differ") as failed:
         convert.fairseq_to_hf(fs[2], tmp_path / "lib", check=True)
     assert failed.value.result.max_logit_difference >= 0
@@ -285,7 +288,7 @@ def test_from_hf_without_vocab_writes_placeholders(tmp_path, caplog):
 
 def test_dict_from_vocab_skips_unusable_tokens():
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "a": 4, "b c": 5, "<s2>": 7, "<mask>": 9}
-    words, placeholders = convert.dict_words_from_vocab(vocab, 10)
+    words, placeholders = convert.roberta.dict_words_from_vocab(vocab, 10)
     assert words == ["a", "madeupword0000", "madeupword0001", "<s2>", "madeupword0002"]
     assert placeholders == 3
 
@@ -362,7 +365,7 @@ def test_from_hf_refuses_untied_weights(tmp_path, capsys):
     ({"pad_token_id": 0}, "pad_token_id 0"),
     ({"layer_norm_eps": 1e-12}, "layer_norm_eps"),
     ({"is_decoder": True}, "decoder"),
-    ({"model_type": "bert"}, "model_type 'bert'"),
+    ({"model_type": "gpt2"}, "model_type 'gpt2'"),
 ])
 def test_from_hf_refuses_other_architectures(change, message, tmp_path, capsys):
     hf_roberta(tmp_path / "hf")

@@ -1,0 +1,436 @@
+"""RoBERTa: fairseq ``--arch roberta*`` <-> Hugging Face ``RobertaForMaskedLM``.
+
+The two implementations compute the same function; only names and a few
+conventions differ:
+
+- token ids are the fairseq dictionary's in both (HF RoBERTa keeps fairseq's
+  ``<s> <pad> </s> <unk>`` at 0-3 and ``<mask>`` last), so no row moves;
+- positions start at ``padding_idx + 1 = 2`` in both, so the learned position
+  table has ``max_positions + 2`` rows in both;
+- fairseq ``layernorm_embedding`` is HF ``embeddings.LayerNorm``; HF adds a
+  token-type embedding, which fairseq does not have (zeros on the way to HF;
+  on the way back its row 0 is folded into the position table);
+- fairseq's separate ``q_proj/k_proj/v_proj`` are HF ``query/key/value`` with
+  the same ``[out, in]`` layout, ``out_proj`` is ``attention.output.dense``;
+- the LM head is ``dense -> gelu -> layer_norm -> embeddings^T + bias`` in both;
+- LayerNorm epsilon 1e-5 in both.
+
+Compared with transformers' own script
+(``convert_roberta_original_pytorch_checkpoint_to_pytorch.py``), what is kept in
+common: the same HF config for a fairseq RoBERTa (type_vocab_size=1 with zero
+token-type embeddings, layer_norm_eps=1e-5, max_position_embeddings =
+max_positions + 2, the decoder tied to the token embeddings) and the same kind of
+check (max |logit difference| of both models on one input). What differs, and why:
+theirs loads through fairseq's hub interface (unpickling the whole checkpoint, and
+needing its BPE files) and copies module by module; here the checkpoint loads with
+weights_only=True and the state dicts map by a name table, refusing whatever does
+not fit instead of asserting on shapes. Theirs checks the in-memory model before
+saving; here the check reloads the written files. Theirs also converts an "mnli"
+classification head; here the masked LM only, both directions.
+"""
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+
+from .core import (ENCODER_VERSION, FS, FS_HEAD, LAYER, MASK, PAD, SPECIALS,
+                   ConversionError, FairseqModel, Family, HFModel, common_fairseq_problems,
+                   dictionary_size_problems, listed, load_dictionary, num_layers, refuse,
+                   training_only_warnings, valid_word)
+
+logger = logging.getLogger("se_fairseq.convert")
+
+LAYER_NORM_EPS = 1e-5  # fairseq's LayerNorm (torch.nn.LayerNorm default); not configurable there
+HF_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")  # same modeling code, same keys
+
+HF = "roberta."
+HF_HEAD = "lm_head."
+
+EMBEDDINGS = (  # fairseq (under FS) -> HF (under HF)
+    ("embed_tokens.weight", "embeddings.word_embeddings.weight"),
+    ("embed_positions.weight", "embeddings.position_embeddings.weight"),
+    ("layernorm_embedding.weight", "embeddings.LayerNorm.weight"),
+    ("layernorm_embedding.bias", "embeddings.LayerNorm.bias"),
+)
+LM_HEAD = (  # fairseq (under FS_HEAD) -> HF (under HF_HEAD); FS_HEAD + weight is tied
+    ("bias", "bias"),
+    ("dense.weight", "dense.weight"),
+    ("dense.bias", "dense.bias"),
+    ("layer_norm.weight", "layer_norm.weight"),
+    ("layer_norm.bias", "layer_norm.bias"),
+)
+TOKEN_TYPE = HF + "embeddings.token_type_embeddings.weight"
+HF_DECODER_WEIGHT, HF_DECODER_BIAS = HF_HEAD + "decoder.weight", HF_HEAD + "decoder.bias"
+HF_IGNORED = re.compile(r"^roberta\.embeddings\.(position_ids|token_type_ids)$")  # buffers
+HF_DROPPED = re.compile(r"^roberta\.pooler\.")  # unused by the masked LM
+HF_OUTPUTS = ("config.json", "model.safetensors", "fairseq_dict.txt")  # what fairseq_to_hf writes
+
+
+def upgrade_fairseq_state_dict(state_dict):
+    """Old fairseq key names -> fairseq 0.12 names (a new dict; tensors are shared).
+
+    The renames of ``RobertaModel.upgrade_state_dict_named`` and its children:
+    ``decoder.*`` -> ``encoder.*``, ``emb_layer_norm`` -> ``layernorm_embedding``,
+    ``layer_norms.{0,1}`` -> ``{self_attn,final}_layer_norm``, and the fused
+    ``in_proj_{weight,bias}`` of old MultiheadAttention split into q/k/v.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("decoder."):
+            key = "encoder." + key[len("decoder."):]
+        key = key.replace(".emb_layer_norm.", ".layernorm_embedding.")
+        key = key.replace(".layer_norms.0.", ".self_attn_layer_norm.")
+        key = key.replace(".layer_norms.1.", ".final_layer_norm.")
+        match = re.match(r"^(.*self_attn\.)in_proj_(weight|bias)$", key)
+        if match:
+            q, k, v = value.chunk(3, dim=0)
+            for name, part in (("q", q), ("k", k), ("v", v)):
+                out[f"{match.group(1)}{name}_proj.{match.group(2)}"] = part
+            continue
+        out[key] = value
+    return out
+
+
+def fairseq_keys(layers):
+    """The state-dict keys of a fairseq 0.12 RoBERTa, in the order fairseq writes them."""
+    keys = [FS + "version"] + [FS + fs for fs, _ in EMBEDDINGS]
+    for i in range(layers):
+        for fs, _ in LAYER:
+            keys += [f"{FS}layers.{i}.{fs}.weight", f"{FS}layers.{i}.{fs}.bias"]
+    keys.append(FS_HEAD + "weight")
+    keys += [FS_HEAD + fs for fs, _ in LM_HEAD]
+    return keys
+
+
+def key_pairs(layers):
+    """(fairseq key, HF key) for every tensor both sides have."""
+    pairs = [(FS + fs, HF + hf) for fs, hf in EMBEDDINGS]
+    for i in range(layers):
+        for fs, hf in LAYER:
+            for p in ("weight", "bias"):
+                pairs.append((f"{FS}layers.{i}.{fs}.{p}", f"{HF}encoder.layer.{i}.{hf}.{p}"))
+    pairs += [(FS_HEAD + fs, HF_HEAD + hf) for fs, hf in LM_HEAD]
+    return pairs
+
+
+def fairseq_state_dict_to_hf(state_dict, options, dictionary=None):
+    """fairseq RoBERTa (state dict, model options, optional Dictionary) -> (RobertaConfig,
+    HF state dict). The HF state dict holds the keys ``save_pretrained`` writes (the tied
+    ``lm_head.decoder.*`` are left out)."""
+    import torch
+
+    from .core import require_transformers
+
+    transformers = require_transformers()
+    sd = upgrade_fairseq_state_dict(state_dict)
+    o = options
+    problems = common_fairseq_problems(o, "HF RoBERTa")
+
+    layers = num_layers(sd, FS + "layers.")
+    expected = fairseq_keys(layers)
+    dropped = sorted(k for k in sd if k.startswith("classification_heads."))
+    extra = sorted(set(sd) - set(expected) - set(dropped))
+    if layers == 0:
+        problems.append("no encoder layers under encoder.sentence_encoder.layers.*")
+    if any(k.startswith(FS + "layer_norm.") for k in extra):
+        problems.append("a final encoder LayerNorm (encoder.sentence_encoder.layer_norm): pre-LN model")
+    if extra:
+        problems.append(f"unexpected tensors {listed(extra)}: not a plain fairseq RoBERTa")
+    missing = [k for k in expected if k not in sd and k != FS + "version"]
+    if missing:
+        problems.append(f"missing tensors {listed(missing)}")
+    if problems:
+        refuse("this fairseq checkpoint", problems)
+
+    embed = sd[FS + "embed_tokens.weight"]
+    if not torch.equal(sd[FS_HEAD + "weight"], embed):
+        refuse("this fairseq checkpoint", "untied LM head weights (encoder.lm_head.weight differs from "
+               "the token embeddings): the converter writes the tied layout of RobertaForMaskedLM")
+    if getattr(o, "encoder_layers", layers) != layers:
+        refuse("this fairseq checkpoint", f"cfg says {o.encoder_layers} layers, the weights have {layers}")
+    vocab, dim = embed.shape
+    heads = int(o.encoder_attention_heads)
+    if dim % heads:
+        refuse("this fairseq checkpoint", f"embed dim {dim} is not a multiple of {heads} heads")
+    positions = sd[FS + "embed_positions.weight"].shape[0]
+    if getattr(o, "max_positions", None) not in (None, positions - 2):
+        logger.warning(f"cfg max_positions={o.max_positions} but the position table has {positions} rows; "
+                       f"using {positions - 2}")
+    problems = dictionary_size_problems(dictionary, vocab)
+    if problems:
+        refuse("this checkpoint with this dictionary", problems)
+    if dropped:
+        heads_dropped = sorted({k.split(".")[1] for k in dropped})
+        logger.warning(f"dropping classification head(s) {heads_dropped}: RobertaForMaskedLM has none")
+    training_only_warnings(o)
+
+    hf_sd = {hf: sd[fs] for fs, hf in key_pairs(layers)}
+    hf_sd[TOKEN_TYPE] = torch.zeros(1, dim, dtype=embed.dtype)
+    config = transformers.RobertaConfig(
+        vocab_size=vocab,
+        hidden_size=dim,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=sd[f"{FS}layers.0.fc1.weight"].shape[0],
+        hidden_act="gelu",
+        hidden_dropout_prob=float(getattr(o, "dropout", 0.1)),
+        attention_probs_dropout_prob=float(getattr(o, "attention_dropout", 0.1)),
+        max_position_embeddings=positions,
+        type_vocab_size=1,
+        initializer_range=0.02,
+        layer_norm_eps=LAYER_NORM_EPS,
+        pad_token_id=PAD,
+        bos_token_id=0,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+        architectures=["RobertaForMaskedLM"],
+    )
+    config.dtype = embed.dtype
+    return config, hf_sd
+
+
+def _config_dict(config):
+    return dict(config) if isinstance(config, Mapping) else config.to_dict()
+
+
+def check_hf_config(config):
+    """Every HF config setting fairseq RoBERTa cannot reproduce, as a list of messages."""
+    c = _config_dict(config)
+    problems = []
+    model_type = c.get("model_type", "roberta")
+    if model_type not in HF_MODEL_TYPES:
+        problems.append(f"model_type {model_type!r}: only {', '.join(HF_MODEL_TYPES)} are RoBERTa models")
+    if c.get("is_decoder") or c.get("add_cross_attention"):
+        problems.append("a decoder / cross-attention configuration (is_decoder, add_cross_attention)")
+    if c.get("hidden_act", "gelu") != "gelu":
+        problems.append(f"hidden_act {c.get('hidden_act')!r}: fairseq RoBERTa converts with gelu only")
+    if (c.get("position_embedding_type") or "absolute") != "absolute":
+        problems.append(f"position_embedding_type {c['position_embedding_type']!r}: fairseq RoBERTa "
+                        "has learned absolute positions only")
+    if c.get("pad_token_id", PAD) != PAD:
+        problems.append(f"pad_token_id {c.get('pad_token_id')}: fairseq fixes <pad> to id {PAD} "
+                        "(and positions to start at pad + 1)")
+    eps = float(c.get("layer_norm_eps", 1e-12))
+    if abs(eps - LAYER_NORM_EPS) > 1e-9:
+        problems.append(f"layer_norm_eps {eps:g}: fairseq's LayerNorm uses {LAYER_NORM_EPS:g}")
+    if c.get("embedding_size", c.get("hidden_size")) != c.get("hidden_size"):
+        problems.append("factorised embeddings (embedding_size != hidden_size)")
+    if int(c.get("max_position_embeddings", 0)) <= PAD + 1:
+        problems.append(f"max_position_embeddings {c.get('max_position_embeddings')}: need more than "
+                        f"{PAD + 1} rows (positions start at {PAD + 1})")
+    hidden, heads = c.get("hidden_size"), c.get("num_attention_heads")
+    if hidden and heads and hidden % heads:
+        problems.append(f"hidden_size {hidden} is not a multiple of {heads} heads")
+    return problems
+
+
+def hf_state_dict_to_fairseq(config, state_dict):
+    """HF RoBERTa (config, state dict) -> (fairseq model options dict, fairseq state dict).
+
+    ``state_dict`` is ``RobertaForMaskedLM.state_dict()`` (the tied
+    ``lm_head.decoder.*`` may be present or not). The fairseq state dict has
+    exactly the keys of a fairseq 0.12 RoBERTa, with ``encoder.lm_head.weight``
+    sharing the token embedding tensor as fairseq's own checkpoints do.
+    """
+    import torch
+
+    c = _config_dict(config)
+    problems = check_hf_config(c)
+    layers = num_layers(state_dict, HF + "encoder.layer.")
+    pairs = key_pairs(layers)
+    expected = {hf for _, hf in pairs} | {TOKEN_TYPE}
+    optional = {HF_DECODER_WEIGHT, HF_DECODER_BIAS}
+    dropped = sorted(k for k in state_dict if HF_DROPPED.match(k))
+    extra = sorted(k for k in set(state_dict) - expected - optional - set(dropped) if not HF_IGNORED.match(k))
+    missing = sorted(expected - set(state_dict))
+    if layers != c.get("num_hidden_layers", layers):
+        problems.append(f"config says {c['num_hidden_layers']} layers, the weights have {layers}")
+    if extra:
+        problems.append(f"unexpected tensors {listed(extra)}: not a plain RobertaForMaskedLM")
+    if missing:
+        hint = " (no masked-LM head: save a RobertaForMaskedLM)" if any(k.startswith(HF_HEAD) for k in missing) else ""
+        problems.append(f"missing tensors {listed(missing)}{hint}")
+    if problems:
+        refuse("this Hugging Face model", problems)
+
+    embed = state_dict[HF + "embeddings.word_embeddings.weight"]
+    decoder = state_dict.get(HF_DECODER_WEIGHT)
+    if decoder is not None and not torch.equal(decoder, embed):
+        refuse("this Hugging Face model", "untied LM head weights (lm_head.decoder.weight differs from "
+               "the word embeddings, tie_word_embeddings=False): fairseq RoBERTa ties them")
+    token_type = state_dict[TOKEN_TYPE]
+    if not torch.equal(token_type, token_type[:1].expand_as(token_type)):
+        refuse("this Hugging Face model", f"{token_type.shape[0]} different token-type embeddings "
+               "(type_vocab_size > 1 in use): fairseq RoBERTa has no token types")
+    sd = {hf: state_dict[hf] for _, hf in pairs}
+    bias = state_dict.get(HF_DECODER_BIAS)
+    if bias is not None and not torch.equal(bias, sd[HF_HEAD + "bias"]):
+        logger.warning("lm_head.decoder.bias differs from lm_head.bias; converting decoder.bias, "
+                       "the one RobertaForMaskedLM's forward adds")
+        sd[HF_HEAD + "bias"] = bias
+    positions_key = HF + "embeddings.position_embeddings.weight"
+    if token_type[0].any():
+        logger.info("folding token_type_embeddings[0] into the position embeddings (fairseq RoBERTa "
+                    "has no token types; the logits for token type 0 are unchanged)")
+        sd[positions_key] = sd[positions_key] + token_type[0].to(sd[positions_key].dtype)
+
+    out = {}
+    hf_of = dict(pairs)
+    for key in fairseq_keys(layers):
+        if key == FS + "version":
+            out[key] = torch.tensor([ENCODER_VERSION])
+        elif key == FS_HEAD + "weight":
+            out[key] = out[FS + "embed_tokens.weight"]  # tied: one tensor, as fairseq saves it
+        else:
+            out[key] = sd[hf_of[key]]
+    options = dict(
+        encoder_layers=layers,
+        encoder_embed_dim=embed.shape[1],
+        encoder_ffn_embed_dim=sd[f"{HF}encoder.layer.0.intermediate.dense.weight"].shape[0],
+        encoder_attention_heads=int(c["num_attention_heads"]),
+        max_positions=sd[positions_key].shape[0] - (PAD + 1),
+        dropout=float(c.get("hidden_dropout_prob", 0.1)),
+        attention_dropout=float(c.get("attention_probs_dropout_prob", 0.1)),
+        activation_fn="gelu",
+        vocab_size=embed.shape[0],
+    )
+    return options, out
+
+
+# -- dictionaries ----------------------------------------------------------------
+
+def dict_words_from_vocab(vocab, vocab_size):
+    """fairseq dict.txt words for ids 4 .. vocab_size-2 from an HF ``token -> id`` vocab.
+
+    Ids the vocab lacks, and tokens dict.txt cannot hold (whitespace, duplicates,
+    the specials), become ``madeupwordNNNN`` placeholders. Returns
+    ``(words, placeholders)``.
+    """
+    vocab = vocab or {}
+    by_id = {}
+    for token, idx in vocab.items():
+        by_id.setdefault(int(idx), token)
+    names = [by_id.get(i) for i in range(len(SPECIALS))]
+    if vocab and names != list(SPECIALS):
+        logger.warning(f"the tokenizer's ids 0-3 are {names}; fairseq fixes them to {list(SPECIALS)}")
+    mask_id = vocab.get(MASK)
+    if mask_id is not None and mask_id != vocab_size - 1:
+        logger.warning(f"the tokenizer's {MASK} has id {mask_id}; fairseq's masked_lm uses the last id, "
+                       f"{vocab_size - 1}")
+    seen = set(SPECIALS) | {MASK}
+    words, placeholders = [], 0
+    for i in range(len(SPECIALS), vocab_size - 1):
+        word = by_id.get(i)
+        if word is None or not valid_word(word, seen):
+            word = f"madeupword{placeholders:04d}"
+            while word in seen or word in vocab:
+                placeholders += 1
+                word = f"madeupword{placeholders:04d}"
+            placeholders += 1
+        seen.add(word)
+        words.append(word)
+    return words, placeholders
+
+
+def read_hf_vocab(hf_dir):
+    """``token -> id`` of the tokenizer files in ``hf_dir`` (vocab.json or tokenizer.json), or None."""
+    path = os.path.join(hf_dir, "vocab.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            vocab = json.load(f)
+        added = os.path.join(hf_dir, "added_tokens.json")
+        if os.path.isfile(added):
+            with open(added, encoding="utf-8") as f:
+                vocab.update(json.load(f))
+        return vocab
+    path = os.path.join(hf_dir, "tokenizer.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            tok = json.load(f)
+        model_vocab = (tok.get("model") or {}).get("vocab")
+        if isinstance(model_vocab, Mapping):
+            vocab = dict(model_vocab)
+        elif isinstance(model_vocab, list):  # Unigram: [[piece, score], ...] in id order
+            vocab = {entry[0]: i for i, entry in enumerate(model_vocab)}
+        else:
+            return None
+        for added in tok.get("added_tokens") or []:
+            vocab[added["content"]] = added["id"]
+        return vocab
+    return None
+
+
+def hf_dict_text(hf_dir, vocab_size):
+    """``(dict.txt contents, where they came from)`` for an HF model with ``vocab_size`` ids:
+    ``fairseq_dict.txt`` (as :func:`fairseq_to_hf` writes it) if present, else the
+    tokenizer vocab (vocab.json, tokenizer.json), else placeholder words."""
+    fairseq_dict = os.path.join(hf_dir, "fairseq_dict.txt")
+    if os.path.isfile(fairseq_dict):
+        d = load_dictionary(fairseq_dict)
+        if len(d) + 1 != vocab_size:
+            raise ConversionError(
+                f"{fairseq_dict} gives {len(d) + 1} ids (incl. <mask>) but the model has {vocab_size}")
+        with open(fairseq_dict, encoding="utf-8") as f:
+            return f.read(), "fairseq_dict.txt"
+    vocab = read_hf_vocab(hf_dir)
+    words, placeholders = dict_words_from_vocab(vocab, vocab_size)
+    text = "".join(f"{w} 1\n" for w in words)
+    if vocab is None:
+        logger.warning(f"{hf_dir} has neither fairseq_dict.txt nor a tokenizer vocab (vocab.json, "
+                       f"tokenizer.json): dict.txt gets placeholder words madeupwordNNNN for ids "
+                       f"4..{vocab_size - 2}; binarize data only with ids that match the model's")
+        return text, "placeholders"
+    if placeholders:
+        logger.warning(f"{placeholders} of {len(words)} ids have no usable token in the tokenizer "
+                       "vocab; dict.txt holds madeupwordNNNN placeholders for them")
+    return text, "the tokenizer vocab"
+
+
+# -- the family ------------------------------------------------------------------------
+
+class RobertaFamily(Family):
+    name = "roberta"
+    hf_class = "RobertaForMaskedLM"
+    hf_config_class = "RobertaConfig"
+    hf_model_types = HF_MODEL_TYPES
+    hf_head_prefix = HF_HEAD
+
+    def fairseq_model_class(self):
+        from fairseq.models.roberta import RobertaModel
+
+        return RobertaModel
+
+    def to_hf_state(self, state_dict, options, dictionary):
+        return HFModel(*fairseq_state_dict_to_hf(state_dict, options, dictionary))
+
+    def hf_summary(self, config):
+        return dict(layers=config.num_hidden_layers, hidden=config.hidden_size,
+                    ffn=config.intermediate_size, heads=config.num_attention_heads,
+                    vocab_size=config.vocab_size, max_positions=config.max_position_embeddings - 2)
+
+    def hf_config_problems(self, config):
+        return check_hf_config(config)
+
+    def hf_dropped(self, key):
+        return bool(HF_DROPPED.match(key))
+
+    def hf_unused(self, key):
+        return bool(HF_DROPPED.match(key) or HF_IGNORED.match(key))
+
+    def to_fairseq_state(self, hf_dir, config, state_dict, transformers):
+        options, sd = hf_state_dict_to_fairseq(config, state_dict)
+        text, source = hf_dict_text(hf_dir, options["vocab_size"])
+        options["tokens_per_sample"] = options["max_positions"]
+        args = ["--encoder-layers", str(options["encoder_layers"]),
+                "--encoder-embed-dim", str(options["encoder_embed_dim"]),
+                "--encoder-ffn-embed-dim", str(options["encoder_ffn_embed_dim"]),
+                "--encoder-attention-heads", str(options["encoder_attention_heads"]),
+                "--max-positions", str(options["max_positions"]),
+                "--dropout", repr(options["dropout"]),
+                "--attention-dropout", repr(options["attention_dropout"]),
+                "--activation-fn", options["activation_fn"]]
+        return FairseqModel("roberta", options, args, sd), text, source
+
+
+FAMILY = RobertaFamily()

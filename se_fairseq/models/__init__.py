@@ -1,0 +1,1 @@
+"""fairseq models the plugin registers (``--arch hf_bert_base``, ``--arch hf_bert_large``)."""
