@@ -149,6 +149,22 @@ def test_arch_names_and_presets():
             (512, 2, "gelu", False)
 
 
+def test_classification_heads_register_as_on_roberta(bert_data):
+    """sentence_prediction's call: a head on the <s> ([CLS]) features, BERT's pooler shape."""
+    task, cfg = setup_task(bert_data, "--task", "masked_lm", "--criterion", "masked_lm", *TINY_BERT)
+    model = task.build_model(cfg.model)
+    model.register_classification_head("sentence_classification_head", num_classes=3)
+    model.eval()
+    tokens = torch.tensor([[0, 5, 9, 2], [0, 7, 2, 1]])
+    with torch.no_grad():
+        logits, _ = model(tokens, features_only=True, classification_head_name="sentence_classification_head")
+        features, _ = model(tokens, features_only=True)
+        head = model.classification_heads["sentence_classification_head"]
+        expected = head.out_proj(torch.tanh(head.dense(features[:, 0])))
+    assert logits.shape == (2, 3)
+    torch.testing.assert_close(logits, expected)
+
+
 def test_pre_ln_is_refused_at_build(bert_data):
     task, cfg = setup_task(bert_data, "--task", "masked_lm", "--criterion", "masked_lm", *TINY_BERT,
                            "--encoder-normalize-before")

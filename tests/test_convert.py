@@ -228,6 +228,15 @@ def test_library_raises_conversion_errors(fs, fs_in_hf, tmp_path):
         convert.hf_to_fairseq(tmp_path, tmp_path / "model.pt")
 
 
+def test_existing_outputs_name_the_keyword_in_the_library_and_the_flag_in_the_cli(fs, fs_in_hf, capsys):
+    with pytest.raises(convert.OutputExistsError, match=r"exists \(overwrite=True replaces it\)"):
+        convert.hf_to_fairseq(fs_in_hf, fs[2])
+    assert run("to-hf", fs[2], fs_in_hf) == 1
+    err = capsys.readouterr().err
+    assert "already holds config.json" in err and "(--force overwrites)" in err and "overwrite=True" not in err
+    assert run("to-hf", fs[2], fs_in_hf, "--force") == 0
+
+
 def test_failed_check_names_the_written_files(fs, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(convert.core, "CHECK_TOLERANCE", -1.0)
     with pytest.raises(convert.CheckFailedError, match="logits differ") as failed:

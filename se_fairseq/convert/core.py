@@ -166,6 +166,8 @@ class Family:
         """Checks the files beyond config, weights and fairseq_dict.txt (a tokenizer:
         ``tokenizer_dir``, else looked for in ``search_dirs``) and returns a function
         ``write(out_dir) -> paths`` that writes them."""
+        if tokenizer_dir is not None:
+            logger.warning(f"--tokenizer is for BERT checkpoints; {self.name} ignores it")
         return lambda out_dir: []
 
     # -- HF -> fairseq
