@@ -124,7 +124,7 @@ def _print_to_hf(args, result):
 
 def _print_from_hf(args, result):
     m = result.model
-    print(f"wrote {args.out}: fairseq {result.family} with {m['layers']} layers, embed "
+    print(f"wrote {args.out}: fairseq {result.fairseq_args[1]} with {m['layers']} layers, embed "
           f"{m['hidden']}, {m['vocab_size']} ids, {m['max_positions']} "
           f"positions; and {result.dict_path} (from {result.dict_source})"
           + (f" and {os.path.join(os.path.dirname(result.dict_path), 'tokenizer')}/"
