@@ -380,6 +380,18 @@ def test_from_hf_refuses_unknown_heads_and_tokenizers(tmp_path, capsys):
     assert not any((tmp_path / f).exists() for f in ("a.pt", "b.pt", "c.pt", "d.pt"))
 
 
+def test_pretraining_checkpoint_drops_pooler_and_nsp_head(tmp_path, caplog):
+    """A BertForPreTraining directory (the layout of bert-base-uncased on the hub): the
+    masked LM converts, the pooler and the next-sentence head are left out with a note."""
+    pre = hf_bert(tmp_path / "hf", model_class=transformers.BertForPreTraining)
+    result = convert.hf_to_fairseq(tmp_path / "hf", tmp_path / "fs" / "model.pt", check=True)
+    assert result.max_logit_difference <= convert.CHECK_TOLERANCE
+    assert "dropping 4 tensors the masked LM does not use" in caplog.text
+    state = torch.load(result.output, weights_only=True)["model"]
+    order = torch.tensor(documented_order())
+    assert torch.equal(state["encoder.lm_head.bias"], pre.cls.predictions.bias.detach()[order])
+
+
 def test_to_hf_refuses_a_tokenizer_of_another_model(fs_dir, tmp_path, capsys):
     swapped = list(VOCAB)
     swapped[8], swapped[9] = swapped[9], swapped[8]  # 'the' and 'a' trade ids
