@@ -68,6 +68,15 @@ class MissingDependencyError(ConversionError):
     """transformers or safetensors is not installed (``pip install 'se-fairseq[hf]'``)."""
 
 
+class OutputExistsError(ConversionError):
+    """An output is there already; ``what`` names it. The library's message names its
+    keyword (``overwrite=True``); the CLI says ``--force``."""
+
+    def __init__(self, what):
+        super().__init__(f"{what} (overwrite=True replaces it)")
+        self.what = what
+
+
 class CheckFailedError(ConversionError):
     """``check=True`` found different logits. The files were written (and are wrong):
     ``result`` is the :class:`ConversionResult` of what was written."""
@@ -583,20 +592,6 @@ def save_checkpoint(checkpoint, out):
         raise ConversionError(f"internal error: the checkpoint would pickle {sorted(unsafe)}")
     os.replace(tmp, out)
     return out
-
-
-def exists_error(what):
-    """The library's word for "already there": its keyword (the CLI says --force)."""
-    return ConversionError(f"{what} (overwrite=True replaces it)")
-
-
-class OutputExistsError(ConversionError):
-    """An output is there already; ``what`` names it. The library's message names its
-    keyword (``overwrite=True``); the CLI says ``--force``."""
-
-    def __init__(self, what):
-        super().__init__(f"{what} (overwrite=True replaces it)")
-        self.what = what
 
 
 # -- the two conversions ------------------------------------------------------------------
