@@ -7,9 +7,10 @@ def register():
     if _registered:
         return
     _registered = True
-    from . import checkpoint_safety, fairseq_compat
+    from . import checkpoint_safety, fairseq_compat, user_dir
     from .criterions import token_ls  # noqa: F401
     from .tasks import se_mlm  # noqa: F401
 
     fairseq_compat.install()
     checkpoint_safety.install()
+    user_dir.install()
