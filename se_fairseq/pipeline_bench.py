@@ -42,11 +42,17 @@ def build_iterator_factory(args):
 def time_epoch(epoch_iterator, epoch, max_batches):
     start = time.perf_counter()
     batches = tokens = 0
-    for batch in epoch_iterator(epoch):
+    itr = epoch_iterator(epoch)
+    if max_batches:
+        # Truncate through fairseq's own take(), never by leaving the loop: fairseq's
+        # BufferedIterator prefetches in a daemon thread that, left blocked on its full
+        # queue, is still inside torch code at interpreter exit and aborts the process
+        # ("terminate called without an active exception"). take() makes that thread
+        # stop after max_batches and exit.
+        itr.take(max_batches)
+    for batch in itr:
         batches += 1
         tokens += int(batch["ntokens"])
-        if max_batches and batches >= max_batches:
-            break
     return time.perf_counter() - start, batches, tokens
 
 
@@ -56,6 +62,9 @@ def compare_pipelines(args, base_args, rounds=5, max_batches=0, out=sys.stdout):
     import torch
 
     torch.set_num_threads(1)  # the pipeline's own cost, not intra-op parallelism
+    if getattr(args, "se_online", False) or getattr(base_args, "se_online", False):
+        raise ValueError("--se-online masks in the train step, not in the data pipeline: "
+                         "its collater leaves batches unmasked, so there is no masking to time")
     names = [f"{base_args.task} (baseline)", f"{args.task}"]
     if getattr(args, "se_select", None):
         names[1] += f" --se-select {args.se_select}"

@@ -136,5 +136,20 @@ def write_score_file(data, split="train", out=None, counts_split="train", alpha=
                   counts_fingerprint=score_file.corpus_fingerprint(unigram.source))
     paths = score_file.write(prefix, scores, metric=METRIC, checkpoint=None,
                              blocking={"independent_of_blocking": True},
-                             fingerprint=fingerprint, extra={"rarity": source})
+                             fingerprint=fingerprint,
+                             extra={"rarity": source,
+                                    "summary": summary(split_path, scores, unigram.special)})
     return paths, scores
+
+
+def summary(split_path, scores, special_ids):
+    """The score file's summary, as se-score's for model scores: statistics of the
+    scores of the non-special tokens (special tokens score 0 and are never masked);
+    every token is scored (no blocking, nothing skipped)."""
+    from se_fairseq.scoring_job import summarize
+
+    special = np.isin(load_tokens(split_path), special_ids)
+    out = summarize(np.asarray(scores, dtype=np.float32)[~special])
+    out.update(special_tokens=int(special.sum()), tokens_not_scored=0,
+               blocks_skipped_too_long=0, tokens_in_skipped_blocks=0)
+    return out

@@ -70,6 +70,12 @@ def plan_chunks(block_lengths, chunk_tokens):
     return chunks
 
 
+def runs_of(mask):
+    """[start, end) of every run of True in a boolean array."""
+    edges = np.diff(np.concatenate([[0], np.asarray(mask, dtype=np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
 def summarize(values):
     """Mean, spread, quantiles and a 10-bin histogram of the scores."""
     if len(values) == 0:
@@ -90,10 +96,11 @@ def summarize(values):
 def format_summary(metric, summary):
     if summary["tokens"] == 0:
         return "no tokens scored"
+    quantiles = sorted(summary["quantiles"].items(), key=lambda kv: float(kv[0].rstrip("%")))
     lines = [
         f"{metric}: {summary['tokens']} tokens, mean {summary['mean']:.3f}, std {summary['std']:.3f}, "
         f"min {summary['min']:.3f}, max {summary['max']:.3f}",
-        "quantiles: " + "  ".join(f"{k} {v:.3f}" for k, v in summary["quantiles"].items()),
+        "quantiles: " + "  ".join(f"{k} {v:.3f}" for k, v in quantiles),
     ]
     edges, counts = summary["histogram"]["edges"], summary["histogram"]["counts"]
     top = max(counts) or 1
@@ -204,12 +211,23 @@ class ScoringJob:
         # (--sample-break-mode complete/eos makes them from long sentences): skip them too.
         self.max_positions = min(tokens_per_sample, int(self.model.max_positions()))
         self.too_long = self.slices[:, 1] - self.slices[:, 0] + 1 > self.max_positions
+        if len(self.slices) == 0:
+            raise ScoringError(f"{self.split_path} holds no tokens: nothing to score")
+        if self.too_long.all():
+            shortest = int((self.slices[:, 1] - self.slices[:, 0]).min()) + 1
+            raise ScoringError(
+                f"every one of the {len(self.slices)} blocks of {self.split_path} is longer "
+                f"than the {self.max_positions} positions of the model with <s> (the shortest "
+                f"has {shortest}; --tokens-per-sample {tokens_per_sample}, --sample-break-mode "
+                f"{break_mode}): nothing to score, and fairseq-train would skip every block "
+                "too. Use --sample-break-mode none (fixed-size blocks)")
         if self.too_long.any():
             logger.warning(
                 f"{int(self.too_long.sum())} of {len(self.slices)} blocks ({self.skipped_tokens()} "
                 f"tokens) are longer than {self.max_positions} positions with <s> "
                 f"(--sample-break-mode {break_mode}); fairseq-train skips them, so se-score "
-                "does too: their tokens get score 0 and are never trained on")
+                "does too: their tokens are recorded as unscored in the score file (score 0 in "
+                "the array) and se_mlm never masks them by score")
 
     def skipped_tokens(self, first=0, last=None):
         skipped = np.flatnonzero(self.too_long[first:last]) + first
@@ -324,6 +342,7 @@ class ScoringJob:
         paths = score_file.write(
             self.prefix, scores, metric=self.metric, checkpoint=self.checkpoint,
             blocking=self.blocking, fingerprint=self.fingerprint, extra={"summary": summary},
+            unscored_ranges=runs_of(~covered),
         )
         shutil.rmtree(self.partial_dir, ignore_errors=True)
         return paths, summary

@@ -80,7 +80,7 @@ def write_scores(split_path, scores=None, *, metric="correctness", prefix=None, 
     return score_file.write(
         prefix or score_file.default_prefix(split_path), scores, metric=metric,
         checkpoint={"path": "synthetic scores"},
-        blocking=blocking if blocking is not None else {"tokens_per_sample": 64},
+        blocking=blocking if blocking is not None else {"independent_of_blocking": True},
         fingerprint=fingerprint,
     )
 

@@ -117,3 +117,30 @@ def test_a_failing_pth_hook_warns_instead_of_passing_silently():
         "print([str(w.message)[:38] for w in caught])\n"
     )
     assert python(code, SE_FAIRSEQ_NO_AUTOLOAD="0") == "['se_fairseq: the autoload hook failed (']"
+
+
+@pytest.mark.slow
+def test_user_dir_naming_another_copy_of_the_installed_package_works(scored_corpus, tmp_path):
+    """A checkout next to an installed se-fairseq: fairseq used to stop with 'module name
+    (se_fairseq) is not globally unique'; the installed copy is used, and said so."""
+    import shutil
+
+    checkout = tmp_path / "checkout" / "se_fairseq"
+    shutil.copytree(PACKAGE_DIR, checkout, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    result = fairseq_train(scored_corpus, str(tmp_path / "ckpt"), "--user-dir", str(checkout),
+                           "--task", "se_mlm", "--criterion", "token_ls", "--no-save",
+                           "--disable-validation", max_update=2)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "not globally unique" not in result.stdout
+    assert f"--user-dir {checkout}: se_fairseq is already loaded from {PACKAGE_DIR}" \
+        in result.stdout
+
+
+@pytest.mark.slow
+def test_a_refused_option_ends_fairseq_train_in_one_line(scored_corpus, tmp_path):
+    result = fairseq_train(scored_corpus, str(tmp_path / "ckpt"), "--task", "se_mlm",
+                           "--criterion", "token_ls", "--mask-prob", "1.5", max_update=2)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1] == \
+        "fairseq-train: error: --mask-prob must lie in (0, 1), got 1.5"

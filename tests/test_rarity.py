@@ -95,3 +95,24 @@ def test_se_mlm_trains_on_rarity_scores(corpus, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "rarity scores" in out.stdout + out.stderr
+
+
+def test_rarity_score_file_has_the_summary_of_model_score_files(corpus, tmp_path):
+    """Every score file carries a summary; rarity's is of the non-special tokens."""
+    prefix = str(tmp_path / "train.rarity")
+    (_, meta_path), _ = rarity.write_score_file(corpus, "train", prefix)
+    summary = json.load(open(meta_path))["summary"]
+    tokens = flat(os.path.join(corpus, "train"))
+    unigram = rarity.Unigram.from_data(corpus)
+    plain = tokens[~np.isin(tokens, unigram.special)]
+    expected = (-unigram.logp[plain]).astype(np.float16).astype(np.float32)  # as stored
+    assert summary["tokens"] == len(plain) and summary["special_tokens"] == len(tokens) - len(plain)
+    assert summary["mean"] == pytest.approx(float(expected.mean()), rel=1e-3)
+    assert summary["max"] == pytest.approx(float(expected.max()), rel=1e-3)
+    assert summary["quantiles"]["50%"] == pytest.approx(float(np.median(expected)), rel=1e-2)
+    assert sum(summary["histogram"]["counts"]) == len(plain)
+    assert summary["tokens_not_scored"] == 0
+    # the fields of a model score file's summary, where meaningful
+    for key in ("tokens", "mean", "std", "min", "max", "quantiles", "histogram",
+                "tokens_not_scored", "blocks_skipped_too_long", "tokens_in_skipped_blocks"):
+        assert key in summary

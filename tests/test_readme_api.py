@@ -26,4 +26,7 @@ def test_readme_python_api_blocks_run(corpus, vanilla_checkpoint, tmp_path, monk
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
     assert (tmp_path / "data-bin" / "train.se_scores.npy").exists()
-    assert (tmp_path / "roberta-hf" / "model.safetensors").exists()
+    hf = tmp_path / "checkpoints" / "hf"
+    assert (hf / "model.safetensors").exists()
+    # the documented layout gives the HF folder the data's dictionary, byte for byte
+    assert (hf / "fairseq_dict.txt").read_bytes() == (tmp_path / "data-bin" / "dict.txt").read_bytes()

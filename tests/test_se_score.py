@@ -228,3 +228,37 @@ def test_se_mlm_trains_on_se_score_output(vanilla_checkpoint, data, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:]
     meta = json.load(open(os.path.join(data, "train.se_scores.json")))
     assert meta["corpus"]["num_tokens"] == sum(map(len, split_tokens(os.path.join(data, "train"))))
+
+
+@pytest.mark.slow
+def test_a_split_where_every_block_is_too_long_is_an_error(vanilla_checkpoint, data):
+    """Blocks of 5 positions, complete: every sentence (4+ words, </s>, and <s>) is longer,
+    so nothing could be scored: a non-zero exit with the reason, and no score file."""
+    result = se_score(data, vanilla_checkpoint, "--tokens-per-sample", "5",
+                      "--sample-break-mode", "complete", check=False)
+    assert result.returncode != 0
+    assert "se-score: every one of the" in result.stdout and "nothing to score" in result.stdout
+    assert "Traceback" not in result.stdout
+    assert not os.path.exists(os.path.join(data, "train.se_scores.npy"))
+
+
+@pytest.mark.slow
+def test_skipped_blocks_are_recorded_as_unscored_ranges(vanilla_checkpoint, long_sentence_data):
+    from fairseq.data import Dictionary, TokenBlockDataset, data_utils
+
+    data = long_sentence_data
+    se_score(data, vanilla_checkpoint, "--sample-break-mode", "complete")
+    split = os.path.join(data, "train")
+    tokens = data_utils.load_indexed_dataset(split, Dictionary.load(os.path.join(data, "dict.txt")))
+    blocks = TokenBlockDataset(tokens, tokens.sizes, 63, pad=1, eos=2, break_mode="complete")
+    spans = np.asarray(blocks.slice_indices)
+    too_long = spans[:, 1] - spans[:, 0] + 1 > 64
+    expected = np.zeros(int(tokens.sizes.sum()), dtype=bool)
+    for start, end in spans[too_long]:
+        expected[start:end] = True
+    loaded = ScoreFile(split + ".se_scores", split)
+    recorded = np.zeros_like(expected)
+    for start, end in loaded.unscored_ranges:
+        recorded[start:end] = True
+    assert too_long.sum() > 5 and (recorded == expected).all()
+    assert loaded.num_unscored == loaded.meta["summary"]["tokens_not_scored"] == expected.sum()

@@ -27,13 +27,39 @@ def add_bench_args(parser):
     return parser
 
 
+USAGE = ("se-bench DATA [--task TASK] [task options] [dataset options: --max-tokens N | "
+         "--batch-size N, --num-workers N ...] [--baseline-task TASK] [--rounds N] "
+         "[--split SPLIT] [--max-batches N]")
+
+
+def print_help(task):
+    """One help text: DATA, se-bench's own options, then the task's and the dataset's
+    options as fairseq-train parses them (fairseq's own --help lists no task options)."""
+    from fairseq import options
+    from fairseq.tasks import TASK_REGISTRY
+
+    parser = argparse.ArgumentParser(prog="se-bench", usage=USAGE, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_args(parser)
+    parser.add_argument("--task", default="se_mlm",
+                        help="task under test (default: se_mlm); any fairseq-train option of "
+                        "the task and of data loading applies to both tasks")
+    if task not in TASK_REGISTRY:
+        raise SystemExit(f"se-bench: unknown --task {task}")
+    TASK_REGISTRY[task].add_args(parser.add_argument_group(f"task {task} (DATA is its data)"))
+    options.add_dataset_args(parser, train=True)
+    parser.print_help()
+
+
 def parse(argv):
     from fairseq import options
 
     bench_parser = add_bench_args(argparse.ArgumentParser(add_help=False))
     bench_args, rest = bench_parser.parse_known_args(argv)
+    task = rest[rest.index("--task") + 1] if "--task" in rest[:-1] else "se_mlm"
     if "-h" in rest or "--help" in rest:
-        bench_parser.print_help()
+        print_help(task)
+        raise SystemExit(0)
     parser = options.get_training_parser()
     add_bench_args(parser)
     if "--task" not in rest:
@@ -41,6 +67,12 @@ def parse(argv):
     if "--arch" not in rest and "-a" not in rest:
         rest = rest + ["--arch", "roberta_base"]  # needed by the parser, unused here
     args = options.parse_args_and_arch(parser, rest)
+    if getattr(args, "se_online", False):
+        raise SystemExit(
+            "se-bench: --se-online masks in the train step (it scores each batch with the live "
+            "model), not in the data pipeline, so se-bench would time an unmasked collater; "
+            "time online SE with benchmarks/bench_token_ls.py --online, or bench the offline "
+            "modes (--se-select topk, sample, threshold) here")
     base_argv = _replace_task(rest, bench_args.baseline_task)
     base_args, _ = options.parse_args_and_arch(
         add_bench_args(options.get_training_parser()), base_argv, parse_known=True

@@ -136,15 +136,18 @@ def main(argv=None):
 
 def _score_rarity(args):
     """--metric rarity: unigram surprisal from the train split's counts; no model, no blocking."""
+    import json
+
     from se_fairseq import rarity
-    from se_fairseq.scoring_job import format_summary, summarize
+    from se_fairseq.scoring_job import format_summary
 
     if args.path:
         logger.info("--metric rarity uses no checkpoint; ignoring --path")
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # one pass over the token file: nothing to shard
-    (array_path, meta_path), scores = rarity.write_score_file(args.data, args.split, args.out)
-    print(format_summary("rarity", summarize(scores[scores > 0])))  # special tokens score 0
+    (array_path, meta_path), _ = rarity.write_score_file(args.data, args.split, args.out)
+    with open(meta_path) as f:
+        print(format_summary("rarity", json.load(f)["summary"]))  # of the non-special tokens
     print(f"wrote {array_path} and {meta_path}")
     return 0
 

@@ -6,7 +6,11 @@ A split ``data-bin/train.{bin,idx}`` gets two files beside it:
   one score per token of ``train.bin``, in the same order; sequence ``i``'s
   scores start at the sum of the sizes of the sequences before it.
 - ``train.se_scores.json``: what the scores were computed from: metric,
-  checkpoint, blocking, and a fingerprint of the corpus.
+  checkpoint, blocking, a fingerprint of the corpus, and ``unscored_ranges``:
+  the ``[start, end)`` token offsets (file order) that hold no score (blocks
+  se-score skipped as longer than the model). Their array entries are 0; they
+  are not scores, and readers must not rank them (ScoreDataset marks them NaN
+  in memory, se_mlm never selects them by score).
 
 float16 keeps the file at the size of the token file; numpy, not torch, holds
 it (torch's uint16/float16 memory-mapping support is thin). Readers memory-map
@@ -83,9 +87,19 @@ def corpus_fingerprint(split_path):
     }
 
 
-def write(prefix, scores, *, metric, checkpoint, blocking, fingerprint, extra=None):
-    """Atomically write a score file (array + metadata). Returns the paths."""
+def write(prefix, scores, *, metric, checkpoint, blocking, fingerprint, extra=None,
+          unscored_ranges=()):
+    """Atomically write a score file (array + metadata). Returns the paths.
+
+    ``unscored_ranges``: ``(start, end)`` token offsets that hold no score (0 in the
+    array); recorded so that no reader ranks them as scores.
+    """
     scores = np.asarray(scores)
+    unscored_ranges = [[int(a), int(b)] for a, b in unscored_ranges]
+    for a, b in unscored_ranges:
+        if not 0 <= a < b <= len(scores):
+            raise ScoreFileError(f"{prefix}: unscored range [{a}, {b}) outside the "
+                                 f"{len(scores)} scores")
     if scores.ndim != 1:
         raise ScoreFileError(f"{prefix}: scores must be a flat array, got shape {scores.shape}")
     if len(scores) != fingerprint["num_tokens"]:
@@ -94,6 +108,8 @@ def write(prefix, scores, *, metric, checkpoint, blocking, fingerprint, extra=No
         )
     if np.isnan(scores).any():
         raise ScoreFileError(f"{prefix}: refusing to write NaN scores")
+    if any(b[0] < a[1] for a, b in zip(unscored_ranges, unscored_ranges[1:])):
+        raise ScoreFileError(f"{prefix}: unscored ranges must be sorted and disjoint")
     array_path, meta_path = paths(prefix)
     meta = {
         "format": FORMAT,
@@ -103,6 +119,7 @@ def write(prefix, scores, *, metric, checkpoint, blocking, fingerprint, extra=No
         "checkpoint": checkpoint,
         "blocking": blocking,
         "corpus": fingerprint,
+        "unscored_ranges": unscored_ranges,
     }
     meta.update(extra or {})
     atomic_save_npy(array_path, scores.astype(SCORE_DTYPE))
@@ -176,7 +193,41 @@ class ScoreFile:
                 f"{expected['num_tokens']} tokens (truncated file?)"
             )
         self.array_path, self.meta_path = array_path, meta_path
+        ranges = self.meta.get("unscored_ranges", [])
+        self.unscored_ranges = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+        starts, ends = self.unscored_ranges[:, 0], self.unscored_ranges[:, 1]
+        if len(starts) and ((starts >= ends).any() or starts.min() < 0
+                            or ends.max() > len(self.scores) or (starts[1:] < ends[:-1]).any()):
+            raise ScoreFileError(f"{meta_path}: damaged unscored_ranges")
 
     @property
     def metric(self):
         return self.meta.get("metric")
+
+    @property
+    def blocking(self):
+        return self.meta.get("blocking") or {}
+
+    @property
+    def records_unscored(self):
+        """False for files written before unscored tokens were recorded: their skipped
+        blocks hold 0 like a score (the summary still counts them)."""
+        return "unscored_ranges" in self.meta
+
+    @property
+    def num_unscored(self):
+        if self.records_unscored:
+            return int((self.unscored_ranges[:, 1] - self.unscored_ranges[:, 0]).sum())
+        return int((self.meta.get("summary") or {}).get("tokens_not_scored", 0))
+
+    def blocking_mismatch(self, tokens_per_sample, sample_break_mode):
+        """The blocking this file was scored with where it differs from a run's:
+        {option: (score file, run)}; empty when they agree or the scores do not depend
+        on blocking. Keys the file does not record are not compared."""
+        recorded = self.blocking
+        if recorded.get("independent_of_blocking"):
+            return {}
+        run = {"tokens_per_sample": int(tokens_per_sample),
+               "sample_break_mode": str(sample_break_mode)}
+        return {k: (recorded[k], v) for k, v in run.items()
+                if k in recorded and recorded[k] != v}

@@ -1,10 +1,14 @@
 """Blocks of tokens (with their scores), masked by SE a whole batch at a time."""
+import logging
+
 import numpy as np
 import torch
 from fairseq.data import FairseqDataset, data_utils
 
 from se_fairseq.data.se_masking import row_seeds
 from se_fairseq.reference_forward import ONLINE_SEEDS
+
+logger = logging.getLogger(__name__)
 
 
 class SelfEvolutionMaskDataset(FairseqDataset):
@@ -28,6 +32,7 @@ class SelfEvolutionMaskDataset(FairseqDataset):
         self.pad_idx = pad_idx
         self.seed = seed
         self.epoch = 1
+        self._warned_empty = False
 
     @property
     def online(self):
@@ -84,7 +89,29 @@ class SelfEvolutionMaskDataset(FairseqDataset):
             batch[ONLINE_SEEDS] = seeds
             return batch
         scores = data_utils.collate_tokens([s["scores"].float() for s in samples], 0.0)
-        source, target = self.masker.mask(tokens, scores, seeds)
+        unscored = torch.isnan(scores)  # tokens the score file records as unscored
+        if unscored.any():
+            source, target = self.masker.mask(tokens, scores.masked_fill(unscored, 0.0), seeds,
+                                              scored=~unscored)
+        else:
+            source, target = self.masker.mask(tokens, scores, seeds)
+        if self.masker.mode == "threshold" and not self.masker.threshold_fallback:
+            self._warn_if_nothing_selected(target, scores.masked_fill(unscored, float("-inf")))
         batch["net_input"] = {"src_tokens": source, "src_lengths": lengths}
         batch["target"] = target
         return batch
+
+    def _warn_if_nothing_selected(self, target, scores):
+        """--se-threshold-fallback none: a batch with no token above the threshold trains
+        on nothing (fairseq logs loss -1 and gnorm 0); say so, with figures, once per
+        process (DataLoader workers each warn once)."""
+        if self._warned_empty or target.ne(self.pad_idx).any():
+            return
+        self._warned_empty = True
+        logger.warning(
+            f"--se-select threshold --se-threshold-fallback none: no token of a batch of "
+            f"{target.size(0)} blocks scores above the threshold {self.masker.threshold:g} "
+            f"(its highest score is {float(scores.max()):.4g}), so nothing is masked and the "
+            "step trains on nothing (fairseq then logs loss -1, gnorm 0); lower --se-threshold "
+            "or use --se-threshold-fallback random (masked_lm masking for such rows). Warned "
+            "once per process")

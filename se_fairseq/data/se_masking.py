@@ -71,13 +71,17 @@ class SelfEvolutionMasker:
         """tokens (B, L) int64 padded, scores (B, L) float, indices (B,) sample ids."""
         return self.mask(tokens, scores, torch.from_numpy(row_seeds(self.seed, epoch, indices)))
 
-    def mask(self, tokens, scores, seeds):
+    def mask(self, tokens, scores, seeds, scored=None):
         """Masks a batch on its own device; ``seeds`` from ``row_seeds``.
 
+        ``scored`` (bool, like ``tokens``; None = all): positions that hold a score;
+        the others are not eligible (never selected, not counted in the budget).
         Returns (source, target): target holds the original token at every
         selected position and pad elsewhere.
         """
         eligible = ~self.special.to(tokens.device)[tokens]
+        if scored is not None:
+            eligible &= scored.to(tokens.device)
         seeds = seeds.to(tokens.device)
         if self.word_begins is None:
             selected, fallback = self._select(scores, eligible, seeds)

@@ -2,6 +2,7 @@
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import II
-from fairseq import utils
+from fairseq import metrics, utils
 from fairseq.data import (
     MaskTokensDataset,
     PrependTokenDataset,
@@ -55,6 +56,27 @@ DEFAULT_THRESHOLDS = {
     "confidence": -(_P_SURE * math.log(_P_SURE) + (1 - _P_SURE) * math.log(1 - _P_SURE)),
 }
 
+
+class SelfEvolutionConfigError(ValueError):
+    """A configuration se_mlm refuses at start-up; fairseq-train prints it as one line."""
+
+
+def _one_line_refusals(previous):
+    """sys.excepthook: a refusal of se_mlm (or a score file that does not fit the run)
+    that nothing caught ends the program with its message on one line, as argparse
+    errors do, instead of a traceback through fairseq-train's set-up; every other
+    exception goes to the previous hook."""
+    def hook(kind, err, tb):
+        if isinstance(err, (SelfEvolutionConfigError, score_file.ScoreFileError)):
+            print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {err}", file=sys.stderr)
+            return
+        previous(kind, err, tb)
+    hook.se_fairseq_one_line = True
+    return hook
+
+
+if not getattr(sys.excepthook, "se_fairseq_one_line", False):
+    sys.excepthook = _one_line_refusals(sys.excepthook)
 
 
 @dataclass
@@ -121,6 +143,7 @@ class SelfEvolutionMLMConfig(MaskedLMConfig):
         },
     )
     train_subset: str = II("dataset.train_subset")
+    skip_invalid_size_inputs_valid_test: bool = II("dataset.skip_invalid_size_inputs_valid_test")
     # fairseq-train's top-level --bpe options: --mask-whole-words needs them to find where
     # words begin (masked_lm reads a self.args that dataclass tasks do not have).
     se_bpe: Any = II("bpe")
@@ -159,7 +182,30 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         super().__init__(cfg, dictionary)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
-        self.datasets[split] = EpochSyncDataset(self._load_split(split, epoch, combine))
+        dataset = self._load_split(split, epoch, combine)
+        if split != self.cfg.train_subset:
+            self._check_valid_sizes(split, dataset)
+        self.datasets[split] = EpochSyncDataset(dataset)
+
+    def _check_valid_sizes(self, split, dataset):
+        """fairseq-train skips training blocks longer than the positions, but stops at the
+        first validation on such a block unless told to skip them: refuse now, not after
+        an epoch of training."""
+        try:
+            skip = bool(self.cfg.skip_invalid_size_inputs_valid_test)
+        except Exception:  # a config without fairseq-train's dataset options
+            return
+        sizes = dataset.sizes[0] if isinstance(dataset.sizes, list) else dataset.sizes
+        sizes = np.asarray(sizes)
+        too_long = int((sizes > self.cfg.tokens_per_sample).sum())
+        if too_long and not skip:
+            raise SelfEvolutionConfigError(
+                f"{too_long} of the {len(sizes)} blocks of split {split} are longer than "
+                f"--tokens-per-sample {self.cfg.tokens_per_sample} (the longest has "
+                f"{int(sizes.max())} tokens: --sample-break-mode {self.cfg.sample_break_mode} "
+                "keeps long sentences whole); fairseq-train would stop at the first validation. "
+                "Add --skip-invalid-size-inputs-valid-test (skips them, as training skips its "
+                "own), or use --sample-break-mode none")
 
     def _load_split(self, split, epoch, combine):
         if self.cfg.se_select == "random":
@@ -218,10 +264,12 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         split_path = self._split_path(split, epoch)
         scores = score_file.ScoreFile(prefix, split_path)
         if scores.metric != self.cfg.se_metric:
-            raise ValueError(
+            raise SelfEvolutionConfigError(
                 f"score file {scores.meta_path} holds '{scores.metric}' scores but "
                 f"--se-metric is '{self.cfg.se_metric}'"
             )
+        self._check_blocking(scores)
+        self._report_unscored(scores)
         tokens = self._load_tokens(split, split_path, combine)
         score_items = ScoreDataset(scores, tokens.sizes)
         # the same (seeded) crop of tokens and of their scores
@@ -236,14 +284,72 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             f"loaded {len(blocks[0])} blocks from {split_path} with {scores.metric} scores "
             f"from {scores.array_path} (--se-select {self.cfg.se_select})"
         )
-        dataset = SelfEvolutionMaskDataset(blocks[0], blocks[1], self.build_masker(),
+        masker = self.build_masker()
+        if masker.mode == "threshold":
+            self._report_threshold(scores, masker)
+        dataset = SelfEvolutionMaskDataset(blocks[0], blocks[1], masker,
                                            self.dictionary.pad(), self.cfg.seed)
         return self._shuffled(dataset)
 
+    def _check_blocking(self, scores):
+        """Scores are computed per block: a run that cuts other blocks would train on
+        scores of other contexts, and on tokens se-score skipped. Refused."""
+        differ = scores.blocking_mismatch(self.cfg.tokens_per_sample, self.cfg.sample_break_mode)
+        if differ:
+            theirs = " ".join(f"--{k.replace('_', '-')} {a}" for k, (a, _) in differ.items())
+            ours = " ".join(f"--{k.replace('_', '-')} {b}" for k, (_, b) in differ.items())
+            raise score_file.ScoreFileError(
+                f"score file {scores.meta_path} was computed on blocks of {theirs}, but this run "
+                f"cuts {ours}: train with the score file's blocking, or rescore with "
+                f"se-score ... {ours}")
+
+    @staticmethod
+    def _report_unscored(scores):
+        count = scores.num_unscored
+        if not count:
+            return
+        if scores.records_unscored:
+            logger.info(
+                f"{scores.meta_path}: {count} tokens in {len(scores.unscored_ranges)} blocks have "
+                "no score (se-score skipped them as longer than the model, as fairseq-train skips "
+                "them under the same blocking); wherever they reach a batch (e.g. through "
+                "--shorten-method) they are not eligible for masking")
+        else:
+            logger.warning(
+                f"{scores.meta_path}: {count} tokens were not scored (blocks longer than the "
+                "model) but this file, from an older se-score, does not record which: they hold "
+                "score 0 and rank lowest wherever a batch holds them; rescore with se-score to "
+                "record them")
+
+    def _report_threshold(self, scores, masker, chunk=1 << 24):
+        """The threshold in use and the share of the scored tokens above it."""
+        above = total = 0
+        for start in range(0, len(scores.scores), chunk):
+            piece = np.asarray(scores.scores[start:start + chunk], dtype=np.float32)
+            above += int((piece > masker.threshold).sum())
+            total += len(piece)
+        total -= scores.num_unscored if scores.records_unscored else 0
+        share = 100.0 * above / max(total, 1)
+        source = "--se-threshold" if self.cfg.se_threshold is not None else \
+            f"the default for {self.cfg.se_metric}"
+        rows = ("get masked_lm masking" if masker.threshold_fallback
+                else "stay unmasked (--se-threshold-fallback none)")
+        message = (f"--se-select threshold: threshold {masker.threshold:.4g} ({source}); "
+                   f"{share:.1f} % of the {total} scored tokens of {scores.array_path} "
+                   f"(special tokens included) score above it and are masked; blocks with "
+                   f"none above it {rows}")
+        if above == 0 and not masker.threshold_fallback:
+            logger.warning(message + ": no token is ever masked, every step trains on nothing")
+        else:
+            logger.info(message)
+
     def _load_online_split(self, split, epoch, combine):
         blocks = self._load_dataset_split(split, epoch, combine)  # brings --shorten-method
-        logger.info(f"{split}: --se-online, --se-select {self.cfg.se_select}, --se-metric "
-                    f"{self.cfg.se_metric}")
+        threshold = ""
+        if self.cfg.se_select == "threshold":
+            threshold = f" (threshold {self.build_masker().threshold:.4g}; masked_pct logs the share)"
+        logger.info(f"{split}: --se-online, --se-select {self.cfg.se_select}{threshold}, "
+                    f"--se-metric {self.cfg.se_metric}")
         dataset = SelfEvolutionMaskDataset(blocks, None, None, self.dictionary.pad(), self.cfg.seed)
         return self._shuffled(dataset)
 
@@ -283,7 +389,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             return None
         bpe = self.cfg.se_bpe
         if bpe is None or not bpe.get("_name"):
-            raise ValueError(
+            raise SelfEvolutionConfigError(
                 "--mask-whole-words needs --bpe (and its options, e.g. --bpe sentencepiece "
                 "--sentencepiece-model PATH) to know where words begin"
             )
@@ -313,7 +419,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
     def build_criterion(self, cfg, from_checkpoint=False):
         criterion = super().build_criterion(cfg, from_checkpoint)
         if self.cfg.se_online and not isinstance(criterion, TokenLabelSmoothingCriterion):
-            raise ValueError(
+            raise SelfEvolutionConfigError(
                 f"--se-online needs --criterion token_ls (got {type(criterion).__name__}): its "
                 "reference forward is what scores the batch"
             )
@@ -322,6 +428,12 @@ class SelfEvolutionMLMTask(MaskedLMTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if ONLINE_SEEDS in sample:
             sample = self.mask_online(sample, model, criterion)
+        if self.cfg.se_select == "threshold" and sample.get("target") is not None:
+            # the threshold sets how much is masked: log it (percent of the batch's tokens;
+            # tensors, so no host sync per step)
+            ntokens = sample["ntokens"]
+            masked = sample["target"].ne(self.dictionary.pad()).sum()
+            metrics.log_scalar("masked_pct", 100.0 * masked / max(ntokens, 1), ntokens, round=1)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def mask_online(self, sample, model, criterion):
@@ -359,39 +471,39 @@ class SelfEvolutionMLMTask(MaskedLMTask):
 
 def _check_config(cfg):
     if cfg.se_online and cfg.se_select == "random":
-        raise ValueError("--se-online selects by score: use --se-select topk, sample or threshold")
+        raise SelfEvolutionConfigError("--se-online selects by score: use --se-select topk, sample or threshold")
     if cfg.se_online and str(cfg.se_metric) not in ONLINE_METRICS:
-        raise ValueError(f"--se-online scores with the live model: --se-metric must be one of "
+        raise SelfEvolutionConfigError(f"--se-online scores with the live model: --se-metric must be one of "
                          f"{', '.join(ONLINE_METRICS)}, not {cfg.se_metric} (a score file's metric)")
     if not 0.0 < cfg.mask_prob < 1.0:
-        raise ValueError(f"--mask-prob must lie in (0, 1), got {cfg.mask_prob}")
+        raise SelfEvolutionConfigError(f"--mask-prob must lie in (0, 1), got {cfg.mask_prob}")
     for name in ("leave_unmasked_prob", "random_token_prob"):
         value = getattr(cfg, name)
         if value is not None and not 0.0 <= value <= 1.0:
-            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
+            raise SelfEvolutionConfigError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
     if sum(resolved_replacement(cfg)) > 1.0:
-        raise ValueError("--leave-unmasked-prob plus --random-token-prob must not exceed 1 "
+        raise SelfEvolutionConfigError("--leave-unmasked-prob plus --random-token-prob must not exceed 1 "
                          "(unset, each is 0.1 with --se-select random, else 0)")
     if cfg.se_temperature <= 0:
-        raise ValueError(f"--se-temperature must be positive, got {cfg.se_temperature}")
+        raise SelfEvolutionConfigError(f"--se-temperature must be positive, got {cfg.se_temperature}")
     if cfg.se_select != "random" and (cfg.mask_multiple_length != 1 or cfg.mask_stdev != 0):
-        raise ValueError(
+        raise SelfEvolutionConfigError(
             "--mask-multiple-length/--mask-stdev are fairseq random-masking options; they "
             "apply only with --se-select random"
         )
     if cfg.se_threshold is not None and cfg.se_select != "threshold":
-        raise ValueError(f"--se-threshold applies to --se-select threshold, not {cfg.se_select}")
+        raise SelfEvolutionConfigError(f"--se-threshold applies to --se-select threshold, not {cfg.se_select}")
     if (cfg.se_select == "threshold" and cfg.se_threshold is None
             and str(cfg.se_metric) not in DEFAULT_THRESHOLDS):
-        raise ValueError(f"--se-select threshold with --se-metric {cfg.se_metric} needs "
+        raise SelfEvolutionConfigError(f"--se-select threshold with --se-metric {cfg.se_metric} needs "
                          "--se-threshold (there is no default for that metric)")
     if not 0.0 <= cfg.se_random_share <= 1.0:
-        raise ValueError(f"--se-random-share must lie in [0, 1], got {cfg.se_random_share}")
+        raise SelfEvolutionConfigError(f"--se-random-share must lie in [0, 1], got {cfg.se_random_share}")
     if cfg.se_random_share > 0 and cfg.se_select not in ("topk", "sample"):
-        raise ValueError("--se-random-share splits the budget of --se-select topk or sample, "
+        raise SelfEvolutionConfigError("--se-random-share splits the budget of --se-select topk or sample, "
                          f"not {cfg.se_select}")
     if getattr(cfg, "d2v2_multi", False):
-        raise ValueError("--d2v2-multi (data2vec batches) is not supported by se_mlm")
+        raise SelfEvolutionConfigError("--d2v2-multi (data2vec batches) is not supported by se_mlm")
 
 
 def resolved_replacement(cfg):
