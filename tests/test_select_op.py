@@ -338,7 +338,12 @@ def mixed_device_cases(a, b):
 
 @pytest.mark.parametrize("use_extension", [True, False])
 def test_mixed_devices_are_an_error_meta(use_extension):
-    """Without a GPU: CPU tensors mixed with meta tensors (the fake kernel)."""
+    """Without a GPU: CPU tensors mixed with meta tensors. Covers the Python wrapper's
+    check (``select``, both paths) and the op called through the dispatcher, which picks
+    the fake (meta) kernel for such a mix, and that kernel runs the wrapper's Python check;
+    neither reaches the C++ TORCH_CHECK. The C++ check itself is tested in
+    tests/test_oracles.py (redispatch to the CPU kernel) and, on a GPU, by
+    test_mixed_devices_are_an_error_cuda below."""
     for a, b in (("cpu", "meta"), ("meta", "cpu")):
         for name, (s, e, sd, k) in mixed_device_cases(a, b):
             with pytest.raises(RuntimeError, match=f"one device.*{name} on"):
