@@ -89,7 +89,7 @@ def test_device_hash_is_the_reference_hash_bit_for_bit():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("policy", [(0.1, 0.1), (0.3, 0.0), (0.0, 0.5), (0.2, 0.8)])
+@pytest.mark.parametrize("policy", [(0.1, 0.1), (0.3, 0.0), (0.0, 0.5), (0.2, 0.8), (0.0, 1.0)])
 @pytest.mark.parametrize("freq_weighted", [False, True])
 def test_replacement_equals_the_numpy_policy(device, policy, freq_weighted):
     d, mask_idx = dictionary()
@@ -173,3 +173,56 @@ def test_no_host_transfer_on_cpu(monkeypatch):
     got = masker.mask(tokens, scores, seeds)
     monkeypatch.undo()
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def splitmix64_int(x):
+    """splitmix64 on Python integers mod 2^64 (written from its definition)."""
+    mask = (1 << 64) - 1
+    x = (x + 0x9E3779B97F4A7C15) & mask
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+    return x ^ (x >> 31)
+
+
+def test_row_seeds_hash_seed_epoch_and_index():
+    """row seed = splitmix64(splitmix64(splitmix64(seed) ^ epoch) ^ index), as int64 bits."""
+    for seed, epoch in ((1, 1), (5, 3), (-7, 2), (2**40 + 3, 10)):
+        indices = [0, 1, 17, 2**31 + 5]
+        base = splitmix64_int(splitmix64_int(seed & ((1 << 64) - 1)) ^ epoch)
+        want = [splitmix64_int(base ^ i) for i in indices]
+        want = [w - (1 << 64) if w >= 1 << 63 else w for w in want]
+        got = row_seeds(seed, epoch, indices)
+        assert got.dtype == np.int64 and got.tolist() == want
+
+
+def test_replacement_distribution_and_special_tokens():
+    """Random replacements: uniform over the ordinary words, or proportional to their
+    dictionary counts; never a special token or <mask>. The masker refuses a share
+    outside [0, 1] and its special set is the first nspecial ids plus <mask>."""
+    d, mask_idx = dictionary()
+    uniform = SelfEvolutionMasker(d, mask_idx, mask_prob=0.1, mode="topk", seed=0)
+    weighted = SelfEvolutionMasker(d, mask_idx, mask_prob=0.1, mode="topk", seed=0,
+                                   freq_weighted_replacement=True)
+    ordinary = np.array([0.0] * d.nspecial + [1.0] * (len(d) - d.nspecial))
+    ordinary[mask_idx] = 0.0
+    counts = np.array(d.count, dtype=np.float64) * ordinary
+    np.testing.assert_allclose(uniform.replacement_cdf, np.cumsum(ordinary) / ordinary.sum())
+    np.testing.assert_allclose(weighted.replacement_cdf, np.cumsum(counts) / counts.sum())
+    special = torch.zeros(len(d), dtype=torch.bool)
+    special[: d.nspecial] = True
+    special[mask_idx] = True
+    assert torch.equal(uniform.special, special)
+    for share in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="random_share must lie in"):
+            SelfEvolutionMasker(d, mask_idx, mask_prob=0.1, mode="topk", seed=0,
+                                random_share=share)
+    # replacement ids drawn from the CDF follow it: many draws against the counts
+    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.99, mode="topk", seed=0,
+                                 random_token_prob=1.0, freq_weighted_replacement=True)
+    tokens = torch.full((400, 60), 10)
+    tokens[:, 0], tokens[:, -1] = d.bos(), d.eos()
+    source, target = masker.mask(tokens, torch.rand(400, 60), torch.arange(400))
+    drawn = source[target.ne(d.pad())]
+    assert drawn.numel() > 20000 and not ((drawn < d.nspecial) | (drawn == mask_idx)).any()
+    share = np.bincount(drawn.numpy(), minlength=len(d)) / drawn.numel()
+    np.testing.assert_allclose(share, counts / counts.sum(), atol=0.01)

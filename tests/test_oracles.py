@@ -16,7 +16,6 @@ import torch
 import se_fairseq
 from se_fairseq.ops import select
 from se_fairseq.ops.reference import TOPK, select_reference
-from se_fairseq.testing import binarize
 
 select_module = importlib.import_module("se_fairseq.ops.select")
 HAS_CUDA = torch.cuda.is_available()
@@ -121,21 +120,37 @@ def test_se_bench_measures_rates_and_medians_of_known_delays(monkeypatch):
 WORDS = ["the", "of", "cat", "sat", "mat", "zebra", "quokka"]
 
 
+def binarize_in_process(text_path, dictionary, prefix):
+    """What fairseq-preprocess --only-source --srcdict does, with fairseq's own writer."""
+    from fairseq.data import indexed_dataset
+
+    builder = indexed_dataset.MMapIndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    for line in open(text_path):
+        builder.add_item(dictionary.encode_line(line, add_if_not_exist=False,
+                                                append_eos=True).long())
+    builder.finalize(prefix + ".idx")
+
+
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
     """Train text over 6 of the 7 dictionary words ('quokka' only in valid), binarized
     with that dictionary; valid also holds a word outside it (<unk>)."""
+    from fairseq.data import Dictionary
+
     root = tmp_path_factory.mktemp("rarity")
     rng = np.random.default_rng(5)
     p = np.array([20, 10, 5, 3, 2, 1], dtype=float)
     train = [" ".join(rng.choice(WORDS[:6], size=rng.integers(1, 12), p=p / p.sum()))
              for _ in range(60)]
     valid = ["quokka the cat", "unseen the of", "zebra"]
-    (root / "train.txt").write_text("\n".join(train) + "\n")
-    (root / "valid.txt").write_text("\n".join(valid) + "\n")
-    (root / "dict.txt").write_text("".join(f"{w} 1\n" for w in WORDS))
-    data = binarize(str(root), str(root / "data-bin"), srcdict=str(root / "dict.txt"))
-    return data, train, valid
+    data = root / "data-bin"
+    data.mkdir()
+    (data / "dict.txt").write_text("".join(f"{w} 1\n" for w in WORDS))
+    dictionary = Dictionary.load(str(data / "dict.txt"))
+    for split, lines in (("train", train), ("valid", valid)):
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        binarize_in_process(str(root / f"{split}.txt"), dictionary, str(data / split))
+    return str(data), train, valid
 
 
 @pytest.mark.parametrize("split", ["train", "valid"])

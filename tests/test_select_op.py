@@ -412,3 +412,47 @@ def opcheck_samples(device):
 def test_opcheck(device):
     for args in opcheck_samples(device):
         torch.library.opcheck(torch.ops.se_fairseq.select.default, args)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s, e, sd: (s[0], e[0], sd), "scores must be 2-D"),
+    (lambda s, e, sd: (s.double(), e, sd), "scores must be float32"),
+    (lambda s, e, sd: (s, e.int(), sd), "eligible must be a bool tensor shaped like scores"),
+    (lambda s, e, sd: (s, e[:, :3], sd), "eligible must be a bool tensor shaped like scores"),
+    (lambda s, e, sd: (s, e, sd.int()), "seeds must be int64 with one per row"),
+    (lambda s, e, sd: (s, e, sd[:1]), "seeds must be int64 with one per row"),
+])
+def test_fake_kernel_checks_like_the_cpp_kernel(change, message):
+    """The fake (meta) kernel refuses what the C++ kernel refuses, with its message."""
+    scores, eligible, seeds = random_batch(rows=2, length=4)
+    for device in ("meta", "cpu"):
+        args = change(*to(device, scores, eligible, seeds))
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.se_fairseq.select(*args, None, 0.15, TOPK, 0.0, 1.0)
+
+
+def test_wrapper_converts_argument_types():
+    """select() accepts float64/float16 scores, uint8 eligibility and int32 seeds, and
+    selects as the op on float32 / bool / int64 (scores are compared in float32)."""
+    scores, eligible, _ = random_batch(seed=11)
+    seeds = torch.arange(len(scores)) * 7919 - 100  # int32-representable
+    want = select(scores, eligible, seeds, ratio=0.3, mode="sample", temperature=0.5)
+    for use_extension in (True, False):
+        got = select(scores.double(), eligible.to(torch.uint8), seeds.int(), ratio=0.3,
+                     mode="sample", temperature=0.5, use_extension=use_extension)
+        assert got.dtype == torch.bool and torch.equal(got, want)
+        got = select(scores, eligible, seeds, ratio=0.3, mode=SAMPLE, temperature=0.5,
+                     use_extension=use_extension)  # the mode as its number
+        assert torch.equal(got, want)
+    with torch.enable_grad():
+        leaf = scores.clone().requires_grad_()
+        assert torch.equal(select(leaf, eligible, seeds, ratio=0.3, mode="sample",
+                                  temperature=0.5), want)
+
+
+def test_kernel_lookup_by_device_type():
+    assert select_module.has_kernel_for(torch.device("cpu"))
+    assert select_module.has_kernel_for(torch.device("meta"))
+    assert select_module._has_kernel_for_type("cuda") == torch._C._dispatch_has_kernel_for_dispatch_key(
+        "se_fairseq::select", "CUDA")
+    assert not select_module._has_kernel_for_type("no_such_device")

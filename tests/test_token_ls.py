@@ -322,6 +322,13 @@ def test_alpha_out_of_range_is_an_error(setup, alpha):
         setup.criterion("--criterion", "token_ls", "--tls-alpha", alpha)
 
 
+@pytest.mark.parametrize("alpha", ["0", "1"])
+def test_alpha_at_the_ends_of_the_range_is_accepted(setup, alpha):
+    criterion = setup.criterion("--criterion", "token_ls", "--tls-alpha", alpha)
+    assert criterion.alpha == float(alpha) and criterion.reference == "model"
+    assert criterion.logging_outputs_can_be_summed() is True
+
+
 def test_topk_se_mlm_batch_equals_dense_formula(scored_corpus):
     """The SE setting itself: se_mlm masks the top-k tokens by score (all of them
     become <mask>), token_ls trains on them; loss and gradients are the dense
