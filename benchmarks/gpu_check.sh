@@ -3,10 +3,13 @@
 #
 #   bash benchmarks/gpu_check.sh                 # results under $OUT (default ./gpu-check-out)
 #   GPU_CHECK_DRY_RUN=1 bash benchmarks/gpu_check.sh   # print the steps, run nothing
+#   GPU_CHECK_STEPS="venv" bash benchmarks/gpu_check.sh  # some steps only (names below)
 #
 # Made for the device machine: Python 3.12 with a CUDA torch (2.11+cu130) and nvcc, no
 # fairseq, no network. Before: `bash benchmarks/gpu_prep_wheels.sh` on a machine with PyPI
-# access, and carry wheels/ along. Steps (about 6-8 minutes on one H200):
+# access; carry wheels/b in a first call with GPU_CHECK_STEPS=venv, then wheels/a with the
+# full script (64 MiB per call; .gpu-venv stays on the warm machine between the two).
+# Steps (estimated 6-8 minutes on one H200; never run yet):
 #   1. env      nvidia-smi, torch and nvcc versions
 #   2. venv     .gpu-venv (--system-site-packages: the machine's torch), the carried wheels
 #               installed with --no-index --no-deps (skipped when fairseq imports already)
@@ -55,9 +58,25 @@ make_venv() {
   if "$VENV/bin/python" -c "import fairseq" 2>/dev/null; then
     echo "fairseq imports already: nothing to install"; return 0
   fi
-  ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "no wheels in $WHEELS/: run benchmarks/gpu_prep_wheels.sh first"; return 1; }
-  "$VENV/bin/python" -m pip install --no-index --no-deps --disable-pip-version-check "$WHEELS"/*.whl || return 1
-  "$VENV/bin/python" -c "import fairseq, torch; print('fairseq', fairseq.__version__, 'torch', torch.__version__)"
+  # the wheels carried (wheels/a, wheels/b or both), less what the machine has already
+  mapfile -t wheels < <(find "$WHEELS" -name '*.whl' 2>/dev/null | sort)
+  [ ${#wheels[@]} -gt 0 ] || { echo "no wheels under $WHEELS/: run benchmarks/gpu_prep_wheels.sh first"; return 1; }
+  mapfile -t missing < <("$VENV/bin/python" - "${wheels[@]}" <<'PY'
+import importlib.metadata as md, os, re, sys
+for path in sys.argv[1:]:
+    name = re.sub(r"[-_.]+", "-", os.path.basename(path).split("-")[0]).lower()
+    try:
+        md.version(name)
+    except md.PackageNotFoundError:
+        print(path)
+PY
+)
+  echo "installing ${#missing[@]} of ${#wheels[@]} carried wheels: ${missing[*]##*/}"
+  if [ ${#missing[@]} -gt 0 ]; then
+    "$VENV/bin/python" -m pip install --no-index --no-deps --disable-pip-version-check "${missing[@]}" || return 1
+  fi
+  "$VENV/bin/python" -c "import fairseq, torch; print('fairseq', fairseq.__version__, 'torch', torch.__version__)" \
+    || { echo "fairseq does not import yet: carry the other wheels part (see gpu_prep_wheels.sh)"; return 1; }
 }
 
 build() {
@@ -80,12 +99,14 @@ driver() {
 
 : > "$OUT/summary.txt"
 log "start $(date -u +%FT%TZ) in $PWD, results in $OUT"
-step env env_info
-step venv make_venv
-if step build build; then
-  step cuda cuda_tests
-  step select select_tests
-  step driver driver
+STEPS=" ${GPU_CHECK_STEPS:-env venv build cuda select driver} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
+want env && step env env_info
+want venv && step venv make_venv
+if ! want build || step build build; then
+  want cuda && step cuda cuda_tests
+  want select && step select select_tests
+  want driver && step driver driver
 else
   log "build failed: see $OUT/build.log; the CUDA steps are skipped"
 fi

@@ -5,7 +5,7 @@
 # network; benchmarks/gpu_check.sh installs these wheels there with --no-index.
 # wheels/ is git-ignored: carry it to the device (the run tool's `carry`), never commit it.
 #
-#   bash benchmarks/gpu_prep_wheels.sh            # -> wheels/*.whl (about 60 MB)
+#   bash benchmarks/gpu_prep_wheels.sh            # -> wheels/a (58 MB), wheels/b (35 MB)
 #
 # The list is this venv's own fairseq dependency closure at the versions installed here
 # (so the device runs what the tests here run), minus torch and what comes with it, minus
@@ -61,6 +61,15 @@ for pin in "${PINS[@]}"; do
     esac
   fi
 done
-ls "$DEST" > "$DEST/MANIFEST.txt"
-du -sh "$DEST"
-echo "[gpu-prep] ok: carry $DEST/ with the working tree and run: bash benchmarks/gpu_check.sh"
+# The run tool carries at most 64 MiB per call: scipy (~35 MB, imported by fairseq's
+# sentence_prediction criterion at `import fairseq`) goes to a part of its own.
+mkdir -p "$DEST/a" "$DEST/b"
+mv "$DEST"/scipy-*.whl "$DEST/b/"
+mv "$DEST"/*.whl "$DEST/a/"
+(cd "$DEST" && ls a b) > "$DEST/MANIFEST.txt"
+du -sh "$DEST/a" "$DEST/b"
+echo "[gpu-prep] ok. On the GPU machine (each call carries one part; .gpu-venv stays between"
+echo "[gpu-prep] calls while the machine is warm):"
+echo "[gpu-prep]   carry $DEST/b: GPU_CHECK_STEPS=venv bash benchmarks/gpu_check.sh"
+echo "[gpu-prep]   carry $DEST/a: bash benchmarks/gpu_check.sh"
+echo "[gpu-prep] (wheels of packages the machine already has are skipped there)"

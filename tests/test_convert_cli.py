@@ -82,9 +82,15 @@ def test_installed_command_and_se_score_on_its_output(corpus, tmp_path):
     stored = ScoreFile(split + ".se_scores", split).scores.astype(np.float64)
     flat = np.concatenate(split_tokens(split)).astype(np.int64)
     expected = np.zeros(len(flat))
+    starts = range(0, len(flat), 63)  # break mode none: 63 tokens behind <s>
+    blocks = torch.ones(len(starts), 64, dtype=torch.long)  # right-padded with <pad> = 1
+    for row, start in enumerate(starts):
+        piece = torch.from_numpy(np.concatenate([[0], flat[start:start + 63]]))
+        blocks[row, :len(piece)] = piece
     with torch.no_grad():
-        for start in range(0, len(flat), 63):  # break mode none: 63 tokens behind <s>
-            block = torch.from_numpy(np.concatenate([[0], flat[start:start + 63]]))[None]
-            lprobs = torch.log_softmax(hf(input_ids=block).logits[0].double(), -1)
-            expected[start:start + 63] = -lprobs[torch.arange(1, block.size(1)), block[0, 1:]]
+        logits = hf(input_ids=blocks, attention_mask=blocks.ne(1).long()).logits
+    lprobs = torch.log_softmax(logits.double(), -1)
+    for row, start in enumerate(starts):
+        n = min(63, len(flat) - start)
+        expected[start:start + n] = -lprobs[row, torch.arange(1, n + 1), blocks[row, 1:n + 1]]
     np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-3)
