@@ -218,3 +218,29 @@ def test_online_threshold_selects_live_scores_above_it(corpus):
     assert above.any(dim=1).all()  # no row falls back to random masking
     assert torch.equal(selected & ~near, above & ~near)
     assert 0.3 < selected.sum() / eligible.sum() < 0.7
+
+
+def test_build_masker_takes_every_option_from_the_command_line(scored_corpus):
+    """The masker the task builds holds each parsed option (the behaviour of each is tested
+    above and in test_se_mlm.py; this pins the wiring of all of them at once)."""
+    task, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-select", "sample",
+                        "--seed", "11", "--mask-prob", "0.25", "--se-temperature", "0.7",
+                        "--se-random-share", "0.3", "--leave-unmasked-prob", "0.2",
+                        "--random-token-prob", "0.05", "--freq-weighted-replacement")
+    m = task.build_masker()
+    d = task.source_dictionary
+    assert (m.mode, m.seed, m.mask_prob, m.temperature, m.random_share) == ("sample", 11, 0.25,
+                                                                            0.7, 0.3)
+    assert (m.leave_unmasked_prob, m.random_token_prob) == (0.2, 0.05)
+    assert m.pad == d.pad() and m.mask_idx == task.mask_idx and m.word_begins is None
+    counts = np.array(d.count, dtype=np.float64)
+    counts[: d.nspecial] = 0
+    counts[task.mask_idx] = 0
+    np.testing.assert_allclose(m.replacement_cdf, np.cumsum(counts) / counts.sum())
+    fallback, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-select", "threshold",
+                            "--se-threshold-fallback", "none", "--se-threshold", "2.5")
+    m = fallback.build_masker()
+    assert (m.mode, m.threshold, m.threshold_fallback, m.random_share) == ("threshold", 2.5,
+                                                                           False, 0.0)
+    assert make_task(scored_corpus, "--task", "se_mlm", "--se-select", "threshold")[0] \
+        .build_masker().threshold_fallback is True
