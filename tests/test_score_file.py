@@ -186,3 +186,11 @@ def test_fingerprint_of_a_large_split_samples_its_bytes(tmp_path):
 def test_fingerprint_of_a_missing_split(tmp_path):
     with pytest.raises(ScoreFileError, match="no binarized split"):
         score_file.corpus_fingerprint(str(tmp_path / "none"))
+
+
+def test_reader_refuses_a_pickled_array(corpus, tmp_path):
+    """No pickle is ever loaded: an object array in the .npy is refused as damaged."""
+    split, (array, _), _ = written(corpus, tmp_path)
+    np.save(array, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ScoreFileError, match="damaged score array"):
+        ScoreFile(str(tmp_path / "s"), split)
