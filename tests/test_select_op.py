@@ -456,3 +456,37 @@ def test_kernel_lookup_by_device_type():
     assert select_module._has_kernel_for_type("cuda") == torch._C._dispatch_has_kernel_for_dispatch_key(
         "se_fairseq::select", "CUDA")
     assert not select_module._has_kernel_for_type("no_such_device")
+
+
+@pytest.mark.parametrize("use_extension", [True, False])
+def test_argument_rules_at_their_limits(use_extension):
+    """ratio 0 and 1 are valid (nothing / every eligible position), threshold mode ignores
+    ratio, topk ignores temperature, num_select replaces ratio; unknown modes and
+    misshapen arguments are refused."""
+    scores, eligible, seeds = random_batch(rows=6, length=12, seed=2)
+
+    def run(**kw):
+        return select(scores, eligible, seeds, use_extension=use_extension, **kw)
+
+    for mode in ("topk", "sample"):
+        assert not run(ratio=0.0, mode=mode).any()
+        assert torch.equal(run(ratio=1.0, mode=mode), eligible)
+    assert torch.equal(run(ratio=5.0, mode="threshold", threshold=0.0), eligible & (scores > 0))
+    assert torch.equal(run(mode="topk", temperature=0.0, ratio=0.5), run(mode="topk", ratio=0.5))
+    k = torch.tensor([0, 1, 2, 3, 4, 5])
+    assert run(num_select=k, ratio=7.0, mode="topk").sum(1).tolist() == \
+        torch.minimum(k, eligible.sum(1)).tolist()
+    with pytest.raises((RuntimeError, ValueError), match="unknown mode"):
+        run(mode=3)
+    with pytest.raises((RuntimeError, ValueError)):
+        select(scores[0], eligible[0], seeds, use_extension=use_extension)
+    with pytest.raises((RuntimeError, ValueError)):
+        select(scores, eligible, seeds[:2], use_extension=use_extension)
+
+
+def test_fake_kernel_registration_is_idempotent():
+    """Registering the fake kernel again (a reloaded module) is not an error."""
+    assert extension_available()
+    select_module._register_fake()
+    out = select(*to("meta", *random_batch(rows=2, length=3)), ratio=0.5)
+    assert out.device.type == "meta"
