@@ -155,3 +155,17 @@ def test_write_score_file_in_process(corpus, tmp_path):
     own, unigram = rarity.score_split(data, "valid", counts_split="valid", alpha=2.0)
     assert unigram.alpha == 2.0 and unigram.source == os.path.join(data, "valid")
     assert unigram.counts.sum() == len(valid) and not np.allclose(own, scores)
+
+
+def test_defaults_score_train_under_train_and_forward_alpha(corpus, tmp_path):
+    data = str(shutil.copytree(corpus, tmp_path / "data-bin"))
+    scores, unigram = rarity.score_split(data)
+    assert unigram.source == os.path.join(data, "train")
+    assert len(scores) == len(flat(os.path.join(data, "train")))
+    (array, meta_path), written = rarity.write_score_file(data, alpha=3.0)
+    assert array == os.path.join(data, "train.se_scores.npy")
+    assert json.load(open(meta_path))["rarity"]["smoothing"] == "add-3"
+    np.testing.assert_allclose(written, rarity.score_split(data, alpha=3.0)[0])
+    assert not np.allclose(written, scores)
+    u = rarity.Unigram([0, 0, 0, 0, 10, 30], special=[0, 1, 2, 3])
+    assert u.cross_entropy([5]) == pytest.approx(-np.log(31 / 42) / np.log(2))

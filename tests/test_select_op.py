@@ -490,3 +490,23 @@ def test_fake_kernel_registration_is_idempotent():
     select_module._register_fake()
     out = select(*to("meta", *random_batch(rows=2, length=3)), ratio=0.5)
     assert out.device.type == "meta"
+
+
+def test_reference_defaults_and_float32_scores():
+    """select_reference's defaults are the op's (ratio 0.15, topk, threshold 0, T = 1), and
+    it ranks scores in float32 as the op does: float64 scores equal in float32 tie."""
+    scores, eligible, seeds = random_batch(seed=12)
+    s, e, sd = scores.numpy(), eligible.numpy(), seeds.numpy()
+    np.testing.assert_array_equal(select_reference(s, e, sd),
+                                  select_reference(s, e, sd, ratio=0.15, mode=TOPK))
+    np.testing.assert_array_equal(select_reference(s, e, sd, mode=THRESHOLD), e & (s > 0))
+    np.testing.assert_array_equal(select_reference(s, e, sd, mode=SAMPLE, ratio=0.3),
+                                  select_reference(s, e, sd, mode=SAMPLE, ratio=0.3,
+                                                   temperature=1.0))
+    np.testing.assert_array_equal(select(scores, eligible, seeds).numpy(),
+                                  select_reference(s, e, sd))
+    tie = np.array([[1.0, 1.0 + 1e-12, 0.5]])  # one float32 value: position 0 wins the tie
+    one = np.ones((1, 3), dtype=bool)
+    assert select_reference(tie, one, [0], num_select=[1]).tolist() == [[True, False, False]]
+    assert select(torch.from_numpy(tie), torch.from_numpy(one), torch.tensor([0]),
+                  num_select=torch.tensor([1])).tolist() == [[True, False, False]]
