@@ -135,6 +135,9 @@ def test_threshold_fallback_rows_use_80_10_10(device):
     by_score = selected & ~fallback[:, None]
     assert by_score.any() and (source.cpu()[by_score] == mask_idx).all()  # all <mask>
     assert (source.cpu()[selected & fallback[:, None]] != mask_idx).any()  # some kept/random
+    # fallback rows mask --mask-prob (0.4 here) of their eligible tokens, rounded per row
+    share = selected[fallback].sum() / eligible[fallback].sum()
+    assert abs(float(share) - 0.4) < 0.05
 
 
 @pytest.mark.parametrize("mode", ["topk", "sample", "threshold"])
