@@ -51,8 +51,8 @@ def roberta_base_layout(state, path):
 
 
 @pytest.fixture(scope="module")
-def old_layout(vanilla_checkpoint, tmp_path_factory):
-    state = safe_load(vanilla_checkpoint)
+def old_layout(untrained_checkpoint, tmp_path_factory):
+    state = safe_load(untrained_checkpoint)
     path = str(tmp_path_factory.mktemp("old") / "model.pt")
     return roberta_base_layout(state, path)
 

@@ -116,3 +116,77 @@ def test_rarity_score_file_has_the_summary_of_model_score_files(corpus, tmp_path
     for key in ("tokens", "mean", "std", "min", "max", "quantiles", "histogram",
                 "tokens_not_scored", "blocks_skipped_too_long", "tokens_in_skipped_blocks"):
         assert key in summary
+
+
+# -- the functions themselves, against numbers written out by hand ------------------------
+
+def test_log_probs_is_add_alpha_over_the_non_special_ids():
+    counts = np.array([5, 7, 0, 3, 0])
+    np.testing.assert_allclose(np.exp(rarity.log_probs(counts, alpha=0.5, special=[0, 2])),
+                               [0, 7.5 / 11.5, 0, 3.5 / 11.5, 0.5 / 11.5])
+    np.testing.assert_allclose(np.exp(rarity.log_probs(counts)), np.array([6, 8, 1, 4, 1]) / 20)
+    assert rarity.log_probs(counts, special=[2])[2] == -np.inf
+    assert counts.tolist() == [5, 7, 0, 3, 0]  # not modified in place
+
+
+def test_unigram_scores_cross_entropy_accuracy_by_hand():
+    u = rarity.Unigram([0, 0, 0, 0, 10, 30, 0], special=[3, 0, 2, 1], source="x/train")
+    p = {4: 11 / 43, 5: 31 / 43, 6: 1 / 43}
+    assert u.special == [0, 1, 2, 3] and u.alpha == 1.0
+    np.testing.assert_allclose(u.scores([4, 5, 6, 2, 0]),
+                               [-np.log(p[4]), -np.log(p[5]), -np.log(p[6]), 0, 0])
+    expected = -(np.log(p[5]) * 2 + np.log(p[4])) / 3
+    assert u.cross_entropy([5, 5, 4], base=np.e) == pytest.approx(expected)
+    assert u.cross_entropy([5, 5, 4]) == pytest.approx(expected / np.log(2))
+    assert np.isnan(u.cross_entropy([])) and np.isnan(u.accuracy([]))
+    with pytest.raises(ValueError, match="special"):
+        u.cross_entropy([4, 3])
+    assert u.accuracy([5, 4, 5, 6]) == 50.0 and u.accuracy([4]) == 0.0
+    assert u.describe() == {"counts_from": "x/train", "counts_tokens": 40,
+                            "smoothing": "add-1", "log": "natural"}
+    assert rarity.Unigram([1, 2], special=[], alpha=0.25).describe()["smoothing"] == "add-0.25"
+
+
+def test_counts_refuse_ids_outside_the_dictionary_and_missing_splits(corpus, tmp_path):
+    split = os.path.join(corpus, "train")
+    with pytest.raises(ValueError, match="outside a dictionary of 10 entries"):
+        rarity.unigram_counts(split, 10)
+    tokens = flat(split)
+    np.testing.assert_array_equal(rarity.unigram_counts(split, tokens.max() + 3),
+                                  np.bincount(tokens, minlength=tokens.max() + 3))
+    with pytest.raises(FileNotFoundError, match="no binarized split"):
+        rarity.load_tokens(str(tmp_path / "nothing"))
+
+
+def test_write_score_file_in_process(corpus, tmp_path):
+    """The library call behind se-score --metric rarity: valid scored under train's (or
+    another split's) unigram, the file's metadata naming where the counts come from."""
+    data = str(shutil.copytree(corpus, tmp_path / "data-bin"))
+    (array, meta_path), scores = rarity.write_score_file(data, "valid", out=str(tmp_path / "r.npy"))
+    assert (array, meta_path) == (str(tmp_path / "r.npy"), str(tmp_path / "r.json"))
+    valid = flat(os.path.join(data, "valid"))
+    np.testing.assert_allclose(scores, rarity.Unigram.from_data(data).scores(valid), rtol=1e-6)
+    assert scores.dtype == np.float32
+    meta = json.load(open(meta_path))
+    assert meta["metric"] == "rarity" and meta["checkpoint"] is None
+    assert meta["blocking"] == {"independent_of_blocking": True}
+    assert meta["rarity"]["counts_from"] == os.path.join(data, "train")
+    assert meta["rarity"]["counts_fingerprint"] == score_file.corpus_fingerprint(
+        os.path.join(data, "train"))
+    own, unigram = rarity.score_split(data, "valid", counts_split="valid", alpha=2.0)
+    assert unigram.alpha == 2.0 and unigram.source == os.path.join(data, "valid")
+    assert unigram.counts.sum() == len(valid) and not np.allclose(own, scores)
+
+
+def test_defaults_score_train_under_train_and_forward_alpha(corpus, tmp_path):
+    data = str(shutil.copytree(corpus, tmp_path / "data-bin"))
+    scores, unigram = rarity.score_split(data)
+    assert unigram.source == os.path.join(data, "train")
+    assert len(scores) == len(flat(os.path.join(data, "train")))
+    (array, meta_path), written = rarity.write_score_file(data, alpha=3.0)
+    assert array == os.path.join(data, "train.se_scores.npy")
+    assert json.load(open(meta_path))["rarity"]["smoothing"] == "add-3"
+    np.testing.assert_allclose(written, rarity.score_split(data, alpha=3.0)[0])
+    assert not np.allclose(written, scores)
+    u = rarity.Unigram([0, 0, 0, 0, 10, 30], special=[0, 1, 2, 3])
+    assert u.cross_entropy([5]) == pytest.approx(-np.log(31 / 42) / np.log(2))

@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from se_fairseq.testing import binarize, split_tokens, write_zipf_corpus, write_scores
 from se_fairseq.data import score_file
@@ -87,3 +88,109 @@ def test_writer_refuses_nan_and_wrong_length(corpus, tmp_path):
     with pytest.raises(ScoreFileError, match="scores for a corpus"):
         write_scores(split, np.zeros(n - 1))
     assert not os.path.exists(score_file.default_prefix(split) + ".npy")
+
+
+# -- prefixes, metadata and every refusal of the reader -----------------------------------
+
+def test_prefix_rules():
+    assert score_file.default_prefix("d/train") == "d/train.se_scores"
+    for name in ("d/x", "d/x.npy", "d/x.json"):
+        assert score_file.prefix_of(name) == "d/x"
+    assert score_file.prefix_of("d/x.npz") == "d/x.npz"
+    assert score_file.paths("d/x") == ("d/x.npy", "d/x.json")
+
+
+def written(corpus, tmp_path, **extra):
+    data = shutil.copytree(corpus, tmp_path / "d")
+    split = os.path.join(data, "train")
+    n = sum(map(len, split_tokens(split)))
+    fingerprint = score_file.corpus_fingerprint(split)
+    paths = score_file.write(str(tmp_path / "s"), np.linspace(0, 5, n), metric="confidence",
+                             checkpoint={"path": "c.pt"}, blocking={"tokens_per_sample": 9},
+                             fingerprint=fingerprint, **extra)
+    return split, paths, fingerprint
+
+
+def test_metadata_records_what_the_scores_come_from(corpus, tmp_path):
+    split, (array, meta_path), fingerprint = written(corpus, tmp_path, extra={"summary": {"a": 1}})
+    meta = json.load(open(meta_path))
+    assert meta == {"format": "se-fairseq-scores", "version": 1, "dtype": "float16",
+                    "metric": "confidence", "checkpoint": {"path": "c.pt"},
+                    "blocking": {"tokens_per_sample": 9}, "corpus": fingerprint,
+                    "summary": {"a": 1}}
+    assert np.load(array).dtype == np.float16
+    loaded = ScoreFile(str(tmp_path / "s"), split, fingerprint=fingerprint)
+    assert (loaded.array_path, loaded.meta_path) == (array, meta_path)
+    assert fingerprint["num_sequences"] == len(split_tokens(split))
+    assert fingerprint["bin_bytes"] == os.path.getsize(split + ".bin")
+    assert len(fingerprint["sha256"]) == 64
+    with pytest.raises(ScoreFileError, match="flat array"):
+        score_file.write(str(tmp_path / "t"), np.zeros((2, 3)), metric="m", checkpoint=None,
+                         blocking={}, fingerprint=fingerprint)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda a, m: open(m, "w").write("{not json"), "unreadable score metadata"),
+    (lambda a, m: _edit_meta(m, format="other"), "not a se-fairseq score file"),
+    (lambda a, m: _edit_meta(m, version=2), "not a se-fairseq score file"),
+    (lambda a, m: np.save(a, np.load(a).astype(np.float32)), "expected a flat float16 array"),
+    (lambda a, m: np.save(a, np.zeros((2, 2), np.float16)), "expected a flat float16"),
+    (lambda a, m: np.save(a, np.load(a)[:-1]), "holds .* scores but .* tokens"),
+    (lambda a, m: _edit_meta(m, corpus={"num_tokens": 1}), "another corpus"),
+])
+def test_reader_refusals(corpus, tmp_path, damage, message):
+    split, (array, meta_path), _ = written(corpus, tmp_path)
+    damage(array, meta_path)
+    with pytest.raises(ScoreFileError, match=message):
+        ScoreFile(str(tmp_path / "s"), split)
+
+
+def _edit_meta(path, **changes):
+    meta = json.load(open(path))
+    meta.update(changes)
+    json.dump(meta, open(path, "w"))
+
+
+def test_fingerprint_of_a_large_split_samples_its_bytes(tmp_path):
+    """Above 64 chunks of 64 KiB the fingerprint hashes 64 evenly spaced chunks (and all
+    sizes): a change inside a sampled chunk is caught, one between them is not."""
+    from fairseq.data import indexed_dataset
+
+    prefix = str(tmp_path / "big")
+    builder = indexed_dataset.MMapIndexedDatasetBuilder(prefix + ".bin", dtype=np.int32)
+    rng = np.random.default_rng(0)
+    for _ in range(1100):
+        builder.add_item(torch.from_numpy(rng.integers(4, 1000, 1000).astype(np.int32)))
+    builder.finalize(prefix + ".idx")
+    size = os.path.getsize(prefix + ".bin")
+    assert size > 64 * 65536
+    base = score_file.corpus_fingerprint(prefix)
+    assert base["num_tokens"] == 1_100_000 and base["num_sequences"] == 1100
+
+    def flipped(offset):
+        raw = bytearray(open(prefix + ".bin", "rb").read())
+        raw[offset] ^= 1
+        open(prefix + ".bin", "wb").write(bytes(raw))
+        out = score_file.corpus_fingerprint(prefix)["sha256"]
+        raw[offset] ^= 1
+        open(prefix + ".bin", "wb").write(bytes(raw))
+        return out
+
+    starts = np.linspace(0, size - 65536, 64).astype(np.int64)
+    assert flipped(int(starts[10]) + 5) != base["sha256"]
+    assert flipped(size - 1) != base["sha256"]  # the last chunk ends at the end of the file
+    assert flipped(int(starts[10]) + 65536 + 7) == base["sha256"]  # between two chunks
+    assert score_file.corpus_fingerprint(prefix) == base
+
+
+def test_fingerprint_of_a_missing_split(tmp_path):
+    with pytest.raises(ScoreFileError, match="no binarized split"):
+        score_file.corpus_fingerprint(str(tmp_path / "none"))
+
+
+def test_reader_refuses_a_pickled_array(corpus, tmp_path):
+    """No pickle is ever loaded: an object array in the .npy is refused as damaged."""
+    split, (array, _), _ = written(corpus, tmp_path)
+    np.save(array, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ScoreFileError, match="damaged score array"):
+        ScoreFile(str(tmp_path / "s"), split)

@@ -338,7 +338,12 @@ def mixed_device_cases(a, b):
 
 @pytest.mark.parametrize("use_extension", [True, False])
 def test_mixed_devices_are_an_error_meta(use_extension):
-    """Without a GPU: CPU tensors mixed with meta tensors (the fake kernel)."""
+    """Without a GPU: CPU tensors mixed with meta tensors. Covers the Python wrapper's
+    check (``select``, both paths) and the op called through the dispatcher, which picks
+    the fake (meta) kernel for such a mix, and that kernel runs the wrapper's Python check;
+    neither reaches the C++ TORCH_CHECK. The C++ check itself is tested in
+    tests/test_oracles.py (redispatch to the CPU kernel) and, on a GPU, by
+    test_mixed_devices_are_an_error_cuda below."""
     for a, b in (("cpu", "meta"), ("meta", "cpu")):
         for name, (s, e, sd, k) in mixed_device_cases(a, b):
             with pytest.raises(RuntimeError, match=f"one device.*{name} on"):
@@ -407,3 +412,101 @@ def opcheck_samples(device):
 def test_opcheck(device):
     for args in opcheck_samples(device):
         torch.library.opcheck(torch.ops.se_fairseq.select.default, args)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s, e, sd: (s[0], e[0], sd), "scores must be 2-D"),
+    (lambda s, e, sd: (s.double(), e, sd), "scores must be float32"),
+    (lambda s, e, sd: (s, e.int(), sd), "eligible must be a bool tensor shaped like scores"),
+    (lambda s, e, sd: (s, e[:, :3], sd), "eligible must be a bool tensor shaped like scores"),
+    (lambda s, e, sd: (s, e, sd.int()), "seeds must be int64 with one per row"),
+    (lambda s, e, sd: (s, e, sd[:1]), "seeds must be int64 with one per row"),
+])
+def test_fake_kernel_checks_like_the_cpp_kernel(change, message):
+    """The fake (meta) kernel refuses what the C++ kernel refuses, with its message."""
+    scores, eligible, seeds = random_batch(rows=2, length=4)
+    for device in ("meta", "cpu"):
+        args = change(*to(device, scores, eligible, seeds))
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.se_fairseq.select(*args, None, 0.15, TOPK, 0.0, 1.0)
+
+
+def test_wrapper_converts_argument_types():
+    """select() accepts float64/float16 scores, uint8 eligibility and int32 seeds, and
+    selects as the op on float32 / bool / int64 (scores are compared in float32)."""
+    scores, eligible, _ = random_batch(seed=11)
+    seeds = torch.arange(len(scores)) * 7919 - 100  # int32-representable
+    want = select(scores, eligible, seeds, ratio=0.3, mode="sample", temperature=0.5)
+    for use_extension in (True, False):
+        got = select(scores.double(), eligible.to(torch.uint8), seeds.int(), ratio=0.3,
+                     mode="sample", temperature=0.5, use_extension=use_extension)
+        assert got.dtype == torch.bool and torch.equal(got, want)
+        got = select(scores, eligible, seeds, ratio=0.3, mode=SAMPLE, temperature=0.5,
+                     use_extension=use_extension)  # the mode as its number
+        assert torch.equal(got, want)
+    with torch.enable_grad():
+        leaf = scores.clone().requires_grad_()
+        assert torch.equal(select(leaf, eligible, seeds, ratio=0.3, mode="sample",
+                                  temperature=0.5), want)
+
+
+def test_kernel_lookup_by_device_type():
+    assert select_module.has_kernel_for(torch.device("cpu"))
+    assert select_module.has_kernel_for(torch.device("meta"))
+    assert select_module._has_kernel_for_type("cuda") == torch._C._dispatch_has_kernel_for_dispatch_key(
+        "se_fairseq::select", "CUDA")
+    assert not select_module._has_kernel_for_type("no_such_device")
+
+
+@pytest.mark.parametrize("use_extension", [True, False])
+def test_argument_rules_at_their_limits(use_extension):
+    """ratio 0 and 1 are valid (nothing / every eligible position), threshold mode ignores
+    ratio, topk ignores temperature, num_select replaces ratio; unknown modes and
+    misshapen arguments are refused."""
+    scores, eligible, seeds = random_batch(rows=6, length=12, seed=2)
+
+    def run(**kw):
+        return select(scores, eligible, seeds, use_extension=use_extension, **kw)
+
+    for mode in ("topk", "sample"):
+        assert not run(ratio=0.0, mode=mode).any()
+        assert torch.equal(run(ratio=1.0, mode=mode), eligible)
+    assert torch.equal(run(ratio=5.0, mode="threshold", threshold=0.0), eligible & (scores > 0))
+    assert torch.equal(run(mode="topk", temperature=0.0, ratio=0.5), run(mode="topk", ratio=0.5))
+    k = torch.tensor([0, 1, 2, 3, 4, 5])
+    assert run(num_select=k, ratio=7.0, mode="topk").sum(1).tolist() == \
+        torch.minimum(k, eligible.sum(1)).tolist()
+    with pytest.raises((RuntimeError, ValueError), match="unknown mode"):
+        run(mode=3)
+    with pytest.raises((RuntimeError, ValueError)):
+        select(scores[0], eligible[0], seeds, use_extension=use_extension)
+    with pytest.raises((RuntimeError, ValueError)):
+        select(scores, eligible, seeds[:2], use_extension=use_extension)
+
+
+def test_fake_kernel_registration_is_idempotent():
+    """Registering the fake kernel again (a reloaded module) is not an error."""
+    assert extension_available()
+    select_module._register_fake()
+    out = select(*to("meta", *random_batch(rows=2, length=3)), ratio=0.5)
+    assert out.device.type == "meta"
+
+
+def test_reference_defaults_and_float32_scores():
+    """select_reference's defaults are the op's (ratio 0.15, topk, threshold 0, T = 1), and
+    it ranks scores in float32 as the op does: float64 scores equal in float32 tie."""
+    scores, eligible, seeds = random_batch(seed=12)
+    s, e, sd = scores.numpy(), eligible.numpy(), seeds.numpy()
+    np.testing.assert_array_equal(select_reference(s, e, sd),
+                                  select_reference(s, e, sd, ratio=0.15, mode=TOPK))
+    np.testing.assert_array_equal(select_reference(s, e, sd, mode=THRESHOLD), e & (s > 0))
+    np.testing.assert_array_equal(select_reference(s, e, sd, mode=SAMPLE, ratio=0.3),
+                                  select_reference(s, e, sd, mode=SAMPLE, ratio=0.3,
+                                                   temperature=1.0))
+    np.testing.assert_array_equal(select(scores, eligible, seeds).numpy(),
+                                  select_reference(s, e, sd))
+    tie = np.array([[1.0, 1.0 + 1e-12, 0.5]])  # one float32 value: position 0 wins the tie
+    one = np.ones((1, 3), dtype=bool)
+    assert select_reference(tie, one, [0], num_select=[1]).tolist() == [[True, False, False]]
+    assert select(torch.from_numpy(tie), torch.from_numpy(one), torch.tensor([0]),
+                  num_select=torch.tensor([1])).tolist() == [[True, False, False]]

@@ -322,6 +322,13 @@ def test_alpha_out_of_range_is_an_error(setup, alpha):
         setup.criterion("--criterion", "token_ls", "--tls-alpha", alpha)
 
 
+@pytest.mark.parametrize("alpha", ["0", "1"])
+def test_alpha_at_the_ends_of_the_range_is_accepted(setup, alpha):
+    criterion = setup.criterion("--criterion", "token_ls", "--tls-alpha", alpha)
+    assert criterion.alpha == float(alpha) and criterion.reference == "model"
+    assert criterion.logging_outputs_can_be_summed() is True
+
+
 def test_topk_se_mlm_batch_equals_dense_formula(scored_corpus):
     """The SE setting itself: se_mlm masks the top-k tokens by score (all of them
     become <mask>), token_ls trains on them; loss and gradients are the dense
@@ -437,3 +444,36 @@ def test_tls_loss_function_equals_the_dense_soft_target_cross_entropy(alpha, ref
     loss, nll = token_label_smoothed_loss(lprobs, target, alpha,
                                           p_ref if ref == "model" else None, ignore_index=pad)
     assert torch.allclose(loss, want_loss, rtol=1e-12) and torch.allclose(nll, want_nll, rtol=1e-12)
+
+
+def test_reduce_metrics_weights_rounding_and_edge_counts():
+    """reduce_metrics on logging outputs written by hand: values in bits rounded as logged
+    (loss 3 decimals, accuracies 2), weighted by sample size across calls, perplexity of
+    the nll, no ref_accuracy without reference counts, a batch of one masked token kept
+    and a batch of none dropped."""
+    from fairseq.logging import metrics
+
+    from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion as C
+
+    def log(loss, nll, n, correct, ref_correct, ref_total):
+        return {"loss": loss, "nll_loss": nll, "sample_size": n, "correct": correct,
+                "ref_correct": ref_correct, "ref_total": ref_total, "ntokens": 10,
+                "nsentences": 1}
+
+    with metrics.aggregate() as agg:
+        C.reduce_metrics([log(3.0, 2.0, 3, 1, 2, 3)])
+        C.reduce_metrics([log(1.0, 1.0, 1, 1, 1, 1)])  # one masked token: still counted
+        C.reduce_metrics([log(9.0, 9.0, 0, 0, 0, 0)])  # nothing masked: nothing logged
+    v = agg.get_smoothed_values()
+    ln2 = math.log(2)
+    loss = (3 * round(3.0 / 3 / ln2, 3) + 1 * round(1.0 / ln2, 3)) / 4
+    nll = (3 * round(2.0 / 3 / ln2, 3) + 1 * round(1.0 / ln2, 3)) / 4
+    assert v["loss"] == pytest.approx(round(loss, 3), abs=1e-9)
+    assert v["nll_loss"] == pytest.approx(round(nll, 3), abs=1e-9)
+    assert v["accuracy"] == pytest.approx(round((3 * 33.33 + 100.0) / 4, 2), abs=1e-9)
+    assert v["ref_accuracy"] == pytest.approx(round((3 * 66.67 + 100.0) / 4, 2), abs=1e-9)
+    assert v["ppl"] == pytest.approx(round(2 ** v["nll_loss"], 2))
+    with metrics.aggregate() as agg:
+        C.reduce_metrics([log(3.0, 2.0, 3, 1, 0, 0)])  # --tls-alpha 0 / uniform: no ref counts
+    assert "ref_accuracy" not in agg.get_smoothed_values()
+    assert agg.get_smoothed_values()["accuracy"] == pytest.approx(33.33)

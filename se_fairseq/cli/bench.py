@@ -77,6 +77,7 @@ def parse(argv):
     base_args, _ = options.parse_args_and_arch(
         add_bench_args(options.get_training_parser()), base_argv, parse_known=True
     )
+    args.split = base_args.split = bench_args.split  # consumed above: not in ``rest``
     return args, base_args, bench_args
 
 

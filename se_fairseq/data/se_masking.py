@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from se_fairseq.ops import select
-from se_fairseq.ops.reference import hash_uniform, splitmix64
+from se_fairseq.ops.reference import splitmix64
 
 _REPLACE_STREAM = 0x5E1EC7ED5E1EC7ED
 _RANDOM_STREAM = 0x2A17C0DE0BADF00D  # uniform picks: threshold fallback, random share
@@ -66,6 +66,7 @@ class SelfEvolutionMasker:
         weights[: dictionary.nspecial] = 0
         weights[mask_idx] = 0
         self.replacement_cdf = np.cumsum(weights / weights.sum())
+        self._cdf_by_device = {}
 
     def __call__(self, tokens, scores, indices, epoch):
         """tokens (B, L) int64 padded, scores (B, L) float, indices (B,) sample ids."""
@@ -133,34 +134,75 @@ class SelfEvolutionMasker:
 
     def _replace(self, tokens, selected, seeds, unit_of, fallback=None):
         """fairseq's policy: of the selected, keep some, randomize some, <mask> the rest.
-        Rows in ``fallback`` use masked_lm's 80/10/10 whatever the masker's policy."""
-        target = torch.full_like(tokens, self.pad)
-        target[selected] = tokens[selected]
-        source = tokens.clone()
+        Rows in ``fallback`` use masked_lm's 80/10/10 whatever the masker's policy.
+
+        Elementwise torch ops on the batch's device only: no host copy and no
+        host sync (it runs every step under --se-online). The draws are the
+        counter-based hash of ops/reference.py computed in int64 (``_hash_uniform``),
+        bit-identical to it on every device."""
+        pad = torch.full((), self.pad, dtype=tokens.dtype, device=tokens.device)
+        target = torch.where(selected, tokens, pad)
+        mask_idx = torch.full((), self.mask_idx, dtype=tokens.dtype, device=tokens.device)
         if fallback is None and self.leave_unmasked_prob + self.random_token_prob == 0.0:
-            source[selected] = self.mask_idx
-            return source, target
-        device = tokens.device
-        tokens, selected, source, target = tokens.cpu(), selected.cpu(), source.cpu(), target.cpu()
+            return torch.where(selected, mask_idx, tokens), target
         rows, length = tokens.shape
-        leave = torch.full((rows, 1), self.leave_unmasked_prob, dtype=torch.float64)
+        device = tokens.device
+        leave = torch.full((rows, 1), self.leave_unmasked_prob, dtype=torch.float64, device=device)
         keep_or_random = leave + self.random_token_prob
         if fallback is not None:
-            fallback = fallback.cpu()[:, None]
+            fallback = fallback[:, None]
             leave = torch.where(fallback, MASKED_LM_LEAVE_UNMASKED_PROB, leave)
             keep_or_random = torch.where(
                 fallback, MASKED_LM_LEAVE_UNMASKED_PROB + MASKED_LM_RANDOM_TOKEN_PROB, keep_or_random)
-        stream = seeds.cpu().numpy().view(np.uint64) ^ np.uint64(_REPLACE_STREAM)
-        units = np.arange(length) if unit_of is None else unit_of.cpu().numpy()
-        if unit_of is None:
-            units = np.broadcast_to(units, (rows, length))
-        decision = torch.from_numpy(hash_uniform(stream[:, None], 2 * units.astype(np.uint64)))
+        stream = (seeds.long() ^ _signed64(_REPLACE_STREAM))[:, None]
+        positions = torch.arange(length, dtype=torch.int64, device=device)
+        units = positions[None, :] if unit_of is None else unit_of.long()
+        decision = _hash_uniform(stream, 2 * units)
         keep = selected & (decision < leave)
         randomize = selected & ~keep & (decision < keep_or_random)
-        source[selected & ~keep & ~randomize] = self.mask_idx
-        if randomize.any():
-            draws = hash_uniform(stream[:, None], 2 * np.arange(length, dtype=np.uint64) + 1)
-            replacement = np.searchsorted(self.replacement_cdf, draws, side="right")
-            replacement = torch.from_numpy(np.minimum(replacement, len(self.replacement_cdf) - 1))
-            source[randomize] = replacement[randomize].to(source.dtype)
-        return source.to(device), target.to(device)
+        draws = _hash_uniform(stream, 2 * positions[None, :] + 1)
+        cdf = self._replacement_cdf_on(device)
+        replacement = torch.searchsorted(cdf, draws.contiguous(), right=True)
+        replacement = replacement.clamp_(max=len(cdf) - 1).to(tokens.dtype)
+        source = torch.where(selected & ~keep & ~randomize, mask_idx, tokens)
+        return torch.where(randomize, replacement, source), target
+
+    def _replacement_cdf_on(self, device):
+        """The replacement distribution's CDF (float64) on ``device``, copied there once."""
+        cached = self._cdf_by_device.get(device)
+        if cached is None:
+            cached = torch.from_numpy(self.replacement_cdf).to(device)
+            self._cdf_by_device[device] = cached
+        return cached
+
+
+def _signed64(value):
+    """An unsigned 64-bit constant as the int64 with the same bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN = _signed64(0x9E3779B97F4A7C15)
+_M1 = _signed64(0xBF58476D1CE4E5B9)
+_M2 = _signed64(0x94D049BB133111EB)
+
+
+def _shift_right(x, bits):
+    """Logical (unsigned) right shift of int64 bits: torch's >> on int64 is arithmetic."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _splitmix64(x):
+    """ops.reference.splitmix64 on int64 tensors: wrapping + and * are the same bits as
+    uint64 arithmetic mod 2^64; the shifts are made logical."""
+    x = x + _GOLDEN
+    x = (x ^ _shift_right(x, 30)) * _M1
+    x = (x ^ _shift_right(x, 27)) * _M2
+    return x ^ _shift_right(x, 31)
+
+
+def _hash_uniform(seed, counter):
+    """ops.reference.hash_uniform on int64 tensors (any device), bit for bit: uniform
+    float64 in (0, 1] per broadcast (seed, counter) pair."""
+    h = _splitmix64(_splitmix64(seed) ^ counter)
+    # h >>> 11 < 2^53 converts exactly; + 0.5 and * 2^-53 are exact in float64
+    return (_shift_right(h, 11).double() + 0.5) * (1.0 / 9007199254740992.0)

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Mutation score of the modules that decide what is trained on, with mutmut 3 (pinned).
+#
+#   bash benchmarks/mutation.sh                 # this work tree; ~25 min on 2 busy cores
+#   MUTATION_REV=c9d8c12 bash benchmarks/mutation.sh   # the sources and tests of a commit
+#
+# Mutated: se_fairseq/data/se_masking.py, data/score_file.py, criterions/token_ls.py (the
+# TLS loss and criterion), tasks/se_mlm.py (counted: _check_config, resolved_replacement,
+# build_masker; the rest of the task is reported apart), rarity.py, ops/select.py,
+# ops/reference.py. mutmut 3 mutates inside functions only, forks a worker per mutant from
+# a process that has imported everything, and runs only the tests that reach the mutated
+# function, fastest first, stopping at the first failure. The tests are the fast unit
+# tests of those modules (TEST_FILES below, -m "not slow"; no subprocess runs of the
+# package: a child process would import the unmutated work tree).
+#
+# Runs in a scratch copy ($WORK, default /tmp/se-fairseq-mutation[-REV]) so the work tree
+# is never mutated; takes the shared heavy lock (RULES: long CPU jobs). Output:
+# $WORK/summary.txt (per-module table, survivors) and $WORK/summary.json.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+REV=${MUTATION_REV:-}
+WORK=${WORK:-/tmp/se-fairseq-mutation${REV:+-$REV}}
+MUTMUT_VERSION=3.8.1
+JOBS=${JOBS:-2}
+read -r -a TEST_FILES <<< "${TEST_FILES:-tests/test_masking_device.py tests/test_options.py \
+  tests/test_oracles.py tests/test_select_op.py tests/test_score_file.py tests/test_token_ls.py \
+  tests/test_rarity.py tests/test_se_mlm.py tests/test_online.py}"
+read -r -a MUTATE <<< "${MUTATE:-data/se_masking.py data/score_file.py criterions/token_ls.py \
+  tasks/se_mlm.py rarity.py ops/select.py ops/reference.py}"
+
+"$PY" -c "import mutmut, sys; sys.exit(mutmut.__version__ != '$MUTMUT_VERSION')" 2>/dev/null \
+  || "$PY" -m pip install -q --disable-pip-version-check "mutmut==$MUTMUT_VERSION"
+
+rm -rf "$WORK"
+mkdir -p "$WORK"
+if [ -n "$REV" ]; then
+  git -C "$ROOT" archive "$REV" se_fairseq tests pytest.ini | tar -x -C "$WORK"
+  # the sources of that commit, run against this build of the C++ extension (same op)
+  cp "$ROOT"/se_fairseq/_C*.so "$WORK/se_fairseq/"
+else
+  (cd "$ROOT" && tar -c --exclude=__pycache__ se_fairseq tests pytest.ini) | tar -x -C "$WORK"
+fi
+"$PY" "$ROOT/benchmarks/mutation/only_option_checks.py" "$WORK/se_fairseq/tasks/se_mlm.py"
+selection=()
+for f in "${TEST_FILES[@]}"; do [ -f "$WORK/$f" ] && selection+=("$f"); done
+{
+  echo "[mutmut]"
+  echo "source_paths = se_fairseq"
+  echo "only_mutate ="
+  for m in "${MUTATE[@]}"; do echo "    se_fairseq/$m"; done
+  echo "pytest_add_cli_args_test_selection ="
+  for f in "${selection[@]}"; do echo "    $f"; done
+  echo "pytest_add_cli_args ="
+  printf '    %s\n' -m "not slow" -p no:cacheprovider -W ignore
+  # messages, not decisions: the text of errors, warnings and log lines is not mutated
+  # (the conditions that raise or warn are)
+  echo "do_not_mutate_patterns ="
+  printf '    %s\n' '^\s*raise \w+\(' 'warnings\.warn\(' 'logger\.\w+\(' '^\s*print\('
+  echo "use_git_change_detection = false"
+  echo "timeout_multiplier = 5.0"
+} > "$WORK/setup.cfg"
+# One binarized test corpus for every mutant's pytest session (each worker starts a new
+# session; the conftest fixture would run fairseq-preprocess again for each mutant).
+"$PY" -c "import sys; from se_fairseq.testing import write_zipf_corpus, binarize; write_zipf_corpus(sys.argv[1]); binarize(sys.argv[1], sys.argv[1] + '/data-bin')" "$WORK/corpus"
+cat >> "$WORK/tests/conftest.py" <<'PY'
+
+
+@pytest.fixture(scope="session")
+def corpus():  # added by benchmarks/mutation.sh: the corpus built once, as the fixture above
+    return os.environ["SE_FAIRSEQ_MUTATION_CORPUS"]
+PY
+export SE_FAIRSEQ_MUTATION_CORPUS="$WORK/corpus/data-bin"
+
+cd "$WORK"
+start=$SECONDS
+echo "[mutation] mutmut $MUTMUT_VERSION in $WORK over ${#selection[@]} test files, $JOBS workers"
+LOCK=(flock /tmp/heavy.lock)
+[ -n "${MUTATION_LOCK_HELD:-}" ] && LOCK=()  # the caller holds the lock (both runs in one go)
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${LOCK[@]}" \
+  "$PY" "$ROOT/benchmarks/mutation/run_mutmut.py" run --max-children "$JOBS" > mutmut.log 2>&1 \
+  || { tail -40 mutmut.log; echo "[mutation] mutmut failed, see $WORK/mutmut.log" >&2; exit 1; }
+elapsed=$((SECONDS - start))
+"$PY" "$ROOT/benchmarks/mutation/summarize.py" --json summary.json \
+  --equivalent "$ROOT/benchmarks/mutation/equivalent.txt" | tee summary.txt
+echo "[mutation] $elapsed s (mutmut run, incl. waiting for the lock); $WORK/summary.txt" | tee -a summary.txt

@@ -1,0 +1,222 @@
+"""Independent oracles: sampling frequencies, se-bench's clock, rarity = -ln p, the
+extension-missing fallback and the C++ device check."""
+import argparse
+import collections
+import importlib
+import io
+import math
+import os
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import se_fairseq
+from se_fairseq.ops import select
+from se_fairseq.ops.reference import TOPK, select_reference
+
+select_module = importlib.import_module("se_fairseq.ops.select")
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=[
+        pytest.mark.cuda,
+        pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (torch sees no GPU)"),
+    ]),
+]
+
+
+# ------------------------------------------------------ sample mode: softmax(s / T)
+
+CHI2_5_CRITICAL_1E4 = 25.745  # scipy.stats.chi2.ppf(1 - 1e-4, df=5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_sample_k1_frequencies_follow_softmax_of_score_over_t(device, temperature):
+    """k = 1 Gumbel top-k is one draw from softmax(s / T). 40,000 rows (each its own seed)
+    of 6 positions: Pearson's chi-square against softmax(s / T), 5 degrees of freedom.
+    False-alarm rate of a correct sampler: 1e-4 per temperature (the seeds are fixed, so
+    the outcome is the same on every run). A sampler at the wrong temperature fails by
+    far: at 40,000 rows the statistic of T = 1 draws against the T = 0.5 law is about 6,000."""
+    scores = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, -1.0])
+    rows = 40_000
+    got = select(scores.repeat(rows, 1).to(device),
+                 torch.ones(rows, 6, dtype=torch.bool, device=device),
+                 torch.arange(rows, device=device) * 7919 + 11,
+                 num_select=torch.ones(rows, dtype=torch.long, device=device),
+                 mode="sample", temperature=temperature).cpu()
+    assert (got.sum(1) == 1).all()
+    observed = got.sum(0).double().numpy()
+    expected = rows * torch.softmax(scores.double() / temperature, 0).numpy()
+    statistic = float(((observed - expected) ** 2 / expected).sum())
+    assert statistic < CHI2_5_CRITICAL_1E4, (statistic, observed, expected)
+    other = rows * torch.softmax(scores.double() / (1.5 - temperature), 0).numpy()
+    assert float(((observed - other) ** 2 / other).sum()) > 100 * CHI2_5_CRITICAL_1E4
+
+
+# ------------------------------------------------------- se-bench against a clock
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def stub_factory(clock, name, seconds_per_batch, batches, tokens, calls, slow_epochs=()):
+    """An epoch iterator whose batches take known (fake) time."""
+
+    def epoch_iterator(epoch):
+        calls.append((name, epoch))
+        for _ in range(batches):
+            clock.now += seconds_per_batch * (10 if epoch in slow_epochs else 1)
+            yield {"ntokens": tokens}
+
+    return epoch_iterator
+
+
+def test_se_bench_measures_rates_and_medians_of_known_delays(monkeypatch):
+    from se_fairseq import pipeline_bench
+
+    clock, calls = FakeClock(), []
+    monkeypatch.setattr(pipeline_bench, "time", clock)
+    factories = {
+        "masked_lm": stub_factory(clock, "masked_lm", 0.1, 10, 50, calls),
+        # round 2 of the task under test is 10x slower: the median ignores it
+        "se_mlm": stub_factory(clock, "se_mlm", 0.05, 10, 64, calls, slow_epochs={2}),
+    }
+    monkeypatch.setattr(pipeline_bench, "build_iterator_factory",
+                        lambda args: (None, factories[args.task]))
+    threads = torch.get_num_threads()
+    out = io.StringIO()
+    try:
+        args = argparse.Namespace(task="se_mlm", se_select="topk", num_workers=0)
+        base = argparse.Namespace(task="masked_lm", num_workers=0)
+        ratio = pipeline_bench.compare_pipelines(args, base, rounds=3, out=out)
+        capped = pipeline_bench.compare_pipelines(args, base, rounds=1, max_batches=4,
+                                                  out=io.StringIO())
+    finally:
+        torch.set_num_threads(threads)
+    text = out.getvalue()
+    assert ratio == pytest.approx(2.0)  # 20 batches/s against 10
+    assert capped == pytest.approx(2.0)
+    medians = {line.split()[0]: [float(x) for x in line.split()[-2:]]
+               for line in text.splitlines() if line.startswith(("masked_lm (", "se_mlm --"))}
+    assert medians["masked_lm"] == pytest.approx([10.0, 500.0])
+    assert medians["se_mlm"] == pytest.approx([20.0, 1280.0])
+    # alternating order, one epoch per task per round; max_batches stops each epoch
+    assert calls[:6] == [("masked_lm", 1), ("se_mlm", 1), ("se_mlm", 2), ("masked_lm", 2),
+                         ("masked_lm", 3), ("se_mlm", 3)]
+    assert text.count(" 10 batches ") == 6 and "ratio se_mlm / masked_lm (batches/s): 2.00" in text
+    assert clock.now == pytest.approx(3 * 1.0 + 0.5 + 5.0 + 0.5 + 0.4 + 0.2)
+
+
+# ------------------------------------------------------- rarity = -ln p, by hand
+
+WORDS = ["the", "of", "cat", "sat", "mat", "zebra", "quokka"]
+
+
+def binarize_in_process(text_path, dictionary, prefix):
+    """What fairseq-preprocess --only-source --srcdict does, with fairseq's own writer."""
+    from fairseq.data import indexed_dataset
+
+    builder = indexed_dataset.MMapIndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    for line in open(text_path):
+        builder.add_item(dictionary.encode_line(line, add_if_not_exist=False,
+                                                append_eos=True).long())
+    builder.finalize(prefix + ".idx")
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """Train text over 6 of the 7 dictionary words ('quokka' only in valid), binarized
+    with that dictionary; valid also holds a word outside it (<unk>)."""
+    from fairseq.data import Dictionary
+
+    root = tmp_path_factory.mktemp("rarity")
+    rng = np.random.default_rng(5)
+    p = np.array([20, 10, 5, 3, 2, 1], dtype=float)
+    train = [" ".join(rng.choice(WORDS[:6], size=rng.integers(1, 12), p=p / p.sum()))
+             for _ in range(60)]
+    valid = ["quokka the cat", "unseen the of", "zebra"]
+    data = root / "data-bin"
+    data.mkdir()
+    (data / "dict.txt").write_text("".join(f"{w} 1\n" for w in WORDS))
+    dictionary = Dictionary.load(str(data / "dict.txt"))
+    for split, lines in (("train", train), ("valid", valid)):
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        binarize_in_process(str(root / f"{split}.txt"), dictionary, str(data / split))
+    return str(data), train, valid
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_rarity_scores_are_minus_ln_p_for_every_token(small_corpus, split):
+    """se-score --metric rarity against a count of the raw train text: a word's score is
+    -ln((c + 1) / (N + V)), N the train words, V the 7 dictionary words (add-1 smoothing
+    over the dictionary, se_fairseq/rarity.py); </s> and <unk> score 0."""
+    from se_fairseq.cli import score
+    from se_fairseq.data.score_file import ScoreFile
+
+    data, train, valid = small_corpus
+    counts = collections.Counter(w for line in train for w in line.split())
+    total = sum(counts.values())
+    expected = []
+    for line in (train if split == "train" else valid):
+        for w in line.split():
+            expected.append(-math.log((counts[w] + 1) / (total + len(WORDS))) if w in WORDS
+                            else 0.0)
+        expected.append(0.0)  # </s>
+    assert score.main([data, "--metric", "rarity", "--split", split]) == 0
+    split_path = os.path.join(data, split)
+    stored = np.asarray(ScoreFile(split_path + ".se_scores", split_path).scores, dtype=np.float64)
+    assert len(stored) == len(expected)
+    np.testing.assert_allclose(stored, expected, rtol=1e-3, atol=0)
+    if split == "valid":
+        assert stored[0] == pytest.approx(math.log(total + len(WORDS)), rel=1e-3)  # quokka: c = 0
+
+
+# ------------------------------------------- extension missing: warn once, reference
+
+def test_missing_extension_warns_once_and_falls_back_to_the_reference(monkeypatch):
+    monkeypatch.setattr(select_module, "_loaded", None)
+    monkeypatch.delattr(se_fairseq, "_C", raising=False)
+    monkeypatch.setitem(sys.modules, "se_fairseq._C", None)  # import -> ImportError
+    g = torch.Generator().manual_seed(2)
+    scores = torch.randn(16, 30, generator=g)
+    eligible = torch.rand(16, 30, generator=g) > 0.2
+    seeds = torch.arange(16) * 31
+    with pytest.warns(RuntimeWarning, match="C\\+\\+ extension is not built.*numpy reference"):
+        first = select(scores, eligible, seeds, ratio=0.3, mode="sample")
+    assert select_module._loaded is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        again = select(scores, eligible, seeds, ratio=0.3, mode="topk")
+    np.testing.assert_array_equal(
+        first.numpy(), select_reference(scores.numpy(), eligible.numpy(), seeds.numpy(),
+                                        ratio=0.3, mode=2))
+    np.testing.assert_array_equal(
+        again.numpy(), select_reference(scores.numpy(), eligible.numpy(), seeds.numpy(),
+                                        ratio=0.3, mode=TOPK))
+
+
+# ------------------------------------------------- the C++ kernel's own device check
+
+@pytest.mark.parametrize("name", ["eligible", "seeds", "num_select"])
+def test_cpp_kernel_refuses_mixed_devices(name):
+    """The CPU kernel called directly (redispatch to the CPU key, past the Python wrapper
+    and the fake kernel, which have their own check): a meta tensor among the arguments is
+    refused by the C++ TORCH_CHECK, naming the argument."""
+    extension_ok = select_module.extension_available()
+    assert extension_ok
+    args = {"scores": torch.rand(2, 4), "eligible": torch.ones(2, 4, dtype=torch.bool),
+            "seeds": torch.arange(2), "num_select": torch.tensor([1, 2])}
+    args[name] = args[name].to("meta")
+    cpu_only = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+    with pytest.raises(RuntimeError, match=f"one device, but scores is on cpu and {name} on meta"):
+        torch.ops.se_fairseq.select.default.redispatch(
+            cpu_only, args["scores"], args["eligible"], args["seeds"], args["num_select"],
+            0.15, TOPK, 0.0, 1.0)
