@@ -204,14 +204,18 @@ def test_paired_differences_and_average_over_tasks():
 
 FAKE_WORKER = r"""
 import json, os, sys, time
-run_dir = sys.argv[1]
-start = time.time()
-time.sleep(0.6)
-spec = json.load(open(os.path.join(run_dir, "spec.json")))
-json.dump({"device": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time(),
-           "checkpoint": spec["checkpoint"], "task": spec["task"], "seed": spec["seed"],
-           "metric": "accuracy", "value": 0.5, "metrics": {"accuracy": 0.5},
-           "fingerprint": spec["fingerprint"]}, open(os.path.join(run_dir, "done.json"), "w"))
+for run_dir in sys.argv[1:]:
+    try:  # the real worker's claim protocol
+        os.close(os.open(os.path.join(run_dir, "claim"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        continue
+    start = time.time()
+    time.sleep(0.6)
+    spec = json.load(open(os.path.join(run_dir, "spec.json")))
+    json.dump({"device": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time(),
+               "checkpoint": spec["checkpoint"], "task": spec["task"], "seed": spec["seed"],
+               "metric": "accuracy", "value": 0.5, "metrics": {"accuracy": 0.5},
+               "fingerprint": spec["fingerprint"]}, open(os.path.join(run_dir, "done.json"), "w"))
 """
 
 
@@ -231,8 +235,8 @@ def test_pool_spreads_runs_over_devices_and_skips_finished_runs(tmp_path):
     script.write_text(FAKE_WORKER)
     logs = []
     runs = fake_runs(tmp_path, 4)
-    done = run_all(runs, devices="0,1", log=logs.append,
-                   command=lambda run_dir: [sys.executable, str(script), run_dir])
+    done = run_all(runs, devices="0,1", log=logs.append, poll=0.05,
+                   command=lambda run_dirs: [sys.executable, str(script), *run_dirs])
     assert len(done) == 4
     records = sorted(done.values(), key=lambda r: r["start"])
     assert {r["device"] for r in records} == {"0", "1"}
@@ -243,7 +247,7 @@ def test_pool_spreads_runs_over_devices_and_skips_finished_runs(tmp_path):
     assert records[1]["start"] < records[0]["end"]  # two at once
     logs.clear()
     again = run_all(runs, devices="0,1", log=logs.append,
-                    command=lambda run_dir: pytest.fail("a finished run was started again"))
+                    command=lambda run_dirs: pytest.fail("a finished run was started again"))
     assert len(again) == 4 and "4 already done, 0 to run" in logs[0]
 
 
@@ -437,7 +441,7 @@ def test_killed_run_resumes_and_finished_runs_are_not_redone(vanilla_checkpoint,
     prepare(run, run.fingerprint())
     last = os.path.join(run.run_dir, "checkpoint_last.pt")
     with open(os.path.join(run.run_dir, "train.log"), "w") as log:
-        proc = subprocess.Popen(worker_command(run.run_dir), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(worker_command([run.run_dir]), stdout=log, stderr=subprocess.STDOUT,
                                 env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
         deadline = time.time() + 120
         while not os.path.exists(last) and time.time() < deadline and proc.poll() is None:

@@ -1,5 +1,6 @@
-"""Run the plan: each run a worker process, finished runs skipped, independent runs spread
-over the visible GPUs (one ``CUDA_VISIBLE_DEVICES`` per process, a small pool).
+"""Run the plan: a small pool of worker processes shares the pending runs, finished runs are
+skipped, independent runs spread over the visible GPUs (one ``CUDA_VISIBLE_DEVICES`` per
+worker). A worker's own output (outside its runs' train.log) goes to RUNS/worker-N.log.
 
 A run folder holds ``spec.json`` (what it is), fairseq's checkpoints and ``train.log``,
 and, once finished, ``done.json``. A rerun of the harness skips runs with a
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from se_fairseq.finetune.errors import FinetuneError
-from se_fairseq.finetune.worker import DONE, SPEC, write_json_atomic
+from se_fairseq.finetune.worker import CLAIM, DONE, FAILED, LOG, SPEC, write_json_atomic
 
 
 def visible_devices(devices=None):
@@ -35,8 +36,8 @@ def visible_devices(devices=None):
         return []
 
 
-def worker_command(run_dir):
-    return [sys.executable, "-m", "se_fairseq.finetune.worker", run_dir]
+def worker_command(run_dirs):
+    return [sys.executable, "-m", "se_fairseq.finetune.worker", *run_dirs]
 
 
 def prepare(run, fingerprint):
@@ -54,26 +55,20 @@ def prepare(run, fingerprint):
                 "use another --out folder or delete that run folder")
     else:
         write_json_atomic(spec_path, spec)
+    for stale in (CLAIM, FAILED):  # left by a worker of an earlier, interrupted invocation
+        if os.path.exists(os.path.join(run.run_dir, stale)):
+            os.remove(os.path.join(run.run_dir, stale))
     done = os.path.join(run.run_dir, DONE)
     return os.path.exists(done) and json.load(open(done)).get("fingerprint") == fingerprint
 
 
-@dataclass
-class Slot:
-    device: object  # GPU id (str) or None for the CPU
-    process: object = None
-    run: object = None
-    started: float = 0.0
-    log: object = None
-
-
-def run_all(runs, devices=None, jobs=None, log=print, command=worker_command):
-    """Run every unfinished run; returns {run key: done record}. ``jobs``: processes at once
-    (default: one per visible GPU, else 1). ``command(run_dir)`` is the worker's argv."""
+def run_all(runs, devices=None, jobs=None, log=print, command=worker_command, poll=0.5):
+    """Run every unfinished run; returns {run key: done record}. ``jobs`` worker processes
+    (default: one per visible GPU, else 1) share the list of pending runs, each on its own
+    GPU; ``command(run_dirs)`` is a worker's argv."""
     gpus = visible_devices(devices)
     jobs = jobs or max(1, len(gpus))
-    slots = [Slot(gpus[i % len(gpus)] if gpus else None) for i in range(jobs)]
-    pending, results, failed = [], {}, []
+    pending, results = [], {}
     for run in runs:
         if prepare(run, run.fingerprint()):
             results[run.key] = json.load(open(os.path.join(run.run_dir, DONE)))
@@ -81,47 +76,56 @@ def run_all(runs, devices=None, jobs=None, log=print, command=worker_command):
             pending.append(run)
     total = len(runs)
     where = f"GPUs {','.join(gpus)}" if gpus else "the CPU"
+    jobs = min(jobs, max(1, len(pending)))
     log(f"[finetune] {total} runs: {len(results)} already done, {len(pending)} to run on {where}, "
         f"{jobs} at a time")
-    finished = len(results)
-    while pending or any(s.process for s in slots):
-        for slot in slots:
-            if slot.process is None and pending:
-                run = pending.pop(0)
-                env = dict(os.environ)
-                env["CUDA_VISIBLE_DEVICES"] = slot.device if slot.device is not None else ""
-                if slot.device is None and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-                    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-                resumed = os.path.exists(os.path.join(run.run_dir, "checkpoint_last.pt"))
-                slot.log = open(os.path.join(run.run_dir, "train.log"), "a")
-                slot.process = subprocess.Popen(command(run.run_dir), env=env, stdout=slot.log,
-                                                stderr=subprocess.STDOUT)
-                slot.run, slot.started = run, time.time()
-                log(f"[finetune] start  {run.key}" + (f" on GPU {slot.device}" if slot.device is not None
-                                                       else "") + (" (resuming)" if resumed else ""))
-        time.sleep(0.2)
-        for slot in slots:
-            if slot.process is None or slot.process.poll() is None:
+    if not pending:
+        return results
+    workers = []
+    log_dir = os.path.commonpath([os.path.dirname(r.run_dir) for r in pending])
+    for i in range(jobs):
+        env = dict(os.environ)
+        device = gpus[i % len(gpus)] if gpus else None
+        env["CUDA_VISIBLE_DEVICES"] = device if device is not None else ""
+        if device is None and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        with open(os.path.join(log_dir, f"worker-{i}.log"), "a") as out:
+            workers.append((device, subprocess.Popen(command([r.run_dir for r in pending]), env=env,
+                                                     stdout=out, stderr=subprocess.STDOUT)))
+    started, finished = {}, len(results)
+    failed = []
+
+    def report():
+        nonlocal finished
+        for run in pending:
+            if run.key in results or run in failed:
                 continue
-            run, code = slot.run, slot.process.returncode
-            slot.log.close()
-            slot.process = None
-            done = os.path.join(run.run_dir, DONE)
-            seconds = time.time() - slot.started
-            if code == 0 and os.path.exists(done):
-                record = json.load(open(done))
+            if run.key not in started and os.path.exists(os.path.join(run.run_dir, CLAIM)):
+                started[run.key] = time.time()
+                resumed = os.path.exists(os.path.join(run.run_dir, "checkpoint_last.pt"))
+                log(f"[finetune] start  {run.key}" + (" (resuming)" if resumed else ""))
+            if os.path.exists(os.path.join(run.run_dir, DONE)):
+                record = json.load(open(os.path.join(run.run_dir, DONE)))
                 results[run.key] = record
                 finished += 1
+                seconds = time.time() - started.get(run.key, time.time())
                 log(f"[finetune] [{finished}/{total}] done {run.key}: {record['metric']} "
                     f"{100 * record['value']:.2f} ({seconds:.0f} s)")
-            else:
+            elif os.path.exists(os.path.join(run.run_dir, FAILED)):
                 failed.append(run)
-                log(f"[finetune] FAILED {run.key} (exit {code}); see {run.run_dir}/train.log")
+                log(f"[finetune] FAILED {run.key}; see {run.run_dir}/{LOG}")
+
+    while any(p.poll() is None for _, p in workers):
+        report()
+        time.sleep(poll)
+    report()
+    missing = [r for r in pending if r.key not in results and r not in failed]
+    failed += missing
     if failed:
-        tail = ""
-        path = os.path.join(failed[0].run_dir, "train.log")
-        if os.path.exists(path):
-            tail = "".join(open(path).readlines()[-15:])
-        raise FinetuneError(f"{len(failed)} of {total} runs failed (rerun to retry; finished runs "
-                            f"are kept). Last lines of {path}:\n{tail}")
+        path = os.path.join(failed[0].run_dir, FAILED if os.path.exists(
+            os.path.join(failed[0].run_dir, FAILED)) else LOG)
+        tail = "".join(open(path).readlines()[-15:]) if os.path.exists(path) else ""
+        codes = sorted({p.returncode for _, p in workers})
+        raise FinetuneError(f"{len(failed)} of {total} runs did not finish (worker exit codes {codes}; "
+                            f"rerun to retry, finished runs are kept). Last lines of {path}:\n{tail}")
     return results

@@ -1,14 +1,18 @@
-"""One fine-tuning run in its own process: fairseq-train, then dev predictions and metrics.
+"""Fine-tuning runs in a worker process: fairseq-train, then dev predictions and metrics.
 
-    python -m se_fairseq.finetune.worker RUN_DIR
+    python -m se_fairseq.finetune.worker RUN_DIR [RUN_DIR ...]
 
+A worker takes the runs in order, skipping those that are finished or that another worker
+of the pool has claimed (``RUN_DIR/claim``, created atomically), so that several workers
+share one list and torch and fairseq are imported once per worker, not once per run.
 RUN_DIR/spec.json (written by the harness) holds the fairseq-train arguments. Training
-goes through fairseq's own ``fairseq_cli.train.cli_main``; rerun after a kill, fairseq
-resumes from RUN_DIR/checkpoint_last.pt (``--finetune-from-model`` only applies to a
-first launch). Then the best (or last) checkpoint is loaded with
-``load_model_ensemble_and_task``, its classification head predicts every dev example,
-and the metrics are computed against the dev labels as read from the task folder.
-RUN_DIR/done.json, written atomically last, marks the run finished.
+goes through fairseq's own ``fairseq_cli.train.cli_main``, its output to RUN_DIR/train.log;
+rerun after a kill, fairseq resumes from RUN_DIR/checkpoint_last.pt
+(``--finetune-from-model`` only applies to a first launch). Then the best (or last)
+checkpoint is loaded with ``load_model_ensemble_and_task``, its classification head
+predicts every dev example, and the metrics are computed against the dev labels as read
+from the task folder. RUN_DIR/done.json, written atomically last, marks the run finished;
+a run that raises leaves RUN_DIR/failed.txt (the traceback) and the worker goes on.
 """
 import json
 import os
@@ -17,6 +21,9 @@ import time
 
 DONE = "done.json"
 SPEC = "spec.json"
+CLAIM = "claim"
+FAILED = "failed.txt"
+LOG = "train.log"
 PREDICTIONS = "dev_predictions.tsv"
 
 
@@ -42,8 +49,13 @@ def device_args(precision):
 
 
 def train(spec):
+    from fairseq import checkpoint_utils
     from fairseq_cli import train as fairseq_train
 
+    # fairseq keeps the best validation score on the function between calls: a run must not
+    # inherit the previous run's (a resumed run gets its own back from checkpoint_last.pt)
+    if hasattr(checkpoint_utils.save_checkpoint, "best"):
+        del checkpoint_utils.save_checkpoint.best
     argv = list(spec["fairseq_args"]) + device_args(spec["precision"])
     sys.argv = ["fairseq-train"] + argv
     fairseq_train.cli_main()
@@ -118,7 +130,60 @@ def main(run_dir):
     })
 
 
+def claim(run_dir):
+    """True if this worker may run RUN_DIR: not finished, not claimed by another worker."""
+    if os.path.exists(os.path.join(run_dir, DONE)):
+        return False
+    try:
+        os.close(os.open(os.path.join(run_dir, CLAIM), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+class output_to(object):
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so fairseq's logging
+    and anything C-level too) to a file for the duration of a run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = os.dup(1), os.dup(2)
+        self.file = open(self.path, "a")
+        os.dup2(self.file.fileno(), 1)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+        for fd in self.saved:
+            os.close(fd)
+        self.file.close()
+        return False
+
+
+def serve(run_dirs):
+    import traceback
+
+    for run_dir in run_dirs:
+        if not claim(run_dir):
+            continue
+        with output_to(os.path.join(run_dir, LOG)):
+            try:
+                main(run_dir)
+            except (Exception, SystemExit):  # fairseq exits on bad options: report, go on
+                with open(os.path.join(run_dir, FAILED), "w") as f:
+                    f.write(traceback.format_exc())
+                traceback.print_exc()
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m se_fairseq.finetune.worker RUN_DIR")
-    main(sys.argv[1])
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python -m se_fairseq.finetune.worker RUN_DIR [RUN_DIR ...]")
+    serve(sys.argv[1:])
