@@ -294,7 +294,7 @@ def plot_downstream(ax, down):
     ax.axhline(0, color="black", lw=1)
     ax.set_xticks(xs, tasks, fontsize=9)
     ax.set_ylabel("dev accuracy minus (a) random masking (points)\n> 0: better than random masking")
-    ax.set_title("Downstream: fine-tuned, paired over seeds (bars: 95 % t interval)", fontsize=10)
+    ax.set_title("Fine-tuned: each model vs (a) random masking\n(paired over seeds; bars: 95 % t interval)", fontsize=10)
     ax.legend(fontsize=8)
 
 
