@@ -189,12 +189,14 @@ setup(
         "numpy",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"], "hf": ["transformers>=4.40", "safetensors"]},
+    extras_require={"test": ["pytest"], "hf": ["transformers>=4.40", "safetensors"],
+                    "finetune": ["scikit-learn", "scipy"]},
     entry_points={
         "console_scripts": [
             "se-bench = se_fairseq.cli.bench:cli_main",
             "se-score = se_fairseq.cli.score:cli_main",
             "se-convert = se_fairseq.cli.convert:cli_main",
+            "se-finetune = se_fairseq.cli.finetune:cli_main",
         ]
     },
     zip_safe=False,

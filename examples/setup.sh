@@ -22,6 +22,7 @@ fi
 echo "[setup] installing fairseq (ve-fairseq==0.12.3), build, test and demo tools"
 pip install -q "setuptools>=64" wheel ninja "ve-fairseq==0.12.3" pytest sentencepiece matplotlib \
   "transformers==5.24.0" "safetensors==0.8.0"  # transformers: se-convert (optional extra [hf])
+pip install -q "scikit-learn==1.9.1" "scipy==1.17.1"  # se-finetune's dev metrics (extra [finetune])
 echo "[setup] building se-fairseq and its extension (pip install --no-build-isolation -e .)"
 pip install -q --no-build-isolation -e .
 

@@ -20,7 +20,7 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     for step in ("1. real text", "2. SentencePiece", "3. vanilla model", "4. scores",
                  "(a) random", "(b) SE", "(c) SE top-k, plain MLM loss", "(d) rarity control",
                  "(e) online SE", "(f) threshold rule", "(g) SE top-k, half the budget random",
-                 "6. evaluation", "7. report"):
+                 "6. evaluation", "7. downstream", "8. report"):
         assert step in result.stdout, step
     data = json.load(open(work / "results.json"))
     results = data["results"]
@@ -51,3 +51,21 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
                  "se-score $WORK/data-bin --metric rarity"):
         assert text in report, text
     assert (work / "report.png").stat().st_size > 20_000
+    # downstream: se-finetune on the two labelled tasks, every model, paired against (a)
+    down = json.load(open(work / "downstream" / "results.json"))
+    assert down["checkpoints"] == ["vanilla", "random", "se", "rarity", "online"]
+    assert down["tasks"] == ["doc-kind", "next-sentence"] and down["baseline"] == "random"
+    for name in down["checkpoints"]:
+        for task in down["tasks"] + ["average"]:
+            entry = down["results"][name][task]
+            assert entry["n"] == 2 and 0 <= entry["mean"] <= 1
+            assert (name == "random") == ("vs_baseline" not in entry)
+    # no dev example of a downstream task is pretraining text
+    pretraining = (work / "text" / "train.txt").read_text()
+    for task in down["tasks"]:
+        rows = (work / "tasks" / task / "dev.tsv").read_text().splitlines()[1:]
+        assert rows and not any(cell in pretraining for row in rows for cell in row.split("\t")[:-1])
+    for text in ("## Downstream: fine-tuned on two labelled tasks", "Did SE beat random masking downstream?",
+                 "Did SE beat the rarity control downstream?", "Seed-to-seed spread",
+                 "| (b) SE: top-k + TLS minus (a) random masking |"):
+        assert text in report, text

@@ -185,11 +185,128 @@ def delta_table(tokens, results):
         rows.append(f"| {LABELS[n]} | " + " | ".join(cells) + " |")
     return head + "\n" + "\n".join(rows)
 
+DOWNSTREAM = [("vanilla", "vanilla (start point)"), ("random", "(a) random masking"),
+              ("se", "(b) SE: top-k + TLS"), ("rarity", "(d) rarity control"),
+              ("online", "(e) online SE")]
+TASK_LABELS = {"doc-kind": "doc-kind: class or function docstring?",
+               "next-sentence": "next-sentence: does B follow A?", "average": "average over tasks"}
 
-def plot(data, tokens, names, png):
+
+def load_downstream(work):
+    """se-finetune's results document of the run (None when the stage did not run)."""
+    path = os.path.join(work, "downstream", "results.json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def seed_values(down, name, task):
+    return {int(s): v for s, v in down["results"][name][task]["seeds"].items()}
+
+
+def down_compare(down, a, b, task):
+    """b minus a on a task, paired over seeds (points x 100): se-finetune's paired statistics."""
+    from se_fairseq.finetune.results import paired
+
+    p = paired(seed_values(down, b, task), seed_values(down, a, task))
+    return {k: (100 * v if k in ("mean", "se", "detectable") else v) for k, v in p.items()}
+
+
+def down_verdict(p):
+    if p["detected"]:
+        return "better" if p["mean"] > 0 else "worse"
+    return "no difference we could detect"
+
+
+def downstream_tables(down):
+    tasks = down["tasks"] + ["average"]
+    names = [n for n, _ in DOWNSTREAM if n in down["results"]]
+    head = "| model | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks) + " |\n" + "| --- " * (len(tasks) + 1) + "|"
+    rows = []
+    for n in names:
+        cells = []
+        for t in tasks:
+            e = down["results"][n][t]
+            vals = " / ".join(f"{100 * v:.1f}" for _, v in sorted(seed_values(down, n, t).items()))
+            cells.append(f"{100 * e['mean']:.2f} ± {100 * e['sd']:.2f} ({vals})")
+        rows.append(f"| {dict(DOWNSTREAM)[n]} | " + " | ".join(cells) + " |")
+    diff_rows = []
+    for a, b in [("random", n) for n in names if n != "random"] + [("rarity", "se")]:
+        if a not in down["results"] or b not in down["results"]:
+            continue
+        cells = []
+        for t in tasks:
+            p = down_compare(down, a, b, t)
+            cell = f"{p['mean']:+.2f} ± {p['se']:.2f}"
+            cells.append((f"**{cell}**" if p["detected"] else cell) + f" ({p['detectable']:.2f})")
+        diff_rows.append(f"| {dict(DOWNSTREAM)[b]} minus {dict(DOWNSTREAM)[a]} | " + " | ".join(cells) + " |")
+    return head + "\n" + "\n".join(rows), head.replace("| model |", "| comparison |") + "\n" + "\n".join(diff_rows)
+
+
+def downstream_findings(down):
+    tasks = down["tasks"] + ["average"]
+    n = min(e["n"] for r in down["results"].values() for e in r.values())
+    lines = []
+    for a, b, question in (("random", "se", "Did SE beat random masking downstream?"),
+                           ("random", "online", "Did online SE beat random masking downstream?"),
+                           ("rarity", "se", "Did SE beat the rarity control downstream?")):
+        if a not in down["results"] or b not in down["results"]:
+            continue
+        parts = []
+        for t in tasks:
+            p = down_compare(down, a, b, t)
+            parts.append(f"{t} {p['mean']:+.2f} ± {p['se']:.2f} points: {down_verdict(p)} "
+                         f"(detectable {p['detectable']:.1f})")
+        verdicts = {down_verdict(down_compare(down, a, b, t)) for t in tasks}
+        if verdicts == {"no difference we could detect"}:
+            head = "no difference we could detect on any task"
+        elif "better" in verdicts and "worse" not in verdicts:
+            head = "yes, on " + ", ".join(t for t in tasks if down_verdict(down_compare(down, a, b, t)) == "better")
+        elif "worse" in verdicts and "better" not in verdicts:
+            head = "no: worse on " + ", ".join(t for t in tasks if down_verdict(down_compare(down, a, b, t)) == "worse")
+        else:
+            head = "mixed"
+        lines.append(f"- **{question}** {head}. {dict(DOWNSTREAM)[b]} minus {dict(DOWNSTREAM)[a]}, "
+                     f"paired over {n} seeds: " + "; ".join(parts) + ".")
+    spreads = []
+    for t in down["tasks"]:
+        sds = [100 * down["results"][m][t]["sd"] for m in down["results"]]
+        det = [down_compare(down, "random", m, t)["detectable"] for m in down["results"] if m != "random"]
+        spreads.append(f"{t}: sd over seeds {min(sds):.2f} to {max(sds):.2f} points, smallest "
+                       f"detectable paired difference {min(det):.1f} to {max(det):.1f} points")
+    lines.append(f"- **Seed-to-seed spread and what this run can resolve** ({n} seeds per model and "
+                 "task; detectable = the paired difference a two-sided 5 % t-test would find with "
+                 "80 % power): " + "; ".join(spreads) + ".")
+    return "\n".join(lines)
+
+
+def plot_downstream(ax, down):
+    tasks = down["tasks"] + ["average"]
+    names = [n for n, _ in DOWNSTREAM if n in down["results"] and n != "random"]
+    xs = np.arange(len(tasks))
+    width = 0.8 / max(1, len(names))
+    colors = {"vanilla": "#4c72b0", "se": plt.cm.tab10(1), "rarity": plt.cm.tab10(3), "online": plt.cm.tab10(4)}
+    from scipy import stats
+
+    for i, name in enumerate(names):
+        ps = [down_compare(down, "random", name, t) for t in tasks]
+        crit = [stats.t.ppf(0.975, p["n"] - 1) * p["se"] if p["n"] > 1 else 0 for p in ps]
+        ax.bar(xs + (i - (len(names) - 1) / 2) * width, [p["mean"] for p in ps], width, yerr=crit,
+               capsize=2, label=SHORT.get(name, name), color=colors.get(name))
+    ax.axhline(0, color="black", lw=1)
+    ax.set_xticks(xs, tasks, fontsize=9)
+    ax.set_ylabel("dev accuracy minus (a) random masking (points)\n> 0: better than random masking")
+    ax.set_title("Fine-tuned: each model vs (a) random masking\n(paired over seeds; bars: 95 % t interval)", fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def plot(data, tokens, names, png, down=None):
     results, shares, meta = data["results"], data["mask_shares"], data["meta"]
     runs = [n for n in names if n not in ("vanilla", "random")]
-    fig, (ax_a, ax_b, ax_c) = plt.subplots(1, 3, figsize=(18, 5.2), gridspec_kw={"width_ratios": [1.0, 1.7, 1.0]})
+    panels = 4 if down else 3
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5.2),
+                             gridspec_kw={"width_ratios": [1.0, 1.7, 1.0, 1.1][:panels]})
+    ax_a, ax_b, ax_c = axes[:3]
+    if down:
+        plot_downstream(axes[3], down)
 
     # A: the start point against the unigram baseline
     xs = np.arange(len(GROUPS))
@@ -249,7 +366,8 @@ def main():
     results, meta, shares = data["results"], data["meta"], data["mask_shares"]
     names = ["vanilla"] + [n for n, _ in RUNS if n in results]
     png = os.path.join(args.work, "report.png")
-    plot(data, tokens, names, png)
+    down = load_downstream(args.work)
+    plot(data, tokens, names, png, down)
 
     def row(name):
         r = results[name]
@@ -277,6 +395,30 @@ def main():
     example_lines = "\n".join(
         f"{i + 1}. {e['text']}\n\n   *(SE {e['se']}, rarity {e['rarity']}, both {e['both']} of these tokens)*\n"
         for i, e in enumerate(data["examples"]))
+    downstream_section = ""
+    if down:
+        table_down, diff_down = downstream_tables(down)
+        settings = next(iter(down["settings"].values()))
+        downstream_section = f"""
+## Downstream: fine-tuned on two labelled tasks
+
+The question SE exists for: is the *fine-tuned* model better? `se-finetune` fine-tunes the
+vanilla and the continued models (a), (b), (d), (e) with fairseq's `sentence_prediction` on two
+tasks made from CPython's documentation with natural labels (`examples/quickstart/make_tasks.py`;
+dev examples come from paragraphs that were never pretrained on): *doc-kind*, one text, is this
+docstring paragraph from a class or a function? and *next-sentence*, a pair, does text B follow
+text A in the same paragraph? Each with seeds {", ".join(down["results"]["random"]["doc-kind"]["seeds"])}
+({settings["epochs"]} epoch{"s" if settings["epochs"] != 1 else ""}, batches of {settings["batch_size"]}, lr {settings["lr"]:g}, best dev
+checkpoint, as RoBERTa's GLUE recipe). Dev accuracy x 100, mean ± sd over seeds (per seed in brackets):
+
+{table_down}
+
+Paired over seeds against (a) random masking, and SE against the rarity control: mean ±
+standard error (**bold**: a paired t-test at 5 % finds a difference); in brackets the smallest
+difference this run could detect (80 % power):
+
+{diff_down}
+"""
     read = lambda f: open(os.path.join(args.work, f)).read().strip() if os.path.exists(os.path.join(args.work, f)) else ""
     md = f"""# se-fairseq quickstart report
 
@@ -303,17 +445,19 @@ guessing `{meta['unigram_top_token']}`.
 
 Left: the start point against the unigram baseline. Middle: each continued model minus (a)
 random masking on the same test tokens (below zero = better than random masking; error bars
-±{NOISE:g} paired standard errors). Right: what each method masks in the train split.
+±{NOISE:g} paired standard errors). Right: what each method masks in the train split.{' Far right: downstream, each continued model minus (a) random masking after fine-tuning (dev accuracy).' if down else ''}
 
 ## Findings
 
 {findings(data, tokens, names, args.work)}
+{downstream_findings(down) if down else ""}
 
 Each continued model minus (a) random masking, bits per token on the same test tokens (± one
 paired standard error; **bold**: the difference exceeds {NOISE:g} standard errors and {FLOOR} bits):
 
 {delta_table(tokens, results) if "random" in results else ""}
 
+{downstream_section}
 Read this at its scale: a small model pretrained for minutes on ~0.35 M tokens, continued for
 the few updates in the settings above. The paper continues a fully trained RoBERTa for 60k updates at a
 learning rate of 1e-5; `examples/roberta/README.md` has that recipe.

@@ -1,0 +1,111 @@
+"""The fine-tuning harness: checkpoints x task folders x seeds through fairseq's own
+``sentence_prediction``, resumable, with each task's own dev metric and paired
+differences against a baseline checkpoint (``se-finetune`` is a thin shell over
+:func:`finetune`).
+
+    from se_fairseq.finetune import finetune
+    doc = finetune({"random": "random/checkpoint_last.pt", "se": "se/checkpoint_last.pt"},
+                   ["glue/RTE", "glue/MRPC"], "finetune-out", seeds=[1, 2, 3], baseline="random",
+                   bpe="gpt2", gpt2_encoder_json="encoder.json", gpt2_vocab_bpe="vocab.bpe")
+
+Modules: ``tasks`` (read GLUE/generic folders), ``checkpoint`` (arch, dictionary),
+``encode`` (BPE), ``binarize`` (fairseq's GLUE preprocessing), ``plan`` (recipe ->
+fairseq-train arguments), ``worker`` (one run), ``runner`` (the pool), ``metrics``,
+``results`` (tables and paired statistics).
+"""
+import os
+
+from se_fairseq.finetune.errors import FinetuneError
+from se_fairseq.finetune.plan import Overrides
+
+__all__ = ["FinetuneError", "Overrides", "finetune", "prepare_data"]
+
+
+def prepare_data(checkpoints, tasks, out_dir, tokenizer_options, log=print):
+    """Read checkpoints and task folders and binarize each task once per (dictionary,
+    tokenizer). Returns (infos, task datas, manifests, data dirs)."""
+    from se_fairseq.finetune.binarize import binarize_task
+    from se_fairseq.finetune.checkpoint import read_checkpoint
+    from se_fairseq.finetune.encode import Tokenizer, tokenizer_spec
+    from se_fairseq.finetune.plan import check_name
+    from se_fairseq.finetune.tasks import read_task
+
+    infos = []
+    for name, value in checkpoints.items():
+        path, dict_path = value if isinstance(value, tuple) else (value, None)
+        infos.append(read_checkpoint(path, check_name(name, "checkpoint"), dict_path))
+    datas = []
+    for folder in tasks:
+        name, folder = folder if isinstance(folder, tuple) else (None, folder)
+        data = read_task(folder, name)
+        check_name(data.name, "task")
+        datas.append(data)
+    names = [d.name for d in datas]
+    if len(set(names)) != len(names):
+        raise FinetuneError(f"two task folders have the same name: {names}; name them NAME=PATH")
+    manifests, data_dirs, tokenizers = {}, {}, {}
+    for info in infos:
+        spec = tokenizer_spec(checkpoint_bpe=info.bpe, **tokenizer_options)
+        key = (info.dict_sha256[:12], spec.identity())
+        if key not in tokenizers:
+            tokenizers[key] = Tokenizer(spec)
+        for data in datas:
+            folder = os.path.join(out_dir, "data", f"{data.name}-{key[0]}-{key[1]}")
+            if folder not in [d for d in data_dirs.values()]:
+                manifest = binarize_task(data, tokenizers[key], info.dict_path, folder, log=log)
+            else:
+                import json
+
+                manifest = json.load(open(os.path.join(folder, "manifest.json")))
+            manifests[info.name, data.name] = manifest
+            data_dirs[info.name, data.name] = folder
+            for note in data.notes:
+                log(f"[finetune] {data.name}: {note}")
+    return infos, datas, manifests, data_dirs
+
+
+def finetune(checkpoints, tasks, out_dir, *, seeds=(1, 2, 3), baseline=None, overrides=None,
+             devices=None, jobs=None, bpe=None, gpt2_encoder_json=None, gpt2_vocab_bpe=None,
+             sentencepiece_model=None, keep_checkpoints="best", log=print):
+    """Fine-tune every checkpoint on every task with every seed; returns the results document
+    (also written to OUT_DIR/results.json and results.md).
+
+    checkpoints: {name: path or (path, dict.txt)}; tasks: folders or (name, folder) pairs.
+    """
+    from se_fairseq.finetune import results as results_mod
+    from se_fairseq.finetune.plan import plan_runs
+    from se_fairseq.finetune.runner import run_all
+
+    if not checkpoints:
+        raise FinetuneError("no checkpoint given")
+    if not tasks:
+        raise FinetuneError("no task folder given")
+    if baseline is not None and baseline not in checkpoints:
+        raise FinetuneError(f"baseline {baseline!r} is not one of the checkpoints {sorted(checkpoints)}")
+    if keep_checkpoints not in ("all", "best", "none"):
+        raise FinetuneError(f"keep_checkpoints must be all, best or none, got {keep_checkpoints!r}")
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise FinetuneError(f"seeds must be distinct and at least one: {seeds}")
+    overrides = overrides or Overrides()
+    if overrides.eval_checkpoint not in ("best", "last"):
+        raise FinetuneError(f"eval checkpoint must be best or last, got {overrides.eval_checkpoint!r}")
+    out_dir = os.path.abspath(out_dir)
+    infos, datas, manifests, data_dirs = prepare_data(
+        checkpoints, tasks, out_dir,
+        dict(bpe=bpe, gpt2_encoder_json=gpt2_encoder_json, gpt2_vocab_bpe=gpt2_vocab_bpe,
+             sentencepiece_model=sentencepiece_model), log=log)
+    runs = plan_runs(infos, datas, manifests, data_dirs, seeds, out_dir, overrides)
+    records = run_all(runs, devices=devices, jobs=jobs, log=log)
+    if keep_checkpoints != "all":
+        for run in runs:
+            for name in ("checkpoint_last.pt",) + (("checkpoint_best.pt",) if keep_checkpoints == "none" else ()):
+                path = os.path.join(run.run_dir, name)
+                if os.path.exists(path):
+                    os.remove(path)
+    doc = results_mod.summarize(list(records.values()), [i.name for i in infos],
+                                [d.name for d in datas], baseline)
+    doc["settings"] = {f"{r.checkpoint}/{r.task}": r.settings for r in runs if r.seed == seeds[0]}
+    json_path, md_path = results_mod.write(doc, out_dir)
+    log(f"[finetune] results: {json_path}, {md_path}")
+    return doc

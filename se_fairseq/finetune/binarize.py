@@ -1,0 +1,125 @@
+"""A task folder -> fairseq's sentence_prediction data, as fairseq's GLUE preprocessing makes it.
+
+``preprocess_GLUE_tasks.sh`` BPE-encodes each text column and runs
+``fairseq-preprocess --only-source --srcdict dict.txt`` per input, and, for the labels,
+``fairseq-preprocess --only-source`` without a dictionary (classification) or plain
+text files of floats (regression, STS-B's divided by 5). This module writes the same
+files (``input0/``, ``input1/``, ``label/`` with ``train``/``valid`` splits; mmap
+datasets, the label dictionary built and padded as fairseq builds it) in-process;
+``tests/test_finetune.py`` checks them byte for byte against ``fairseq-preprocess``.
+
+The folder is written under a temporary name and renamed when complete, with a
+manifest of what it was made from (task files, tokenizer, dictionary); a folder whose
+manifest matches is reused.
+"""
+import json
+import os
+import shutil
+
+from se_fairseq.finetune.checkpoint import file_sha256
+from se_fairseq.finetune.errors import FinetuneError
+
+SPLITS = (("train", "train"), ("valid", "dev"))  # fairseq split name, TaskData attribute
+#: more <unk> than this share of the dev tokens means text and dictionary do not match
+MAX_UNK_SHARE = 0.2
+
+
+def write_indexed(path_prefix, lines, dictionary):
+    """Binarize symbol lines as fairseq-preprocess does (append </s>, mmap, no new symbols);
+    returns (tokens, unknown tokens)."""
+    from fairseq.data import indexed_dataset
+
+    builder = indexed_dataset.make_builder(path_prefix + ".bin", impl="mmap",
+                                           vocab_size=len(dictionary))
+    tokens = unknown = 0
+    unk = dictionary.unk()
+    for line in lines:
+        ids = dictionary.encode_line(line, add_if_not_exist=False, append_eos=True).long()
+        tokens += len(ids)
+        unknown += int((ids == unk).sum())
+        builder.add_item(ids)
+    builder.finalize(path_prefix + ".idx")
+    return tokens, unknown
+
+
+def label_dictionary(labels):
+    """The label dictionary ``fairseq-preprocess --only-source`` builds from train labels."""
+    from fairseq.data import Dictionary
+
+    d = Dictionary()
+    for label in labels:
+        for word in label.split():
+            d.add_symbol(word)
+        d.add_symbol(d.eos_word)
+    d.finalize(threshold=-1, nwords=-1, padding_factor=8)
+    return d
+
+
+def manifest_for(task, tokenizer_spec, dict_path):
+    files = {os.path.basename(s.path): file_sha256(s.path) for s in (task.train, task.dev)}
+    return {"task": task.name, "layout": task.layout, "kind": task.kind, "files": files,
+            "tokenizer": tokenizer_spec.kind, "tokenizer_id": tokenizer_spec.identity(),
+            "dictionary_sha256": file_sha256(dict_path), "label_scale": task.label_scale,
+            "format": 1}
+
+
+def binarize_task(task, tokenizer, dict_path, out_dir, log=print):
+    """Write (or reuse) the binarized task; returns its manifest (with label names and sizes)."""
+    from fairseq.data import Dictionary
+
+    wanted = manifest_for(task, tokenizer.spec, dict_path)
+    manifest_path = os.path.join(out_dir, "manifest.json")
+    if os.path.exists(manifest_path):
+        have = json.load(open(manifest_path))
+        if {k: have.get(k) for k in wanted} == wanted:
+            return have
+        log(f"[finetune] {out_dir} was made from other inputs; rebuilding it")
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dictionary = Dictionary.load(dict_path)
+    stats = {}
+    for i in range(task.num_inputs):
+        folder = os.path.join(tmp, f"input{i}")
+        os.makedirs(folder)
+        shutil.copyfile(dict_path, os.path.join(folder, "dict.txt"))
+        for split, attr in SPLITS:
+            lines = [tokenizer.encode(t) for t in getattr(task, attr).texts[i]]
+            tokens, unknown = write_indexed(os.path.join(folder, split), lines, dictionary)
+            stats[f"input{i}.{split}"] = {"tokens": tokens, "unknown": unknown}
+            text_tokens = tokens - len(lines)  # without the </s> of each line
+            if attr == "dev" and text_tokens and unknown > MAX_UNK_SHARE * text_tokens:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise FinetuneError(
+                    f"dictionary mismatch: {100 * unknown / text_tokens:.0f} % of the tokens of "
+                    f"{getattr(task, attr).path} (text {i + 1}) are not in {dict_path} after "
+                    f"{tokenizer.spec.kind} encoding; the text must be encoded with the tokenizer the "
+                    "checkpoint was pretrained with")
+    label_folder = os.path.join(tmp, "label")
+    os.makedirs(label_folder)
+    labels = None
+    if task.kind == "classification":
+        labels_dict = label_dictionary(task.train.labels)
+        labels_dict.save(os.path.join(label_folder, "dict.txt"))
+        for split, attr in SPLITS:
+            write_indexed(os.path.join(label_folder, split), getattr(task, attr).labels, labels_dict)
+        # class i of the model's head is symbol i + nspecial, as sentence_prediction offsets it
+        labels = [labels_dict[i] for i in range(labels_dict.nspecial, len(labels_dict))
+                  if labels_dict.count[i] > 0]
+    else:
+        scale = task.label_scale or 1.0
+        for split, attr in SPLITS:
+            with open(os.path.join(label_folder, f"{split}.label"), "w") as f:
+                f.writelines(f"{float(v) / scale}\n" for v in getattr(task, attr).labels)
+    manifest = dict(wanted, labels=labels, num_classes=len(labels) if labels else 1,
+                    sizes={"train": len(task.train), "valid": len(task.dev)}, tokens=stats,
+                    num_inputs=task.num_inputs)
+    with open(os.path.join(tmp, "dev_targets.json"), "w") as f:
+        json.dump(task.dev.labels, f)
+    with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    log(f"[finetune] binarized {task.name}: {len(task.train)} train / {len(task.dev)} dev examples, "
+        f"{task.num_inputs} text column(s), {task.kind}"
+        + (f", {len(labels)} labels" if labels else "") + f" -> {out_dir}")
+    return manifest

@@ -1,0 +1,149 @@
+"""What the harness needs to know about a pretrained checkpoint: its architecture (as
+fairseq-train options), its dictionary, its positions and the tokenizer it names.
+
+Nothing here is specific to RoBERTa: the architecture is the checkpoint's own ``--arch``,
+and its options are those the registered fairseq model declares (``add_args``), with
+the checkpoint's values, so any fairseq encoder that ``sentence_prediction`` can
+fine-tune (a classification head registered by name) works.
+"""
+import argparse
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from se_fairseq.finetune.errors import FinetuneError
+
+#: set by the recipe for fine-tuning, not taken from the pretraining run
+RECIPE_MODEL_OPTIONS = {"dropout", "attention_dropout", "max_positions"}
+
+
+@dataclass
+class CheckpointInfo:
+    name: str
+    path: str
+    arch: str
+    model_args: list  # fairseq-train options that rebuild the architecture
+    dict_path: str
+    dict_sha256: str
+    vocab_size: int  # rows of the embedding table (dictionary + <mask>)
+    max_positions: int
+    bpe: dict  # the checkpoint's own cfg.bpe (may be empty)
+
+
+def _plain(cfg):
+    if cfg is None:
+        return {}
+    if isinstance(cfg, argparse.Namespace):
+        return dict(vars(cfg))
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(cfg):
+            return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    except ImportError:  # pragma: no cover - omegaconf comes with fairseq
+        pass
+    if isinstance(cfg, Mapping):
+        return {k: _plain(v) if isinstance(v, argparse.Namespace) else v for k, v in cfg.items()}
+    return {}
+
+
+def model_cli_args(model_cfg, arch):
+    """fairseq-train options for ``arch`` with the checkpoint's values, from the options the
+    registered model declares."""
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    if arch not in ARCH_MODEL_REGISTRY:
+        raise FinetuneError(f"the checkpoint's architecture {arch!r} is not registered with "
+                            "fairseq here (a plugin not installed?)")
+    parser = argparse.ArgumentParser(add_help=False)
+    ARCH_MODEL_REGISTRY[arch].add_args(parser)
+    args = []
+    for action in parser._actions:
+        dest = action.dest
+        if dest in RECIPE_MODEL_OPTIONS or dest not in model_cfg or not action.option_strings:
+            continue
+        value = model_cfg[dest]
+        if value is None:
+            continue
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") \
+            else action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            if value:
+                args.append(flag)
+        elif isinstance(action, argparse._StoreFalseAction):
+            if not value:
+                args.append(flag)
+        elif isinstance(action, argparse._StoreAction):
+            if isinstance(value, (list, tuple)):
+                value = ",".join(str(v) for v in value)
+            if isinstance(value, bool):
+                value = str(value)
+            args += [flag, str(value)]
+    return args
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_dictionary(path, cfg, dict_path=None):
+    """The checkpoint's dict.txt: given, beside the checkpoint, or in its training data folder."""
+    if dict_path is not None:
+        if not os.path.exists(dict_path):
+            raise FinetuneError(f"dictionary {dict_path} not found")
+        return dict_path
+    candidates = [os.path.join(os.path.dirname(os.path.abspath(path)), "dict.txt")]
+    data = (cfg.get("task") or {}).get("data")
+    if isinstance(data, str) and data:
+        candidates.append(os.path.join(data.split(":")[0], "dict.txt"))
+    for candidate in candidates:
+        if os.path.exists(candidate):
+            return candidate
+    raise FinetuneError(
+        f"no dictionary for checkpoint {path}: looked for {', '.join(candidates)}; "
+        "give the dict.txt the model was pretrained with (--dict, or NAME=CKPT:DICT)")
+
+
+def read_checkpoint(path, name=None, dict_path=None):
+    """Inspect a fairseq checkpoint (loaded on the CPU with fairseq's own reader, which the
+    plugin makes weights_only) and check its dictionary against its embedding table."""
+    from fairseq import checkpoint_utils
+    from fairseq.data import Dictionary
+
+    if not os.path.exists(path):
+        raise FinetuneError(f"checkpoint {path} not found")
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    cfg = state.get("cfg")
+    cfg = {k: _plain(v) for k, v in cfg.items()} if cfg is not None else {}
+    if not cfg.get("model") and state.get("args") is not None:
+        cfg = {"model": _plain(state["args"]), "task": _plain(state["args"]),
+               "bpe": {"_name": getattr(state["args"], "bpe", None)}}
+    model_cfg = cfg.get("model") or {}
+    arch = model_cfg.get("arch") or model_cfg.get("_name")
+    if not arch:
+        raise FinetuneError(f"checkpoint {path} names no architecture (cfg.model.arch)")
+    embed = [v for k, v in state["model"].items() if k.endswith("embed_tokens.weight")]
+    if not embed:
+        raise FinetuneError(f"checkpoint {path} holds no token embedding table (*embed_tokens.weight)")
+    dict_path = find_dictionary(path, cfg, dict_path)
+    dict_size = len(Dictionary.load(dict_path)) + 1  # + <mask>, as masked_lm and sentence_prediction add it
+    if embed[0].shape[0] != dict_size:
+        raise FinetuneError(
+            f"dictionary mismatch: checkpoint {path} has {embed[0].shape[0]} token embeddings but "
+            f"{dict_path} gives {dict_size} symbols (incl. <mask>); use the dict.txt the model was "
+            "pretrained with")
+    positions = model_cfg.get("max_positions") or (cfg.get("task") or {}).get("tokens_per_sample")
+    if not positions:
+        raise FinetuneError(f"checkpoint {path} records no max_positions")
+    bpe = cfg.get("bpe") or {}
+    return CheckpointInfo(
+        name=name or os.path.basename(os.path.dirname(os.path.abspath(path))),
+        path=os.path.abspath(path), arch=arch, model_args=model_cli_args(model_cfg, arch),
+        dict_path=os.path.abspath(dict_path), dict_sha256=file_sha256(dict_path),
+        vocab_size=int(embed[0].shape[0]), max_positions=int(positions),
+        bpe=bpe if isinstance(bpe, dict) else {})

@@ -1,0 +1,106 @@
+"""Text -> the checkpoint's own symbols, with fairseq's own BPE encoders and local files only.
+
+- ``gpt2``: released RoBERTa's byte-level BPE (``encoder.json`` + ``vocab.bpe`` by path),
+  through fairseq's ``GPT2BPE``, as ``examples/roberta/multiprocessing_bpe_encoder.py``
+  does for GLUE: each line becomes the space-separated BPE ids that ``dict.txt`` lists.
+- ``sentencepiece``: a SentencePiece model by path, through fairseq's ``SentencepieceBPE``
+  (space-separated pieces, as ``spm_encode --output_format=piece`` writes).
+- ``none``: the text is already space-separated symbols of the dictionary.
+
+Nothing is ever downloaded: a URL or a missing file is an error naming the option.
+"""
+import hashlib
+import os
+from dataclasses import dataclass
+
+from se_fairseq.finetune.errors import FinetuneError
+
+BPE_KINDS = ("gpt2", "sentencepiece", "none")
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    kind: str
+    files: tuple = ()  # (option, path) pairs
+
+    def identity(self):
+        """A short hash of the tokenizer: kind and file contents."""
+        h = hashlib.sha256(self.kind.encode())
+        for option, path in self.files:
+            h.update(option.encode())
+            with open(path, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+        return h.hexdigest()[:12]
+
+
+def _local_file(option, path):
+    if not path:
+        raise FinetuneError(f"missing BPE file: give {option} PATH (nothing is downloaded)")
+    if "://" in str(path):
+        raise FinetuneError(
+            f"missing BPE file: {option} is the URL {path} (the checkpoint's cfg.bpe; fairseq-train "
+            "records GPT-2 BPE with these URLs by default, also for data tokenized otherwise): give "
+            f"{option} PATH of a local copy, or --bpe sentencepiece/none if the model was trained "
+            "with another tokenization (nothing is downloaded here)")
+    if not os.path.isfile(path):
+        raise FinetuneError(f"missing BPE file: {option} {path} does not exist")
+    return os.path.abspath(path)
+
+
+def tokenizer_spec(bpe=None, gpt2_encoder_json=None, gpt2_vocab_bpe=None, sentencepiece_model=None,
+                   checkpoint_bpe=None):
+    """Resolve the tokenizer from explicit options, else from the checkpoint's own cfg.bpe."""
+    checkpoint_bpe = checkpoint_bpe or {}
+    if bpe is None:
+        bpe = checkpoint_bpe.get("_name")
+        if bpe is None:
+            if gpt2_encoder_json or gpt2_vocab_bpe:
+                bpe = "gpt2"
+            elif sentencepiece_model:
+                bpe = "sentencepiece"
+            else:
+                raise FinetuneError(
+                    "the checkpoint records no BPE (cfg.bpe): give --bpe gpt2 with "
+                    "--gpt2-encoder-json/--gpt2-vocab-bpe, --bpe sentencepiece with "
+                    "--sentencepiece-model, or --bpe none for pre-tokenized text")
+    if bpe not in BPE_KINDS:
+        raise FinetuneError(f"--bpe must be one of {BPE_KINDS}, got {bpe!r}")
+    if bpe == "gpt2":
+        return TokenizerSpec("gpt2", (
+            ("--gpt2-encoder-json", _local_file(
+                "--gpt2-encoder-json", gpt2_encoder_json or checkpoint_bpe.get("gpt2_encoder_json"))),
+            ("--gpt2-vocab-bpe", _local_file(
+                "--gpt2-vocab-bpe", gpt2_vocab_bpe or checkpoint_bpe.get("gpt2_vocab_bpe"))),
+        ))
+    if bpe == "sentencepiece":
+        return TokenizerSpec("sentencepiece", (
+            ("--sentencepiece-model", _local_file(
+                "--sentencepiece-model", sentencepiece_model or checkpoint_bpe.get("sentencepiece_model"))),
+        ))
+    return TokenizerSpec("none")
+
+
+class Tokenizer:
+    """``encode(line) -> str`` of space-separated dictionary symbols."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        files = dict(spec.files)
+        if spec.kind == "gpt2":
+            from fairseq.data.encoders.gpt2_bpe import GPT2BPE, GPT2BPEConfig
+
+            self._bpe = GPT2BPE(GPT2BPEConfig(gpt2_encoder_json=files["--gpt2-encoder-json"],
+                                              gpt2_vocab_bpe=files["--gpt2-vocab-bpe"]))
+        elif spec.kind == "sentencepiece":
+            from fairseq.data.encoders.sentencepiece_bpe import SentencepieceBPE, SentencepieceConfig
+
+            self._bpe = SentencepieceBPE(SentencepieceConfig(
+                sentencepiece_model=files["--sentencepiece-model"]))
+        else:
+            self._bpe = None
+
+    def encode(self, text):
+        text = text.strip()
+        if self._bpe is None:
+            return " ".join(text.split())
+        return self._bpe.encode(text)

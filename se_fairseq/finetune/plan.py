@@ -1,0 +1,156 @@
+"""The run plan: one fairseq-train command per (checkpoint, task, seed), with RoBERTa's
+GLUE recipe as defaults (fairseq examples/roberta/README.glue.md):
+
+    fairseq-train TASK-bin --finetune-from-model CKPT --task sentence_prediction
+        --criterion sentence_prediction --arch <the checkpoint's> <its model options>
+        --max-positions <the checkpoint's> --init-token 0 --separator-token 2
+        --num-classes N [--regression-target] --batch-size B --max-tokens 4400
+        --required-batch-size-multiple 1 --dropout 0.1 --attention-dropout 0.1
+        --weight-decay 0.1 --optimizer adam --adam-betas "(0.9, 0.98)" --adam-eps 1e-06
+        --clip-norm 0.0 --lr-scheduler polynomial_decay --lr LR
+        --total-num-update T --warmup-updates W --max-epoch 10
+        --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric   (regression: loss)
+
+``T`` = epochs x batches per epoch of the folder's train split (the recipe's table is
+that for the full GLUE sets), ``W`` = the recipe's warmup share of ``T`` (6 %, QQP 25 %).
+``--finetune-from-model`` (not ``--restore-file``) makes each run resumable: fairseq
+starts from the pretrained weights only while the run folder has no checkpoint_last.pt.
+Differences from the recipe: ``--shorten-method truncate`` (a no-op for examples that fit
+the model's positions; the recipe's 512 fit GLUE), and ``--no-epoch-checkpoints``.
+"""
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from se_fairseq.finetune.errors import FinetuneError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass
+class Overrides:
+    """Per-run settings that replace the recipe's (None = the recipe's)."""
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None
+    epochs: Optional[int] = None
+    total_updates: Optional[int] = None
+    warmup_fraction: Optional[float] = None
+    max_update: Optional[int] = None
+    max_tokens: Optional[int] = 4400
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    weight_decay: float = 0.1
+    best_metric: Optional[str] = None  # fairseq --best-checkpoint-metric
+    eval_checkpoint: str = "best"  # which checkpoint predicts dev: best or last
+    precision: str = "auto"  # auto (fp16 on GPU, as the recipe), fp32, fp16, bf16
+    fairseq_args: list = field(default_factory=list)  # appended last: they win
+
+
+@dataclass
+class RunSpec:
+    checkpoint: str  # checkpoint name
+    checkpoint_path: str
+    task: str
+    seed: int
+    run_dir: str
+    data_dir: str
+    kind: str
+    metric: str
+    labels: Optional[list]
+    label_scale: Optional[float]
+    eval_checkpoint: str
+    precision: str
+    fairseq_args: list
+    settings: dict
+
+    @property
+    def key(self):
+        return f"{self.checkpoint}/{self.task}/seed{self.seed}"
+
+    def to_json(self):
+        return asdict(self)
+
+    def fingerprint(self):
+        """What decides the run's result: a finished run with another fingerprint is stale."""
+        keep = {k: v for k, v in asdict(self).items() if k not in ("run_dir",)}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_name(name, what):
+    if not NAME.match(name):
+        raise FinetuneError(f"{what} name {name!r}: use letters, digits and . _ + - only")
+    return name
+
+
+def recipe_settings(task, manifest, overrides):
+    recipe = task.recipe
+    batch_size = overrides.batch_size or recipe.batch_size
+    epochs = overrides.epochs or recipe.epochs
+    per_epoch = math.ceil(manifest["sizes"]["train"] / batch_size)
+    total = overrides.total_updates or (
+        min(overrides.max_update, epochs * per_epoch) if overrides.max_update else epochs * per_epoch)
+    fraction = recipe.warmup_fraction if overrides.warmup_fraction is None else overrides.warmup_fraction
+    warmup = int(round(fraction * total))
+    best = overrides.best_metric or ("loss" if task.kind == "regression" else "accuracy")
+    return {"lr": overrides.lr or recipe.lr, "batch_size": batch_size, "epochs": epochs,
+            "total_updates": total, "warmup_updates": warmup, "max_update": overrides.max_update,
+            "best_metric": best, "max_tokens": overrides.max_tokens}
+
+
+def fairseq_train_args(info, task, manifest, data_dir, run_dir, seed, overrides):
+    s = recipe_settings(task, manifest, overrides)
+    dictionary_bos, dictionary_eos = 0, 2  # fairseq Dictionary: <s>=0, <pad>=1, </s>=2, <unk>=3
+    args = [
+        data_dir, "--task", "sentence_prediction", "--criterion", "sentence_prediction",
+        "--finetune-from-model", info.path, "--arch", info.arch, *info.model_args,
+        "--max-positions", str(info.max_positions), "--shorten-method", "truncate",
+        "--init-token", str(dictionary_bos), "--separator-token", str(dictionary_eos),
+        "--num-classes", str(manifest["num_classes"]),
+        "--batch-size", str(s["batch_size"]), "--required-batch-size-multiple", "1",
+        "--dropout", repr(overrides.dropout), "--attention-dropout", repr(overrides.attention_dropout),
+        "--weight-decay", repr(overrides.weight_decay), "--optimizer", "adam",
+        "--adam-betas", "(0.9, 0.98)", "--adam-eps", "1e-06", "--clip-norm", "0.0",
+        "--lr-scheduler", "polynomial_decay", "--lr", repr(s["lr"]),
+        "--total-num-update", str(s["total_updates"]), "--warmup-updates", str(s["warmup_updates"]),
+        "--max-epoch", str(s["epochs"]),
+        "--best-checkpoint-metric", s["best_metric"],
+        "--seed", str(seed), "--save-dir", run_dir, "--no-epoch-checkpoints",
+        "--log-format", "simple", "--log-interval", "10",
+    ]
+    if s["max_tokens"]:
+        args += ["--max-tokens", str(s["max_tokens"])]
+    if s["max_update"]:
+        args += ["--max-update", str(s["max_update"])]
+    if task.kind == "regression":
+        args += ["--regression-target", "--report-pearson-and-spearman"]
+    elif task.metric == "mcc":
+        args += ["--report-mcc"]
+    elif task.metric == "f1":
+        args += ["--report-acc-and-f1"]
+    if s["best_metric"] not in ("loss", "nll_loss"):
+        args += ["--maximize-best-checkpoint-metric"]
+    return args + list(overrides.fairseq_args), s
+
+
+def plan_runs(checkpoints, tasks, manifests, data_dirs, seeds, out_dir, overrides):
+    """RunSpecs for every (checkpoint, task, seed); ``checkpoints`` are CheckpointInfo,
+    ``tasks`` TaskData, ``manifests``/``data_dirs`` keyed by (checkpoint name, task name)."""
+    runs = []
+    for info in checkpoints:
+        for task in tasks:
+            manifest = manifests[info.name, task.name]
+            for seed in seeds:
+                run_dir = os.path.join(out_dir, "runs", info.name, task.name, f"seed{seed}")
+                args, settings = fairseq_train_args(
+                    info, task, manifest, data_dirs[info.name, task.name], run_dir, seed, overrides)
+                runs.append(RunSpec(
+                    checkpoint=info.name, checkpoint_path=info.path, task=task.name, seed=seed,
+                    run_dir=run_dir, data_dir=data_dirs[info.name, task.name], kind=task.kind,
+                    metric=task.metric, labels=manifest.get("labels"), label_scale=task.label_scale,
+                    eval_checkpoint=overrides.eval_checkpoint, precision=overrides.precision,
+                    fairseq_args=args, settings=settings))
+    return runs

@@ -1,0 +1,275 @@
+"""Task folders: GLUE's raw TSV layout or a generic one, read into texts and labels.
+
+GLUE (as its download script writes it; columns as fairseq's
+examples/roberta/preprocess_GLUE_tasks.sh reads them, 1-based there, 0-based here):
+
+    task     train / dev file         text columns  label column  header  kind
+    CoLA     train.tsv / dev.tsv      3             1             no      classification
+    SST-2    train.tsv / dev.tsv      0             1             yes     classification
+    MRPC     train.tsv / dev.tsv      3, 4          0             yes     classification
+    QQP      train.tsv / dev.tsv      3, 4          5             yes     classification
+    STS-B    train.tsv / dev.tsv      7, 8          9             yes     regression (label / 5)
+    MNLI     train.tsv / dev_matched  8, 9          11 (dev: 15)  yes     classification
+    QNLI     train.tsv / dev.tsv      1, 2          3             yes     classification
+    RTE      train.tsv / dev.tsv      1, 2          3             yes     classification
+
+Rows are split on tabs only, never on quotes (MRPC's and SST-2's sentences hold
+unbalanced quote characters). QQP rows without exactly 6 fields are dropped, as
+fairseq's script drops them; any other short row is an error naming the file,
+the line and the column.
+
+Generic layout (the user's own tasks): ``train.tsv`` and ``dev.tsv`` with a header
+row naming a ``label`` column and one text column (``sentence`` or ``text``) or two
+(``sentence1`` and ``sentence2``). An optional ``task.json`` sets ``"kind"``
+(``classification``, the default, or ``regression``) and ``"metric"`` (see
+:mod:`se_fairseq.finetune.metrics`).
+"""
+import json
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from se_fairseq.finetune.errors import FinetuneError
+
+
+@dataclass(frozen=True)
+class GlueLayout:
+    text_columns: tuple
+    label_column: int
+    header: bool = True
+    dev_file: str = "dev.tsv"
+    dev_label_column: Optional[int] = None
+    exact_fields: Optional[int] = None  # rows with another field count are dropped (QQP)
+    label_scale: Optional[float] = None  # regression labels are divided by this (STS-B: 5)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """RoBERTa's GLUE recipe (fairseq examples/roberta/README.glue.md) for one task."""
+    lr: float
+    batch_size: int
+    warmup_fraction: float  # warmup-updates / total-num-update in the recipe's table
+    epochs: int = 10
+    kind: str = "classification"
+    metric: str = "accuracy"
+    #: the recipe's own --total-num-update (10 epochs of the full GLUE train set)
+    recipe_total_updates: Optional[int] = None
+
+
+GLUE_LAYOUTS = {
+    "CoLA": GlueLayout((3,), 1, header=False),
+    "SST-2": GlueLayout((0,), 1),
+    "MRPC": GlueLayout((3, 4), 0),
+    "QQP": GlueLayout((3, 4), 5, exact_fields=6),
+    "STS-B": GlueLayout((7, 8), 9, label_scale=5.0),
+    "MNLI": GlueLayout((8, 9), 11, dev_file="dev_matched.tsv", dev_label_column=15),
+    "QNLI": GlueLayout((1, 2), 3),
+    "RTE": GlueLayout((1, 2), 3),
+}
+
+GLUE_RECIPES = {
+    "MNLI": Recipe(1e-5, 32, 7432 / 123873, recipe_total_updates=123873),
+    "QNLI": Recipe(1e-5, 32, 1986 / 33112, recipe_total_updates=33112),
+    "QQP": Recipe(1e-5, 32, 28318 / 113272, metric="f1", recipe_total_updates=113272),
+    "RTE": Recipe(2e-5, 16, 122 / 2036, recipe_total_updates=2036),
+    "SST-2": Recipe(1e-5, 32, 1256 / 20935, recipe_total_updates=20935),
+    "MRPC": Recipe(1e-5, 16, 137 / 2296, metric="f1", recipe_total_updates=2296),
+    "CoLA": Recipe(1e-5, 16, 320 / 5336, metric="mcc", recipe_total_updates=5336),
+    "STS-B": Recipe(2e-5, 16, 214 / 3598, kind="regression", metric="pearson",
+                    recipe_total_updates=3598),
+}
+#: a generic task: the recipe's most common settings (SST-2, QNLI, MNLI)
+GENERIC_RECIPE = Recipe(1e-5, 32, 0.06)
+
+GENERIC_TEXT_COLUMNS = (("sentence1", "sentence2"), ("sentence",), ("text",))
+KINDS = ("classification", "regression")
+
+
+@dataclass
+class Split:
+    path: str
+    texts: List[List[str]]  # one list per text column
+    labels: List[str]
+    lines: List[int]  # the line of the file each example comes from
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclass
+class TaskData:
+    name: str
+    folder: str
+    layout: str  # "glue" or "generic"
+    kind: str
+    metric: str
+    recipe: Recipe
+    train: Split
+    dev: Split
+    label_scale: Optional[float] = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def num_inputs(self):
+        return len(self.train.texts)
+
+
+def glue_name(folder):
+    """The GLUE task a folder holds, from its name (case and dashes ignored), or None."""
+    key = os.path.basename(os.path.normpath(folder)).lower().replace("-", "").replace("_", "")
+    for name in GLUE_LAYOUTS:
+        if key == name.lower().replace("-", ""):
+            return name
+    return None
+
+
+def _read_rows(path):
+    if not os.path.exists(path):
+        raise FinetuneError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            lines = f.read().split("\n")
+    except UnicodeDecodeError as err:
+        raise FinetuneError(f"{path}: not UTF-8 text ({err})") from err
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r").split("\t") for line in lines]
+
+
+def _cell(path, lineno, row, column, what):
+    if column >= len(row):
+        raise FinetuneError(
+            f"{path}, line {lineno}: no column {column + 1} ({what}); the row has {len(row)} "
+            f"tab-separated fields")
+    value = row[column].strip()
+    if what.startswith("text") and not value:
+        raise FinetuneError(f"{path}, line {lineno}, column {column + 1} ({what}): empty text")
+    return value
+
+
+def _check_labels(split, kind):
+    if kind != "regression":
+        return
+    for lineno, value in zip(split.lines, split.labels):
+        try:
+            float(value)
+        except ValueError:
+            raise FinetuneError(
+                f"{split.path}, line {lineno}: regression label {value!r} is not a number") from None
+
+
+def read_glue_split(path, layout, dev):
+    rows = _read_rows(path)
+    first = 1
+    if layout.header:
+        rows, first = rows[1:], 2
+    label_column = layout.dev_label_column if dev and layout.dev_label_column is not None \
+        else layout.label_column
+    texts = [[] for _ in layout.text_columns]
+    labels, lines, dropped = [], [], 0
+    for lineno, row in enumerate(rows, start=first):
+        if not any(cell.strip() for cell in row):
+            continue
+        if layout.exact_fields is not None and len(row) != layout.exact_fields:
+            dropped += 1
+            continue
+        for i, column in enumerate(layout.text_columns):
+            texts[i].append(_cell(path, lineno, row, column, f"text {i + 1}"))
+        labels.append(_cell(path, lineno, row, label_column, "label"))
+        lines.append(lineno)
+    if not labels:
+        raise FinetuneError(f"{path}: no examples")
+    return Split(path, texts, labels, lines), dropped
+
+
+def read_generic_split(path):
+    rows = _read_rows(path)
+    if not rows:
+        raise FinetuneError(f"{path}: empty file (expected a header row)")
+    header = [h.strip() for h in rows[0]]
+    if "label" not in header:
+        raise FinetuneError(f"{path}: the header row {header} has no 'label' column")
+    for names in GENERIC_TEXT_COLUMNS:
+        if all(n in header for n in names):
+            break
+    else:
+        raise FinetuneError(
+            f"{path}: the header row {header} names no text column: expected 'sentence' or "
+            "'text' (one text) or 'sentence1' and 'sentence2' (a pair)")
+    columns = [header.index(n) for n in names]
+    label_column = header.index("label")
+    texts = [[] for _ in columns]
+    labels, lines = [], []
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        for i, column in enumerate(columns):
+            texts[i].append(_cell(path, lineno, row, column, f"text {i + 1} ({names[i]!r})"))
+        labels.append(_cell(path, lineno, row, label_column, "label"))
+        lines.append(lineno)
+    if not labels:
+        raise FinetuneError(f"{path}: no examples")
+    return Split(path, texts, labels, lines)
+
+
+def read_task(folder, name=None):
+    """Read a task folder (GLUE or generic layout) into a :class:`TaskData`."""
+    if not os.path.isdir(folder):
+        raise FinetuneError(f"task folder {folder} not found")
+    glue = glue_name(folder)
+    name = name or os.path.basename(os.path.normpath(folder))
+    if glue is not None and not os.path.exists(os.path.join(folder, "task.json")):
+        layout = GLUE_LAYOUTS[glue]
+        recipe = GLUE_RECIPES[glue]
+        train, dropped_train = read_glue_split(os.path.join(folder, "train.tsv"), layout, dev=False)
+        dev, dropped_dev = read_glue_split(os.path.join(folder, layout.dev_file), layout, dev=True)
+        notes = []
+        if dropped_train or dropped_dev:
+            notes.append(f"dropped rows without exactly {layout.exact_fields} fields, as fairseq's "
+                         f"GLUE script does: {dropped_train} in train, {dropped_dev} in dev")
+        task = TaskData(name, folder, "glue", recipe.kind, recipe.metric, recipe, train, dev,
+                        label_scale=layout.label_scale, notes=notes)
+    else:
+        spec = {}
+        spec_path = os.path.join(folder, "task.json")
+        if os.path.exists(spec_path):
+            try:
+                spec = json.load(open(spec_path))
+            except ValueError as err:
+                raise FinetuneError(f"{spec_path}: not valid JSON ({err})") from err
+            unknown = set(spec) - {"kind", "metric", "label_scale"}
+            if unknown:
+                raise FinetuneError(f"{spec_path}: unknown keys {sorted(unknown)} "
+                                    "(known: kind, metric, label_scale)")
+        kind = spec.get("kind", "classification")
+        if kind not in KINDS:
+            raise FinetuneError(f"{spec_path}: kind must be one of {KINDS}, got {kind!r}")
+        from se_fairseq.finetune.metrics import METRICS, check_metric
+
+        metric = spec.get("metric", "pearson" if kind == "regression" else "accuracy")
+        try:
+            check_metric(metric, kind)
+        except ValueError as err:
+            raise FinetuneError(f"{spec_path}: {err}") from None
+        assert metric in METRICS
+        train = read_generic_split(os.path.join(folder, "train.tsv"))
+        dev = read_generic_split(os.path.join(folder, "dev.tsv"))
+        if len(train.texts) != len(dev.texts):
+            raise FinetuneError(f"{folder}: train.tsv has {len(train.texts)} text columns but "
+                                f"dev.tsv has {len(dev.texts)}")
+        recipe = Recipe(GENERIC_RECIPE.lr, GENERIC_RECIPE.batch_size, GENERIC_RECIPE.warmup_fraction,
+                        kind=kind, metric=metric)
+        task = TaskData(name, folder, "generic", kind, metric, recipe, train, dev,
+                        label_scale=spec.get("label_scale"))
+    _check_labels(task.train, task.kind)
+    _check_labels(task.dev, task.kind)
+    if task.kind == "classification":
+        unseen = sorted(set(task.dev.labels) - set(task.train.labels))
+        if unseen:
+            raise FinetuneError(f"{task.dev.path}: labels {unseen[:5]} never occur in "
+                                f"{task.train.path} (label column)")
+        if len(set(task.train.labels)) < 2:
+            raise FinetuneError(f"{task.train.path}: the label column holds a single value "
+                                f"{task.train.labels[0]!r}; classification needs two or more")
+    return task
+

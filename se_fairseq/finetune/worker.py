@@ -1,0 +1,189 @@
+"""Fine-tuning runs in a worker process: fairseq-train, then dev predictions and metrics.
+
+    python -m se_fairseq.finetune.worker RUN_DIR [RUN_DIR ...]
+
+A worker takes the runs in order, skipping those that are finished or that another worker
+of the pool has claimed (``RUN_DIR/claim``, created atomically), so that several workers
+share one list and torch and fairseq are imported once per worker, not once per run.
+RUN_DIR/spec.json (written by the harness) holds the fairseq-train arguments. Training
+goes through fairseq's own ``fairseq_cli.train.cli_main``, its output to RUN_DIR/train.log;
+rerun after a kill, fairseq resumes from RUN_DIR/checkpoint_last.pt
+(``--finetune-from-model`` only applies to a first launch). Then the best (or last)
+checkpoint is loaded with ``load_model_ensemble_and_task``, its classification head
+predicts every dev example, and the metrics are computed against the dev labels as read
+from the task folder. RUN_DIR/done.json, written atomically last, marks the run finished;
+a run that raises leaves RUN_DIR/failed.txt (the traceback) and the worker goes on.
+"""
+import json
+import os
+import sys
+import time
+
+DONE = "done.json"
+SPEC = "spec.json"
+CLAIM = "claim"
+FAILED = "failed.txt"
+LOG = "train.log"
+PREDICTIONS = "dev_predictions.tsv"
+
+
+def write_json_atomic(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def device_args(precision):
+    """--cpu without a visible GPU; the recipe's fp16 settings on one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        if precision == "fp16":
+            raise SystemExit("precision fp16 needs a GPU (none is visible to this run)")
+        return ["--cpu"] + (["--bf16"] if precision == "bf16" else [])
+    if precision in ("auto", "fp16"):
+        return ["--fp16", "--fp16-init-scale", "4", "--threshold-loss-scale", "1",
+                "--fp16-scale-window", "128"]
+    return ["--bf16"] if precision == "bf16" else []
+
+
+def train(spec):
+    from fairseq import checkpoint_utils
+    from fairseq_cli import train as fairseq_train
+
+    # fairseq keeps the best validation score on the function between calls: a run must not
+    # inherit the previous run's (a resumed run gets its own back from checkpoint_last.pt)
+    if hasattr(checkpoint_utils.save_checkpoint, "best"):
+        del checkpoint_utils.save_checkpoint.best
+    argv = list(spec["fairseq_args"]) + device_args(spec["precision"])
+    sys.argv = ["fairseq-train"] + argv
+    fairseq_train.cli_main()
+
+
+def predict(spec, checkpoint_path, batch_size=64):
+    """Dev predictions in dev order (label strings, or floats for regression), the head's
+    outputs and the checkpoint's update count."""
+    import torch
+    from fairseq import checkpoint_utils
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(
+        checkpoint_path, arg_overrides={"data": spec["data_dir"]})
+    num_updates = state["optimizer_history"][-1].get("num_updates")
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint_path], state=state)
+    model = models[0].eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    itr = task.get_batch_iterator(dataset=dataset, max_sentences=batch_size,
+                                  max_positions=task.max_positions(),
+                                  ignore_invalid_inputs=False).next_epoch_itr(shuffle=False)
+    head = cfg.criterion.classification_head_name
+    outputs = {}
+    with torch.no_grad():
+        for sample in itr:
+            net_input = {k: v.to(device) for k, v in sample["net_input"].items()}
+            logits, _ = model(**net_input, features_only=True, classification_head_name=head)
+            logits = logits.float().cpu()
+            for i, row in zip(sample["id"].tolist(), logits):
+                outputs[i] = row
+    if len(outputs) != len(dataset):
+        raise RuntimeError(f"predicted {len(outputs)} of {len(dataset)} dev examples")
+    rows = [outputs[i] for i in range(len(dataset))]
+    logits = [[float(v) for v in r] for r in rows]
+    if spec["kind"] == "regression":
+        scale = spec.get("label_scale") or 1.0
+        return [float(r[0]) * scale for r in rows], logits, num_updates
+    labels = spec["labels"]
+    return [labels[int(r.argmax())] for r in rows], logits, num_updates
+
+
+def main(run_dir):
+    from se_fairseq.finetune import metrics
+
+    spec = json.load(open(os.path.join(run_dir, SPEC)))
+    if os.path.exists(os.path.join(run_dir, DONE)):
+        return
+    start = time.time()
+    train(spec)
+    name = "checkpoint_best.pt" if spec["eval_checkpoint"] == "best" else "checkpoint_last.pt"
+    checkpoint_path = os.path.join(run_dir, name)
+    if not os.path.exists(checkpoint_path):
+        raise SystemExit(f"fairseq-train left no {checkpoint_path}")
+    predictions, logits, state_updates = predict(spec, checkpoint_path)
+    targets = json.load(open(os.path.join(spec["data_dir"], "dev_targets.json")))
+    if spec["kind"] == "regression":
+        targets = [float(t) for t in targets]
+    values = metrics.evaluate(spec["kind"], spec["metric"], predictions, targets)
+    with open(os.path.join(run_dir, PREDICTIONS + ".tmp"), "w") as f:
+        f.write("prediction\ttarget\thead_output\n")
+        f.writelines(f"{p}\t{t}\t{','.join(f'{v:.6g}' for v in o)}\n"
+                     for p, t, o in zip(predictions, targets, logits))
+    os.replace(os.path.join(run_dir, PREDICTIONS + ".tmp"), os.path.join(run_dir, PREDICTIONS))
+    write_json_atomic(os.path.join(run_dir, DONE), {
+        "key": f"{spec['checkpoint']}/{spec['task']}/seed{spec['seed']}",
+        "checkpoint": spec["checkpoint"], "task": spec["task"], "seed": spec["seed"],
+        "metric": spec["metric"], "metrics": values, "value": values[spec["metric"]],
+        "dev_examples": len(targets), "eval_checkpoint": name, "updates_of_eval_checkpoint": state_updates,
+        "fingerprint": spec["fingerprint"], "seconds_last_invocation": round(time.time() - start, 1),
+    })
+
+
+def claim(run_dir):
+    """True if this worker may run RUN_DIR: not finished, not claimed by another worker."""
+    if os.path.exists(os.path.join(run_dir, DONE)):
+        return False
+    try:
+        os.close(os.open(os.path.join(run_dir, CLAIM), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+class output_to(object):
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so fairseq's logging
+    and anything C-level too) to a file for the duration of a run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = os.dup(1), os.dup(2)
+        self.file = open(self.path, "a")
+        os.dup2(self.file.fileno(), 1)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+        for fd in self.saved:
+            os.close(fd)
+        self.file.close()
+        return False
+
+
+def serve(run_dirs):
+    import traceback
+
+    for run_dir in run_dirs:
+        if not claim(run_dir):
+            continue
+        with output_to(os.path.join(run_dir, LOG)):
+            try:
+                main(run_dir)
+            except (Exception, SystemExit):  # fairseq exits on bad options: report, go on
+                with open(os.path.join(run_dir, FAILED), "w") as f:
+                    f.write(traceback.format_exc())
+                traceback.print_exc()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python -m se_fairseq.finetune.worker RUN_DIR [RUN_DIR ...]")
+    serve(sys.argv[1:])

@@ -1,0 +1,467 @@
+"""se-finetune: GLUE-layout readers, binarization against fairseq-preprocess, metrics and paired
+statistics against independent formulas, the device pool, bad-input errors, and real
+sentence_prediction runs (one per kind) with kill-and-resume."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from se_fairseq.finetune import FinetuneError, Overrides, finetune
+from se_fairseq.finetune import metrics as ft_metrics
+from se_fairseq.finetune import results as ft_results
+from se_fairseq.finetune.tasks import read_task
+
+WORDS = [f"w{i}" for i in range(40)]
+
+
+def sentence(rng, lo=3, hi=9):
+    return " ".join(rng.choice(WORDS, size=rng.integers(lo, hi)))
+
+
+def write(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.writelines("\t".join(str(c) for c in row) + "\n" for row in rows)
+
+
+def make_cola(folder, n_train=64, n_dev=24, seed=0):
+    """CoLA's layout: no header; source, label, original label, sentence. Label 1 when the
+    sentence holds w1 (learnable from the text)."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = []
+        for i in range(n):
+            s = sentence(rng)
+            if i % 2:
+                s += " w1"
+            rows.append((f"src{i % 3}", int("w1" in s.split()), "*" if "w1" not in s.split() else "", s))
+        write(os.path.join(folder, f"{split}.tsv"), rows)
+    return folder
+
+
+def make_mrpc(folder, n_train=64, n_dev=24, seed=1):
+    """MRPC's layout: header; Quality, #1 ID, #2 ID, #1 String, #2 String; sentences with
+    unbalanced quote characters (which a csv reader would mangle)."""
+    rng = np.random.default_rng(seed)
+    header = ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = [header]
+        for i in range(n):
+            a = sentence(rng)
+            b = a if i % 2 else sentence(rng)
+            if i % 5 == 0:
+                a = '" ' + a
+            rows.append((int(a.strip('" ') == b), 1000 + i, 2000 + i, a, b))
+        write(os.path.join(folder, f"{split}.tsv"), rows)
+    return folder
+
+
+def make_stsb(folder, n_train=64, n_dev=24, seed=2):
+    """STS-B's layout: header; 10 columns, the pair in 8 and 9, the score (0 to 5) in 10."""
+    rng = np.random.default_rng(seed)
+    header = ("index", "genre", "filename", "year", "old_index", "source1", "source2",
+              "sentence1", "sentence2", "score")
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = [header]
+        for i in range(n):
+            a, b = sentence(rng), sentence(rng)
+            score = round(5 * len(set(a.split()) & set(b.split())) / max(1, len(set(a.split()))), 3)
+            rows.append((i, "main-news", "x", "2012", i, "none", "none", a, b, score))
+        write(os.path.join(folder, f"{split}.tsv"), rows)
+    return folder
+
+
+# -- readers -------------------------------------------------------------------------
+
+def test_glue_layouts_read_their_columns(tmp_path):
+    cola = read_task(make_cola(str(tmp_path / "CoLA")))
+    assert cola.layout == "glue" and cola.kind == "classification" and cola.metric == "mcc"
+    first = open(tmp_path / "CoLA" / "train.tsv").readline().rstrip("\n").split("\t")
+    assert cola.train.texts[0][0] == first[3] and cola.train.labels[0] == first[1]
+    assert len(cola.train) == 64  # no header: the first row is an example
+    mrpc = read_task(make_mrpc(str(tmp_path / "MRPC")))
+    assert mrpc.num_inputs == 2 and mrpc.metric == "f1" and len(mrpc.train) == 64
+    assert mrpc.train.texts[0][0].startswith('" ')  # quotes kept as text
+    assert mrpc.train.lines[0] == 2
+    stsb = read_task(make_stsb(str(tmp_path / "STS-B")))
+    assert stsb.kind == "regression" and stsb.label_scale == 5.0 and stsb.metric == "pearson"
+
+
+def test_qqp_drops_malformed_rows_and_mnli_reads_dev_matched(tmp_path):
+    header = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
+    good = ["1", "1", "2", "w1 w2", "w3 w4", "0"]
+    write(str(tmp_path / "QQP" / "train.tsv"), [header, good, good[:5], ["2", "3", "4", "w5", "w6", "1"]])
+    write(str(tmp_path / "QQP" / "dev.tsv"), [header, good, good + ["extra"]])
+    qqp = read_task(str(tmp_path / "QQP"))
+    assert len(qqp.train) == 2 and len(qqp.dev) == 1
+    assert "dropped" in qqp.notes[0]
+    mnli = tmp_path / "MNLI"
+    row = [str(i) for i in range(12)]
+    row[8], row[9], row[11] = "w1 w2", "w3", "entailment"
+    dev = [str(i) for i in range(16)]
+    dev[8], dev[9], dev[11], dev[15] = "w1", "w2", "neutral", "contradiction"
+    write(str(mnli / "train.tsv"), [["h"] * 12, row, row[:11] + ["contradiction"]])
+    write(str(mnli / "dev_matched.tsv"), [["h"] * 16, dev])
+    task = read_task(str(mnli))
+    assert task.dev.labels == ["contradiction"]  # gold label: column 16, not 12
+
+
+@pytest.mark.parametrize("case, message", [
+    ("short_row", "train.tsv, line 3: no column 4 (text 1)"),
+    ("missing_dev", "dev.tsv: file not found"),
+    ("no_label", "has no 'label' column"),
+    ("no_text", "names no text column"),
+    ("regression_text", "regression label 'high' is not a number"),
+    ("unseen_label", "never occur in"),
+    ("bad_kind", "kind must be one of"),
+    ("empty_text", "line 2, column 1 (text 1 ('sentence')): empty text"),
+])
+def test_unreadable_task_folders_name_file_and_column(tmp_path, case, message):
+    folder = tmp_path / ("CoLA" if case == "short_row" else "mytask")
+    if case == "short_row":
+        make_cola(str(folder))
+        lines = open(folder / "train.tsv").read().splitlines()
+        lines[2] = "\t".join(lines[2].split("\t")[:3])
+        (folder / "train.tsv").write_text("\n".join(lines) + "\n")
+    else:
+        train = [["sentence", "label"], ["w1 w2", "a"], ["w3", "b"]]
+        dev = [["sentence", "label"], ["w1", "a"]]
+        if case == "no_label":
+            train[0] = ["sentence", "gold"]
+        if case == "no_text":
+            train[0] = ["words", "label"]
+        if case == "regression_text":
+            (folder / "task.json").parent.mkdir(parents=True, exist_ok=True)
+            (folder / "task.json").write_text('{"kind": "regression"}')
+            train = [["sentence", "label"], ["w1", "0.5"], ["w2", "high"]]
+        if case == "unseen_label":
+            dev = [["sentence", "label"], ["w1", "c"]]
+        if case == "bad_kind":
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "task.json").write_text('{"kind": "ranking"}')
+        if case == "empty_text":
+            train = [["sentence", "label"], [" ", "a"], ["w3", "b"]]
+        write(str(folder / "train.tsv"), train)
+        if case != "missing_dev":
+            write(str(folder / "dev.tsv"), dev)
+    with pytest.raises(FinetuneError, match=None) as err:
+        read_task(str(folder))
+    assert message in str(err.value), str(err.value)
+
+
+# -- metrics and statistics against independent formulas --------------------------------
+
+def test_metrics_match_their_definitions():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.where(rng.random(200) < 0.7, y, 1 - y)
+    ys, ps = [str(v) for v in y], [str(v) for v in p]
+    tp, tn = int(((p == 1) & (y == 1)).sum()), int(((p == 0) & (y == 0)).sum())
+    fp, fn = int(((p == 1) & (y == 0)).sum()), int(((p == 0) & (y == 1)).sum())
+    assert ft_metrics.compute("accuracy", ps, ys) == pytest.approx((tp + tn) / 200)
+    assert ft_metrics.compute("f1", ps, ys) == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    mcc = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    assert ft_metrics.compute("mcc", ps, ys) == pytest.approx(mcc)
+    a, b = rng.normal(size=100), rng.normal(size=100)
+    b = a + b
+    assert ft_metrics.compute("pearson", list(a), list(b)) == pytest.approx(np.corrcoef(a, b)[0, 1])
+    ranks = lambda v: np.argsort(np.argsort(v))  # no ties in continuous draws
+    assert ft_metrics.compute("spearman", list(a), list(b)) == pytest.approx(
+        np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def test_paired_differences_and_average_over_tasks():
+    records = []
+    vals = {("base", "t1"): [0.70, 0.72, 0.71], ("se", "t1"): [0.73, 0.74, 0.72],
+            ("base", "t2"): [0.50, 0.55, 0.52], ("se", "t2"): [0.50, 0.54, 0.55]}
+    for (c, t), vs in vals.items():
+        for seed, v in enumerate(vs, 1):
+            records.append({"checkpoint": c, "task": t, "seed": seed, "value": v,
+                            "metric": "accuracy", "metrics": {"accuracy": v}})
+    doc = ft_results.summarize(records, ["base", "se"], ["t1", "t2"], baseline="base")
+    d = np.array(vals["se", "t1"]) - np.array(vals["base", "t1"])
+    p = doc["results"]["se"]["t1"]["vs_baseline"]
+    assert p["mean"] == pytest.approx(d.mean()) and p["n"] == 3
+    assert p["se"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(3))
+    # t(0.975, 2) = 4.3027, t(0.80, 2) = 1.0607 (tables)
+    assert p["detectable"] == pytest.approx((4.3027 + 1.0607) * p["se"], rel=1e-3)
+    assert p["detected"] == (abs(d.mean()) > 4.3027 * p["se"])
+    avg = doc["results"]["se"]["average"]
+    per_seed = [(vals["se", "t1"][i] + vals["se", "t2"][i]) / 2 for i in range(3)]
+    assert avg["mean"] == pytest.approx(np.mean(per_seed))
+    assert avg["sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    md = ft_results.markdown(doc)
+    assert "| se |" in md and "Difference against **base**" in md
+
+
+# -- the device pool ---------------------------------------------------------------------
+
+FAKE_WORKER = r"""
+import json, os, sys, time
+for run_dir in sys.argv[1:]:
+    try:  # the real worker's claim protocol
+        os.close(os.open(os.path.join(run_dir, "claim"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        continue
+    start = time.time()
+    time.sleep(0.6)
+    spec = json.load(open(os.path.join(run_dir, "spec.json")))
+    json.dump({"device": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time(),
+               "checkpoint": spec["checkpoint"], "task": spec["task"], "seed": spec["seed"],
+               "metric": "accuracy", "value": 0.5, "metrics": {"accuracy": 0.5},
+               "fingerprint": spec["fingerprint"]}, open(os.path.join(run_dir, "done.json"), "w"))
+"""
+
+
+def fake_runs(out, n=4):
+    from se_fairseq.finetune.plan import RunSpec
+
+    return [RunSpec(checkpoint="c", checkpoint_path="c.pt", task="t", seed=s,
+                    run_dir=str(out / f"seed{s}"), data_dir="d", kind="classification",
+                    metric="accuracy", labels=["0", "1"], label_scale=None, eval_checkpoint="best",
+                    precision="auto", fairseq_args=[], settings={}) for s in range(1, n + 1)]
+
+
+def test_pool_spreads_runs_over_devices_and_skips_finished_runs(tmp_path):
+    from se_fairseq.finetune.runner import run_all
+
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    logs = []
+    runs = fake_runs(tmp_path, 4)
+    done = run_all(runs, devices="0,1", log=logs.append, poll=0.05,
+                   command=lambda run_dirs: [sys.executable, str(script), *run_dirs])
+    assert len(done) == 4
+    records = sorted(done.values(), key=lambda r: r["start"])
+    assert {r["device"] for r in records} == {"0", "1"}
+    for a in records:  # runs that overlapped in time ran on different devices
+        for b in records:
+            if a is not b and a["start"] < b["end"] and b["start"] < a["end"]:
+                assert a["device"] != b["device"]
+    assert records[1]["start"] < records[0]["end"]  # two at once
+    logs.clear()
+    again = run_all(runs, devices="0,1", log=logs.append,
+                    command=lambda run_dirs: pytest.fail("a finished run was started again"))
+    assert len(again) == 4 and "4 already done, 0 to run" in logs[0]
+
+
+def test_a_run_folder_with_other_settings_is_refused(tmp_path):
+    from se_fairseq.finetune.runner import prepare
+
+    run = fake_runs(tmp_path, 1)[0]
+    prepare(run, run.fingerprint())
+    run.settings = {"lr": 1.0}
+    with pytest.raises(FinetuneError, match="holds a run with other settings .*settings"):
+        prepare(run, run.fingerprint())
+
+
+# -- checkpoints, tokenizers, binarization --------------------------------------------------
+
+def test_checkpoint_architecture_options_rebuild_the_model(vanilla_checkpoint):
+    from fairseq import options
+
+    from se_fairseq.finetune.checkpoint import read_checkpoint
+
+    info = read_checkpoint(vanilla_checkpoint)
+    assert info.arch == "roberta_base" and info.max_positions == 64
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        "data", "--task", "sentence_prediction", "--criterion", "sentence_prediction",
+        "--num-classes", "2", "--arch", info.arch, *info.model_args])
+    assert (args.encoder_layers, args.encoder_embed_dim, args.encoder_ffn_embed_dim,
+            args.encoder_attention_heads) == (2, 32, 64, 2)
+
+
+def test_dictionary_mismatch_and_missing_bpe_files(vanilla_checkpoint, tmp_path):
+    from se_fairseq.finetune.checkpoint import read_checkpoint
+    from se_fairseq.finetune.encode import tokenizer_spec
+
+    other = tmp_path / "dict.txt"
+    dict_path = read_checkpoint(vanilla_checkpoint).dict_path
+    other.write_text(open(dict_path).read() + "extra 1\n")
+    with pytest.raises(FinetuneError, match=r"dictionary mismatch: checkpoint .* has \d+ token "
+                                            r"embeddings but .*dict.txt gives \d+ symbols"):
+        read_checkpoint(vanilla_checkpoint, dict_path=str(other))
+    with pytest.raises(FinetuneError, match="missing BPE file: --gpt2-encoder-json .*nope.json does not exist"):
+        tokenizer_spec("gpt2", gpt2_encoder_json=str(tmp_path / "nope.json"), gpt2_vocab_bpe=str(other))
+    with pytest.raises(FinetuneError, match="missing BPE file: --gpt2-vocab-bpe is the URL"):
+        tokenizer_spec(checkpoint_bpe={"_name": "gpt2", "gpt2_vocab_bpe": "https://x/vocab.bpe"},
+                       gpt2_encoder_json=str(other))
+    with pytest.raises(FinetuneError, match="missing BPE file: give --sentencepiece-model"):
+        tokenizer_spec("sentencepiece")
+    with pytest.raises(FinetuneError, match="records no BPE"):
+        tokenizer_spec(checkpoint_bpe={})
+
+
+def test_text_outside_the_dictionary_is_a_mismatch(vanilla_checkpoint, tmp_path):
+    folder = tmp_path / "words"
+    write(str(folder / "train.tsv"), [["sentence", "label"], ["w1 w2", "a"], ["w3", "b"]])
+    write(str(folder / "dev.tsv"), [["sentence", "label"], ["hello there", "a"], ["w1 w2", "b"]])
+    with pytest.raises(FinetuneError, match=r"dictionary mismatch: \d+ % of the tokens of .*dev.tsv"):
+        finetune({"v": vanilla_checkpoint}, [str(folder)], str(tmp_path / "out"), bpe="none",
+                 log=lambda *a: None)
+
+
+def test_binarization_equals_fairseq_preprocess(vanilla_checkpoint, tmp_path):
+    """input0/input1/label as preprocess_GLUE_tasks.sh makes them with fairseq-preprocess
+    (fairseq_cli.preprocess.main, in-process)."""
+    from se_fairseq.finetune import prepare_data
+
+    task_dir = make_mrpc(str(tmp_path / "MRPC"))
+    infos, datas, manifests, dirs = prepare_data({"v": vanilla_checkpoint}, [task_dir],
+                                                 str(tmp_path / "out"), {"bpe": "none"},
+                                                 log=lambda *a: None)
+    ours = dirs["v", "MRPC"]
+    task = datas[0]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split, attr in (("train", "train"), ("dev", "dev")):
+        for i in range(2):
+            (raw / f"{split}.input{i}").write_text("\n".join(getattr(task, attr).texts[i]) + "\n")
+        (raw / f"{split}.label").write_text("\n".join(getattr(task, attr).labels) + "\n")
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    ref = tmp_path / "ref"
+    for lang, extra in (("input0", ["--srcdict", infos[0].dict_path]),
+                        ("input1", ["--srcdict", infos[0].dict_path]), ("label", [])):
+        preprocess.main(options.get_preprocessing_parser().parse_args([
+            "--only-source", "--trainpref", str(raw / f"train.{lang}"),
+            "--validpref", str(raw / f"dev.{lang}"), "--destdir", str(ref / lang), "--workers", "1",
+            *extra]))
+        for name in ("train.bin", "train.idx", "valid.bin", "valid.idx", "dict.txt"):
+            assert open(os.path.join(ours, lang, name), "rb").read() == \
+                open(ref / lang / name, "rb").read(), f"{lang}/{name}"
+
+
+# -- real sentence_prediction runs --------------------------------------------------------
+
+def hub_predictions(run_dir, data_dir, task):
+    """Dev predictions through fairseq's hub interface (RobertaHubInterface.predict), example by
+    example from the TSV text: an independent path from the worker's batched one over the
+    binarized split."""
+    import torch
+    from fairseq import checkpoint_utils
+    from fairseq.models.roberta import RobertaHubInterface
+    from omegaconf import open_dict
+
+    models, cfg, fs_task = checkpoint_utils.load_model_ensemble_and_task(
+        [os.path.join(run_dir, "checkpoint_best.pt")], arg_overrides={"data": data_dir})
+    with open_dict(cfg):
+        cfg.bpe = None  # fairseq-train records its default GPT-2 URLs; the text here is symbols
+    roberta = RobertaHubInterface(cfg, fs_task, models[0]).eval()
+    d = fs_task.source_dictionary
+    preds, outputs = [], []
+    for i in range(len(task.dev)):
+        ids = [d.bos()] + [d.index(w) for w in task.dev.texts[0][i].split()] + [d.eos()]
+        if task.num_inputs == 2:
+            ids += [d.eos()] + [d.index(w) for w in task.dev.texts[1][i].split()] + [d.eos()]
+        with torch.no_grad():
+            out = roberta.predict("sentence_classification_head", torch.tensor(ids), return_logits=True)
+        outputs.append(out[0].tolist())
+        if task.kind == "regression":
+            preds.append(float(out[0, 0]) * task.label_scale)
+        else:
+            ld = fs_task.label_dictionary
+            preds.append(ld[int(out.argmax()) + ld.nspecial])
+    return preds, outputs
+
+
+@pytest.mark.slow
+def test_finetune_classification_pair_and_regression_through_sentence_prediction(
+        vanilla_checkpoint, tmp_path, capsys):
+    from se_fairseq.cli.finetune import cli_main
+
+    tasks = [make_cola(str(tmp_path / "CoLA")), make_mrpc(str(tmp_path / "MRPC")),
+             make_stsb(str(tmp_path / "STS-B"))]
+    out = tmp_path / "out"
+    cli_main(["--checkpoint", f"tiny={vanilla_checkpoint}", *sum((["--task", t] for t in tasks), []),
+              "--out", str(out), "--seeds", "1", "--bpe", "none", "--epochs", "1", "--lr", "1e-3",
+              "--batch-size", "16", "--jobs", "3", "--devices", "cpu", "--keep-checkpoints", "best",
+              "--fairseq-args", "--num-workers 0"])
+    printed = capsys.readouterr().out
+    assert "| tiny |" in printed and "CoLA (mcc)" in printed
+    doc = json.load(open(out / "results.json"))
+    for name in ("CoLA", "MRPC", "STS-B"):
+        run_dir = out / "runs" / "tiny" / name / "seed1"
+        done = json.load(open(run_dir / "done.json"))
+        log = open(run_dir / "train.log").read()
+        assert "task: SentencePredictionTask" in log or "sentence_prediction" in log
+        assert done["updates_of_eval_checkpoint"] > 0
+        task = read_task(os.path.join(str(tmp_path), name))
+        rows = [l.rstrip("\n").split("\t") for l in open(run_dir / "dev_predictions.tsv")][1:]
+        preds = [r[0] for r in rows]
+        assert [r[1] for r in rows] == task.dev.labels  # targets as read from the TSV
+        data_dir = json.load(open(run_dir / "spec.json"))["data_dir"]
+        hub, hub_outputs = hub_predictions(str(run_dir), data_dir, task)
+        outputs = [[float(v) for v in r[2].split(",")] for r in rows]
+        np.testing.assert_allclose(outputs, hub_outputs, rtol=1e-4, atol=1e-5)
+        if task.kind == "regression":
+            x, y = np.array([float(p) for p in preds]), np.array([float(t) for t in task.dev.labels])
+            np.testing.assert_allclose(x, hub, rtol=1e-4, atol=1e-5)
+            assert done["metrics"]["pearson"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+        else:
+            assert preds == hub
+            y, p = np.array(task.dev.labels), np.array(preds)
+            if name == "CoLA":
+                tp, tn = ((p == "1") & (y == "1")).sum(), ((p == "0") & (y == "0")).sum()
+                fp, fn = ((p == "1") & (y == "0")).sum(), ((p == "0") & (y == "1")).sum()
+                denom = math.sqrt(max(1, (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+                assert done["metrics"]["mcc"] == pytest.approx((tp * tn - fp * fn) / denom)
+            else:
+                tp = ((p == "1") & (y == "1")).sum()
+                f1 = 2 * tp / max(1, 2 * tp + ((p == "1") & (y == "0")).sum() + ((p == "0") & (y == "1")).sum())
+                assert done["metrics"]["f1"] == pytest.approx(f1)
+            assert done["metrics"]["accuracy"] == pytest.approx((p == y).mean())
+        assert doc["results"]["tiny"][name]["mean"] == pytest.approx(done["value"])
+        assert (run_dir / "checkpoint_best.pt").exists() and not (run_dir / "checkpoint_last.pt").exists()
+    # the recipe's settings reached fairseq: polynomial schedule, 6 % warmup of epochs x batches
+    settings = doc["settings"]["tiny/CoLA"]
+    assert settings["total_updates"] == 1 * math.ceil(64 / 16) and settings["warmup_updates"] == 0
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_finished_runs_are_not_redone(vanilla_checkpoint, tmp_path):
+    task = make_cola(str(tmp_path / "CoLA"), n_train=96)
+    out = str(tmp_path / "out")
+    kwargs = dict(seeds=[1], bpe="none", jobs=1, devices=[], log=lambda *a: None,
+                  overrides=Overrides(epochs=4, batch_size=8, lr=1e-3, fairseq_args=["--num-workers", "0"]))
+    from se_fairseq.finetune import prepare_data
+    from se_fairseq.finetune.plan import plan_runs
+    from se_fairseq.finetune.runner import prepare, worker_command
+
+    infos, datas, manifests, dirs = prepare_data({"tiny": vanilla_checkpoint}, [task], out, {"bpe": "none"},
+                                                 log=lambda *a: None)
+    run = plan_runs(infos, datas, manifests, dirs, [1], out, kwargs["overrides"])[0]
+    prepare(run, run.fingerprint())
+    last = os.path.join(run.run_dir, "checkpoint_last.pt")
+    with open(os.path.join(run.run_dir, "train.log"), "w") as log:
+        proc = subprocess.Popen(worker_command([run.run_dir]), stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+        deadline = time.time() + 120
+        while not os.path.exists(last) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert os.path.exists(last) and not os.path.exists(os.path.join(run.run_dir, "done.json"))
+    doc = finetune({"tiny": vanilla_checkpoint}, [task], out, **kwargs)
+    log = open(os.path.join(run.run_dir, "train.log")).read()
+    assert "loading pretrained model from" in log  # the first launch
+    assert "Loaded checkpoint" in log and "checkpoint_last.pt" in log.split("loading pretrained")[-1]
+    done = json.load(open(os.path.join(run.run_dir, "done.json")))
+    assert doc["results"]["tiny"]["CoLA"]["n"] == 1
+    # the resumed run trained to the same end as an uninterrupted one: 4 epochs of 12 batches
+    assert done["eval_checkpoint"] == "checkpoint_best.pt"
+    final = [l for l in log.splitlines() if "done training" in l]
+    assert len(final) == 1
+    assert "num_updates 48" in [l for l in log.splitlines() if "valid on" in l][-1]
+    mtime = os.path.getmtime(os.path.join(run.run_dir, "done.json"))
+    logs = []
+    finetune({"tiny": vanilla_checkpoint}, [task], out, **dict(kwargs, log=logs.append))
+    assert os.path.getmtime(os.path.join(run.run_dir, "done.json")) == mtime
+    assert any("1 already done, 0 to run" in l for l in logs)
