@@ -19,15 +19,10 @@ from se_fairseq.data.se_masking import (
     MASKED_LM_LEAVE_UNMASKED_PROB, MASKED_LM_RANDOM_TOKEN_PROB, SelfEvolutionMasker, row_seeds,
 )
 from se_fairseq.ops.reference import hash_uniform
+from se_fairseq.testing import device_params
 
 HAS_CUDA = torch.cuda.is_available()
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=[
-        pytest.mark.cuda,
-        pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (torch sees no GPU)"),
-    ]),
-]
+DEVICES = device_params()
 
 
 def dictionary(words=60):

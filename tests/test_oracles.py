@@ -16,16 +16,11 @@ import torch
 import se_fairseq
 from se_fairseq.ops import select
 from se_fairseq.ops.reference import TOPK, select_reference
+from se_fairseq.testing import device_params
 
 select_module = importlib.import_module("se_fairseq.ops.select")
 HAS_CUDA = torch.cuda.is_available()
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=[
-        pytest.mark.cuda,
-        pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (torch sees no GPU)"),
-    ]),
-]
+DEVICES = device_params()
 
 
 # ------------------------------------------------------ sample mode: softmax(s / T)
@@ -70,11 +65,23 @@ class FakeClock:
 def stub_factory(clock, name, seconds_per_batch, batches, tokens, calls, slow_epochs=()):
     """An epoch iterator whose batches take known (fake) time."""
 
+    class EpochBatches:
+        """Like fairseq's epoch iterators: iterable, and take(n) truncates it."""
+
+        def __init__(self, epoch):
+            self.epoch, self.limit = epoch, batches
+
+        def take(self, n):
+            self.limit = min(self.limit, n)
+
+        def __iter__(self):
+            for _ in range(self.limit):
+                clock.now += seconds_per_batch * (10 if self.epoch in slow_epochs else 1)
+                yield {"ntokens": tokens}
+
     def epoch_iterator(epoch):
         calls.append((name, epoch))
-        for _ in range(batches):
-            clock.now += seconds_per_batch * (10 if epoch in slow_epochs else 1)
-            yield {"ntokens": tokens}
+        return EpochBatches(epoch)
 
     return epoch_iterator
 

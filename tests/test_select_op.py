@@ -18,6 +18,7 @@ from se_fairseq.ops import extension_available, select
 from se_fairseq.ops.reference import (
     SAMPLE, THRESHOLD, TOPK, hash_uniform, rounded_count, se_log, select_reference,
 )
+from se_fairseq.testing import device_params
 
 # the module (se_fairseq.ops.select is also the name of the function)
 select_module = importlib.import_module("se_fairseq.ops.select")
@@ -26,13 +27,7 @@ MODES = {"topk": TOPK, "threshold": THRESHOLD, "sample": SAMPLE}
 # tests that call torch.ops.se_fairseq directly; test_extension_is_built reports a missing build.
 extension_available()
 HAS_CUDA = torch.cuda.is_available()
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param("cuda", id="cuda", marks=[
-        pytest.mark.cuda,
-        pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (torch sees no GPU)"),
-    ]),
-]
+DEVICES = device_params()
 # Row lengths around the CUDA kernel's limits: 12 bytes of shared memory per
 # position; 48 KiB default limit (4096 positions), the old kernel's 48 KiB of
 # 8-byte keys (6144), the opt-in limit of H100/H200 (~19.3k), then the

@@ -31,13 +31,11 @@ import os
 import random
 import re
 import sys
-import sysconfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_text import paragraphs, topic_texts  # noqa: E402
+from make_text import paragraphs, stdlib_documented_nodes, topic_texts  # noqa: E402
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-SKIP_DIRS = ("test", "tests", "idle_test", "site-packages", "__pycache__", "lib2to3", "ensurepip")
 
 
 def split_of(para):
@@ -49,24 +47,13 @@ def split_of(para):
 def docstrings_with_kind():
     """(kind, docstring) for every class and function docstring of the pure-Python stdlib,
     in make_text.py's walking order."""
-    stdlib = sysconfig.get_paths()["stdlib"]
-    for root, dirs, files in os.walk(stdlib):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
-        for name in sorted(files):
-            if not name.endswith(".py"):
-                continue
-            try:
-                with open(os.path.join(root, name), encoding="utf-8") as f:
-                    tree = ast.parse(f.read())
-            except (SyntaxError, UnicodeDecodeError, ValueError):
-                continue
-            for node in ast.walk(tree):
-                kind = ("class" if isinstance(node, ast.ClassDef) else "function"
-                        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None)
-                if kind:
-                    doc = ast.get_docstring(node)
-                    if doc:
-                        yield kind, doc
+    for node in stdlib_documented_nodes():
+        kind = ("class" if isinstance(node, ast.ClassDef) else "function"
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None)
+        if kind:
+            doc = ast.get_docstring(node)
+            if doc:
+                yield kind, doc
 
 
 def clean(text):

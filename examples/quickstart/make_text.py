@@ -29,12 +29,16 @@ def topic_texts():
     return list(topics.topics.values())
 
 
-def docstring_texts():
+SKIP_DIRS = ("test", "tests", "idle_test", "site-packages", "__pycache__", "lib2to3", "ensurepip")
+DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def stdlib_documented_nodes():
+    """Every module, class and function node of the pure-Python stdlib (tests and
+    vendored packages left out), in a fixed walking order."""
     stdlib = sysconfig.get_paths()["stdlib"]
-    texts = []
     for root, dirs, files in os.walk(stdlib):
-        dirs[:] = sorted(d for d in dirs if d not in ("test", "tests", "idle_test", "site-packages",
-                                                     "__pycache__", "lib2to3", "ensurepip"))
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
         for name in sorted(files):
             if not name.endswith(".py"):
                 continue
@@ -44,11 +48,12 @@ def docstring_texts():
             except (SyntaxError, UnicodeDecodeError, ValueError):
                 continue
             for node in ast.walk(tree):
-                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                    doc = ast.get_docstring(node)
-                    if doc:
-                        texts.append(doc)
-    return texts
+                if isinstance(node, DOCUMENTED):
+                    yield node
+
+
+def docstring_texts():
+    return [doc for doc in map(ast.get_docstring, stdlib_documented_nodes()) if doc]
 
 
 def is_prose(line):

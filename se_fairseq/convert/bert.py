@@ -36,7 +36,7 @@ import re
 
 from .core import (ENCODER_VERSION, FS, FS_HEAD, LAYER, MASK, PAD, SPECIALS, ConversionError,
                    FairseqModel, Family, HFModel, OutputExistsError, common_fairseq_problems,
-                   dictionary_size_problems, listed, load_dictionary, num_layers, placeholder,
+                   dictionary_size_problems, listed, load_dictionary, num_layers, placeholder, tensor_problems,
                    quiet_transformers, refuse, require_transformers, save_pretrained_files,
                    training_only_warnings, valid_word, write_text)
 
@@ -216,14 +216,11 @@ def fairseq_state_dict_to_hf(state_dict, options, dictionary=None):
     layers = num_layers(sd, FS + "layers.")
     expected = fairseq_keys(layers)
     dropped = sorted(k for k in sd if k.startswith("classification_heads."))
-    extra = sorted(set(sd) - set(expected) - set(dropped))
-    missing = [k for k in expected if k not in sd and k not in (FS + "version", TOKEN_IDS)]
     if layers == 0:
         problems.append("no encoder layers under encoder.sentence_encoder.layers.*")
-    if extra:
-        problems.append(f"unexpected tensors {listed(extra)}: not a plain fairseq hf_bert")
-    if missing:
-        problems.append(f"missing tensors {listed(missing)}")
+    optional = (FS + "version", TOKEN_IDS)
+    problems += tensor_problems(sd, [k for k in expected if k not in optional], "fairseq hf_bert",
+                                optional=optional, skipped=set(dropped).__contains__)
     if problems:
         refuse("this fairseq checkpoint", problems)
 
@@ -318,16 +315,11 @@ def hf_state_dict_to_fairseq(config, state_dict, special_ids_):
     pairs = key_pairs(layers)
     expected = {hf for _, hf in pairs}
     optional = {HF_DECODER_WEIGHT, HF_DECODER_BIAS}
-    extra = sorted(k for k in set(state_dict) - expected - optional
-                   if not (HF_IGNORED.match(k) or HF_DROPPED.match(k)))
-    missing = sorted(expected - set(state_dict))
     if layers != c.get("num_hidden_layers", layers):
         problems.append(f"config says {c['num_hidden_layers']} layers, the weights have {layers}")
-    if extra:
-        problems.append(f"unexpected tensors {listed(extra)}: not a plain BertForMaskedLM")
-    if missing:
-        hint = " (no masked-LM head: save a BertForMaskedLM)" if any(k.startswith(HF_HEAD) for k in missing) else ""
-        problems.append(f"missing tensors {listed(missing)}{hint}")
+    problems += tensor_problems(state_dict, sorted(expected), "BertForMaskedLM", optional=optional,
+                                skipped=lambda k: bool(HF_IGNORED.match(k) or HF_DROPPED.match(k)),
+                                head=HF_HEAD)
     if problems:
         refuse("this Hugging Face model", problems)
 

@@ -135,6 +135,25 @@ def listed(names, limit=8):
     return f"{names[:limit]}{' ...' if len(names) > limit else ''}"
 
 
+def tensor_problems(present, expected, model, *, optional=(), skipped=lambda key: False,
+                    head=None):
+    """Why the tensors ``present`` are not exactly ``model``'s: tensors beyond ``expected``
+    and ``optional`` (those ``skipped`` says to pass over aside), and ``expected`` ones
+    missing, in ``expected``'s order (with a hint where the masked-LM ``head`` prefix
+    is among them)."""
+    present = set(present)
+    extra = sorted(k for k in present - set(expected) - set(optional) if not skipped(k))
+    missing = [k for k in expected if k not in present]
+    problems = []
+    if extra:
+        problems.append(f"unexpected tensors {listed(extra)}: not a plain {model}")
+    if missing:
+        hint = f" (no masked-LM head: save a {model})" if head and any(
+            k.startswith(head) for k in missing) else ""
+        problems.append(f"missing tensors {listed(missing)}{hint}")
+    return problems
+
+
 # -- families ---------------------------------------------------------------------
 
 class Family:

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 
 from .core import (ENCODER_VERSION, FS, FS_HEAD, LAYER, MASK, PAD, SPECIALS,
                    ConversionError, FairseqModel, Family, HFModel, common_fairseq_problems,
-                   dictionary_size_problems, listed, load_dictionary, num_layers, refuse,
+                   dictionary_size_problems, load_dictionary, num_layers, refuse, tensor_problems,
                    training_only_warnings, valid_word)
 
 logger = logging.getLogger("se_fairseq.convert")
@@ -130,16 +130,12 @@ def fairseq_state_dict_to_hf(state_dict, options, dictionary=None):
     layers = num_layers(sd, FS + "layers.")
     expected = fairseq_keys(layers)
     dropped = sorted(k for k in sd if k.startswith("classification_heads."))
-    extra = sorted(set(sd) - set(expected) - set(dropped))
     if layers == 0:
         problems.append("no encoder layers under encoder.sentence_encoder.layers.*")
-    if any(k.startswith(FS + "layer_norm.") for k in extra):
+    if any(k.startswith(FS + "layer_norm.") for k in sd):
         problems.append("a final encoder LayerNorm (encoder.sentence_encoder.layer_norm): pre-LN model")
-    if extra:
-        problems.append(f"unexpected tensors {listed(extra)}: not a plain fairseq RoBERTa")
-    missing = [k for k in expected if k not in sd and k != FS + "version"]
-    if missing:
-        problems.append(f"missing tensors {listed(missing)}")
+    problems += tensor_problems(sd, [k for k in expected if k != FS + "version"], "fairseq RoBERTa",
+                                optional=[FS + "version"], skipped=set(dropped).__contains__)
     if problems:
         refuse("this fairseq checkpoint", problems)
 
@@ -241,16 +237,11 @@ def hf_state_dict_to_fairseq(config, state_dict):
     pairs = key_pairs(layers)
     expected = {hf for _, hf in pairs} | {TOKEN_TYPE}
     optional = {HF_DECODER_WEIGHT, HF_DECODER_BIAS}
-    dropped = sorted(k for k in state_dict if HF_DROPPED.match(k))
-    extra = sorted(k for k in set(state_dict) - expected - optional - set(dropped) if not HF_IGNORED.match(k))
-    missing = sorted(expected - set(state_dict))
     if layers != c.get("num_hidden_layers", layers):
         problems.append(f"config says {c['num_hidden_layers']} layers, the weights have {layers}")
-    if extra:
-        problems.append(f"unexpected tensors {listed(extra)}: not a plain RobertaForMaskedLM")
-    if missing:
-        hint = " (no masked-LM head: save a RobertaForMaskedLM)" if any(k.startswith(HF_HEAD) for k in missing) else ""
-        problems.append(f"missing tensors {listed(missing)}{hint}")
+    problems += tensor_problems(state_dict, sorted(expected), "RobertaForMaskedLM", optional=optional,
+                                skipped=lambda k: bool(HF_DROPPED.match(k) or HF_IGNORED.match(k)),
+                                head=HF_HEAD)
     if problems:
         refuse("this Hugging Face model", problems)
 
