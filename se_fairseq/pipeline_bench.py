@@ -56,11 +56,13 @@ def time_epoch(epoch_iterator, epoch, max_batches):
     return time.perf_counter() - start, batches, tokens
 
 
-def compare_pipelines(args, base_args, rounds=5, max_batches=0, out=sys.stdout):
-    """Print per-round and median rates of ``base_args``' task and ``args``' task; return
-    the ratio of their median batches/s (task / baseline)."""
+def compare_pipelines(args, base_args, rounds=5, max_batches=0, out=None):
+    """Print per-round and median rates of ``base_args``' task and ``args``' task to ``out``
+    (default: the sys.stdout of the call); return the ratio of their median batches/s
+    (task / baseline)."""
     import torch
 
+    out = sys.stdout if out is None else out
     torch.set_num_threads(1)  # the pipeline's own cost, not intra-op parallelism
     if getattr(args, "se_online", False) or getattr(base_args, "se_online", False):
         raise ValueError("--se-online masks in the train step, not in the data pipeline: "

@@ -117,7 +117,7 @@ def test_metadata_records_what_the_scores_come_from(corpus, tmp_path):
     assert meta == {"format": "se-fairseq-scores", "version": 1, "dtype": "float16",
                     "metric": "confidence", "checkpoint": {"path": "c.pt"},
                     "blocking": {"tokens_per_sample": 9}, "corpus": fingerprint,
-                    "summary": {"a": 1}}
+                    "unscored_ranges": [], "summary": {"a": 1}}
     assert np.load(array).dtype == np.float16
     loaded = ScoreFile(str(tmp_path / "s"), split, fingerprint=fingerprint)
     assert (loaded.array_path, loaded.meta_path) == (array, meta_path)
