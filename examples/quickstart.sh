@@ -2,7 +2,7 @@
 # Does SE help? A vanilla model on real English text, then continued pretraining by SE and by
 # the controls a reviewer asks for first, with a report. CPU only, no model hub.
 #
-#   bash examples/quickstart.sh                       # the demo (about 16 min on 2 CPU cores, plus ~7 for step 7)
+#   bash examples/quickstart.sh                       # the demo (about 18 min on 2 free CPU cores, plus set-up)
 #   QUICKSTART_SCALE=full bash examples/quickstart.sh # a 4x longer vanilla (about 42 min)
 #   QUICKSTART_SCALE=ci bash examples/quickstart.sh   # every step, reduced, in a few minutes (CI)
 #   WORK=/path/to/run bash examples/quickstart.sh     # where everything goes (default: ./quickstart-run)

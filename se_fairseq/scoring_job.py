@@ -127,7 +127,8 @@ def load_scoring_model(path, data):
     embed = [v for k, v in state["model"].items()
              if k.endswith("sentence_encoder.embed_tokens.weight")]
     if not embed:
-        raise ScoringError(f"{path} holds no RoBERTa-style encoder embeddings")
+        raise ScoringError(f"{path} holds no RoBERTa- or BERT-style (hf_bert) "
+                           "encoder embeddings")
     if embed[0].shape[0] != data_vocab:
         raise ScoringError(
             f"the dictionary of checkpoint {path} has {embed[0].shape[0]} entries "

@@ -261,6 +261,26 @@ def test_a_run_folder_with_other_settings_is_refused(tmp_path):
         prepare(run, run.fingerprint())
 
 
+def test_a_run_does_not_inherit_the_previous_runs_best_score(monkeypatch):
+    """A worker trains several runs in one process; fairseq's save_checkpoint keeps the best
+    validation score seen on the function itself, so a second run scoring below the first
+    would never write its checkpoint_best.pt. train() must start each run without it."""
+    from fairseq import checkpoint_utils
+    from fairseq_cli import train as fairseq_train
+
+    from se_fairseq.finetune import worker
+
+    seen = []
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(fairseq_train, "cli_main", lambda: seen.append(
+        (getattr(checkpoint_utils.save_checkpoint, "best", None), list(sys.argv))))
+    checkpoint_utils.save_checkpoint.best = 0.99  # as an earlier run of this worker leaves it
+    try:
+        worker.train({"fairseq_args": ["data", "--seed", "2"], "precision": "fp32"})
+    finally:
+        vars(checkpoint_utils.save_checkpoint).pop("best", None)
+    assert seen == [(None, ["fairseq-train", "data", "--seed", "2", "--cpu"])]
+
 # -- checkpoints, tokenizers, binarization --------------------------------------------------
 
 def test_checkpoint_architecture_options_rebuild_the_model(vanilla_checkpoint):

@@ -216,11 +216,34 @@ def down_verdict(p):
     return "no difference we could detect"
 
 
-def downstream_tables(down):
+def majority_shares(work, tasks):
+    """Per task, the dev share of its most frequent label (what always guessing it scores,
+    x 100) and that label, read from the task folders with se-finetune's own reader; None
+    when the folders are not there."""
+    from collections import Counter
+
+    from se_fairseq.finetune.tasks import read_task
+
+    out = {}
+    for t in tasks:
+        folder = os.path.join(work, "tasks", t)
+        if not os.path.isdir(folder):
+            return None
+        labels = read_task(folder).dev.labels
+        label, count = Counter(labels).most_common(1)[0]
+        out[t] = (100.0 * count / len(labels), label)
+    return out
+
+
+def downstream_tables(down, majority=None):
     tasks = down["tasks"] + ["average"]
     names = [n for n, _ in DOWNSTREAM if n in down["results"]]
     head = "| model | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks) + " |\n" + "| --- " * (len(tasks) + 1) + "|"
     rows = []
+    if majority:
+        cells = [f"{majority[t][0]:.2f} (always `{majority[t][1]}`)" for t in down["tasks"]]
+        cells.append(f"{sum(majority[t][0] for t in down['tasks']) / len(down['tasks']):.2f}")
+        rows.append("| majority class of dev (no model) | " + " | ".join(cells) + " |")
     for n in names:
         cells = []
         for t in tasks:
@@ -241,10 +264,19 @@ def downstream_tables(down):
     return head + "\n" + "\n".join(rows), head.replace("| model |", "| comparison |") + "\n" + "\n".join(diff_rows)
 
 
-def downstream_findings(down):
+def downstream_findings(down, majority=None):
     tasks = down["tasks"] + ["average"]
     n = min(e["n"] for r in down["results"].values() for e in r.values())
     lines = []
+    if majority:
+        parts = []
+        for t in down["tasks"]:
+            means = [100 * down["results"][m][t]["mean"] for m in down["results"]]
+            parts.append(f"{t}: majority class {majority[t][0]:.1f} %, the fine-tuned models "
+                         f"{min(means) - majority[t][0]:+.1f} to {max(means) - majority[t][0]:+.1f} points from it")
+        lines.append("- **How much the tasks were learned**, against always guessing the most "
+                     "frequent dev label: " + "; ".join(parts) + ". Differences between models "
+                     "are read against that headroom.")
     for a, b, question in (("random", "se", "Did SE beat random masking downstream?"),
                            ("random", "online", "Did online SE beat random masking downstream?"),
                            ("rarity", "se", "Did SE beat the rarity control downstream?")):
@@ -367,6 +399,7 @@ def main():
     names = ["vanilla"] + [n for n, _ in RUNS if n in results]
     png = os.path.join(args.work, "report.png")
     down = load_downstream(args.work)
+    majority = majority_shares(args.work, down["tasks"]) if down else None
     plot(data, tokens, names, png, down)
 
     def row(name):
@@ -397,7 +430,7 @@ def main():
         for i, e in enumerate(data["examples"]))
     downstream_section = ""
     if down:
-        table_down, diff_down = downstream_tables(down)
+        table_down, diff_down = downstream_tables(down, majority)
         settings = next(iter(down["settings"].values()))
         downstream_section = f"""
 ## Downstream: fine-tuned on two labelled tasks
@@ -450,7 +483,7 @@ random masking on the same test tokens (below zero = better than random masking;
 ## Findings
 
 {findings(data, tokens, names, args.work)}
-{downstream_findings(down) if down else ""}
+{downstream_findings(down, majority) if down else ""}
 
 Each continued model minus (a) random masking, bits per token on the same test tokens (± one
 paired standard error; **bold**: the difference exceeds {NOISE:g} standard errors and {FLOOR} bits):

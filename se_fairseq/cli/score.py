@@ -26,12 +26,14 @@ def build_parser():
 
     p = argparse.ArgumentParser(
         prog="se-score",
-        description="Score every token of a binarized split with a fairseq RoBERTa checkpoint "
+        description="Score every token of a binarized split with a fairseq masked-LM checkpoint "
+        "(RoBERTa, or BERT as se-convert writes it: --arch hf_bert) "
         "(the self-questioning stage of Self-Evolution learning).",
     )
     p.add_argument("data", help="fairseq data-bin folder (with dict.txt and <split>.bin/.idx)")
     p.add_argument("--path", default=None,
-                   help="fairseq RoBERTa checkpoint (.pt); not used by --metric rarity")
+                   help="fairseq masked-LM checkpoint (.pt: RoBERTa or hf_bert); not used by "
+                   "--metric rarity")
     p.add_argument("--split", default="train", help="split to score (default: train)")
     p.add_argument("--metric", choices=(*METRICS, "rarity"), default="correctness",
                    help="correctness = -log p(true token); confidence = entropy of the prediction; "
