@@ -3,6 +3,9 @@
 #
 #   bash benchmarks/mutation.sh                 # this work tree; ~25 min on 2 busy cores
 #   MUTATION_REV=c9d8c12 bash benchmarks/mutation.sh   # the sources and tests of a commit
+#   MUTATION_RERUN='se_fairseq.rarity.*' bash benchmarks/mutation.sh
+#       # keep the last run's scratch copy and results, take this tree's tests again, and
+#       # rerun the named mutants only (fnmatch patterns; e.g. the survivors after new tests)
 #
 # Mutated: se_fairseq/data/se_masking.py, data/score_file.py, criterions/token_ls.py (the
 # TLS loss and criterion), tasks/se_mlm.py (counted: _check_config, resolved_replacement,
@@ -10,8 +13,8 @@
 # ops/reference.py. mutmut 3 mutates inside functions only, forks a worker per mutant from
 # a process that has imported everything, and runs only the tests that reach the mutated
 # function, fastest first, stopping at the first failure. The tests are the fast unit
-# tests of those modules (TEST_FILES below, -m "not slow"; no subprocess runs of the
-# package: a child process would import the unmutated work tree).
+# tests of those modules (TEST_FILES below, -m "not slow and not subprocess": a child
+# process would import the unmutated work tree, so such a test can kill no mutant).
 #
 # Runs in a scratch copy ($WORK, default /tmp/se-fairseq-mutation[-REV]) so the work tree
 # is never mutated; takes the shared heavy lock (RULES: long CPU jobs). Output:
@@ -32,16 +35,28 @@ read -r -a MUTATE <<< "${MUTATE:-data/se_masking.py data/score_file.py criterion
 "$PY" -c "import mutmut, sys; sys.exit(mutmut.__version__ != '$MUTMUT_VERSION')" 2>/dev/null \
   || "$PY" -m pip install -q --disable-pip-version-check "mutmut==$MUTMUT_VERSION"
 
+RERUN=${MUTATION_RERUN:-}
+read -r -a RERUN_NAMES <<< "$RERUN"  # no glob expansion: the patterns go to mutmut
+if [ -n "$RERUN" ]; then
+  [ -d "$WORK/mutants" ] || { echo "[mutation] MUTATION_RERUN: no earlier run in $WORK" >&2; exit 2; }
+  [ -z "$REV" ] || { echo "[mutation] MUTATION_RERUN takes this tree's tests, not MUTATION_REV's" >&2; exit 2; }
+  # the sources stay as mutated; only the tests are new (mutmut copies tests/ into mutants/)
+  rm -rf "$WORK/tests" "$WORK/mutants/tests"
+  (cd "$ROOT" && tar -c --exclude=__pycache__ tests) | tar -x -C "$WORK"
+else
 rm -rf "$WORK"
 mkdir -p "$WORK"
-if [ -n "$REV" ]; then
+fi
+if [ -n "$RERUN" ]; then
+  :
+elif [ -n "$REV" ]; then
   git -C "$ROOT" archive "$REV" se_fairseq tests pytest.ini | tar -x -C "$WORK"
   # the sources of that commit, run against this build of the C++ extension (same op)
   cp "$ROOT"/se_fairseq/_C*.so "$WORK/se_fairseq/"
 else
   (cd "$ROOT" && tar -c --exclude=__pycache__ se_fairseq tests pytest.ini) | tar -x -C "$WORK"
 fi
-"$PY" "$ROOT/benchmarks/mutation/only_option_checks.py" "$WORK/se_fairseq/tasks/se_mlm.py"
+[ -n "$RERUN" ] || "$PY" "$ROOT/benchmarks/mutation/only_option_checks.py" "$WORK/se_fairseq/tasks/se_mlm.py"
 selection=()
 for f in "${TEST_FILES[@]}"; do [ -f "$WORK/$f" ] && selection+=("$f"); done
 {
@@ -52,7 +67,7 @@ for f in "${TEST_FILES[@]}"; do [ -f "$WORK/$f" ] && selection+=("$f"); done
   echo "pytest_add_cli_args_test_selection ="
   for f in "${selection[@]}"; do echo "    $f"; done
   echo "pytest_add_cli_args ="
-  printf '    %s\n' -m "not slow" -p no:cacheprovider -W ignore
+  printf '    %s\n' -m "not slow and not subprocess" -p no:cacheprovider -W ignore
   # messages, not decisions: the text of errors, warnings and log lines is not mutated
   # (the conditions that raise or warn are)
   echo "do_not_mutate_patterns ="
@@ -62,7 +77,7 @@ for f in "${TEST_FILES[@]}"; do [ -f "$WORK/$f" ] && selection+=("$f"); done
 } > "$WORK/setup.cfg"
 # One binarized test corpus for every mutant's pytest session (each worker starts a new
 # session; the conftest fixture would run fairseq-preprocess again for each mutant).
-"$PY" -c "import sys; from se_fairseq.testing import write_zipf_corpus, binarize; write_zipf_corpus(sys.argv[1]); binarize(sys.argv[1], sys.argv[1] + '/data-bin')" "$WORK/corpus"
+[ -d "$WORK/corpus/data-bin" ] || "$PY" -c "import sys; from se_fairseq.testing import write_zipf_corpus, binarize; write_zipf_corpus(sys.argv[1]); binarize(sys.argv[1], sys.argv[1] + '/data-bin')" "$WORK/corpus"
 cat >> "$WORK/tests/conftest.py" <<'PY'
 
 
@@ -78,7 +93,7 @@ echo "[mutation] mutmut $MUTMUT_VERSION in $WORK over ${#selection[@]} test file
 LOCK=(flock /tmp/heavy.lock)
 [ -n "${MUTATION_LOCK_HELD:-}" ] && LOCK=()  # the caller holds the lock (both runs in one go)
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${LOCK[@]}" \
-  "$PY" "$ROOT/benchmarks/mutation/run_mutmut.py" run --max-children "$JOBS" > mutmut.log 2>&1 \
+  "$PY" "$ROOT/benchmarks/mutation/run_mutmut.py" run --max-children "$JOBS" "${RERUN_NAMES[@]}" > mutmut.log 2>&1 \
   || { tail -40 mutmut.log; echo "[mutation] mutmut failed, see $WORK/mutmut.log" >&2; exit 1; }
 elapsed=$((SECONDS - start))
 "$PY" "$ROOT/benchmarks/mutation/summarize.py" --json summary.json \

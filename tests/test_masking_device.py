@@ -135,14 +135,18 @@ def test_threshold_fallback_rows_use_80_10_10(device):
     assert abs(float(share) - 0.4) < 0.05
 
 
+@pytest.mark.parametrize("whole_words", [False, True])
 @pytest.mark.parametrize("mode", ["topk", "sample", "threshold"])
-def test_masking_runs_on_meta_tensors(mode):
+def test_masking_runs_on_meta_tensors(mode, whole_words):
     """Meta tensors have no data: any host copy, .item(), .tolist() or Python bool of a
-    tensor raises. The whole masking step (selection, replacement) runs on them."""
+    tensor raises. The whole masking step (selection, replacement) runs on them, with
+    --mask-whole-words too."""
     d, mask_idx = dictionary()
+    begins = torch.tensor([i % 3 != 0 for i in range(len(d))]) if whole_words else None
     masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.3, mode=mode, seed=1, threshold=1.0,
                                  leave_unmasked_prob=0.1, random_token_prob=0.1,
-                                 threshold_fallback=True, freq_weighted_replacement=True)
+                                 threshold_fallback=True, freq_weighted_replacement=True,
+                                 mask_whole_words=begins)
     tokens, scores = batch(d)
     seeds = torch.from_numpy(row_seeds(1, 1, np.arange(len(tokens))))
     source, target = masker.mask(tokens.to("meta"), scores.to("meta"), seeds.to("meta"))

@@ -244,3 +244,86 @@ def test_build_masker_takes_every_option_from_the_command_line(scored_corpus):
                                                                            False, 0.0)
     assert make_task(scored_corpus, "--task", "se_mlm", "--se-select", "threshold")[0] \
         .build_masker().threshold_fallback is True
+
+
+# -- every option check at its boundaries, called directly (milliseconds: the argument-parsing
+# tests above cover the same refusals through fairseq-train's parser) ---------------------
+
+def _check(**changes):
+    from se_fairseq.tasks.se_mlm import SelfEvolutionMLMConfig, _check_config
+
+    cfg = SelfEvolutionMLMConfig()
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    _check_config(cfg)
+
+
+@pytest.mark.parametrize("changes", [
+    {"mask_prob": 1e-9}, {"mask_prob": 1 - 1e-9},
+    {"leave_unmasked_prob": 0.0}, {"leave_unmasked_prob": 1.0},
+    {"random_token_prob": 0.0}, {"random_token_prob": 1.0},
+    {"leave_unmasked_prob": 0.4, "random_token_prob": 0.6},  # the sum at exactly 1
+    {"se_select": "random", "leave_unmasked_prob": 0.9},  # + random's default 0.1 = 1
+    {"se_temperature": 1e-9},
+    {"se_random_share": 0.0}, {"se_random_share": 1.0},
+    {"se_random_share": 0.5, "se_select": "sample"},
+    {"se_select": "random", "mask_multiple_length": 3, "mask_stdev": 1.0},
+    {"se_select": "threshold"}, {"se_select": "threshold", "se_metric": "confidence"},
+    {"se_select": "threshold", "se_metric": "rarity", "se_threshold": 5.0},
+    {"se_threshold": 0.2, "se_select": "threshold"},
+    {"se_online": True, "se_select": "topk", "se_metric": "confidence"},
+    {"se_online": True, "se_select": "sample"}, {"se_online": True, "se_select": "threshold"},
+    {"d2v2_multi": False},
+])
+def test_option_checks_accept_the_ends_of_each_range(changes):
+    _check(**changes)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"mask_prob": 0.0}, r"--mask-prob must lie in \(0, 1\), got 0.0"),
+    ({"mask_prob": 1.0}, r"--mask-prob must lie in \(0, 1\), got 1.0"),
+    ({"leave_unmasked_prob": -1e-9}, r"--leave-unmasked-prob must lie in \[0, 1\]"),
+    ({"leave_unmasked_prob": 1 + 1e-9}, r"--leave-unmasked-prob must lie in \[0, 1\]"),
+    ({"random_token_prob": -1e-9}, r"--random-token-prob must lie in \[0, 1\]"),
+    ({"random_token_prob": 1 + 1e-9}, r"--random-token-prob must lie in \[0, 1\]"),
+    ({"leave_unmasked_prob": 0.5, "random_token_prob": 0.5 + 1e-9}, "must not exceed 1"),
+    ({"se_select": "random", "leave_unmasked_prob": 0.95}, "must not exceed 1"),
+    ({"se_select": "random", "random_token_prob": 0.95}, "must not exceed 1"),
+    ({"se_temperature": 0.0}, "--se-temperature must be positive, got 0.0"),
+    ({"se_temperature": -1.0}, "--se-temperature must be positive"),
+    ({"mask_multiple_length": 2}, "apply only with --se-select random"),
+    ({"mask_stdev": 0.5}, "apply only with --se-select random"),
+    ({"se_threshold": 0.2}, "--se-threshold applies to --se-select threshold, not topk"),
+    ({"se_threshold": 0.2, "se_select": "sample"}, "not sample"),
+    ({"se_select": "threshold", "se_metric": "rarity"}, "--se-metric rarity needs --se-threshold"),
+    ({"se_random_share": -1e-9}, r"--se-random-share must lie in \[0, 1\]"),
+    ({"se_random_share": 1 + 1e-9}, r"--se-random-share must lie in \[0, 1\]"),
+    ({"se_random_share": 0.5, "se_select": "threshold"}, "topk or sample, not threshold"),
+    ({"se_random_share": 0.5, "se_select": "random"}, "topk or sample, not random"),
+    ({"se_online": True, "se_select": "random"}, "--se-online selects by score"),
+    ({"se_online": True, "se_metric": "rarity"}, "--se-metric must be one of"),
+    ({"d2v2_multi": True}, "--d2v2-multi"),
+])
+def test_option_checks_refuse_just_outside_each_range(changes, message):
+    from se_fairseq.tasks.se_mlm import SelfEvolutionConfigError
+
+    with pytest.raises(SelfEvolutionConfigError, match=message):
+        _check(**changes)
+
+
+@pytest.mark.parametrize("select_mode,given,expected", [
+    ("random", (None, None), (0.1, 0.1)),  # masked_lm's defaults
+    ("topk", (None, None), (0.0, 0.0)),  # SE: every selected token becomes <mask>
+    ("sample", (None, 0.2), (0.0, 0.2)),
+    ("threshold", (0.3, None), (0.3, 0.0)),
+    ("random", (0, None), (0.0, 0.1)),  # an explicit 0 (an int from a YAML config) is kept, as a float
+    ("random", (None, 0.0), (0.1, 0.0)),
+])
+def test_resolved_replacement_defaults_per_mode(select_mode, given, expected):
+    from se_fairseq.tasks.se_mlm import SelfEvolutionMLMConfig, resolved_replacement
+
+    cfg = SelfEvolutionMLMConfig()
+    cfg.se_select = select_mode
+    cfg.leave_unmasked_prob, cfg.random_token_prob = given
+    got = resolved_replacement(cfg)
+    assert got == expected and all(type(v) is float for v in got)

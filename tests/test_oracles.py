@@ -210,6 +210,91 @@ def test_missing_extension_warns_once_and_falls_back_to_the_reference(monkeypatc
                                         ratio=0.3, mode=TOPK))
 
 
+# ------------------------------------ uniform picks: threshold fallback, random share
+
+CHI2_15_CRITICAL_1E4 = 44.263  # scipy.stats.chi2.ppf(1 - 1e-4, df=15)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_uniform_picks_are_uniform_and_a_bijection_of_the_row_seed(device):
+    """The masker's uniform draw (k of the eligible positions, without replacement) over
+    4,000 rows of 16 positions, k = 4, with consecutive seeds as nearby rows get:
+
+    - every position is picked k / 16 of the time: Pearson's chi-square with 15 degrees of
+      freedom, false-alarm rate 1e-4 (fixed seeds: the same outcome on every run; draws
+      without replacement make the statistic smaller than chi-square, so this is safe);
+    - distinct seeds draw independently: 4,000 uniform draws among C(16, 4) = 1,820 subsets
+      give about 1,820 * (1 - e^(-4000/1820)) = 1,620 distinct subsets (sd about 10); a
+      stream that maps several seeds to one (not a bijection) gives far fewer."""
+    from se_fairseq.data.se_masking import SelfEvolutionMasker
+
+    rows, length, k = 4000, 16, 4
+    eligible = torch.ones(rows, length, dtype=torch.bool, device=device)
+    seeds = torch.arange(rows, dtype=torch.int64, device=device)
+    picked = SelfEvolutionMasker._uniform(
+        eligible, seeds, num_select=torch.full((rows,), k, device=device)).cpu()
+    assert (picked.sum(dim=1) == k).all()
+    counts = picked.sum(dim=0).double().numpy()
+    expected = rows * k / length
+    assert ((counts - expected) ** 2 / expected).sum() < CHI2_15_CRITICAL_1E4
+    assert len({tuple(row) for row in picked.numpy().tolist()}) > 1500
+    # the ratio form: every row rounds 0.25 * 16 = 4 exactly
+    assert (SelfEvolutionMasker._uniform(eligible, seeds, ratio=0.25).sum(dim=1) == k).all()
+
+
+# ------------------------------------------------ whole words: a word is one unit
+
+@pytest.mark.parametrize("mode", ["sample", "topk"])
+def test_whole_word_selection_is_word_level_selection(mode):
+    """--mask-whole-words: each row's words (a word starts at a piece marked as a word
+    begin, or after a special token; a special token is a word of its own) are numbered
+    from 0 in order, a word scores its best piece, and the words are selected as the
+    positions of a row would be (word k is column k: in sample mode its Gumbel key is the
+    k-th of the row's stream), then every piece of a chosen word is selected. The words
+    are numbered here in plain Python, the selection is select_reference's."""
+    from fairseq.data import Dictionary
+
+    from se_fairseq.data.se_masking import SelfEvolutionMasker
+    from se_fairseq.ops.reference import SAMPLE
+
+    d = Dictionary()
+    for i in range(30):
+        d.add_symbol(f"p{i}")
+    mask_idx = d.add_symbol("<mask>")
+    begins_of = torch.tensor([i < d.nspecial or i % 3 != 0 for i in range(len(d))])
+    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.3, mode=mode, seed=1,
+                                 mask_whole_words=begins_of)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(d.nspecial, mask_idx, (12, 24), generator=g)
+    tokens[:, 0], tokens[:, -1], tokens[:4, 10] = d.bos(), d.eos(), d.eos()
+    scores = torch.rand(12, 24, generator=g)
+    seeds = torch.arange(100, 112)
+    eligible = tokens.ge(d.nspecial) & tokens.ne(mask_idx)
+    selected, fallback, _ = masker._select_words(tokens, scores, eligible, seeds)
+    assert fallback is None
+    words = []
+    for r in range(12):
+        numbering, w = [], -1
+        for p in range(24):
+            special = not eligible[r, p]
+            if p == 0 or special or not eligible[r, p - 1] or bool(begins_of[tokens[r, p]]):
+                w += 1
+            numbering.append(w)
+        words.append(numbering)
+    width = max(max(n) for n in words) + 1
+    word_scores = np.full((12, width), -np.inf, dtype=np.float32)
+    word_eligible = np.zeros((12, width), dtype=bool)
+    for r in range(12):
+        for p, w in enumerate(words[r]):
+            word_scores[r, w] = max(word_scores[r, w], scores[r, p].item())
+            word_eligible[r, w] |= bool(eligible[r, p])
+    chosen = select_reference(word_scores, word_eligible, seeds.numpy(), ratio=0.3,
+                              mode=SAMPLE if mode == "sample" else TOPK)
+    expected = np.array([[chosen[r, w] for w in words[r]] for r in range(12)])
+    np.testing.assert_array_equal(selected.numpy(), expected)
+    assert expected.any() and not expected.all()
+
+
 # ------------------------------------------------- the C++ kernel's own device check
 
 @pytest.mark.parametrize("name", ["eligible", "seeds", "num_select"])

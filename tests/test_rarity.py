@@ -56,6 +56,7 @@ def test_cross_entropy_and_accuracy(corpus):
         unigram.cross_entropy(np.array([2, 5]))
 
 
+@pytest.mark.subprocess
 def test_se_score_writes_a_rarity_file_without_a_checkpoint(corpus, tmp_path):
     data = str(tmp_path / "data-bin")
     shutil.copytree(corpus, data)
@@ -111,7 +112,9 @@ def test_rarity_score_file_has_the_summary_of_model_score_files(corpus, tmp_path
     assert summary["max"] == pytest.approx(float(expected.max()), rel=1e-3)
     assert summary["quantiles"]["50%"] == pytest.approx(float(np.median(expected)), rel=1e-2)
     assert sum(summary["histogram"]["counts"]) == len(plain)
-    assert summary["tokens_not_scored"] == 0
+    # every token is scored: no block is skipped (rarity needs no model positions)
+    assert summary["tokens_not_scored"] == 0 and summary["blocks_skipped_too_long"] == 0
+    assert summary["tokens_in_skipped_blocks"] == 0
     # the fields of a model score file's summary, where meaningful
     for key in ("tokens", "mean", "std", "min", "max", "quantiles", "histogram",
                 "tokens_not_scored", "blocks_skipped_too_long", "tokens_in_skipped_blocks"):

@@ -461,17 +461,18 @@ def test_reduce_metrics_weights_rounding_and_edge_counts():
                 "nsentences": 1}
 
     with metrics.aggregate() as agg:
-        C.reduce_metrics([log(3.0, 2.0, 3, 1, 2, 3)])
+        C.reduce_metrics([log(6.0, 2.0, 3, 1, 2, 3)])  # per-token losses unlike the next
         C.reduce_metrics([log(1.0, 1.0, 1, 1, 1, 1)])  # one masked token: still counted
         C.reduce_metrics([log(9.0, 9.0, 0, 0, 0, 0)])  # nothing masked: nothing logged
     v = agg.get_smoothed_values()
     ln2 = math.log(2)
-    loss = (3 * round(3.0 / 3 / ln2, 3) + 1 * round(1.0 / ln2, 3)) / 4
-    nll = (3 * round(2.0 / 3 / ln2, 3) + 1 * round(1.0 / ln2, 3)) / 4
+    # fairseq's meters average the unrounded values weighted by sample size, then round
+    loss = (3 * (6.0 / 3 / ln2) + 1 * (1.0 / ln2)) / 4
+    nll = (3 * (2.0 / 3 / ln2) + 1 * (1.0 / ln2)) / 4
     assert v["loss"] == pytest.approx(round(loss, 3), abs=1e-9)
     assert v["nll_loss"] == pytest.approx(round(nll, 3), abs=1e-9)
-    assert v["accuracy"] == pytest.approx(round((3 * 33.33 + 100.0) / 4, 2), abs=1e-9)
-    assert v["ref_accuracy"] == pytest.approx(round((3 * 66.67 + 100.0) / 4, 2), abs=1e-9)
+    assert v["accuracy"] == pytest.approx(round(100.0 * (1 + 1) / (3 + 1), 2), abs=1e-9)
+    assert v["ref_accuracy"] == pytest.approx(round(100.0 * (2 + 1) / (3 + 1), 2), abs=1e-9)
     assert v["ppl"] == pytest.approx(round(2 ** v["nll_loss"], 2))
     with metrics.aggregate() as agg:
         C.reduce_metrics([log(3.0, 2.0, 3, 1, 0, 0)])  # --tls-alpha 0 / uniform: no ref counts

@@ -123,7 +123,10 @@ class SelfEvolutionMasker:
         # a special token is a word of its own, and so starts the next one
         begins[:, 1:] |= ~eligible[:, :-1]
         word_of = begins.long().cumsum(dim=1) - 1
-        num_words = int(word_of[:, -1].max().item()) + 1
+        # one column per position (a row has at most that many words), not per word of the
+        # batch: counting them is a host sync. The columns past a row's last word are -inf
+        # and not eligible, never chosen, and the words keep their columns (their draws).
+        num_words = tokens.size(1)
         word_scores = torch.full((tokens.size(0), num_words), float("-inf"), device=tokens.device)
         word_scores.scatter_reduce_(1, word_of, scores.float(), reduce="amax")
         word_eligible = torch.zeros((tokens.size(0), num_words), dtype=torch.bool,
