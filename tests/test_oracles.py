@@ -295,6 +295,99 @@ def test_whole_word_selection_is_word_level_selection(mode):
     assert expected.any() and not expected.all()
 
 
+def _masker_dictionary(words=30):
+    from fairseq.data import Dictionary
+
+    d = Dictionary()
+    for i in range(words):
+        d.add_symbol(f"p{i}")
+    return d, d.add_symbol("<mask>")
+
+
+def _masker_batch(d, mask_idx, rows=16, length=24, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(d.nspecial, mask_idx, (rows, length), generator=g)
+    tokens[:, 0], tokens[:, -1] = d.bos(), d.eos()
+    tokens[: rows // 2, length - 5:] = d.pad()
+    return tokens, torch.rand(rows, length, generator=g) * 3
+
+
+@pytest.mark.parametrize("mode", ["sample", "topk"])
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_random_share_is_score_picks_plus_uniform_picks(mode, share):
+    """--se-random-share R, from select_reference: the row's budget k (the count --mask-prob
+    gives), round(R k) positions drawn uniformly (all-equal scores in sample mode, from the
+    row seed's own stream) among those not picked by score, the other k - round(R k) picked
+    by score in the masker's mode and temperature."""
+    from se_fairseq.data.se_masking import _RANDOM_STREAM, SelfEvolutionMasker
+    from se_fairseq.ops.reference import SAMPLE
+
+    d, mask_idx = _masker_dictionary()
+    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.3, mode=mode, seed=1,
+                                 temperature=0.5, random_share=share)
+    tokens, scores = _masker_batch(d, mask_idx)
+    seeds = torch.arange(7, 7 + len(tokens))
+    eligible = tokens.ge(d.nspecial) & tokens.ne(mask_idx)
+    got, fallback = masker._select(scores, eligible, seeds)
+    assert fallback is None
+    e, s, sd = eligible.numpy(), scores.numpy(), seeds.numpy()
+    mode_id = SAMPLE if mode == "sample" else TOPK
+    budget = select_reference(s, e, sd, ratio=0.3, mode=mode_id, temperature=0.5).sum(axis=1)
+    num_random = np.floor(budget * share + 0.5).astype(np.int64)
+    by_score = select_reference(s, e, sd, num_select=budget - num_random, mode=mode_id,
+                                temperature=0.5)
+    at_random = select_reference(np.zeros_like(s), e & ~by_score, sd ^ np.int64(_RANDOM_STREAM),
+                                 num_select=num_random, mode=SAMPLE)
+    np.testing.assert_array_equal(got.numpy(), by_score | at_random)
+    assert (got.numpy().sum(axis=1) == budget).all() and num_random.sum() > 0
+
+
+def test_unscored_positions_are_never_selected_nor_counted():
+    """mask(..., scored=S): positions without a score are not eligible; special tokens stay
+    ineligible even where S is True. The selection is select_reference's over the rest."""
+    from se_fairseq.data.se_masking import SelfEvolutionMasker
+
+    d, mask_idx = _masker_dictionary()
+    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.3, mode="topk", seed=1)
+    tokens, scores = _masker_batch(d, mask_idx)
+    seeds = torch.arange(len(tokens))
+    scored = torch.ones_like(tokens, dtype=torch.bool)
+    scored[:, 5:11] = False
+    scores[:, 5:11] = 100.0  # would be picked first if they were eligible
+    scores[:, 0] = scores[:, -1] = 100.0  # specials, scored
+    _, target = masker.mask(tokens, scores, seeds, scored=scored)
+    eligible = (tokens.ge(d.nspecial) & tokens.ne(mask_idx) & scored).numpy()
+    want = select_reference(scores.numpy(), eligible, seeds.numpy(), ratio=0.3, mode=TOPK)
+    np.testing.assert_array_equal(target.ne(d.pad()).numpy(), want)
+
+
+def test_whole_word_replacement_decides_once_per_word():
+    """With --mask-whole-words a word's pieces share one keep/random/<mask> decision, as
+    fairseq's masked_lm decides per word and repeats it over the pieces."""
+    from se_fairseq.data.se_masking import SelfEvolutionMasker
+
+    d, mask_idx = _masker_dictionary()
+    begins_of = torch.tensor([i < d.nspecial or i % 3 != 0 for i in range(len(d))])
+    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.4, mode="topk", seed=1,
+                                 leave_unmasked_prob=0.5, mask_whole_words=begins_of)
+    tokens, scores = _masker_batch(d, mask_idx, rows=64)
+    source, target = masker.mask(tokens, scores, torch.arange(64))
+    selected = target.ne(d.pad())
+    kept = selected & source.eq(tokens)
+    multi_piece = 0
+    for r in range(64):
+        begins = begins_of[tokens[r]] | ~(tokens[r].ge(d.nspecial) & tokens[r].ne(mask_idx))
+        begins[1:] |= tokens[r][:-1].lt(d.nspecial)
+        word = begins.long().cumsum(0)
+        for w in word[selected[r]].unique():
+            pieces = word.eq(w)
+            assert selected[r][pieces].all()
+            decisions = set(kept[r][pieces].tolist())
+            assert len(decisions) == 1, (r, int(w))
+            multi_piece += int(pieces.sum() > 1)
+    assert multi_piece > 20 and kept.any() and (selected & ~kept).any()
+
+
 # ------------------------------------------------- the C++ kernel's own device check
 
 @pytest.mark.parametrize("name", ["eligible", "seeds", "num_select"])

@@ -157,6 +157,11 @@ def test_counts_refuse_ids_outside_the_dictionary_and_missing_splits(corpus, tmp
     tokens = flat(split)
     np.testing.assert_array_equal(rarity.unigram_counts(split, tokens.max() + 3),
                                   np.bincount(tokens, minlength=tokens.max() + 3))
+    # the largest id must lie inside the dictionary: ids 0..V-1
+    with pytest.raises(ValueError, match=f"token id {tokens.max()}, outside"):
+        rarity.unigram_counts(split, int(tokens.max()))
+    counts = rarity.unigram_counts(split, int(tokens.max()) + 1)
+    assert counts.dtype == np.int64 and counts[-1] == (tokens == tokens.max()).sum()
     with pytest.raises(FileNotFoundError, match="no binarized split"):
         rarity.load_tokens(str(tmp_path / "nothing"))
 
@@ -193,3 +198,27 @@ def test_defaults_score_train_under_train_and_forward_alpha(corpus, tmp_path):
     assert not np.allclose(written, scores)
     u = rarity.Unigram([0, 0, 0, 0, 10, 30], special=[0, 1, 2, 3])
     assert u.cross_entropy([5]) == pytest.approx(-np.log(31 / 42) / np.log(2))
+
+
+def _binarized(prefix, sequences, dtype=np.uint16):
+    """A split in fairseq's mmap format written with fairseq's own builder."""
+    import torch
+    from fairseq.data.indexed_dataset import MMapIndexedDatasetBuilder
+
+    builder = MMapIndexedDatasetBuilder(prefix + ".bin", dtype=dtype)
+    for seq in sequences:
+        builder.add_item(torch.tensor(seq, dtype=torch.int64))
+    builder.finalize(prefix + ".idx")
+    return prefix
+
+
+@pytest.mark.parametrize("sequences", [[], [[]], [[7]], [[5, 6], [], [9, 2, 3]]])
+def test_load_tokens_reads_every_token_as_int64(tmp_path, sequences):
+    """Small splits as fairseq writes them (uint16 ids): empty, one empty sequence, one
+    token, several; the ids come back in file order as int64, whatever the file's dtype."""
+    split = _binarized(str(tmp_path / "train"), sequences)
+    tokens = rarity.load_tokens(split)
+    assert tokens.dtype == np.int64
+    assert tokens.tolist() == [t for seq in sequences for t in seq]
+    assert rarity.unigram_counts(split, 10).tolist() == np.bincount(
+        np.array([t for seq in sequences for t in seq], dtype=np.int64), minlength=10).tolist()

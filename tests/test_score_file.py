@@ -194,3 +194,35 @@ def test_reader_refuses_a_pickled_array(corpus, tmp_path):
     np.save(array, np.array([{"x": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ScoreFileError, match="damaged score array"):
         ScoreFile(str(tmp_path / "s"), split)
+
+
+def _with_blocking(blocking):
+    """A ScoreFile whose metadata records ``blocking`` (the comparison reads nothing else)."""
+    scores = ScoreFile.__new__(ScoreFile)
+    scores.meta = {"blocking": blocking}
+    return scores
+
+
+class _Mode:  # a config enum value: compared by its string, as the metadata stores it
+    def __str__(self):
+        return "complete"
+
+
+def test_blocking_mismatch_compares_only_what_the_file_records():
+    recorded = {"tokens_per_sample": 512, "sample_break_mode": "complete"}
+    assert _with_blocking(recorded).blocking_mismatch(512, "complete") == {}
+    assert _with_blocking(recorded).blocking_mismatch(np.int64(512), _Mode()) == {}
+    assert _with_blocking(recorded).blocking_mismatch(32, "complete") == {
+        "tokens_per_sample": (512, 32)}
+    assert _with_blocking(recorded).blocking_mismatch(32, "none") == {
+        "tokens_per_sample": (512, 32), "sample_break_mode": ("complete", "none")}
+    # keys the file does not record are not compared; nothing recorded, nothing differs
+    assert _with_blocking({"tokens_per_sample": 512}).blocking_mismatch(512, "none") == {}
+    assert _with_blocking({"sample_break_mode": "eos"}).blocking_mismatch(7, "eos") == {}
+    assert _with_blocking({"sample_break_mode": "eos"}).blocking_mismatch(7, "none") == {
+        "sample_break_mode": ("eos", "none")}
+    assert _with_blocking({}).blocking_mismatch(512, "complete") == {}
+    assert _with_blocking(None).blocking_mismatch(512, "complete") == {}
+    # scores that do not depend on the blocking (rarity) never differ
+    independent = {"independent_of_blocking": True, "tokens_per_sample": 512}
+    assert _with_blocking(independent).blocking_mismatch(32, "none") == {}

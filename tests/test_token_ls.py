@@ -203,9 +203,13 @@ def test_reference_forward_is_in_eval_mode_under_dropout(corpus):
     assert abs(other.item() - want.item()) > 10 * RTOL * abs(want.item())
 
 
-def test_alpha_zero_is_fairseq_masked_lm_bit_for_bit(setup):
+def test_alpha_zero_is_fairseq_masked_lm_bit_for_bit(setup, monkeypatch):
     model, sample = setup.model, setup.sample
-    tls_loss, tls_size, tls_log = setup.tls(0.0)(model, sample)
+    criterion = setup.tls(0.0)
+    # no reference forward at alpha 0 (it would weigh nothing), and no reference counts
+    monkeypatch.setattr(criterion, "_reference_probs", lambda *a: pytest.fail("p_ref at alpha 0"))
+    tls_loss, tls_size, tls_log = criterion(model, sample)
+    assert int(tls_log["ref_total"]) == 0 and int(tls_log["ref_correct"]) == 0
     mlm_loss, mlm_size, mlm_log = setup.criterion("--criterion", "masked_lm")(model, sample)
     assert torch.equal(tls_loss, mlm_loss)
     assert int(tls_size) == int(mlm_size)
@@ -424,7 +428,7 @@ def test_reduce_metrics_takes_the_tensor_counts(setup):
     assert 0 < values["accuracy"] < 100 and 0 < values["ref_accuracy"] < 100
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.1, 0.7])
+@pytest.mark.parametrize("alpha", [0.0, 0.1, 0.7, 1.0])
 @pytest.mark.parametrize("ref", ["model", "uniform"])
 def test_tls_loss_function_equals_the_dense_soft_target_cross_entropy(alpha, ref):
     """The pure loss function against the definition: build the soft target densely."""
@@ -478,3 +482,40 @@ def test_reduce_metrics_weights_rounding_and_edge_counts():
         C.reduce_metrics([log(3.0, 2.0, 3, 1, 0, 0)])  # --tls-alpha 0 / uniform: no ref counts
     assert "ref_accuracy" not in agg.get_smoothed_values()
     assert agg.get_smoothed_values()["accuracy"] == pytest.approx(33.33)
+
+
+def test_tls_loss_function_without_ignore_index_counts_every_position():
+    """ignore_index=None: no target is ignored, not even one equal to torch's default
+    ignore value's magnitude (100) or the pad id."""
+    from se_fairseq.criterions.token_ls import token_label_smoothed_loss
+
+    g = torch.Generator().manual_seed(1)
+    positions, vocab = 12, 128
+    lprobs = torch.log_softmax(torch.randn(positions, vocab, generator=g, dtype=torch.float64), -1)
+    target = torch.randint(0, vocab, (positions,), generator=g)
+    target[:4] = torch.tensor([100, 1, 101, 99])
+    p_ref = torch.softmax(torch.randn(positions, vocab, generator=g, dtype=torch.float64), -1)
+    for alpha, ref in ((0.0, None), (0.3, p_ref), (0.3, None)):
+        reference = p_ref if ref is not None else torch.full_like(p_ref, 1.0 / vocab)
+        soft = (1 - alpha) * F.one_hot(target, vocab).double() + alpha * reference
+        loss, nll = token_label_smoothed_loss(lprobs, target, alpha, ref)
+        torch.testing.assert_close(loss, -(soft * lprobs).sum(), rtol=1e-12, atol=0.0)
+        torch.testing.assert_close(nll, -lprobs[torch.arange(positions), target].sum(),
+                                   rtol=1e-12, atol=0.0)
+
+
+def test_bf16_model_gets_a_float32_loss_and_reference(setup):
+    """Under --bf16 (or --fp16) the logits are half precision; the log-softmax and p_ref
+    are computed in float32, as fairseq's masked_lm computes its loss."""
+    import copy
+
+    model = copy.deepcopy(setup.model).bfloat16()
+    criterion = setup.tls(0.5)
+    loss, _, log = criterion(model, setup.sample)
+    assert loss.dtype == torch.float32 and log["nll_loss"].dtype == torch.float32
+    masked = setup.masked
+    ref = criterion._reference_probs(model, setup.sample, masked)
+    assert ref.dtype == torch.float32
+    torch.testing.assert_close(ref.sum(-1), torch.ones(int(masked.sum())), rtol=0, atol=1e-5)
+    want = dense_loss(model, setup.sample, setup.pad, 0.5)
+    torch.testing.assert_close(loss, want, rtol=2e-2, atol=0.0)  # bf16 logits, same formula
