@@ -226,3 +226,129 @@ def test_blocking_mismatch_compares_only_what_the_file_records():
     # scores that do not depend on the blocking (rarity) never differ
     independent = {"independent_of_blocking": True, "tokens_per_sample": 512}
     assert _with_blocking(independent).blocking_mismatch(32, "none") == {}
+
+
+# -- unscored ranges, at the edges of what the writer and the reader accept -----------------
+
+@pytest.mark.parametrize("ranges", [[], [(0, 1)], [(0, 2), (2, 4)], [(3, 5), (7, 9)], "last"])
+def test_unscored_ranges_inside_the_scores_are_written_and_read(corpus, tmp_path, ranges):
+    """Ranges [start, end) with 0 <= start < end <= n, sorted, disjoint (touching is fine),
+    stored as plain ints and read back as an int64 (k, 2) array; num_unscored is their
+    total length."""
+    split, _, fingerprint = written(corpus, tmp_path)
+    n = fingerprint["num_tokens"]
+    ranges = [(n - 1, n)] if ranges == "last" else ranges
+    prefix = str(tmp_path / "u")
+    _, meta_path = score_file.write(prefix, np.ones(n), metric="m", checkpoint=None, blocking={},
+                                    fingerprint=fingerprint,
+                                    unscored_ranges=[(np.int64(a), np.int64(b)) for a, b in ranges])
+    assert json.load(open(meta_path))["unscored_ranges"] == [[a, b] for a, b in ranges]
+    loaded = ScoreFile(prefix, split)
+    assert loaded.records_unscored
+    assert loaded.unscored_ranges.dtype == np.int64 and loaded.unscored_ranges.shape == (len(ranges), 2)
+    assert loaded.unscored_ranges.tolist() == [[a, b] for a, b in ranges]
+    assert loaded.num_unscored == sum(b - a for a, b in ranges)
+
+
+@pytest.mark.parametrize("ranges,message", [
+    ([(-1, 2)], "outside"), ([(2, 2)], "outside"), ([(3, 2)], "outside"), ("past", "outside"),
+    ([(0, 3), (2, 4)], "sorted and disjoint"), ([(4, 6), (0, 2)], "sorted and disjoint"),
+    ([(0, 2), (3, 5), (4, 6)], "sorted and disjoint"),  # only the 2nd and 3rd overlap
+    ([(0, 5), (6, 8), (7, 9), (10, 11)], "sorted and disjoint"),
+])
+def test_writer_refuses_unscored_ranges_outside_or_overlapping(corpus, tmp_path, ranges, message):
+    split, _, fingerprint = written(corpus, tmp_path)
+    n = fingerprint["num_tokens"]
+    ranges = [(n - 1, n + 1)] if ranges == "past" else ranges
+    with pytest.raises(ScoreFileError, match=message):
+        score_file.write(str(tmp_path / "u"), np.ones(n), metric="m", checkpoint=None,
+                         blocking={}, fingerprint=fingerprint, unscored_ranges=ranges)
+    assert not os.path.exists(str(tmp_path / "u.json"))
+
+
+@pytest.mark.parametrize("ranges", [[[2, 2]], [[3, 2]], [[-1, 2]], "past", [[0, 3], [2, 4]],
+                                    [[0, 2], [3, 5], [4, 6]], [[4, 6], [0, 2]]])
+def test_reader_refuses_damaged_unscored_ranges(corpus, tmp_path, ranges):
+    split, (_, meta_path), fingerprint = written(corpus, tmp_path)
+    n = fingerprint["num_tokens"]
+    _edit_meta(meta_path, unscored_ranges=[[n - 1, n + 1]] if ranges == "past" else ranges)
+    with pytest.raises(ScoreFileError, match="damaged unscored_ranges"):
+        ScoreFile(str(tmp_path / "s"), split)
+
+
+@pytest.mark.parametrize("ranges", [[[0, 1]], [[0, 2], [2, 4]], "last"])
+def test_reader_accepts_unscored_ranges_at_the_edges(corpus, tmp_path, ranges):
+    split, (_, meta_path), fingerprint = written(corpus, tmp_path)
+    n = fingerprint["num_tokens"]
+    ranges = [[n - 1, n]] if ranges == "last" else ranges
+    _edit_meta(meta_path, unscored_ranges=ranges)
+    assert ScoreFile(str(tmp_path / "s"), split).unscored_ranges.tolist() == ranges
+
+
+def test_a_file_without_unscored_ranges_reads_as_an_older_file(corpus, tmp_path):
+    split, (_, meta_path), _ = written(corpus, tmp_path)
+    meta = json.load(open(meta_path))
+    del meta["unscored_ranges"]
+    meta["summary"] = {"tokens_not_scored": 7}
+    json.dump(meta, open(meta_path, "w"))
+    loaded = ScoreFile(str(tmp_path / "s"), split)
+    assert not loaded.records_unscored and loaded.unscored_ranges.shape == (0, 2)
+    assert loaded.num_unscored == 7  # the older files' summary count
+
+
+# -- the corpus check names what differs ----------------------------------------------------
+
+def test_another_corpus_message_lists_each_differing_field(corpus, tmp_path):
+    split, (_, meta_path), fingerprint = written(corpus, tmp_path)
+    recorded = dict(fingerprint, num_tokens=fingerprint["num_tokens"] + 1, sha256="0" * 64)
+    _edit_meta(meta_path, corpus=recorded)
+    with pytest.raises(ScoreFileError) as err:
+        ScoreFile(str(tmp_path / "s"), split)
+    assert (f"(num_tokens: score file {recorded['num_tokens']!r} vs data "
+            f"{fingerprint['num_tokens']!r}, sha256: score file {'0' * 64!r} vs data "
+            f"{fingerprint['sha256']!r}); recompute it with se-score") in str(err.value)
+    meta = json.load(open(meta_path))
+    del meta["corpus"]  # no fingerprint recorded at all: every field differs
+    json.dump(meta, open(meta_path, "w"))
+    with pytest.raises(ScoreFileError, match="num_sequences: score file None vs data"):
+        ScoreFile(str(tmp_path / "s"), split)
+
+
+@pytest.mark.parametrize("missing", [".bin", ".idx"])
+def test_fingerprint_needs_both_files_of_the_split(corpus, tmp_path, missing):
+    data = shutil.copytree(corpus, tmp_path / "d")
+    split = os.path.join(data, "train")
+    os.remove(split + missing)
+    with pytest.raises(ScoreFileError, match=r"no binarized split at .*train\.\{bin,idx\}"):
+        score_file.corpus_fingerprint(split)
+
+
+def test_fingerprint_hash_is_the_documented_sample(tmp_path):
+    """The fingerprint's definition, written out with hashlib: sha256 of the sizes (int64
+    bytes), then the whole .bin when it is at most 64 chunks of 64 KiB, else the 64 chunks
+    of 64 KiB starting at np.linspace(0, size - 64 KiB, 64) (truncated to ints). Existing
+    score files depend on it: any other sample would refuse them all."""
+    import hashlib
+
+    from fairseq.data import indexed_dataset
+
+    for name, sequences in (("small", 300), ("big", 1100)):
+        prefix = str(tmp_path / name)
+        builder = indexed_dataset.MMapIndexedDatasetBuilder(prefix + ".bin", dtype=np.int32)
+        rng = np.random.default_rng(1)
+        sizes = []
+        for _ in range(sequences):
+            seq = rng.integers(4, 1000, 1000).astype(np.int32)
+            builder.add_item(torch.from_numpy(seq))
+            sizes.append(len(seq))
+        builder.finalize(prefix + ".idx")
+        raw = open(prefix + ".bin", "rb").read()
+        digest = hashlib.sha256(np.array(sizes, dtype=np.int64).tobytes())
+        if len(raw) <= 64 * 65536:
+            digest.update(raw)
+        else:
+            for start in np.linspace(0, len(raw) - 65536, 64).astype(np.int64):
+                digest.update(raw[start:start + 65536])
+        assert score_file.corpus_fingerprint(prefix) == {
+            "num_sequences": sequences, "num_tokens": sum(sizes), "bin_bytes": len(raw),
+            "sha256": digest.hexdigest()}

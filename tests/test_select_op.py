@@ -507,3 +507,16 @@ def test_reference_defaults_and_float32_scores():
     assert select_reference(tie, one, [0], num_select=[1]).tolist() == [[True, False, False]]
     assert select(torch.from_numpy(tie), torch.from_numpy(one), torch.tensor([0]),
                   num_select=torch.tensor([1])).tolist() == [[True, False, False]]
+
+
+@pytest.mark.parametrize("use_extension", [True, False])
+def test_threshold_mode_selects_every_eligible_score_above_the_threshold(use_extension):
+    """mode="threshold" by its definition: eligible and score > threshold (default 0), on
+    both paths (the compiled op and the numpy reference), no count or seed involved."""
+    scores, eligible, seeds = random_batch(rows=8, length=30)
+    scores = scores * 4 - 2  # some below 0
+    for kwargs, threshold in (({}, 0.0), ({"threshold": 1.25}, 1.25), ({"threshold": -0.5}, -0.5)):
+        got = select(scores, eligible, seeds, mode="threshold", use_extension=use_extension,
+                     **kwargs)
+        want = eligible & (scores > threshold)
+        assert torch.equal(got, want) and want.any() and (eligible & ~want).any()
