@@ -228,3 +228,18 @@ def test_replacement_distribution_and_special_tokens():
     assert drawn.numel() > 20000 and not ((drawn < d.nspecial) | (drawn == mask_idx)).any()
     share = np.bincount(drawn.numpy(), minlength=len(d)) / drawn.numel()
     np.testing.assert_allclose(share, counts / counts.sum(), atol=0.01)
+
+
+def test_threshold_masker_defaults_select_above_zero_without_fallback():
+    """SelfEvolutionMasker(mode="threshold") with its defaults: threshold 0 and no random
+    fallback, so a row with no score above 0 selects nothing."""
+    d, mask_idx = dictionary()
+    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.3, mode="threshold", seed=1)
+    tokens, scores = batch(d)
+    scores = scores - 2.0
+    scores[:3] = -1.0  # nothing above 0 in these rows
+    seeds = torch.from_numpy(row_seeds(1, 1, np.arange(len(tokens))))
+    source, target = masker.mask(tokens, scores, seeds)
+    eligible = (tokens >= d.nspecial) & (tokens != mask_idx)
+    assert torch.equal(target.ne(d.pad()), eligible & (scores > 0))
+    assert not target[:3].ne(d.pad()).any() and target[3:].ne(d.pad()).any()
