@@ -96,6 +96,11 @@ OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "${LOCK[@]}" \
   "$PY" "$ROOT/benchmarks/mutation/run_mutmut.py" run --max-children "$JOBS" "${RERUN_NAMES[@]}" > mutmut.log 2>&1 \
   || { tail -40 mutmut.log; echo "[mutation] mutmut failed, see $WORK/mutmut.log" >&2; exit 1; }
 elapsed=$((SECONDS - start))
-"$PY" "$ROOT/benchmarks/mutation/summarize.py" --json summary.json \
+MERGE=()
+if [ -n "$RERUN" ] && [ -f summary.json ]; then
+  cp summary.json summary-before-rerun.json
+  MERGE=(--merge summary-before-rerun.json)  # the verdicts of the mutants not rerun
+fi
+"$PY" "$ROOT/benchmarks/mutation/summarize.py" --json summary.json "${MERGE[@]}" \
   --equivalent "$ROOT/benchmarks/mutation/equivalent.txt" | tee summary.txt
 echo "[mutation] $elapsed s (mutmut run, incl. waiting for the lock); $WORK/summary.txt" | tee -a summary.txt

@@ -4,7 +4,11 @@ Killed share = killed / (killed + survived + timeout + suspicious), mutants that
 selected test reaches ("no tests") counted as survived; equivalent mutants listed in
 EQUIVALENT (benchmarks/mutation/equivalent.txt: one mutant name and reason per line) are
 left out and reported separately. Prints a table and the survivors; writes them as JSON
-when given --json PATH.
+when given --json PATH, with every mutant's verdict (``status``).
+
+``--merge EARLIER.json``: take the verdicts of an earlier summary for the mutants this run
+did not run (mutmut forgets them when a rerun with new tests regenerates its result files):
+benchmarks/mutation.sh passes it after MUTATION_RERUN.
 """
 import argparse
 import glob
@@ -48,13 +52,19 @@ def group_of(module, mutant):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--json")
+    p.add_argument("--merge", help="an earlier summary.json whose verdicts fill in the mutants "
+                   "not run this time")
     p.add_argument("--equivalent", default=os.path.join(os.path.dirname(__file__), "equivalent.txt"))
     args = p.parse_args()
     equivalent = load_equivalent(args.equivalent)
-    table, survivors = {}, {}
+    earlier = json.load(open(args.merge)).get("status", {}) if args.merge else {}
+    table, survivors, status = {}, {}, {}
     for meta in sorted(glob.glob("mutants/**/*.py.meta", recursive=True)):
         data = json.load(open(meta))
         for name, code in data.get("exit_code_by_key", {}).items():
+            if code is None and name in earlier:
+                code = earlier[name]
+            status[name] = code
             module = group_of(module_of(meta), name)
             counts = table.setdefault(module, dict(killed=0, survived=0, timeout=0,
                                                    equivalent=0, other=0))
@@ -92,8 +102,8 @@ def main():
             print(f"  {name}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"modules": table, "survivors": survivors, "equivalent": equivalent}, f,
-                      indent=2)
+            json.dump({"modules": table, "survivors": survivors, "equivalent": equivalent,
+                       "status": status}, f, indent=2)
 
 
 if __name__ == "__main__":
