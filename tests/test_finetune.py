@@ -485,3 +485,42 @@ def test_killed_run_resumes_and_finished_runs_are_not_redone(vanilla_checkpoint,
     finetune({"tiny": vanilla_checkpoint}, [task], out, **dict(kwargs, log=logs.append))
     assert os.path.getmtime(os.path.join(run.run_dir, "done.json")) == mtime
     assert any("1 already done, 0 to run" in l for l in logs)
+
+
+def test_schedule_and_checkpoint_options_reach_the_plan(monkeypatch, tmp_path):
+    """--total-updates, --warmup-fraction and --eval-checkpoint through se-finetune's own
+    parser: the overrides it builds, and the schedule they give (warmup = round(fraction x
+    total), the recipe's fraction when not given) in the fairseq-train arguments."""
+    import se_fairseq.finetune as ft
+    from se_fairseq.cli.finetune import cli_main
+    from se_fairseq.finetune.plan import recipe_settings
+    from se_fairseq.finetune.tasks import GLUE_RECIPES
+
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def fake_finetune(checkpoints, tasks, out, **kwargs):
+        seen.update(kwargs)
+        raise Captured
+
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    base = ["--checkpoint", "c.pt", "--task", str(tmp_path), "--out", str(tmp_path / "o")]
+    with pytest.raises(Captured):
+        cli_main(base + ["--total-updates", "500", "--warmup-fraction", "0.2",
+                         "--eval-checkpoint", "last"])
+    o = seen["overrides"]
+    assert (o.total_updates, o.warmup_fraction, o.eval_checkpoint) == (500, 0.2, "last")
+    task = type("T", (), {"recipe": GLUE_RECIPES["CoLA"], "kind": "classification"})()
+    manifest = {"sizes": {"train": 1000}}
+    s = recipe_settings(task, manifest, o)
+    assert (s["total_updates"], s["warmup_updates"]) == (500, 100)
+    with pytest.raises(Captured):
+        cli_main(base)
+    o = seen["overrides"]
+    assert (o.total_updates, o.warmup_fraction, o.eval_checkpoint) == (None, None, "best")
+    s = recipe_settings(task, manifest, o)
+    recipe = GLUE_RECIPES["CoLA"]
+    total = recipe.epochs * math.ceil(1000 / recipe.batch_size)
+    assert (s["total_updates"], s["warmup_updates"]) == (total, round(recipe.warmup_fraction * total))
