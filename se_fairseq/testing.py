@@ -60,6 +60,19 @@ def binarize(text_dir, dest, srcdict=None, splits=("train", "valid"), workers=1)
     return dest
 
 
+def write_mmap_split(prefix, sequences, dtype=np.uint16):
+    """Write token sequences as a binarized split (``prefix.bin``/``.idx``) with fairseq's
+    own mmap builder, as fairseq-preprocess does; returns the prefix."""
+    import torch
+    from fairseq.data.indexed_dataset import MMapIndexedDatasetBuilder
+
+    builder = MMapIndexedDatasetBuilder(prefix + ".bin", dtype=dtype)
+    for seq in sequences:
+        builder.add_item(torch.as_tensor(np.asarray(seq, dtype=np.int64)))
+    builder.finalize(prefix + ".idx")
+    return prefix
+
+
 def split_tokens(split_path):
     """Token arrays of a binarized split, read with fairseq's own reader."""
     from fairseq.data.indexed_dataset import MMapIndexedDataset

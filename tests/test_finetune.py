@@ -489,8 +489,8 @@ def test_killed_run_resumes_and_finished_runs_are_not_redone(vanilla_checkpoint,
 
 def test_schedule_and_checkpoint_options_reach_the_plan(monkeypatch, tmp_path):
     """--total-updates, --warmup-fraction and --eval-checkpoint through se-finetune's own
-    parser: the overrides it builds, and the schedule they give (warmup = round(fraction x
-    total), the recipe's fraction when not given) in the fairseq-train arguments."""
+    parser: the overrides it builds, and the schedule the plan derives from them (warmup =
+    round(fraction x total), the recipe's fraction and epochs when not given)."""
     import se_fairseq.finetune as ft
     from se_fairseq.cli.finetune import cli_main
     from se_fairseq.finetune.plan import recipe_settings

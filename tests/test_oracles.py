@@ -16,7 +16,7 @@ import torch
 import se_fairseq
 from se_fairseq.ops import select
 from se_fairseq.ops.reference import TOPK, select_reference
-from se_fairseq.testing import device_params
+from se_fairseq.testing import device_params, write_mmap_split
 
 select_module = importlib.import_module("se_fairseq.ops.select")
 HAS_CUDA = torch.cuda.is_available()
@@ -129,13 +129,9 @@ WORDS = ["the", "of", "cat", "sat", "mat", "zebra", "quokka"]
 
 def binarize_in_process(text_path, dictionary, prefix):
     """What fairseq-preprocess --only-source --srcdict does, with fairseq's own writer."""
-    from fairseq.data import indexed_dataset
-
-    builder = indexed_dataset.MMapIndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
-    for line in open(text_path):
-        builder.add_item(dictionary.encode_line(line, add_if_not_exist=False,
-                                                append_eos=True).long())
-    builder.finalize(prefix + ".idx")
+    write_mmap_split(prefix, [dictionary.encode_line(line, add_if_not_exist=False,
+                                                     append_eos=True).long().numpy()
+                              for line in open(text_path)])
 
 
 @pytest.fixture(scope="module")
@@ -244,57 +240,6 @@ def test_uniform_picks_are_uniform_and_a_bijection_of_the_row_seed(device):
 
 # ------------------------------------------------ whole words: a word is one unit
 
-@pytest.mark.parametrize("mode", ["sample", "topk"])
-def test_whole_word_selection_is_word_level_selection(mode):
-    """--mask-whole-words: each row's words (a word starts at a piece marked as a word
-    begin, or after a special token; a special token is a word of its own) are numbered
-    from 0 in order, a word scores its best piece, and the words are selected as the
-    positions of a row would be (word k is column k: in sample mode its Gumbel key is the
-    k-th of the row's stream), then every piece of a chosen word is selected. The words
-    are numbered here in plain Python, the selection is select_reference's."""
-    from fairseq.data import Dictionary
-
-    from se_fairseq.data.se_masking import SelfEvolutionMasker
-    from se_fairseq.ops.reference import SAMPLE
-
-    d = Dictionary()
-    for i in range(30):
-        d.add_symbol(f"p{i}")
-    mask_idx = d.add_symbol("<mask>")
-    begins_of = torch.tensor([i < d.nspecial or i % 3 != 0 for i in range(len(d))])
-    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.3, mode=mode, seed=1,
-                                 mask_whole_words=begins_of)
-    g = torch.Generator().manual_seed(3)
-    tokens = torch.randint(d.nspecial, mask_idx, (12, 24), generator=g)
-    tokens[:, 0], tokens[:, -1], tokens[:4, 10] = d.bos(), d.eos(), d.eos()
-    scores = torch.rand(12, 24, generator=g)
-    seeds = torch.arange(100, 112)
-    eligible = tokens.ge(d.nspecial) & tokens.ne(mask_idx)
-    selected, fallback, _ = masker._select_words(tokens, scores, eligible, seeds)
-    assert fallback is None
-    words = []
-    for r in range(12):
-        numbering, w = [], -1
-        for p in range(24):
-            special = not eligible[r, p]
-            if p == 0 or special or not eligible[r, p - 1] or bool(begins_of[tokens[r, p]]):
-                w += 1
-            numbering.append(w)
-        words.append(numbering)
-    width = max(max(n) for n in words) + 1
-    word_scores = np.full((12, width), -np.inf, dtype=np.float32)
-    word_eligible = np.zeros((12, width), dtype=bool)
-    for r in range(12):
-        for p, w in enumerate(words[r]):
-            word_scores[r, w] = max(word_scores[r, w], scores[r, p].item())
-            word_eligible[r, w] |= bool(eligible[r, p])
-    chosen = select_reference(word_scores, word_eligible, seeds.numpy(), ratio=0.3,
-                              mode=SAMPLE if mode == "sample" else TOPK)
-    expected = np.array([[chosen[r, w] for w in words[r]] for r in range(12)])
-    np.testing.assert_array_equal(selected.numpy(), expected)
-    assert expected.any() and not expected.all()
-
-
 def _masker_dictionary(words=30):
     from fairseq.data import Dictionary
 
@@ -310,6 +255,64 @@ def _masker_batch(d, mask_idx, rows=16, length=24, seed=3):
     tokens[:, 0], tokens[:, -1] = d.bos(), d.eos()
     tokens[: rows // 2, length - 5:] = d.pad()
     return tokens, torch.rand(rows, length, generator=g) * 3
+
+
+def _word_begins(d):
+    """Every third vocabulary entry continues the word before it."""
+    return torch.tensor([i < d.nspecial or i % 3 != 0 for i in range(len(d))])
+
+
+def _word_numbers(tokens, eligible, begins_of):
+    """Per row, each position's word, numbered from 0 in plain Python: a word starts at a
+    piece marked as a word begin, at an ineligible (special) token, which is a word of its
+    own, and right after one."""
+    out = []
+    for row, ok in zip(tokens.tolist(), eligible.tolist()):
+        numbering, w = [], -1
+        for p, (token, eligible_here) in enumerate(zip(row, ok)):
+            if p == 0 or not eligible_here or not ok[p - 1] or bool(begins_of[token]):
+                w += 1
+            numbering.append(w)
+        out.append(numbering)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["sample", "topk"])
+def test_whole_word_selection_is_word_level_selection(mode):
+    """--mask-whole-words: each row's words (a word starts at a piece marked as a word
+    begin, or after a special token; a special token is a word of its own) are numbered
+    from 0 in order, a word scores its best piece, and the words are selected as the
+    positions of a row would be (word k is column k: in sample mode its Gumbel key is the
+    k-th of the row's stream), then every piece of a chosen word is selected. The words
+    are numbered here in plain Python, the selection is select_reference's."""
+    from se_fairseq.data.se_masking import SelfEvolutionMasker
+    from se_fairseq.ops.reference import SAMPLE
+
+    d, mask_idx = _masker_dictionary()
+    begins_of = _word_begins(d)
+    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.3, mode=mode, seed=1,
+                                 mask_whole_words=begins_of)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(d.nspecial, mask_idx, (12, 24), generator=g)
+    tokens[:, 0], tokens[:, -1], tokens[:4, 10] = d.bos(), d.eos(), d.eos()
+    scores = torch.rand(12, 24, generator=g)
+    seeds = torch.arange(100, 112)
+    eligible = tokens.ge(d.nspecial) & tokens.ne(mask_idx)
+    selected, fallback, _ = masker._select_words(tokens, scores, eligible, seeds)
+    assert fallback is None
+    words = _word_numbers(tokens, eligible, begins_of)
+    width = max(max(n) for n in words) + 1
+    word_scores = np.full((12, width), -np.inf, dtype=np.float32)
+    word_eligible = np.zeros((12, width), dtype=bool)
+    for r in range(12):
+        for p, w in enumerate(words[r]):
+            word_scores[r, w] = max(word_scores[r, w], scores[r, p].item())
+            word_eligible[r, w] |= bool(eligible[r, p])
+    chosen = select_reference(word_scores, word_eligible, seeds.numpy(), ratio=0.3,
+                              mode=SAMPLE if mode == "sample" else TOPK)
+    expected = np.array([[chosen[r, w] for w in words[r]] for r in range(12)])
+    np.testing.assert_array_equal(selected.numpy(), expected)
+    assert expected.any() and not expected.all()
 
 
 @pytest.mark.parametrize("mode", ["sample", "topk"])
@@ -367,18 +370,17 @@ def test_whole_word_replacement_decides_once_per_word():
     from se_fairseq.data.se_masking import SelfEvolutionMasker
 
     d, mask_idx = _masker_dictionary()
-    begins_of = torch.tensor([i < d.nspecial or i % 3 != 0 for i in range(len(d))])
+    begins_of = _word_begins(d)
     masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.4, mode="topk", seed=1,
                                  leave_unmasked_prob=0.5, mask_whole_words=begins_of)
     tokens, scores = _masker_batch(d, mask_idx, rows=64)
     source, target = masker.mask(tokens, scores, torch.arange(64))
     selected = target.ne(d.pad())
     kept = selected & source.eq(tokens)
+    words = _word_numbers(tokens, tokens.ge(d.nspecial) & tokens.ne(mask_idx), begins_of)
     multi_piece = 0
     for r in range(64):
-        begins = begins_of[tokens[r]] | ~(tokens[r].ge(d.nspecial) & tokens[r].ne(mask_idx))
-        begins[1:] |= tokens[r][:-1].lt(d.nspecial)
-        word = begins.long().cumsum(0)
+        word = torch.tensor(words[r])
         for w in word[selected[r]].unique():
             pieces = word.eq(w)
             assert selected[r][pieces].all()

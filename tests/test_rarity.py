@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from se_fairseq.testing import split_tokens
+from se_fairseq.testing import split_tokens, write_mmap_split
 from se_fairseq import rarity
 from se_fairseq.data import score_file
 
@@ -200,23 +200,11 @@ def test_defaults_score_train_under_train_and_forward_alpha(corpus, tmp_path):
     assert u.cross_entropy([5]) == pytest.approx(-np.log(31 / 42) / np.log(2))
 
 
-def _binarized(prefix, sequences, dtype=np.uint16):
-    """A split in fairseq's mmap format written with fairseq's own builder."""
-    import torch
-    from fairseq.data.indexed_dataset import MMapIndexedDatasetBuilder
-
-    builder = MMapIndexedDatasetBuilder(prefix + ".bin", dtype=dtype)
-    for seq in sequences:
-        builder.add_item(torch.tensor(seq, dtype=torch.int64))
-    builder.finalize(prefix + ".idx")
-    return prefix
-
-
 @pytest.mark.parametrize("sequences", [[], [[]], [[7]], [[5, 6], [], [9, 2, 3]]])
 def test_load_tokens_reads_every_token_as_int64(tmp_path, sequences):
     """Small splits as fairseq writes them (uint16 ids): empty, one empty sequence, one
     token, several; the ids come back in file order as int64, whatever the file's dtype."""
-    split = _binarized(str(tmp_path / "train"), sequences)
+    split = write_mmap_split(str(tmp_path / "train"), sequences)
     tokens = rarity.load_tokens(split)
     assert tokens.dtype == np.int64
     assert tokens.tolist() == [t for seq in sequences for t in seq]

@@ -5,9 +5,10 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
-from se_fairseq.testing import binarize, split_tokens, write_zipf_corpus, write_scores
+from se_fairseq.testing import (
+    binarize, split_tokens, write_mmap_split, write_scores, write_zipf_corpus,
+)
 from se_fairseq.data import score_file
 from se_fairseq.data.score_file import ScoreFile, ScoreFileError
 
@@ -151,17 +152,17 @@ def _edit_meta(path, **changes):
     json.dump(meta, open(path, "w"))
 
 
+def _random_split(prefix, sequences, seed):
+    """``sequences`` random sequences of 1,000 int32 ids: 4 KB each on disk."""
+    rng = np.random.default_rng(seed)
+    return write_mmap_split(prefix, [rng.integers(4, 1000, 1000) for _ in range(sequences)],
+                            dtype=np.int32)
+
+
 def test_fingerprint_of_a_large_split_samples_its_bytes(tmp_path):
     """Above 64 chunks of 64 KiB the fingerprint hashes 64 evenly spaced chunks (and all
     sizes): a change inside a sampled chunk is caught, one between them is not."""
-    from fairseq.data import indexed_dataset
-
-    prefix = str(tmp_path / "big")
-    builder = indexed_dataset.MMapIndexedDatasetBuilder(prefix + ".bin", dtype=np.int32)
-    rng = np.random.default_rng(0)
-    for _ in range(1100):
-        builder.add_item(torch.from_numpy(rng.integers(4, 1000, 1000).astype(np.int32)))
-    builder.finalize(prefix + ".idx")
+    prefix = _random_split(str(tmp_path / "big"), 1100, seed=0)
     size = os.path.getsize(prefix + ".bin")
     assert size > 64 * 65536
     base = score_file.corpus_fingerprint(prefix)
@@ -330,18 +331,9 @@ def test_fingerprint_hash_is_the_documented_sample(tmp_path):
     score files depend on it: any other sample would refuse them all."""
     import hashlib
 
-    from fairseq.data import indexed_dataset
-
     for name, sequences in (("small", 300), ("big", 1100)):
-        prefix = str(tmp_path / name)
-        builder = indexed_dataset.MMapIndexedDatasetBuilder(prefix + ".bin", dtype=np.int32)
-        rng = np.random.default_rng(1)
-        sizes = []
-        for _ in range(sequences):
-            seq = rng.integers(4, 1000, 1000).astype(np.int32)
-            builder.add_item(torch.from_numpy(seq))
-            sizes.append(len(seq))
-        builder.finalize(prefix + ".idx")
+        prefix = _random_split(str(tmp_path / name), sequences, seed=1)
+        sizes = [1000] * sequences
         raw = open(prefix + ".bin", "rb").read()
         digest = hashlib.sha256(np.array(sizes, dtype=np.int64).tobytes())
         if len(raw) <= 64 * 65536:
