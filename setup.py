@@ -3,6 +3,7 @@
 torch must already be installed: build with ``pip install --no-build-isolation``
 so that pip does not resolve (and download) a torch of its own.
 """
+
 import importlib.util
 import os
 import sys
@@ -36,7 +37,7 @@ AUTOLOAD_LINE = (
     "  import se_fairseq._autoload\\n except Exception as err:\\n  import warnings\\n"
     "  warnings.warn('se_fairseq: the autoload hook failed (%r): se_mlm and token_ls are not "
     "registered; reinstall se-fairseq or set SE_FAIRSEQ_NO_AUTOLOAD=1' % (err,), "
-    "RuntimeWarning)\")\n"
+    'RuntimeWarning)")\n'
 )
 
 
@@ -71,8 +72,9 @@ def plan_cuda():
     if torch_site not in site_dirs:
         site_dirs.insert(0, torch_site)
     try:
-        plan = config.plan_cuda_build(os.environ, cuda, arches, gpus, config.which_nvcc(os.environ),
-                                      site_dirs)
+        plan = config.plan_cuda_build(
+            os.environ, cuda, arches, gpus, config.which_nvcc(os.environ), site_dirs
+        )
     except ValueError as err:
         raise SystemExit(f"se-fairseq: {err}") from err
     forced = os.environ.get("SE_FAIRSEQ_CUDA") == "1"
@@ -80,12 +82,18 @@ def plan_cuda():
         if forced:
             raise SystemExit(
                 f"se-fairseq: SE_FAIRSEQ_CUDA=1 but the CUDA operator cannot be built: "
-                f"{plan.reason}.\n{config.HOW_TO_GET_CUDA}")
+                f"{plan.reason}.\n{config.HOW_TO_GET_CUDA}"
+            )
         if plan.reason != "SE_FAIRSEQ_CUDA=0":
-            fallback = (" CUDA tensors then run on the CPU kernel (se_fairseq.ops.select warns "
-                        "once)." if cuda else "")
-            say(f"WARNING: building the CPU operator only: {plan.reason}.{fallback} "
-                f"{config.HOW_TO_GET_CUDA}")
+            fallback = (
+                " CUDA tensors then run on the CPU kernel (se_fairseq.ops.select warns once)."
+                if cuda
+                else ""
+            )
+            say(
+                f"WARNING: building the CPU operator only: {plan.reason}.{fallback} "
+                f"{config.HOW_TO_GET_CUDA}"
+            )
         return plan
     say(*plan.notes)
     os.environ["CUDA_HOME"] = plan.toolkit
@@ -189,8 +197,11 @@ setup(
         "numpy",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"], "hf": ["transformers>=4.40", "safetensors"],
-                    "finetune": ["scikit-learn", "scipy"]},
+    extras_require={
+        "test": ["pytest"],
+        "hf": ["transformers>=4.40", "safetensors"],
+        "finetune": ["scikit-learn", "scipy"],
+    },
     entry_points={
         "console_scripts": [
             "se-bench = se_fairseq.cli.bench:cli_main",

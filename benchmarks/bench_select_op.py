@@ -8,6 +8,7 @@
 
     python benchmarks/bench_select_op.py [--rows 8192]
 """
+
 import argparse
 import time
 
@@ -45,8 +46,15 @@ def main():
     def op(mode, use_extension=True, n=rows):
         def go():
             for s in range(0, n, batch):
-                select(scores[s:s + batch], eligible[s:s + batch], seeds[s:s + batch],
-                       ratio=0.15, mode=mode, use_extension=use_extension)
+                select(
+                    scores[s : s + batch],
+                    eligible[s : s + batch],
+                    seeds[s : s + batch],
+                    ratio=0.15,
+                    mode=mode,
+                    use_extension=use_extension,
+                )
+
         return go
 
     results["se_fairseq::select topk (C++)"] = rate(op("topk"), rows)
@@ -61,8 +69,9 @@ def main():
         vocab.add_symbol(f"w{i}")
     mask_idx = vocab.add_symbol("<mask>")
     items = [t for t in tokens[:small]]
-    src, tgt = MaskTokensDataset.apply_mask(items, vocab, pad_idx=vocab.pad(), mask_idx=mask_idx,
-                                            seed=1, mask_prob=0.15)
+    src, tgt = MaskTokensDataset.apply_mask(
+        items, vocab, pad_idx=vocab.pad(), mask_idx=mask_idx, seed=1, mask_prob=0.15
+    )
 
     def fairseq_items():
         for epoch in range(1, 2):
@@ -70,6 +79,7 @@ def main():
             tgt.set_epoch(epoch)
             for i in range(small):
                 src[i], tgt[i]
+
     src.set_epoch(0)
     results["fairseq MaskTokensDataset (per item)"] = rate(fairseq_items, small, repeat=1)
 
@@ -77,15 +87,25 @@ def main():
         from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast  # noqa
         from tokenizers import Tokenizer, models
 
-        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(
-            {f"w{i}": i for i in range(30000)} | {"[UNK]": 30000, "[MASK]": 30001, "[PAD]": 30002},
-            unk_token="[UNK]")), mask_token="[MASK]", pad_token="[PAD]", unk_token="[UNK]")
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer(
+                models.WordLevel(
+                    {f"w{i}": i for i in range(30000)}
+                    | {"[UNK]": 30000, "[MASK]": 30001, "[PAD]": 30002},
+                    unk_token="[UNK]",
+                )
+            ),
+            mask_token="[MASK]",
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+        )
         collator = DataCollatorForLanguageModeling(tok, mlm_probability=0.15, return_tensors="pt")
         examples = [{"input_ids": t.tolist()} for t in tokens[:small]]
 
         def hf():
             for s in range(0, small, batch):
-                collator(examples[s:s + batch])
+                collator(examples[s : s + batch])
+
         results["HF DataCollatorForLanguageModeling"] = rate(hf, small, repeat=1)
     except ImportError:
         results["HF DataCollatorForLanguageModeling"] = None

@@ -18,6 +18,7 @@ binarized in a temporary directory, with a random score file for its train split
 
     python benchmarks/bench_token_ls.py --updates 30
 """
+
 import argparse
 import copy
 import logging
@@ -27,10 +28,9 @@ import tempfile
 import time
 import warnings
 
+import fairseq  # noqa: F401  (registers se_mlm / token_ls)
 import numpy as np
 import torch
-
-import fairseq  # noqa: F401  (registers se_mlm / token_ls)
 from fairseq import optim, tasks
 
 from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion
@@ -57,11 +57,29 @@ class FullHeadReferenceTLS(TokenLabelSmoothingCriterion):
 
 def model_args(a):
     return [
-        "--arch", "roberta_base", "--encoder-layers", str(a.layers),
-        "--encoder-embed-dim", str(a.embed_dim), "--encoder-ffn-embed-dim", str(a.ffn_dim),
-        "--encoder-attention-heads", str(a.heads), "--max-positions", str(a.tokens_per_sample),
-        "--tokens-per-sample", str(a.tokens_per_sample), "--cpu", "--seed", "1",
-        "--optimizer", "adam", "--lr", "1e-4", "--batch-size", str(a.batch_size),
+        "--arch",
+        "roberta_base",
+        "--encoder-layers",
+        str(a.layers),
+        "--encoder-embed-dim",
+        str(a.embed_dim),
+        "--encoder-ffn-embed-dim",
+        str(a.ffn_dim),
+        "--encoder-attention-heads",
+        str(a.heads),
+        "--max-positions",
+        str(a.tokens_per_sample),
+        "--tokens-per-sample",
+        str(a.tokens_per_sample),
+        "--cpu",
+        "--seed",
+        "1",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-4",
+        "--batch-size",
+        str(a.batch_size),
     ]
 
 
@@ -119,14 +137,19 @@ def main():
     ap.add_argument("--tokens-per-sample", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch threads (0 = torch's default); 1 keeps timings stable on a shared "
         "machine, where spinning OpenMP threads otherwise swamp the measurement",
     )
     ap.add_argument("--show-times", action="store_true", help="print every update's time")
-    ap.add_argument("--online", action="store_true",
-                    help="also time (d) se_mlm --se-online + token_ls (scores from the live model; "
-                    "its bound: (c), offline plus the LM head at every position)")
+    ap.add_argument(
+        "--online",
+        action="store_true",
+        help="also time (d) se_mlm --se-online + token_ls (scores from the live model; "
+        "its bound: (c), offline plus the LM head at every position)",
+    )
     a = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)  # fairseq's INFO/WARNING chatter
@@ -141,23 +164,41 @@ def main():
             prefix = score_file.default_prefix(os.path.join(data, "train"))
             if not all(os.path.exists(p) for p in score_file.paths(prefix)):
                 prefix = os.path.join(tmp, "train.se_scores")
-                write_scores(os.path.join(data, "train"), prefix=prefix,
-                             blocking={"tokens_per_sample": a.tokens_per_sample})
+                write_scores(
+                    os.path.join(data, "train"),
+                    prefix=prefix,
+                    blocking={"tokens_per_sample": a.tokens_per_sample},
+                )
         else:
-            text = write_zipf_corpus(tmp, vocab=a.vocab, write_dict=True, splits=(
-                ("train", a.num_train), ("valid", max(a.num_train // 10, 10))))
+            text = write_zipf_corpus(
+                tmp,
+                vocab=a.vocab,
+                write_dict=True,
+                splits=(("train", a.num_train), ("valid", max(a.num_train // 10, 10))),
+            )
             data = binarize(tmp, os.path.join(tmp, "data-bin"), text["dict"])
             prefix = score_file.default_prefix(os.path.join(data, "train"))
-            write_scores(os.path.join(data, "train"), prefix=prefix,
-                         blocking={"tokens_per_sample": a.tokens_per_sample})
+            write_scores(
+                os.path.join(data, "train"),
+                prefix=prefix,
+                blocking={"tokens_per_sample": a.tokens_per_sample},
+            )
         common = model_args(a)
         n_batches = a.warmup + a.updates
 
         mlm_cfg = parse(data, *common, "--task", "masked_lm", "--criterion", "masked_lm")
         mlm_task = tasks.setup_task(mlm_cfg.task)
         se_cfg = parse(
-            data, *common, "--task", "se_mlm", "--se-scores", prefix,
-            "--criterion", "token_ls", "--tls-alpha", str(a.alpha),
+            data,
+            *common,
+            "--task",
+            "se_mlm",
+            "--se-scores",
+            prefix,
+            "--criterion",
+            "token_ls",
+            "--tls-alpha",
+            str(a.alpha),
         )
         se_task = tasks.setup_task(se_cfg.task)
 
@@ -177,21 +218,50 @@ def main():
         full_crit = FullHeadReferenceTLS(se_cfg.criterion, se_task)
         variants = [
             Variant("(a) masked_lm", mlm_task, copy.deepcopy(base), mlm_crit, mlm_cfg, mlm_batches),
-            Variant(f"(b) token_ls a={a.alpha}", se_task, copy.deepcopy(base), tls_crit, se_cfg,
-                    se_batches),
-            Variant("(c) token_ls full-head ref", se_task, copy.deepcopy(base), full_crit, se_cfg,
-                    se_batches),
+            Variant(
+                f"(b) token_ls a={a.alpha}",
+                se_task,
+                copy.deepcopy(base),
+                tls_crit,
+                se_cfg,
+                se_batches,
+            ),
+            Variant(
+                "(c) token_ls full-head ref",
+                se_task,
+                copy.deepcopy(base),
+                full_crit,
+                se_cfg,
+                se_batches,
+            ),
         ]
 
         if a.online:
-            on_cfg = parse(data, *common, "--task", "se_mlm", "--se-online", "--criterion",
-                           "token_ls", "--tls-alpha", str(a.alpha))
+            on_cfg = parse(
+                data,
+                *common,
+                "--task",
+                "se_mlm",
+                "--se-online",
+                "--criterion",
+                "token_ls",
+                "--tls-alpha",
+                str(a.alpha),
+            )
             on_task = tasks.setup_task(on_cfg.task)
             on_batches = batches_of(on_task, a.batch_size, n_batches)
             for x, y in zip(on_batches, se_batches):
                 assert torch.equal(x["id"], y["id"])
-            variants.append(Variant("(d) online SE + token_ls", on_task, copy.deepcopy(base),
-                                    on_task.build_criterion(on_cfg.criterion), on_cfg, on_batches))
+            variants.append(
+                Variant(
+                    "(d) online SE + token_ls",
+                    on_task,
+                    copy.deepcopy(base),
+                    on_task.build_criterion(on_cfg.criterion),
+                    on_cfg,
+                    on_batches,
+                )
+            )
 
         # (b) and (c) compute the same loss (same weights, same batch; eval mode so that
         # dropout does not draw different masks for the two calls)
@@ -203,8 +273,8 @@ def main():
         torch.testing.assert_close(lb, lc, rtol=1e-4, atol=0.0)
 
         setup_s = time.perf_counter() - t0
-        sel_mlm = np.mean([int(b["target"].ne(pad).sum()) for b in mlm_batches[a.warmup:]])
-        sel_se = np.mean([int(b["target"].ne(pad).sum()) for b in se_batches[a.warmup:]])
+        sel_mlm = np.mean([int(b["target"].ne(pad).sum()) for b in mlm_batches[a.warmup :]])
+        sel_se = np.mean([int(b["target"].ne(pad).sum()) for b in se_batches[a.warmup :]])
         ntok = np.mean([int(b["net_input"]["src_tokens"].ne(pad).sum()) for b in se_batches])
         print(
             f"torch {torch.__version__}, {torch.get_num_threads()} threads; model: "
@@ -251,9 +321,13 @@ def main():
             ratio_d = np.mean(variants[3].times) / base_mean
             med_d = np.median(variants[3].times) / base_median
             print(f"ratio (d)/(a) = {ratio_d:.3f} of means, {med_d:.3f} of medians")
-            print(f"ratio (d)/(b) = {ratio_d / ratio_b:.3f} of means, {med_d / med_b:.3f} of medians")
-            print(f"ratio (d)/(c) = {ratio_d / ratio_c:.3f} of means, {med_d / med_c:.3f} of medians"
-                  "   (online vs its bound: offline + LM head at every position; target <= ~1)")
+            print(
+                f"ratio (d)/(b) = {ratio_d / ratio_b:.3f} of means, {med_d / med_b:.3f} of medians"
+            )
+            print(
+                f"ratio (d)/(c) = {ratio_d / ratio_c:.3f} of means, {med_d / med_c:.3f} of medians"
+                "   (online vs its bound: offline + LM head at every position; target <= ~1)"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -7,6 +7,7 @@ fairseq's reused DataLoader with 0, 1 and 2 workers, and prints, per worker coun
 many blocks keep the previous epoch's mask and how many equal the 0-worker mask of the
 same epoch. DATA needs a score file for the SE modes (e.g. from se-score).
 """
+
 import argparse
 import logging
 import warnings
@@ -17,12 +18,26 @@ from se_fairseq.testing import setup_task
 
 
 def masks(data, mode, tokens_per_sample, workers, epochs=(1, 2, 3)):
-    task, _ = setup_task(data, "--arch", "roberta_base", "--task", "se_mlm", "--se-select", mode,
-                         "--criterion", "masked_lm", "--tokens-per-sample", str(tokens_per_sample),
-                         "--seed", "1", "--cpu")
+    task, _ = setup_task(
+        data,
+        "--arch",
+        "roberta_base",
+        "--task",
+        "se_mlm",
+        "--se-select",
+        mode,
+        "--criterion",
+        "masked_lm",
+        "--tokens-per-sample",
+        str(tokens_per_sample),
+        "--seed",
+        "1",
+        "--cpu",
+    )
     task.load_dataset("train")
-    itr = task.get_batch_iterator(task.dataset("train"), max_sentences=32, seed=1,
-                                  epoch=epochs[0], num_workers=workers)
+    itr = task.get_batch_iterator(
+        task.dataset("train"), max_sentences=32, seed=1, epoch=epochs[0], num_workers=workers
+    )
     out = {}
     for epoch in epochs:
         for batch in itr.next_epoch_itr(shuffle=True):
@@ -34,8 +49,9 @@ def masks(data, mode, tokens_per_sample, workers, epochs=(1, 2, 3)):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data")
-    parser.add_argument("--se-select", default="sample",
-                        choices=["topk", "sample", "threshold", "random"])
+    parser.add_argument(
+        "--se-select", default="sample", choices=["topk", "sample", "threshold", "random"]
+    )
     parser.add_argument("--tokens-per-sample", type=int, default=128)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -44,17 +60,22 @@ def main():
     ids = sorted({i for _, i in runs[0]})
     n = len(ids)
     print(f"--se-select {args.se_select}, {n} blocks: how many masks equal ...")
-    print("| num_workers | epoch 2 = epoch 1 | epoch 3 = epoch 2 "
-          "| epoch 2 = 0 workers' | epoch 3 = 0 workers' |")
+    print(
+        "| num_workers | epoch 2 = epoch 1 | epoch 3 = epoch 2 "
+        "| epoch 2 = 0 workers' | epoch 3 = 0 workers' |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for workers, m in runs.items():
+
         def same(a, b):
             return sum(torch.equal(m[(a, i)], m[(b, i)]) for i in ids)
 
         def as_0(e):
             return sum(torch.equal(m[(e, i)], runs[0][(e, i)]) for i in ids)
 
-        print(f"| {workers} | {same(2, 1)}/{n} | {same(3, 2)}/{n} | {as_0(2)}/{n} | {as_0(3)}/{n} |")
+        print(
+            f"| {workers} | {same(2, 1)}/{n} | {same(3, 2)}/{n} | {as_0(2)}/{n} | {as_0(3)}/{n} |"
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ runs it after the CUDA op tests).
 Writes OUT/gpu_check.json and OUT/gpu_check.md. ``--device cpu --quick`` runs the same code
 on a tiny configuration (what tests/test_gpu_check_script.py does without a GPU).
 """
+
 import argparse
 import json
 import os
@@ -26,29 +27,71 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import fairseq  # noqa: E402,F401  (registers se_mlm / token_ls)
+
 from se_fairseq.data.se_masking import row_seeds  # noqa: E402
 from se_fairseq.testing import binarize, setup_task, write_scores, write_zipf_corpus  # noqa: E402
 
 
 def sizes(quick):
     if quick:
-        return dict(vocab=200, lines=300, max_words=60, tokens=64, layers=2, dim=32, ffn=64,
-                    heads=2, max_tokens=1024, steps=3, warmup=1)
-    return dict(vocab=8000, lines=3000, max_words=400, tokens=512, layers=12, dim=768,
-                ffn=3072, heads=12, max_tokens=8192, steps=10, warmup=3)
+        return dict(
+            vocab=200,
+            lines=300,
+            max_words=60,
+            tokens=64,
+            layers=2,
+            dim=32,
+            ffn=64,
+            heads=2,
+            max_tokens=1024,
+            steps=3,
+            warmup=1,
+        )
+    return dict(
+        vocab=8000,
+        lines=3000,
+        max_words=400,
+        tokens=512,
+        layers=12,
+        dim=768,
+        ffn=3072,
+        heads=12,
+        max_tokens=8192,
+        steps=10,
+        warmup=3,
+    )
 
 
 def model_args(s):
-    return ["--arch", "roberta_base", "--encoder-layers", str(s["layers"]),
-            "--encoder-embed-dim", str(s["dim"]), "--encoder-ffn-embed-dim", str(s["ffn"]),
-            "--encoder-attention-heads", str(s["heads"]), "--max-positions", str(s["tokens"]),
-            "--tokens-per-sample", str(s["tokens"]), "--dropout", "0.1"]
+    return [
+        "--arch",
+        "roberta_base",
+        "--encoder-layers",
+        str(s["layers"]),
+        "--encoder-embed-dim",
+        str(s["dim"]),
+        "--encoder-ffn-embed-dim",
+        str(s["ffn"]),
+        "--encoder-attention-heads",
+        str(s["heads"]),
+        "--max-positions",
+        str(s["tokens"]),
+        "--tokens-per-sample",
+        str(s["tokens"]),
+        "--dropout",
+        "0.1",
+    ]
 
 
 def make_corpus(root, s):
     text = os.path.join(root, "text")
-    write_zipf_corpus(text, vocab=s["vocab"], splits=(("train", s["lines"]), ("valid", 20)),
-                      max_words=s["max_words"], seed=0)
+    write_zipf_corpus(
+        text,
+        vocab=s["vocab"],
+        splits=(("train", s["lines"]), ("valid", 20)),
+        max_words=s["max_words"],
+        seed=0,
+    )
     data = binarize(text, os.path.join(root, "data-bin"))
     write_scores(os.path.join(data, "train"), blocking={"tokens_per_sample": s["tokens"]})
     return data
@@ -63,15 +106,28 @@ def synchronize(device):
 
 PARITY_CASES = {
     "topk": [],
-    "topk, 80/10/10 freq-weighted": ["--leave-unmasked-prob", "0.1", "--random-token-prob", "0.1",
-                                     "--freq-weighted-replacement"],
+    "topk, 80/10/10 freq-weighted": [
+        "--leave-unmasked-prob",
+        "0.1",
+        "--random-token-prob",
+        "0.1",
+        "--freq-weighted-replacement",
+    ],
     "sample T=0.7": ["--se-select", "sample", "--se-temperature", "0.7"],
     "sample, random share 0.5": ["--se-select", "sample", "--se-random-share", "0.5"],
     "threshold 6, fallback random": ["--se-select", "threshold", "--se-threshold", "6"],
-    "threshold 6, fallback none, 80/10/10": ["--se-select", "threshold", "--se-threshold", "6",
-                                             "--se-threshold-fallback", "none",
-                                             "--leave-unmasked-prob", "0.1",
-                                             "--random-token-prob", "0.1"],
+    "threshold 6, fallback none, 80/10/10": [
+        "--se-select",
+        "threshold",
+        "--se-threshold",
+        "6",
+        "--se-threshold-fallback",
+        "none",
+        "--leave-unmasked-prob",
+        "0.1",
+        "--random-token-prob",
+        "0.1",
+    ],
 }
 
 
@@ -80,8 +136,9 @@ def real_batches(task, max_tokens, limit):
     from fairseq.data import data_utils
 
     dataset = task.dataset("train").dataset.dataset  # EpochSync -> Sort -> SE mask dataset
-    itr = task.get_batch_iterator(task.dataset("train"), max_tokens=max_tokens, seed=1,
-                                  num_workers=0)
+    itr = task.get_batch_iterator(
+        task.dataset("train"), max_tokens=max_tokens, seed=1, num_workers=0
+    )
     for n, indices in enumerate(itr.frozen_batches):
         if n >= limit:
             return
@@ -95,8 +152,19 @@ def real_batches(task, max_tokens, limit):
 def parity(data, s, device, limit):
     results = {}
     for name, extra in PARITY_CASES.items():
-        task, _ = setup_task(data, *model_args(s), "--task", "se_mlm", "--criterion", "masked_lm",
-                             "--seed", "1", "--mask-prob", "0.15", *extra)
+        task, _ = setup_task(
+            data,
+            *model_args(s),
+            "--task",
+            "se_mlm",
+            "--criterion",
+            "masked_lm",
+            "--seed",
+            "1",
+            "--mask-prob",
+            "0.15",
+            *extra,
+        )
         task.load_dataset("train")
         masker = task.build_masker()
         batches = rows = differ = 0
@@ -114,9 +182,21 @@ def parity(data, s, device, limit):
 def online_parity(data, s, device, limit):
     """--se-online: the CUDA selection from the live model's scores equals the CPU masker's
     on the same scores (copied to the host)."""
-    task, cfg = setup_task(data, *model_args(s), "--task", "se_mlm", "--se-online",
-                           "--criterion", "token_ls", "--seed", "1",
-                           "--leave-unmasked-prob", "0.1", "--random-token-prob", "0.1")
+    task, cfg = setup_task(
+        data,
+        *model_args(s),
+        "--task",
+        "se_mlm",
+        "--se-online",
+        "--criterion",
+        "token_ls",
+        "--seed",
+        "1",
+        "--leave-unmasked-prob",
+        "0.1",
+        "--random-token-prob",
+        "0.1",
+    )
     torch.manual_seed(0)
     model = task.build_model(cfg.model).to(device)
     task.build_criterion(cfg.criterion)  # the configuration fairseq-train would accept
@@ -125,8 +205,9 @@ def online_parity(data, s, device, limit):
     from se_fairseq.reference_forward import ONLINE_SEEDS, reference_forward
     from se_fairseq.scoring import score_features
 
-    itr = task.get_batch_iterator(task.dataset("train"), max_tokens=s["max_tokens"], seed=1,
-                                  num_workers=0).next_epoch_itr(shuffle=False)
+    itr = task.get_batch_iterator(
+        task.dataset("train"), max_tokens=s["max_tokens"], seed=1, num_workers=0
+    ).next_epoch_itr(shuffle=False)
     rows = differ = batches = 0
     syncs = []
     for n, batch in enumerate(itr):
@@ -136,8 +217,9 @@ def online_parity(data, s, device, limit):
         seeds = batch[ONLINE_SEEDS].to(device)
         with reference_forward(model) as inner:
             features, _ = inner(tokens, features_only=True)
-            scores, _ = score_features(inner, features, tokens, task.dictionary.pad(),
-                                       "correctness")
+            scores, _ = score_features(
+                inner, features, tokens, task.dictionary.pad(), "correctness"
+            )
         synchronize(device)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -154,28 +236,47 @@ def online_parity(data, s, device, limit):
             differ += int((a != b.cpu()).any(dim=1).sum())
         rows += len(tokens)
         batches += 1
-    return {"batches": batches, "rows": rows, "rows_differing": differ,
-            "host_syncs_in_masking_per_batch": syncs}
+    return {
+        "batches": batches,
+        "rows": rows,
+        "rows_differing": differ,
+        "host_syncs_in_masking_per_batch": syncs,
+    }
 
 
 # ------------------------------------------------------------------ 2. se-score
+
 
 def save_checkpoint(data, s, path):
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from omegaconf import OmegaConf
 
-    args = options.parse_args_and_arch(options.get_training_parser(), [
-        data, "--task", "masked_lm", "--criterion", "masked_lm", *model_args(s)])
+    args = options.parse_args_and_arch(
+        options.get_training_parser(),
+        [data, "--task", "masked_lm", "--criterion", "masked_lm", *model_args(s)],
+    )
     torch.manual_seed(0)
     model = tasks.setup_task(args).build_model(args)
-    cfg = OmegaConf.to_container(convert_namespace_to_omegaconf(args), resolve=True,
-                                 enum_to_str=True)
-    torch.save({"cfg": cfg, "model": model.state_dict(), "extra_state": {"epoch": 1},
-                "optimizer_history": [{"criterion_name": "MaskedLmLoss",
-                                       "optimizer_name": "FairseqAdam",
-                                       "lr_scheduler_state": {"best": None},
-                                       "num_updates": 0}]}, path)
+    cfg = OmegaConf.to_container(
+        convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True
+    )
+    torch.save(
+        {
+            "cfg": cfg,
+            "model": model.state_dict(),
+            "extra_state": {"epoch": 1},
+            "optimizer_history": [
+                {
+                    "criterion_name": "MaskedLmLoss",
+                    "optimizer_name": "FairseqAdam",
+                    "lr_scheduler_state": {"best": None},
+                    "num_updates": 0,
+                }
+            ],
+        },
+        path,
+    )
     return path
 
 
@@ -187,8 +288,14 @@ def se_score_speed(data, s, device, root):
     out, scores = {}, {}
     for precision in precisions:
         options = dict(device=str(device), precision=precision, max_tokens=s["max_tokens"] * 2)
-        score_corpus(data, ckpt, out=os.path.join(root, f"warm-{precision}"), chunk_tokens=4096,
-                     stop_after_chunks=1, **options)  # warm-up: CUDA context, kernels
+        score_corpus(
+            data,
+            ckpt,
+            out=os.path.join(root, f"warm-{precision}"),
+            chunk_tokens=4096,
+            stop_after_chunks=1,
+            **options,
+        )  # warm-up: CUDA context, kernels
         synchronize(device)
         start = time.perf_counter()
         result = score_corpus(data, ckpt, out=os.path.join(root, f"s-{precision}"), **options)
@@ -201,7 +308,9 @@ def se_score_speed(data, s, device, root):
         diff = np.abs(scores[precision] - scores["fp32"])
         out[precision]["max_abs_diff_vs_fp32"] = float(diff.max())
         out[precision]["mean_abs_diff_vs_fp32"] = float(diff.mean())
-        out[precision]["speedup_vs_fp32"] = out[precision]["tokens_per_s"] / out["fp32"]["tokens_per_s"]
+        out[precision]["speedup_vs_fp32"] = (
+            out[precision]["tokens_per_s"] / out["fp32"]["tokens_per_s"]
+        )
     return out
 
 
@@ -219,15 +328,17 @@ def step_time(data, s, device):
 
     out = {}
     for name, extra in STEP_CASES.items():
-        task, cfg = setup_task(data, *model_args(s), "--seed", "1", "--optimizer", "adam",
-                               "--lr", "1e-5", *extra)
+        task, cfg = setup_task(
+            data, *model_args(s), "--seed", "1", "--optimizer", "adam", "--lr", "1e-5", *extra
+        )
         torch.manual_seed(0)
         model = task.build_model(cfg.model).to(device)
         criterion = task.build_criterion(cfg.criterion).to(device)
         optimizer = build_optimizer(cfg.optimizer, [p for p in model.parameters()])
         task.load_dataset("train")
-        itr = task.get_batch_iterator(task.dataset("train"), max_tokens=s["max_tokens"], seed=1,
-                                      num_workers=0).next_epoch_itr(shuffle=True)
+        itr = task.get_batch_iterator(
+            task.dataset("train"), max_tokens=s["max_tokens"], seed=1, num_workers=0
+        ).next_epoch_itr(shuffle=True)
         times = []
         for n, batch in enumerate(itr):
             if n >= s["warmup"] + s["steps"]:
@@ -241,8 +352,11 @@ def step_time(data, s, device):
             synchronize(device)
             if n >= s["warmup"]:
                 times.append(time.perf_counter() - start)
-        out[name] = {"steps": len(times), "median_s": float(np.median(times)),
-                     "mean_s": float(np.mean(times))}
+        out[name] = {
+            "steps": len(times),
+            "median_s": float(np.median(times)),
+            "mean_s": float(np.mean(times)),
+        }
     base = out["masked_lm"]["median_s"]
     for name in out:
         out[name]["ratio_to_masked_lm"] = out[name]["median_s"] / base
@@ -259,23 +373,43 @@ def _to(batch, device):
 
 # ------------------------------------------------------------------ report
 
+
 def markdown(report):
     lines = [f"# GPU check ({report['device_name']}, torch {report['torch']})", ""]
-    lines += ["## CPU vs device masking (rows differing must be 0)", "",
-              "| case | batches | rows | rows differing |", "| --- | --- | --- | --- |"]
+    lines += [
+        "## CPU vs device masking (rows differing must be 0)",
+        "",
+        "| case | batches | rows | rows differing |",
+        "| --- | --- | --- | --- |",
+    ]
     for name, r in report["parity"].items():
         lines.append(f"| {name} | {r['batches']} | {r['rows']} | {r['rows_differing']} |")
     o = report["online_parity"]
-    lines.append(f"| --se-online (live scores), 80/10/10 | {o['batches']} | {o['rows']} | "
-                 f"{o['rows_differing']} |")
-    lines += ["", f"host syncs in online masking per batch: {o['host_syncs_in_masking_per_batch']}",
-              "", "## se-score", "", "| precision | tokens/s | speed-up vs fp32 | max abs diff |",
-              "| --- | --- | --- | --- |"]
+    lines.append(
+        f"| --se-online (live scores), 80/10/10 | {o['batches']} | {o['rows']} | "
+        f"{o['rows_differing']} |"
+    )
+    lines += [
+        "",
+        f"host syncs in online masking per batch: {o['host_syncs_in_masking_per_batch']}",
+        "",
+        "## se-score",
+        "",
+        "| precision | tokens/s | speed-up vs fp32 | max abs diff |",
+        "| --- | --- | --- | --- |",
+    ]
     for p, r in report["se_score"].items():
-        lines.append(f"| {p} | {r['tokens_per_s']:.0f} | {r.get('speedup_vs_fp32', 1.0):.2f} | "
-                     f"{r.get('max_abs_diff_vs_fp32', 0.0):.3g} |")
-    lines += ["", "## training step (fp32)", "", "| task | median s | ratio to masked_lm |",
-              "| --- | --- | --- |"]
+        lines.append(
+            f"| {p} | {r['tokens_per_s']:.0f} | {r.get('speedup_vs_fp32', 1.0):.2f} | "
+            f"{r.get('max_abs_diff_vs_fp32', 0.0):.3g} |"
+        )
+    lines += [
+        "",
+        "## training step (fp32)",
+        "",
+        "| task | median s | ratio to masked_lm |",
+        "| --- | --- | --- |",
+    ]
     for name, r in report["step"].items():
         lines.append(f"| {name} | {r['median_s']:.4f} | {r['ratio_to_masked_lm']:.2f} |")
     return "\n".join(lines) + "\n"
@@ -293,19 +427,24 @@ def main(argv=None):
         raise SystemExit("gpu_check.py: torch sees no CUDA device")
     s = sizes(args.quick)
     os.makedirs(args.out, exist_ok=True)
-    report = {"device": str(device), "torch": torch.__version__, "sizes": s,
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else "cpu", "timings_s": {}}
+    report = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "sizes": s,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "timings_s": {},
+    }
     failures = []
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
         data = make_corpus(root, s)
         report["timings_s"]["corpus"] = time.perf_counter() - start
-        for key, fn in (("parity", lambda: parity(data, s, device, args.parity_batches)),
-                        ("online_parity", lambda: online_parity(data, s, device,
-                                                                args.parity_batches)),
-                        ("se_score", lambda: se_score_speed(data, s, device, root)),
-                        ("step", lambda: step_time(data, s, device))):
+        for key, fn in (
+            ("parity", lambda: parity(data, s, device, args.parity_batches)),
+            ("online_parity", lambda: online_parity(data, s, device, args.parity_batches)),
+            ("se_score", lambda: se_score_speed(data, s, device, root)),
+            ("step", lambda: step_time(data, s, device)),
+        ):
             start = time.perf_counter()
             try:
                 report[key] = fn()
@@ -317,8 +456,11 @@ def main(argv=None):
             report["timings_s"][key] = time.perf_counter() - start
             with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
                 json.dump(report, f, indent=2)
-    differing = sum(r["rows_differing"] for r in report.get("parity", {}).values()
-                    if isinstance(r, dict) and "rows_differing" in r)
+    differing = sum(
+        r["rows_differing"]
+        for r in report.get("parity", {}).values()
+        if isinstance(r, dict) and "rows_differing" in r
+    )
     differing += report.get("online_parity", {}).get("rows_differing", 0)
     report["parity_ok"] = not failures[:2] and differing == 0
     with open(os.path.join(args.out, "gpu_check.json"), "w") as f:

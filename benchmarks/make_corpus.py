@@ -5,6 +5,7 @@
 Words follow a Zipf law over a 30k vocabulary, sentences are 5-60 words long.
 Scores are random (the pipeline's speed does not depend on their values).
 """
+
 import argparse
 import os
 
@@ -17,8 +18,13 @@ def main():
     parser.add_argument("--sentences", type=int, default=40000)
     parser.add_argument("--vocab", type=int, default=30000)
     args = parser.parse_args()
-    write_zipf_corpus(args.out, vocab=args.vocab, min_words=5, max_words=61, splits=(
-        ("train", args.sentences), ("valid", max(args.sentences // 100, 10))))
+    write_zipf_corpus(
+        args.out,
+        vocab=args.vocab,
+        min_words=5,
+        max_words=61,
+        splits=(("train", args.sentences), ("valid", max(args.sentences // 100, 10))),
+    )
     dest = binarize(args.out, os.path.join(args.out, "data-bin"), workers=2)
     write_scores(os.path.join(dest, "train"), blocking={})
     print(dest)

@@ -5,6 +5,7 @@ Importing this package is cheap: it pulls in neither torch nor fairseq. The task
 imported (see ``_autoload``), or when fairseq imports this package through
 ``--user-dir``.
 """
+
 import sys
 
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@ answers only for the module ``fairseq`` and wraps its loader so that the
 plugin registers once fairseq has finished initialising (its registries then
 hold fairseq's own tasks, and ``fairseq-train --task se_mlm`` resolves).
 """
+
 import os
 import sys
 
@@ -65,9 +66,13 @@ def warn_failed(what, err):
     _warned = True
     import warnings
 
-    warnings.warn(f"se_fairseq: {what} ({type(err).__name__}: {err}); --task se_mlm and "
-                  f"--criterion token_ls need --user-dir until this is fixed "
-                  f"(set {_DISABLE_ENV}=1 to silence)", RuntimeWarning, stacklevel=2)
+    warnings.warn(
+        f"se_fairseq: {what} ({type(err).__name__}: {err}); --task se_mlm and "
+        f"--criterion token_ls need --user-dir until this is fixed "
+        f"(set {_DISABLE_ENV}=1 to silence)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def install():

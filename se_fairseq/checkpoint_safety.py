@@ -16,6 +16,7 @@ allows exactly the globals fairseq checkpoints are made of:
 Anything else is refused with a message that names the global and the file.
 Nothing here ever passes ``weights_only=False``.
 """
+
 import argparse
 import collections
 import functools
@@ -43,8 +44,12 @@ def _numpy_globals():
     if dtypes is not None:
         found += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
     # the scalar types themselves (np.float64 ...), referenced by dtype pickles
-    found += sorted({t for ts in np.sctypes.values() for t in ts} if hasattr(np, "sctypes")
-                    else {type(np.dtype(c).type(0)) for c in "?bhilqBHILQefdgFDG"}, key=str)
+    found += sorted(
+        {t for ts in np.sctypes.values() for t in ts}
+        if hasattr(np, "sctypes")
+        else {type(np.dtype(c).type(0)) for c in "?bhilqBHILQefdgFDG"},
+        key=str,
+    )
     return found
 
 
@@ -67,7 +72,11 @@ def _omegaconf_globals():
     except ImportError:
         return []
     found = [omegaconf.DictConfig, omegaconf.ListConfig, base.ContainerMetadata, base.Metadata]
-    found += [getattr(nodes, n) for n in dir(nodes) if n.endswith("Node") and isinstance(getattr(nodes, n), type)]
+    found += [
+        getattr(nodes, n)
+        for n in dir(nodes)
+        if n.endswith("Node") and isinstance(getattr(nodes, n), type)
+    ]
     return found
 
 

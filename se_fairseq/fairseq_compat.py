@@ -5,6 +5,7 @@ LanguagePairDataset call ``np.compat.long``, which numpy 2 removed; the same
 modes crash under plain ``--task masked_lm``. Restore just that name (an alias
 of int64, what it was on 64-bit Linux) when it is missing.
 """
+
 import types
 
 import numpy as np

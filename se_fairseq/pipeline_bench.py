@@ -5,6 +5,7 @@ Both tasks are built from fairseq-train options (argparse namespaces from
 alternating round after round so that machine noise hits both alike. The
 ratio is of median batches/s over rounds (> 1: the task under test is faster).
 """
+
 import sys
 import time
 
@@ -65,8 +66,10 @@ def compare_pipelines(args, base_args, rounds=5, max_batches=0, out=None):
     out = sys.stdout if out is None else out
     torch.set_num_threads(1)  # the pipeline's own cost, not intra-op parallelism
     if getattr(args, "se_online", False) or getattr(base_args, "se_online", False):
-        raise ValueError("--se-online masks in the train step, not in the data pipeline: "
-                         "its collater leaves batches unmasked, so there is no masking to time")
+        raise ValueError(
+            "--se-online masks in the train step, not in the data pipeline: "
+            "its collater leaves batches unmasked, so there is no masking to time"
+        )
     names = [f"{base_args.task} (baseline)", f"{args.task}"]
     if getattr(args, "se_select", None):
         names[1] += f" --se-select {args.se_select}"
@@ -77,8 +80,12 @@ def compare_pipelines(args, base_args, rounds=5, max_batches=0, out=None):
         for i in order:
             seconds, batches, tokens = time_epoch(factories[i], r + 1, max_batches)
             measured[i].append((seconds, batches, tokens))
-            print(f"round {r + 1}/{rounds} {names[i]:<32} {batches:6d} batches "
-                  f"{seconds:8.2f} s  {batches / seconds:9.1f} batches/s", file=out, flush=True)
+            print(
+                f"round {r + 1}/{rounds} {names[i]:<32} {batches:6d} batches "
+                f"{seconds:8.2f} s  {batches / seconds:9.1f} batches/s",
+                file=out,
+                flush=True,
+            )
     # medians over rounds: one round slowed down by another process does not decide
     rates = []
     print(f"\n{'task (median of rounds)':<34}{'batches/s':>12}{'tokens/s':>14}", file=out)
@@ -88,6 +95,10 @@ def compare_pipelines(args, base_args, rounds=5, max_batches=0, out=None):
         rates.append(batch_rate)
         print(f"{name:<34}{batch_rate:12.1f}{token_rate:14.0f}", file=out)
     ratio = rates[1] / rates[0]
-    print(f"ratio {args.task} / {base_args.task} (batches/s): {ratio:.2f}"
-          f" (workers: {args.num_workers}, rounds: {rounds})", file=out, flush=True)
+    print(
+        f"ratio {args.task} / {base_args.task} (batches/s): {ratio:.2f}"
+        f" (workers: {args.num_workers}, rounds: {rounds})",
+        file=out,
+        flush=True,
+    )
     return ratio

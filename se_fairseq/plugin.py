@@ -1,4 +1,5 @@
 """Registration of the plugin's parts with fairseq (called once fairseq is imported)."""
+
 _registered = False
 
 

@@ -13,6 +13,7 @@ writes a score file of these scores (no checkpoint needed); the same unigram
 distribution gives the unigram baseline of an evaluation
 (:func:`cross_entropy`).
 """
+
 import os
 
 import numpy as np
@@ -30,7 +31,9 @@ def load_tokens(split_path):
     from fairseq.data.indexed_dataset import MMapIndexedDataset
 
     if not MMapIndexedDataset.exists(split_path):
-        raise FileNotFoundError(f"no binarized split (fairseq mmap format) at {split_path}.{{bin,idx}}")
+        raise FileNotFoundError(
+            f"no binarized split (fairseq mmap format) at {split_path}.{{bin,idx}}"
+        )
     index = MMapIndexedDataset.Index(split_path + ".idx")
     dtype, total = index.dtype, int(np.asarray(index.sizes, dtype=np.int64).sum())
     del index
@@ -46,8 +49,10 @@ def unigram_counts(split_path, vocab_size):
     """Occurrences of every dictionary id in the split (length ``vocab_size``)."""
     tokens = load_tokens(split_path)
     if len(tokens) and int(tokens.max()) >= vocab_size:
-        raise ValueError(f"{split_path} holds token id {int(tokens.max())}, outside a dictionary "
-                         f"of {vocab_size} entries")
+        raise ValueError(
+            f"{split_path} holds token id {int(tokens.max())}, outside a dictionary "
+            f"of {vocab_size} entries"
+        )
     return np.bincount(tokens, minlength=vocab_size).astype(np.int64)
 
 
@@ -108,11 +113,19 @@ class Unigram:
     def accuracy(self, tokens):
         """Share of ``tokens`` equal to the most frequent (non-special) id, in percent."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        return 100.0 * float((tokens == int(np.argmax(self.logp))).mean()) if len(tokens) else float("nan")
+        return (
+            100.0 * float((tokens == int(np.argmax(self.logp))).mean())
+            if len(tokens)
+            else float("nan")
+        )
 
     def describe(self):
-        return {"counts_from": self.source, "counts_tokens": int(self.counts.sum()),
-                "smoothing": f"add-{self.alpha:g}", "log": "natural"}
+        return {
+            "counts_from": self.source,
+            "counts_tokens": int(self.counts.sum()),
+            "smoothing": f"add-{self.alpha:g}",
+            "log": "natural",
+        }
 
 
 def score_split(data, split="train", counts_split="train", alpha=DEFAULT_ALPHA):
@@ -132,13 +145,18 @@ def write_score_file(data, split="train", out=None, counts_split="train", alpha=
     prefix = score_file.prefix_of(out or score_file.default_prefix(split_path))
     scores, unigram = score_split(data, split, counts_split, alpha)
     fingerprint = score_file.corpus_fingerprint(split_path)
-    source = dict(unigram.describe(),
-                  counts_fingerprint=score_file.corpus_fingerprint(unigram.source))
-    paths = score_file.write(prefix, scores, metric=METRIC, checkpoint=None,
-                             blocking={"independent_of_blocking": True},
-                             fingerprint=fingerprint,
-                             extra={"rarity": source,
-                                    "summary": summary(split_path, scores, unigram.special)})
+    source = dict(
+        unigram.describe(), counts_fingerprint=score_file.corpus_fingerprint(unigram.source)
+    )
+    paths = score_file.write(
+        prefix,
+        scores,
+        metric=METRIC,
+        checkpoint=None,
+        blocking={"independent_of_blocking": True},
+        fingerprint=fingerprint,
+        extra={"rarity": source, "summary": summary(split_path, scores, unigram.special)},
+    )
     return paths, scores
 
 
@@ -150,6 +168,10 @@ def summary(split_path, scores, special_ids):
 
     special = np.isin(load_tokens(split_path), special_ids)
     out = summarize(np.asarray(scores, dtype=np.float32)[~special])
-    out.update(special_tokens=int(special.sum()), tokens_not_scored=0,
-               blocks_skipped_too_long=0, tokens_in_skipped_blocks=0)
+    out.update(
+        special_tokens=int(special.sum()),
+        tokens_not_scored=0,
+        blocks_skipped_too_long=0,
+        tokens_in_skipped_blocks=0,
+    )
     return out

@@ -5,6 +5,7 @@ task to score an online batch (--se-online), the criterion to get p_ref for
 Token-specific Label Smoothing. The batch keys they pass and the one way to run
 that forward live here.
 """
+
 from contextlib import contextmanager
 
 import torch

@@ -6,6 +6,7 @@ positions in chunks, so no (batch x length x vocab) fp32 tensor is ever built
 unless it fits a small budget; the softmax is computed in fp32 whatever the
 model's dtype.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -18,7 +19,9 @@ def token_scores_from_logits(logits, targets, metric):
     log-softmax: logsumexp - logit of the true token."""
     logits = logits.float()
     if metric == "correctness":
-        return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets.unsqueeze(-1)).squeeze(
+            -1
+        )
     return token_scores_from_lprobs(F.log_softmax(logits, dim=-1), targets, metric)
 
 
@@ -50,8 +53,8 @@ def score_features(model, features, src_tokens, pad, metric, keep_logits=False):
     chunk = max(1, LOGITS_BUDGET // vocab)
     pieces, kept = [], []
     for s in range(0, flat_features.size(0), chunk):
-        logits = model.encoder.output_layer(flat_features[s:s + chunk])
-        pieces.append(token_scores_from_logits(logits, flat_targets[s:s + chunk], metric))
+        logits = model.encoder.output_layer(flat_features[s : s + chunk])
+        pieces.append(token_scores_from_logits(logits, flat_targets[s : s + chunk], metric))
         if keep_logits:
             kept.append(logits)
     out = torch.zeros(src_tokens.shape, dtype=torch.float32, device=src_tokens.device)

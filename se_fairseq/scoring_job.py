@@ -12,6 +12,7 @@ file appears only when complete (atomic rename). With ``world_size`` > 1 each
 rank scores every world_size-th chunk and rank 0 assembles. Blocks longer than
 the model's positions are skipped, as fairseq-train skips them.
 """
+
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ class ScoringError(RuntimeError):
 
 @dataclass
 class ScoringResult:
-    complete: bool                     # False: chunks are left, run the job again
+    complete: bool  # False: chunks are left, run the job again
     chunks_total: int
     chunks_left: int
     partial_dir: str
@@ -105,11 +106,15 @@ def format_summary(metric, summary):
     edges, counts = summary["histogram"]["edges"], summary["histogram"]["counts"]
     top = max(counts) or 1
     for lo, hi, c in zip(edges[:-1], edges[1:], counts):
-        lines.append(f"  [{lo:7.3f}, {hi:7.3f})  {'#' * max(1 if c else 0, round(40 * c / top)):<40} {c}")
+        lines.append(
+            f"  [{lo:7.3f}, {hi:7.3f})  {'#' * max(1 if c else 0, round(40 * c / top)):<40} {c}"
+        )
     if summary.get("blocks_skipped_too_long"):
-        lines.append(f"skipped {summary['blocks_skipped_too_long']} blocks longer than "
-                     f"{summary['max_positions']} positions ({summary['tokens_in_skipped_blocks']} "
-                     "tokens), as fairseq-train does")
+        lines.append(
+            f"skipped {summary['blocks_skipped_too_long']} blocks longer than "
+            f"{summary['max_positions']} positions ({summary['tokens_in_skipped_blocks']} "
+            "tokens), as fairseq-train does"
+        )
     return "\n".join(lines)
 
 
@@ -124,11 +129,11 @@ def load_scoring_model(path, data):
     state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides={"data": data})
     dict_path = os.path.join(data, "dict.txt")
     data_vocab = len(Dictionary.load(dict_path)) + 1  # + <mask>, as masked_lm adds it
-    embed = [v for k, v in state["model"].items()
-             if k.endswith("sentence_encoder.embed_tokens.weight")]
+    embed = [
+        v for k, v in state["model"].items() if k.endswith("sentence_encoder.embed_tokens.weight")
+    ]
     if not embed:
-        raise ScoringError(f"{path} holds no RoBERTa- or BERT-style (hf_bert) "
-                           "encoder embeddings")
+        raise ScoringError(f"{path} holds no RoBERTa- or BERT-style (hf_bert) encoder embeddings")
     if embed[0].shape[0] != data_vocab:
         raise ScoringError(
             f"the dictionary of checkpoint {path} has {embed[0].shape[0]} entries "
@@ -143,10 +148,24 @@ def load_scoring_model(path, data):
 class ScoringJob:
     """One rank's view of the job: blocks, chunk plan, manifest, scoring, assembly."""
 
-    def __init__(self, data, path, *, split="train", metric="correctness",
-                 tokens_per_sample=None, sample_break_mode=None, max_tokens=None,
-                 batch_size=None, device="cpu", precision="fp32", out=None,
-                 chunk_tokens=DEFAULT_CHUNK_TOKENS, rank=0, world_size=1):
+    def __init__(
+        self,
+        data,
+        path,
+        *,
+        split="train",
+        metric="correctness",
+        tokens_per_sample=None,
+        sample_break_mode=None,
+        max_tokens=None,
+        batch_size=None,
+        device="cpu",
+        precision="fp32",
+        out=None,
+        chunk_tokens=DEFAULT_CHUNK_TOKENS,
+        rank=0,
+        world_size=1,
+    ):
         import torch
 
         from se_fairseq.scoring import METRICS
@@ -198,14 +217,25 @@ class ScoringJob:
         tokens_per_sample = int(tokens_per_sample or self.task_cfg.get("tokens_per_sample", 512))
         break_mode = break_mode or str(self.task_cfg.get("sample_break_mode", "none"))
         if break_mode not in BREAK_MODES:
-            raise ScoringError(f"unknown sample break mode {break_mode!r}; choose from {BREAK_MODES}")
-        self.blocking = {"tokens_per_sample": tokens_per_sample,
-                         "sample_break_mode": break_mode, "prepend_bos": True}
+            raise ScoringError(
+                f"unknown sample break mode {break_mode!r}; choose from {BREAK_MODES}"
+            )
+        self.blocking = {
+            "tokens_per_sample": tokens_per_sample,
+            "sample_break_mode": break_mode,
+            "prepend_bos": True,
+        }
         tokens = data_utils.load_indexed_dataset(self.split_path, d)
         if tokens is None:
             raise ScoringError(f"no dataset at {self.split_path}")
-        self.blocks = TokenBlockDataset(tokens, tokens.sizes, tokens_per_sample - 1, pad=d.pad(),
-                                        eos=d.eos(), break_mode=break_mode)
+        self.blocks = TokenBlockDataset(
+            tokens,
+            tokens.sizes,
+            tokens_per_sample - 1,
+            pad=d.pad(),
+            eos=d.eos(),
+            break_mode=break_mode,
+        )
         self.items = PrependTokenDataset(self.blocks, d.bos())
         self.slices = np.asarray(self.blocks.slice_indices, dtype=np.int64)
         # fairseq-train drops training blocks longer than the positions of the model
@@ -221,14 +251,16 @@ class ScoringJob:
                 f"than the {self.max_positions} positions of the model with <s> (the shortest "
                 f"has {shortest}; --tokens-per-sample {tokens_per_sample}, --sample-break-mode "
                 f"{break_mode}): nothing to score, and fairseq-train would skip every block "
-                "too. Use --sample-break-mode none (fixed-size blocks)")
+                "too. Use --sample-break-mode none (fixed-size blocks)"
+            )
         if self.too_long.any():
             logger.warning(
                 f"{int(self.too_long.sum())} of {len(self.slices)} blocks ({self.skipped_tokens()} "
                 f"tokens) are longer than {self.max_positions} positions with <s> "
                 f"(--sample-break-mode {break_mode}); fairseq-train skips them, so se-score "
                 "does too: their tokens are recorded as unscored in the score file (score 0 in "
-                "the array) and se_mlm never masks them by score")
+                "the array) and se_mlm never masks them by score"
+            )
 
     def skipped_tokens(self, first=0, last=None):
         skipped = np.flatnonzero(self.too_long[first:last]) + first
@@ -268,8 +300,10 @@ class ScoringJob:
                 )
             return
         if self.rank != 0:
-            raise ScoringError(f"rank {self.rank}: no manifest in {self.partial_dir}; the "
-                               "partial folder must be on storage that all ranks see")
+            raise ScoringError(
+                f"rank {self.rank}: no manifest in {self.partial_dir}; the "
+                "partial folder must be on storage that all ranks see"
+            )
         os.makedirs(self.partial_dir, exist_ok=True)
         score_file.atomic_write_text(manifest_path, json.dumps(wanted, indent=2, sort_keys=True))
 
@@ -283,7 +317,8 @@ class ScoringJob:
         for b in order:
             n = int(self.slices[b, 1] - self.slices[b, 0] + 1)
             full = (self.batch_size and len(batch) >= self.batch_size) or (
-                self.max_tokens and batch and max(longest, n) * (len(batch) + 1) > self.max_tokens)
+                self.max_tokens and batch and max(longest, n) * (len(batch) + 1) > self.max_tokens
+            )
             if full:
                 yield batch
                 batch, longest = [], 0
@@ -305,7 +340,7 @@ class ScoringJob:
             scores = score_batch(self.model, src.to(self.device), self.pad, self.metric).cpu()
             for row, b in enumerate(batch):
                 start, end = int(self.slices[b, 0]), int(self.slices[b, 1])
-                out[start - base:end - base] = scores[row, 1:1 + end - start].numpy()
+                out[start - base : end - base] = scores[row, 1 : 1 + end - start].numpy()
             if progress is not None:
                 progress.update(int(sum(self.slices[b, 1] - self.slices[b, 0] for b in batch)))
         if progress is not None:  # skipped blocks count as done
@@ -316,8 +351,11 @@ class ScoringJob:
 
     def pending_chunks(self):
         """This rank's chunks that no earlier run has saved."""
-        return [i for i in range(len(self.chunks))
-                if i % self.world_size == self.rank and not os.path.exists(self.chunk_path(i))]
+        return [
+            i
+            for i in range(len(self.chunks))
+            if i % self.world_size == self.rank and not os.path.exists(self.chunk_path(i))
+        ]
 
     def missing_chunks(self):
         return [i for i in range(len(self.chunks)) if not os.path.exists(self.chunk_path(i))]
@@ -334,15 +372,20 @@ class ScoringJob:
             scores[base:end] = chunk
             for b in range(first, last):
                 if not self.too_long[b]:
-                    covered[self.slices[b, 0]:self.slices[b, 1]] = True
+                    covered[self.slices[b, 0] : self.slices[b, 1]] = True
         summary = summarize(scores[covered].astype(np.float32))
         summary["tokens_not_scored"] = int((~covered).sum())
         summary["blocks_skipped_too_long"] = int(self.too_long.sum())
         summary["tokens_in_skipped_blocks"] = self.skipped_tokens()
         summary["max_positions"] = self.max_positions
         paths = score_file.write(
-            self.prefix, scores, metric=self.metric, checkpoint=self.checkpoint,
-            blocking=self.blocking, fingerprint=self.fingerprint, extra={"summary": summary},
+            self.prefix,
+            scores,
+            metric=self.metric,
+            checkpoint=self.checkpoint,
+            blocking=self.blocking,
+            fingerprint=self.fingerprint,
+            extra={"summary": summary},
             unscored_ranges=runs_of(~covered),
         )
         shutil.rmtree(self.partial_dir, ignore_errors=True)
@@ -356,8 +399,18 @@ def _barrier(world_size):
         dist.barrier()
 
 
-def score_corpus(data, path, *, split="train", metric="correctness", rank=0, world_size=1,
-                 stop_after_chunks=0, progress=None, **options):
+def score_corpus(
+    data,
+    path,
+    *,
+    split="train",
+    metric="correctness",
+    rank=0,
+    world_size=1,
+    stop_after_chunks=0,
+    progress=None,
+    **options,
+):
     """Score ``data/<split>`` with checkpoint ``path``; write the score file beside the split
     (or at ``out``). Resumes a run stopped or killed with the same options.
 
@@ -367,13 +420,16 @@ def score_corpus(data, path, *, split="train", metric="correctness", rank=0, wor
     tqdm-like object with ``update(n)`` (used as a context manager). ``stop_after_chunks``:
     score at most that many chunks, then return (``complete`` False).
     """
-    job = ScoringJob(data, path, split=split, metric=metric, rank=rank, world_size=world_size,
-                     **options)
+    job = ScoringJob(
+        data, path, split=split, metric=metric, rank=rank, world_size=world_size, **options
+    )
     if rank == 0:
         job.prepare_partial_dir()
-        logger.info(f"scoring {split} of {data}: {job.fingerprint['num_tokens']} tokens in "
-                    f"{len(job.blocks)} blocks ({job.blocking}), {len(job.chunks)} chunks, "
-                    f"metric {metric}, {world_size} rank(s), device {job.device}")
+        logger.info(
+            f"scoring {split} of {data}: {job.fingerprint['num_tokens']} tokens in "
+            f"{len(job.blocks)} blocks ({job.blocking}), {len(job.chunks)} chunks, "
+            f"metric {metric}, {world_size} rank(s), device {job.device}"
+        )
     _barrier(world_size)
     if rank != 0:
         job.prepare_partial_dir()  # checks the manifest rank 0 wrote
@@ -395,12 +451,17 @@ def score_corpus(data, path, *, split="train", metric="correctness", rank=0, wor
             bar.close()
     elapsed = time.perf_counter() - start
     if todo:
-        logger.info(f"rank {rank}: scored {todo} tokens in {elapsed:.1f}s "
-                    f"({todo / elapsed:.0f} tokens/s)")
+        logger.info(
+            f"rank {rank}: scored {todo} tokens in {elapsed:.1f}s ({todo / elapsed:.0f} tokens/s)"
+        )
     _barrier(world_size)
     missing = job.missing_chunks()
-    result = ScoringResult(complete=not missing, chunks_total=len(job.chunks),
-                           chunks_left=len(missing), partial_dir=job.partial_dir)
+    result = ScoringResult(
+        complete=not missing,
+        chunks_total=len(job.chunks),
+        chunks_left=len(missing),
+        partial_dir=job.partial_dir,
+    )
     if not missing and rank == 0:
         (result.array_path, result.meta_path), result.summary = job.assemble()
     _barrier(world_size)

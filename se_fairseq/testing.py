@@ -4,6 +4,7 @@ Nothing here is needed to train. It makes the small data the test suite and the
 benchmarks run on (offline, no download) and parses options exactly as
 fairseq-train does, so tests see the configuration users get.
 """
+
 import os
 import subprocess
 import sys
@@ -12,15 +13,34 @@ import numpy as np
 
 # A RoBERTa small enough to train in seconds on a CPU.
 TINY_ROBERTA = [
-    "--arch", "roberta_base", "--encoder-layers", "2", "--encoder-embed-dim", "32",
-    "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
-    "--max-positions", "64", "--tokens-per-sample", "64",
+    "--arch",
+    "roberta_base",
+    "--encoder-layers",
+    "2",
+    "--encoder-embed-dim",
+    "32",
+    "--encoder-ffn-embed-dim",
+    "64",
+    "--encoder-attention-heads",
+    "2",
+    "--max-positions",
+    "64",
+    "--tokens-per-sample",
+    "64",
 ]
 NO_DROPOUT = ["--dropout", "0", "--attention-dropout", "0", "--activation-dropout", "0"]
 
 
-def write_zipf_corpus(directory, *, vocab=200, splits=(("train", 300), ("valid", 30)),
-                      min_words=4, max_words=40, seed=0, write_dict=False):
+def write_zipf_corpus(
+    directory,
+    *,
+    vocab=200,
+    splits=(("train", 300), ("valid", 30)),
+    min_words=4,
+    max_words=40,
+    seed=0,
+    write_dict=False,
+):
     """Lines of words ``w0 .. w{vocab-1}`` drawn from a Zipf law (p ~ 1/rank), each
     min_words to max_words - 1 words long: enough structure for a tiny MLM to learn.
 
@@ -38,8 +58,9 @@ def write_zipf_corpus(directory, *, vocab=200, splits=(("train", 300), ("valid",
         paths[split] = os.path.join(directory, f"{split}.txt")
         with open(paths[split], "w") as f:
             for _ in range(lines):
-                f.write(" ".join(rng.choice(words, size=rng.integers(min_words, max_words), p=p))
-                        + "\n")
+                f.write(
+                    " ".join(rng.choice(words, size=rng.integers(min_words, max_words), p=p)) + "\n"
+                )
     if write_dict:
         paths["dict"] = os.path.join(directory, "dict.txt")
         with open(paths["dict"], "w") as f:
@@ -50,8 +71,16 @@ def write_zipf_corpus(directory, *, vocab=200, splits=(("train", 300), ("valid",
 def binarize(text_dir, dest, srcdict=None, splits=("train", "valid"), workers=1):
     """fairseq-preprocess ``text_dir/<split>.txt`` into ``dest`` (mmap format)."""
     prefixes = {"train": "--trainpref", "valid": "--validpref", "test": "--testpref"}
-    cmd = [sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", "--destdir", dest,
-           "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fairseq_cli.preprocess",
+        "--only-source",
+        "--destdir",
+        dest,
+        "--workers",
+        str(workers),
+    ]
     for split in splits:
         cmd += [prefixes[split], os.path.join(text_dir, f"{split}.txt")]
     if srcdict:
@@ -81,8 +110,9 @@ def split_tokens(split_path):
     return [ds[i].numpy().copy() for i in range(len(ds))]
 
 
-def write_scores(split_path, scores=None, *, metric="correctness", prefix=None, seed=1,
-                 blocking=None):
+def write_scores(
+    split_path, scores=None, *, metric="correctness", prefix=None, seed=1, blocking=None
+):
     """A score file for a split: ``scores``, or gamma(2, 2) draws (the pipeline's
     behaviour and speed do not depend on their values). Returns its two paths."""
     from se_fairseq.data import score_file
@@ -91,7 +121,9 @@ def write_scores(split_path, scores=None, *, metric="correctness", prefix=None, 
     if scores is None:
         scores = np.random.default_rng(seed).gamma(2.0, 2.0, size=fingerprint["num_tokens"])
     return score_file.write(
-        prefix or score_file.default_prefix(split_path), scores, metric=metric,
+        prefix or score_file.default_prefix(split_path),
+        scores,
+        metric=metric,
         checkpoint={"path": "synthetic scores"},
         blocking=blocking if blocking is not None else {"independent_of_blocking": True},
         fingerprint=fingerprint,
@@ -102,13 +134,38 @@ def fairseq_train(data, save_dir, *extra, max_update=10, env=None):
     """Run the installed fairseq-train on TINY_ROBERTA (CPU, fairseq's data loading with
     --num-workers 0 unless ``extra`` says otherwise); the log is in ``.stdout``."""
     cmd = [
-        "fairseq-train", data, *TINY_ROBERTA, "--cpu", "--seed", "3", "--batch-size", "8",
-        "--optimizer", "adam", "--lr", "1e-3", "--max-update", str(max_update),
-        "--log-format", "simple", "--log-interval", "5", "--no-epoch-checkpoints",
-        "--save-dir", save_dir, "--num-workers", "0", *extra,
+        "fairseq-train",
+        data,
+        *TINY_ROBERTA,
+        "--cpu",
+        "--seed",
+        "3",
+        "--batch-size",
+        "8",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-3",
+        "--max-update",
+        str(max_update),
+        "--log-format",
+        "simple",
+        "--log-interval",
+        "5",
+        "--no-epoch-checkpoints",
+        "--save-dir",
+        save_dir,
+        "--num-workers",
+        "0",
+        *extra,
     ]
-    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=dict(os.environ, **(env or {})))
+    return subprocess.run(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 def parse_training_args(data, *args):
@@ -136,9 +193,14 @@ def device_params():
 
     return [
         pytest.param("cpu", id="cpu"),
-        pytest.param("cuda", id="cuda", marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(not torch.cuda.is_available(),
-                               reason="needs a CUDA device (torch sees no GPU)"),
-        ]),
+        pytest.param(
+            "cuda",
+            id="cuda",
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif(
+                    not torch.cuda.is_available(), reason="needs a CUDA device (torch sees no GPU)"
+                ),
+            ],
+        ),
     ]

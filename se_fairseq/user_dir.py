@@ -10,6 +10,7 @@ second copy would register se_mlm twice, which fairseq refuses as well; so for
 a folder that is a se_fairseq package, fairseq's import is skipped with one
 warning naming the copy in use.
 """
+
 import logging
 import os
 import sys
@@ -25,8 +26,7 @@ def _is_other_copy(user_dir):
     if os.path.basename(path) != _PACKAGE or loaded is None:
         return False
     in_use = [os.path.realpath(p) for p in getattr(loaded, "__path__", [])]
-    return (os.path.realpath(path) not in in_use
-            and os.path.isfile(os.path.join(path, "plugin.py")))
+    return os.path.realpath(path) not in in_use and os.path.isfile(os.path.join(path, "plugin.py"))
 
 
 def install():
@@ -48,7 +48,8 @@ def install():
                     f"--user-dir {user_dir}: se_fairseq is already loaded from "
                     f"{list(sys.modules[_PACKAGE].__path__)[0]} (the installed package, "
                     "registered on `import fairseq`); using that copy. Set "
-                    "SE_FAIRSEQ_NO_AUTOLOAD=1 to load the --user-dir copy instead")
+                    "SE_FAIRSEQ_NO_AUTOLOAD=1 to load the --user-dir copy instead"
+                )
             return
         return original(args)
 

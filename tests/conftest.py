@@ -3,13 +3,14 @@
 Helpers (corpus writer, binarize, argument parsing, fairseq-train runner) live in
 se_fairseq/testing.py, shared with the benchmarks.
 """
+
 import os
 import shutil
 import sys
 
+import fairseq  # noqa: F401  (registers se_mlm / token_ls through the plugin hook)
 import pytest
 
-import fairseq  # noqa: F401  (registers se_mlm / token_ls through the plugin hook)
 from se_fairseq.testing import binarize, fairseq_train, write_scores, write_zipf_corpus
 
 # Console scripts (fairseq-train, se-score, ...) of the environment running the
@@ -55,16 +56,30 @@ def untrained_checkpoint(corpus, tmp_path_factory):
 
     from se_fairseq.testing import TINY_ROBERTA
 
-    args = options.parse_args_and_arch(options.get_training_parser(), [
-        corpus, "--task", "masked_lm", "--criterion", "masked_lm", *TINY_ROBERTA])
+    args = options.parse_args_and_arch(
+        options.get_training_parser(),
+        [corpus, "--task", "masked_lm", "--criterion", "masked_lm", *TINY_ROBERTA],
+    )
     torch.manual_seed(0)
     model = tasks.setup_task(args).build_model(args)
-    cfg = OmegaConf.to_container(convert_namespace_to_omegaconf(args), resolve=True,
-                                 enum_to_str=True)
+    cfg = OmegaConf.to_container(
+        convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True
+    )
     path = str(tmp_path_factory.mktemp("untrained") / "checkpoint.pt")
-    torch.save({"cfg": cfg, "model": model.state_dict(), "extra_state": {"epoch": 1},
-                "optimizer_history": [{"criterion_name": "MaskedLmLoss",
-                                       "optimizer_name": "FairseqAdam",
-                                       "lr_scheduler_state": {"best": None}, "num_updates": 0}]},
-               path)
+    torch.save(
+        {
+            "cfg": cfg,
+            "model": model.state_dict(),
+            "extra_state": {"epoch": 1},
+            "optimizer_history": [
+                {
+                    "criterion_name": "MaskedLmLoss",
+                    "optimizer_name": "FairseqAdam",
+                    "lr_scheduler_state": {"best": None},
+                    "num_updates": 0,
+                }
+            ],
+        },
+        path,
+    )
     return path

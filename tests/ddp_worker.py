@@ -11,6 +11,7 @@ one process running the same on the whole batch, unwrapped.
 
 Each rank writes its findings to ``<out>/rank<r>.json``; the test asserts on them.
 """
+
 import copy
 import datetime
 import json
@@ -22,17 +23,34 @@ import torch.distributed as dist
 
 from se_fairseq.testing import NO_DROPOUT, TINY_ROBERTA, setup_task
 
-CASES = [(mode, backend) for mode in ("offline", "online")
-         for backend in ("pytorch_ddp", "legacy_ddp")]
+CASES = [
+    (mode, backend) for mode in ("offline", "online") for backend in ("pytorch_ddp", "legacy_ddp")
+]
 BATCH, STEPS = 8, 2
 
 
 def build(data, mode):
     extra = ["--se-online"] if mode == "online" else []  # offline: the score file beside train
     task, cfg = setup_task(
-        data, *TINY_ROBERTA, "--cpu", "--seed", "3", "--task", "se_mlm", "--se-select", "topk",
-        "--criterion", "token_ls", "--tls-alpha", "0.3", *NO_DROPOUT,
-        "--optimizer", "adam", "--lr", "1e-3", *extra,
+        data,
+        *TINY_ROBERTA,
+        "--cpu",
+        "--seed",
+        "3",
+        "--task",
+        "se_mlm",
+        "--se-select",
+        "topk",
+        "--criterion",
+        "token_ls",
+        "--tls-alpha",
+        "0.3",
+        *NO_DROPOUT,
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-3",
+        *extra,
     )
     task.load_dataset("train")
     return task, cfg
@@ -50,8 +68,9 @@ def build_model(task, cfg):
 
 
 def batch_ids(task):
-    itr = task.get_batch_iterator(task.dataset("train"), max_sentences=BATCH, seed=3,
-                                  num_workers=0).next_epoch_itr(shuffle=True)
+    itr = task.get_batch_iterator(
+        task.dataset("train"), max_sentences=BATCH, seed=3, num_workers=0
+    ).next_epoch_itr(shuffle=True)
     full = [b["id"].tolist() for b in itr if len(b["id"]) == BATCH]
     return full[:STEPS]
 
@@ -77,8 +96,9 @@ def wrap(model, cfg, backend, group):
     cfg.distributed_training.ddp_backend = backend
     dfm.DistributedDataParallel = cpu_ddp
     try:
-        return DistributedFairseqModel(cfg.distributed_training, model, process_group=group,
-                                       device=torch.device("cpu"))
+        return DistributedFairseqModel(
+            cfg.distributed_training, model, process_group=group, device=torch.device("cpu")
+        )
     finally:
         dfm.DistributedDataParallel = torch_ddp
 
@@ -97,13 +117,18 @@ def fairseq_step(task, model, criterion, optimizer, sample, world_size, group):
         data = {"extra_stats_0": sample_size, **{"logging_outputs_" + k: v for k, v in log.items()}}
         data = distributed_utils.all_reduce_dict(data, device=torch.device("cpu"), group=group)
         sample_size = data["extra_stats_0"]
-        log = {k[len("logging_outputs_"):]: v for k, v in data.items() if k != "extra_stats_0"}
+        log = {k[len("logging_outputs_") :]: v for k, v in data.items() if k != "extra_stats_0"}
     optimizer.all_reduce_grads(model)  # legacy_ddp reduces here, pytorch_ddp did in backward
     optimizer.multiply_grads(world_size / (sample_size or 1.0))
-    grads = {n: p.grad.detach().clone() for n, p in unwrap_model(model).named_parameters()
-             if p.grad is not None}
-    stats = {k: float(log[k]) for k in ("loss", "nll_loss", "sample_size", "correct",
-                                         "ref_correct", "ref_total")}
+    grads = {
+        n: p.grad.detach().clone()
+        for n, p in unwrap_model(model).named_parameters()
+        if p.grad is not None
+    }
+    stats = {
+        k: float(log[k])
+        for k in ("loss", "nll_loss", "sample_size", "correct", "ref_correct", "ref_total")
+    }
     return grads, stats
 
 
@@ -115,8 +140,11 @@ def max_rel_error(got, want):
     assert got.keys() == want.keys(), sorted(set(got) ^ set(want))
     top = max(float(w.abs().max()) for w in want.values())
     return max(
-        (float((got[n] - want[n]).abs().max()) / (top if n.endswith("k_proj.bias")
-                                                   else float(want[n].abs().max())), n)
+        (
+            float((got[n] - want[n]).abs().max())
+            / (top if n.endswith("k_proj.bias") else float(want[n].abs().max())),
+            n,
+        )
         for n in want
     )
 
@@ -140,22 +168,29 @@ def run_case(task, cfg, mode, backend, rank, world_size, group):
 
     out = {"steps": []}
     for ids in batch_ids(task):
-        half = ids[rank * BATCH // world_size:(rank + 1) * BATCH // world_size]
+        half = ids[rank * BATCH // world_size : (rank + 1) * BATCH // world_size]
         before = dict(calls)
-        grads, stats = fairseq_step(task, wrapped, criterion, optimizer, collate(task, half),
-                                    world_size, group)
+        grads, stats = fairseq_step(
+            task, wrapped, criterion, optimizer, collate(task, half), world_size, group
+        )
         step_calls = {k: calls[k] - before[k] for k in calls}
-        want, want_stats = fairseq_step(task, reference, criterion, ref_optimizer,
-                                        collate(task, ids), 1, None)
+        want, want_stats = fairseq_step(
+            task, reference, criterion, ref_optimizer, collate(task, ids), 1, None
+        )
         # negative control: this rank's half alone is far from the whole batch
-        alone, _ = fairseq_step(task, reference, criterion, ref_optimizer, collate(task, half),
-                                1, None)
-        out["steps"].append({
-            "grad_error": max_rel_error(grads, want),
-            "half_alone_error": max_rel_error(alone, want),
-            "stats": stats, "want_stats": want_stats, "calls": step_calls,
-            "grad_norm": float(sum(g.double().pow(2).sum() for g in grads.values()).sqrt()),
-        })
+        alone, _ = fairseq_step(
+            task, reference, criterion, ref_optimizer, collate(task, half), 1, None
+        )
+        out["steps"].append(
+            {
+                "grad_error": max_rel_error(grads, want),
+                "half_alone_error": max_rel_error(alone, want),
+                "stats": stats,
+                "want_stats": want_stats,
+                "calls": step_calls,
+                "grad_norm": float(sum(g.double().pow(2).sum() for g in grads.values()).sqrt()),
+            }
+        )
     return out
 
 
@@ -163,9 +198,13 @@ def run(rank, world_size, data, out_dir):
     torch.set_num_threads(1)
     import fairseq  # noqa: F401  (registers se_mlm / token_ls)
 
-    dist.init_process_group("gloo", init_method="file://" + os.path.join(out_dir, "rendezvous"),
-                            rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo",
+        init_method="file://" + os.path.join(out_dir, "rendezvous"),
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=120),
+    )
     group = dist.new_group(list(range(world_size)))
     results = {}
     try:

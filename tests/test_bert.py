@@ -1,6 +1,7 @@
 """BERT: fairseq's --arch hf_bert against Hugging Face BertForMaskedLM, se-convert both ways,
 the data path (se-convert tokenize + fairseq-preprocess) and SE training, on tiny random
 models made here (no download)."""
+
 import json
 import os
 import types
@@ -25,14 +26,23 @@ transformers.logging.disable_progress_bar()
 # A WordPiece vocabulary laid out as BERT's: [PAD] first, unused rows, then [UNK] [CLS]
 # [SEP] [MASK], words, continuation pieces and cased words; two more embedding rows
 # than tokens (padded vocabularies exist).
-VOCAB = (["[PAD]", "[unused0]", "[unused1]", "[unused2]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-         + "the a cat dog sat ran on mat big small hello world run walk house tree".split()
-         + ["##s", "##ing", "##ed", "##er", "Hello", "The"])
+VOCAB = (
+    ["[PAD]", "[unused0]", "[unused1]", "[unused2]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    + "the a cat dog sat ran on mat big small hello world run walk house tree".split()
+    + ["##s", "##ing", "##ed", "##er", "Hello", "The"]
+)
 ROWS = len(VOCAB) + 2
 PAD, UNK, CLS, SEP, MASK = (VOCAB.index(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"))
 # the same shape as TINY_ROBERTA, so fairseq_train's model flags fit with --arch hf_bert
-TINY = dict(vocab_size=ROWS, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)
+TINY = dict(
+    vocab_size=ROWS,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    type_vocab_size=2,
+)
 TINY_BERT = ["--arch", "hf_bert", *TINY_ROBERTA[2:]]  # TINY_ROBERTA's sizes, 64 positions
 TEXT_WORDS = "the a cat cats dog dogs sat ran on mat big small hello Hello world running walked The house trees".split()
 
@@ -52,7 +62,9 @@ def perturb(module, seed=0):
 
 
 def tokenizer(lower=True):
-    return transformers.BertTokenizerFast(vocab={t: i for i, t in enumerate(VOCAB)}, do_lower_case=lower)
+    return transformers.BertTokenizerFast(
+        vocab={t: i for i, t in enumerate(VOCAB)}, do_lower_case=lower
+    )
 
 
 def hf_bert(directory, seed=0, lower=True, model_class=None, tok=None, **config):
@@ -106,10 +118,30 @@ def bert_data(fs_dir):
     """Raw text -> se-convert tokenize -> fairseq-preprocess --srcdict dict.txt (the README path)."""
     root = fs_dir.parent
     write_text(root / "raw")
-    assert run("tokenize", fs_dir, root / "raw" / "train.txt", root / "raw" / "valid.txt",
-               "--out-dir", root / "tok") == 0
-    preprocess("--only-source", "--srcdict", fs_dir / "dict.txt", "--trainpref", root / "tok" / "train.txt",
-               "--validpref", root / "tok" / "valid.txt", "--destdir", root / "data-bin", "--workers", "1")
+    assert (
+        run(
+            "tokenize",
+            fs_dir,
+            root / "raw" / "train.txt",
+            root / "raw" / "valid.txt",
+            "--out-dir",
+            root / "tok",
+        )
+        == 0
+    )
+    preprocess(
+        "--only-source",
+        "--srcdict",
+        fs_dir / "dict.txt",
+        "--trainpref",
+        root / "tok" / "train.txt",
+        "--validpref",
+        root / "tok" / "valid.txt",
+        "--destdir",
+        root / "data-bin",
+        "--workers",
+        "1",
+    )
     return str(root / "data-bin")
 
 
@@ -127,6 +159,7 @@ def load_fairseq(path):
 
 # -- the architecture --------------------------------------------------------------------
 
+
 def test_arch_names_and_presets():
     import argparse
 
@@ -138,15 +171,26 @@ def test_arch_names_and_presets():
     # fairseq's own bert_base / bert_large (its masked_lm model) stay what they were
     assert ARCH_MODEL_REGISTRY["bert_base"] is MaskedLMModel
     assert ARCH_MODEL_REGISTRY["bert_large"] is MaskedLMModel
-    for arch, shape in (("hf_bert_base", (12, 768, 3072, 12)), ("hf_bert", (12, 768, 3072, 12)),
-                        ("hf_bert_large", (24, 1024, 4096, 16))):
+    for arch, shape in (
+        ("hf_bert_base", (12, 768, 3072, 12)),
+        ("hf_bert", (12, 768, 3072, 12)),
+        ("hf_bert_large", (24, 1024, 4096, 16)),
+    ):
         assert ARCH_MODEL_REGISTRY[arch] is BertModel
         m = argparse.Namespace()
         ARCH_CONFIG_REGISTRY[arch](m)
-        assert (m.encoder_layers, m.encoder_embed_dim, m.encoder_ffn_embed_dim,
-                m.encoder_attention_heads) == shape, arch
-        assert (m.max_positions, m.type_vocab_size, m.activation_fn, m.encoder_normalize_before) == \
-            (512, 2, "gelu", False)
+        assert (
+            m.encoder_layers,
+            m.encoder_embed_dim,
+            m.encoder_ffn_embed_dim,
+            m.encoder_attention_heads,
+        ) == shape, arch
+        assert (
+            m.max_positions,
+            m.type_vocab_size,
+            m.activation_fn,
+            m.encoder_normalize_before,
+        ) == (512, 2, "gelu", False)
 
 
 def test_classification_heads_register_as_on_roberta(bert_data):
@@ -157,7 +201,9 @@ def test_classification_heads_register_as_on_roberta(bert_data):
     model.eval()
     tokens = torch.tensor([[0, 5, 9, 2], [0, 7, 2, 1]])
     with torch.no_grad():
-        logits, _ = model(tokens, features_only=True, classification_head_name="sentence_classification_head")
+        logits, _ = model(
+            tokens, features_only=True, classification_head_name="sentence_classification_head"
+        )
         features, _ = model(tokens, features_only=True)
         head = model.classification_heads["sentence_classification_head"]
         expected = head.out_proj(torch.tanh(head.dense(features[:, 0])))
@@ -166,8 +212,15 @@ def test_classification_heads_register_as_on_roberta(bert_data):
 
 
 def test_pre_ln_is_refused_at_build(bert_data):
-    task, cfg = setup_task(bert_data, "--task", "masked_lm", "--criterion", "masked_lm", *TINY_BERT,
-                           "--encoder-normalize-before")
+    task, cfg = setup_task(
+        bert_data,
+        "--task",
+        "masked_lm",
+        "--criterion",
+        "masked_lm",
+        *TINY_BERT,
+        "--encoder-normalize-before",
+    )
     with pytest.raises(ValueError, match="post-LN"):
         task.build_model(cfg.model)
 
@@ -177,8 +230,11 @@ def test_fairseq_bert_gives_hf_logits(hf_dir, fs_dir):
     the logits of BertForMaskedLM, in fairseq's order, at every non-pad position."""
     hf = transformers.BertForMaskedLM.from_pretrained(hf_dir).eval()
     tok = transformers.BertTokenizerFast.from_pretrained(hf_dir)
-    enc = tok(["the cats sat on the mat", "Hello world, running dogs walked into a big house"],
-              padding=True, return_tensors="pt")
+    enc = tok(
+        ["the cats sat on the mat", "Hello world, running dogs walked into a big house"],
+        padding=True,
+        return_tensors="pt",
+    )
     order = torch.tensor(documented_order())
     fairseq_id = torch.argsort(order)  # HF id -> fairseq id
     tokens = fairseq_id[enc["input_ids"]]
@@ -200,12 +256,16 @@ def test_fairseq_bert_gives_hf_logits(hf_dir, fs_dir):
 def test_converted_dict_follows_the_documented_order(fs_dir):
     words = [line.rsplit(" ", 1)[0] for line in (fs_dir / "dict.txt").read_text().splitlines()]
     order = documented_order()
-    assert words[:len(VOCAB) - 5] == [VOCAB[i] for i in order[4:len(VOCAB) - 1]]
-    assert words[len(VOCAB) - 5:] == ["madeupword0000", "madeupword0001"]  # the rows without a token
+    assert words[: len(VOCAB) - 5] == [VOCAB[i] for i in order[4 : len(VOCAB) - 1]]
+    assert words[len(VOCAB) - 5 :] == [
+        "madeupword0000",
+        "madeupword0001",
+    ]  # the rows without a token
     assert (fs_dir / "tokenizer" / "vocab.txt").read_text().split("\n")[:-1] == VOCAB
 
 
 # -- conversion both ways, exactly -------------------------------------------------------
+
 
 def test_hf_fairseq_hf_is_bit_for_bit(hf_dir, fs_dir, tmp_path):
     assert run("to-hf", fs_dir / "model.pt", tmp_path / "hf", "--check") == 0
@@ -214,9 +274,20 @@ def test_hf_fairseq_hf_is_bit_for_bit(hf_dir, fs_dir, tmp_path):
     for key in a:
         assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
     ca, cb = (json.loads((d / "config.json").read_text()) for d in (hf_dir, tmp_path / "hf"))
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "intermediate_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
-                "pad_token_id", "hidden_act", "model_type", "architectures"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+        "hidden_act",
+        "model_type",
+        "architectures",
+    ):
         assert ca.get(key) == cb.get(key), key
     back = transformers.BertTokenizerFast.from_pretrained(tmp_path / "hf")
     assert back.get_vocab() == tokenizer().get_vocab() and back.do_lower_case
@@ -242,8 +313,9 @@ def test_model_built_in_fairseq_converts_both_ways(bert_data, tmp_path, caplog):
     assert torch.equal(model.encoder.hf_token_ids, torch.arange(ROWS))
     os.makedirs(tmp_path / "native")
     path = save_checkpoint(cfg, model, tmp_path / "native" / "checkpoint.pt")
-    result = convert.fairseq_to_hf(path, tmp_path / "hf", dict_path=os.path.join(bert_data, "dict.txt"),
-                                   check=True)
+    result = convert.fairseq_to_hf(
+        path, tmp_path / "hf", dict_path=os.path.join(bert_data, "dict.txt"), check=True
+    )
     assert result.family == "bert" and result.max_logit_difference <= convert.CHECK_TOLERANCE
     assert "vocab.txt rebuilt from dict.txt" in caplog.text
     vocab = (tmp_path / "hf" / "vocab.txt").read_text().split("\n")[:-1]
@@ -256,7 +328,9 @@ def test_model_built_in_fairseq_converts_both_ways(bert_data, tmp_path, caplog):
     with torch.no_grad():
         fs = model(tokens)[0]
     keep = tokens.ne(1)
-    torch.testing.assert_close(fs[keep], hf_logits(hf, tokens, keep.long())[keep], rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        fs[keep], hf_logits(hf, tokens, keep.long())[keep], rtol=0, atol=1e-5
+    )
     back = convert.hf_to_fairseq(tmp_path / "hf", tmp_path / "back" / "model.pt", check=True)
     state = torch.load(back.output, weights_only=True)["model"]
     for key, value in model.state_dict().items():
@@ -268,11 +342,15 @@ def test_base_shaped_layout_converts():
     --arch hf_bert_base as fairseq builds it, and back, exactly; logits agree on a short input."""
     from fairseq.data import Dictionary
 
-    config = transformers.BertConfig()  # bert-base-uncased: 30522 rows, 768, 12 layers, 512 positions
+    config = (
+        transformers.BertConfig()
+    )  # bert-base-uncased: 30522 rows, 768, 12 layers, 512 positions
     torch.manual_seed(0)
     hf = transformers.BertForMaskedLM(config).eval()
     specials = [101, 0, 102, 100, 103]  # bert-base-uncased's [CLS] [PAD] [SEP] [UNK] [MASK]
-    options, fs_sd, token_ids = bert_convert.hf_state_dict_to_fairseq(config, hf.state_dict(), specials)
+    options, fs_sd, token_ids = bert_convert.hf_state_dict_to_fairseq(
+        config, hf.state_dict(), specials
+    )
     assert bert_convert.fairseq_args(options) == ("hf_bert_base", [])
     d = Dictionary()
     for i in range(config.vocab_size - 5):
@@ -285,8 +363,9 @@ def test_base_shaped_layout_converts():
     from se_fairseq.models.bert import BertModel
 
     model = BertModel.build_model(cfg.model, task).eval()
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == \
-        {k: tuple(v.shape) for k, v in fs_sd.items()}
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in fs_sd.items()
+    }
     model.load_state_dict(fs_sd, strict=True)
     tokens = torch.tensor([[0, 2000, 3000, 17, 29000, 2], [0, 7592, 2088, 2, 1, 1]])
     keep = tokens.ne(1)
@@ -301,6 +380,7 @@ def test_base_shaped_layout_converts():
 
 
 # -- the data path ----------------------------------------------------------------------------
+
 
 def test_tokenize_and_preprocess_give_the_hf_tokenizer_ids(hf_dir, bert_data):
     """What fairseq binarizes is, line by line, the HF tokenizer's ids mapped to fairseq's
@@ -324,7 +404,9 @@ def test_tokenize_keeps_case_for_a_cased_checkpoint(tmp_path):
     hf_bert(tmp_path / "hf", lower=False)
     assert run("from-hf", tmp_path / "hf", tmp_path / "fs" / "model.pt") == 0
     (tmp_path / "raw.txt").write_text("Hello the cats\nThe dogs\n")
-    assert run("tokenize", tmp_path / "fs", tmp_path / "raw.txt", "--out-dir", tmp_path / "tok") == 0
+    assert (
+        run("tokenize", tmp_path / "fs", tmp_path / "raw.txt", "--out-dir", tmp_path / "tok") == 0
+    )
     assert (tmp_path / "tok" / "raw.txt").read_text() == "Hello the cat ##s\nThe dog ##s\n"
 
 
@@ -335,19 +417,25 @@ def test_tokenize_refuses_to_overwrite_without_force(fs_dir, tmp_path, capsys):
     assert "exists (--force overwrites)" in capsys.readouterr().err
     with pytest.raises(convert.OutputExistsError, match=r"overwrite=True"):
         bert_convert.tokenize_files(fs_dir, [tmp_path / "a.txt"], tmp_path / "tok")
-    assert run("tokenize", fs_dir, tmp_path / "a.txt", "--out-dir", tmp_path / "tok", "--force") == 0
+    assert (
+        run("tokenize", fs_dir, tmp_path / "a.txt", "--out-dir", tmp_path / "tok", "--force") == 0
+    )
 
 
 # -- refusals -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("change,message", [
-    ({"hidden_act": "relu"}, "hidden_act 'relu'"),
-    ({"hidden_act": "gelu_new"}, "hidden_act 'gelu_new'"),
-    ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key'"),
-    ({"layer_norm_eps": 1e-5}, "layer_norm_eps 1e-05"),
-    ({"is_decoder": True}, "decoder"),
-    ({"tie_word_embeddings": False}, "untied decoder"),
-])
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"hidden_act": "relu"}, "hidden_act 'relu'"),
+        ({"hidden_act": "gelu_new"}, "hidden_act 'gelu_new'"),
+        ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key'"),
+        ({"layer_norm_eps": 1e-5}, "layer_norm_eps 1e-05"),
+        ({"is_decoder": True}, "decoder"),
+        ({"tie_word_embeddings": False}, "untied decoder"),
+    ],
+)
 def test_from_hf_refuses_what_fairseq_cannot_compute(change, message, tmp_path, capsys):
     hf_bert(tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -368,12 +456,15 @@ def test_from_hf_refuses_unknown_heads_and_tokenizers(tmp_path, capsys):
         os.remove(tmp_path / "notok" / name)
     assert run("from-hf", tmp_path / "notok", tmp_path / "b.pt") == 1
     assert "no BERT tokenizer" in capsys.readouterr().err
-    no_mask = transformers.BertTokenizerFast(vocab={t: i for i, t in enumerate(VOCAB) if t != "[MASK]"},
-                                             mask_token=None)
+    no_mask = transformers.BertTokenizerFast(
+        vocab={t: i for i, t in enumerate(VOCAB) if t != "[MASK]"}, mask_token=None
+    )
     hf_bert(tmp_path / "nomask", tok=no_mask)
     assert run("from-hf", tmp_path / "nomask", tmp_path / "c.pt") == 1
     assert "no mask token ([MASK])" in capsys.readouterr().err
-    big = transformers.BertTokenizerFast(vocab={**{t: i for i, t in enumerate(VOCAB)}, "extra": ROWS + 3})
+    big = transformers.BertTokenizerFast(
+        vocab={**{t: i for i, t in enumerate(VOCAB)}, "extra": ROWS + 3}
+    )
     hf_bert(tmp_path / "big", tok=big)
     assert run("from-hf", tmp_path / "big", tmp_path / "d.pt") == 1
     assert f"ids up to {ROWS + 3} but the model has {ROWS}" in capsys.readouterr().err
@@ -395,37 +486,69 @@ def test_pretraining_checkpoint_drops_pooler_and_nsp_head(tmp_path, caplog):
 def test_to_hf_refuses_a_tokenizer_of_another_model(fs_dir, tmp_path, capsys):
     swapped = list(VOCAB)
     swapped[8], swapped[9] = swapped[9], swapped[8]  # 'the' and 'a' trade ids
-    transformers.BertTokenizerFast(vocab={t: i for i, t in enumerate(swapped)}).save_pretrained(tmp_path / "tok")
+    transformers.BertTokenizerFast(vocab={t: i for i, t in enumerate(swapped)}).save_pretrained(
+        tmp_path / "tok"
+    )
     assert run("to-hf", fs_dir / "model.pt", tmp_path / "hf", "--tokenizer", tmp_path / "tok") == 1
     err = capsys.readouterr().err
     assert "2 dict.txt words have other ids" in err and not (tmp_path / "hf").exists()
 
 
 def test_to_hf_refuses_non_gelu(bert_data, tmp_path, capsys):
-    task, cfg = setup_task(bert_data, "--task", "masked_lm", "--criterion", "masked_lm", *TINY_BERT,
-                           "--activation-fn", "relu")
+    task, cfg = setup_task(
+        bert_data,
+        "--task",
+        "masked_lm",
+        "--criterion",
+        "masked_lm",
+        *TINY_BERT,
+        "--activation-fn",
+        "relu",
+    )
     save_checkpoint(cfg, task.build_model(cfg.model), tmp_path / "relu.pt")
-    assert run("to-hf", tmp_path / "relu.pt", tmp_path / "hf", "--dict",
-               os.path.join(bert_data, "dict.txt")) == 1
+    assert (
+        run(
+            "to-hf",
+            tmp_path / "relu.pt",
+            tmp_path / "hf",
+            "--dict",
+            os.path.join(bert_data, "dict.txt"),
+        )
+        == 1
+    )
     assert "activation 'relu'" in capsys.readouterr().err
 
 
 # -- SE on BERT ---------------------------------------------------------------------------------
 
+
 def save_checkpoint(cfg, model, path):
     from omegaconf import OmegaConf
 
-    torch.save({"cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-                "model": model.state_dict(), "extra_state": {"epoch": 1},
-                "optimizer_history": [{"criterion_name": "MaskedLmLoss", "optimizer_name": "x",
-                                       "lr_scheduler_state": {"best": None}, "num_updates": 1}]}, path)
+    torch.save(
+        {
+            "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            "model": model.state_dict(),
+            "extra_state": {"epoch": 1},
+            "optimizer_history": [
+                {
+                    "criterion_name": "MaskedLmLoss",
+                    "optimizer_name": "x",
+                    "lr_scheduler_state": {"best": None},
+                    "num_updates": 1,
+                }
+            ],
+        },
+        path,
+    )
     return path
 
 
 def first_batch(task, split="train"):
     task.load_dataset(split)
-    itr = task.get_batch_iterator(task.dataset(split), max_sentences=8, seed=5, epoch=1,
-                                  num_workers=0).next_epoch_itr(shuffle=True)
+    itr = task.get_batch_iterator(
+        task.dataset(split), max_sentences=8, seed=5, epoch=1, num_workers=0
+    ).next_epoch_itr(shuffle=True)
     return list(itr)
 
 
@@ -452,27 +575,47 @@ def test_se_score_on_bert_is_the_hf_models_surprisal(scored_bert_data, hf_dir):
         hf_ids = order[torch.tensor([0, *sentence.tolist()])][None]  # <s> sentence </s>
         lprobs = torch.log_softmax(hf_logits(hf, hf_ids, torch.ones_like(hf_ids)).double(), -1)[0]
         expected = -lprobs[torch.arange(1, hf_ids.size(1)), hf_ids[0, 1:]]
-        np.testing.assert_allclose(scores[offset:offset + len(sentence)], expected.numpy(), atol=2e-2)
+        np.testing.assert_allclose(
+            scores[offset : offset + len(sentence)], expected.numpy(), atol=2e-2
+        )
         offset += len(sentence)  # float16 file: ~3 significant digits
 
 
-@pytest.mark.parametrize("mode", [
-    ["--se-select", "topk"],
-    ["--se-select", "threshold", "--se-threshold", "2.5"],
-    ["--se-online"],
-    ["--se-metric", "rarity", "--se-scores", "RARITY"],
-])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ["--se-select", "topk"],
+        ["--se-select", "threshold", "--se-threshold", "2.5"],
+        ["--se-online"],
+        ["--se-metric", "rarity", "--se-scores", "RARITY"],
+    ],
+)
 def test_se_training_step_on_converted_bert(scored_bert_data, fs_dir, mode):
     """One training step of every SE mode, configured by fairseq-train's argument parsing,
     on the converted checkpoint: finite TLS loss, masked tokens, gradients everywhere."""
     from fairseq import checkpoint_utils
 
     mode = [os.path.join(scored_bert_data, "train.rarity") if a == "RARITY" else a for a in mode]
-    task, cfg = setup_task(scored_bert_data, *TINY_BERT, "--cpu", "--seed", "5", "--task", "se_mlm",
-                           "--criterion", "token_ls", "--sample-break-mode", "eos", *mode)
+    task, cfg = setup_task(
+        scored_bert_data,
+        *TINY_BERT,
+        "--cpu",
+        "--seed",
+        "5",
+        "--task",
+        "se_mlm",
+        "--criterion",
+        "token_ls",
+        "--sample-break-mode",
+        "eos",
+        *mode,
+    )
     model = task.build_model(cfg.model)
-    model.load_state_dict(checkpoint_utils.load_checkpoint_to_cpu(str(fs_dir / "model.pt"))["model"],
-                          strict=True, model_cfg=cfg.model)
+    model.load_state_dict(
+        checkpoint_utils.load_checkpoint_to_cpu(str(fs_dir / "model.pt"))["model"],
+        strict=True,
+        model_cfg=cfg.model,
+    )
     criterion = task.build_criterion(cfg.criterion)
     sample = first_batch(task)[0]
     optimizer = types.SimpleNamespace(backward=lambda loss: loss.backward())
@@ -486,10 +629,28 @@ def test_se_training_step_on_converted_bert(scored_bert_data, fs_dir, mode):
 def test_whole_word_masks_cover_whole_words(scored_bert_data, fs_dir, mode):
     """--mask-whole-words --bpe bert --bpe-vocab-file <the converted tokenizer's vocab.txt>
     (offline): a word is its first piece and the '##' pieces after it; masks take words whole."""
-    task, _ = setup_task(scored_bert_data, *TINY_BERT, "--cpu", "--seed", "5", "--task", "se_mlm",
-                         "--criterion", "masked_lm", "--se-select", mode, "--mask-whole-words",
-                         "--bpe", "bert", "--bpe-vocab-file", str(fs_dir / "tokenizer" / "vocab.txt"),
-                         "--sample-break-mode", "eos", "--mask-prob", "0.3")
+    task, _ = setup_task(
+        scored_bert_data,
+        *TINY_BERT,
+        "--cpu",
+        "--seed",
+        "5",
+        "--task",
+        "se_mlm",
+        "--criterion",
+        "masked_lm",
+        "--se-select",
+        mode,
+        "--mask-whole-words",
+        "--bpe",
+        "bert",
+        "--bpe-vocab-file",
+        str(fs_dir / "tokenizer" / "vocab.txt"),
+        "--sample-break-mode",
+        "eos",
+        "--mask-prob",
+        "0.3",
+    )
     d = task.source_dictionary
     words = continued = 0
     for batch in first_batch(task):
@@ -513,21 +674,55 @@ def test_fairseq_train_se_from_converted_bert_and_back(scored_bert_data, fs_dir,
     few updates with whole-word SE masking; se-convert to-hf gives it back to HF in HF's order."""
     save = tmp_path / "ckpt"
     result = fairseq_train(
-        scored_bert_data, str(save), *TINY_BERT, "--task", "se_mlm", "--criterion", "token_ls",
-        "--restore-file", str(fs_dir / "model.pt"), "--reset-optimizer", "--reset-dataloader",
-        "--reset-meters", "--sample-break-mode", "eos", "--mask-whole-words", "--bpe", "bert",
-        "--bpe-vocab-file", str(fs_dir / "tokenizer" / "vocab.txt"), max_update=4)
+        scored_bert_data,
+        str(save),
+        *TINY_BERT,
+        "--task",
+        "se_mlm",
+        "--criterion",
+        "token_ls",
+        "--restore-file",
+        str(fs_dir / "model.pt"),
+        "--reset-optimizer",
+        "--reset-dataloader",
+        "--reset-meters",
+        "--sample-break-mode",
+        "eos",
+        "--mask-whole-words",
+        "--bpe",
+        "bert",
+        "--bpe-vocab-file",
+        str(fs_dir / "tokenizer" / "vocab.txt"),
+        max_update=4,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert f"Loaded checkpoint {fs_dir / 'model.pt'}" in result.stdout
     assert "num_updates=4" in result.stdout or "num_updates 4" in result.stdout
     ckpt = save / "checkpoint_last.pt"
-    assert run("to-hf", ckpt, tmp_path / "hf", "--dict", os.path.join(scored_bert_data, "dict.txt"),
-               "--tokenizer", fs_dir, "--check") == 0
+    assert (
+        run(
+            "to-hf",
+            ckpt,
+            tmp_path / "hf",
+            "--dict",
+            os.path.join(scored_bert_data, "dict.txt"),
+            "--tokenizer",
+            fs_dir,
+            "--check",
+        )
+        == 0
+    )
     trained = transformers.BertForMaskedLM.from_pretrained(tmp_path / "hf")
     original = transformers.BertForMaskedLM.from_pretrained(hf_dir)
-    assert transformers.BertTokenizerFast.from_pretrained(tmp_path / "hf").get_vocab() == tokenizer().get_vocab()
+    assert (
+        transformers.BertTokenizerFast.from_pretrained(tmp_path / "hf").get_vocab()
+        == tokenizer().get_vocab()
+    )
     # the rows are in HF's order: trained embeddings stay next to the original ones row by row
-    a, b = trained.bert.embeddings.word_embeddings.weight, original.bert.embeddings.word_embeddings.weight
+    a, b = (
+        trained.bert.embeddings.word_embeddings.weight,
+        original.bert.embeddings.word_embeddings.weight,
+    )
     assert not torch.equal(a, b)
     nearest = torch.cdist(a, b).argmin(dim=1)
     assert torch.equal(nearest, torch.arange(ROWS))

@@ -1,4 +1,5 @@
 """Checkpoints load with torch.load(weights_only=True) and fairseq's allow-list only."""
+
 import argparse
 import fractions
 import os
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from se_fairseq.testing import TINY_ROBERTA, fairseq_train
 from se_fairseq.checkpoint_safety import UnsafeCheckpointError, safe_load
+from se_fairseq.testing import TINY_ROBERTA, fairseq_train
 
 
 def roberta_base_layout(state, path):
@@ -25,10 +26,14 @@ def roberta_base_layout(state, path):
     old = {
         "args": args,
         "model": state["model"],
-        "optimizer_history": [{
-            "criterion_name": "MaskedLmLoss", "optimizer_name": "FairseqAdam",
-            "lr_scheduler_state": {"best": np.float64(3.25)}, "num_updates": 10,
-        }],
+        "optimizer_history": [
+            {
+                "criterion_name": "MaskedLmLoss",
+                "optimizer_name": "FairseqAdam",
+                "lr_scheduler_state": {"best": np.float64(3.25)},
+                "num_updates": 10,
+            }
+        ],
         "extra_state": {
             "epoch": 1,
             "train_iterator": {"epoch": 1, "iterations_in_epoch": 5, "shuffle": True},
@@ -105,9 +110,18 @@ def test_weights_only_false_is_refused():
 def test_restore_file_in_roberta_base_layout(old_layout, scored_corpus, tmp_path):
     """fairseq-train --restore-file with the released-RoBERTa layout, as users continue it."""
     result = fairseq_train(
-        scored_corpus, str(tmp_path / "ckpt"), "--task", "se_mlm", "--criterion", "token_ls",
-        "--restore-file", old_layout, "--reset-optimizer", "--reset-dataloader",
-        "--reset-meters", max_update=4,
+        scored_corpus,
+        str(tmp_path / "ckpt"),
+        "--task",
+        "se_mlm",
+        "--criterion",
+        "token_ls",
+        "--restore-file",
+        old_layout,
+        "--reset-optimizer",
+        "--reset-dataloader",
+        "--reset-meters",
+        max_update=4,
     )
     assert result.returncode == 0, result.stdout[-3000:]
     assert f"Loaded checkpoint {old_layout}" in result.stdout
@@ -118,8 +132,16 @@ def test_restore_file_in_roberta_base_layout(old_layout, scored_corpus, tmp_path
 def test_restore_without_plugin_fails_as_documented(old_layout, corpus, tmp_path):
     """The problem this module solves: plain fairseq on torch >= 2.6 cannot restore."""
     result = fairseq_train(
-        corpus, str(tmp_path / "ckpt"), "--task", "masked_lm", "--criterion", "masked_lm",
-        "--restore-file", old_layout, "--reset-optimizer", max_update=2,
+        corpus,
+        str(tmp_path / "ckpt"),
+        "--task",
+        "masked_lm",
+        "--criterion",
+        "masked_lm",
+        "--restore-file",
+        old_layout,
+        "--reset-optimizer",
+        max_update=2,
         env={"SE_FAIRSEQ_NO_AUTOLOAD": "1"},
     )
     assert result.returncode != 0 and "weights_only" in result.stdout

@@ -1,5 +1,6 @@
 """se-score and se-bench flags through the commands' own argument parsing (in-process
 ``main``), each against an independent computation of what the flag means."""
+
 import math
 import os
 import re
@@ -12,7 +13,6 @@ import torch
 from se_fairseq.checkpoint_safety import safe_load
 from se_fairseq.cli import score
 from se_fairseq.data.score_file import ScoreFile
-from se_fairseq.testing import split_tokens
 
 
 @pytest.fixture
@@ -26,12 +26,14 @@ def dense_scores(ckpt, data, split, metric, tokens_per_sample, break_mode="none"
     from fairseq.data import PrependTokenDataset, TokenBlockDataset, data_utils
 
     models, _, task = checkpoint_utils.load_model_ensemble_and_task(
-        [ckpt], arg_overrides={"data": data})
+        [ckpt], arg_overrides={"data": data}
+    )
     model = models[0].eval()
     d = task.source_dictionary
     tokens = data_utils.load_indexed_dataset(os.path.join(data, split), d)
-    blocks = TokenBlockDataset(tokens, tokens.sizes, tokens_per_sample - 1, pad=d.pad(),
-                               eos=d.eos(), break_mode=break_mode)
+    blocks = TokenBlockDataset(
+        tokens, tokens.sizes, tokens_per_sample - 1, pad=d.pad(), eos=d.eos(), break_mode=break_mode
+    )
     items = PrependTokenDataset(blocks, d.bos())
     out = np.zeros(int(tokens.sizes.sum()))
     with torch.no_grad():
@@ -45,7 +47,7 @@ def dense_scores(ckpt, data, split, metric, tokens_per_sample, break_mode="none"
                 s = -(lprobs.exp() * lprobs).sum(-1)
             for row, b in enumerate(index):
                 start, end = blocks.slice_indices[b]
-                out[start:end] = s[row, 1:1 + end - start].numpy()
+                out[start:end] = s[row, 1 : 1 + end - start].numpy()
     return out, len(items)
 
 
@@ -102,15 +104,18 @@ def test_fp16_on_cpu_is_refused(untrained_checkpoint, data):
     assert not os.path.exists(os.path.join(data, "train.se_scores.npy"))
 
 
-@pytest.mark.parametrize("flags", [["--fp16", "--bf16"], ["--max-tokens", "64", "--batch-size", "2"]])
+@pytest.mark.parametrize(
+    "flags", [["--fp16", "--bf16"], ["--max-tokens", "64", "--batch-size", "2"]]
+)
 def test_exclusive_flags_are_refused(flags, capsys):
     with pytest.raises(SystemExit) as err:
         score.build_parser().parse_args(["data", *flags])
     assert err.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
-def test_lm_head_chunks_past_the_logits_budget_give_the_one_chunk_scores(untrained_checkpoint,
-                                                                          monkeypatch):
+def test_lm_head_chunks_past_the_logits_budget_give_the_one_chunk_scores(
+    untrained_checkpoint, monkeypatch
+):
     """A budget of 7 positions' logits forces many LM-head chunks (and drops kept logits):
     the scores equal the single-chunk ones; the logits the caller keeps are exact."""
     from fairseq import checkpoint_utils
@@ -158,23 +163,42 @@ def test_online_masking_past_the_logits_budget(corpus, monkeypatch):
     from se_fairseq import scoring
     from se_fairseq.testing import TINY_ROBERTA, setup_task
 
-    task, cfg = setup_task(corpus, *TINY_ROBERTA, "--cpu", "--seed", "5", "--task", "se_mlm",
-                           "--se-online", "--criterion", "token_ls", "--dropout", "0")
+    task, cfg = setup_task(
+        corpus,
+        *TINY_ROBERTA,
+        "--cpu",
+        "--seed",
+        "5",
+        "--task",
+        "se_mlm",
+        "--se-online",
+        "--criterion",
+        "token_ls",
+        "--dropout",
+        "0",
+    )
     torch.manual_seed(0)
     model = task.build_model(cfg.model)
     criterion = task.build_criterion(cfg.criterion)
     task.load_dataset("train")
-    batch = next(iter(task.get_batch_iterator(task.dataset("train"), max_sentences=8, seed=5,
-                                              num_workers=0).next_epoch_itr(shuffle=False)))
+    batch = next(
+        iter(
+            task.get_batch_iterator(
+                task.dataset("train"), max_sentences=8, seed=5, num_workers=0
+            ).next_epoch_itr(shuffle=False)
+        )
+    )
     kept = task.mask_online(batch, model, criterion)
     monkeypatch.setattr(scoring, "LOGITS_BUDGET", 5 * scoring.vocab_size(model))
     recomputed = task.mask_online(batch, model, criterion)
     assert torch.equal(kept["target"], recomputed["target"])
-    torch.testing.assert_close(recomputed["tls_ref_probs"], kept["tls_ref_probs"],
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        recomputed["tls_ref_probs"], kept["tls_ref_probs"], rtol=1e-5, atol=1e-6
+    )
 
 
 # ---------------------------------------------------------------------- se-bench
+
 
 def se_bench(capsys, *argv):
     from se_fairseq.cli import bench
@@ -192,8 +216,21 @@ def round_lines(out):
 
 
 def test_se_bench_baseline_task_max_batches_and_split(scored_corpus, capsys):
-    common = [scored_corpus, "--task", "se_mlm", "--se-select", "topk", "--tokens-per-sample",
-              64, "--batch-size", 8, "--num-workers", 0, "--rounds", 1]
+    common = [
+        scored_corpus,
+        "--task",
+        "se_mlm",
+        "--se-select",
+        "topk",
+        "--tokens-per-sample",
+        64,
+        "--batch-size",
+        8,
+        "--num-workers",
+        0,
+        "--rounds",
+        1,
+    ]
     out = se_bench(capsys, *common, "--baseline-task", "se_mlm", "--max-batches", 3)
     assert "se_mlm (baseline)" in out and "masked_lm" not in out
     assert [b for _, b in round_lines(out)] == ["3", "3"]
@@ -210,7 +247,12 @@ def fairseq_batches(data, split):
 
     task, _ = setup_task(data, *TINY_ROBERTA, "--task", "masked_lm", "--criterion", "masked_lm")
     task.load_dataset(split)
-    return len(task.get_batch_iterator(task.dataset(split), max_sentences=8,
-                                       max_positions=task.max_positions(),
-                                       ignore_invalid_inputs=True,
-                                       required_batch_size_multiple=8))  # fairseq-train default
+    return len(
+        task.get_batch_iterator(
+            task.dataset(split),
+            max_sentences=8,
+            max_positions=task.max_positions(),
+            ignore_invalid_inputs=True,
+            required_batch_size_multiple=8,
+        )
+    )  # fairseq-train default

@@ -1,4 +1,5 @@
 """se-convert: fairseq RoBERTa <-> Hugging Face RobertaForMaskedLM, on tiny random models."""
+
 import json
 import os
 import subprocess
@@ -7,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from se_fairseq.testing import TINY_ROBERTA, fairseq_train
 from se_fairseq import convert
-from se_fairseq.convert import roberta  # noqa: F401  (convert.roberta)
 from se_fairseq.cli.convert import hide_broken_torchaudio, main
+from se_fairseq.convert import roberta  # noqa: F401  (convert.roberta)
+from se_fairseq.testing import TINY_ROBERTA, fairseq_train
 
 hide_broken_torchaudio()  # a torchaudio built for another torch breaks `import transformers`
 # examples/setup.sh installs the [hf] extras: in the project's environment a missing
@@ -23,10 +24,12 @@ transformers.logging.disable_progress_bar()
 
 WORDS = [f"w{i}" for i in range(40)]
 VOCAB = len(WORDS) + 5  # <s> <pad> </s> <unk> + words + <mask>
-TOKENS = torch.tensor([
-    [0, 5, 17, 9, 33, 4, 41, 12, 8, 2],
-    [0, 22, 7, 30, 2, 1, 1, 1, 1, 1],  # right-padded, as fairseq batches
-])
+TOKENS = torch.tensor(
+    [
+        [0, 5, 17, 9, 33, 4, 41, 12, 8, 2],
+        [0, 22, 7, 30, 2, 1, 1, 1, 1, 1],  # right-padded, as fairseq batches
+    ]
+)
 
 
 def perturb(module, seed=0):
@@ -58,20 +61,40 @@ def fairseq_roberta(directory, *extra):
     task = tasks.setup_task(args)
     model = perturb(task.build_model(args)).eval()
     path = os.path.join(directory, "model.pt")
-    cfg = OmegaConf.to_container(convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True)
-    torch.save({
-        "cfg": cfg, "model": model.state_dict(), "extra_state": {"epoch": 1},
-        "optimizer_history": [{"criterion_name": "MaskedLmLoss", "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {"best": None}, "num_updates": 10}],
-    }, path)
+    cfg = OmegaConf.to_container(
+        convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True
+    )
+    torch.save(
+        {
+            "cfg": cfg,
+            "model": model.state_dict(),
+            "extra_state": {"epoch": 1},
+            "optimizer_history": [
+                {
+                    "criterion_name": "MaskedLmLoss",
+                    "optimizer_name": "FairseqAdam",
+                    "lr_scheduler_state": {"best": None},
+                    "num_updates": 10,
+                }
+            ],
+        },
+        path,
+    )
     return model, args, path
 
 
 def hf_roberta(directory, seed=1, zero_token_types=True, tokenizer_vocab=None, **config):
     """A tiny HF RobertaForMaskedLM with the fairseq TINY_ROBERTA shape, saved with save_pretrained."""
-    settings = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=64, max_position_embeddings=66, type_vocab_size=1,
-                    layer_norm_eps=1e-5)
+    settings = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+    )
     settings.update(config)
     torch.manual_seed(seed)
     model = perturb(transformers.RobertaForMaskedLM(transformers.RobertaConfig(**settings)), seed)
@@ -127,19 +150,29 @@ def fs_in_hf(fs, tmp_path_factory):
 
 # -- fairseq -> HF ----------------------------------------------------------------------
 
+
 def test_to_hf_gives_fairseq_logits(fs, fs_in_hf):
     model, _, ckpt = fs
     assert sorted(os.listdir(fs_in_hf)) == ["config.json", "fairseq_dict.txt", "model.safetensors"]
     hf = transformers.RobertaForMaskedLM.from_pretrained(fs_in_hf).eval()
     c = hf.config
-    assert (c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
-            c.intermediate_size, c.max_position_embeddings, c.pad_token_id, c.type_vocab_size) == \
-        (VOCAB, 32, 2, 2, 64, 66, 1, 1)
+    assert (
+        c.vocab_size,
+        c.hidden_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.intermediate_size,
+        c.max_position_embeddings,
+        c.pad_token_id,
+        c.type_vocab_size,
+    ) == (VOCAB, 32, 2, 2, 64, 66, 1, 1)
     assert not hf.roberta.embeddings.token_type_embeddings.weight.any()
     assert hf.lm_head.decoder.weight is hf.roberta.embeddings.word_embeddings.weight
     assert_same_logits(fairseq_logits(model, TOKENS), hf_logits(hf, TOKENS), TOKENS)
-    with open(os.path.join(os.path.dirname(ckpt), "dict.txt")) as a, \
-            open(os.path.join(fs_in_hf, "fairseq_dict.txt")) as b:
+    with (
+        open(os.path.join(os.path.dirname(ckpt), "dict.txt")) as a,
+        open(os.path.join(fs_in_hf, "fairseq_dict.txt")) as b,
+    ):
         assert a.read() == b.read()
 
 
@@ -147,20 +180,35 @@ def old_layout(state_dict, args, path):
     """The released roberta.base layout: `args`, `decoder.*`, emb_layer_norm, fused in_proj."""
     old = {}
     for key, value in state_dict.items():
-        key = "decoder." + key[len("encoder."):]
+        key = "decoder." + key[len("encoder.") :]
         key = key.replace(".layernorm_embedding.", ".emb_layer_norm.")
         if ".self_attn.q_proj." in key:
             kind = key.rsplit(".", 1)[1]
-            parts = [state_dict[key.replace("decoder.", "encoder.", 1).replace("q_proj", p)]
-                     for p in ("q_proj", "k_proj", "v_proj")]
+            parts = [
+                state_dict[key.replace("decoder.", "encoder.", 1).replace("q_proj", p)]
+                for p in ("q_proj", "k_proj", "v_proj")
+            ]
             old[key.replace("q_proj." + kind, "in_proj_" + kind)] = torch.cat(parts)
         elif ".self_attn.k_proj." in key or ".self_attn.v_proj." in key:
             continue
         else:
             old[key] = value
-    torch.save({"args": args, "model": old, "extra_state": {"epoch": 1},
-                "optimizer_history": [{"criterion_name": "MaskedLmLoss", "optimizer_name": "FairseqAdam",
-                                       "lr_scheduler_state": {"best": None}, "num_updates": 10}]}, path)
+    torch.save(
+        {
+            "args": args,
+            "model": old,
+            "extra_state": {"epoch": 1},
+            "optimizer_history": [
+                {
+                    "criterion_name": "MaskedLmLoss",
+                    "optimizer_name": "FairseqAdam",
+                    "lr_scheduler_state": {"best": None},
+                    "num_updates": 10,
+                }
+            ],
+        },
+        path,
+    )
     return path
 
 
@@ -170,8 +218,9 @@ def test_to_hf_reads_the_released_old_layout(fs, fs_in_hf, tmp_path):
     assert "argparse.Namespace" in torch.serialization.get_unsafe_globals_in_checkpoint(path)
     out = tmp_path / "hf"
     assert run("to-hf", path, out, "--dict", os.path.join(os.path.dirname(ckpt), "dict.txt")) == 0
-    assert_same_state(load_file(os.path.join(fs_in_hf, "model.safetensors")),
-                      load_file(out / "model.safetensors"))
+    assert_same_state(
+        load_file(os.path.join(fs_in_hf, "model.safetensors")), load_file(out / "model.safetensors")
+    )
 
 
 def test_fairseq_hf_fairseq_is_exact(fs, fs_in_hf, tmp_path):
@@ -181,21 +230,28 @@ def test_fairseq_hf_fairseq_is_exact(fs, fs_in_hf, tmp_path):
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(out)) == []
     state = torch.load(out, weights_only=True)  # plain containers: no allow-list needed
     assert_same_state(model.state_dict(), state["model"])
-    with open(os.path.join(os.path.dirname(ckpt), "dict.txt")) as a, open(out.parent / "dict.txt") as b:
+    with (
+        open(os.path.join(os.path.dirname(ckpt), "dict.txt")) as a,
+        open(out.parent / "dict.txt") as b,
+    ):
         assert a.read() == b.read()
 
 
 def test_cli_module_entry_point(fs, tmp_path):
     """python -m se_fairseq.cli.convert, with --check comparing both models' logits."""
     out = tmp_path / "hf"
-    result = subprocess.run([sys.executable, "-m", "se_fairseq.cli.convert", "to-hf", fs[2], str(out),
-                             "--check"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "se_fairseq.cli.convert", "to-hf", fs[2], str(out), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "logits agree" in result.stdout
     assert (out / "model.safetensors").exists()
 
 
 # -- the library API -------------------------------------------------------------------
+
 
 def test_library_converts_both_ways_with_check(fs, tmp_path):
     """fairseq_to_hf / hf_to_fairseq: paths in, checked files and a result out, no printing."""
@@ -205,15 +261,21 @@ def test_library_converts_both_ways_with_check(fs, tmp_path):
     assert to.files == [str(tmp_path / "hf" / f) for f in convert.roberta.HF_OUTPUTS]
     assert to.dict_path == str(tmp_path / "hf" / "fairseq_dict.txt")
     assert to.dict_source == os.path.join(os.path.dirname(os.path.abspath(ckpt)), "dict.txt")
-    assert to.model == dict(layers=2, hidden=32, ffn=64, heads=2, vocab_size=VOCAB, max_positions=64)
+    assert to.model == dict(
+        layers=2, hidden=32, ffn=64, heads=2, vocab_size=VOCAB, max_positions=64
+    )
     assert to.family == "roberta" and to.fairseq_args == ["--arch", "roberta_base"]
     assert 0 <= to.max_logit_difference < convert.CHECK_TOLERANCE
     back = convert.hf_to_fairseq(tmp_path / "hf", tmp_path / "fs" / "model.pt", check=True)
     assert back.files == [str(tmp_path / "fs" / "model.pt"), str(tmp_path / "fs" / "dict.txt")]
     assert back.dict_source == "fairseq_dict.txt" and back.model == to.model
     assert 0 <= back.max_logit_difference < convert.CHECK_TOLERANCE
-    assert convert.hf_to_fairseq(tmp_path / "hf", tmp_path / "fs" / "model.pt",
-                                 overwrite=True).max_logit_difference is None
+    assert (
+        convert.hf_to_fairseq(
+            tmp_path / "hf", tmp_path / "fs" / "model.pt", overwrite=True
+        ).max_logit_difference
+        is None
+    )
     assert transformers.logging.get_verbosity() == verbosity  # quiet while loading only
 
 
@@ -222,18 +284,26 @@ def test_library_raises_conversion_errors(fs, fs_in_hf, tmp_path):
         convert.fairseq_to_hf(tmp_path / "none.pt", tmp_path / "hf")
     with pytest.raises(convert.ConversionError, match="no such dictionary"):
         convert.fairseq_to_hf(fs[2], tmp_path / "hf", dict_path=tmp_path / "none.txt")
-    with pytest.raises(convert.OutputExistsError, match=r"already holds .*\(overwrite=True replaces it\)"):
+    with pytest.raises(
+        convert.OutputExistsError, match=r"already holds .*\(overwrite=True replaces it\)"
+    ):
         convert.fairseq_to_hf(fs[2], fs_in_hf)
     with pytest.raises(convert.ConversionError, match="no config.json"):
         convert.hf_to_fairseq(tmp_path, tmp_path / "model.pt")
 
 
-def test_existing_outputs_name_the_keyword_in_the_library_and_the_flag_in_the_cli(fs, fs_in_hf, capsys):
+def test_existing_outputs_name_the_keyword_in_the_library_and_the_flag_in_the_cli(
+    fs, fs_in_hf, capsys
+):
     with pytest.raises(convert.OutputExistsError, match=r"exists \(overwrite=True replaces it\)"):
         convert.hf_to_fairseq(fs_in_hf, fs[2])
     assert run("to-hf", fs[2], fs_in_hf) == 1
     err = capsys.readouterr().err
-    assert "already holds config.json" in err and "(--force overwrites)" in err and "overwrite=True" not in err
+    assert (
+        "already holds config.json" in err
+        and "(--force overwrites)" in err
+        and "overwrite=True" not in err
+    )
     assert run("to-hf", fs[2], fs_in_hf, "--force") == 0
 
 
@@ -256,6 +326,7 @@ def test_conversion_module_leaves_torchaudio_alone():
 
 # -- HF -> fairseq ----------------------------------------------------------------------
 
+
 def test_from_hf_gives_hf_logits_in_fairseq(tmp_path):
     """Through fairseq's own loader; non-zero token-type embeddings fold into the positions."""
     from fairseq import checkpoint_utils
@@ -269,19 +340,37 @@ def test_from_hf_gives_hf_logits_in_fairseq(tmp_path):
 
 
 def test_hf_fairseq_hf_is_exact(tmp_path):
-    hf_roberta(tmp_path / "hf", tokenizer_vocab={
-        **{s: i for i, s in enumerate(["<s>", "<pad>", "</s>", "<unk>"])},
-        **{f"tok{i}": i + 4 for i in range(VOCAB - 5)}, "<mask>": VOCAB - 1})
+    hf_roberta(
+        tmp_path / "hf",
+        tokenizer_vocab={
+            **{s: i for i, s in enumerate(["<s>", "<pad>", "</s>", "<unk>"])},
+            **{f"tok{i}": i + 4 for i in range(VOCAB - 5)},
+            "<mask>": VOCAB - 1,
+        },
+    )
     assert run("from-hf", tmp_path / "hf", tmp_path / "fs" / "model.pt") == 0
     with open(tmp_path / "fs" / "dict.txt") as f:
         assert f.read().split()[::2] == [f"tok{i}" for i in range(VOCAB - 5)]
     assert run("to-hf", tmp_path / "fs" / "model.pt", tmp_path / "hf2") == 0
-    assert_same_state(load_file(tmp_path / "hf" / "model.safetensors"),
-                      load_file(tmp_path / "hf2" / "model.safetensors"))
+    assert_same_state(
+        load_file(tmp_path / "hf" / "model.safetensors"),
+        load_file(tmp_path / "hf2" / "model.safetensors"),
+    )
     a, b = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("hf", "hf2"))
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "intermediate_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
-                "pad_token_id", "hidden_act", "tie_word_embeddings", "model_type"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+        "hidden_act",
+        "tie_word_embeddings",
+        "model_type",
+    ):
         assert a.get(key) == b.get(key), key
 
 
@@ -315,22 +404,40 @@ def test_from_hf_checkpoint_restores_in_fairseq_train(corpus, tmp_path):
     out = tmp_path / "fs" / "model.pt"
     assert run("from-hf", tmp_path / "hf", out) == 0
     # the corpus is binarized with the very dict.txt written beside the checkpoint
-    assert (tmp_path / "fs" / "dict.txt").read_text() == open(os.path.join(corpus, "dict.txt")).read()
+    assert (tmp_path / "fs" / "dict.txt").read_text() == open(
+        os.path.join(corpus, "dict.txt")
+    ).read()
     result = fairseq_train(
-        corpus, str(tmp_path / "ckpt"), "--task", "se_mlm", "--se-select", "random",
-        "--criterion", "masked_lm", "--restore-file", str(out), "--reset-optimizer",
-        "--reset-dataloader", "--reset-meters", max_update=1)
+        corpus,
+        str(tmp_path / "ckpt"),
+        "--task",
+        "se_mlm",
+        "--se-select",
+        "random",
+        "--criterion",
+        "masked_lm",
+        "--restore-file",
+        str(out),
+        "--reset-optimizer",
+        "--reset-dataloader",
+        "--reset-meters",
+        max_update=1,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert f"Loaded checkpoint {out}" in result.stdout
 
 
 # -- refusals -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("extra,message", [
-    (["--encoder-normalize-before"], "pre-LN"),
-    (["--untie-weights-roberta"], "untied"),
-    (["--activation-fn", "relu"], "activation 'relu'"),
-])
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--encoder-normalize-before"], "pre-LN"),
+        (["--untie-weights-roberta"], "untied"),
+        (["--activation-fn", "relu"], "activation 'relu'"),
+    ],
+)
 def test_to_hf_refuses_what_hf_cannot_compute(extra, message, tmp_path, capsys):
     _, _, ckpt = fairseq_roberta(str(tmp_path / "fs"), *extra)
     assert run("to-hf", ckpt, tmp_path / "hf") == 1
@@ -343,12 +450,32 @@ def test_to_hf_refuses_untied_weights_even_without_the_flag(fs, tmp_path, capsys
     model, args, _ = fs
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state["encoder.lm_head.weight"] += 1.0
-    torch.save({"args": args, "model": state, "extra_state": {"epoch": 1},
-                "optimizer_history": [{"criterion_name": "x", "optimizer_name": "x",
-                                       "lr_scheduler_state": {}, "num_updates": 0}]},
-               tmp_path / "untied.pt")
-    assert run("to-hf", tmp_path / "untied.pt", tmp_path / "hf", "--dict",
-               os.path.join(os.path.dirname(fs[2]), "dict.txt")) == 1
+    torch.save(
+        {
+            "args": args,
+            "model": state,
+            "extra_state": {"epoch": 1},
+            "optimizer_history": [
+                {
+                    "criterion_name": "x",
+                    "optimizer_name": "x",
+                    "lr_scheduler_state": {},
+                    "num_updates": 0,
+                }
+            ],
+        },
+        tmp_path / "untied.pt",
+    )
+    assert (
+        run(
+            "to-hf",
+            tmp_path / "untied.pt",
+            tmp_path / "hf",
+            "--dict",
+            os.path.join(os.path.dirname(fs[2]), "dict.txt"),
+        )
+        == 1
+    )
     assert "untied LM head" in capsys.readouterr().err
 
 
@@ -368,14 +495,17 @@ def test_from_hf_refuses_untied_weights(tmp_path, capsys):
     assert not (tmp_path / "fs" / "model.pt").exists()
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"hidden_act": "relu"}, "hidden_act 'relu'"),
-    ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key'"),
-    ({"pad_token_id": 0}, "pad_token_id 0"),
-    ({"layer_norm_eps": 1e-12}, "layer_norm_eps"),
-    ({"is_decoder": True}, "decoder"),
-    ({"model_type": "gpt2"}, "model_type 'gpt2'"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"hidden_act": "relu"}, "hidden_act 'relu'"),
+        ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key'"),
+        ({"pad_token_id": 0}, "pad_token_id 0"),
+        ({"layer_norm_eps": 1e-12}, "layer_norm_eps"),
+        ({"is_decoder": True}, "decoder"),
+        ({"model_type": "gpt2"}, "model_type 'gpt2'"),
+    ],
+)
 def test_from_hf_refuses_other_architectures(change, message, tmp_path, capsys):
     hf_roberta(tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())

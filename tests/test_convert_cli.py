@@ -3,6 +3,7 @@
 transformers is part of the project's environment (examples/setup.sh installs it): a venv
 without it fails here, it does not skip.
 """
+
 import os
 import shutil
 import subprocess
@@ -28,8 +29,15 @@ def hf_model(directory, dictionary_path, seed):
 
     vocab = len(Dictionary.load(dictionary_path)) + 1
     config = transformers.RobertaConfig(
-        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=66, type_vocab_size=1, layer_norm_eps=1e-5)
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+    )
     torch.manual_seed(seed)
     model = transformers.RobertaForMaskedLM(config)
     g = torch.Generator().manual_seed(seed)
@@ -70,14 +78,28 @@ def test_installed_command_and_se_score_on_its_output(corpus, tmp_path):
     wrote: the scores are -log p of the HF model itself, on blocks cut by hand."""
     hf_dir, out = tmp_path / "hf", tmp_path / "fs" / "model.pt"
     hf = hf_model(hf_dir, os.path.join(corpus, "dict.txt"), seed=3)
-    result = subprocess.run(["se-convert", "from-hf", str(hf_dir), str(out), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["se-convert", "from-hf", str(hf_dir), str(out), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "logits agree" in result.stdout
     assert open(out.parent / "dict.txt").read() == open(os.path.join(corpus, "dict.txt")).read()
     data = str(shutil.copytree(corpus, tmp_path / "data-bin"))
-    assert score.main([data, "--path", str(out), "--tokens-per-sample", "64",
-                       "--sample-break-mode", "none", "--no-progress-bar"]) == 0
+    assert (
+        score.main(
+            [
+                data,
+                "--path",
+                str(out),
+                "--tokens-per-sample",
+                "64",
+                "--sample-break-mode",
+                "none",
+                "--no-progress-bar",
+            ]
+        )
+        == 0
+    )
     split = os.path.join(data, "train")
     stored = ScoreFile(split + ".se_scores", split).scores.astype(np.float64)
     flat = np.concatenate(split_tokens(split)).astype(np.int64)
@@ -85,12 +107,12 @@ def test_installed_command_and_se_score_on_its_output(corpus, tmp_path):
     starts = range(0, len(flat), 63)  # break mode none: 63 tokens behind <s>
     blocks = torch.ones(len(starts), 64, dtype=torch.long)  # right-padded with <pad> = 1
     for row, start in enumerate(starts):
-        piece = torch.from_numpy(np.concatenate([[0], flat[start:start + 63]]))
-        blocks[row, :len(piece)] = piece
+        piece = torch.from_numpy(np.concatenate([[0], flat[start : start + 63]]))
+        blocks[row, : len(piece)] = piece
     with torch.no_grad():
         logits = hf(input_ids=blocks, attention_mask=blocks.ne(1).long()).logits
     lprobs = torch.log_softmax(logits.double(), -1)
     for row, start in enumerate(starts):
         n = min(63, len(flat) - start)
-        expected[start:start + n] = -lprobs[row, torch.arange(1, n + 1), blocks[row, 1:n + 1]]
+        expected[start : start + n] = -lprobs[row, torch.arange(1, n + 1), blocks[row, 1 : n + 1]]
     np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-3)

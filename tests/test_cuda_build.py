@@ -4,6 +4,7 @@ tried on fake toolkits, plus a compile of the CUDA kernel when nvcc is installed
 The end-to-end check (compile everything against a CUDA torch and see both
 kernels register) is ../shared/tools/cuda-build-check.sh: too heavy for the
 test suite."""
+
 import importlib.util
 import os
 import shutil
@@ -26,7 +27,9 @@ def load_config():
 
 
 bc = load_config()
-ALL_ARCHES = "compute_75 compute_80 compute_86 compute_87 compute_89 compute_90 compute_100 compute_120"
+ALL_ARCHES = (
+    "compute_75 compute_80 compute_86 compute_87 compute_89 compute_90 compute_100 compute_120"
+)
 
 
 def write_script(path, body):
@@ -42,26 +45,38 @@ def make_toolkit(root, version="13.0", arches=ALL_ARCHES, headers=("cuda_runtime
     os.makedirs(os.path.join(root, "include"), exist_ok=True)
     for h in headers:
         open(os.path.join(root, "include", h), "w").close()
-    write_script(os.path.join(root, "bin", "nvcc"), f"""
+    write_script(
+        os.path.join(root, "bin", "nvcc"),
+        f"""
 case "$1" in
   --version) echo "Cuda compilation tools, release {version}, V{version}.88" ;;
   --list-gpu-arch) for a in {arches}; do echo $a; done ;;
   *) exit 1 ;;
 esac
-""")
+""",
+    )
     return str(root)
 
 
 TORCH_ARCHES = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
 
 
-def plan(environ=None, torch_cuda="13.0", torch_arches=TORCH_ARCHES, gpu_count=0,
-         nvcc_on_path=None, site_dirs=(), roots=()):
-    return bc.plan_cuda_build(environ or {}, torch_cuda, torch_arches, gpu_count, nvcc_on_path,
-                              site_dirs, roots)
+def plan(
+    environ=None,
+    torch_cuda="13.0",
+    torch_arches=TORCH_ARCHES,
+    gpu_count=0,
+    nvcc_on_path=None,
+    site_dirs=(),
+    roots=(),
+):
+    return bc.plan_cuda_build(
+        environ or {}, torch_cuda, torch_arches, gpu_count, nvcc_on_path, site_dirs, roots
+    )
 
 
 # ------------------------------------------------------------ toolkits
+
 
 def test_is_toolkit(tmp_path):
     assert bc.is_toolkit(make_toolkit(tmp_path / "cuda")) == (True, "")
@@ -80,8 +95,9 @@ def test_nvcc_wrapper_script_is_resolved(tmp_path):
     """The failure of the issue: nvcc on PATH is a wrapper script, torch guesses
     its parent folder (not a toolkit); we follow the script to the toolkit."""
     toolkit = make_toolkit(tmp_path / "cuda-13.0")
-    wrapper = write_script(tmp_path / "usr-local" / "bin" / "nvcc",
-                           f'exec {toolkit}/bin/nvcc "$@"\n')
+    wrapper = write_script(
+        tmp_path / "usr-local" / "bin" / "nvcc", f'exec {toolkit}/bin/nvcc "$@"\n'
+    )
     assert bc.nvcc_wrapper_target(wrapper) == f"{toolkit}/bin/nvcc"
     assert bc.toolkit_of_nvcc(wrapper) == toolkit
     p = plan(nvcc_on_path=wrapper)
@@ -107,8 +123,10 @@ def test_cuda_home_that_is_not_a_toolkit_is_rejected(tmp_path):
     os.makedirs(tmp_path / "usr-local" / "include")
     p = plan({"CUDA_HOME": str(tmp_path / "usr-local")}, roots=(toolkit,))
     assert p.build and p.toolkit == toolkit
-    assert any("usr-local" in note and "CUDA_HOME" in note and "cuda_runtime_api.h" in note
-               for note in p.notes)
+    assert any(
+        "usr-local" in note and "CUDA_HOME" in note and "cuda_runtime_api.h" in note
+        for note in p.notes
+    )
 
 
 def test_cuda_home_and_cuda_path_come_first(tmp_path):
@@ -149,10 +167,13 @@ def test_no_toolkit_anywhere(tmp_path):
 
 # ------------------------------------------------------ architectures
 
+
 def test_arch_list_without_gpu_comes_from_torch_filtered_by_nvcc(tmp_path):
     toolkit = make_toolkit(tmp_path / "cuda", arches="compute_75 compute_80 compute_90 compute_100")
-    p = plan({"CUDA_HOME": toolkit},
-             torch_arches=["sm_50", "sm_75", "sm_80", "sm_90", "sm_90a", "sm_100", "sm_120"])
+    p = plan(
+        {"CUDA_HOME": toolkit},
+        torch_arches=["sm_50", "sm_75", "sm_80", "sm_90", "sm_90a", "sm_100", "sm_120"],
+    )
     assert p.build and p.arch_list == "7.5;8.0;9.0;9.0a;10.0+PTX"
 
 
@@ -174,7 +195,10 @@ def test_arch_list_helpers():
     assert bc.parse_nvcc_arches("") is None
     assert bc.arch_list_from_torch(["sm_90", "sm_80"]) == "8.0;9.0+PTX"
     assert bc.arch_list_from_torch(["sm_90a"], {"9.0"}) == "9.0a"
-    assert bc.arch_list_from_torch(["sm_120", "compute_120", "sm_86"], {"8.6", "12.0"}) == "8.6;12.0+PTX"
+    assert (
+        bc.arch_list_from_torch(["sm_120", "compute_120", "sm_86"], {"8.6", "12.0"})
+        == "8.6;12.0+PTX"
+    )
     assert bc.arch_list_from_torch([], {"9.0"}) == ""
 
 
@@ -183,7 +207,8 @@ def test_torch_accepts_the_arch_list():
     from torch.utils import cpp_extension
 
     arch_list = bc.arch_list_from_torch(
-        ["sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_90a", "sm_100", "sm_120"])
+        ["sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_90a", "sm_100", "sm_120"]
+    )
     old = os.environ.get("TORCH_CUDA_ARCH_LIST")
     os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
     try:
@@ -198,6 +223,7 @@ def test_torch_accepts_the_arch_list():
 
 
 # ------------------------------------------------------------- headers
+
 
 def test_missing_library_headers_come_from_the_nvidia_wheels(tmp_path):
     toolkit = make_toolkit(tmp_path / "cuda")
@@ -220,6 +246,7 @@ def test_complete_toolkit_needs_no_wheel_headers(tmp_path):
 
 # ------------------------------------------------------------- switches
 
+
 def test_switches(tmp_path):
     toolkit = make_toolkit(tmp_path / "cuda")
     assert not plan({"CUDA_HOME": toolkit, "SE_FAIRSEQ_CUDA": "0"}).build
@@ -231,10 +258,12 @@ def test_switches(tmp_path):
 
 
 def test_build_config_imports_without_torch():
-    code = ("import sys, importlib.util; sys.modules['torch'] = None; "
-            f"spec = importlib.util.spec_from_file_location('c', {CONFIG_PATH!r}); "
-            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
-            "print(m.plan_cuda_build({}, None).reason)")
+    code = (
+        "import sys, importlib.util; sys.modules['torch'] = None; "
+        f"spec = importlib.util.spec_from_file_location('c', {CONFIG_PATH!r}); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+        "print(m.plan_cuda_build({}, None).reason)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "CPU-only" in out.stdout
 
@@ -249,23 +278,36 @@ def test_setup_py_on_cpu_torch(tmp_path):
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
     assert len(warnings) == 1 and "CPU operator only" in warnings[0] and "CUDA_HOME" in warnings[0]
-    result = subprocess.run(run, cwd=ROOT, capture_output=True, text=True,
-                            env=dict(env, SE_FAIRSEQ_CUDA="1"))
+    result = subprocess.run(
+        run, cwd=ROOT, capture_output=True, text=True, env=dict(env, SE_FAIRSEQ_CUDA="1")
+    )
     assert result.returncode != 0 and "SE_FAIRSEQ_CUDA=1 but" in result.stderr
-    result = subprocess.run(run, cwd=ROOT, capture_output=True, text=True,
-                            env=dict(env, SE_FAIRSEQ_CUDA="0"))
+    result = subprocess.run(
+        run, cwd=ROOT, capture_output=True, text=True, env=dict(env, SE_FAIRSEQ_CUDA="0")
+    )
     assert result.returncode == 0 and "WARNING" not in result.stderr
 
 
 # ------------------------------------------------------------- compile
+
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 def test_cuda_kernel_compiles(tmp_path):
     """The kernel file needs only the CUDA runtime; compile it for one arch."""
     source = os.path.join(ROOT, "csrc", "se_select_cuda_kernel.cu")
     result = subprocess.run(
-        ["nvcc", "-std=c++17", "-O3", "-arch=sm_80", "-c", source, "-o", str(tmp_path / "kernel.o")],
-        capture_output=True, text=True,
+        [
+            "nvcc",
+            "-std=c++17",
+            "-O3",
+            "-arch=sm_80",
+            "-c",
+            source,
+            "-o",
+            str(tmp_path / "kernel.o"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "kernel.o").stat().st_size > 0

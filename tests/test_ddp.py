@@ -11,16 +11,16 @@ must equal one unwrapped process on the whole batch. The reference forward runs
 the unwrapped module: the wrapper sees one forward per step, the model two.
 See tests/ddp_worker.py for what each rank does.
 """
+
 import json
 import os
 import shutil
 
+import ddp_worker
 import numpy as np
 import pytest
-import torch
 import torch.multiprocessing as mp
 
-import ddp_worker
 from se_fairseq.testing import split_tokens, write_scores
 
 WORLD_SIZE = 2
@@ -32,8 +32,9 @@ def ddp_results(corpus, tmp_path_factory):
     data = str(tmp_path_factory.mktemp("ddp") / "data-bin")
     shutil.copytree(corpus, data)
     tokens = np.concatenate(split_tokens(os.path.join(data, "train")))
-    write_scores(os.path.join(data, "train"),
-                 np.random.default_rng(1).gamma(2.0, 2.0, size=len(tokens)))
+    write_scores(
+        os.path.join(data, "train"), np.random.default_rng(1).gamma(2.0, 2.0, size=len(tokens))
+    )
     out = str(tmp_path_factory.mktemp("ddp_out"))
     try:
         mp.spawn(ddp_worker.run, args=(WORLD_SIZE, data, out), nprocs=WORLD_SIZE, join=True)

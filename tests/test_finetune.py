@@ -1,6 +1,7 @@
 """se-finetune: GLUE-layout readers, binarization against fairseq-preprocess, metrics and paired
 statistics against independent formulas, the device pool, bad-input errors, and real
 sentence_prediction runs (one per kind) with kill-and-resume."""
+
 import json
 import math
 import os
@@ -40,7 +41,9 @@ def make_cola(folder, n_train=64, n_dev=24, seed=0):
             s = sentence(rng)
             if i % 2:
                 s += " w1"
-            rows.append((f"src{i % 3}", int("w1" in s.split()), "*" if "w1" not in s.split() else "", s))
+            rows.append(
+                (f"src{i % 3}", int("w1" in s.split()), "*" if "w1" not in s.split() else "", s)
+            )
         write(os.path.join(folder, f"{split}.tsv"), rows)
     return folder
 
@@ -65,8 +68,18 @@ def make_mrpc(folder, n_train=64, n_dev=24, seed=1):
 def make_stsb(folder, n_train=64, n_dev=24, seed=2):
     """STS-B's layout: header; 10 columns, the pair in 8 and 9, the score (0 to 5) in 10."""
     rng = np.random.default_rng(seed)
-    header = ("index", "genre", "filename", "year", "old_index", "source1", "source2",
-              "sentence1", "sentence2", "score")
+    header = (
+        "index",
+        "genre",
+        "filename",
+        "year",
+        "old_index",
+        "source1",
+        "source2",
+        "sentence1",
+        "sentence2",
+        "score",
+    )
     for split, n in (("train", n_train), ("dev", n_dev)):
         rows = [header]
         for i in range(n):
@@ -78,6 +91,7 @@ def make_stsb(folder, n_train=64, n_dev=24, seed=2):
 
 
 # -- readers -------------------------------------------------------------------------
+
 
 def test_glue_layouts_read_their_columns(tmp_path):
     cola = read_task(make_cola(str(tmp_path / "CoLA")))
@@ -96,7 +110,10 @@ def test_glue_layouts_read_their_columns(tmp_path):
 def test_qqp_drops_malformed_rows_and_mnli_reads_dev_matched(tmp_path):
     header = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
     good = ["1", "1", "2", "w1 w2", "w3 w4", "0"]
-    write(str(tmp_path / "QQP" / "train.tsv"), [header, good, good[:5], ["2", "3", "4", "w5", "w6", "1"]])
+    write(
+        str(tmp_path / "QQP" / "train.tsv"),
+        [header, good, good[:5], ["2", "3", "4", "w5", "w6", "1"]],
+    )
     write(str(tmp_path / "QQP" / "dev.tsv"), [header, good, good + ["extra"]])
     qqp = read_task(str(tmp_path / "QQP"))
     assert len(qqp.train) == 2 and len(qqp.dev) == 1
@@ -112,16 +129,19 @@ def test_qqp_drops_malformed_rows_and_mnli_reads_dev_matched(tmp_path):
     assert task.dev.labels == ["contradiction"]  # gold label: column 16, not 12
 
 
-@pytest.mark.parametrize("case, message", [
-    ("short_row", "train.tsv, line 3: no column 4 (text 1)"),
-    ("missing_dev", "dev.tsv: file not found"),
-    ("no_label", "has no 'label' column"),
-    ("no_text", "names no text column"),
-    ("regression_text", "regression label 'high' is not a number"),
-    ("unseen_label", "never occur in"),
-    ("bad_kind", "kind must be one of"),
-    ("empty_text", "line 2, column 1 (text 1 ('sentence')): empty text"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("short_row", "train.tsv, line 3: no column 4 (text 1)"),
+        ("missing_dev", "dev.tsv: file not found"),
+        ("no_label", "has no 'label' column"),
+        ("no_text", "names no text column"),
+        ("regression_text", "regression label 'high' is not a number"),
+        ("unseen_label", "never occur in"),
+        ("bad_kind", "kind must be one of"),
+        ("empty_text", "line 2, column 1 (text 1 ('sentence')): empty text"),
+    ],
+)
 def test_unreadable_task_folders_name_file_and_column(tmp_path, case, message):
     folder = tmp_path / ("CoLA" if case == "short_row" else "mytask")
     if case == "short_row":
@@ -157,6 +177,7 @@ def test_unreadable_task_folders_name_file_and_column(tmp_path, case, message):
 
 # -- metrics and statistics against independent formulas --------------------------------
 
+
 def test_metrics_match_their_definitions():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
@@ -173,17 +194,30 @@ def test_metrics_match_their_definitions():
     assert ft_metrics.compute("pearson", list(a), list(b)) == pytest.approx(np.corrcoef(a, b)[0, 1])
     ranks = lambda v: np.argsort(np.argsort(v))  # no ties in continuous draws
     assert ft_metrics.compute("spearman", list(a), list(b)) == pytest.approx(
-        np.corrcoef(ranks(a), ranks(b))[0, 1])
+        np.corrcoef(ranks(a), ranks(b))[0, 1]
+    )
 
 
 def test_paired_differences_and_average_over_tasks():
     records = []
-    vals = {("base", "t1"): [0.70, 0.72, 0.71], ("se", "t1"): [0.73, 0.74, 0.72],
-            ("base", "t2"): [0.50, 0.55, 0.52], ("se", "t2"): [0.50, 0.54, 0.55]}
+    vals = {
+        ("base", "t1"): [0.70, 0.72, 0.71],
+        ("se", "t1"): [0.73, 0.74, 0.72],
+        ("base", "t2"): [0.50, 0.55, 0.52],
+        ("se", "t2"): [0.50, 0.54, 0.55],
+    }
     for (c, t), vs in vals.items():
         for seed, v in enumerate(vs, 1):
-            records.append({"checkpoint": c, "task": t, "seed": seed, "value": v,
-                            "metric": "accuracy", "metrics": {"accuracy": v}})
+            records.append(
+                {
+                    "checkpoint": c,
+                    "task": t,
+                    "seed": seed,
+                    "value": v,
+                    "metric": "accuracy",
+                    "metrics": {"accuracy": v},
+                }
+            )
     doc = ft_results.summarize(records, ["base", "se"], ["t1", "t2"], baseline="base")
     d = np.array(vals["se", "t1"]) - np.array(vals["base", "t1"])
     p = doc["results"]["se"]["t1"]["vs_baseline"]
@@ -222,10 +256,25 @@ for run_dir in sys.argv[1:]:
 def fake_runs(out, n=4):
     from se_fairseq.finetune.plan import RunSpec
 
-    return [RunSpec(checkpoint="c", checkpoint_path="c.pt", task="t", seed=s,
-                    run_dir=str(out / f"seed{s}"), data_dir="d", kind="classification",
-                    metric="accuracy", labels=["0", "1"], label_scale=None, eval_checkpoint="best",
-                    precision="auto", fairseq_args=[], settings={}) for s in range(1, n + 1)]
+    return [
+        RunSpec(
+            checkpoint="c",
+            checkpoint_path="c.pt",
+            task="t",
+            seed=s,
+            run_dir=str(out / f"seed{s}"),
+            data_dir="d",
+            kind="classification",
+            metric="accuracy",
+            labels=["0", "1"],
+            label_scale=None,
+            eval_checkpoint="best",
+            precision="auto",
+            fairseq_args=[],
+            settings={},
+        )
+        for s in range(1, n + 1)
+    ]
 
 
 def test_pool_spreads_runs_over_devices_and_skips_finished_runs(tmp_path):
@@ -235,8 +284,13 @@ def test_pool_spreads_runs_over_devices_and_skips_finished_runs(tmp_path):
     script.write_text(FAKE_WORKER)
     logs = []
     runs = fake_runs(tmp_path, 4)
-    done = run_all(runs, devices="0,1", log=logs.append, poll=0.05,
-                   command=lambda run_dirs: [sys.executable, str(script), *run_dirs])
+    done = run_all(
+        runs,
+        devices="0,1",
+        log=logs.append,
+        poll=0.05,
+        command=lambda run_dirs: [sys.executable, str(script), *run_dirs],
+    )
     assert len(done) == 4
     records = sorted(done.values(), key=lambda r: r["start"])
     assert {r["device"] for r in records} == {"0", "1"}
@@ -246,8 +300,12 @@ def test_pool_spreads_runs_over_devices_and_skips_finished_runs(tmp_path):
                 assert a["device"] != b["device"]
     assert records[1]["start"] < records[0]["end"]  # two at once
     logs.clear()
-    again = run_all(runs, devices="0,1", log=logs.append,
-                    command=lambda run_dirs: pytest.fail("a finished run was started again"))
+    again = run_all(
+        runs,
+        devices="0,1",
+        log=logs.append,
+        command=lambda run_dirs: pytest.fail("a finished run was started again"),
+    )
     assert len(again) == 4 and "4 already done, 0 to run" in logs[0]
 
 
@@ -272,8 +330,13 @@ def test_a_run_does_not_inherit_the_previous_runs_best_score(monkeypatch):
 
     seen = []
     monkeypatch.setattr(sys, "argv", list(sys.argv))
-    monkeypatch.setattr(fairseq_train, "cli_main", lambda: seen.append(
-        (getattr(checkpoint_utils.save_checkpoint, "best", None), list(sys.argv))))
+    monkeypatch.setattr(
+        fairseq_train,
+        "cli_main",
+        lambda: seen.append(
+            (getattr(checkpoint_utils.save_checkpoint, "best", None), list(sys.argv))
+        ),
+    )
     checkpoint_utils.save_checkpoint.best = 0.99  # as an earlier run of this worker leaves it
     try:
         worker.train({"fairseq_args": ["data", "--seed", "2"], "precision": "fp32"})
@@ -281,7 +344,9 @@ def test_a_run_does_not_inherit_the_previous_runs_best_score(monkeypatch):
         vars(checkpoint_utils.save_checkpoint).pop("best", None)
     assert seen == [(None, ["fairseq-train", "data", "--seed", "2", "--cpu"])]
 
+
 # -- checkpoints, tokenizers, binarization --------------------------------------------------
+
 
 def test_checkpoint_architecture_options_rebuild_the_model(vanilla_checkpoint):
     from fairseq import options
@@ -290,11 +355,27 @@ def test_checkpoint_architecture_options_rebuild_the_model(vanilla_checkpoint):
 
     info = read_checkpoint(vanilla_checkpoint)
     assert info.arch == "roberta_base" and info.max_positions == 64
-    args = options.parse_args_and_arch(options.get_training_parser(), [
-        "data", "--task", "sentence_prediction", "--criterion", "sentence_prediction",
-        "--num-classes", "2", "--arch", info.arch, *info.model_args])
-    assert (args.encoder_layers, args.encoder_embed_dim, args.encoder_ffn_embed_dim,
-            args.encoder_attention_heads) == (2, 32, 64, 2)
+    args = options.parse_args_and_arch(
+        options.get_training_parser(),
+        [
+            "data",
+            "--task",
+            "sentence_prediction",
+            "--criterion",
+            "sentence_prediction",
+            "--num-classes",
+            "2",
+            "--arch",
+            info.arch,
+            *info.model_args,
+        ],
+    )
+    assert (
+        args.encoder_layers,
+        args.encoder_embed_dim,
+        args.encoder_ffn_embed_dim,
+        args.encoder_attention_heads,
+    ) == (2, 32, 64, 2)
 
 
 def test_dictionary_mismatch_and_missing_bpe_files(vanilla_checkpoint, tmp_path):
@@ -304,14 +385,23 @@ def test_dictionary_mismatch_and_missing_bpe_files(vanilla_checkpoint, tmp_path)
     other = tmp_path / "dict.txt"
     dict_path = read_checkpoint(vanilla_checkpoint).dict_path
     other.write_text(open(dict_path).read() + "extra 1\n")
-    with pytest.raises(FinetuneError, match=r"dictionary mismatch: checkpoint .* has \d+ token "
-                                            r"embeddings but .*dict.txt gives \d+ symbols"):
+    with pytest.raises(
+        FinetuneError,
+        match=r"dictionary mismatch: checkpoint .* has \d+ token "
+        r"embeddings but .*dict.txt gives \d+ symbols",
+    ):
         read_checkpoint(vanilla_checkpoint, dict_path=str(other))
-    with pytest.raises(FinetuneError, match="missing BPE file: --gpt2-encoder-json .*nope.json does not exist"):
-        tokenizer_spec("gpt2", gpt2_encoder_json=str(tmp_path / "nope.json"), gpt2_vocab_bpe=str(other))
+    with pytest.raises(
+        FinetuneError, match="missing BPE file: --gpt2-encoder-json .*nope.json does not exist"
+    ):
+        tokenizer_spec(
+            "gpt2", gpt2_encoder_json=str(tmp_path / "nope.json"), gpt2_vocab_bpe=str(other)
+        )
     with pytest.raises(FinetuneError, match="missing BPE file: --gpt2-vocab-bpe is the URL"):
-        tokenizer_spec(checkpoint_bpe={"_name": "gpt2", "gpt2_vocab_bpe": "https://x/vocab.bpe"},
-                       gpt2_encoder_json=str(other))
+        tokenizer_spec(
+            checkpoint_bpe={"_name": "gpt2", "gpt2_vocab_bpe": "https://x/vocab.bpe"},
+            gpt2_encoder_json=str(other),
+        )
     with pytest.raises(FinetuneError, match="missing BPE file: give --sentencepiece-model"):
         tokenizer_spec("sentencepiece")
     with pytest.raises(FinetuneError, match="records no BPE"):
@@ -322,9 +412,16 @@ def test_text_outside_the_dictionary_is_a_mismatch(vanilla_checkpoint, tmp_path)
     folder = tmp_path / "words"
     write(str(folder / "train.tsv"), [["sentence", "label"], ["w1 w2", "a"], ["w3", "b"]])
     write(str(folder / "dev.tsv"), [["sentence", "label"], ["hello there", "a"], ["w1 w2", "b"]])
-    with pytest.raises(FinetuneError, match=r"dictionary mismatch: \d+ % of the tokens of .*dev.tsv"):
-        finetune({"v": vanilla_checkpoint}, [str(folder)], str(tmp_path / "out"), bpe="none",
-                 log=lambda *a: None)
+    with pytest.raises(
+        FinetuneError, match=r"dictionary mismatch: \d+ % of the tokens of .*dev.tsv"
+    ):
+        finetune(
+            {"v": vanilla_checkpoint},
+            [str(folder)],
+            str(tmp_path / "out"),
+            bpe="none",
+            log=lambda *a: None,
+        )
 
 
 def test_binarization_equals_fairseq_preprocess(vanilla_checkpoint, tmp_path):
@@ -333,9 +430,13 @@ def test_binarization_equals_fairseq_preprocess(vanilla_checkpoint, tmp_path):
     from se_fairseq.finetune import prepare_data
 
     task_dir = make_mrpc(str(tmp_path / "MRPC"))
-    infos, datas, manifests, dirs = prepare_data({"v": vanilla_checkpoint}, [task_dir],
-                                                 str(tmp_path / "out"), {"bpe": "none"},
-                                                 log=lambda *a: None)
+    infos, datas, manifests, dirs = prepare_data(
+        {"v": vanilla_checkpoint},
+        [task_dir],
+        str(tmp_path / "out"),
+        {"bpe": "none"},
+        log=lambda *a: None,
+    )
     ours = dirs["v", "MRPC"]
     task = datas[0]
     raw = tmp_path / "raw"
@@ -348,18 +449,36 @@ def test_binarization_equals_fairseq_preprocess(vanilla_checkpoint, tmp_path):
     from fairseq_cli import preprocess
 
     ref = tmp_path / "ref"
-    for lang, extra in (("input0", ["--srcdict", infos[0].dict_path]),
-                        ("input1", ["--srcdict", infos[0].dict_path]), ("label", [])):
-        preprocess.main(options.get_preprocessing_parser().parse_args([
-            "--only-source", "--trainpref", str(raw / f"train.{lang}"),
-            "--validpref", str(raw / f"dev.{lang}"), "--destdir", str(ref / lang), "--workers", "1",
-            *extra]))
+    for lang, extra in (
+        ("input0", ["--srcdict", infos[0].dict_path]),
+        ("input1", ["--srcdict", infos[0].dict_path]),
+        ("label", []),
+    ):
+        preprocess.main(
+            options.get_preprocessing_parser().parse_args(
+                [
+                    "--only-source",
+                    "--trainpref",
+                    str(raw / f"train.{lang}"),
+                    "--validpref",
+                    str(raw / f"dev.{lang}"),
+                    "--destdir",
+                    str(ref / lang),
+                    "--workers",
+                    "1",
+                    *extra,
+                ]
+            )
+        )
         for name in ("train.bin", "train.idx", "valid.bin", "valid.idx", "dict.txt"):
-            assert open(os.path.join(ours, lang, name), "rb").read() == \
-                open(ref / lang / name, "rb").read(), f"{lang}/{name}"
+            assert (
+                open(os.path.join(ours, lang, name), "rb").read()
+                == open(ref / lang / name, "rb").read()
+            ), f"{lang}/{name}"
 
 
 # -- real sentence_prediction runs --------------------------------------------------------
+
 
 def hub_predictions(run_dir, data_dir, task):
     """Dev predictions through fairseq's hub interface (RobertaHubInterface.predict), example by
@@ -371,7 +490,8 @@ def hub_predictions(run_dir, data_dir, task):
     from omegaconf import open_dict
 
     models, cfg, fs_task = checkpoint_utils.load_model_ensemble_and_task(
-        [os.path.join(run_dir, "checkpoint_best.pt")], arg_overrides={"data": data_dir})
+        [os.path.join(run_dir, "checkpoint_best.pt")], arg_overrides={"data": data_dir}
+    )
     with open_dict(cfg):
         cfg.bpe = None  # fairseq-train records its default GPT-2 URLs; the text here is symbols
     roberta = RobertaHubInterface(cfg, fs_task, models[0]).eval()
@@ -382,7 +502,9 @@ def hub_predictions(run_dir, data_dir, task):
         if task.num_inputs == 2:
             ids += [d.eos()] + [d.index(w) for w in task.dev.texts[1][i].split()] + [d.eos()]
         with torch.no_grad():
-            out = roberta.predict("sentence_classification_head", torch.tensor(ids), return_logits=True)
+            out = roberta.predict(
+                "sentence_classification_head", torch.tensor(ids), return_logits=True
+            )
         outputs.append(out[0].tolist())
         if task.kind == "regression":
             preds.append(float(out[0, 0]) * task.label_scale)
@@ -394,16 +516,43 @@ def hub_predictions(run_dir, data_dir, task):
 
 @pytest.mark.slow
 def test_finetune_classification_pair_and_regression_through_sentence_prediction(
-        vanilla_checkpoint, tmp_path, capsys):
+    vanilla_checkpoint, tmp_path, capsys
+):
     from se_fairseq.cli.finetune import cli_main
 
-    tasks = [make_cola(str(tmp_path / "CoLA")), make_mrpc(str(tmp_path / "MRPC")),
-             make_stsb(str(tmp_path / "STS-B"))]
+    tasks = [
+        make_cola(str(tmp_path / "CoLA")),
+        make_mrpc(str(tmp_path / "MRPC")),
+        make_stsb(str(tmp_path / "STS-B")),
+    ]
     out = tmp_path / "out"
-    cli_main(["--checkpoint", f"tiny={vanilla_checkpoint}", *sum((["--task", t] for t in tasks), []),
-              "--out", str(out), "--seeds", "1", "--bpe", "none", "--epochs", "1", "--lr", "1e-3",
-              "--batch-size", "16", "--jobs", "3", "--devices", "cpu", "--keep-checkpoints", "best",
-              "--fairseq-args", "--num-workers 0"])
+    cli_main(
+        [
+            "--checkpoint",
+            f"tiny={vanilla_checkpoint}",
+            *sum((["--task", t] for t in tasks), []),
+            "--out",
+            str(out),
+            "--seeds",
+            "1",
+            "--bpe",
+            "none",
+            "--epochs",
+            "1",
+            "--lr",
+            "1e-3",
+            "--batch-size",
+            "16",
+            "--jobs",
+            "3",
+            "--devices",
+            "cpu",
+            "--keep-checkpoints",
+            "best",
+            "--fairseq-args",
+            "--num-workers 0",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "| tiny |" in printed and "CoLA (mcc)" in printed
     doc = json.load(open(out / "results.json"))
@@ -422,7 +571,10 @@ def test_finetune_classification_pair_and_regression_through_sentence_prediction
         outputs = [[float(v) for v in r[2].split(",")] for r in rows]
         np.testing.assert_allclose(outputs, hub_outputs, rtol=1e-4, atol=1e-5)
         if task.kind == "regression":
-            x, y = np.array([float(p) for p in preds]), np.array([float(t) for t in task.dev.labels])
+            x, y = (
+                np.array([float(p) for p in preds]),
+                np.array([float(t) for t in task.dev.labels]),
+            )
             np.testing.assert_allclose(x, hub, rtol=1e-4, atol=1e-5)
             assert done["metrics"]["pearson"] == pytest.approx(np.corrcoef(x, y)[0, 1])
         else:
@@ -435,11 +587,20 @@ def test_finetune_classification_pair_and_regression_through_sentence_prediction
                 assert done["metrics"]["mcc"] == pytest.approx((tp * tn - fp * fn) / denom)
             else:
                 tp = ((p == "1") & (y == "1")).sum()
-                f1 = 2 * tp / max(1, 2 * tp + ((p == "1") & (y == "0")).sum() + ((p == "0") & (y == "1")).sum())
+                f1 = (
+                    2
+                    * tp
+                    / max(
+                        1,
+                        2 * tp + ((p == "1") & (y == "0")).sum() + ((p == "0") & (y == "1")).sum(),
+                    )
+                )
                 assert done["metrics"]["f1"] == pytest.approx(f1)
             assert done["metrics"]["accuracy"] == pytest.approx((p == y).mean())
         assert doc["results"]["tiny"][name]["mean"] == pytest.approx(done["value"])
-        assert (run_dir / "checkpoint_best.pt").exists() and not (run_dir / "checkpoint_last.pt").exists()
+        assert (run_dir / "checkpoint_best.pt").exists() and not (
+            run_dir / "checkpoint_last.pt"
+        ).exists()
     # the recipe's settings reached fairseq: polynomial schedule, 6 % warmup of epochs x batches
     settings = doc["settings"]["tiny/CoLA"]
     assert settings["total_updates"] == 1 * math.ceil(64 / 16) and settings["warmup_updates"] == 0
@@ -449,20 +610,31 @@ def test_finetune_classification_pair_and_regression_through_sentence_prediction
 def test_killed_run_resumes_and_finished_runs_are_not_redone(vanilla_checkpoint, tmp_path):
     task = make_cola(str(tmp_path / "CoLA"), n_train=96)
     out = str(tmp_path / "out")
-    kwargs = dict(seeds=[1], bpe="none", jobs=1, devices=[], log=lambda *a: None,
-                  overrides=Overrides(epochs=4, batch_size=8, lr=1e-3, fairseq_args=["--num-workers", "0"]))
+    kwargs = dict(
+        seeds=[1],
+        bpe="none",
+        jobs=1,
+        devices=[],
+        log=lambda *a: None,
+        overrides=Overrides(epochs=4, batch_size=8, lr=1e-3, fairseq_args=["--num-workers", "0"]),
+    )
     from se_fairseq.finetune import prepare_data
     from se_fairseq.finetune.plan import plan_runs
     from se_fairseq.finetune.runner import prepare, worker_command
 
-    infos, datas, manifests, dirs = prepare_data({"tiny": vanilla_checkpoint}, [task], out, {"bpe": "none"},
-                                                 log=lambda *a: None)
+    infos, datas, manifests, dirs = prepare_data(
+        {"tiny": vanilla_checkpoint}, [task], out, {"bpe": "none"}, log=lambda *a: None
+    )
     run = plan_runs(infos, datas, manifests, dirs, [1], out, kwargs["overrides"])[0]
     prepare(run, run.fingerprint())
     last = os.path.join(run.run_dir, "checkpoint_last.pt")
     with open(os.path.join(run.run_dir, "train.log"), "w") as log:
-        proc = subprocess.Popen(worker_command([run.run_dir]), stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+        proc = subprocess.Popen(
+            worker_command([run.run_dir]),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
+        )
         deadline = time.time() + 120
         while not os.path.exists(last) and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
@@ -472,7 +644,9 @@ def test_killed_run_resumes_and_finished_runs_are_not_redone(vanilla_checkpoint,
     doc = finetune({"tiny": vanilla_checkpoint}, [task], out, **kwargs)
     log = open(os.path.join(run.run_dir, "train.log")).read()
     assert "loading pretrained model from" in log  # the first launch
-    assert "Loaded checkpoint" in log and "checkpoint_last.pt" in log.split("loading pretrained")[-1]
+    assert (
+        "Loaded checkpoint" in log and "checkpoint_last.pt" in log.split("loading pretrained")[-1]
+    )
     done = json.load(open(os.path.join(run.run_dir, "done.json")))
     assert doc["results"]["tiny"]["CoLA"]["n"] == 1
     # the resumed run trained to the same end as an uninterrupted one: 4 epochs of 12 batches
@@ -508,8 +682,10 @@ def test_schedule_and_checkpoint_options_reach_the_plan(monkeypatch, tmp_path):
     monkeypatch.setattr(ft, "finetune", fake_finetune)
     base = ["--checkpoint", "c.pt", "--task", str(tmp_path), "--out", str(tmp_path / "o")]
     with pytest.raises(Captured):
-        cli_main(base + ["--total-updates", "500", "--warmup-fraction", "0.2",
-                         "--eval-checkpoint", "last"])
+        cli_main(
+            base
+            + ["--total-updates", "500", "--warmup-fraction", "0.2", "--eval-checkpoint", "last"]
+        )
     o = seen["overrides"]
     assert (o.total_updates, o.warmup_fraction, o.eval_checkpoint) == (500, 0.2, "last")
     task = type("T", (), {"recipe": GLUE_RECIPES["CoLA"], "kind": "classification"})()
@@ -523,4 +699,7 @@ def test_schedule_and_checkpoint_options_reach_the_plan(monkeypatch, tmp_path):
     s = recipe_settings(task, manifest, o)
     recipe = GLUE_RECIPES["CoLA"]
     total = recipe.epochs * math.ceil(1000 / recipe.batch_size)
-    assert (s["total_updates"], s["warmup_updates"]) == (total, round(recipe.warmup_fraction * total))
+    assert (s["total_updates"], s["warmup_updates"]) == (
+        total,
+        round(recipe.warmup_fraction * total),
+    )

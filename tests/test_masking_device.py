@@ -9,6 +9,7 @@ host round trip (meta tensors, which cannot be copied to the host, and a CPU run
 with every host-transfer method of torch.Tensor made to fail). The CUDA variant
 of the bit-identity check is marked ``cuda`` (benchmarks/gpu_check.sh runs it).
 """
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,10 @@ from fairseq.data import Dictionary
 
 from se_fairseq.data import se_masking
 from se_fairseq.data.se_masking import (
-    MASKED_LM_LEAVE_UNMASKED_PROB, MASKED_LM_RANDOM_TOKEN_PROB, SelfEvolutionMasker, row_seeds,
+    MASKED_LM_LEAVE_UNMASKED_PROB,
+    MASKED_LM_RANDOM_TOKEN_PROB,
+    SelfEvolutionMasker,
+    row_seeds,
 )
 from se_fairseq.ops.reference import hash_uniform
 from se_fairseq.testing import device_params
@@ -59,8 +63,10 @@ def numpy_replace(masker, tokens, selected, seeds, fallback=None):
     positions = np.arange(length, dtype=np.uint64)
     u = hash_uniform(stream[:, None].view(np.int64), 2 * positions)
     draws = hash_uniform(stream[:, None].view(np.int64), 2 * positions + 1)
-    replacement = np.minimum(np.searchsorted(masker.replacement_cdf, draws, side="right"),
-                             len(masker.replacement_cdf) - 1)
+    replacement = np.minimum(
+        np.searchsorted(masker.replacement_cdf, draws, side="right"),
+        len(masker.replacement_cdf) - 1,
+    )
     keep = selected & (u < leave)
     randomize = selected & ~keep & (u < both)
     source = tokens.copy()
@@ -72,12 +78,17 @@ def numpy_replace(masker, tokens, selected, seeds, fallback=None):
 
 def test_device_hash_is_the_reference_hash_bit_for_bit():
     rng = np.random.default_rng(0)
-    seeds = np.concatenate([rng.integers(-2**63, 2**63 - 1, 500, dtype=np.int64, endpoint=True),
-                            np.array([0, -1, 1, 2**63 - 1, -2**63], dtype=np.int64)])
+    seeds = np.concatenate(
+        [
+            rng.integers(-(2**63), 2**63 - 1, 500, dtype=np.int64, endpoint=True),
+            np.array([0, -1, 1, 2**63 - 1, -(2**63)], dtype=np.int64),
+        ]
+    )
     counters = np.concatenate([np.arange(300), rng.integers(0, 2**62, 200)]).astype(np.int64)
     want = hash_uniform(seeds[:, None], counters[None, :].astype(np.uint64))
-    got = se_masking._hash_uniform(torch.from_numpy(seeds)[:, None],
-                                   torch.from_numpy(counters)[None, :])
+    got = se_masking._hash_uniform(
+        torch.from_numpy(seeds)[:, None], torch.from_numpy(counters)[None, :]
+    )
     assert got.dtype == torch.float64
     np.testing.assert_array_equal(got.numpy().view(np.int64), want.view(np.int64))
     assert ((want > 0) & (want <= 1)).all()
@@ -89,9 +100,16 @@ def test_device_hash_is_the_reference_hash_bit_for_bit():
 def test_replacement_equals_the_numpy_policy(device, policy, freq_weighted):
     d, mask_idx = dictionary()
     leave, rand = policy
-    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.3, mode="topk", seed=3,
-                                 leave_unmasked_prob=leave, random_token_prob=rand,
-                                 freq_weighted_replacement=freq_weighted)
+    masker = SelfEvolutionMasker(
+        d,
+        mask_idx,
+        mask_prob=0.3,
+        mode="topk",
+        seed=3,
+        leave_unmasked_prob=leave,
+        random_token_prob=rand,
+        freq_weighted_replacement=freq_weighted,
+    )
     tokens, scores = batch(d)
     seeds = torch.from_numpy(row_seeds(3, 2, np.arange(len(tokens)) * 7))
     source, target = masker.mask(tokens.to(device), scores.to(device), seeds.to(device))
@@ -115,8 +133,9 @@ def test_threshold_fallback_rows_use_80_10_10(device):
     """Rows with no score above the threshold: masked_lm's policy, even with a 0/0 policy
     for the rows selected by score."""
     d, mask_idx = dictionary()
-    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.4, mode="threshold", seed=1,
-                                 threshold=3.0, threshold_fallback=True)
+    masker = SelfEvolutionMasker(
+        d, mask_idx, mask_prob=0.4, mode="threshold", seed=1, threshold=3.0, threshold_fallback=True
+    )
     tokens, scores = batch(d, rows=64)
     scores[::2] = 0.0  # even rows: nothing above 3 -> random fallback
     seeds = torch.from_numpy(row_seeds(1, 1, np.arange(64)))
@@ -143,10 +162,19 @@ def test_masking_runs_on_meta_tensors(mode, whole_words):
     --mask-whole-words too."""
     d, mask_idx = dictionary()
     begins = torch.tensor([i % 3 != 0 for i in range(len(d))]) if whole_words else None
-    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.3, mode=mode, seed=1, threshold=1.0,
-                                 leave_unmasked_prob=0.1, random_token_prob=0.1,
-                                 threshold_fallback=True, freq_weighted_replacement=True,
-                                 mask_whole_words=begins)
+    masker = SelfEvolutionMasker(
+        d,
+        mask_idx,
+        mask_prob=0.3,
+        mode=mode,
+        seed=1,
+        threshold=1.0,
+        leave_unmasked_prob=0.1,
+        random_token_prob=0.1,
+        threshold_fallback=True,
+        freq_weighted_replacement=True,
+        mask_whole_words=begins,
+    )
     tokens, scores = batch(d)
     seeds = torch.from_numpy(row_seeds(1, 1, np.arange(len(tokens))))
     source, target = masker.mask(tokens.to("meta"), scores.to("meta"), seeds.to("meta"))
@@ -158,9 +186,17 @@ def test_no_host_transfer_on_cpu(monkeypatch):
     """On CPU the same code path with every device-to-host method of torch.Tensor made to
     fail: what would copy an online CUDA batch to the host fails here."""
     d, mask_idx = dictionary()
-    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.3, mode="threshold", seed=1,
-                                 threshold=2.0, threshold_fallback=True,
-                                 leave_unmasked_prob=0.1, random_token_prob=0.1)
+    masker = SelfEvolutionMasker(
+        d,
+        mask_idx,
+        mask_prob=0.3,
+        mode="threshold",
+        seed=1,
+        threshold=2.0,
+        threshold_fallback=True,
+        leave_unmasked_prob=0.1,
+        random_token_prob=0.1,
+    )
     tokens, scores = batch(d)
     scores[:5] = 0.0
     seeds = torch.from_numpy(row_seeds(1, 1, np.arange(len(tokens))))
@@ -203,8 +239,9 @@ def test_replacement_distribution_and_special_tokens():
     outside [0, 1] and its special set is the first nspecial ids plus <mask>."""
     d, mask_idx = dictionary()
     uniform = SelfEvolutionMasker(d, mask_idx, mask_prob=0.1, mode="topk", seed=0)
-    weighted = SelfEvolutionMasker(d, mask_idx, mask_prob=0.1, mode="topk", seed=0,
-                                   freq_weighted_replacement=True)
+    weighted = SelfEvolutionMasker(
+        d, mask_idx, mask_prob=0.1, mode="topk", seed=0, freq_weighted_replacement=True
+    )
     ordinary = np.array([0.0] * d.nspecial + [1.0] * (len(d) - d.nspecial))
     ordinary[mask_idx] = 0.0
     counts = np.array(d.count, dtype=np.float64) * ordinary
@@ -216,11 +253,17 @@ def test_replacement_distribution_and_special_tokens():
     assert torch.equal(uniform.special, special)
     for share in (-0.1, 1.5):
         with pytest.raises(ValueError, match="random_share must lie in"):
-            SelfEvolutionMasker(d, mask_idx, mask_prob=0.1, mode="topk", seed=0,
-                                random_share=share)
+            SelfEvolutionMasker(d, mask_idx, mask_prob=0.1, mode="topk", seed=0, random_share=share)
     # replacement ids drawn from the CDF follow it: many draws against the counts
-    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.99, mode="topk", seed=0,
-                                 random_token_prob=1.0, freq_weighted_replacement=True)
+    masker = SelfEvolutionMasker(
+        d,
+        mask_idx,
+        mask_prob=0.99,
+        mode="topk",
+        seed=0,
+        random_token_prob=1.0,
+        freq_weighted_replacement=True,
+    )
     tokens = torch.full((400, 60), 10)
     tokens[:, 0], tokens[:, -1] = d.bos(), d.eos()
     source, target = masker.mask(tokens, torch.rand(400, 60), torch.arange(400))

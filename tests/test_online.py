@@ -1,17 +1,34 @@
 """--se-online: scores from the live model, one reference forward per step."""
+
 import numpy as np
 import pytest
 import torch
 
-from se_fairseq.testing import TINY_ROBERTA, fairseq_train, setup_task
 from se_fairseq.data.se_masking import SelfEvolutionMasker
 from se_fairseq.scoring import token_scores_from_lprobs
+from se_fairseq.testing import TINY_ROBERTA, fairseq_train, setup_task
 
 
 def setup(data, *extra, criterion="token_ls"):
     task, cfg = setup_task(
-        data, *TINY_ROBERTA, "--cpu", "--seed", "5", "--task", "se_mlm", "--se-online",
-        "--criterion", criterion, "--dropout", "0.1", "--optimizer", "adam", "--lr", "1e-3", *extra)
+        data,
+        *TINY_ROBERTA,
+        "--cpu",
+        "--seed",
+        "5",
+        "--task",
+        "se_mlm",
+        "--se-online",
+        "--criterion",
+        criterion,
+        "--dropout",
+        "0.1",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-3",
+        *extra,
+    )
     model = task.build_model(cfg.model)
     criterion = task.build_criterion(cfg.criterion)
     return task, model, criterion, cfg
@@ -19,13 +36,15 @@ def setup(data, *extra, criterion="token_ls"):
 
 def first_batch(task, batch_size=8):
     task.load_dataset("train")
-    itr = task.get_batch_iterator(task.dataset("train"), max_sentences=batch_size, seed=5,
-                                  num_workers=0).next_epoch_itr(shuffle=True)
+    itr = task.get_batch_iterator(
+        task.dataset("train"), max_sentences=batch_size, seed=5, num_workers=0
+    ).next_epoch_itr(shuffle=True)
     return next(iter(itr))
 
 
-@pytest.mark.parametrize("metric,select", [("correctness", "topk"), ("confidence", "topk"),
-                                           ("correctness", "sample")])
+@pytest.mark.parametrize(
+    "metric,select", [("correctness", "topk"), ("confidence", "topk"), ("correctness", "sample")]
+)
 def test_online_selection_equals_offline_with_same_model_scores(corpus, metric, select):
     task, model, criterion, _ = setup(corpus, "--se-metric", metric, "--se-select", select)
     batch = first_batch(task)
@@ -39,8 +58,9 @@ def test_online_selection_equals_offline_with_same_model_scores(corpus, metric, 
         lprobs = torch.log_softmax(model(tokens)[0].double(), dim=-1)
     model.train()
     scores = token_scores_from_lprobs(lprobs, tokens, metric).float()
-    offline = SelfEvolutionMasker(task.source_dictionary, task.mask_idx, mask_prob=0.15, mode=select,
-                                  seed=5)
+    offline = SelfEvolutionMasker(
+        task.source_dictionary, task.mask_idx, mask_prob=0.15, mode=select, seed=5
+    )
     source, target = offline(tokens, scores, batch["id"].numpy(), epoch=1)
     assert torch.equal(masked["target"], target)
     assert torch.equal(masked["net_input"]["src_tokens"], source)
@@ -55,7 +75,8 @@ def test_one_reference_forward_per_step_shared_with_tls(corpus):
     batch = first_batch(task)
     calls = []
     handle = model.encoder.sentence_encoder.register_forward_hook(
-        lambda m, i, o: calls.append(m.training))
+        lambda m, i, o: calls.append(m.training)
+    )
     seen = {}
     original = criterion.forward
 

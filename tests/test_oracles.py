@@ -1,5 +1,6 @@
 """Independent oracles: sampling frequencies, se-bench's clock, rarity = -ln p, the
 extension-missing fallback and the C++ device check."""
+
 import argparse
 import collections
 import importlib
@@ -38,11 +39,14 @@ def test_sample_k1_frequencies_follow_softmax_of_score_over_t(device, temperatur
     far: at 40,000 rows the statistic of T = 1 draws against the T = 0.5 law is about 6,000."""
     scores = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, -1.0])
     rows = 40_000
-    got = select(scores.repeat(rows, 1).to(device),
-                 torch.ones(rows, 6, dtype=torch.bool, device=device),
-                 torch.arange(rows, device=device) * 7919 + 11,
-                 num_select=torch.ones(rows, dtype=torch.long, device=device),
-                 mode="sample", temperature=temperature).cpu()
+    got = select(
+        scores.repeat(rows, 1).to(device),
+        torch.ones(rows, 6, dtype=torch.bool, device=device),
+        torch.arange(rows, device=device) * 7919 + 11,
+        num_select=torch.ones(rows, dtype=torch.long, device=device),
+        mode="sample",
+        temperature=temperature,
+    ).cpu()
     assert (got.sum(1) == 1).all()
     observed = got.sum(0).double().numpy()
     expected = rows * torch.softmax(scores.double() / temperature, 0).numpy()
@@ -53,6 +57,7 @@ def test_sample_k1_frequencies_follow_softmax_of_score_over_t(device, temperatur
 
 
 # ------------------------------------------------------- se-bench against a clock
+
 
 class FakeClock:
     def __init__(self):
@@ -96,28 +101,39 @@ def test_se_bench_measures_rates_and_medians_of_known_delays(monkeypatch):
         # round 2 of the task under test is 10x slower: the median ignores it
         "se_mlm": stub_factory(clock, "se_mlm", 0.05, 10, 64, calls, slow_epochs={2}),
     }
-    monkeypatch.setattr(pipeline_bench, "build_iterator_factory",
-                        lambda args: (None, factories[args.task]))
+    monkeypatch.setattr(
+        pipeline_bench, "build_iterator_factory", lambda args: (None, factories[args.task])
+    )
     threads = torch.get_num_threads()
     out = io.StringIO()
     try:
         args = argparse.Namespace(task="se_mlm", se_select="topk", num_workers=0)
         base = argparse.Namespace(task="masked_lm", num_workers=0)
         ratio = pipeline_bench.compare_pipelines(args, base, rounds=3, out=out)
-        capped = pipeline_bench.compare_pipelines(args, base, rounds=1, max_batches=4,
-                                                  out=io.StringIO())
+        capped = pipeline_bench.compare_pipelines(
+            args, base, rounds=1, max_batches=4, out=io.StringIO()
+        )
     finally:
         torch.set_num_threads(threads)
     text = out.getvalue()
     assert ratio == pytest.approx(2.0)  # 20 batches/s against 10
     assert capped == pytest.approx(2.0)
-    medians = {line.split()[0]: [float(x) for x in line.split()[-2:]]
-               for line in text.splitlines() if line.startswith(("masked_lm (", "se_mlm --"))}
+    medians = {
+        line.split()[0]: [float(x) for x in line.split()[-2:]]
+        for line in text.splitlines()
+        if line.startswith(("masked_lm (", "se_mlm --"))
+    }
     assert medians["masked_lm"] == pytest.approx([10.0, 500.0])
     assert medians["se_mlm"] == pytest.approx([20.0, 1280.0])
     # alternating order, one epoch per task per round; max_batches stops each epoch
-    assert calls[:6] == [("masked_lm", 1), ("se_mlm", 1), ("se_mlm", 2), ("masked_lm", 2),
-                         ("masked_lm", 3), ("se_mlm", 3)]
+    assert calls[:6] == [
+        ("masked_lm", 1),
+        ("se_mlm", 1),
+        ("se_mlm", 2),
+        ("masked_lm", 2),
+        ("masked_lm", 3),
+        ("se_mlm", 3),
+    ]
     assert text.count(" 10 batches ") == 6 and "ratio se_mlm / masked_lm (batches/s): 2.00" in text
     assert clock.now == pytest.approx(3 * 1.0 + 0.5 + 5.0 + 0.5 + 0.4 + 0.2)
 
@@ -129,9 +145,13 @@ WORDS = ["the", "of", "cat", "sat", "mat", "zebra", "quokka"]
 
 def binarize_in_process(text_path, dictionary, prefix):
     """What fairseq-preprocess --only-source --srcdict does, with fairseq's own writer."""
-    write_mmap_split(prefix, [dictionary.encode_line(line, add_if_not_exist=False,
-                                                     append_eos=True).long().numpy()
-                              for line in open(text_path)])
+    write_mmap_split(
+        prefix,
+        [
+            dictionary.encode_line(line, add_if_not_exist=False, append_eos=True).long().numpy()
+            for line in open(text_path)
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +163,9 @@ def small_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("rarity")
     rng = np.random.default_rng(5)
     p = np.array([20, 10, 5, 3, 2, 1], dtype=float)
-    train = [" ".join(rng.choice(WORDS[:6], size=rng.integers(1, 12), p=p / p.sum()))
-             for _ in range(60)]
+    train = [
+        " ".join(rng.choice(WORDS[:6], size=rng.integers(1, 12), p=p / p.sum())) for _ in range(60)
+    ]
     valid = ["quokka the cat", "unseen the of", "zebra"]
     data = root / "data-bin"
     data.mkdir()
@@ -168,10 +189,11 @@ def test_rarity_scores_are_minus_ln_p_for_every_token(small_corpus, split):
     counts = collections.Counter(w for line in train for w in line.split())
     total = sum(counts.values())
     expected = []
-    for line in (train if split == "train" else valid):
+    for line in train if split == "train" else valid:
         for w in line.split():
-            expected.append(-math.log((counts[w] + 1) / (total + len(WORDS))) if w in WORDS
-                            else 0.0)
+            expected.append(
+                -math.log((counts[w] + 1) / (total + len(WORDS))) if w in WORDS else 0.0
+            )
         expected.append(0.0)  # </s>
     assert score.main([data, "--metric", "rarity", "--split", split]) == 0
     split_path = os.path.join(data, split)
@@ -183,6 +205,7 @@ def test_rarity_scores_are_minus_ln_p_for_every_token(small_corpus, split):
 
 
 # ------------------------------------------- extension missing: warn once, reference
+
 
 def test_missing_extension_warns_once_and_falls_back_to_the_reference(monkeypatch):
     monkeypatch.setattr(select_module, "_loaded", None)
@@ -199,11 +222,13 @@ def test_missing_extension_warns_once_and_falls_back_to_the_reference(monkeypatc
         warnings.simplefilter("error")  # no second warning
         again = select(scores, eligible, seeds, ratio=0.3, mode="topk")
     np.testing.assert_array_equal(
-        first.numpy(), select_reference(scores.numpy(), eligible.numpy(), seeds.numpy(),
-                                        ratio=0.3, mode=2))
+        first.numpy(),
+        select_reference(scores.numpy(), eligible.numpy(), seeds.numpy(), ratio=0.3, mode=2),
+    )
     np.testing.assert_array_equal(
-        again.numpy(), select_reference(scores.numpy(), eligible.numpy(), seeds.numpy(),
-                                        ratio=0.3, mode=TOPK))
+        again.numpy(),
+        select_reference(scores.numpy(), eligible.numpy(), seeds.numpy(), ratio=0.3, mode=TOPK),
+    )
 
 
 # ------------------------------------ uniform picks: threshold fallback, random share
@@ -228,7 +253,8 @@ def test_uniform_picks_are_uniform_and_a_bijection_of_the_row_seed(device):
     eligible = torch.ones(rows, length, dtype=torch.bool, device=device)
     seeds = torch.arange(rows, dtype=torch.int64, device=device)
     picked = SelfEvolutionMasker._uniform(
-        eligible, seeds, num_select=torch.full((rows,), k, device=device)).cpu()
+        eligible, seeds, num_select=torch.full((rows,), k, device=device)
+    ).cpu()
     assert (picked.sum(dim=1) == k).all()
     counts = picked.sum(dim=0).double().numpy()
     expected = rows * k / length
@@ -239,6 +265,7 @@ def test_uniform_picks_are_uniform_and_a_bijection_of_the_row_seed(device):
 
 
 # ------------------------------------------------ whole words: a word is one unit
+
 
 def _masker_dictionary(words=30):
     from fairseq.data import Dictionary
@@ -253,7 +280,7 @@ def _masker_batch(d, mask_idx, rows=16, length=24, seed=3):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(d.nspecial, mask_idx, (rows, length), generator=g)
     tokens[:, 0], tokens[:, -1] = d.bos(), d.eos()
-    tokens[: rows // 2, length - 5:] = d.pad()
+    tokens[: rows // 2, length - 5 :] = d.pad()
     return tokens, torch.rand(rows, length, generator=g) * 3
 
 
@@ -290,8 +317,9 @@ def test_whole_word_selection_is_word_level_selection(mode):
 
     d, mask_idx = _masker_dictionary()
     begins_of = _word_begins(d)
-    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.3, mode=mode, seed=1,
-                                 mask_whole_words=begins_of)
+    masker = SelfEvolutionMasker(
+        d, mask_idx, mask_prob=0.3, mode=mode, seed=1, mask_whole_words=begins_of
+    )
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(d.nspecial, mask_idx, (12, 24), generator=g)
     tokens[:, 0], tokens[:, -1], tokens[:4, 10] = d.bos(), d.eos(), d.eos()
@@ -308,8 +336,13 @@ def test_whole_word_selection_is_word_level_selection(mode):
         for p, w in enumerate(words[r]):
             word_scores[r, w] = max(word_scores[r, w], scores[r, p].item())
             word_eligible[r, w] |= bool(eligible[r, p])
-    chosen = select_reference(word_scores, word_eligible, seeds.numpy(), ratio=0.3,
-                              mode=SAMPLE if mode == "sample" else TOPK)
+    chosen = select_reference(
+        word_scores,
+        word_eligible,
+        seeds.numpy(),
+        ratio=0.3,
+        mode=SAMPLE if mode == "sample" else TOPK,
+    )
     expected = np.array([[chosen[r, w] for w in words[r]] for r in range(12)])
     np.testing.assert_array_equal(selected.numpy(), expected)
     assert expected.any() and not expected.all()
@@ -326,8 +359,9 @@ def test_random_share_is_score_picks_plus_uniform_picks(mode, share):
     from se_fairseq.ops.reference import SAMPLE
 
     d, mask_idx = _masker_dictionary()
-    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.3, mode=mode, seed=1,
-                                 temperature=0.5, random_share=share)
+    masker = SelfEvolutionMasker(
+        d, mask_idx, mask_prob=0.3, mode=mode, seed=1, temperature=0.5, random_share=share
+    )
     tokens, scores = _masker_batch(d, mask_idx)
     seeds = torch.arange(7, 7 + len(tokens))
     eligible = tokens.ge(d.nspecial) & tokens.ne(mask_idx)
@@ -337,10 +371,16 @@ def test_random_share_is_score_picks_plus_uniform_picks(mode, share):
     mode_id = SAMPLE if mode == "sample" else TOPK
     budget = select_reference(s, e, sd, ratio=0.3, mode=mode_id, temperature=0.5).sum(axis=1)
     num_random = np.floor(budget * share + 0.5).astype(np.int64)
-    by_score = select_reference(s, e, sd, num_select=budget - num_random, mode=mode_id,
-                                temperature=0.5)
-    at_random = select_reference(np.zeros_like(s), e & ~by_score, sd ^ np.int64(_RANDOM_STREAM),
-                                 num_select=num_random, mode=SAMPLE)
+    by_score = select_reference(
+        s, e, sd, num_select=budget - num_random, mode=mode_id, temperature=0.5
+    )
+    at_random = select_reference(
+        np.zeros_like(s),
+        e & ~by_score,
+        sd ^ np.int64(_RANDOM_STREAM),
+        num_select=num_random,
+        mode=SAMPLE,
+    )
     np.testing.assert_array_equal(got.numpy(), by_score | at_random)
     assert (got.numpy().sum(axis=1) == budget).all() and num_random.sum() > 0
 
@@ -371,8 +411,15 @@ def test_whole_word_replacement_decides_once_per_word():
 
     d, mask_idx = _masker_dictionary()
     begins_of = _word_begins(d)
-    masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.4, mode="topk", seed=1,
-                                 leave_unmasked_prob=0.5, mask_whole_words=begins_of)
+    masker = SelfEvolutionMasker(
+        d,
+        mask_idx,
+        mask_prob=0.4,
+        mode="topk",
+        seed=1,
+        leave_unmasked_prob=0.5,
+        mask_whole_words=begins_of,
+    )
     tokens, scores = _masker_batch(d, mask_idx, rows=64)
     source, target = masker.mask(tokens, scores, torch.arange(64))
     selected = target.ne(d.pad())
@@ -392,6 +439,7 @@ def test_whole_word_replacement_decides_once_per_word():
 
 # ------------------------------------------------- the C++ kernel's own device check
 
+
 @pytest.mark.parametrize("name", ["eligible", "seeds", "num_select"])
 def test_cpp_kernel_refuses_mixed_devices(name):
     """The CPU kernel called directly (redispatch to the CPU key, past the Python wrapper
@@ -399,11 +447,23 @@ def test_cpp_kernel_refuses_mixed_devices(name):
     refused by the C++ TORCH_CHECK, naming the argument."""
     extension_ok = select_module.extension_available()
     assert extension_ok
-    args = {"scores": torch.rand(2, 4), "eligible": torch.ones(2, 4, dtype=torch.bool),
-            "seeds": torch.arange(2), "num_select": torch.tensor([1, 2])}
+    args = {
+        "scores": torch.rand(2, 4),
+        "eligible": torch.ones(2, 4, dtype=torch.bool),
+        "seeds": torch.arange(2),
+        "num_select": torch.tensor([1, 2]),
+    }
     args[name] = args[name].to("meta")
     cpu_only = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
     with pytest.raises(RuntimeError, match=f"one device, but scores is on cpu and {name} on meta"):
         torch.ops.se_fairseq.select.default.redispatch(
-            cpu_only, args["scores"], args["eligible"], args["seeds"], args["num_select"],
-            0.15, TOPK, 0.0, 1.0)
+            cpu_only,
+            args["scores"],
+            args["eligible"],
+            args["seeds"],
+            args["num_select"],
+            0.15,
+            TOPK,
+            0.0,
+            1.0,
+        )

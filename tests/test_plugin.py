@@ -1,4 +1,5 @@
 """Installation: registration with fairseq, with and without --user-dir."""
+
 import os
 import subprocess
 import sys
@@ -13,8 +14,9 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(se_fairseq.__file__))
 
 def python(code, **env):
     run_env = dict(os.environ, **env)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=run_env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=run_env, check=True
+    )
     return out.stdout.strip()
 
 
@@ -57,13 +59,15 @@ def test_training_parser_offers_the_options():
 @pytest.mark.slow
 def test_fairseq_train_se_mlm_token_ls_trains_checkpoints_and_resumes(scored_corpus, tmp_path):
     save = str(tmp_path / "ckpt")
-    first = fairseq_train(scored_corpus, save, "--task", "se_mlm", "--criterion", "token_ls",
-                          max_update=12)
+    first = fairseq_train(
+        scored_corpus, save, "--task", "se_mlm", "--criterion", "token_ls", max_update=12
+    )
     assert first.returncode == 0, first.stdout[-3000:]
     assert "nll_loss" in first.stdout and "ref_accuracy" in first.stdout
     assert os.path.exists(os.path.join(save, "checkpoint_last.pt"))
-    resumed = fairseq_train(scored_corpus, save, "--task", "se_mlm", "--criterion", "token_ls",
-                            max_update=20)
+    resumed = fairseq_train(
+        scored_corpus, save, "--task", "se_mlm", "--criterion", "token_ls", max_update=20
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "Loaded checkpoint" in resumed.stdout and "@ 12 updates" in resumed.stdout
     from se_fairseq.checkpoint_safety import safe_load
@@ -74,12 +78,30 @@ def test_fairseq_train_se_mlm_token_ls_trains_checkpoints_and_resumes(scored_cor
 
 @pytest.mark.slow
 def test_user_dir_pointing_at_the_package_works(scored_corpus, tmp_path):
-    result = fairseq_train(scored_corpus, str(tmp_path / "ckpt"), "--user-dir", PACKAGE_DIR,
-                           "--task", "se_mlm", "--criterion", "token_ls", max_update=3)
+    result = fairseq_train(
+        scored_corpus,
+        str(tmp_path / "ckpt"),
+        "--user-dir",
+        PACKAGE_DIR,
+        "--task",
+        "se_mlm",
+        "--criterion",
+        "token_ls",
+        max_update=3,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
-    no_hook = fairseq_train(scored_corpus, str(tmp_path / "ckpt2"), "--user-dir", PACKAGE_DIR,
-                            "--task", "se_mlm", "--criterion", "token_ls", max_update=3,
-                            env={"SE_FAIRSEQ_NO_AUTOLOAD": "1"})
+    no_hook = fairseq_train(
+        scored_corpus,
+        str(tmp_path / "ckpt2"),
+        "--user-dir",
+        PACKAGE_DIR,
+        "--task",
+        "se_mlm",
+        "--criterion",
+        "token_ls",
+        max_update=3,
+        env={"SE_FAIRSEQ_NO_AUTOLOAD": "1"},
+    )
     assert no_hook.returncode == 0, no_hook.stdout[-3000:]
 
 
@@ -105,8 +127,11 @@ def test_a_failing_pth_hook_warns_instead_of_passing_silently():
     import sysconfig
 
     dirs = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
-    pth = next(os.path.join(d, "se_fairseq-autoload.pth") for d in dirs
-               if os.path.exists(os.path.join(d, "se_fairseq-autoload.pth")))
+    pth = next(
+        os.path.join(d, "se_fairseq-autoload.pth")
+        for d in dirs
+        if os.path.exists(os.path.join(d, "se_fairseq-autoload.pth"))
+    )
     code = (
         "import sys, warnings\n"
         "sys.modules['se_fairseq._autoload'] = None\n"
@@ -127,20 +152,42 @@ def test_user_dir_naming_another_copy_of_the_installed_package_works(scored_corp
 
     checkout = tmp_path / "checkout" / "se_fairseq"
     shutil.copytree(PACKAGE_DIR, checkout, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    result = fairseq_train(scored_corpus, str(tmp_path / "ckpt"), "--user-dir", str(checkout),
-                           "--task", "se_mlm", "--criterion", "token_ls", "--no-save",
-                           "--disable-validation", max_update=2)
+    result = fairseq_train(
+        scored_corpus,
+        str(tmp_path / "ckpt"),
+        "--user-dir",
+        str(checkout),
+        "--task",
+        "se_mlm",
+        "--criterion",
+        "token_ls",
+        "--no-save",
+        "--disable-validation",
+        max_update=2,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "not globally unique" not in result.stdout
-    assert f"--user-dir {checkout}: se_fairseq is already loaded from {PACKAGE_DIR}" \
-        in result.stdout
+    assert (
+        f"--user-dir {checkout}: se_fairseq is already loaded from {PACKAGE_DIR}" in result.stdout
+    )
 
 
 @pytest.mark.slow
 def test_a_refused_option_ends_fairseq_train_in_one_line(scored_corpus, tmp_path):
-    result = fairseq_train(scored_corpus, str(tmp_path / "ckpt"), "--task", "se_mlm",
-                           "--criterion", "token_ls", "--mask-prob", "1.5", max_update=2)
+    result = fairseq_train(
+        scored_corpus,
+        str(tmp_path / "ckpt"),
+        "--task",
+        "se_mlm",
+        "--criterion",
+        "token_ls",
+        "--mask-prob",
+        "1.5",
+        max_update=2,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stdout
-    assert result.stdout.rstrip().splitlines()[-1] == \
-        "fairseq-train: error: --mask-prob must lie in (0, 1), got 1.5"
+    assert (
+        result.stdout.rstrip().splitlines()[-1]
+        == "fairseq-train: error: --mask-prob must lie in (0, 1), got 1.5"
+    )

@@ -1,4 +1,5 @@
 """The main job, reduced: examples/quickstart.sh end to end at CI scale, every step and control."""
+
 import json
 import os
 import subprocess
@@ -14,13 +15,31 @@ RUNS = {"random", "se", "se_mlm", "rarity", "online", "threshold", "mixed"}
 def test_quickstart_pipeline_end_to_end(tmp_path):
     work = tmp_path / "run"
     env = dict(os.environ, QUICKSTART_SCALE="ci", WORK=str(work))
-    result = subprocess.run(["bash", os.path.join(ROOT, "examples", "quickstart.sh")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1500)
+    result = subprocess.run(
+        ["bash", os.path.join(ROOT, "examples", "quickstart.sh")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1500,
+    )
     assert result.returncode == 0, result.stdout[-4000:]
-    for step in ("1. real text", "2. SentencePiece", "3. vanilla model", "4. scores",
-                 "(a) random", "(b) SE", "(c) SE top-k, plain MLM loss", "(d) rarity control",
-                 "(e) online SE", "(f) threshold rule", "(g) SE top-k, half the budget random",
-                 "6. evaluation", "7. downstream", "8. report"):
+    for step in (
+        "1. real text",
+        "2. SentencePiece",
+        "3. vanilla model",
+        "4. scores",
+        "(a) random",
+        "(b) SE",
+        "(c) SE top-k, plain MLM loss",
+        "(d) rarity control",
+        "(e) online SE",
+        "(f) threshold rule",
+        "(g) SE top-k, half the budget random",
+        "6. evaluation",
+        "7. downstream",
+        "8. report",
+    ):
         assert step in result.stdout, step
     data = json.load(open(work / "results.json"))
     results = data["results"]
@@ -46,9 +65,14 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     tokens = np.load(work / "results.tokens.npz")
     assert len(tokens["se.random"]) == len(tokens["random_band"]) == data["meta"]["tokens"]
     report = (work / "report.md").read_text()
-    for text in ("| unigram (train frequencies) |", "| (b) SE: top-k + TLS |", "| (d) rarity control",
-                 "the unigram baseline", "Is SE just rare-token masking?",
-                 "se-score $WORK/data-bin --metric rarity"):
+    for text in (
+        "| unigram (train frequencies) |",
+        "| (b) SE: top-k + TLS |",
+        "| (d) rarity control",
+        "the unigram baseline",
+        "Is SE just rare-token masking?",
+        "se-score $WORK/data-bin --metric rarity",
+    ):
         assert text in report, text
     assert (work / "report.png").stat().st_size > 20_000
     # downstream: se-finetune on the two labelled tasks, every model, paired against (a)
@@ -64,8 +88,14 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
     pretraining = (work / "text" / "train.txt").read_text()
     for task in down["tasks"]:
         rows = (work / "tasks" / task / "dev.tsv").read_text().splitlines()[1:]
-        assert rows and not any(cell in pretraining for row in rows for cell in row.split("\t")[:-1])
-    for text in ("## Downstream: fine-tuned on two labelled tasks", "Did SE beat random masking downstream?",
-                 "Did SE beat the rarity control downstream?", "Seed-to-seed spread",
-                 "| (b) SE: top-k + TLS minus (a) random masking |"):
+        assert rows and not any(
+            cell in pretraining for row in rows for cell in row.split("\t")[:-1]
+        )
+    for text in (
+        "## Downstream: fine-tuned on two labelled tasks",
+        "Did SE beat random masking downstream?",
+        "Did SE beat the rarity control downstream?",
+        "Seed-to-seed spread",
+        "| (b) SE: top-k + TLS minus (a) random masking |",
+    ):
         assert text in report, text

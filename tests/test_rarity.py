@@ -1,4 +1,5 @@
 """The rarity score source: unigram surprisal from the train split, no model."""
+
 import json
 import os
 import shutil
@@ -8,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from se_fairseq.testing import split_tokens, write_mmap_split
 from se_fairseq import rarity
 from se_fairseq.data import score_file
+from se_fairseq.testing import split_tokens, write_mmap_split
 
 
 def flat(split_path):
@@ -51,7 +52,9 @@ def test_cross_entropy_and_accuracy(corpus):
     tokens = tokens[~np.isin(tokens, unigram.special)]
     expected = -np.mean(unigram.logp[tokens]) / np.log(2)
     assert unigram.cross_entropy(tokens) == pytest.approx(expected)
-    assert unigram.accuracy(tokens) == pytest.approx(100 * np.mean(tokens == np.argmax(unigram.logp)))
+    assert unigram.accuracy(tokens) == pytest.approx(
+        100 * np.mean(tokens == np.argmax(unigram.logp))
+    )
     with pytest.raises(ValueError, match="special"):
         unigram.cross_entropy(np.array([2, 5]))
 
@@ -61,8 +64,11 @@ def test_se_score_writes_a_rarity_file_without_a_checkpoint(corpus, tmp_path):
     data = str(tmp_path / "data-bin")
     shutil.copytree(corpus, data)
     for split in ("train", "valid"):
-        out = subprocess.run(["se-score", data, "--metric", "rarity", "--split", split],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            ["se-score", data, "--metric", "rarity", "--split", split],
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         assert "rarity:" in out.stdout and "wrote" in out.stdout
         split_path = os.path.join(data, split)
@@ -87,12 +93,39 @@ def test_se_mlm_trains_on_rarity_scores(corpus, tmp_path):
     data = str(tmp_path / "data-bin")
     shutil.copytree(corpus, data)
     prefix = str(tmp_path / "train.rarity")
-    subprocess.run(["se-score", data, "--metric", "rarity", "--out", prefix], check=True,
-                   capture_output=True)
-    cmd = [sys.executable, "-m", "fairseq_cli.train", data, *TINY_ROBERTA, "--task", "se_mlm",
-           "--se-select", "topk", "--se-metric", "rarity", "--se-scores", prefix,
-           "--criterion", "masked_lm", "--optimizer", "adam", "--lr", "1e-4", "--batch-size", "8",
-           "--max-update", "3", "--cpu", "--no-save", "--disable-validation", "--num-workers", "0"]
+    subprocess.run(
+        ["se-score", data, "--metric", "rarity", "--out", prefix], check=True, capture_output=True
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "fairseq_cli.train",
+        data,
+        *TINY_ROBERTA,
+        "--task",
+        "se_mlm",
+        "--se-select",
+        "topk",
+        "--se-metric",
+        "rarity",
+        "--se-scores",
+        prefix,
+        "--criterion",
+        "masked_lm",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-4",
+        "--batch-size",
+        "8",
+        "--max-update",
+        "3",
+        "--cpu",
+        "--no-save",
+        "--disable-validation",
+        "--num-workers",
+        "0",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "rarity scores" in out.stdout + out.stderr
@@ -116,17 +149,30 @@ def test_rarity_score_file_has_the_summary_of_model_score_files(corpus, tmp_path
     assert summary["tokens_not_scored"] == 0 and summary["blocks_skipped_too_long"] == 0
     assert summary["tokens_in_skipped_blocks"] == 0
     # the fields of a model score file's summary, where meaningful
-    for key in ("tokens", "mean", "std", "min", "max", "quantiles", "histogram",
-                "tokens_not_scored", "blocks_skipped_too_long", "tokens_in_skipped_blocks"):
+    for key in (
+        "tokens",
+        "mean",
+        "std",
+        "min",
+        "max",
+        "quantiles",
+        "histogram",
+        "tokens_not_scored",
+        "blocks_skipped_too_long",
+        "tokens_in_skipped_blocks",
+    ):
         assert key in summary
 
 
 # -- the functions themselves, against numbers written out by hand ------------------------
 
+
 def test_log_probs_is_add_alpha_over_the_non_special_ids():
     counts = np.array([5, 7, 0, 3, 0])
-    np.testing.assert_allclose(np.exp(rarity.log_probs(counts, alpha=0.5, special=[0, 2])),
-                               [0, 7.5 / 11.5, 0, 3.5 / 11.5, 0.5 / 11.5])
+    np.testing.assert_allclose(
+        np.exp(rarity.log_probs(counts, alpha=0.5, special=[0, 2])),
+        [0, 7.5 / 11.5, 0, 3.5 / 11.5, 0.5 / 11.5],
+    )
     np.testing.assert_allclose(np.exp(rarity.log_probs(counts)), np.array([6, 8, 1, 4, 1]) / 20)
     assert rarity.log_probs(counts, special=[2])[2] == -np.inf
     assert counts.tolist() == [5, 7, 0, 3, 0]  # not modified in place
@@ -136,8 +182,9 @@ def test_unigram_scores_cross_entropy_accuracy_by_hand():
     u = rarity.Unigram([0, 0, 0, 0, 10, 30, 0], special=[3, 0, 2, 1], source="x/train")
     p = {4: 11 / 43, 5: 31 / 43, 6: 1 / 43}
     assert u.special == [0, 1, 2, 3] and u.alpha == 1.0
-    np.testing.assert_allclose(u.scores([4, 5, 6, 2, 0]),
-                               [-np.log(p[4]), -np.log(p[5]), -np.log(p[6]), 0, 0])
+    np.testing.assert_allclose(
+        u.scores([4, 5, 6, 2, 0]), [-np.log(p[4]), -np.log(p[5]), -np.log(p[6]), 0, 0]
+    )
     expected = -(np.log(p[5]) * 2 + np.log(p[4])) / 3
     assert u.cross_entropy([5, 5, 4], base=np.e) == pytest.approx(expected)
     assert u.cross_entropy([5, 5, 4]) == pytest.approx(expected / np.log(2))
@@ -145,8 +192,12 @@ def test_unigram_scores_cross_entropy_accuracy_by_hand():
     with pytest.raises(ValueError, match="special"):
         u.cross_entropy([4, 3])
     assert u.accuracy([5, 4, 5, 6]) == 50.0 and u.accuracy([4]) == 0.0
-    assert u.describe() == {"counts_from": "x/train", "counts_tokens": 40,
-                            "smoothing": "add-1", "log": "natural"}
+    assert u.describe() == {
+        "counts_from": "x/train",
+        "counts_tokens": 40,
+        "smoothing": "add-1",
+        "log": "natural",
+    }
     assert rarity.Unigram([1, 2], special=[], alpha=0.25).describe()["smoothing"] == "add-0.25"
 
 
@@ -155,8 +206,10 @@ def test_counts_refuse_ids_outside_the_dictionary_and_missing_splits(corpus, tmp
     with pytest.raises(ValueError, match="outside a dictionary of 10 entries"):
         rarity.unigram_counts(split, 10)
     tokens = flat(split)
-    np.testing.assert_array_equal(rarity.unigram_counts(split, tokens.max() + 3),
-                                  np.bincount(tokens, minlength=tokens.max() + 3))
+    np.testing.assert_array_equal(
+        rarity.unigram_counts(split, tokens.max() + 3),
+        np.bincount(tokens, minlength=tokens.max() + 3),
+    )
     # the largest id must lie inside the dictionary: ids 0..V-1
     with pytest.raises(ValueError, match=f"token id {tokens.max()}, outside"):
         rarity.unigram_counts(split, int(tokens.max()))
@@ -180,7 +233,8 @@ def test_write_score_file_in_process(corpus, tmp_path):
     assert meta["blocking"] == {"independent_of_blocking": True}
     assert meta["rarity"]["counts_from"] == os.path.join(data, "train")
     assert meta["rarity"]["counts_fingerprint"] == score_file.corpus_fingerprint(
-        os.path.join(data, "train"))
+        os.path.join(data, "train")
+    )
     own, unigram = rarity.score_split(data, "valid", counts_split="valid", alpha=2.0)
     assert unigram.alpha == 2.0 and unigram.source == os.path.join(data, "valid")
     assert unigram.counts.sum() == len(valid) and not np.allclose(own, scores)
@@ -208,5 +262,9 @@ def test_load_tokens_reads_every_token_as_int64(tmp_path, sequences):
     tokens = rarity.load_tokens(split)
     assert tokens.dtype == np.int64
     assert tokens.tolist() == [t for seq in sequences for t in seq]
-    assert rarity.unigram_counts(split, 10).tolist() == np.bincount(
-        np.array([t for seq in sequences for t in seq], dtype=np.int64), minlength=10).tolist()
+    assert (
+        rarity.unigram_counts(split, 10).tolist()
+        == np.bincount(
+            np.array([t for seq in sequences for t in seq], dtype=np.int64), minlength=10
+        ).tolist()
+    )

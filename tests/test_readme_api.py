@@ -1,4 +1,5 @@
 """The README's Python API blocks run as written."""
+
 import os
 import re
 import shutil
@@ -29,4 +30,6 @@ def test_readme_python_api_blocks_run(corpus, vanilla_checkpoint, tmp_path, monk
     hf = tmp_path / "checkpoints" / "hf"
     assert (hf / "model.safetensors").exists()
     # the documented layout gives the HF folder the data's dictionary, byte for byte
-    assert (hf / "fairseq_dict.txt").read_bytes() == (tmp_path / "data-bin" / "dict.txt").read_bytes()
+    assert (hf / "fairseq_dict.txt").read_bytes() == (
+        tmp_path / "data-bin" / "dict.txt"
+    ).read_bytes()

@@ -17,6 +17,7 @@ Training commands run with their full update counts and are stopped (SIGKILL, a
 preemption) once they have saved a checkpoint; the main README's stage 2 is then
 relaunched unchanged and must resume from that checkpoint.
 """
+
 import argparse
 import json
 import os
@@ -31,12 +32,17 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_ARCH = ("--encoder-layers 2 --encoder-embed-dim 32 --encoder-ffn-embed-dim 64 "
-             "--encoder-attention-heads 2")
+TINY_ARCH = (
+    "--encoder-layers 2 --encoder-embed-dim 32 --encoder-ffn-embed-dim 64 "
+    "--encoder-attention-heads 2"
+)
 # (pattern, replacement, why): the whole list of changes made to the documented commands
 SUBSTITUTIONS = [
-    (r"--arch roberta_base", f"--arch roberta_base {TINY_ARCH}",
-     "the stand-in roberta.base is 2 layers, 32 wide (512 positions, as released)"),
+    (
+        r"--arch roberta_base",
+        f"--arch roberta_base {TINY_ARCH}",
+        "the stand-in roberta.base is 2 layers, 32 wide (512 positions, as released)",
+    ),
     (r"--fp16(?=\s)", "--cpu", "no GPU"),
     (r"--nproc_per_node 8", "--nproc_per_node 1", "one CPU process"),
     (r"--workers 60", "--workers 1", "two shared cores"),
@@ -90,9 +96,14 @@ def run_block(block, cwd, stop_at=None, timeout=240):
     """bash runs the block; with ``stop_at`` (a function of a line of output), bash and
     every process it started are killed (SIGKILL, as a preempted job) at the first line
     for which it is true. Returns (returncode, output)."""
-    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", in_miniature(block)], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(
+        ["bash", "-euo", "pipefail", "-c", in_miniature(block)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     timer = threading.Timer(timeout, kill_tree, (proc.pid,))
     timer.start()
     lines = []
@@ -137,9 +148,9 @@ def write_gpt2_bpe(folder):
         for form in (word, " " + word):
             symbols = "".join(byte_symbols[b] for b in form.encode("utf-8"))
             for i in range(1, len(symbols)):
-                if symbols[:i + 1] not in vocab:
+                if symbols[: i + 1] not in vocab:
                     merges.append((len(symbols[:i]), symbols[:i], symbols[i]))
-                    vocab.append(symbols[:i + 1])
+                    vocab.append(symbols[: i + 1])
     merges.sort(key=lambda m: m[0])  # shorter prefixes first: each merge's parts exist
     os.makedirs(folder)
     with open(os.path.join(folder, "encoder.json"), "w") as f:
@@ -158,17 +169,37 @@ def write_roberta_base(folder, num_bpe_ids):
     os.makedirs(folder)
     with open(os.path.join(folder, "dict.txt"), "w") as f:
         f.writelines(f"{i} {num_bpe_ids - i}\n" for i in range(num_bpe_ids))
-    args = options.parse_args_and_arch(options.get_training_parser(), [
-        folder, "--task", "masked_lm", "--criterion", "masked_lm", "--arch", "roberta_base",
-        *TINY_ARCH.split(), "--tokens-per-sample", "512", "--sample-break-mode", "complete"])
+    args = options.parse_args_and_arch(
+        options.get_training_parser(),
+        [
+            folder,
+            "--task",
+            "masked_lm",
+            "--criterion",
+            "masked_lm",
+            "--arch",
+            "roberta_base",
+            *TINY_ARCH.split(),
+            "--tokens-per-sample",
+            "512",
+            "--sample-break-mode",
+            "complete",
+        ],
+    )
     torch.manual_seed(0)
     task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
     model = task.build_model(convert_namespace_to_omegaconf(args).model)
     state = {
         "args": argparse.Namespace(**vars(args)),
         "model": model.state_dict(),
-        "optimizer_history": [{"criterion_name": "MaskedLmLoss", "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {"best": 3.0}, "num_updates": 500000}],
+        "optimizer_history": [
+            {
+                "criterion_name": "MaskedLmLoss",
+                "optimizer_name": "FairseqAdam",
+                "lr_scheduler_state": {"best": 3.0},
+                "num_updates": 500000,
+            }
+        ],
         "extra_state": {"epoch": 1, "val_loss": 3.0},
         "last_optimizer_state": None,
     }
@@ -193,8 +224,11 @@ def write_rte_bin(folder, dict_path, seed=0):
             stem = os.path.join(folder, sub, split)
             builder = indexed_dataset.make_builder(stem + ".bin", impl="mmap", vocab_size=len(d))
             for i in range(n):
-                line = (("entailment", "not_entailment")[i % 2] if sub == "label"
-                        else " ".join(rng.choice(words, size=rng.integers(5, 20))))
+                line = (
+                    ("entailment", "not_entailment")[i % 2]
+                    if sub == "label"
+                    else " ".join(rng.choice(words, size=rng.integers(5, 20)))
+                )
                 builder.add_item(d.encode_line(line, add_if_not_exist=False, append_eos=True))
             builder.finalize(stem + ".idx")
 
@@ -247,8 +281,9 @@ def test_roberta_recipe_runs_as_written(workspace, corpus_step):
     assert meta["summary"]["blocks_skipped_too_long"] >= 1 and meta["unscored_ranges"]
     # the sharded variant only parses here (it would rescore the same file, ~15 s; its
     # torchrun path is run by test_se_score.py::test_two_ranks_under_torchrun_equal_one_process)
-    check = subprocess.run(["bash", "-n", "-c", in_miniature(blocks["score-sharded"])],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        ["bash", "-n", "-c", in_miniature(blocks["score-sharded"])], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stderr
 
     # training runs until its first checkpoint, then is killed
@@ -266,8 +301,7 @@ def test_roberta_recipe_runs_as_written(workspace, corpus_step):
 
 
 @pytest.mark.slow
-def test_readme_two_stages_run_as_written_and_a_relaunch_resumes(workspace, corpus_step,
-                                                                  tmp_path):
+def test_readme_two_stages_run_as_written_and_a_relaunch_resumes(workspace, corpus_step, tmp_path):
     blocks = marked_blocks(os.path.join(ROOT, "README.md"))
     assert {"stage-1", "stage-2"} <= set(blocks)
     assert corpus_step[0] == 0, corpus_step[1][-3000:]
@@ -294,8 +328,11 @@ def test_readme_two_stages_run_as_written_and_a_relaunch_resumes(workspace, corp
     # the same command again, after the "preemption"
     rc, second = run_block(blocks["stage-2"], str(tmp_path), stop_at=saved_after(stopped_at))
     assert "loading pretrained model" not in second, second[-3000:]
-    assert re.search(r"Loaded checkpoint checkpoints/checkpoint_last\.pt "
-                     rf"\(epoch \d+ @ {stopped_at} updates\)", second), second[-3000:]
+    assert re.search(
+        r"Loaded checkpoint checkpoints/checkpoint_last\.pt "
+        rf"\(epoch \d+ @ {stopped_at} updates\)",
+        second,
+    ), second[-3000:]
     resumed_at = int(re.search(saved, second).group(2))
     assert resumed_at > stopped_at
     assert checkpoint_updates(tmp_path / "checkpoints" / "checkpoint_last.pt") == resumed_at

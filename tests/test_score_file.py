@@ -1,4 +1,5 @@
 """Score files: round trip, no pickle, and refusal of files that do not fit the data."""
+
 import json
 import os
 import shutil
@@ -6,11 +7,15 @@ import shutil
 import numpy as np
 import pytest
 
-from se_fairseq.testing import (
-    binarize, split_tokens, write_mmap_split, write_scores, write_zipf_corpus,
-)
 from se_fairseq.data import score_file
 from se_fairseq.data.score_file import ScoreFile, ScoreFileError
+from se_fairseq.testing import (
+    binarize,
+    split_tokens,
+    write_mmap_split,
+    write_scores,
+    write_zipf_corpus,
+)
 
 
 def test_round_trip_is_aligned_with_the_split(corpus, tmp_path):
@@ -93,6 +98,7 @@ def test_writer_refuses_nan_and_wrong_length(corpus, tmp_path):
 
 # -- prefixes, metadata and every refusal of the reader -----------------------------------
 
+
 def test_prefix_rules():
     assert score_file.default_prefix("d/train") == "d/train.se_scores"
     for name in ("d/x", "d/x.npy", "d/x.json"):
@@ -106,19 +112,32 @@ def written(corpus, tmp_path, **extra):
     split = os.path.join(data, "train")
     n = sum(map(len, split_tokens(split)))
     fingerprint = score_file.corpus_fingerprint(split)
-    paths = score_file.write(str(tmp_path / "s"), np.linspace(0, 5, n), metric="confidence",
-                             checkpoint={"path": "c.pt"}, blocking={"tokens_per_sample": 9},
-                             fingerprint=fingerprint, **extra)
+    paths = score_file.write(
+        str(tmp_path / "s"),
+        np.linspace(0, 5, n),
+        metric="confidence",
+        checkpoint={"path": "c.pt"},
+        blocking={"tokens_per_sample": 9},
+        fingerprint=fingerprint,
+        **extra,
+    )
     return split, paths, fingerprint
 
 
 def test_metadata_records_what_the_scores_come_from(corpus, tmp_path):
     split, (array, meta_path), fingerprint = written(corpus, tmp_path, extra={"summary": {"a": 1}})
     meta = json.load(open(meta_path))
-    assert meta == {"format": "se-fairseq-scores", "version": 1, "dtype": "float16",
-                    "metric": "confidence", "checkpoint": {"path": "c.pt"},
-                    "blocking": {"tokens_per_sample": 9}, "corpus": fingerprint,
-                    "unscored_ranges": [], "summary": {"a": 1}}
+    assert meta == {
+        "format": "se-fairseq-scores",
+        "version": 1,
+        "dtype": "float16",
+        "metric": "confidence",
+        "checkpoint": {"path": "c.pt"},
+        "blocking": {"tokens_per_sample": 9},
+        "corpus": fingerprint,
+        "unscored_ranges": [],
+        "summary": {"a": 1},
+    }
     assert np.load(array).dtype == np.float16
     loaded = ScoreFile(str(tmp_path / "s"), split, fingerprint=fingerprint)
     assert (loaded.array_path, loaded.meta_path) == (array, meta_path)
@@ -126,19 +145,28 @@ def test_metadata_records_what_the_scores_come_from(corpus, tmp_path):
     assert fingerprint["bin_bytes"] == os.path.getsize(split + ".bin")
     assert len(fingerprint["sha256"]) == 64
     with pytest.raises(ScoreFileError, match="flat array"):
-        score_file.write(str(tmp_path / "t"), np.zeros((2, 3)), metric="m", checkpoint=None,
-                         blocking={}, fingerprint=fingerprint)
+        score_file.write(
+            str(tmp_path / "t"),
+            np.zeros((2, 3)),
+            metric="m",
+            checkpoint=None,
+            blocking={},
+            fingerprint=fingerprint,
+        )
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda a, m: open(m, "w").write("{not json"), "unreadable score metadata"),
-    (lambda a, m: _edit_meta(m, format="other"), "not a se-fairseq score file"),
-    (lambda a, m: _edit_meta(m, version=2), "not a se-fairseq score file"),
-    (lambda a, m: np.save(a, np.load(a).astype(np.float32)), "expected a flat float16 array"),
-    (lambda a, m: np.save(a, np.zeros((2, 2), np.float16)), "expected a flat float16"),
-    (lambda a, m: np.save(a, np.load(a)[:-1]), "holds .* scores but .* tokens"),
-    (lambda a, m: _edit_meta(m, corpus={"num_tokens": 1}), "another corpus"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda a, m: open(m, "w").write("{not json"), "unreadable score metadata"),
+        (lambda a, m: _edit_meta(m, format="other"), "not a se-fairseq score file"),
+        (lambda a, m: _edit_meta(m, version=2), "not a se-fairseq score file"),
+        (lambda a, m: np.save(a, np.load(a).astype(np.float32)), "expected a flat float16 array"),
+        (lambda a, m: np.save(a, np.zeros((2, 2), np.float16)), "expected a flat float16"),
+        (lambda a, m: np.save(a, np.load(a)[:-1]), "holds .* scores but .* tokens"),
+        (lambda a, m: _edit_meta(m, corpus={"num_tokens": 1}), "another corpus"),
+    ],
+)
 def test_reader_refusals(corpus, tmp_path, damage, message):
     split, (array, meta_path), _ = written(corpus, tmp_path)
     damage(array, meta_path)
@@ -155,8 +183,9 @@ def _edit_meta(path, **changes):
 def _random_split(prefix, sequences, seed):
     """``sequences`` random sequences of 1,000 int32 ids: 4 KB each on disk."""
     rng = np.random.default_rng(seed)
-    return write_mmap_split(prefix, [rng.integers(4, 1000, 1000) for _ in range(sequences)],
-                            dtype=np.int32)
+    return write_mmap_split(
+        prefix, [rng.integers(4, 1000, 1000) for _ in range(sequences)], dtype=np.int32
+    )
 
 
 def test_fingerprint_of_a_large_split_samples_its_bytes(tmp_path):
@@ -214,14 +243,18 @@ def test_blocking_mismatch_compares_only_what_the_file_records():
     assert _with_blocking(recorded).blocking_mismatch(512, "complete") == {}
     assert _with_blocking(recorded).blocking_mismatch(np.int64(512), _Mode()) == {}
     assert _with_blocking(recorded).blocking_mismatch(32, "complete") == {
-        "tokens_per_sample": (512, 32)}
+        "tokens_per_sample": (512, 32)
+    }
     assert _with_blocking(recorded).blocking_mismatch(32, "none") == {
-        "tokens_per_sample": (512, 32), "sample_break_mode": ("complete", "none")}
+        "tokens_per_sample": (512, 32),
+        "sample_break_mode": ("complete", "none"),
+    }
     # keys the file does not record are not compared; nothing recorded, nothing differs
     assert _with_blocking({"tokens_per_sample": 512}).blocking_mismatch(512, "none") == {}
     assert _with_blocking({"sample_break_mode": "eos"}).blocking_mismatch(7, "eos") == {}
     assert _with_blocking({"sample_break_mode": "eos"}).blocking_mismatch(7, "none") == {
-        "sample_break_mode": ("eos", "none")}
+        "sample_break_mode": ("eos", "none")
+    }
     assert _with_blocking({}).blocking_mismatch(512, "complete") == {}
     assert _with_blocking(None).blocking_mismatch(512, "complete") == {}
     # scores that do not depend on the blocking (rarity) never differ
@@ -230,6 +263,7 @@ def test_blocking_mismatch_compares_only_what_the_file_records():
 
 
 # -- unscored ranges, at the edges of what the writer and the reader accept -----------------
+
 
 @pytest.mark.parametrize("ranges", [[], [(0, 1)], [(0, 2), (2, 4)], [(3, 5), (7, 9)], "last"])
 def test_unscored_ranges_inside_the_scores_are_written_and_read(corpus, tmp_path, ranges):
@@ -240,35 +274,68 @@ def test_unscored_ranges_inside_the_scores_are_written_and_read(corpus, tmp_path
     n = fingerprint["num_tokens"]
     ranges = [(n - 1, n)] if ranges == "last" else ranges
     prefix = str(tmp_path / "u")
-    _, meta_path = score_file.write(prefix, np.ones(n), metric="m", checkpoint=None, blocking={},
-                                    fingerprint=fingerprint,
-                                    unscored_ranges=[(np.int64(a), np.int64(b)) for a, b in ranges])
+    _, meta_path = score_file.write(
+        prefix,
+        np.ones(n),
+        metric="m",
+        checkpoint=None,
+        blocking={},
+        fingerprint=fingerprint,
+        unscored_ranges=[(np.int64(a), np.int64(b)) for a, b in ranges],
+    )
     assert json.load(open(meta_path))["unscored_ranges"] == [[a, b] for a, b in ranges]
     loaded = ScoreFile(prefix, split)
     assert loaded.records_unscored
-    assert loaded.unscored_ranges.dtype == np.int64 and loaded.unscored_ranges.shape == (len(ranges), 2)
+    assert loaded.unscored_ranges.dtype == np.int64 and loaded.unscored_ranges.shape == (
+        len(ranges),
+        2,
+    )
     assert loaded.unscored_ranges.tolist() == [[a, b] for a, b in ranges]
     assert loaded.num_unscored == sum(b - a for a, b in ranges)
 
 
-@pytest.mark.parametrize("ranges,message", [
-    ([(-1, 2)], "outside"), ([(2, 2)], "outside"), ([(3, 2)], "outside"), ("past", "outside"),
-    ([(0, 3), (2, 4)], "sorted and disjoint"), ([(4, 6), (0, 2)], "sorted and disjoint"),
-    ([(0, 2), (3, 5), (4, 6)], "sorted and disjoint"),  # only the 2nd and 3rd overlap
-    ([(0, 5), (6, 8), (7, 9), (10, 11)], "sorted and disjoint"),
-])
+@pytest.mark.parametrize(
+    "ranges,message",
+    [
+        ([(-1, 2)], "outside"),
+        ([(2, 2)], "outside"),
+        ([(3, 2)], "outside"),
+        ("past", "outside"),
+        ([(0, 3), (2, 4)], "sorted and disjoint"),
+        ([(4, 6), (0, 2)], "sorted and disjoint"),
+        ([(0, 2), (3, 5), (4, 6)], "sorted and disjoint"),  # only the 2nd and 3rd overlap
+        ([(0, 5), (6, 8), (7, 9), (10, 11)], "sorted and disjoint"),
+    ],
+)
 def test_writer_refuses_unscored_ranges_outside_or_overlapping(corpus, tmp_path, ranges, message):
     split, _, fingerprint = written(corpus, tmp_path)
     n = fingerprint["num_tokens"]
     ranges = [(n - 1, n + 1)] if ranges == "past" else ranges
     with pytest.raises(ScoreFileError, match=message):
-        score_file.write(str(tmp_path / "u"), np.ones(n), metric="m", checkpoint=None,
-                         blocking={}, fingerprint=fingerprint, unscored_ranges=ranges)
+        score_file.write(
+            str(tmp_path / "u"),
+            np.ones(n),
+            metric="m",
+            checkpoint=None,
+            blocking={},
+            fingerprint=fingerprint,
+            unscored_ranges=ranges,
+        )
     assert not os.path.exists(str(tmp_path / "u.json"))
 
 
-@pytest.mark.parametrize("ranges", [[[2, 2]], [[3, 2]], [[-1, 2]], "past", [[0, 3], [2, 4]],
-                                    [[0, 2], [3, 5], [4, 6]], [[4, 6], [0, 2]]])
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        [[2, 2]],
+        [[3, 2]],
+        [[-1, 2]],
+        "past",
+        [[0, 3], [2, 4]],
+        [[0, 2], [3, 5], [4, 6]],
+        [[4, 6], [0, 2]],
+    ],
+)
 def test_reader_refuses_damaged_unscored_ranges(corpus, tmp_path, ranges):
     split, (_, meta_path), fingerprint = written(corpus, tmp_path)
     n = fingerprint["num_tokens"]
@@ -299,15 +366,18 @@ def test_a_file_without_unscored_ranges_reads_as_an_older_file(corpus, tmp_path)
 
 # -- the corpus check names what differs ----------------------------------------------------
 
+
 def test_another_corpus_message_lists_each_differing_field(corpus, tmp_path):
     split, (_, meta_path), fingerprint = written(corpus, tmp_path)
     recorded = dict(fingerprint, num_tokens=fingerprint["num_tokens"] + 1, sha256="0" * 64)
     _edit_meta(meta_path, corpus=recorded)
     with pytest.raises(ScoreFileError) as err:
         ScoreFile(str(tmp_path / "s"), split)
-    assert (f"(num_tokens: score file {recorded['num_tokens']!r} vs data "
-            f"{fingerprint['num_tokens']!r}, sha256: score file {'0' * 64!r} vs data "
-            f"{fingerprint['sha256']!r}); recompute it with se-score") in str(err.value)
+    assert (
+        f"(num_tokens: score file {recorded['num_tokens']!r} vs data "
+        f"{fingerprint['num_tokens']!r}, sha256: score file {'0' * 64!r} vs data "
+        f"{fingerprint['sha256']!r}); recompute it with se-score"
+    ) in str(err.value)
     meta = json.load(open(meta_path))
     del meta["corpus"]  # no fingerprint recorded at all: every field differs
     json.dump(meta, open(meta_path, "w"))
@@ -340,7 +410,10 @@ def test_fingerprint_hash_is_the_documented_sample(tmp_path):
             digest.update(raw)
         else:
             for start in np.linspace(0, len(raw) - 65536, 64).astype(np.int64):
-                digest.update(raw[start:start + 65536])
+                digest.update(raw[start : start + 65536])
         assert score_file.corpus_fingerprint(prefix) == {
-            "num_sequences": sequences, "num_tokens": sum(sizes), "bin_bytes": len(raw),
-            "sha256": digest.hexdigest()}
+            "num_sequences": sequences,
+            "num_tokens": sum(sizes),
+            "bin_bytes": len(raw),
+            "sha256": digest.hexdigest(),
+        }

@@ -1,4 +1,5 @@
 """The scoring job as a library: chunk plan, manifest, resume and assembly, in-process."""
+
 import json
 import os
 import shutil
@@ -6,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from se_fairseq.testing import split_tokens
 from se_fairseq.data.score_file import ScoreFile
 from se_fairseq.scoring_job import ScoringError, ScoringJob, plan_chunks, score_corpus
+from se_fairseq.testing import split_tokens
 
 
 def test_plan_chunks_cuts_after_reaching_the_budget():
@@ -20,7 +21,7 @@ def test_plan_chunks_cuts_after_reaching_the_budget():
     assert chunks[0][0] == 0 and chunks[-1][1] == 500
     assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))  # contiguous, no gap
     for first, last in chunks[:-1]:  # each reaches the budget, and not one block earlier
-        assert lengths[first:last].sum() >= 400 > lengths[first:last - 1].sum()
+        assert lengths[first:last].sum() >= 400 > lengths[first : last - 1].sum()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """Task se_mlm: the batches it builds, checked against fairseq and plain definitions."""
+
 import logging
 import os
 
@@ -6,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from se_fairseq.testing import TINY_ROBERTA, setup_task, split_tokens, write_scores
 from se_fairseq.data import score_file
 from se_fairseq.data.score_file import ScoreFileError
+from se_fairseq.testing import TINY_ROBERTA, setup_task, split_tokens, write_scores
 
 
 def make_task(data, *extra):
-    return setup_task(data, *TINY_ROBERTA, "--cpu", "--seed", "5", "--criterion", "masked_lm",
-                      *extra)
+    return setup_task(
+        data, *TINY_ROBERTA, "--cpu", "--seed", "5", "--criterion", "masked_lm", *extra
+    )
 
 
 def epoch_batches(task, split="train", epoch=1, batch_size=8):
@@ -98,8 +100,15 @@ def test_masks_are_a_function_of_seed_epoch_index(scored_corpus):
 
 
 def test_replacement_policy_applies_when_given(scored_corpus):
-    task, _ = make_task(scored_corpus, "--task", "se_mlm", "--leave-unmasked-prob", "0.2",
-                        "--random-token-prob", "0.3")
+    task, _ = make_task(
+        scored_corpus,
+        "--task",
+        "se_mlm",
+        "--leave-unmasked-prob",
+        "0.2",
+        "--random-token-prob",
+        "0.3",
+    )
     kept = randomized = masked = 0
     for batch in epoch_batches(task):
         sel = batch["target"].ne(1)
@@ -115,16 +124,19 @@ def test_replacement_policy_applies_when_given(scored_corpus):
 
 def test_whole_word_masking_selects_words_by_their_best_token(scored_corpus, tmp_path):
     """With a BPE whose continuation pieces lack the leading marker, a word is masked whole."""
-    task, cfg = make_task(scored_corpus, "--task", "se_mlm", "--mask-whole-words",
-                          "--sample-break-mode", "eos")
+    task, cfg = make_task(
+        scored_corpus, "--task", "se_mlm", "--mask-whole-words", "--sample-break-mode", "eos"
+    )
     d = task.source_dictionary
     # every 3rd vocabulary entry continues the previous word
-    word_begins = torch.tensor([i < d.nspecial or i % 3 != 0 for i in range(len(d))],
-                               dtype=torch.uint8)
+    word_begins = torch.tensor(
+        [i < d.nspecial or i % 3 != 0 for i in range(len(d))], dtype=torch.uint8
+    )
     from se_fairseq.data.se_masking import SelfEvolutionMasker
 
-    masker = SelfEvolutionMasker(d, task.mask_idx, mask_prob=0.3, mode="topk", seed=1,
-                                 mask_whole_words=word_begins)
+    masker = SelfEvolutionMasker(
+        d, task.mask_idx, mask_prob=0.3, mode="topk", seed=1, mask_whole_words=word_begins
+    )
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(d.nspecial, len(d) - 1, (16, 40), generator=g)
     tokens[:, 0] = d.bos()
@@ -205,8 +217,16 @@ def test_threshold_mode_selects_scores_above_the_threshold(scored_corpus, thresh
         split = os.path.join(scored_corpus, "train")
         num_tokens = sum(len(s) for s in split_tokens(split))
         write_scores(split, np.random.default_rng(2).exponential(0.1, size=num_tokens))
-    task, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-select", "threshold",
-                        "--sample-break-mode", "eos", *extra)
+    task, _ = make_task(
+        scored_corpus,
+        "--task",
+        "se_mlm",
+        "--se-select",
+        "threshold",
+        "--sample-break-mode",
+        "eos",
+        *extra,
+    )
     t = 0.1 if threshold is None else float(threshold)
     d = task.source_dictionary
     split = os.path.join(scored_corpus, "train")
@@ -229,8 +249,9 @@ def test_threshold_mode_selects_scores_above_the_threshold(scored_corpus, thresh
 def test_threshold_rows_with_nothing_above_fall_back_to_random_masking(scored_corpus):
     """Rows without a token above t get masked_lm masking (mask_prob, 80/10/10); with
     --se-threshold-fallback none they stay unmasked."""
-    task, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-select", "threshold",
-                        "--se-threshold", "1000")  # nothing is above it
+    task, _ = make_task(
+        scored_corpus, "--task", "se_mlm", "--se-select", "threshold", "--se-threshold", "1000"
+    )  # nothing is above it
     masked = kept_or_random = selected_total = eligible_total = 0
     for batch in epoch_batches(task):
         selected = batch["target"].ne(1)
@@ -244,18 +265,37 @@ def test_threshold_rows_with_nothing_above_fall_back_to_random_masking(scored_co
         kept_or_random += int((src[selected] != task.mask_idx).sum())
     assert abs(selected_total / eligible_total - 0.15) < 0.02
     assert abs(kept_or_random / selected_total - 0.2) < 0.06  # 10 % kept + 10 % random
-    none_task, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-select", "threshold",
-                             "--se-threshold", "1000", "--se-threshold-fallback", "none")
+    none_task, _ = make_task(
+        scored_corpus,
+        "--task",
+        "se_mlm",
+        "--se-select",
+        "threshold",
+        "--se-threshold",
+        "1000",
+        "--se-threshold-fallback",
+        "none",
+    )
     assert all(not b["target"].ne(1).any() for b in epoch_batches(none_task))
 
 
 def test_random_share_splits_the_budget(scored_corpus):
     """--se-random-share 0.5: half of each block's k are its top scores, the rest drawn
     uniformly from the others (so they are not all the next-highest scores)."""
-    task, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-random-share", "0.5",
-                        "--sample-break-mode", "eos", "--mask-prob", "0.3")
-    pure, _ = make_task(scored_corpus, "--task", "se_mlm", "--sample-break-mode", "eos",
-                        "--mask-prob", "0.3")
+    task, _ = make_task(
+        scored_corpus,
+        "--task",
+        "se_mlm",
+        "--se-random-share",
+        "0.5",
+        "--sample-break-mode",
+        "eos",
+        "--mask-prob",
+        "0.3",
+    )
+    pure, _ = make_task(
+        scored_corpus, "--task", "se_mlm", "--sample-break-mode", "eos", "--mask-prob", "0.3"
+    )
     d = task.source_dictionary
     split = os.path.join(scored_corpus, "train")
     sentences = split_tokens(split)
@@ -269,20 +309,22 @@ def test_random_share_splits_the_budget(scored_corpus):
             selected = batch["target"][row, :n].numpy() != d.pad()
             k = int(selected.sum())
             assert k == int((pure_batch["target"][row, :n] != d.pad()).sum())  # same budget
-            order = sorted(np.flatnonzero(eligible),
-                           key=lambda p: (-scores[p], p))
+            order = sorted(np.flatnonzero(eligible), key=lambda p: (-scores[p], p))
             by_score = k - int(np.floor(k * 0.5 + 0.5))
             assert set(order[:by_score]) <= set(np.flatnonzero(selected))
             outside_top += len(set(np.flatnonzero(selected)) - set(order[:k]))
     assert outside_top > 20
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--se-select", "topk", "--se-threshold", "1"], "--se-threshold applies"),
-    (["--se-select", "threshold", "--se-random-share", "0.5"], "--se-random-share splits"),
-    (["--se-random-share", "1.5"], "--se-random-share must lie"),
-    (["--se-online", "--se-metric", "rarity"], "--se-online scores with the live model"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--se-select", "topk", "--se-threshold", "1"], "--se-threshold applies"),
+        (["--se-select", "threshold", "--se-random-share", "0.5"], "--se-random-share splits"),
+        (["--se-random-share", "1.5"], "--se-random-share must lie"),
+        (["--se-online", "--se-metric", "rarity"], "--se-online scores with the live model"),
+    ],
+)
 def test_inconsistent_se_options_are_refused(scored_corpus, extra, message):
     with pytest.raises(ValueError, match=message):
         make_task(scored_corpus, "--task", "se_mlm", *extra)
@@ -312,16 +354,23 @@ def sentencepiece_corpus(tmp_path_factory):
     rng = np.random.default_rng(0)
     words = ["".join(rng.choice(list("abcdefghij"), size=rng.integers(2, 9))) for _ in range(300)]
     p = 1.0 / np.arange(1, len(words) + 1)
-    lines = [" ".join(rng.choice(words, size=rng.integers(5, 30), p=p / p.sum()))
-             for _ in range(400)]
+    lines = [
+        " ".join(rng.choice(words, size=rng.integers(5, 30), p=p / p.sum())) for _ in range(400)
+    ]
     (root / "raw.txt").write_text("\n".join(lines) + "\n")
-    spm.SentencePieceTrainer.train(input=str(root / "raw.txt"), model_prefix=str(root / "spm"),
-                                   vocab_size=120, model_type="unigram", minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(root / "raw.txt"),
+        model_prefix=str(root / "spm"),
+        vocab_size=120,
+        model_type="unigram",
+        minloglevel=2,
+    )
     sp = spm.SentencePieceProcessor(model_file=str(root / "spm.model"))
     (root / "txt").mkdir()
     for split, rows in (("train", lines[:350]), ("valid", lines[350:])):
         (root / "txt" / f"{split}.txt").write_text(
-            "\n".join(" ".join(sp.encode(r, out_type=str)) for r in rows) + "\n")
+            "\n".join(" ".join(sp.encode(r, out_type=str)) for r in rows) + "\n"
+        )
     data = binarize(str(root / "txt"), str(root / "data-bin"))
     split = os.path.join(data, "train")
     num_tokens = sum(len(s) for s in split_tokens(split))
@@ -334,9 +383,20 @@ def test_whole_word_masking_through_fairseq_argument_parsing(sentencepiece_corpu
     """--mask-whole-words as fairseq-train builds it (--bpe sentencepiece): every selected
     piece belongs to a word selected whole; words start at pieces with SentencePiece's '▁'."""
     data, model = sentencepiece_corpus
-    task, _ = make_task(data, "--task", "se_mlm", "--se-select", mode, "--mask-whole-words",
-                        "--bpe", "sentencepiece", "--sentencepiece-model", model,
-                        "--sample-break-mode", "eos")
+    task, _ = make_task(
+        data,
+        "--task",
+        "se_mlm",
+        "--se-select",
+        mode,
+        "--mask-whole-words",
+        "--bpe",
+        "sentencepiece",
+        "--sentencepiece-model",
+        model,
+        "--sample-break-mode",
+        "eos",
+    )
     d = task.source_dictionary
     selected_words = 0
     for batch in epoch_batches(task):
@@ -344,8 +404,10 @@ def test_whole_word_masking_through_fairseq_argument_parsing(sentencepiece_corpu
         original = torch.where(target.ne(d.pad()), target, batch["net_input"]["src_tokens"])
         for row in range(len(original)):
             pieces = [d[i] for i in original[row].tolist()]
-            begins = [i < d.nspecial or p.startswith("\u2581")
-                      for i, p in zip(original[row].tolist(), pieces)]
+            begins = [
+                i < d.nspecial or p.startswith("\u2581")
+                for i, p in zip(original[row].tolist(), pieces)
+            ]
             word = np.cumsum(begins)
             chosen = target[row].ne(d.pad()).numpy()
             for w in set(word[chosen]):
@@ -366,9 +428,19 @@ def test_shorten_method_cuts_tokens_and_scores_alike(scored_corpus, method):
     """--shorten-method in a scored mode (eos blocks: block i = sentence i): each row is a
     window of its sentence, masked by the top-k of that window's own scores."""
     width = 17
-    task, _ = make_task(scored_corpus, "--task", "se_mlm", "--shorten-method", method,
-                        "--tokens-per-sample", str(width), "--sample-break-mode", "eos",
-                        "--mask-prob", "0.3")
+    task, _ = make_task(
+        scored_corpus,
+        "--task",
+        "se_mlm",
+        "--shorten-method",
+        method,
+        "--tokens-per-sample",
+        str(width),
+        "--sample-break-mode",
+        "eos",
+        "--mask-prob",
+        "0.3",
+    )
     d = task.source_dictionary
     split = os.path.join(scored_corpus, "train")
     sentences, sentence_score = sentence_scores(split)
@@ -378,14 +450,14 @@ def test_shorten_method_cuts_tokens_and_scores_alike(scored_corpus, method):
         original = torch.where(target.ne(d.pad()), target, batch["net_input"]["src_tokens"])
         for row, i in enumerate(batch["id"].tolist()):
             sentence, scores = sentences[i], sentence_score[i]
-            tokens = original[row][1:1 + min(width, len(sentence))].numpy()
-            selected = target[row, 1:1 + len(tokens)].ne(d.pad()).numpy()
+            tokens = original[row][1 : 1 + min(width, len(sentence))].numpy()
+            selected = target[row, 1 : 1 + len(tokens)].ne(d.pad()).numpy()
             starts = [0] if method == "truncate" else range(len(sentence) - len(tokens) + 1)
             fits = []
             for a in starts:
-                if not (sentence[a:a + len(tokens)] == tokens).all():
+                if not (sentence[a : a + len(tokens)] == tokens).all():
                     continue
-                window = scores[a:a + len(tokens)]
+                window = scores[a : a + len(tokens)]
                 eligible = np.flatnonzero(tokens >= d.nspecial)
                 top = sorted(eligible, key=lambda p: (-window[p], p))[: int(selected.sum())]
                 fits.append(set(top) == set(np.flatnonzero(selected)))

@@ -1,24 +1,29 @@
 """se-score: scores against a dense computation, resume, sharding, refusals."""
+
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from se_fairseq.testing import binarize, split_tokens, write_zipf_corpus
 from se_fairseq.data.score_file import ScoreFile
+from se_fairseq.testing import binarize, split_tokens, write_zipf_corpus
 
 
 def se_score(data, ckpt, *extra, env=None, check=True):
     run_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    result = subprocess.run(["se-score", data, "--path", ckpt, "--no-progress-bar", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=run_env)
+    result = subprocess.run(
+        ["se-score", data, "--path", ckpt, "--no-progress-bar", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=run_env,
+    )
     if check:
         assert result.returncode == 0, result.stdout[-3000:]
     return result
@@ -34,12 +39,20 @@ def dense_scores(ckpt, data, metric):
     from fairseq import checkpoint_utils
     from fairseq.data import PrependTokenDataset, TokenBlockDataset, data_utils
 
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([ckpt], arg_overrides={"data": data})
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [ckpt], arg_overrides={"data": data}
+    )
     model = models[0].eval()
     d = task.source_dictionary
     tokens = data_utils.load_indexed_dataset(os.path.join(data, "train"), d)
-    blocks = TokenBlockDataset(tokens, tokens.sizes, cfg.task.tokens_per_sample - 1, pad=d.pad(),
-                               eos=d.eos(), break_mode=cfg.task.sample_break_mode)
+    blocks = TokenBlockDataset(
+        tokens,
+        tokens.sizes,
+        cfg.task.tokens_per_sample - 1,
+        pad=d.pad(),
+        eos=d.eos(),
+        break_mode=cfg.task.sample_break_mode,
+    )
     items = PrependTokenDataset(blocks, d.bos())
     out = np.zeros(int(tokens.sizes.sum()), dtype=np.float64)
     with torch.no_grad():
@@ -75,8 +88,9 @@ def test_stop_and_resume_gives_the_uninterrupted_file(vanilla_checkpoint, data, 
     full = str(tmp_path / "full")
     se_score(data, vanilla_checkpoint, "--out", full, "--chunk-tokens", "500")
     part = str(tmp_path / "part")
-    first = se_score(data, vanilla_checkpoint, "--out", part, "--chunk-tokens", "500",
-                     "--stop-after-chunks", "3")
+    first = se_score(
+        data, vanilla_checkpoint, "--out", part, "--chunk-tokens", "500", "--stop-after-chunks", "3"
+    )
     assert "run the same command again to resume" in first.stdout
     assert not os.path.exists(part + ".npy")  # partial output is never the score file
     assert len([f for f in os.listdir(part + ".partial") if f.startswith("chunk-")]) == 3
@@ -107,16 +121,33 @@ def test_killed_run_resumes_to_the_same_file(vanilla_checkpoint, data, tmp_path)
         "scoring_job.ScoringJob.score_chunk = score_chunk\n"
         "sys.exit(score.main(sys.argv[1:]))\n"
     )
-    killed = subprocess.run([sys.executable, "-c", killer, data, "--path", vanilla_checkpoint,
-                             "--out", out, "--chunk-tokens", "200", "--batch-size", "1",
-                             "--no-progress-bar"], capture_output=True, text=True)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            killer,
+            data,
+            "--path",
+            vanilla_checkpoint,
+            "--out",
+            out,
+            "--chunk-tokens",
+            "200",
+            "--batch-size",
+            "1",
+            "--no-progress-bar",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     chunks = [f for f in os.listdir(out + ".partial") if f.startswith("chunk-")]
     total = len(json.load(open(os.path.join(out + ".partial", "manifest.json")))["chunks"])
     assert len(chunks) == 3 < total  # killed mid-run, not after the end
     assert not os.path.exists(out + ".npy")
-    resumed = se_score(data, vanilla_checkpoint, "--out", out, "--chunk-tokens", "200",
-                       "--batch-size", "1")
+    resumed = se_score(
+        data, vanilla_checkpoint, "--out", out, "--chunk-tokens", "200", "--batch-size", "1"
+    )
     assert "resuming: 3 chunk(s)" in resumed.stdout
     assert open(out + ".npy", "rb").read() == open(full + ".npy", "rb").read()
 
@@ -134,14 +165,14 @@ def long_sentence_data(corpus, tmp_path):
         with open(text / f"{split}.txt", "w") as f:
             for _ in range(n):
                 f.write(" ".join(rng.choice(words, size=rng.integers(3, longest))) + "\n")
-    return binarize(str(text), str(tmp_path / "long-bin"),
-                    srcdict=os.path.join(corpus, "dict.txt"))
+    return binarize(str(text), str(tmp_path / "long-bin"), srcdict=os.path.join(corpus, "dict.txt"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("break_mode", ["complete", "eos"])
 def test_blocks_longer_than_the_model_are_skipped_as_fairseq_train_does(
-        vanilla_checkpoint, long_sentence_data, tmp_path, break_mode):
+    vanilla_checkpoint, long_sentence_data, tmp_path, break_mode
+):
     from fairseq.data import Dictionary, TokenBlockDataset, data_utils
 
     from se_fairseq.testing import fairseq_train
@@ -151,8 +182,9 @@ def test_blocks_longer_than_the_model_are_skipped_as_fairseq_train_does(
     split = os.path.join(data, "train")
     d = Dictionary.load(os.path.join(data, "dict.txt"))
     tokens = data_utils.load_indexed_dataset(split, d)
-    blocks = TokenBlockDataset(tokens, tokens.sizes, 63, pad=d.pad(), eos=d.eos(),
-                               break_mode=break_mode)
+    blocks = TokenBlockDataset(
+        tokens, tokens.sizes, 63, pad=d.pad(), eos=d.eos(), break_mode=break_mode
+    )
     spans = np.asarray(blocks.slice_indices)
     too_long = spans[:, 1] - spans[:, 0] + 1 > 64  # with <s>, past the 64 positions
     assert too_long.sum() > 5
@@ -167,14 +199,26 @@ def test_blocks_longer_than_the_model_are_skipped_as_fairseq_train_does(
         kept[start:end] = True
     assert summary["tokens"] == int(kept.sum())
     assert (loaded.scores[~kept] == 0).all() and (loaded.scores[kept] > 0).mean() > 0.99
-    trained = fairseq_train(data, str(tmp_path / "ck"), "--task", "se_mlm", "--criterion",
-                            "token_ls", "--sample-break-mode", break_mode,
-                            "--num-workers", "1",  # fairseq-train's default
-                            "--restore-file", vanilla_checkpoint, "--reset-optimizer",
-                            "--reset-dataloader", "--reset-meters", max_update=4)
+    trained = fairseq_train(
+        data,
+        str(tmp_path / "ck"),
+        "--task",
+        "se_mlm",
+        "--criterion",
+        "token_ls",
+        "--sample-break-mode",
+        break_mode,
+        "--num-workers",
+        "1",  # fairseq-train's default
+        "--restore-file",
+        vanilla_checkpoint,
+        "--reset-optimizer",
+        "--reset-dataloader",
+        "--reset-meters",
+        max_update=4,
+    )
     assert trained.returncode == 0, trained.stdout[-3000:]
-    assert f"{int(too_long.sum())} samples have invalid sizes and will be skipped" \
-        in trained.stdout
+    assert f"{int(too_long.sum())} samples have invalid sizes and will be skipped" in trained.stdout
 
 
 @pytest.mark.slow
@@ -184,10 +228,31 @@ def test_two_ranks_under_torchrun_equal_one_process(vanilla_checkpoint, data, tm
     two = str(tmp_path / "two")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "--no-python", "se-score", data, "--path", vanilla_checkpoint, "--out", two,
-         "--chunk-tokens", "700", "--cpu", "--no-progress-bar"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "--no-python",
+            "se-score",
+            data,
+            "--path",
+            vanilla_checkpoint,
+            "--out",
+            two,
+            "--chunk-tokens",
+            "700",
+            "--cpu",
+            "--no-progress-bar",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "2 rank(s)" in result.stdout
     assert open(two + ".npy", "rb").read() == open(one + ".npy", "rb").read()
@@ -210,9 +275,20 @@ def test_checkpoint_with_another_dictionary_is_refused(vanilla_checkpoint, tmp_p
 @pytest.mark.slow
 def test_partial_results_of_other_options_are_refused(vanilla_checkpoint, data, tmp_path):
     out = str(tmp_path / "s")
-    se_score(data, vanilla_checkpoint, "--out", out, "--chunk-tokens", "500", "--stop-after-chunks", "1")
-    result = se_score(data, vanilla_checkpoint, "--out", out, "--chunk-tokens", "500",
-                      "--metric", "confidence", check=False)
+    se_score(
+        data, vanilla_checkpoint, "--out", out, "--chunk-tokens", "500", "--stop-after-chunks", "1"
+    )
+    result = se_score(
+        data,
+        vanilla_checkpoint,
+        "--out",
+        out,
+        "--chunk-tokens",
+        "500",
+        "--metric",
+        "confidence",
+        check=False,
+    )
     assert result.returncode != 0 and "partial results of another run" in result.stdout
     assert "metric" in result.stdout
 
@@ -222,9 +298,20 @@ def test_se_mlm_trains_on_se_score_output(vanilla_checkpoint, data, tmp_path):
     from se_fairseq.testing import fairseq_train
 
     se_score(data, vanilla_checkpoint)
-    result = fairseq_train(data, str(tmp_path / "ck"), "--task", "se_mlm", "--criterion", "token_ls",
-                           "--restore-file", vanilla_checkpoint, "--reset-optimizer",
-                           "--reset-dataloader", "--reset-meters", max_update=5)
+    result = fairseq_train(
+        data,
+        str(tmp_path / "ck"),
+        "--task",
+        "se_mlm",
+        "--criterion",
+        "token_ls",
+        "--restore-file",
+        vanilla_checkpoint,
+        "--reset-optimizer",
+        "--reset-dataloader",
+        "--reset-meters",
+        max_update=5,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     meta = json.load(open(os.path.join(data, "train.se_scores.json")))
     assert meta["corpus"]["num_tokens"] == sum(map(len, split_tokens(os.path.join(data, "train"))))
@@ -234,8 +321,15 @@ def test_se_mlm_trains_on_se_score_output(vanilla_checkpoint, data, tmp_path):
 def test_a_split_where_every_block_is_too_long_is_an_error(vanilla_checkpoint, data):
     """Blocks of 5 positions, complete: every sentence (4+ words, </s>, and <s>) is longer,
     so nothing could be scored: a non-zero exit with the reason, and no score file."""
-    result = se_score(data, vanilla_checkpoint, "--tokens-per-sample", "5",
-                      "--sample-break-mode", "complete", check=False)
+    result = se_score(
+        data,
+        vanilla_checkpoint,
+        "--tokens-per-sample",
+        "5",
+        "--sample-break-mode",
+        "complete",
+        check=False,
+    )
     assert result.returncode != 0
     assert "se-score: every one of the" in result.stdout and "nothing to score" in result.stdout
     assert "Traceback" not in result.stdout

@@ -3,6 +3,7 @@ torch.topk, plain definitions), on every device: tests that take ``device``
 run on CPU and, marked ``cuda``, on the GPU when one is visible, so the first
 GPU run checks the CUDA kernel against everything the CPU kernel is checked
 against."""
+
 import importlib
 import math
 import os
@@ -16,7 +17,13 @@ import torch
 
 from se_fairseq.ops import extension_available, select
 from se_fairseq.ops.reference import (
-    SAMPLE, THRESHOLD, TOPK, hash_uniform, rounded_count, se_log, select_reference,
+    SAMPLE,
+    THRESHOLD,
+    TOPK,
+    hash_uniform,
+    rounded_count,
+    se_log,
+    select_reference,
 )
 from se_fairseq.testing import device_params
 
@@ -57,9 +64,14 @@ def to(device, *tensors):
 
 
 def reference(scores, eligible, seeds, num_select=None, mode="topk", **kw):
-    return select_reference(scores.numpy(), eligible.numpy(), seeds.numpy(),
-                            None if num_select is None else num_select.numpy(),
-                            mode=MODES[mode], **kw)
+    return select_reference(
+        scores.numpy(),
+        eligible.numpy(),
+        seeds.numpy(),
+        None if num_select is None else num_select.numpy(),
+        mode=MODES[mode],
+        **kw,
+    )
 
 
 def test_extension_is_built():
@@ -68,14 +80,15 @@ def test_extension_is_built():
 
 # ---------------------------------------------------------------- parity
 
+
 @pytest.mark.parametrize("mode", ["topk", "sample", "threshold"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_op_matches_reference(device, mode, seed):
     scores, eligible, seeds = random_batch(seed=seed)
-    got = select(*to(device, scores, eligible, seeds), ratio=0.3, mode=mode, threshold=0.5,
-                 temperature=0.7)
-    want = reference(scores, eligible, seeds, mode=mode, ratio=0.3, threshold=0.5,
-                     temperature=0.7)
+    got = select(
+        *to(device, scores, eligible, seeds), ratio=0.3, mode=mode, threshold=0.5, temperature=0.7
+    )
+    want = reference(scores, eligible, seeds, mode=mode, ratio=0.3, threshold=0.5, temperature=0.7)
     assert got.dtype == torch.bool and got.shape == scores.shape and got.device.type == device.type
     np.testing.assert_array_equal(got.cpu().numpy(), want)
 
@@ -87,11 +100,14 @@ def test_long_rows_match_reference(device, mode, length):
     scores, eligible, seeds = random_batch(rows=3, length=length, seed=length)
     eligible[0] = True  # one full row
     for kw in ({"ratio": 0.15}, {"num_select": torch.tensor([length // 3, 5, length])}):
-        got = select(*to(device, scores, eligible, seeds), mode=mode, threshold=0.5,
-                     temperature=0.7, **{k: v.to(device) if torch.is_tensor(v) else v
-                                         for k, v in kw.items()})
-        want = reference(scores, eligible, seeds, mode=mode, threshold=0.5, temperature=0.7,
-                         **kw)
+        got = select(
+            *to(device, scores, eligible, seeds),
+            mode=mode,
+            threshold=0.5,
+            temperature=0.7,
+            **{k: v.to(device) if torch.is_tensor(v) else v for k, v in kw.items()},
+        )
+        want = reference(scores, eligible, seeds, mode=mode, threshold=0.5, temperature=0.7, **kw)
         np.testing.assert_array_equal(got.cpu().numpy(), want)
 
 
@@ -107,8 +123,11 @@ def test_selection_keys_bit_identical_to_reference(device, mode, temperature):
     """The keys themselves, bit for bit: C++ host, CUDA device and numpy."""
     scores, _, seeds = random_batch(rows=64, length=700, seed=9, quantize=False)
     scores[0, :4] = torch.tensor([float("inf"), -float("inf"), 0.0, -0.0])
-    got = torch.ops.se_fairseq._selection_keys(*to(device, scores, seeds), MODES[mode],
-                                               temperature).cpu().numpy()
+    got = (
+        torch.ops.se_fairseq._selection_keys(*to(device, scores, seeds), MODES[mode], temperature)
+        .cpu()
+        .numpy()
+    )
     if mode == "sample":
         u = hash_uniform(seeds.numpy()[:, None], np.arange(700, dtype=np.uint64)[None, :] + 1)
         want = scores.numpy().astype(np.float64) / temperature - se_log(-se_log(u))
@@ -120,12 +139,17 @@ def test_selection_keys_bit_identical_to_reference(device, mode, temperature):
 def test_se_log_is_a_logarithm():
     """se_log (shared by C++, CUDA and numpy) against math.log: within 2 ulp."""
     rng = np.random.default_rng(0)
-    u = hash_uniform(rng.integers(-2**62, 2**62, 20000), np.arange(20000, dtype=np.uint64))
-    x = np.concatenate([
-        u, -np.log(u), rng.uniform(1e-300, 1e300, 1000), np.exp(rng.uniform(-700, 700, 5000)),
-        2.0 ** np.arange(-1074, 1024, dtype=np.float64), [1.0, 2.0, 0.5, 1 - 2**-53, 1 + 2**-52,
-                                                           np.sqrt(2), 5e-324, 2.2e-308, 1.7e308],
-    ])
+    u = hash_uniform(rng.integers(-(2**62), 2**62, 20000), np.arange(20000, dtype=np.uint64))
+    x = np.concatenate(
+        [
+            u,
+            -np.log(u),
+            rng.uniform(1e-300, 1e300, 1000),
+            np.exp(rng.uniform(-700, 700, 5000)),
+            2.0 ** np.arange(-1074, 1024, dtype=np.float64),
+            [1.0, 2.0, 0.5, 1 - 2**-53, 1 + 2**-52, np.sqrt(2), 5e-324, 2.2e-308, 1.7e308],
+        ]
+    )
     got = se_log(x)
     want = np.array([math.log(v) for v in x])
     ulp = np.spacing(np.abs(want))
@@ -136,6 +160,7 @@ def test_se_log_is_a_logarithm():
 
 
 # ------------------------------------------------ independent definitions
+
 
 def test_topk_is_the_k_highest_eligible_scores(device):
     """Independent of the reference: distinct scores, torch.topk per row."""
@@ -159,9 +184,13 @@ def test_long_row_topk_against_torch_topk(device):
     g = torch.Generator().manual_seed(4)
     scores = torch.randperm(2 * 20000, generator=g).float().view(2, 20000)
     eligible = torch.ones(2, 20000, dtype=torch.bool)
-    got = select(*to(device, scores, eligible, torch.arange(2)),
-                 num_select=torch.tensor([3000, 20000]).to(device)).cpu()
-    assert set(got[0].nonzero().view(-1).tolist()) == set(torch.topk(scores[0], 3000).indices.tolist())
+    got = select(
+        *to(device, scores, eligible, torch.arange(2)),
+        num_select=torch.tensor([3000, 20000]).to(device),
+    ).cpu()
+    assert set(got[0].nonzero().view(-1).tolist()) == set(
+        torch.topk(scores[0], 3000).indices.tolist()
+    )
     assert got[1].all()
 
 
@@ -184,8 +213,9 @@ def test_ties_break_by_position(device):
     scores = torch.zeros(1, 10)
     scores[0, 5:] = -0.0  # -0.0 ties with +0.0
     eligible = torch.ones(1, 10, dtype=torch.bool)
-    got = select(*to(device, scores, eligible, torch.tensor([0])),
-                 num_select=torch.tensor([3]).to(device))
+    got = select(
+        *to(device, scores, eligible, torch.tensor([0])), num_select=torch.tensor([3]).to(device)
+    )
     assert got[0].nonzero().view(-1).tolist() == [0, 1, 2]
 
 
@@ -209,16 +239,23 @@ def test_threshold_compares_in_double(device):
 def test_sample_prefers_high_scores_and_varies_with_seed(device):
     scores = torch.linspace(0, 3, 50).repeat(4000, 1)
     eligible = torch.ones_like(scores, dtype=torch.bool)
-    got = select(*to(device, scores, eligible, torch.arange(4000)),
-                 num_select=torch.full((4000,), 5).to(device), mode="sample",
-                 temperature=1.0).cpu()
+    got = select(
+        *to(device, scores, eligible, torch.arange(4000)),
+        num_select=torch.full((4000,), 5).to(device),
+        mode="sample",
+        temperature=1.0,
+    ).cpu()
     assert (got.sum(1) == 5).all()
     freq = got.float().mean(0)
     assert freq[-10:].mean() > 3 * freq[:10].mean()
     assert not torch.equal(got[0], got[1]) or not torch.equal(got[1], got[2])
     # temperature -> 0 approaches top-k
-    cold = select(*to(device, scores[:50], eligible[:50], torch.arange(50)),
-                  num_select=torch.full((50,), 5).to(device), mode="sample", temperature=1e-4)
+    cold = select(
+        *to(device, scores[:50], eligible[:50], torch.arange(50)),
+        num_select=torch.full((50,), 5).to(device),
+        mode="sample",
+        temperature=1e-4,
+    )
     assert cold[:, -5:].all()
 
 
@@ -229,8 +266,11 @@ def test_num_select_larger_than_row_and_empty_rows(device, mode):
     eligible[0, :2] = True  # shorter than k
     eligible[2, :] = True
     eligible[3, :] = True
-    got = select(*to(device, scores, eligible, torch.arange(4)), mode=mode,
-                 num_select=torch.tensor([5, 5, 0, -2]).to(device)).cpu()
+    got = select(
+        *to(device, scores, eligible, torch.arange(4)),
+        mode=mode,
+        num_select=torch.tensor([5, 5, 0, -2]).to(device),
+    ).cpu()
     assert got[0].sum() == 2 and got[0, :2].all()
     assert got[1].sum() == 0  # empty row: nothing to select
     assert got[2].sum() == 0
@@ -240,8 +280,16 @@ def test_num_select_larger_than_row_and_empty_rows(device, mode):
 @pytest.mark.parametrize("mode", ["topk", "sample", "threshold"])
 def test_zero_rows_and_zero_length(device, mode):
     for shape in ((0, 5), (3, 0), (0, 0)):
-        out = select(*to(device, torch.rand(*shape), torch.ones(*shape, dtype=torch.bool),
-                         torch.arange(shape[0])), ratio=0.5, mode=mode)
+        out = select(
+            *to(
+                device,
+                torch.rand(*shape),
+                torch.ones(*shape, dtype=torch.bool),
+                torch.arange(shape[0]),
+            ),
+            ratio=0.5,
+            mode=mode,
+        )
         assert out.shape == shape and out.device.type == device.type
 
 
@@ -249,12 +297,16 @@ def test_infinite_scores(device):
     scores = torch.tensor([[1.0, float("inf"), -float("inf"), 2.0, float("inf")]])
     eligible = torch.ones(1, 5, dtype=torch.bool)
     for mode in ("topk", "sample"):
-        got = select(*to(device, scores, eligible, torch.tensor([7])), mode=mode,
-                     num_select=torch.tensor([2]).to(device)).cpu()
+        got = select(
+            *to(device, scores, eligible, torch.tensor([7])),
+            mode=mode,
+            num_select=torch.tensor([2]).to(device),
+        ).cpu()
         assert got[0].nonzero().view(-1).tolist() == [1, 4]
 
 
 # ---------------------------------------------------------------- errors
+
 
 @pytest.mark.parametrize("mode", ["topk", "sample", "threshold"])
 @pytest.mark.parametrize("use_extension", [True, False])
@@ -286,8 +338,9 @@ torch.cuda.synchronize()
 print("NO ERROR")
 """
     env = dict(os.environ, SE_FAIRSEQ_NO_AUTOLOAD="1")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
     out = result.stdout + result.stderr
     assert result.returncode != 0 and "NO ERROR" not in out, out
     assert "NaN score at row 1, position 3" in out, out
@@ -365,6 +418,7 @@ def test_mixed_devices_are_an_error_cuda():
 
 # ------------------------------------------- fallback, fake kernel, opcheck
 
+
 def test_device_without_kernel_falls_back_with_one_warning(monkeypatch):
     """An extension without a kernel for the tensors' device (CUDA torch built
     without a toolkit): the CPU kernel runs on copies, one warning."""
@@ -386,8 +440,9 @@ def test_registered_kernels():
     for key in ("CPU", "Meta"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key("se_fairseq::select", key), key
     if HAS_CUDA:
-        assert select_module.has_kernel_for(torch.device("cuda")), \
+        assert select_module.has_kernel_for(torch.device("cuda")), (
             "CUDA torch with a GPU but the extension has no CUDA kernel: see README 'Installing'"
+        )
 
 
 def test_fake_kernel_on_meta_tensors():
@@ -411,14 +466,17 @@ def test_opcheck(device):
         torch.library.opcheck(torch.ops.se_fairseq.select.default, args)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s, e, sd: (s[0], e[0], sd), "scores must be 2-D"),
-    (lambda s, e, sd: (s.double(), e, sd), "scores must be float32"),
-    (lambda s, e, sd: (s, e.int(), sd), "eligible must be a bool tensor shaped like scores"),
-    (lambda s, e, sd: (s, e[:, :3], sd), "eligible must be a bool tensor shaped like scores"),
-    (lambda s, e, sd: (s, e, sd.int()), "seeds must be int64 with one per row"),
-    (lambda s, e, sd: (s, e, sd[:1]), "seeds must be int64 with one per row"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s, e, sd: (s[0], e[0], sd), "scores must be 2-D"),
+        (lambda s, e, sd: (s.double(), e, sd), "scores must be float32"),
+        (lambda s, e, sd: (s, e.int(), sd), "eligible must be a bool tensor shaped like scores"),
+        (lambda s, e, sd: (s, e[:, :3], sd), "eligible must be a bool tensor shaped like scores"),
+        (lambda s, e, sd: (s, e, sd.int()), "seeds must be int64 with one per row"),
+        (lambda s, e, sd: (s, e, sd[:1]), "seeds must be int64 with one per row"),
+    ],
+)
 def test_fake_kernel_checks_like_the_cpp_kernel(change, message):
     """The fake (meta) kernel refuses what the C++ kernel refuses, with its message."""
     scores, eligible, seeds = random_batch(rows=2, length=4)
@@ -435,23 +493,39 @@ def test_wrapper_converts_argument_types():
     seeds = torch.arange(len(scores)) * 7919 - 100  # int32-representable
     want = select(scores, eligible, seeds, ratio=0.3, mode="sample", temperature=0.5)
     for use_extension in (True, False):
-        got = select(scores.double(), eligible.to(torch.uint8), seeds.int(), ratio=0.3,
-                     mode="sample", temperature=0.5, use_extension=use_extension)
+        got = select(
+            scores.double(),
+            eligible.to(torch.uint8),
+            seeds.int(),
+            ratio=0.3,
+            mode="sample",
+            temperature=0.5,
+            use_extension=use_extension,
+        )
         assert got.dtype == torch.bool and torch.equal(got, want)
-        got = select(scores, eligible, seeds, ratio=0.3, mode=SAMPLE, temperature=0.5,
-                     use_extension=use_extension)  # the mode as its number
+        got = select(
+            scores,
+            eligible,
+            seeds,
+            ratio=0.3,
+            mode=SAMPLE,
+            temperature=0.5,
+            use_extension=use_extension,
+        )  # the mode as its number
         assert torch.equal(got, want)
     with torch.enable_grad():
         leaf = scores.clone().requires_grad_()
-        assert torch.equal(select(leaf, eligible, seeds, ratio=0.3, mode="sample",
-                                  temperature=0.5), want)
+        assert torch.equal(
+            select(leaf, eligible, seeds, ratio=0.3, mode="sample", temperature=0.5), want
+        )
 
 
 def test_kernel_lookup_by_device_type():
     assert select_module.has_kernel_for(torch.device("cpu"))
     assert select_module.has_kernel_for(torch.device("meta"))
-    assert select_module._has_kernel_for_type("cuda") == torch._C._dispatch_has_kernel_for_dispatch_key(
-        "se_fairseq::select", "CUDA")
+    assert select_module._has_kernel_for_type(
+        "cuda"
+    ) == torch._C._dispatch_has_kernel_for_dispatch_key("se_fairseq::select", "CUDA")
     assert not select_module._has_kernel_for_type("no_such_device")
 
 
@@ -471,8 +545,10 @@ def test_argument_rules_at_their_limits(use_extension):
     assert torch.equal(run(ratio=5.0, mode="threshold", threshold=0.0), eligible & (scores > 0))
     assert torch.equal(run(mode="topk", temperature=0.0, ratio=0.5), run(mode="topk", ratio=0.5))
     k = torch.tensor([0, 1, 2, 3, 4, 5])
-    assert run(num_select=k, ratio=7.0, mode="topk").sum(1).tolist() == \
-        torch.minimum(k, eligible.sum(1)).tolist()
+    assert (
+        run(num_select=k, ratio=7.0, mode="topk").sum(1).tolist()
+        == torch.minimum(k, eligible.sum(1)).tolist()
+    )
     with pytest.raises((RuntimeError, ValueError), match="unknown mode"):
         run(mode=3)
     with pytest.raises((RuntimeError, ValueError)):
@@ -494,19 +570,26 @@ def test_reference_defaults_and_float32_scores():
     it ranks scores in float32 as the op does: float64 scores equal in float32 tie."""
     scores, eligible, seeds = random_batch(seed=12)
     s, e, sd = scores.numpy(), eligible.numpy(), seeds.numpy()
-    np.testing.assert_array_equal(select_reference(s, e, sd),
-                                  select_reference(s, e, sd, ratio=0.15, mode=TOPK))
+    np.testing.assert_array_equal(
+        select_reference(s, e, sd), select_reference(s, e, sd, ratio=0.15, mode=TOPK)
+    )
     np.testing.assert_array_equal(select_reference(s, e, sd, mode=THRESHOLD), e & (s > 0))
-    np.testing.assert_array_equal(select_reference(s, e, sd, mode=SAMPLE, ratio=0.3),
-                                  select_reference(s, e, sd, mode=SAMPLE, ratio=0.3,
-                                                   temperature=1.0))
-    np.testing.assert_array_equal(select(scores, eligible, seeds).numpy(),
-                                  select_reference(s, e, sd))
+    np.testing.assert_array_equal(
+        select_reference(s, e, sd, mode=SAMPLE, ratio=0.3),
+        select_reference(s, e, sd, mode=SAMPLE, ratio=0.3, temperature=1.0),
+    )
+    np.testing.assert_array_equal(
+        select(scores, eligible, seeds).numpy(), select_reference(s, e, sd)
+    )
     tie = np.array([[1.0, 1.0 + 1e-12, 0.5]])  # one float32 value: position 0 wins the tie
     one = np.ones((1, 3), dtype=bool)
     assert select_reference(tie, one, [0], num_select=[1]).tolist() == [[True, False, False]]
-    assert select(torch.from_numpy(tie), torch.from_numpy(one), torch.tensor([0]),
-                  num_select=torch.tensor([1])).tolist() == [[True, False, False]]
+    assert select(
+        torch.from_numpy(tie),
+        torch.from_numpy(one),
+        torch.tensor([0]),
+        num_select=torch.tensor([1]),
+    ).tolist() == [[True, False, False]]
 
 
 @pytest.mark.parametrize("use_extension", [True, False])
@@ -516,7 +599,8 @@ def test_threshold_mode_selects_every_eligible_score_above_the_threshold(use_ext
     scores, eligible, seeds = random_batch(rows=8, length=30)
     scores = scores * 4 - 2  # some below 0
     for kwargs, threshold in (({}, 0.0), ({"threshold": 1.25}, 1.25), ({"threshold": -0.5}, -0.5)):
-        got = select(scores, eligible, seeds, mode="threshold", use_extension=use_extension,
-                     **kwargs)
+        got = select(
+            scores, eligible, seeds, mode="threshold", use_extension=use_extension, **kwargs
+        )
         want = eligible & (scores > threshold)
         assert torch.equal(got, want) and want.any() and (eligible & ~want).any()

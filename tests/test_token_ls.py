@@ -7,6 +7,7 @@ mode and without gradient. The dense reference below builds that target tensor
 explicitly over the whole vocabulary at every position and sums the
 cross-entropy over the selected positions.
 """
+
 import contextlib
 import math
 
@@ -169,9 +170,7 @@ def assert_grads_close(got, want, rtol=RTOL):
 def test_loss_and_gradients_equal_dense_formula(setup, alpha):
     model, sample = setup.model, setup.sample
     criterion = setup.tls(alpha)
-    (loss, sample_size, log), got_grads = loss_and_grads(
-        model, lambda: criterion(model, sample)
-    )
+    (loss, sample_size, log), got_grads = loss_and_grads(model, lambda: criterion(model, sample))
     want, want_grads = loss_and_grads(model, lambda: dense_loss(model, sample, setup.pad, alpha))
     assert sample_size == int(setup.masked.sum())
     torch.testing.assert_close(loss, want, rtol=RTOL, atol=0.0)
@@ -343,7 +342,9 @@ def test_topk_se_mlm_batch_equals_dense_formula(scored_corpus):
     assert masked.sum() > 30 and (src[masked] == s.task.mask_idx).all()
     for alpha in (0.1, 0.5):
         criterion = s.tls(alpha)
-        (loss, sample_size, log), got_grads = loss_and_grads(model, lambda: criterion(model, sample))
+        (loss, sample_size, log), got_grads = loss_and_grads(
+            model, lambda: criterion(model, sample)
+        )
         want, want_grads = loss_and_grads(model, lambda: dense_loss(model, sample, s.pad, alpha))
         torch.testing.assert_close(loss, want, rtol=RTOL, atol=0.0)
         assert_grads_close(got_grads, want_grads)
@@ -375,6 +376,7 @@ def host_syncs_outside(model):
             if depth[0] == 0:
                 calls.append(name)
             return originals[name](self, *args, **kwargs)
+
         return method
 
     try:
@@ -388,9 +390,15 @@ def host_syncs_outside(model):
             h.remove()
 
 
-@pytest.mark.parametrize("alpha,ref,empty", [
-    (0.1, "model", False), (0.1, "uniform", False), (0.0, "model", False), (0.1, "model", True),
-])
+@pytest.mark.parametrize(
+    "alpha,ref,empty",
+    [
+        (0.1, "model", False),
+        (0.1, "uniform", False),
+        (0.0, "model", False),
+        (0.1, "model", True),
+    ],
+)
 def test_forward_makes_no_host_sync(setup, alpha, ref, empty):
     """Counts stay tensors (as in fairseq's masked_lm), and an empty selection is
     handled on the device: token_ls itself never asks the device for a value."""
@@ -422,7 +430,8 @@ def test_reduce_metrics_takes_the_tensor_counts(setup):
     values = agg.get_smoothed_values()
     assert values["loss"] == pytest.approx(round(2 * log["loss"].item() / n / math.log(2), 3))
     assert values["nll_loss"] == pytest.approx(
-        round(2 * log["nll_loss"].item() / n / math.log(2), 3))
+        round(2 * log["nll_loss"].item() / n / math.log(2), 3)
+    )
     assert values["accuracy"] == pytest.approx(round(100 * 2 * int(log["correct"]) / n, 2))
     assert values["ref_accuracy"] == pytest.approx(round(100 * 2 * int(log["ref_correct"]) / n, 2))
     assert 0 < values["accuracy"] < 100 and 0 < values["ref_accuracy"] < 100
@@ -445,8 +454,9 @@ def test_tls_loss_function_equals_the_dense_soft_target_cross_entropy(alpha, ref
     keep = target.ne(pad)
     want_loss = -(soft * lprobs).sum(-1)[keep].sum()
     want_nll = -lprobs[torch.arange(positions), target][keep].sum()
-    loss, nll = token_label_smoothed_loss(lprobs, target, alpha,
-                                          p_ref if ref == "model" else None, ignore_index=pad)
+    loss, nll = token_label_smoothed_loss(
+        lprobs, target, alpha, p_ref if ref == "model" else None, ignore_index=pad
+    )
     assert torch.allclose(loss, want_loss, rtol=1e-12) and torch.allclose(nll, want_nll, rtol=1e-12)
 
 
@@ -460,9 +470,16 @@ def test_reduce_metrics_weights_rounding_and_edge_counts():
     from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion as C
 
     def log(loss, nll, n, correct, ref_correct, ref_total):
-        return {"loss": loss, "nll_loss": nll, "sample_size": n, "correct": correct,
-                "ref_correct": ref_correct, "ref_total": ref_total, "ntokens": 10,
-                "nsentences": 1}
+        return {
+            "loss": loss,
+            "nll_loss": nll,
+            "sample_size": n,
+            "correct": correct,
+            "ref_correct": ref_correct,
+            "ref_total": ref_total,
+            "ntokens": 10,
+            "nsentences": 1,
+        }
 
     with metrics.aggregate() as agg:
         C.reduce_metrics([log(6.0, 2.0, 3, 1, 2, 3)])  # per-token losses unlike the next
@@ -500,8 +517,9 @@ def test_tls_loss_function_without_ignore_index_counts_every_position():
         soft = (1 - alpha) * F.one_hot(target, vocab).double() + alpha * reference
         loss, nll = token_label_smoothed_loss(lprobs, target, alpha, ref)
         torch.testing.assert_close(loss, -(soft * lprobs).sum(), rtol=1e-12, atol=0.0)
-        torch.testing.assert_close(nll, -lprobs[torch.arange(positions), target].sum(),
-                                   rtol=1e-12, atol=0.0)
+        torch.testing.assert_close(
+            nll, -lprobs[torch.arange(positions), target].sum(), rtol=1e-12, atol=0.0
+        )
 
 
 def test_bf16_model_gets_a_float32_loss_and_reference(setup):

@@ -4,9 +4,9 @@ fairseq reuses one DataLoader with persistent workers across epochs; these tests
 iterate whole epochs through ``task.get_batch_iterator`` exactly as fairseq-train
 does, with 0, 1 and 2 worker processes.
 """
+
 import pytest
 import torch
-
 from test_se_mlm import make_task
 
 EPOCHS = (1, 2, 3)
@@ -15,8 +15,13 @@ EPOCHS = (1, 2, 3)
 def epoch_masks(task, num_workers, epochs=EPOCHS, batch_size=8):
     """{(epoch, sample id): masked source row} over whole epochs of one iterator."""
     task.load_dataset("train")
-    itr = task.get_batch_iterator(task.dataset("train"), max_sentences=batch_size, seed=5,
-                                  epoch=epochs[0], num_workers=num_workers)
+    itr = task.get_batch_iterator(
+        task.dataset("train"),
+        max_sentences=batch_size,
+        seed=5,
+        epoch=epochs[0],
+        num_workers=num_workers,
+    )
     out = {}
     for epoch in epochs:
         batches = itr.next_epoch_itr(shuffle=True)
@@ -31,8 +36,10 @@ def epoch_masks(task, num_workers, epochs=EPOCHS, batch_size=8):
 def same_epoch_table(masks, epochs=EPOCHS):
     """Share of samples whose mask in epoch e equals the one in epoch e - 1."""
     ids = sorted({i for _, i in masks})
-    return {e: sum(torch.equal(masks[(e, i)], masks[(e - 1, i)]) for i in ids) / len(ids)
-            for e in epochs[1:]}
+    return {
+        e: sum(torch.equal(masks[(e, i)], masks[(e - 1, i)]) for i in ids) / len(ids)
+        for e in epochs[1:]
+    }
 
 
 @pytest.mark.parametrize("mode", ["sample", "random", "topk"])
@@ -46,8 +53,10 @@ def test_masks_do_not_depend_on_the_worker_count(scored_corpus, mode):
         masks = by_workers[workers]
         assert masks.keys() == reference.keys()
         differ = [key for key in reference if not torch.equal(masks[key], reference[key])]
-        assert not differ, (f"{len(differ)} of {len(reference)} masks differ with "
-                            f"{workers} worker(s), first at (epoch, id) = {differ[0]}")
+        assert not differ, (
+            f"{len(differ)} of {len(reference)} masks differ with "
+            f"{workers} worker(s), first at (epoch, id) = {differ[0]}"
+        )
     if mode in ("sample", "random"):  # masks change from one epoch to the next
         for workers, masks in by_workers.items():
             repeats = same_epoch_table(masks)
@@ -74,8 +83,9 @@ def test_resume_in_epoch_2_masks_like_the_uninterrupted_run(scored_corpus, mode)
     uninterrupted = epoch_masks(task, 1, epochs=(1, 2))
     resumed_task, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-select", mode)
     resumed_task.load_dataset("train", epoch=2)
-    itr = resumed_task.get_batch_iterator(resumed_task.dataset("train"), max_sentences=8,
-                                          seed=5, epoch=2, num_workers=1)
+    itr = resumed_task.get_batch_iterator(
+        resumed_task.dataset("train"), max_sentences=8, seed=5, epoch=2, num_workers=1
+    )
     itr.load_state_dict({"version": 2, "epoch": 2, "iterations_in_epoch": 3, "shuffle": True})
     rest = list(itr.next_epoch_itr(shuffle=True))
     assert itr.epoch == 2 and len(rest) > 5

@@ -2,6 +2,7 @@
 mutmut's ``# pragma: no mutate start/end`` lines: the score of that module is about
 _check_config, resolved_replacement and build_masker (dataset loading and the online
 step are tested end to end by slower tests)."""
+
 import ast
 import sys
 

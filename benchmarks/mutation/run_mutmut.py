@@ -5,6 +5,7 @@ start; mutmut puts ``mutants/`` first on sys.path only later. Forget the early i
 that every later ``import se_fairseq`` (the fairseq registration hook included) finds the
 copy under ``mutants/``.
 """
+
 import sys
 
 for name in [m for m in sys.modules if m == "se_fairseq" or m.startswith("se_fairseq.")]:

@@ -10,6 +10,7 @@ when given --json PATH, with every mutant's verdict (``status``).
 did not run (mutmut forgets them when a rerun with new tests regenerates its result files):
 benchmarks/mutation.sh passes it after MUTATION_RERUN.
 """
+
 import argparse
 import glob
 import json
@@ -52,9 +53,13 @@ def group_of(module, mutant):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--json")
-    p.add_argument("--merge", help="an earlier summary.json whose verdicts fill in the mutants "
-                   "not run this time")
-    p.add_argument("--equivalent", default=os.path.join(os.path.dirname(__file__), "equivalent.txt"))
+    p.add_argument(
+        "--merge",
+        help="an earlier summary.json whose verdicts fill in the mutants not run this time",
+    )
+    p.add_argument(
+        "--equivalent", default=os.path.join(os.path.dirname(__file__), "equivalent.txt")
+    )
     args = p.parse_args()
     equivalent = load_equivalent(args.equivalent)
     earlier = json.load(open(args.merge)).get("status", {}) if args.merge else {}
@@ -66,8 +71,9 @@ def main():
                 code = earlier[name]
             status[name] = code
             module = group_of(module_of(meta), name)
-            counts = table.setdefault(module, dict(killed=0, survived=0, timeout=0,
-                                                   equivalent=0, other=0))
+            counts = table.setdefault(
+                module, dict(killed=0, survived=0, timeout=0, equivalent=0, other=0)
+            )
             if name in equivalent:
                 counts["equivalent"] += 1
             elif code is None:
@@ -83,27 +89,41 @@ def main():
         scored = counts["killed"] + counts["timeout"] + counts["survived"]
         counts["total"] = scored + counts["equivalent"] + counts["other"]
         counts["killed_share"] = (counts["killed"] + counts["timeout"]) / scored if scored else None
-    print(f"{'module':<50}{'mutants':>8}{'killed':>8}{'timeout':>8}{'survived':>9}"
-          f"{'equiv.':>7}{'score':>8}")
+    print(
+        f"{'module':<50}{'mutants':>8}{'killed':>8}{'timeout':>8}{'survived':>9}"
+        f"{'equiv.':>7}{'score':>8}"
+    )
     totals = dict(killed=0, timeout=0, survived=0, equivalent=0, total=0)
     for module, c in sorted(table.items()):
         score = "-" if c["killed_share"] is None else f"{100 * c['killed_share']:.1f}%"
-        print(f"{module:<50}{c['total']:>8}{c['killed']:>8}{c['timeout']:>8}{c['survived']:>9}"
-              f"{c['equivalent']:>7}{score:>8}")
+        print(
+            f"{module:<50}{c['total']:>8}{c['killed']:>8}{c['timeout']:>8}{c['survived']:>9}"
+            f"{c['equivalent']:>7}{score:>8}"
+        )
         for k in totals:
             totals[k] += c[k]
     scored = totals["killed"] + totals["timeout"] + totals["survived"]
-    print(f"{'all':<50}{totals['total']:>8}{totals['killed']:>8}{totals['timeout']:>8}"
-          f"{totals['survived']:>9}{totals['equivalent']:>7}"
-          f"{(100 * (totals['killed'] + totals['timeout']) / scored if scored else 0):>7.1f}%")
+    print(
+        f"{'all':<50}{totals['total']:>8}{totals['killed']:>8}{totals['timeout']:>8}"
+        f"{totals['survived']:>9}{totals['equivalent']:>7}"
+        f"{(100 * (totals['killed'] + totals['timeout']) / scored if scored else 0):>7.1f}%"
+    )
     print("\nsurvivors:")
     for module, names in survivors.items():
         for name in names:
             print(f"  {name}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"modules": table, "survivors": survivors, "equivalent": equivalent,
-                       "status": status}, f, indent=2)
+            json.dump(
+                {
+                    "modules": table,
+                    "survivors": survivors,
+                    "equivalent": equivalent,
+                    "status": status,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

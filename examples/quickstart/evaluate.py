@@ -24,6 +24,7 @@ those task arguments and counts which band the first epoch's masked tokens fall 
 each training method masks. The report also shows test sentences with the 15 % that the
 vanilla's correctness scores (SE) and the rarity scores (``--rarity-scores``) would mask.
 """
+
 import argparse
 import json
 import math
@@ -47,7 +48,7 @@ def load_blocks(data, split, tokens_per_sample, bos):
     flat = load_tokens(os.path.join(data, split))
     span = tokens_per_sample - 1
     starts = list(range(0, len(flat), span))
-    return [np.concatenate([[bos], flat[s:s + span]]) for s in starts], starts
+    return [np.concatenate([[bos], flat[s : s + span]]) for s in starts], starts
 
 
 def score_blocks(prefix, split_path, starts, span):
@@ -55,7 +56,7 @@ def score_blocks(prefix, split_path, starts, span):
     from se_fairseq.data import score_file
 
     scores = np.asarray(score_file.ScoreFile(prefix, split_path).scores, dtype=np.float32)
-    return [np.concatenate([[0.0], scores[s:s + span]]) for s in starts]
+    return [np.concatenate([[0.0], scores[s : s + span]]) for s in starts]
 
 
 def top_share(score, eligible, share=HARD_SHARE):
@@ -92,8 +93,8 @@ def token_losses(model, blocks, masks, pad, mask_idx, batch_size=32):
         src = torch.full((len(rows), width), pad, dtype=torch.long)
         sel = torch.zeros((len(rows), width), dtype=torch.bool)
         for r, b in enumerate(rows):
-            src[r, :len(blocks[b])] = torch.from_numpy(blocks[b])
-            sel[r, :len(blocks[b])] = torch.from_numpy(masks[b])
+            src[r, : len(blocks[b])] = torch.from_numpy(blocks[b])
+            sel[r, : len(blocks[b])] = torch.from_numpy(masks[b])
         targets = src[sel]
         src[sel] = mask_idx
         if not sel.any():
@@ -105,8 +106,9 @@ def token_losses(model, blocks, masks, pad, mask_idx, batch_size=32):
         nll = -lprobs.gather(-1, targets[:, None]).squeeze(-1).numpy()
         hit = (lprobs.argmax(-1) == targets).numpy()
         counts = sel.sum(1).tolist()
-        for part_nll, part_hit in zip(np.split(nll, np.cumsum(counts)[:-1]),
-                                      np.split(hit, np.cumsum(counts)[:-1])):
+        for part_nll, part_hit in zip(
+            np.split(nll, np.cumsum(counts)[:-1]), np.split(hit, np.cumsum(counts)[:-1])
+        ):
             losses.append(part_nll)
             correct.append(part_hit)
     return losses, correct
@@ -116,8 +118,11 @@ def summary(nll, hit):
     nll, hit = np.asarray(nll, dtype=np.float64), np.asarray(hit, dtype=bool)
     if len(nll) == 0:
         return {"loss": float("nan"), "accuracy": float("nan"), "tokens": 0}
-    return {"loss": float(nll.mean() / math.log(2)), "accuracy": 100.0 * float(hit.mean()),
-            "tokens": int(len(nll))}
+    return {
+        "loss": float(nll.mean() / math.log(2)),
+        "accuracy": 100.0 * float(hit.mean()),
+        "tokens": int(len(nll)),
+    }
 
 
 def frequency_bands(unigram, test_tokens):
@@ -133,10 +138,15 @@ def frequency_bands(unigram, test_tokens):
     for b, name in enumerate(BANDS):
         ids = types[order][band_of_type == b]
         train = unigram.counts[ids]
-        info.append({"band": name, "types": int(len(ids)),
-                     "test_tokens": int(occurrences[order][band_of_type == b].sum()),
-                     "train_count_max": int(train.max()) if len(ids) else 0,
-                     "train_count_min": int(train.min()) if len(ids) else 0})
+        info.append(
+            {
+                "band": name,
+                "types": int(len(ids)),
+                "test_tokens": int(occurrences[order][band_of_type == b].sum()),
+                "train_count_max": int(train.max()) if len(ids) else 0,
+                "train_count_min": int(train.min()) if len(ids) else 0,
+            }
+        )
     return band, info
 
 
@@ -146,15 +156,28 @@ def masked_train_targets(data, task_args, seed=1, tokens_per_sample=128):
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [data, "--arch", "roberta_base", "--seed", str(seed),
-                                                "--tokens-per-sample", str(tokens_per_sample),
-                                                "--sample-break-mode", "none", *task_args])
+    args = options.parse_args_and_arch(
+        parser,
+        [
+            data,
+            "--arch",
+            "roberta_base",
+            "--seed",
+            str(seed),
+            "--tokens-per-sample",
+            str(tokens_per_sample),
+            "--sample-break-mode",
+            "none",
+            *task_args,
+        ],
+    )
     cfg = convert_namespace_to_omegaconf(args)
     task = tasks.setup_task(cfg.task)
     task.load_dataset("train")
     pad = task.source_dictionary.pad()
-    itr = task.get_batch_iterator(task.dataset("train"), max_sentences=64, seed=seed,
-                                  num_workers=0).next_epoch_itr(shuffle=False)
+    itr = task.get_batch_iterator(
+        task.dataset("train"), max_sentences=64, seed=seed, num_workers=0
+    ).next_epoch_itr(shuffle=False)
     return np.concatenate([b["target"][b["target"].ne(pad)].numpy() for b in itr])
 
 
@@ -183,17 +206,28 @@ def examples(blocks, dictionary, se_masks, rarity_masks, eligible, count=3, span
     out = []
     for b in picks:
         last = b
-        while last + 1 < len(blocks) and sum(len(blocks[i]) - 1 for i in range(b, last + 1)) < 3 * span:
+        while (
+            last + 1 < len(blocks)
+            and sum(len(blocks[i]) - 1 for i in range(b, last + 1)) < 3 * span
+        ):
             last += 1
-        join = lambda arrays: np.concatenate([a[1:] for a in arrays[b:last + 1]])  # drop each <s>
+        join = lambda arrays: np.concatenate([a[1:] for a in arrays[b : last + 1]])  # drop each <s>
         tokens, se, rare, ok = join(blocks), join(se_masks), join(rarity_masks), join(eligible)
         eos = np.flatnonzero(tokens == dictionary.eos())
         start = int(eos[0]) + 1 if len(eos) and eos[0] < len(tokens) - span else 0
         sl = slice(start, min(start + span, len(tokens)))
-        pieces = [dictionary[t] if k else "\u2581\u23ce" for t, k in zip(tokens[sl], ok[sl])]  # </s>: a return sign
-        out.append({"block": int(b), "text": highlight(pieces, se[sl], rare[sl]),
-                    "se": int(se[sl].sum()), "rarity": int(rare[sl].sum()),
-                    "both": int((se[sl] & rare[sl]).sum())})
+        pieces = [
+            dictionary[t] if k else "\u2581\u23ce" for t, k in zip(tokens[sl], ok[sl])
+        ]  # </s>: a return sign
+        out.append(
+            {
+                "block": int(b),
+                "text": highlight(pieces, se[sl], rare[sl]),
+                "se": int(se[sl].sum()),
+                "rarity": int(rare[sl].sum()),
+                "both": int((se[sl] & rare[sl]).sum()),
+            }
+        )
     return out
 
 
@@ -201,13 +235,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--model", action="append", required=True, help="NAME=CHECKPOINT (first: the vanilla)")
-    parser.add_argument("--hard-scores", required=True,
-                        help="score file prefix of the split by the vanilla model (se-score --split test)")
-    parser.add_argument("--rarity-scores", required=True,
-                        help="score file prefix of the split's rarity (se-score --metric rarity --split test)")
-    parser.add_argument("--mask-share", action="append", default=[],
-                        help='NAME="TASK ARGS": count what this task configuration masks in train')
+    parser.add_argument(
+        "--model", action="append", required=True, help="NAME=CHECKPOINT (first: the vanilla)"
+    )
+    parser.add_argument(
+        "--hard-scores",
+        required=True,
+        help="score file prefix of the split by the vanilla model (se-score --split test)",
+    )
+    parser.add_argument(
+        "--rarity-scores",
+        required=True,
+        help="score file prefix of the split's rarity (se-score --metric rarity --split test)",
+    )
+    parser.add_argument(
+        "--mask-share",
+        action="append",
+        default=[],
+        help='NAME="TASK ARGS": count what this task configuration masks in train',
+    )
     parser.add_argument("--tokens-per-sample", type=int, default=128)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -223,16 +269,22 @@ def main():
     split_path = os.path.join(args.data, args.split)
     models = [spec.split("=", 1) for spec in args.model]
     first_model, _, task = checkpoint_utils.load_model_ensemble_and_task(
-        [models[0][1]], arg_overrides={"data": args.data})
+        [models[0][1]], arg_overrides={"data": args.data}
+    )
     dictionary = task.source_dictionary
     pad, mask_idx = dictionary.pad(), dictionary.index("<mask>")
     blocks, starts = load_blocks(args.data, args.split, args.tokens_per_sample, dictionary.bos())
     span = args.tokens_per_sample - 1
     eligible = [~np.isin(b, special) for b in blocks]
     folds = random_folds(blocks, eligible)
-    hard = [top_share(s, ok) for s, ok in zip(score_blocks(args.hard_scores, split_path, starts, span), eligible)]
-    rare = [top_share(s, ok) for s, ok in
-            zip(score_blocks(args.rarity_scores, split_path, starts, span), eligible)]
+    hard = [
+        top_share(s, ok)
+        for s, ok in zip(score_blocks(args.hard_scores, split_path, starts, span), eligible)
+    ]
+    rare = [
+        top_share(s, ok)
+        for s, ok in zip(score_blocks(args.rarity_scores, split_path, starts, span), eligible)
+    ]
 
     test_tokens = np.concatenate([b[ok] for b, ok in zip(blocks, eligible)])
     band, band_info = frequency_bands(unigram, test_tokens)
@@ -243,7 +295,12 @@ def main():
 
     def evaluate_suites(nll_of, hit_of):
         """nll/hit arrays of the random suite (fold order) and the hard suite -> summaries."""
-        r_nll, r_hit, h_nll, h_hit = nll_of("random"), hit_of("random"), nll_of("hard"), hit_of("hard")
+        r_nll, r_hit, h_nll, h_hit = (
+            nll_of("random"),
+            hit_of("random"),
+            nll_of("hard"),
+            hit_of("hard"),
+        )
         out = {"random": summary(r_nll, r_hit), "hard": summary(h_nll, h_hit), "bands": {}}
         for b, name in enumerate(BANDS):
             sel = band[random_ids] == b
@@ -251,64 +308,108 @@ def main():
         return out
 
     top = int(np.argmax(unigram.logp))
-    uni = {"random": (-unigram.logp[random_ids], random_ids == top),
-           "hard": (-unigram.logp[hard_ids], hard_ids == top)}
+    uni = {
+        "random": (-unigram.logp[random_ids], random_ids == top),
+        "hard": (-unigram.logp[hard_ids], hard_ids == top),
+    }
     results = {"unigram": evaluate_suites(lambda s: uni[s][0], lambda s: uni[s][1])}
     # per-token losses in bits (for paired error bars in the report) and the random suite's bands
-    per_token = {"random_band": band[random_ids], "unigram.random": uni["random"][0] / math.log(2),
-                 "unigram.hard": uni["hard"][0] / math.log(2)}
+    per_token = {
+        "random_band": band[random_ids],
+        "unigram.random": uni["random"][0] / math.log(2),
+        "unigram.hard": uni["hard"][0] / math.log(2),
+    }
     for name, path in models:
         if name == models[0][0]:
             model = first_model[0]
         else:
-            model = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": args.data})[0][0]
+            model = checkpoint_utils.load_model_ensemble_and_task(
+                [path], arg_overrides={"data": args.data}
+            )[0][0]
         model.eval()
-        runs = {"random": [token_losses(model, blocks, fold_masks[k], pad, mask_idx) for k in range(FOLDS)],
-                "hard": [token_losses(model, blocks, hard, pad, mask_idx)]}
-        flat = {s: (np.concatenate([x for nll, _ in r for x in nll]),
-                    np.concatenate([x for _, hit in r for x in hit])) for s, r in runs.items()}
+        runs = {
+            "random": [
+                token_losses(model, blocks, fold_masks[k], pad, mask_idx) for k in range(FOLDS)
+            ],
+            "hard": [token_losses(model, blocks, hard, pad, mask_idx)],
+        }
+        flat = {
+            s: (
+                np.concatenate([x for nll, _ in r for x in nll]),
+                np.concatenate([x for _, hit in r for x in hit]),
+            )
+            for s, r in runs.items()
+        }
         results[name] = evaluate_suites(lambda s: flat[s][0], lambda s: flat[s][1])
         per_token[f"{name}.random"] = flat["random"][0] / math.log(2)
         per_token[f"{name}.hard"] = flat["hard"][0] / math.log(2)
         r = results[name]
-        print(f"[eval] {name:<10} random-mask loss {r['random']['loss']:.3f} acc {r['random']['accuracy']:.2f}%"
-              f" | hard-15% loss {r['hard']['loss']:.3f} acc {r['hard']['accuracy']:.2f}% | bands "
-              + " ".join(f"{r['bands'][b]['loss']:.2f}" for b in BANDS), flush=True)
+        print(
+            f"[eval] {name:<10} random-mask loss {r['random']['loss']:.3f} acc {r['random']['accuracy']:.2f}%"
+            f" | hard-15% loss {r['hard']['loss']:.3f} acc {r['hard']['accuracy']:.2f}% | bands "
+            + " ".join(f"{r['bands'][b]['loss']:.2f}" for b in BANDS),
+            flush=True,
+        )
     u = results["unigram"]
-    print(f"[eval] {'unigram':<10} random-mask loss {u['random']['loss']:.3f} acc {u['random']['accuracy']:.2f}%"
-          f" | hard-15% loss {u['hard']['loss']:.3f} | bands "
-          + " ".join(f"{u['bands'][b]['loss']:.2f}" for b in BANDS), flush=True)
+    print(
+        f"[eval] {'unigram':<10} random-mask loss {u['random']['loss']:.3f} acc {u['random']['accuracy']:.2f}%"
+        f" | hard-15% loss {u['hard']['loss']:.3f} | bands "
+        + " ".join(f"{u['bands'][b]['loss']:.2f}" for b in BANDS),
+        flush=True,
+    )
 
     shares = {}
     train_eligible = int(unigram.counts.sum() - unigram.counts[special].sum())
     for spec in args.mask_share:
         name, task_args = spec.split("=", 1)
-        targets = masked_train_targets(args.data, shlex.split(task_args),
-                                       tokens_per_sample=args.tokens_per_sample)
+        targets = masked_train_targets(
+            args.data, shlex.split(task_args), tokens_per_sample=args.tokens_per_sample
+        )
         counts = np.bincount(band[targets], minlength=3)
-        shares[name] = {"masked": int(len(targets)), "args": task_args,
-                        "rate": float(len(targets) / train_eligible),
-                        **{b: float(counts[i] / max(1, len(targets))) for i, b in enumerate(BANDS)}}
-        print(f"[eval] masks of {name:<10} {shares[name]['rate']:.1%} of train tokens: "
-              + " ".join(f"{b} {shares[name][b]:.1%}" for b in BANDS), flush=True)
+        shares[name] = {
+            "masked": int(len(targets)),
+            "args": task_args,
+            "rate": float(len(targets) / train_eligible),
+            **{b: float(counts[i] / max(1, len(targets))) for i, b in enumerate(BANDS)},
+        }
+        print(
+            f"[eval] masks of {name:<10} {shares[name]['rate']:.1%} of train tokens: "
+            + " ".join(f"{b} {shares[name][b]:.1%}" for b in BANDS),
+            flush=True,
+        )
     test_band_counts = np.bincount(band[test_tokens], minlength=3)
     hard_counts = np.bincount(band[hard_ids], minlength=3)
     rare_ids = np.concatenate([b[m] for b, m in zip(blocks, rare)])
     rare_counts = np.bincount(band[rare_ids], minlength=3)
     meta = {
-        "split": args.split, "blocks": len(blocks), "tokens": int(len(test_tokens)),
-        "random_folds": FOLDS, "hard_share": HARD_SHARE, "bands": band_info,
-        "unigram": unigram.describe(), "unigram_top_token": dictionary[top],
-        "test_band_share": {b: float(test_band_counts[i] / len(test_tokens)) for i, b in enumerate(BANDS)},
+        "split": args.split,
+        "blocks": len(blocks),
+        "tokens": int(len(test_tokens)),
+        "random_folds": FOLDS,
+        "hard_share": HARD_SHARE,
+        "bands": band_info,
+        "unigram": unigram.describe(),
+        "unigram_top_token": dictionary[top],
+        "test_band_share": {
+            b: float(test_band_counts[i] / len(test_tokens)) for i, b in enumerate(BANDS)
+        },
         "test_masks": {
             "se": {b: float(hard_counts[i] / max(1, len(hard_ids))) for i, b in enumerate(BANDS)},
-            "rarity": {b: float(rare_counts[i] / max(1, len(rare_ids))) for i, b in enumerate(BANDS)},
-            "overlap": float(sum((h & r).sum() for h, r in zip(hard, rare)) / max(1, len(hard_ids))),
+            "rarity": {
+                b: float(rare_counts[i] / max(1, len(rare_ids))) for i, b in enumerate(BANDS)
+            },
+            "overlap": float(
+                sum((h & r).sum() for h, r in zip(hard, rare)) / max(1, len(hard_ids))
+            ),
         },
         "models": [name for name, _ in models],
     }
-    out = {"meta": meta, "results": results, "mask_shares": shares,
-           "examples": examples(blocks, dictionary, hard, rare, eligible)}
+    out = {
+        "meta": meta,
+        "results": results,
+        "mask_shares": shares,
+        "examples": examples(blocks, dictionary, hard, rare, eligible),
+    }
     np.savez_compressed(os.path.splitext(args.out)[0] + ".tokens.npz", **per_token)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:

@@ -24,6 +24,7 @@ train.txt, drops any that does and prints the count.
 writes OUT_DIR/{doc-kind,next-sentence}/{train,dev}.tsv in the generic layout
 (``se-finetune``'s: a header with sentence / sentence1, sentence2 and label).
 """
+
 import argparse
 import ast
 import hashlib
@@ -48,8 +49,13 @@ def docstrings_with_kind():
     """(kind, docstring) for every class and function docstring of the pure-Python stdlib,
     in make_text.py's walking order."""
     for node in stdlib_documented_nodes():
-        kind = ("class" if isinstance(node, ast.ClassDef) else "function"
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None)
+        kind = (
+            "class"
+            if isinstance(node, ast.ClassDef)
+            else "function"
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            else None
+        )
         if kind:
             doc = ast.get_docstring(node)
             if doc:
@@ -92,8 +98,9 @@ def next_sentence_examples(docstrings, rng, words=10):
     out = {}
     for split, plist in paras.items():
         pool = [(i, s) for i, p in enumerate(plist) for s in sentences(p)]
-        pairs = [(i, a, b) for i, p in enumerate(plist)
-                 for a, b in zip(sentences(p), sentences(p)[1:])]
+        pairs = [
+            (i, a, b) for i, p in enumerate(plist) for a, b in zip(sentences(p), sentences(p)[1:])
+        ]
         rng.shuffle(pairs)
         examples = []
         for n, (i, a, b) in enumerate(pairs):
@@ -133,7 +140,9 @@ def write_tsv(path, header, rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("text_dir", help="make_text.py's output (its train.txt is checked for overlap)")
+    parser.add_argument(
+        "text_dir", help="make_text.py's output (its train.txt is checked for overlap)"
+    )
     parser.add_argument("out_dir")
     parser.add_argument("--train", type=int, default=1200, help="train examples per task")
     parser.add_argument("--dev", type=int, default=400, help="dev examples per task")
@@ -148,7 +157,9 @@ def main():
     doc["heldout"] = [e for e in doc["heldout"] if e[0] not in pretraining]
     nsp = next_sentence_examples(docstrings, rng)
     dropped_nsp = [e for e in nsp["heldout"] if e[0] in pretraining or e[1] in pretraining]
-    nsp["heldout"] = [e for e in nsp["heldout"] if e[0] not in pretraining and e[1] not in pretraining]
+    nsp["heldout"] = [
+        e for e in nsp["heldout"] if e[0] not in pretraining and e[1] not in pretraining
+    ]
 
     tasks = {
         "doc-kind": (("sentence", "label"), doc, lambda e: e[1]),
@@ -162,10 +173,14 @@ def main():
         write_tsv(os.path.join(folder, "train.tsv"), header, train)
         write_tsv(os.path.join(folder, "dev.tsv"), header, dev)
         labels = sorted({label_of(e) for e in dev})
-        print(f"[tasks] {name}: {len(train)} train / {len(dev)} dev examples (labels {labels}; "
-              f"available: {len(data['train'])} train, {len(data['heldout'])} held-out)")
-    print(f"[tasks] overlap with the pretraining text: dropped {len(dropped_doc)} doc-kind and "
-          f"{len(dropped_nsp)} next-sentence dev candidates whose text occurs in train.txt")
+        print(
+            f"[tasks] {name}: {len(train)} train / {len(dev)} dev examples (labels {labels}; "
+            f"available: {len(data['train'])} train, {len(data['heldout'])} held-out)"
+        )
+    print(
+        f"[tasks] overlap with the pretraining text: dropped {len(dropped_doc)} doc-kind and "
+        f"{len(dropped_nsp)} next-sentence dev candidates whose text occurs in train.txt"
+    )
 
 
 if __name__ == "__main__":

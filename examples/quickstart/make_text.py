@@ -12,6 +12,7 @@ train/valid/test by a hash of their text, so the split is stable.
 
     python make_text.py OUT_DIR [--max-words N]
 """
+
 import argparse
 import ast
 import hashlib
@@ -103,8 +104,10 @@ def main():
         with open(os.path.join(args.out, f"{name}.txt"), "w") as f:
             f.write("\n".join(paras) + "\n")
     counts = {k: sum(len(p.split()) for p in v) for k, v in splits.items()}
-    print(f"[text] CPython {sys.version.split()[0]} documentation and docstrings (PSF licence): "
-          + ", ".join(f"{k} {len(splits[k])} paragraphs / {counts[k]} words" for k in splits))
+    print(
+        f"[text] CPython {sys.version.split()[0]} documentation and docstrings (PSF licence): "
+        + ", ".join(f"{k} {len(splits[k])} paragraphs / {counts[k]} words" for k in splits)
+    )
 
 
 if __name__ == "__main__":

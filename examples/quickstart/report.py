@@ -5,6 +5,7 @@
 Reads WORK_DIR/results.json and results.tokens.npz (evaluate.py), WORK_DIR/commands.txt,
 WORK_DIR/timings.txt and WORK_DIR/settings.txt. Every finding is computed from the numbers.
 """
+
 import argparse
 import json
 import os
@@ -25,12 +26,27 @@ RUNS = [
     ("threshold", "(f) SE threshold rule (reference code) + TLS"),
     ("mixed", "(g) SE top-k, 50 % of the budget random + TLS"),
 ]
-LABELS = {"unigram": "unigram (train frequencies)", "vanilla": "vanilla (start point)", **dict(RUNS)}
-SHORT = {"random": "(a) random", "se": "(b) SE", "se_mlm": "(c) SE, MLM loss",
-         "rarity": "(d) rarity", "online": "(e) online SE", "threshold": "(f) threshold",
-         "mixed": "(g) SE+50% random"}
-GROUPS = [("all", "all tokens"), ("frequent", "frequent third"), ("middle", "middle third"),
-          ("rare", "rare third"), ("hard", "vanilla's hardest 15 %")]
+LABELS = {
+    "unigram": "unigram (train frequencies)",
+    "vanilla": "vanilla (start point)",
+    **dict(RUNS),
+}
+SHORT = {
+    "random": "(a) random",
+    "se": "(b) SE",
+    "se_mlm": "(c) SE, MLM loss",
+    "rarity": "(d) rarity",
+    "online": "(e) online SE",
+    "threshold": "(f) threshold",
+    "mixed": "(g) SE+50% random",
+}
+GROUPS = [
+    ("all", "all tokens"),
+    ("frequent", "frequent third"),
+    ("middle", "middle third"),
+    ("rare", "rare third"),
+    ("hard", "vanilla's hardest 15 %"),
+]
 NOISE = 2.0  # a difference counts when it exceeds NOISE paired standard errors
 FLOOR = 0.005  # ... and this many bits
 
@@ -88,13 +104,15 @@ def findings(data, tokens, names, work):
     gap = results["unigram"]["random"]["loss"] - results["vanilla"]["random"]["loss"]
     band_gaps = ", ".join(
         f"{b} {results['unigram']['bands'][b]['loss'] - results['vanilla']['bands'][b]['loss']:+.2f}"
-        for b in BANDS)
+        for b in BANDS
+    )
     where = f"{gap:.2f} bits below" if gap >= 0 else f"{-gap:.2f} bits above (worse than)"
     lines.append(
         f"- **Vanilla vs unigram.** The vanilla model is **{where} the unigram baseline** "
         f"on all test tokens ({results['vanilla']['random']['loss']:.3f} vs "
         f"{results['unigram']['random']['loss']:.3f} bits; the issue's target is 1.5 bits: "
-        f"{'met' if gap >= 1.5 else 'not met'}). By band, unigram minus vanilla: {band_gaps} bits.")
+        f"{'met' if gap >= 1.5 else 'not met'}). By band, unigram minus vanilla: {band_gaps} bits."
+    )
     if "random" not in results:
         return "\n".join(lines)
 
@@ -108,38 +126,64 @@ def findings(data, tokens, names, work):
     all_tokens = {n: compare(tokens, "random", n, "all") for n in runs}
     better = [SHORT[n] for n in runs if all_tokens[n][2] == "lower"]
     worse = [n for n in runs if all_tokens[n][2] == "higher"]
-    verdict = (f"better than random masking on all test tokens: {', '.join(better)}" if better
-               else "no method was better than random masking on all test tokens")
+    verdict = (
+        f"better than random masking on all test tokens: {', '.join(better)}"
+        if better
+        else "no method was better than random masking on all test tokens"
+    )
     if worse:
         lo, hi = min(all_tokens[n][0] for n in worse), max(all_tokens[n][0] for n in worse)
         verdict += f"; {len(worse)} of {len(runs)} were worse, by {lo:+.2f} to {hi:+.2f} bits"
-    lines.append("- **Does SE help, against random masking with the same updates?** (table below) "
-                 + verdict + ". "
-                 + ("Largest clear gain per token group: " + "; ".join(helped) if helped
-                    else "No method was clearly better on any token group") + ".")
+    lines.append(
+        "- **Does SE help, against random masking with the same updates?** (table below) "
+        + verdict
+        + ". "
+        + (
+            "Largest clear gain per token group: " + "; ".join(helped)
+            if helped
+            else "No method was clearly better on any token group"
+        )
+        + "."
+    )
     if "se" in results and "rarity" in results:
         parts = []
         for group, label in GROUPS:
             d, se, verdict = compare(tokens, "rarity", "se", group)
-            parts.append(f"{label} {d:+.3f} ± {se:.3f}" + (" (no clear difference)" if verdict.startswith("no") else ""))
-        wins = [label for group, label in GROUPS if compare(tokens, "rarity", "se", group)[2] == "lower"]
-        losses = [label for group, label in GROUPS if compare(tokens, "rarity", "se", group)[2] == "higher"]
+            parts.append(
+                f"{label} {d:+.3f} ± {se:.3f}"
+                + (" (no clear difference)" if verdict.startswith("no") else "")
+            )
+        wins = [
+            label for group, label in GROUPS if compare(tokens, "rarity", "se", group)[2] == "lower"
+        ]
+        losses = [
+            label
+            for group, label in GROUPS
+            if compare(tokens, "rarity", "se", group)[2] == "higher"
+        ]
         if wins and not losses:
             head = f"SE beat the rarity control on {', '.join(wins)} and lost nowhere"
         elif wins:
-            head = (f"SE beat the rarity control on {', '.join(wins)} but did worse on "
-                    f"{', '.join(losses)}")
+            head = (
+                f"SE beat the rarity control on {', '.join(wins)} but did worse on "
+                f"{', '.join(losses)}"
+            )
         elif losses:
             head = f"SE did not beat the rarity control; it did worse on {', '.join(losses)}"
         else:
             head = "SE did not beat the rarity control (no group with a clear difference)"
         overlap = meta["test_masks"]["overlap"]
         lines.append(
-            f"- **Is SE just rare-token masking?** {head}. (b) minus (d): " + "; ".join(parts)
+            f"- **Is SE just rare-token masking?** {head}. (b) minus (d): "
+            + "; ".join(parts)
             + f". On test, {overlap:.0%} of the tokens SE would mask are also among the rarest 15 %"
-            + (f"; SE's train masks are {100 * shares['se']['rare']:.0f} % rare-third tokens, the rarity "
-               f"control's {100 * shares['rarity']['rare']:.0f} %." if "se" in shares and "rarity" in shares
-               else "."))
+            + (
+                f"; SE's train masks are {100 * shares['se']['rare']:.0f} % rare-third tokens, the rarity "
+                f"control's {100 * shares['rarity']['rare']:.0f} %."
+                if "se" in shares and "rarity" in shares
+                else "."
+            )
+        )
     if "se" in results and "se_mlm" in results:
         d, se, verdict = compare(tokens, "se_mlm", "se", "all")
         dh, seh, verdicth = compare(tokens, "se_mlm", "se", "hard")
@@ -147,34 +191,47 @@ def findings(data, tokens, names, work):
         lines.append(
             f"- **What TLS adds** ((b) minus (c), same masks): all tokens {d:+.3f} ± {se:.3f} "
             f"({verdict}), hardest 15 % {dh:+.3f} ± {seh:.3f} ({verdicth})."
-            + (f" Its reference distribution comes from the unmasked input, where the model sees the "
-               f"token: it ranked the true token first for {ref:.0f} % of (b)'s masked validation "
-               "tokens, so at alpha 0.1 the soft target is close to the one-hot one."
-               if ref is not None else ""))
+            + (
+                f" Its reference distribution comes from the unmasked input, where the model sees the "
+                f"token: it ranked the true token first for {ref:.0f} % of (b)'s masked validation "
+                "tokens, so at alpha 0.1 the soft target is close to the one-hot one."
+                if ref is not None
+                else ""
+            )
+        )
     if "se" in results and "online" in results:
         d, se, verdict = compare(tokens, "se", "online", "all")
         dh, seh, verdicth = compare(tokens, "se", "online", "hard")
         lines.append(
             f"- **Online vs offline SE** ((e) minus (b)): all tokens {d:+.3f} ± {se:.3f} ({verdict}), "
-            f"hardest 15 % {dh:+.3f} ± {seh:.3f} ({verdicth}).")
+            f"hardest 15 % {dh:+.3f} ± {seh:.3f} ({verdicth})."
+        )
     if "threshold" in shares:
         lines.append(
             f"- **The reference code's threshold rule** masked {shares['threshold']['rate']:.0%} of the "
-            f"train tokens (top-k masks {shares.get('se', {}).get('rate', float('nan')):.0%}).")
+            f"train tokens (top-k masks {shares.get('se', {}).get('rate', float('nan')):.0%})."
+        )
     if "mixed" in results and "se" in results:
         d, se, verdict = compare(tokens, "se", "mixed", "frequent")
         da, sea, _ = compare(tokens, "se", "mixed", "all")
         dh, seh, _ = compare(tokens, "se", "mixed", "hard")
         lines.append(
             f"- **Half the budget to random positions** ((g) minus (b)): frequent tokens "
-            f"{d:+.3f} ± {se:.3f}, all tokens {da:+.3f} ± {sea:.3f}, hardest 15 % {dh:+.3f} ± {seh:.3f}.")
+            f"{d:+.3f} ± {se:.3f}, all tokens {da:+.3f} ± {sea:.3f}, hardest 15 % {dh:+.3f} ± {seh:.3f}."
+        )
     return "\n".join(lines)
 
 
 def delta_table(tokens, results):
     """Markdown table: each continuation minus (a) random masking, per token group."""
     runs = [n for n, _ in RUNS if n in results and n != "random"]
-    head = "| method | " + " | ".join(label for _, label in GROUPS) + " |\n" + "| --- " * (len(GROUPS) + 1) + "|"
+    head = (
+        "| method | "
+        + " | ".join(label for _, label in GROUPS)
+        + " |\n"
+        + "| --- " * (len(GROUPS) + 1)
+        + "|"
+    )
     rows = []
     for n in runs:
         cells = []
@@ -185,11 +242,19 @@ def delta_table(tokens, results):
         rows.append(f"| {LABELS[n]} | " + " | ".join(cells) + " |")
     return head + "\n" + "\n".join(rows)
 
-DOWNSTREAM = [("vanilla", "vanilla (start point)"), ("random", "(a) random masking"),
-              ("se", "(b) SE: top-k + TLS"), ("rarity", "(d) rarity control"),
-              ("online", "(e) online SE")]
-TASK_LABELS = {"doc-kind": "doc-kind: class or function docstring?",
-               "next-sentence": "next-sentence: does B follow A?", "average": "average over tasks"}
+
+DOWNSTREAM = [
+    ("vanilla", "vanilla (start point)"),
+    ("random", "(a) random masking"),
+    ("se", "(b) SE: top-k + TLS"),
+    ("rarity", "(d) rarity control"),
+    ("online", "(e) online SE"),
+]
+TASK_LABELS = {
+    "doc-kind": "doc-kind: class or function docstring?",
+    "next-sentence": "next-sentence: does B follow A?",
+    "average": "average over tasks",
+}
 
 
 def load_downstream(work):
@@ -238,7 +303,13 @@ def majority_shares(work, tasks):
 def downstream_tables(down, majority=None):
     tasks = down["tasks"] + ["average"]
     names = [n for n, _ in DOWNSTREAM if n in down["results"]]
-    head = "| model | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks) + " |\n" + "| --- " * (len(tasks) + 1) + "|"
+    head = (
+        "| model | "
+        + " | ".join(TASK_LABELS.get(t, t) for t in tasks)
+        + " |\n"
+        + "| --- " * (len(tasks) + 1)
+        + "|"
+    )
     rows = []
     if majority:
         cells = [f"{majority[t][0]:.2f} (always `{majority[t][1]}`)" for t in down["tasks"]]
@@ -260,8 +331,12 @@ def downstream_tables(down, majority=None):
             p = down_compare(down, a, b, t)
             cell = f"{p['mean']:+.2f} ± {p['se']:.2f}"
             cells.append((f"**{cell}**" if p["detected"] else cell) + f" ({p['detectable']:.2f})")
-        diff_rows.append(f"| {dict(DOWNSTREAM)[b]} minus {dict(DOWNSTREAM)[a]} | " + " | ".join(cells) + " |")
-    return head + "\n" + "\n".join(rows), head.replace("| model |", "| comparison |") + "\n" + "\n".join(diff_rows)
+        diff_rows.append(
+            f"| {dict(DOWNSTREAM)[b]} minus {dict(DOWNSTREAM)[a]} | " + " | ".join(cells) + " |"
+        )
+    return head + "\n" + "\n".join(rows), head.replace(
+        "| model |", "| comparison |"
+    ) + "\n" + "\n".join(diff_rows)
 
 
 def downstream_findings(down, majority=None):
@@ -272,41 +347,63 @@ def downstream_findings(down, majority=None):
         parts = []
         for t in down["tasks"]:
             means = [100 * down["results"][m][t]["mean"] for m in down["results"]]
-            parts.append(f"{t}: majority class {majority[t][0]:.1f} %, the fine-tuned models "
-                         f"{min(means) - majority[t][0]:+.1f} to {max(means) - majority[t][0]:+.1f} points from it")
-        lines.append("- **How much the tasks were learned**, against always guessing the most "
-                     "frequent dev label: " + "; ".join(parts) + ". Differences between models "
-                     "are read against that headroom.")
-    for a, b, question in (("random", "se", "Did SE beat random masking downstream?"),
-                           ("random", "online", "Did online SE beat random masking downstream?"),
-                           ("rarity", "se", "Did SE beat the rarity control downstream?")):
+            parts.append(
+                f"{t}: majority class {majority[t][0]:.1f} %, the fine-tuned models "
+                f"{min(means) - majority[t][0]:+.1f} to {max(means) - majority[t][0]:+.1f} points from it"
+            )
+        lines.append(
+            "- **How much the tasks were learned**, against always guessing the most "
+            "frequent dev label: " + "; ".join(parts) + ". Differences between models "
+            "are read against that headroom."
+        )
+    for a, b, question in (
+        ("random", "se", "Did SE beat random masking downstream?"),
+        ("random", "online", "Did online SE beat random masking downstream?"),
+        ("rarity", "se", "Did SE beat the rarity control downstream?"),
+    ):
         if a not in down["results"] or b not in down["results"]:
             continue
         parts = []
         for t in tasks:
             p = down_compare(down, a, b, t)
-            parts.append(f"{t} {p['mean']:+.2f} ± {p['se']:.2f} points: {down_verdict(p)} "
-                         f"(detectable {p['detectable']:.1f})")
+            parts.append(
+                f"{t} {p['mean']:+.2f} ± {p['se']:.2f} points: {down_verdict(p)} "
+                f"(detectable {p['detectable']:.1f})"
+            )
         verdicts = {down_verdict(down_compare(down, a, b, t)) for t in tasks}
         if verdicts == {"no difference we could detect"}:
             head = "no difference we could detect on any task"
         elif "better" in verdicts and "worse" not in verdicts:
-            head = "yes, on " + ", ".join(t for t in tasks if down_verdict(down_compare(down, a, b, t)) == "better")
+            head = "yes, on " + ", ".join(
+                t for t in tasks if down_verdict(down_compare(down, a, b, t)) == "better"
+            )
         elif "worse" in verdicts and "better" not in verdicts:
-            head = "no: worse on " + ", ".join(t for t in tasks if down_verdict(down_compare(down, a, b, t)) == "worse")
+            head = "no: worse on " + ", ".join(
+                t for t in tasks if down_verdict(down_compare(down, a, b, t)) == "worse"
+            )
         else:
             head = "mixed"
-        lines.append(f"- **{question}** {head}. {dict(DOWNSTREAM)[b]} minus {dict(DOWNSTREAM)[a]}, "
-                     f"paired over {n} seeds: " + "; ".join(parts) + ".")
+        lines.append(
+            f"- **{question}** {head}. {dict(DOWNSTREAM)[b]} minus {dict(DOWNSTREAM)[a]}, "
+            f"paired over {n} seeds: " + "; ".join(parts) + "."
+        )
     spreads = []
     for t in down["tasks"]:
         sds = [100 * down["results"][m][t]["sd"] for m in down["results"]]
-        det = [down_compare(down, "random", m, t)["detectable"] for m in down["results"] if m != "random"]
-        spreads.append(f"{t}: sd over seeds {min(sds):.2f} to {max(sds):.2f} points, smallest "
-                       f"detectable paired difference {min(det):.1f} to {max(det):.1f} points")
-    lines.append(f"- **Seed-to-seed spread and what this run can resolve** ({n} seeds per model and "
-                 "task; detectable = the paired difference a two-sided 5 % t-test would find with "
-                 "80 % power): " + "; ".join(spreads) + ".")
+        det = [
+            down_compare(down, "random", m, t)["detectable"]
+            for m in down["results"]
+            if m != "random"
+        ]
+        spreads.append(
+            f"{t}: sd over seeds {min(sds):.2f} to {max(sds):.2f} points, smallest "
+            f"detectable paired difference {min(det):.1f} to {max(det):.1f} points"
+        )
+    lines.append(
+        f"- **Seed-to-seed spread and what this run can resolve** ({n} seeds per model and "
+        "task; detectable = the paired difference a two-sided 5 % t-test would find with "
+        "80 % power): " + "; ".join(spreads) + "."
+    )
     return "\n".join(lines)
 
 
@@ -315,18 +412,33 @@ def plot_downstream(ax, down):
     names = [n for n, _ in DOWNSTREAM if n in down["results"] and n != "random"]
     xs = np.arange(len(tasks))
     width = 0.8 / max(1, len(names))
-    colors = {"vanilla": "#4c72b0", "se": plt.cm.tab10(1), "rarity": plt.cm.tab10(3), "online": plt.cm.tab10(4)}
+    colors = {
+        "vanilla": "#4c72b0",
+        "se": plt.cm.tab10(1),
+        "rarity": plt.cm.tab10(3),
+        "online": plt.cm.tab10(4),
+    }
     from scipy import stats
 
     for i, name in enumerate(names):
         ps = [down_compare(down, "random", name, t) for t in tasks]
         crit = [stats.t.ppf(0.975, p["n"] - 1) * p["se"] if p["n"] > 1 else 0 for p in ps]
-        ax.bar(xs + (i - (len(names) - 1) / 2) * width, [p["mean"] for p in ps], width, yerr=crit,
-               capsize=2, label=SHORT.get(name, name), color=colors.get(name))
+        ax.bar(
+            xs + (i - (len(names) - 1) / 2) * width,
+            [p["mean"] for p in ps],
+            width,
+            yerr=crit,
+            capsize=2,
+            label=SHORT.get(name, name),
+            color=colors.get(name),
+        )
     ax.axhline(0, color="black", lw=1)
     ax.set_xticks(xs, tasks, fontsize=9)
     ax.set_ylabel("dev accuracy minus (a) random masking (points)\n> 0: better than random masking")
-    ax.set_title("Fine-tuned: each model vs (a) random masking\n(paired over seeds; bars: 95 % t interval)", fontsize=10)
+    ax.set_title(
+        "Fine-tuned: each model vs (a) random masking\n(paired over seeds; bars: 95 % t interval)",
+        fontsize=10,
+    )
     ax.legend(fontsize=8)
 
 
@@ -334,8 +446,12 @@ def plot(data, tokens, names, png, down=None):
     results, shares, meta = data["results"], data["mask_shares"], data["meta"]
     runs = [n for n in names if n not in ("vanilla", "random")]
     panels = 4 if down else 3
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5.2),
-                             gridspec_kw={"width_ratios": [1.0, 1.7, 1.0, 1.1][:panels]})
+    fig, axes = plt.subplots(
+        1,
+        panels,
+        figsize=(6 * panels, 5.2),
+        gridspec_kw={"width_ratios": [1.0, 1.7, 1.0, 1.1][:panels]},
+    )
     ax_a, ax_b, ax_c = axes[:3]
     if down:
         plot_downstream(axes[3], down)
@@ -348,11 +464,17 @@ def plot(data, tokens, names, png, down=None):
         for x, v in zip(xs, vals):
             ax_a.text(x + (i - 0.5) * 0.38, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
     gap = results["unigram"]["random"]["loss"] - results["vanilla"]["random"]["loss"]
-    ax_a.set_xticks(xs, [label.replace(" third", "").replace("vanilla's ", "") for _, label in GROUPS],
-                    fontsize=8, rotation=20)
+    ax_a.set_xticks(
+        xs,
+        [label.replace(" third", "").replace("vanilla's ", "") for _, label in GROUPS],
+        fontsize=8,
+        rotation=20,
+    )
     ax_a.set_ylabel("test MLM loss (bits/token)")
-    ax_a.set_title(f"Start point: vanilla {abs(gap):.2f} bits {'below' if gap >= 0 else 'above'} unigram",
-                   fontsize=10)
+    ax_a.set_title(
+        f"Start point: vanilla {abs(gap):.2f} bits {'below' if gap >= 0 else 'above'} unigram",
+        fontsize=10,
+    )
     ax_a.legend(fontsize=8, loc="upper left")
     ax_a.set_ylim(0, max(loss(results, "unigram", g) for g, _ in GROUPS) * 1.2)
 
@@ -361,13 +483,23 @@ def plot(data, tokens, names, png, down=None):
     colors = plt.cm.tab10(np.arange(len(runs)) + 1)
     for i, name in enumerate(runs):
         ds = [paired(tokens, "random", name, g) for g, _ in GROUPS]
-        ax_b.bar(xs + (i - (len(runs) - 1) / 2) * width, [d for d, _ in ds], width,
-                 yerr=[NOISE * se for _, se in ds], capsize=2, label=SHORT[name], color=colors[i])
+        ax_b.bar(
+            xs + (i - (len(runs) - 1) / 2) * width,
+            [d for d, _ in ds],
+            width,
+            yerr=[NOISE * se for _, se in ds],
+            capsize=2,
+            label=SHORT[name],
+            color=colors[i],
+        )
     ax_b.axhline(0, color="black", lw=1)
     ax_b.set_xticks(xs, [label for _, label in GROUPS], fontsize=9)
     ax_b.set_ylabel("test loss minus (a) random masking (bits)\n< 0: better than random masking")
-    ax_b.set_title("Continued pretraining, same updates: each method vs random masking "
-                   f"(bars: ±{NOISE:g} paired s.e.)", fontsize=10)
+    ax_b.set_title(
+        "Continued pretraining, same updates: each method vs random masking "
+        f"(bars: ±{NOISE:g} paired s.e.)",
+        fontsize=10,
+    )
     ax_b.legend(fontsize=8, ncol=2)
 
     # C: what each method masks
@@ -378,8 +510,11 @@ def plot(data, tokens, names, png, down=None):
         vals = np.array([100 * shares[n][b] for n in order])
         ax_c.barh(range(len(order)), vals, left=bottoms, color=band_colors[b], label=f"{b} third")
         bottoms += vals
-    ax_c.set_yticks(range(len(order)), [f"{SHORT[n]} ({100 * shares[n]['rate']:.0f} % masked)" for n in order],
-                    fontsize=8)
+    ax_c.set_yticks(
+        range(len(order)),
+        [f"{SHORT[n]} ({100 * shares[n]['rate']:.0f} % masked)" for n in order],
+        fontsize=8,
+    )
     ax_c.invert_yaxis()
     ax_c.set_xlim(0, 100)
     ax_c.set_xlabel("share of the masked train tokens (%)")
@@ -409,25 +544,40 @@ def main():
         delta = "" if name in ("unigram", "vanilla") else f" ({d_all:+.3f})"
         delta_h = "" if name in ("unigram", "vanilla") else f" ({d_hard:+.3f})"
         bands = " | ".join(f"{r['bands'][b]['loss']:.3f}" for b in BANDS)
-        return (f"| {LABELS[name]} | {r['random']['loss']:.3f}{delta} | {r['random']['accuracy']:.2f} | "
-                f"{r['hard']['loss']:.3f}{delta_h} | {r['hard']['accuracy']:.2f} | {bands} |")
+        return (
+            f"| {LABELS[name]} | {r['random']['loss']:.3f}{delta} | {r['random']['accuracy']:.2f} | "
+            f"{r['hard']['loss']:.3f}{delta_h} | {r['hard']['accuracy']:.2f} | {bands} |"
+        )
 
     table = "\n".join(row(n) for n in ["unigram"] + names)
     band_rows = "\n".join(
         f"| {i['band']} | {i['types']} | {i['test_tokens']} | {i['train_count_min']} to {i['train_count_max']} |"
-        for i in meta["bands"])
+        for i in meta["bands"]
+    )
     share_rows = "\n".join(
         f"| {LABELS.get(n, n)} | {100 * s['rate']:.1f} | "
-        + " | ".join(f"{100 * s[b]:.1f}" for b in BANDS) + " |" for n, s in shares.items())
+        + " | ".join(f"{100 * s[b]:.1f}" for b in BANDS)
+        + " |"
+        for n, s in shares.items()
+    )
     tm = meta["test_masks"]
-    test_share_rows = "\n".join([
-        "| all test tokens | " + " | ".join(f"{100 * meta['test_band_share'][b]:.1f}" for b in BANDS) + " |",
-        "| SE: vanilla's hardest 15 % | " + " | ".join(f"{100 * tm['se'][b]:.1f}" for b in BANDS) + " |",
-        "| rarity: rarest 15 % | " + " | ".join(f"{100 * tm['rarity'][b]:.1f}" for b in BANDS) + " |",
-    ])
+    test_share_rows = "\n".join(
+        [
+            "| all test tokens | "
+            + " | ".join(f"{100 * meta['test_band_share'][b]:.1f}" for b in BANDS)
+            + " |",
+            "| SE: vanilla's hardest 15 % | "
+            + " | ".join(f"{100 * tm['se'][b]:.1f}" for b in BANDS)
+            + " |",
+            "| rarity: rarest 15 % | "
+            + " | ".join(f"{100 * tm['rarity'][b]:.1f}" for b in BANDS)
+            + " |",
+        ]
+    )
     example_lines = "\n".join(
         f"{i + 1}. {e['text']}\n\n   *(SE {e['se']}, rarity {e['rarity']}, both {e['both']} of these tokens)*\n"
-        for i, e in enumerate(data["examples"]))
+        for i, e in enumerate(data["examples"])
+    )
     downstream_section = ""
     if down:
         table_down, diff_down = downstream_tables(down, majority)
@@ -452,23 +602,27 @@ difference this run could detect (80 % power):
 
 {diff_down}
 """
-    read = lambda f: open(os.path.join(args.work, f)).read().strip() if os.path.exists(os.path.join(args.work, f)) else ""
+    read = lambda f: (
+        open(os.path.join(args.work, f)).read().strip()
+        if os.path.exists(os.path.join(args.work, f))
+        else ""
+    )
     md = f"""# se-fairseq quickstart report
 
 A small RoBERTa (the *vanilla* model) pretrained with fairseq `masked_lm`, then continued from
 the same checkpoint with the same updates, seed, learning rate and replacement policy (every
-selected token becomes `<mask>`) by each method below. Settings: {read('settings.txt')}.
+selected token becomes `<mask>`) by each method below. Settings: {read("settings.txt")}.
 
 ## Held-out test loss
 
 Bits per masked token (lower is better) and top-1 accuracy on the **test** split
-({meta['tokens']} tokens in {meta['blocks']} blocks). *All tokens*: every test token is masked once
-({meta['random_folds']} passes per block, each masking a random seventh of it). *Hardest 15 %*: per
+({meta["tokens"]} tokens in {meta["blocks"]} blocks). *All tokens*: every test token is masked once
+({meta["random_folds"]} passes per block, each masking a random seventh of it). *Hardest 15 %*: per
 block, the 15 % of tokens the vanilla model scores worst (its `se-score` correctness), masked
 together. *Frequency bands*: the *all tokens* figures split by the token's train frequency into
 thirds of the test tokens. In brackets: change vs the vanilla model. The unigram row is the train
 split's token frequencies (add-1 smoothed) on the same tokens, its accuracy that of always
-guessing `{meta['unigram_top_token']}`.
+guessing `{meta["unigram_top_token"]}`.
 
 | model | all: bits | all: acc % | hardest 15 %: bits | hardest: acc % | frequent: bits | middle: bits | rare: bits |
 | --- | --- | --- | --- | --- | --- | --- | --- |
@@ -478,7 +632,7 @@ guessing `{meta['unigram_top_token']}`.
 
 Left: the start point against the unigram baseline. Middle: each continued model minus (a)
 random masking on the same test tokens (below zero = better than random masking; error bars
-±{NOISE:g} paired standard errors). Right: what each method masks in the train split.{' Far right: downstream, each continued model minus (a) random masking after fine-tuning (dev accuracy).' if down else ''}
+±{NOISE:g} paired standard errors). Right: what each method masks in the train split.{" Far right: downstream, each continued model minus (a) random masking after fine-tuning (dev accuracy)." if down else ""}
 
 ## Findings
 
@@ -524,13 +678,13 @@ block), [brackets] = the rarity control would (among the rarest 15 %); ⏎ = par
 ## Timings
 
 ```
-{read('timings.txt')}
+{read("timings.txt")}
 ```
 
 ## Commands
 
 ```bash
-{read('commands.txt')}
+{read("commands.txt")}
 ```
 """
     with open(os.path.join(args.work, "report.md"), "w") as f:

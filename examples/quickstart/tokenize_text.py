@@ -6,6 +6,7 @@ OUT_DIR gets spm.model/spm.vocab and {train,valid,test}.spm, ready for
 ``fairseq-preprocess --only-source``. (For fairseq's own encoding at inference
 time the same model works with ``--bpe sentencepiece --sentencepiece-model``.)
 """
+
 import argparse
 import os
 
@@ -21,14 +22,24 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     prefix = os.path.join(args.out_dir, "spm")
     spm.SentencePieceTrainer.train(
-        input=os.path.join(args.text_dir, "train.txt"), model_prefix=prefix,
-        vocab_size=args.vocab_size, model_type="unigram", character_coverage=1.0,
-        num_threads=2, minloglevel=2, bos_id=-1, eos_id=-1, unk_id=0, pad_id=-1,
+        input=os.path.join(args.text_dir, "train.txt"),
+        model_prefix=prefix,
+        vocab_size=args.vocab_size,
+        model_type="unigram",
+        character_coverage=1.0,
+        num_threads=2,
+        minloglevel=2,
+        bos_id=-1,
+        eos_id=-1,
+        unk_id=0,
+        pad_id=-1,
     )
     sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
     for split in ("train", "valid", "test"):
-        with open(os.path.join(args.text_dir, f"{split}.txt")) as src, \
-                open(os.path.join(args.out_dir, f"{split}.spm"), "w") as out:
+        with (
+            open(os.path.join(args.text_dir, f"{split}.txt")) as src,
+            open(os.path.join(args.out_dir, f"{split}.spm"), "w") as out,
+        ):
             lines = [l.rstrip("\n") for l in src if l.strip()]
             for pieces in sp.encode(lines, out_type=str):
                 out.write(" ".join(pieces) + "\n")

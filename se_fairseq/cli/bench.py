@@ -8,6 +8,7 @@ one process, alternating them round after round so that machine noise hits both
 alike. Prints batches/s and tokens/s of each and the ratio task / baseline
 (> 1: the task under test is faster).
 """
+
 import argparse
 import logging
 import sys
@@ -17,19 +18,32 @@ logger = logging.getLogger(__name__)
 
 def add_bench_args(parser):
     group = parser.add_argument_group("se-bench")
-    group.add_argument("--baseline-task", default="masked_lm",
-                       help="task to compare against, built from the same options (default: masked_lm)")
-    group.add_argument("--rounds", type=int, default=5,
-                       help="alternating rounds; each round runs one epoch of each task (default: 5)")
+    group.add_argument(
+        "--baseline-task",
+        default="masked_lm",
+        help="task to compare against, built from the same options (default: masked_lm)",
+    )
+    group.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="alternating rounds; each round runs one epoch of each task (default: 5)",
+    )
     group.add_argument("--split", default="train", help="split to iterate (default: train)")
-    group.add_argument("--max-batches", type=int, default=0,
-                       help="stop each epoch after this many batches (0 = whole epoch)")
+    group.add_argument(
+        "--max-batches",
+        type=int,
+        default=0,
+        help="stop each epoch after this many batches (0 = whole epoch)",
+    )
     return parser
 
 
-USAGE = ("se-bench DATA [--task TASK] [task options] [dataset options: --max-tokens N | "
-         "--batch-size N, --num-workers N ...] [--baseline-task TASK] [--rounds N] "
-         "[--split SPLIT] [--max-batches N]")
+USAGE = (
+    "se-bench DATA [--task TASK] [task options] [dataset options: --max-tokens N | "
+    "--batch-size N, --num-workers N ...] [--baseline-task TASK] [--rounds N] "
+    "[--split SPLIT] [--max-batches N]"
+)
 
 
 def print_help(task):
@@ -38,12 +52,19 @@ def print_help(task):
     from fairseq import options
     from fairseq.tasks import TASK_REGISTRY
 
-    parser = argparse.ArgumentParser(prog="se-bench", usage=USAGE, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="se-bench",
+        usage=USAGE,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_bench_args(parser)
-    parser.add_argument("--task", default="se_mlm",
-                        help="task under test (default: se_mlm); any fairseq-train option of "
-                        "the task and of data loading applies to both tasks")
+    parser.add_argument(
+        "--task",
+        default="se_mlm",
+        help="task under test (default: se_mlm); any fairseq-train option of "
+        "the task and of data loading applies to both tasks",
+    )
     if task not in TASK_REGISTRY:
         raise SystemExit(f"se-bench: unknown --task {task}")
     TASK_REGISTRY[task].add_args(parser.add_argument_group(f"task {task} (DATA is its data)"))
@@ -72,7 +93,8 @@ def parse(argv):
             "se-bench: --se-online masks in the train step (it scores each batch with the live "
             "model), not in the data pipeline, so se-bench would time an unmasked collater; "
             "time online SE with benchmarks/bench_token_ls.py --online, or bench the offline "
-            "modes (--se-select topk, sample, threshold) here")
+            "modes (--se-select topk, sample, threshold) here"
+        )
     base_argv = _replace_task(rest, bench_args.baseline_task)
     base_args, _ = options.parse_args_and_arch(
         add_bench_args(options.get_training_parser()), base_argv, parse_known=True
@@ -93,8 +115,11 @@ def cli_main(argv=None):
 
     warnings.filterwarnings("ignore", category=UserWarning)  # hydra/dataloader chatter
     warnings.filterwarnings("ignore", module="hydra")
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.WARNING, stream=sys.stderr)
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+        level=logging.WARNING,
+        stream=sys.stderr,
+    )
     from se_fairseq.pipeline_bench import compare_pipelines
 
     args, base_args, bench_args = parse(sys.argv[1:] if argv is None else argv)

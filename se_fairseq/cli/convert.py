@@ -20,6 +20,7 @@ This module only parses arguments, calls :func:`se_fairseq.convert.fairseq_to_hf
 (which hold every rule), prints what they wrote and maps their errors to exit codes
 (the library's ``overwrite=True`` is ``--force`` here).
 """
+
 import argparse
 import importlib
 import importlib.util
@@ -41,40 +42,69 @@ def build_parser():
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="{to-hf,from-hf,tokenize}")
 
-    to = sub.add_parser("to-hf", help="fairseq checkpoint -> HF model directory",
-                        description="Write config.json, model.safetensors and fairseq_dict.txt "
-                        "into OUT_DIR for RobertaForMaskedLM / BertForMaskedLM.from_pretrained(OUT_DIR); "
-                        "a BERT model also gets its tokenizer, in HF's original token order.")
-    to.add_argument("checkpoint", metavar="CKPT", help="fairseq checkpoint (.pt): --arch roberta* or hf_bert*")
+    to = sub.add_parser(
+        "to-hf",
+        help="fairseq checkpoint -> HF model directory",
+        description="Write config.json, model.safetensors and fairseq_dict.txt "
+        "into OUT_DIR for RobertaForMaskedLM / BertForMaskedLM.from_pretrained(OUT_DIR); "
+        "a BERT model also gets its tokenizer, in HF's original token order.",
+    )
+    to.add_argument(
+        "checkpoint", metavar="CKPT", help="fairseq checkpoint (.pt): --arch roberta* or hf_bert*"
+    )
     to.add_argument("out_dir", metavar="OUT_DIR", help="output directory (created)")
-    to.add_argument("--dict", default=None, metavar="DICT",
-                    help="the model's fairseq dict.txt (default: dict.txt beside CKPT)")
-    to.add_argument("--tokenizer", default=None, metavar="DIR",
-                    help="BERT: the tokenizer to write (a folder with tokenizer.json or vocab.txt, or "
-                    "with a tokenizer/ folder; default: tokenizer/ beside DICT, else beside CKPT)")
+    to.add_argument(
+        "--dict",
+        default=None,
+        metavar="DICT",
+        help="the model's fairseq dict.txt (default: dict.txt beside CKPT)",
+    )
+    to.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="DIR",
+        help="BERT: the tokenizer to write (a folder with tokenizer.json or vocab.txt, or "
+        "with a tokenizer/ folder; default: tokenizer/ beside DICT, else beside CKPT)",
+    )
     to.set_defaults(func=to_hf)
 
-    back = sub.add_parser("from-hf", help="HF model directory -> fairseq checkpoint",
-                          description="Write a fairseq checkpoint that fairseq-train --restore-file "
-                          "continues, and dict.txt beside it (RoBERTa: from HF_DIR/fairseq_dict.txt, "
-                          "else the tokenizer vocab, else placeholder words; BERT: from the tokenizer, "
-                          "saved beside it as tokenizer/).")
-    back.add_argument("hf_dir", metavar="HF_DIR", help="directory of a saved RobertaForMaskedLM or BertForMaskedLM")
+    back = sub.add_parser(
+        "from-hf",
+        help="HF model directory -> fairseq checkpoint",
+        description="Write a fairseq checkpoint that fairseq-train --restore-file "
+        "continues, and dict.txt beside it (RoBERTa: from HF_DIR/fairseq_dict.txt, "
+        "else the tokenizer vocab, else placeholder words; BERT: from the tokenizer, "
+        "saved beside it as tokenizer/).",
+    )
+    back.add_argument(
+        "hf_dir",
+        metavar="HF_DIR",
+        help="directory of a saved RobertaForMaskedLM or BertForMaskedLM",
+    )
     back.add_argument("out", metavar="OUT.pt", help="fairseq checkpoint to write")
     back.set_defaults(func=from_hf)
 
     for s in (to, back):
-        s.add_argument("--check", action="store_true",
-                       help="load both models and compare their logits on a sample batch "
-                       f"(fails above {convert.CHECK_TOLERANCE:g})")
+        s.add_argument(
+            "--check",
+            action="store_true",
+            help="load both models and compare their logits on a sample batch "
+            f"(fails above {convert.CHECK_TOLERANCE:g})",
+        )
 
-    tok = sub.add_parser("tokenize", help="raw text -> a BERT checkpoint's WordPiece pieces",
-                         description="Tokenize raw text files (one sequence per line) with the "
-                         "tokenizer of a converted BERT checkpoint (lower-casing as its config says) "
-                         "into OUT_DIR/<same name>, as the pieces fairseq-preprocess --only-source "
-                         "--srcdict MODEL_DIR/dict.txt binarizes to the checkpoint's ids.")
-    tok.add_argument("model_dir", metavar="MODEL_DIR",
-                     help="what se-convert from-hf wrote: dict.txt and tokenizer/")
+    tok = sub.add_parser(
+        "tokenize",
+        help="raw text -> a BERT checkpoint's WordPiece pieces",
+        description="Tokenize raw text files (one sequence per line) with the "
+        "tokenizer of a converted BERT checkpoint (lower-casing as its config says) "
+        "into OUT_DIR/<same name>, as the pieces fairseq-preprocess --only-source "
+        "--srcdict MODEL_DIR/dict.txt binarizes to the checkpoint's ids.",
+    )
+    tok.add_argument(
+        "model_dir",
+        metavar="MODEL_DIR",
+        help="what se-convert from-hf wrote: dict.txt and tokenizer/",
+    )
     tok.add_argument("inputs", metavar="TEXT", nargs="+", help="raw text files")
     tok.add_argument("--out-dir", required=True, metavar="DIR", help="output directory (created)")
     tok.set_defaults(func=tokenize)
@@ -85,6 +115,7 @@ def build_parser():
 
 
 # -- environment -------------------------------------------------------------------
+
 
 def hide_broken_torchaudio():
     """transformers imports torchaudio whenever it is installed; a build that does not
@@ -109,28 +140,41 @@ HF_CLASS = {"roberta": "RobertaForMaskedLM", "bert": "BertForMaskedLM"}
 
 
 def _print_check(result):
-    print(f"check: fairseq and HF logits agree (max |difference| {result.max_logit_difference:.2g})")
+    print(
+        f"check: fairseq and HF logits agree (max |difference| {result.max_logit_difference:.2g})"
+    )
 
 
 def _print_to_hf(args, result):
     m = result.model
-    print(f"wrote {args.out_dir}: {HF_CLASS[result.family]} with {m['layers']} layers, hidden "
-          f"{m['hidden']}, {m['vocab_size']} ids, {m['max_positions']} positions"
-          + (" (+ fairseq_dict.txt)" if result.dict_path is not None else ""))
+    print(
+        f"wrote {args.out_dir}: {HF_CLASS[result.family]} with {m['layers']} layers, hidden "
+        f"{m['hidden']}, {m['vocab_size']} ids, {m['max_positions']} positions"
+        + (" (+ fairseq_dict.txt)" if result.dict_path is not None else "")
+    )
     pad = "input_ids != 1" if result.family == "roberta" else "input_ids != config.pad_token_id"
-    print(f"note: pass attention_mask ({pad}) to the HF model for padded batches; "
-          "fairseq masks <pad> by itself")
+    print(
+        f"note: pass attention_mask ({pad}) to the HF model for padded batches; "
+        "fairseq masks <pad> by itself"
+    )
 
 
 def _print_from_hf(args, result):
     m = result.model
-    print(f"wrote {args.out}: fairseq {result.fairseq_args[1]} with {m['layers']} layers, embed "
-          f"{m['hidden']}, {m['vocab_size']} ids, {m['max_positions']} "
-          f"positions; and {result.dict_path} (from {result.dict_source})"
-          + (f" and {os.path.join(os.path.dirname(result.dict_path), 'tokenizer')}/"
-             if result.family == "bert" else ""))
-    print(f"continue it with: fairseq-train DATA --restore-file {args.out} "
-          f"{' '.join(result.fairseq_args)} --reset-optimizer ... (DATA binarized with this dict.txt)")
+    print(
+        f"wrote {args.out}: fairseq {result.fairseq_args[1]} with {m['layers']} layers, embed "
+        f"{m['hidden']}, {m['vocab_size']} ids, {m['max_positions']} "
+        f"positions; and {result.dict_path} (from {result.dict_source})"
+        + (
+            f" and {os.path.join(os.path.dirname(result.dict_path), 'tokenizer')}/"
+            if result.family == "bert"
+            else ""
+        )
+    )
+    print(
+        f"continue it with: fairseq-train DATA --restore-file {args.out} "
+        f"{' '.join(result.fairseq_args)} --reset-optimizer ... (DATA binarized with this dict.txt)"
+    )
 
 
 def _run(report, convert_fn, args, *paths, **options):
@@ -146,8 +190,15 @@ def _run(report, convert_fn, args, *paths, **options):
 
 
 def to_hf(args):
-    return _run(_print_to_hf, convert.fairseq_to_hf, args, args.checkpoint, args.out_dir,
-                dict_path=args.dict, tokenizer_dir=args.tokenizer)
+    return _run(
+        _print_to_hf,
+        convert.fairseq_to_hf,
+        args,
+        args.checkpoint,
+        args.out_dir,
+        dict_path=args.dict,
+        tokenizer_dir=args.tokenizer,
+    )
 
 
 def from_hf(args):
@@ -157,14 +208,19 @@ def from_hf(args):
 def tokenize(args):
     from se_fairseq.convert.bert import tokenize_files
 
-    for path, lines, pieces in tokenize_files(args.model_dir, args.inputs, args.out_dir, overwrite=args.force):
+    for path, lines, pieces in tokenize_files(
+        args.model_dir, args.inputs, args.out_dir, overwrite=args.force
+    ):
         print(f"wrote {path}: {lines} lines, {pieces} pieces")
-    print(f"binarize with: fairseq-preprocess --only-source --srcdict "
-          f"{os.path.join(args.model_dir, 'dict.txt')} --trainpref ... --destdir data-bin")
+    print(
+        f"binarize with: fairseq-preprocess --only-source --srcdict "
+        f"{os.path.join(args.model_dir, 'dict.txt')} --trainpref ... --destdir data-bin"
+    )
     return 0
 
 
 # -- entry points --------------------------------------------------------------------
+
 
 def main(argv=None):
     import warnings
@@ -172,8 +228,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)  # hydra chatter
     warnings.filterwarnings("ignore", module="hydra")
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.INFO, stream=sys.stderr)
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+        level=logging.INFO,
+        stream=sys.stderr,
+    )
     from se_fairseq.checkpoint_safety import UnsafeCheckpointError
 
     hide_broken_torchaudio()

@@ -8,6 +8,7 @@ fairseq's ``sentence_prediction``; dev metrics, mean ± sd and paired difference
 Rerunning the same command continues: finished runs are kept, a killed run resumes from
 its checkpoint_last.pt.
 """
+
 import argparse
 import shlex
 import sys
@@ -25,18 +26,33 @@ def build_parser():
         prog="se-finetune",
         description="Fine-tune fairseq checkpoints on GLUE-layout task folders (N seeds each) "
         "with fairseq's sentence_prediction and RoBERTa's GLUE recipe; report each task's dev "
-        "metric, mean ± sd over seeds and paired differences against a baseline.")
-    p.add_argument("--checkpoint", action="append", required=True, metavar="[NAME=]CKPT[:DICT]",
-                   help="a fairseq checkpoint (repeat for several); NAME defaults to its folder's "
-                   "name, DICT to the dict.txt beside it or in its training data folder")
-    p.add_argument("--task", action="append", required=True, metavar="[NAME=]FOLDER",
-                   help="a task folder in GLUE's raw TSV layout (named CoLA, SST-2, MRPC, QQP, STS-B, "
-                   "MNLI, QNLI or RTE) or the generic layout (train.tsv/dev.tsv with a header: "
-                   "sentence or sentence1+sentence2, label; optional task.json)")
-    p.add_argument("--out", required=True, help="output folder (data, runs, results.json, results.md)")
+        "metric, mean ± sd over seeds and paired differences against a baseline.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="[NAME=]CKPT[:DICT]",
+        help="a fairseq checkpoint (repeat for several); NAME defaults to its folder's "
+        "name, DICT to the dict.txt beside it or in its training data folder",
+    )
+    p.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        metavar="[NAME=]FOLDER",
+        help="a task folder in GLUE's raw TSV layout (named CoLA, SST-2, MRPC, QQP, STS-B, "
+        "MNLI, QNLI or RTE) or the generic layout (train.tsv/dev.tsv with a header: "
+        "sentence or sentence1+sentence2, label; optional task.json)",
+    )
+    p.add_argument(
+        "--out", required=True, help="output folder (data, runs, results.json, results.md)"
+    )
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     p.add_argument("--baseline", default=None, help="checkpoint NAME the others are compared with")
-    t = p.add_argument_group("tokenization (default: the checkpoint's own cfg.bpe; nothing is downloaded)")
+    t = p.add_argument_group(
+        "tokenization (default: the checkpoint's own cfg.bpe; nothing is downloaded)"
+    )
     t.add_argument("--bpe", choices=("gpt2", "sentencepiece", "none"), default=None)
     t.add_argument("--gpt2-encoder-json", default=None, help="GPT-2 BPE encoder.json (local path)")
     t.add_argument("--gpt2-vocab-bpe", default=None, help="GPT-2 BPE vocab.bpe (local path)")
@@ -45,31 +61,61 @@ def build_parser():
     r.add_argument("--lr", type=float, default=None, help="peak learning rate")
     r.add_argument("--batch-size", type=int, default=None, help="sentences per batch")
     r.add_argument("--epochs", type=int, default=None, help="--max-epoch (default 10)")
-    r.add_argument("--total-updates", type=int, default=None,
-                   help="--total-num-update of the polynomial schedule (default: epochs x batches)")
-    r.add_argument("--warmup-fraction", type=float, default=None,
-                   help="warmup updates as a share of the total (default: the recipe's, 0.06; QQP 0.25)")
+    r.add_argument(
+        "--total-updates",
+        type=int,
+        default=None,
+        help="--total-num-update of the polynomial schedule (default: epochs x batches)",
+    )
+    r.add_argument(
+        "--warmup-fraction",
+        type=float,
+        default=None,
+        help="warmup updates as a share of the total (default: the recipe's, 0.06; QQP 0.25)",
+    )
     r.add_argument("--max-update", type=int, default=None, help="stop after this many updates")
     r.add_argument("--max-tokens", type=int, default=4400, help="tokens per batch (default 4400)")
     r.add_argument("--dropout", type=float, default=0.1)
     r.add_argument("--attention-dropout", type=float, default=0.1)
     r.add_argument("--weight-decay", type=float, default=0.1)
-    r.add_argument("--best-checkpoint-metric", default=None,
-                   help="fairseq's --best-checkpoint-metric (default accuracy; loss for regression)")
-    r.add_argument("--eval-checkpoint", choices=("best", "last"), default="best",
-                   help="the checkpoint whose dev predictions are scored (default best, as the recipe)")
-    r.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                   help="auto: fp16 with the recipe's loss-scale settings on a GPU, fp32 on the CPU")
-    r.add_argument("--fairseq-args", default="",
-                   help="more fairseq-train options, appended last (they win), e.g. '--num-workers 0'")
+    r.add_argument(
+        "--best-checkpoint-metric",
+        default=None,
+        help="fairseq's --best-checkpoint-metric (default accuracy; loss for regression)",
+    )
+    r.add_argument(
+        "--eval-checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="the checkpoint whose dev predictions are scored (default best, as the recipe)",
+    )
+    r.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        default="auto",
+        help="auto: fp16 with the recipe's loss-scale settings on a GPU, fp32 on the CPU",
+    )
+    r.add_argument(
+        "--fairseq-args",
+        default="",
+        help="more fairseq-train options, appended last (they win), e.g. '--num-workers 0'",
+    )
     d = p.add_argument_group("where runs go")
-    d.add_argument("--devices", default=None,
-                   help="GPU ids to spread runs over, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, else every "
-                   "GPU; 'cpu' for none)")
-    d.add_argument("--jobs", type=int, default=None,
-                   help="runs at once (default: one per GPU, else 1)")
-    d.add_argument("--keep-checkpoints", choices=("all", "best", "none"), default="best",
-                   help="fairseq checkpoints kept once a run is done (default best)")
+    d.add_argument(
+        "--devices",
+        default=None,
+        help="GPU ids to spread runs over, e.g. 0,1 (default: CUDA_VISIBLE_DEVICES, else every "
+        "GPU; 'cpu' for none)",
+    )
+    d.add_argument(
+        "--jobs", type=int, default=None, help="runs at once (default: one per GPU, else 1)"
+    )
+    d.add_argument(
+        "--keep-checkpoints",
+        choices=("all", "best", "none"),
+        default="best",
+        help="fairseq checkpoints kept once a run is done (default best)",
+    )
     return p
 
 
@@ -100,20 +146,42 @@ def cli_main(argv=None):
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
-        sys.exit(f"se-finetune: error: --seeds must be comma-separated integers, got {args.seeds!r}")
+        sys.exit(
+            f"se-finetune: error: --seeds must be comma-separated integers, got {args.seeds!r}"
+        )
     overrides = Overrides(
-        lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, total_updates=args.total_updates,
-        warmup_fraction=args.warmup_fraction, max_update=args.max_update, max_tokens=args.max_tokens,
-        dropout=args.dropout, attention_dropout=args.attention_dropout, weight_decay=args.weight_decay,
-        best_metric=args.best_checkpoint_metric, eval_checkpoint=args.eval_checkpoint,
-        precision=args.precision, fairseq_args=shlex.split(args.fairseq_args))
+        lr=args.lr,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        total_updates=args.total_updates,
+        warmup_fraction=args.warmup_fraction,
+        max_update=args.max_update,
+        max_tokens=args.max_tokens,
+        dropout=args.dropout,
+        attention_dropout=args.attention_dropout,
+        weight_decay=args.weight_decay,
+        best_metric=args.best_checkpoint_metric,
+        eval_checkpoint=args.eval_checkpoint,
+        precision=args.precision,
+        fairseq_args=shlex.split(args.fairseq_args),
+    )
     devices = [] if args.devices == "cpu" else args.devices
     try:
-        doc = finetune(checkpoints, tasks, args.out, seeds=seeds, baseline=args.baseline,
-                       overrides=overrides, devices=devices, jobs=args.jobs, bpe=args.bpe,
-                       gpt2_encoder_json=args.gpt2_encoder_json, gpt2_vocab_bpe=args.gpt2_vocab_bpe,
-                       sentencepiece_model=args.sentencepiece_model,
-                       keep_checkpoints=args.keep_checkpoints)
+        doc = finetune(
+            checkpoints,
+            tasks,
+            args.out,
+            seeds=seeds,
+            baseline=args.baseline,
+            overrides=overrides,
+            devices=devices,
+            jobs=args.jobs,
+            bpe=args.bpe,
+            gpt2_encoder_json=args.gpt2_encoder_json,
+            gpt2_vocab_bpe=args.gpt2_vocab_bpe,
+            sentencepiece_model=args.sentencepiece_model,
+            keep_checkpoints=args.keep_checkpoints,
+        )
     except FinetuneError as err:
         sys.exit(f"se-finetune: error: {err}")
     from se_fairseq.finetune.results import markdown

@@ -11,6 +11,7 @@ score file itself appears only when complete (atomic rename). Under
 ``torchrun`` each rank scores every WORLD_SIZE-th chunk and rank 0 assembles
 the file (the partial folder must be on storage all ranks see).
 """
+
 import argparse
 import logging
 import os
@@ -31,33 +32,64 @@ def build_parser():
         "(the self-questioning stage of Self-Evolution learning).",
     )
     p.add_argument("data", help="fairseq data-bin folder (with dict.txt and <split>.bin/.idx)")
-    p.add_argument("--path", default=None,
-                   help="fairseq masked-LM checkpoint (.pt: RoBERTa or hf_bert); not used by "
-                   "--metric rarity")
+    p.add_argument(
+        "--path",
+        default=None,
+        help="fairseq masked-LM checkpoint (.pt: RoBERTa or hf_bert); not used by --metric rarity",
+    )
     p.add_argument("--split", default="train", help="split to score (default: train)")
-    p.add_argument("--metric", choices=(*METRICS, "rarity"), default="correctness",
-                   help="correctness = -log p(true token); confidence = entropy of the prediction; "
-                   "rarity = -log of the token's unigram probability in the train split (no model: "
-                   "a control, see se_fairseq/rarity.py)")
-    p.add_argument("--tokens-per-sample", type=int, default=None,
-                   help="block length incl. <s> (default: the checkpoint's training value)")
-    p.add_argument("--sample-break-mode", choices=BREAK_MODES, default=None,
-                   help="blocking (default: the checkpoint's training value)")
+    p.add_argument(
+        "--metric",
+        choices=(*METRICS, "rarity"),
+        default="correctness",
+        help="correctness = -log p(true token); confidence = entropy of the prediction; "
+        "rarity = -log of the token's unigram probability in the train split (no model: "
+        "a control, see se_fairseq/rarity.py)",
+    )
+    p.add_argument(
+        "--tokens-per-sample",
+        type=int,
+        default=None,
+        help="block length incl. <s> (default: the checkpoint's training value)",
+    )
+    p.add_argument(
+        "--sample-break-mode",
+        choices=BREAK_MODES,
+        default=None,
+        help="blocking (default: the checkpoint's training value)",
+    )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--max-tokens", type=int, default=None,
-                      help="tokens per batch, padding included (default: 16384 when no --batch-size)")
+    size.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="tokens per batch, padding included (default: 16384 when no --batch-size)",
+    )
     size.add_argument("--batch-size", type=int, default=None, help="blocks per batch")
     p.add_argument("--cpu", action="store_true", help="score on the CPU even if CUDA is available")
     precision = p.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", action="store_true", help="fp16 forward (GPU); softmax in fp32")
+    precision.add_argument(
+        "--fp16", action="store_true", help="fp16 forward (GPU); softmax in fp32"
+    )
     precision.add_argument("--bf16", action="store_true", help="bf16 forward; softmax in fp32")
-    p.add_argument("--out", default=None,
-                   help="score file prefix (default: DATA/<split>.se_scores, where se_mlm looks)")
-    p.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS,
-                   help="tokens per resumable chunk (default: 262144)")
-    p.add_argument("--stop-after-chunks", type=int, default=0,
-                   help="score at most this many chunks in this run, then exit; a later run "
-                   "resumes (for jobs split across time-limited allocations)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="score file prefix (default: DATA/<split>.se_scores, where se_mlm looks)",
+    )
+    p.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=DEFAULT_CHUNK_TOKENS,
+        help="tokens per resumable chunk (default: 262144)",
+    )
+    p.add_argument(
+        "--stop-after-chunks",
+        type=int,
+        default=0,
+        help="score at most this many chunks in this run, then exit; a later run "
+        "resumes (for jobs split across time-limited allocations)",
+    )
     p.add_argument("--no-progress-bar", action="store_true", help="no progress bar")
     return p
 
@@ -92,8 +124,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)  # hydra/dataloader chatter
     warnings.filterwarnings("ignore", module="hydra")
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.INFO, stream=sys.stderr)
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+        level=logging.INFO,
+        stream=sys.stderr,
+    )
     import fairseq  # noqa: F401  (registers the safe checkpoint loader)
 
     if args.metric == "rarity":
@@ -109,25 +144,44 @@ def main(argv=None):
     rank, world_size = _init_distributed(args)
 
     def progress(total):
-        return tqdm(total=total, unit="tok", unit_scale=True, desc=f"se-score {args.split}",
-                    disable=args.no_progress_bar or rank != 0, file=sys.stderr, smoothing=0.1)
+        return tqdm(
+            total=total,
+            unit="tok",
+            unit_scale=True,
+            desc=f"se-score {args.split}",
+            disable=args.no_progress_bar or rank != 0,
+            file=sys.stderr,
+            smoothing=0.1,
+        )
 
     try:
         result = score_corpus(
-            args.data, args.path, split=args.split, metric=args.metric, rank=rank,
-            world_size=world_size, stop_after_chunks=args.stop_after_chunks, progress=progress,
-            tokens_per_sample=args.tokens_per_sample, sample_break_mode=args.sample_break_mode,
-            max_tokens=args.max_tokens, batch_size=args.batch_size, device=_device(args),
+            args.data,
+            args.path,
+            split=args.split,
+            metric=args.metric,
+            rank=rank,
+            world_size=world_size,
+            stop_after_chunks=args.stop_after_chunks,
+            progress=progress,
+            tokens_per_sample=args.tokens_per_sample,
+            sample_break_mode=args.sample_break_mode,
+            max_tokens=args.max_tokens,
+            batch_size=args.batch_size,
+            device=_device(args),
             precision="fp16" if args.fp16 else "bf16" if args.bf16 else "fp32",
-            out=args.out, chunk_tokens=args.chunk_tokens,
+            out=args.out,
+            chunk_tokens=args.chunk_tokens,
         )
     except (ScoringError, ScoreFileError) as err:
         raise SystemExit(f"se-score: {err}") from None
     if rank == 0:
         if not result.complete:
-            print(f"se-score: stopped with {result.chunks_left} of {result.chunks_total} chunks "
-                  f"left in {result.partial_dir}; run the same command again to resume",
-                  file=sys.stderr)
+            print(
+                f"se-score: stopped with {result.chunks_left} of {result.chunks_total} chunks "
+                f"left in {result.partial_dir}; run the same command again to resume",
+                file=sys.stderr,
+            )
         else:
             print(format_summary(args.metric, result.summary))
             print(f"wrote {result.array_path} and {result.meta_path}")

@@ -20,10 +20,27 @@ third family is one new module with a ``FAMILY`` and its name in
 stays instant): torch, fairseq and transformers are imported by the functions that
 need them.
 """
-from .core import (CHECK_TOLERANCE, CheckFailedError, ConversionError, ConversionResult,
-                   MissingDependencyError, OutputExistsError, fairseq_to_hf, hf_to_fairseq, logger)
+
+from .core import (
+    CHECK_TOLERANCE,
+    CheckFailedError,
+    ConversionError,
+    ConversionResult,
+    MissingDependencyError,
+    OutputExistsError,
+    fairseq_to_hf,
+    hf_to_fairseq,
+    logger,
+)
 
 __all__ = [
-    "CHECK_TOLERANCE", "CheckFailedError", "ConversionError", "ConversionResult",
-    "MissingDependencyError", "OutputExistsError", "fairseq_to_hf", "hf_to_fairseq", "logger",
+    "CHECK_TOLERANCE",
+    "CheckFailedError",
+    "ConversionError",
+    "ConversionResult",
+    "MissingDependencyError",
+    "OutputExistsError",
+    "fairseq_to_hf",
+    "hf_to_fairseq",
+    "logger",
 ]

@@ -30,15 +30,39 @@ checkpoint as ``tokenizer/`` (with a ``vocab.txt`` for ``--bpe bert``), and
 :func:`tokenize_files` (``se-convert tokenize``) writes raw text as the pieces
 ``fairseq-preprocess --srcdict dict.txt`` binarizes to the model's ids.
 """
+
 import logging
 import os
 import re
 
-from .core import (ENCODER_VERSION, FS, FS_HEAD, LAYER, MASK, PAD, SPECIALS, ConversionError,
-                   FairseqModel, Family, HFModel, OutputExistsError, common_fairseq_problems,
-                   dictionary_size_problems, listed, load_dictionary, num_layers, placeholder, tensor_problems,
-                   quiet_transformers, refuse, require_transformers, save_pretrained_files,
-                   training_only_warnings, valid_word, write_text)
+from .core import (
+    ENCODER_VERSION,
+    FS,
+    FS_HEAD,
+    LAYER,
+    MASK,
+    PAD,
+    SPECIALS,
+    ConversionError,
+    FairseqModel,
+    Family,
+    HFModel,
+    OutputExistsError,
+    common_fairseq_problems,
+    dictionary_size_problems,
+    listed,
+    load_dictionary,
+    num_layers,
+    placeholder,
+    quiet_transformers,
+    refuse,
+    require_transformers,
+    save_pretrained_files,
+    tensor_problems,
+    training_only_warnings,
+    valid_word,
+    write_text,
+)
 
 logger = logging.getLogger("se_fairseq.convert")
 
@@ -103,6 +127,7 @@ def token_order(special_ids, vocab_size):
 
 # -- the tokenizer ---------------------------------------------------------------------
 
+
 def has_tokenizer(directory):
     return any(os.path.isfile(os.path.join(directory, f)) for f in TOKENIZER_FILES)
 
@@ -143,8 +168,10 @@ def vocabulary(tokenizer, vocab_size, where):
     for token, i in tokenizer.get_vocab().items():
         by_id.setdefault(int(i), token)
     if by_id and max(by_id) >= vocab_size:
-        refuse(f"the tokenizer of {where}", f"it has ids up to {max(by_id)} but the model has "
-               f"{vocab_size} embedding rows")
+        refuse(
+            f"the tokenizer of {where}",
+            f"it has ids up to {max(by_id)} but the model has {vocab_size} embedding rows",
+        )
     specials = special_ids(tokenizer, where)
     return by_id, specials, token_order(specials, vocab_size)
 
@@ -156,7 +183,7 @@ def dict_words(by_id, order):
     taken = set(by_id.values())
     seen = set(SPECIALS) | {MASK}
     words, placeholders = [], 0
-    for hf_id in order[len(SPECIALS):-1]:
+    for hf_id in order[len(SPECIALS) : -1]:
         word = by_id.get(hf_id)
         if word is None or not valid_word(word, seen):
             word = placeholder(seen, taken)
@@ -188,21 +215,29 @@ def check_tokenizer_fits(tokenizer, token_ids, dictionary, where):
     expected = [int(token_ids[i]) for i in fs_ids]
     problems = []
     if specials != expected:
-        problems.append(f"its special tokens (cls, pad, sep, unk, mask) have ids {specials}; the "
-                        f"model's are {expected}")
+        problems.append(
+            f"its special tokens (cls, pad, sep, unk, mask) have ids {specials}; the "
+            f"model's are {expected}"
+        )
     if dictionary is not None:
         vocab = tokenizer.get_vocab()
-        wrong = [(dictionary[i], vocab.get(dictionary[i]), int(token_ids[i]))
-                 for i in range(len(SPECIALS), len(token_ids) - 1)
-                 if not dictionary[i].startswith("madeupword") and vocab.get(dictionary[i]) != int(token_ids[i])]
+        wrong = [
+            (dictionary[i], vocab.get(dictionary[i]), int(token_ids[i]))
+            for i in range(len(SPECIALS), len(token_ids) - 1)
+            if not dictionary[i].startswith("madeupword")
+            and vocab.get(dictionary[i]) != int(token_ids[i])
+        ]
         if wrong:
-            problems.append(f"{len(wrong)} dict.txt words have other ids in it (word, its id, the "
-                            f"model's): {listed(wrong, 4)}")
+            problems.append(
+                f"{len(wrong)} dict.txt words have other ids in it (word, its id, the "
+                f"model's): {listed(wrong, 4)}"
+            )
     if problems:
         refuse(f"the tokenizer {where} with this model", problems)
 
 
 # -- fairseq -> HF -------------------------------------------------------------------------
+
 
 def fairseq_state_dict_to_hf(state_dict, options, dictionary=None):
     """fairseq hf_bert (state dict, model options, optional Dictionary) -> (BertConfig,
@@ -219,17 +254,28 @@ def fairseq_state_dict_to_hf(state_dict, options, dictionary=None):
     if layers == 0:
         problems.append("no encoder layers under encoder.sentence_encoder.layers.*")
     optional = (FS + "version", TOKEN_IDS)
-    problems += tensor_problems(sd, [k for k in expected if k not in optional], "fairseq hf_bert",
-                                optional=optional, skipped=set(dropped).__contains__)
+    problems += tensor_problems(
+        sd,
+        [k for k in expected if k not in optional],
+        "fairseq hf_bert",
+        optional=optional,
+        skipped=set(dropped).__contains__,
+    )
     if problems:
         refuse("this fairseq checkpoint", problems)
 
     embed = sd[FS + "embed_tokens.weight"]
     if not torch.equal(sd[FS_HEAD + "weight"], embed):
-        refuse("this fairseq checkpoint", "untied LM head weights (encoder.lm_head.weight differs from "
-               "the token embeddings): the converter writes the tied layout of BertForMaskedLM")
+        refuse(
+            "this fairseq checkpoint",
+            "untied LM head weights (encoder.lm_head.weight differs from "
+            "the token embeddings): the converter writes the tied layout of BertForMaskedLM",
+        )
     if getattr(o, "encoder_layers", layers) != layers:
-        refuse("this fairseq checkpoint", f"cfg says {o.encoder_layers} layers, the weights have {layers}")
+        refuse(
+            "this fairseq checkpoint",
+            f"cfg says {o.encoder_layers} layers, the weights have {layers}",
+        )
     vocab, dim = embed.shape
     heads = int(o.encoder_attention_heads)
     if dim % heads:
@@ -242,10 +288,14 @@ def fairseq_state_dict_to_hf(state_dict, options, dictionary=None):
         token_ids = torch.arange(vocab)
     token_ids = token_ids.long()
     if token_ids.shape != (vocab,) or not torch.equal(token_ids.sort().values, torch.arange(vocab)):
-        refuse("this fairseq checkpoint", f"{TOKEN_IDS} is not a permutation of the {vocab} token ids")
+        refuse(
+            "this fairseq checkpoint", f"{TOKEN_IDS} is not a permutation of the {vocab} token ids"
+        )
     if dropped:
-        logger.warning(f"dropping classification head(s) {sorted({k.split('.')[1] for k in dropped})}: "
-                       "BertForMaskedLM has none")
+        logger.warning(
+            f"dropping classification head(s) {sorted({k.split('.')[1] for k in dropped})}: "
+            "BertForMaskedLM has none"
+        )
     training_only_warnings(o)
 
     hf_order = torch.argsort(token_ids)  # fairseq id of each HF row
@@ -275,25 +325,36 @@ def fairseq_state_dict_to_hf(state_dict, options, dictionary=None):
 
 # -- HF -> fairseq -------------------------------------------------------------------------
 
+
 def check_hf_config(c):
     """Every BertConfig setting the fairseq model cannot reproduce, as messages."""
     problems = []
     if c.get("model_type") != "bert":
         problems.append(f"model_type {c.get('model_type')!r}: not a BERT model")
     if c.get("is_decoder") or c.get("add_cross_attention"):
-        problems.append("a decoder / cross-attention configuration (is_decoder, add_cross_attention)")
+        problems.append(
+            "a decoder / cross-attention configuration (is_decoder, add_cross_attention)"
+        )
     if c.get("hidden_act", "gelu") != "gelu":
-        problems.append(f"hidden_act {c.get('hidden_act')!r}: the fairseq model computes the exact "
-                        "gelu only (fairseq's 'gelu', HF's 'gelu')")
+        problems.append(
+            f"hidden_act {c.get('hidden_act')!r}: the fairseq model computes the exact "
+            "gelu only (fairseq's 'gelu', HF's 'gelu')"
+        )
     if (c.get("position_embedding_type") or "absolute") != "absolute":
-        problems.append(f"position_embedding_type {c['position_embedding_type']!r}: the fairseq model "
-                        "has learned absolute positions only")
+        problems.append(
+            f"position_embedding_type {c['position_embedding_type']!r}: the fairseq model "
+            "has learned absolute positions only"
+        )
     eps = float(c.get("layer_norm_eps", LAYER_NORM_EPS))
     if abs(eps - LAYER_NORM_EPS) > 1e-15:
-        problems.append(f"layer_norm_eps {eps:g}: the fairseq model (BERT's) uses {LAYER_NORM_EPS:g}")
+        problems.append(
+            f"layer_norm_eps {eps:g}: the fairseq model (BERT's) uses {LAYER_NORM_EPS:g}"
+        )
     if c.get("tie_word_embeddings", True) is False:
-        problems.append("tie_word_embeddings=False (an untied decoder): the fairseq model ties it to "
-                        "the token embeddings")
+        problems.append(
+            "tie_word_embeddings=False (an untied decoder): the fairseq model ties it to "
+            "the token embeddings"
+        )
     if c.get("embedding_size", c.get("hidden_size")) != c.get("hidden_size"):
         problems.append("factorised embeddings (embedding_size != hidden_size)")
     if int(c.get("type_vocab_size", 2)) < 1:
@@ -317,22 +378,32 @@ def hf_state_dict_to_fairseq(config, state_dict, special_ids_):
     optional = {HF_DECODER_WEIGHT, HF_DECODER_BIAS}
     if layers != c.get("num_hidden_layers", layers):
         problems.append(f"config says {c['num_hidden_layers']} layers, the weights have {layers}")
-    problems += tensor_problems(state_dict, sorted(expected), "BertForMaskedLM", optional=optional,
-                                skipped=lambda k: bool(HF_IGNORED.match(k) or HF_DROPPED.match(k)),
-                                head=HF_HEAD)
+    problems += tensor_problems(
+        state_dict,
+        sorted(expected),
+        "BertForMaskedLM",
+        optional=optional,
+        skipped=lambda k: bool(HF_IGNORED.match(k) or HF_DROPPED.match(k)),
+        head=HF_HEAD,
+    )
     if problems:
         refuse("this Hugging Face model", problems)
 
     embed = state_dict[HF + "embeddings.word_embeddings.weight"]
     decoder = state_dict.get(HF_DECODER_WEIGHT)
     if decoder is not None and not torch.equal(decoder, embed):
-        refuse("this Hugging Face model", "untied LM head weights (cls.predictions.decoder.weight differs "
-               "from the word embeddings): the fairseq model ties them")
+        refuse(
+            "this Hugging Face model",
+            "untied LM head weights (cls.predictions.decoder.weight differs "
+            "from the word embeddings): the fairseq model ties them",
+        )
     sd = {hf: state_dict[hf] for _, hf in pairs}
     bias = state_dict.get(HF_DECODER_BIAS)
     if bias is not None and not torch.equal(bias, sd[HF_HEAD + "bias"]):
-        logger.warning("cls.predictions.decoder.bias differs from cls.predictions.bias; converting "
-                       "decoder.bias, the one BertForMaskedLM's forward adds")
+        logger.warning(
+            "cls.predictions.decoder.bias differs from cls.predictions.bias; converting "
+            "decoder.bias, the one BertForMaskedLM's forward adds"
+        )
         sd[HF_HEAD + "bias"] = bias
     vocab = embed.shape[0]
     token_ids = torch.tensor(token_order(special_ids_, vocab), dtype=torch.long)
@@ -340,7 +411,9 @@ def hf_state_dict_to_fairseq(config, state_dict, special_ids_):
     out = {FS + "version": torch.tensor([ENCODER_VERSION])}
     for fs, hf in pairs:
         out[fs] = sd[hf].index_select(0, token_ids) if fs in PERMUTED else sd[hf]
-    out[FS_HEAD + "weight"] = out[FS + "embed_tokens.weight"]  # tied: one tensor, as fairseq saves it
+    out[FS_HEAD + "weight"] = out[
+        FS + "embed_tokens.weight"
+    ]  # tied: one tensor, as fairseq saves it
     out[TOKEN_IDS] = token_ids
     out = {k: out[k] for k in fairseq_keys(layers)}
     options = dict(
@@ -360,22 +433,38 @@ def hf_state_dict_to_fairseq(config, state_dict, special_ids_):
 
 def fairseq_args(options):
     """The fairseq-train model flags that rebuild this model."""
-    preset = (options["encoder_layers"], options["encoder_embed_dim"], options["encoder_ffn_embed_dim"],
-              options["encoder_attention_heads"], options["max_positions"], options["type_vocab_size"])
-    arch = {(12, 768, 3072, 12, 512, 2): "hf_bert_base", (24, 1024, 4096, 16, 512, 2): "hf_bert_large"}
+    preset = (
+        options["encoder_layers"],
+        options["encoder_embed_dim"],
+        options["encoder_ffn_embed_dim"],
+        options["encoder_attention_heads"],
+        options["max_positions"],
+        options["type_vocab_size"],
+    )
+    arch = {
+        (12, 768, 3072, 12, 512, 2): "hf_bert_base",
+        (24, 1024, 4096, 16, 512, 2): "hf_bert_large",
+    }
     if preset in arch:
         return arch[preset], []
     return "hf_bert", [
-        "--encoder-layers", str(options["encoder_layers"]),
-        "--encoder-embed-dim", str(options["encoder_embed_dim"]),
-        "--encoder-ffn-embed-dim", str(options["encoder_ffn_embed_dim"]),
-        "--encoder-attention-heads", str(options["encoder_attention_heads"]),
-        "--max-positions", str(options["max_positions"]),
-        "--type-vocab-size", str(options["type_vocab_size"]),
+        "--encoder-layers",
+        str(options["encoder_layers"]),
+        "--encoder-embed-dim",
+        str(options["encoder_embed_dim"]),
+        "--encoder-ffn-embed-dim",
+        str(options["encoder_ffn_embed_dim"]),
+        "--encoder-attention-heads",
+        str(options["encoder_attention_heads"]),
+        "--max-positions",
+        str(options["max_positions"]),
+        "--type-vocab-size",
+        str(options["type_vocab_size"]),
     ]
 
 
 # -- raw text -> fairseq-preprocess input ------------------------------------------------------
+
 
 def _tokenizer_dir(model_dir):
     sub = os.path.join(model_dir, "tokenizer")
@@ -398,7 +487,9 @@ def tokenize_files(model_dir, inputs, out_dir, overwrite=False, batch_lines=1000
     model_dir, out_dir = os.fspath(model_dir), os.fspath(out_dir)
     dict_path = os.path.join(model_dir, "dict.txt")
     if not os.path.isfile(dict_path):
-        raise ConversionError(f"{model_dir}: no dict.txt (give the folder se-convert from-hf wrote)")
+        raise ConversionError(
+            f"{model_dir}: no dict.txt (give the folder se-convert from-hf wrote)"
+        )
     inputs = [os.fspath(p) for p in inputs]
     outputs = [os.path.join(out_dir, os.path.basename(p)) for p in inputs]
     for src, dst in zip(inputs, outputs):
@@ -431,7 +522,9 @@ def tokenize_files(model_dir, inputs, out_dir, overwrite=False, batch_lines=1000
                 batch = [line.rstrip("\n") for _, line in zip(range(batch_lines), f)]
                 if not batch:
                     break
-                with quiet_transformers(transformers):  # no "longer than 512" notes: blocks cut later
+                with quiet_transformers(
+                    transformers
+                ):  # no "longer than 512" notes: blocks cut later
                     ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
                 for row in ids:
                     out.write(" ".join(name_of[i] for i in row) + "\n")
@@ -444,14 +537,20 @@ def tokenize_files(model_dir, inputs, out_dir, overwrite=False, batch_lines=1000
 
 # -- the family ------------------------------------------------------------------------------
 
+
 class BertFamily(Family):
     name = "bert"
     hf_class = "BertForMaskedLM"
     hf_config_class = "BertConfig"
     hf_model_types = ("bert",)
     hf_head_prefix = HF_HEAD
-    hf_outputs = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                  "vocab.txt")
+    hf_outputs = (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    )
     fairseq_outputs = ("tokenizer",)
 
     def fairseq_model_class(self):
@@ -464,10 +563,15 @@ class BertFamily(Family):
         return HFModel(config, sd, token_ids)
 
     def hf_summary(self, config):
-        return dict(layers=config.num_hidden_layers, hidden=config.hidden_size,
-                    ffn=config.intermediate_size, heads=config.num_attention_heads,
-                    vocab_size=config.vocab_size, max_positions=config.max_position_embeddings,
-                    type_vocab_size=config.type_vocab_size)
+        return dict(
+            layers=config.num_hidden_layers,
+            hidden=config.hidden_size,
+            ffn=config.intermediate_size,
+            heads=config.num_attention_heads,
+            vocab_size=config.vocab_size,
+            max_positions=config.max_position_embeddings,
+            type_vocab_size=config.type_vocab_size,
+        )
 
     def hf_extras(self, hf, dictionary, tokenizer_dir, search_dirs, transformers):
         """The tokenizer: ``tokenizer_dir`` (it, or its ``tokenizer/`` folder, must hold
@@ -476,8 +580,10 @@ class BertFamily(Family):
         if tokenizer_dir is not None:
             candidates = [tokenizer_dir, os.path.join(tokenizer_dir, "tokenizer")]
             if not any(has_tokenizer(c) for c in candidates):
-                raise ConversionError(f"{tokenizer_dir}: no tokenizer ({' or '.join(TOKENIZER_FILES)}) "
-                                      "in it or in its tokenizer/ folder")
+                raise ConversionError(
+                    f"{tokenizer_dir}: no tokenizer ({' or '.join(TOKENIZER_FILES)}) "
+                    "in it or in its tokenizer/ folder"
+                )
         else:
             candidates = [os.path.join(d, "tokenizer") for d in search_dirs]
         found = next((c for c in candidates if has_tokenizer(c)), None)
@@ -494,9 +600,11 @@ class BertFamily(Family):
         roles = {0: "cls", 1: "pad", 2: "sep", 3: "unk", len(token_ids) - 1: "mask"}
         for fs_id, hf_id in enumerate(token_ids.tolist()):
             names[hf_id] = BERT_NAMES[roles[fs_id]] if fs_id in roles else dictionary[fs_id]
-        logger.warning("no tokenizer found (--tokenizer, or tokenizer/ beside the dict or the "
-                       "checkpoint): OUT_DIR gets a vocab.txt rebuilt from dict.txt; copy the "
-                       "checkpoint's tokenizer_config.json there (its lower-casing) to tokenize as it did")
+        logger.warning(
+            "no tokenizer found (--tokenizer, or tokenizer/ beside the dict or the "
+            "checkpoint): OUT_DIR gets a vocab.txt rebuilt from dict.txt; copy the "
+            "checkpoint's tokenizer_config.json there (its lower-casing) to tokenize as it did"
+        )
         return lambda out_dir: [write_text(os.path.join(out_dir, "vocab.txt"), vocab_txt(names))]
 
     def hf_config_problems(self, config):
@@ -514,8 +622,10 @@ class BertFamily(Family):
         options, sd, token_ids = hf_state_dict_to_fairseq(config, state_dict, specials)
         words, placeholders = dict_words(by_id, order)
         if placeholders:
-            logger.warning(f"{placeholders} of {len(words)} rows have no token dict.txt can hold; "
-                           "dict.txt holds madeupwordNNNN placeholders for them")
+            logger.warning(
+                f"{placeholders} of {len(words)} rows have no token dict.txt can hold; "
+                "dict.txt holds madeupwordNNNN placeholders for them"
+            )
         arch, args = fairseq_args(options)
         options["tokens_per_sample"] = options["max_positions"]
         text = "".join(f"{w} 1\n" for w in words)
@@ -524,6 +634,7 @@ class BertFamily(Family):
             target = os.path.join(out_dir, "tokenizer")
             os.makedirs(target, exist_ok=True)
             return save_tokenizer(tokenizer, target)
+
         model = FairseqModel(arch, options, args, sd, token_ids, write_extras)
         return model, text, "the tokenizer vocab"
 

@@ -19,6 +19,7 @@ the logit check feeds each side its own ids.
 Importing this module is cheap: torch, fairseq and transformers are imported by
 the functions that need them.
 """
+
 import argparse
 import contextlib
 import logging
@@ -94,7 +95,9 @@ class ConversionResult:
     files: list  # every file written, in the order written
     dict_path: Optional[str]  # the fairseq dictionary written (None: to HF without a dict.txt)
     dict_source: Optional[str]  # where its words came from
-    model: dict = field(default_factory=dict)  # layers, hidden, ffn, heads, vocab_size, max_positions
+    model: dict = field(
+        default_factory=dict
+    )  # layers, hidden, ffn, heads, vocab_size, max_positions
     max_logit_difference: Optional[float] = None  # max |fairseq - HF logits|, with check=True
     family: Optional[str] = None  # "roberta", "bert"
     fairseq_args: list = field(default_factory=list)  # fairseq-train model options of this model
@@ -135,8 +138,7 @@ def listed(names, limit=8):
     return f"{names[:limit]}{' ...' if len(names) > limit else ''}"
 
 
-def tensor_problems(present, expected, model, *, optional=(), skipped=lambda key: False,
-                    head=None):
+def tensor_problems(present, expected, model, *, optional=(), skipped=lambda key: False, head=None):
     """Why the tensors ``present`` are not exactly ``model``'s: tensors beyond ``expected``
     and ``optional`` (those ``skipped`` says to pass over aside), and ``expected`` ones
     missing, in ``expected``'s order (with a hint where the masked-LM ``head`` prefix
@@ -148,13 +150,17 @@ def tensor_problems(present, expected, model, *, optional=(), skipped=lambda key
     if extra:
         problems.append(f"unexpected tensors {listed(extra)}: not a plain {model}")
     if missing:
-        hint = f" (no masked-LM head: save a {model})" if head and any(
-            k.startswith(head) for k in missing) else ""
+        hint = (
+            f" (no masked-LM head: save a {model})"
+            if head and any(k.startswith(head) for k in missing)
+            else ""
+        )
         problems.append(f"missing tensors {listed(missing)}{hint}")
     return problems
 
 
 # -- families ---------------------------------------------------------------------
+
 
 class Family:
     """One model family on both sides. A subclass (one module: roberta.py, bert.py)
@@ -217,12 +223,18 @@ class Family:
         raise NotImplementedError
 
     def summary(self, options):
-        return dict(layers=options["encoder_layers"], hidden=options["encoder_embed_dim"],
-                    ffn=options["encoder_ffn_embed_dim"], heads=options["encoder_attention_heads"],
-                    vocab_size=options["vocab_size"], max_positions=options["max_positions"])
+        return dict(
+            layers=options["encoder_layers"],
+            hidden=options["encoder_embed_dim"],
+            ffn=options["encoder_ffn_embed_dim"],
+            heads=options["encoder_attention_heads"],
+            vocab_size=options["vocab_size"],
+            max_positions=options["max_positions"],
+        )
 
 
 # -- optional dependency -------------------------------------------------------
+
 
 def require_transformers():
     """Import transformers (and safetensors) or raise :class:`MissingDependencyError`."""
@@ -263,6 +275,7 @@ def import_fairseq():
 
 # -- the fairseq side ---------------------------------------------------------------
 
+
 def checkpoint_model_cfg(state):
     """The model options of a loaded fairseq checkpoint (``cfg.model`` or old ``args``)."""
     cfg = state.get("cfg")
@@ -270,7 +283,9 @@ def checkpoint_model_cfg(state):
         return cfg["model"]
     if state.get("args") is not None:
         return state["args"]
-    raise ConversionError("the checkpoint holds no model configuration (neither cfg.model nor args)")
+    raise ConversionError(
+        "the checkpoint holds no model configuration (neither cfg.model nor args)"
+    )
 
 
 def _options_dict(model_cfg):
@@ -313,22 +328,33 @@ def common_fairseq_problems(o, target):
         return getattr(o, name, default)
 
     if opt("encoder_normalize_before", False):
-        problems.append("pre-LN layers (encoder_normalize_before=True, e.g. --arch roberta_prenorm): "
-                        f"{target} normalises after each sub-layer (post-LN)")
+        problems.append(
+            "pre-LN layers (encoder_normalize_before=True, e.g. --arch roberta_prenorm): "
+            f"{target} normalises after each sub-layer (post-LN)"
+        )
     if not opt("layernorm_embedding", True):
-        problems.append(f"no embedding LayerNorm (layernorm_embedding=False): {target} always has one")
+        problems.append(
+            f"no embedding LayerNorm (layernorm_embedding=False): {target} always has one"
+        )
     if opt("activation_fn", "gelu") != "gelu":
-        problems.append(f"activation {opt('activation_fn')!r}: {target} is converted with the exact "
-                        "gelu only (its LM head and layers share one hidden_act)")
+        problems.append(
+            f"activation {opt('activation_fn')!r}: {target} is converted with the exact "
+            "gelu only (its LM head and layers share one hidden_act)"
+        )
     if opt("untie_weights_roberta", False):
-        problems.append(f"untied LM head weights (untie_weights_roberta=True): the converter writes "
-                        f"the tied layout of {target}")
+        problems.append(
+            f"untied LM head weights (untie_weights_roberta=True): the converter writes "
+            f"the tied layout of {target}"
+        )
     if not opt("no_scale_embedding", True):
-        problems.append(f"scaled token embeddings (no_scale_embedding=False): {target} does not "
-                        "scale them by sqrt(embed_dim)")
+        problems.append(
+            f"scaled token embeddings (no_scale_embedding=False): {target} does not "
+            "scale them by sqrt(embed_dim)"
+        )
     if opt("no_token_positional_embeddings", False) or not opt("encoder_learned_pos", True):
-        problems.append(f"sinusoidal or no positional embeddings: {target} has learned absolute "
-                        "positions only")
+        problems.append(
+            f"sinusoidal or no positional embeddings: {target} has learned absolute positions only"
+        )
     if opt("quant_noise_pq", 0) or opt("quant_noise_scalar", 0):
         problems.append("quant-noise (quant_noise_pq / quant_noise_scalar > 0)")
     if opt("adaptive_input", False):
@@ -342,15 +368,21 @@ def common_fairseq_problems(o, target):
 
 def training_only_warnings(o):
     if float(getattr(o, "activation_dropout", 0.0) or 0.0) > 0:
-        logger.warning(f"activation_dropout={o.activation_dropout} has no HF counterpart (training only)")
+        logger.warning(
+            f"activation_dropout={o.activation_dropout} has no HF counterpart (training only)"
+        )
     if float(getattr(o, "encoder_layerdrop", 0.0) or 0.0) > 0:
-        logger.warning(f"encoder_layerdrop={o.encoder_layerdrop} has no HF counterpart (training only)")
+        logger.warning(
+            f"encoder_layerdrop={o.encoder_layerdrop} has no HF counterpart (training only)"
+        )
 
 
 def num_layers(keys, prefix):
     import re
 
-    found = {int(m.group(1)) for k in keys for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m}
+    found = {
+        int(m.group(1)) for k in keys for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m
+    }
     if found and found != set(range(max(found) + 1)):
         raise ConversionError(f"layers {sorted(set(range(max(found) + 1)) - found)} are missing")
     return max(found) + 1 if found else 0
@@ -365,8 +397,10 @@ def dictionary_size_problems(dictionary, vocab):
         problems.append(f"pad index {dictionary.pad()}: fairseq's <pad> must be id {PAD}")
     size = len(dictionary) + (0 if MASK in dictionary.indices else 1)
     if size != vocab:
-        problems.append(f"the dictionary gives {size} ids (incl. {MASK}) but the embedding has {vocab} "
-                        "rows; pass the checkpoint's own dict.txt with --dict")
+        problems.append(
+            f"the dictionary gives {size} ids (incl. {MASK}) but the embedding has {vocab} "
+            "rows; pass the checkpoint's own dict.txt with --dict"
+        )
     return problems
 
 
@@ -383,8 +417,18 @@ def fairseq_config(arch, args, max_positions, data_dir, task="masked_lm"):
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from omegaconf import OmegaConf
 
-    argv = [data_dir, "--task", task, "--criterion", "masked_lm", "--arch", arch, *args,
-            "--tokens-per-sample", str(max_positions)]
+    argv = [
+        data_dir,
+        "--task",
+        task,
+        "--criterion",
+        "masked_lm",
+        "--arch",
+        arch,
+        *args,
+        "--tokens-per-sample",
+        str(max_positions),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parsed = fairseq_options.parse_args_and_arch(fairseq_options.get_training_parser(), argv)
@@ -412,16 +456,21 @@ def fairseq_checkpoint(model, data_dir):
         "cfg": fairseq_config(model.arch, model.args, model.options["tokens_per_sample"], data_dir),
         "model": model.state_dict,
         # fairseq's _upgrade_state_dict indexes optimizer_history[-1]: one entry, no optimizer
-        "optimizer_history": [{
-            "criterion_name": "MaskedLmLoss", "optimizer_name": "none",
-            "lr_scheduler_state": {"best": None}, "num_updates": 0,
-        }],
+        "optimizer_history": [
+            {
+                "criterion_name": "MaskedLmLoss",
+                "optimizer_name": "none",
+                "lr_scheduler_state": {"best": None},
+                "num_updates": 0,
+            }
+        ],
         "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "shuffle": True}},
         "last_optimizer_state": None,
     }
 
 
 # -- dictionaries ----------------------------------------------------------------------
+
 
 def load_dictionary(path):
     """A fairseq ``Dictionary`` from ``dict.txt``, or :class:`ConversionError`."""
@@ -445,9 +494,11 @@ def checkpoint_dictionary(checkpoint, dict_path=None):
     dict_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "dict.txt")
     if os.path.isfile(dict_path):
         return load_dictionary(dict_path), dict_path
-    logger.warning(f"no dict.txt beside {checkpoint} (and no --dict): converting the weights "
-                   "only; OUT_DIR gets no fairseq_dict.txt, so a later from-hf cannot restore the "
-                   "vocabulary exactly")
+    logger.warning(
+        f"no dict.txt beside {checkpoint} (and no --dict): converting the weights "
+        "only; OUT_DIR gets no fairseq_dict.txt, so a later from-hf cannot restore the "
+        "vocabulary exactly"
+    )
     return None, None
 
 
@@ -477,6 +528,7 @@ def placeholder_dictionary(vocab_size):
 
 # -- building models and comparing them ----------------------------------------------
 
+
 def build_fairseq_model(model_cfg, state_dict, dictionary=None):
     """The fairseq model of ``--arch`` of ``model_cfg`` with these weights, in eval mode
     (fairseq upgrades old key names while loading)."""
@@ -486,15 +538,19 @@ def build_fairseq_model(model_cfg, state_dict, dictionary=None):
     from fairseq.models import ARCH_MODEL_REGISTRY
 
     o = model_options(model_cfg)
-    vocab = next(v for k, v in state_dict.items()
-                 if k.endswith("sentence_encoder.embed_tokens.weight")).shape[0]
+    vocab = next(
+        v for k, v in state_dict.items() if k.endswith("sentence_encoder.embed_tokens.weight")
+    ).shape[0]
     if dictionary is None:
         dictionary = placeholder_dictionary(vocab)
     elif MASK not in dictionary.indices:
         dictionary = copy.deepcopy(dictionary)
         dictionary.add_symbol(MASK)
-    task = types.SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary,
-                                 max_positions=lambda: o.max_positions)
+    task = types.SimpleNamespace(
+        source_dictionary=dictionary,
+        target_dictionary=dictionary,
+        max_positions=lambda: o.max_positions,
+    )
     model = ARCH_MODEL_REGISTRY[checkpoint_arch(model_cfg)].build_model(o, task)
     model.load_state_dict(dict(state_dict), strict=True)
     return model.float().eval()
@@ -522,7 +578,11 @@ def max_logit_difference(fairseq_model, hf_model, tokens, token_ids=None):
     hf_tokens = tokens if token_ids is None else token_ids[tokens]
     with torch.no_grad():
         fs = fairseq_model(tokens)[0].float()
-        hf = hf_model.float().eval()(input_ids=hf_tokens, attention_mask=tokens.ne(PAD).long()).logits
+        hf = (
+            hf_model.float()
+            .eval()(input_ids=hf_tokens, attention_mask=tokens.ne(PAD).long())
+            .logits
+        )
     if token_ids is not None:
         hf = hf[..., token_ids]
     keep = tokens.ne(PAD)
@@ -531,16 +591,24 @@ def max_logit_difference(fairseq_model, hf_model, tokens, token_ids=None):
 
 def check_logits(fairseq_model, hf_model, model, result, token_ids=None):
     """Set ``result.max_logit_difference``; :class:`CheckFailedError` above the tolerance."""
-    diff = max_logit_difference(fairseq_model, hf_model,
-                                sample_batch(model["vocab_size"], model["max_positions"]), token_ids)
+    diff = max_logit_difference(
+        fairseq_model,
+        hf_model,
+        sample_batch(model["vocab_size"], model["max_positions"]),
+        token_ids,
+    )
     result.max_logit_difference = diff
     if diff > CHECK_TOLERANCE:
-        raise CheckFailedError(f"--check: fairseq and HF logits differ by {diff:.3g} "
-                               f"(> {CHECK_TOLERANCE:g}); the converted files are wrong", result)
+        raise CheckFailedError(
+            f"--check: fairseq and HF logits differ by {diff:.3g} "
+            f"(> {CHECK_TOLERANCE:g}); the converted files are wrong",
+            result,
+        )
     return result
 
 
 # -- writing files ----------------------------------------------------------------------
+
 
 def unshared(state_dict):
     """Contiguous tensors that own their memory (safetensors refuses shared storage)."""
@@ -645,8 +713,9 @@ def family_of_hf_config(config):
     refuse("this Hugging Face model", f"model_type {model_type!r}: se-convert converts {types}")
 
 
-def fairseq_to_hf(checkpoint, out_dir, dict_path=None, check=False, overwrite=False,
-                  tokenizer_dir=None):
+def fairseq_to_hf(
+    checkpoint, out_dir, dict_path=None, check=False, overwrite=False, tokenizer_dir=None
+):
     """fairseq checkpoint -> HF masked-LM directory (``se-convert to-hf``); the family
     (RoBERTa, BERT) comes from the checkpoint's ``--arch``.
 
@@ -680,13 +749,18 @@ def fairseq_to_hf(checkpoint, out_dir, dict_path=None, check=False, overwrite=Fa
     state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)
     model_cfg = checkpoint_model_cfg(state)
     family = family_of_arch(checkpoint_arch(model_cfg))
-    clash = [f for f in (*family.hf_outputs, "fairseq_dict.txt") if os.path.exists(os.path.join(out_dir, f))]
+    clash = [
+        f
+        for f in (*family.hf_outputs, "fairseq_dict.txt")
+        if os.path.exists(os.path.join(out_dir, f))
+    ]
     if clash and not overwrite:
         raise OutputExistsError(f"{out_dir} already holds {', '.join(clash)}")
     hf = family.to_hf_state(state["model"], model_options(model_cfg), dictionary)
     search = [os.path.dirname(os.path.abspath(p)) for p in (dict_path, checkpoint) if p]
-    write_extras = family.hf_extras(hf, dictionary, tokenizer_dir and os.fspath(tokenizer_dir),
-                                    search, transformers)
+    write_extras = family.hf_extras(
+        hf, dictionary, tokenizer_dir and os.fspath(tokenizer_dir), search, transformers
+    )
 
     os.makedirs(out_dir, exist_ok=True)
     files = save_pretrained_files(hf.config, out_dir)
@@ -697,11 +771,20 @@ def fairseq_to_hf(checkpoint, out_dir, dict_path=None, check=False, overwrite=Fa
         files.append(dict_out)
     files += write_extras(out_dir)
     model = family.hf_summary(hf.config)
-    result = ConversionResult(out_dir, files, dict_out, dict_path, model, family=family.name,
-                              fairseq_args=["--arch", checkpoint_arch(model_cfg)])
+    result = ConversionResult(
+        out_dir,
+        files,
+        dict_out,
+        dict_path,
+        model,
+        family=family.name,
+        fairseq_args=["--arch", checkpoint_arch(model_cfg)],
+    )
     if check:
         with quiet_transformers(transformers):
-            hf_model = getattr(transformers, family.hf_class).from_pretrained(out_dir, local_files_only=True)
+            hf_model = getattr(transformers, family.hf_class).from_pretrained(
+                out_dir, local_files_only=True
+            )
         fs_model = build_fairseq_model(model_cfg, state["model"], dictionary)
         check_logits(fs_model, hf_model, model, result, hf.token_ids)
     return result
@@ -747,30 +830,57 @@ def hf_to_fairseq(hf_dir, out_path, check=False, overwrite=False):
         refuse("this Hugging Face model", problems)
 
     with quiet_transformers(transformers):
-        config = getattr(transformers, family.hf_config_class).from_pretrained(hf_dir, local_files_only=True)
+        config = getattr(transformers, family.hf_config_class).from_pretrained(
+            hf_dir, local_files_only=True
+        )
         hf_model, info = getattr(transformers, family.hf_class).from_pretrained(
-            hf_dir, config=config, local_files_only=True, output_loading_info=True, dtype="auto")
+            hf_dir, config=config, local_files_only=True, output_loading_info=True, dtype="auto"
+        )
     missing = sorted(info.get("missing_keys") or [])
-    mismatched = [str(m[0]) if isinstance(m, (list, tuple)) else str(m) for m in info.get("mismatched_keys") or []]
+    mismatched = [
+        str(m[0]) if isinstance(m, (list, tuple)) else str(m)
+        for m in info.get("mismatched_keys") or []
+    ]
     unexpected = sorted(k for k in info.get("unexpected_keys") or [] if not family.hf_unused(k))
     dropped = sorted(k for k in info.get("unexpected_keys") or [] if family.hf_dropped(k))
     if missing or mismatched or unexpected:
-        head = " (no masked-LM head: save a " + family.hf_class + ")" \
-            if any(k.startswith(family.hf_head_prefix) for k in missing) else ""
-        refuse(f"{hf_dir}", [
-            *([f"weights missing from the files (HF would initialise them randomly): {listed(missing)}{head}"]
-              if missing else []),
-            *([f"weights of the wrong shape: {listed(mismatched)}"] if mismatched else []),
-            *([f"weights {family.hf_class} does not use: {listed(unexpected)}"] if unexpected else []),
-        ])
+        head = (
+            " (no masked-LM head: save a " + family.hf_class + ")"
+            if any(k.startswith(family.hf_head_prefix) for k in missing)
+            else ""
+        )
+        refuse(
+            f"{hf_dir}",
+            [
+                *(
+                    [
+                        f"weights missing from the files (HF would initialise them randomly): {listed(missing)}{head}"
+                    ]
+                    if missing
+                    else []
+                ),
+                *([f"weights of the wrong shape: {listed(mismatched)}"] if mismatched else []),
+                *(
+                    [f"weights {family.hf_class} does not use: {listed(unexpected)}"]
+                    if unexpected
+                    else []
+                ),
+            ],
+        )
     if dropped:
-        logger.warning(f"dropping {len(dropped)} tensors the masked LM does not use: {listed(dropped, 4)}")
+        logger.warning(
+            f"dropping {len(dropped)} tensors the masked LM does not use: {listed(dropped, 4)}"
+        )
     fs, text, source = family.to_fairseq_state(hf_dir, config, hf_model.state_dict(), transformers)
     if os.path.exists(dict_out) and not overwrite:
         with open(dict_out, encoding="utf-8") as f:
             if f.read() != text:
                 raise OutputExistsError(f"{dict_out} exists with other contents")
-    clash = [os.path.join(out_dir, f) for f in family.fairseq_outputs if os.path.exists(os.path.join(out_dir, f))]
+    clash = [
+        os.path.join(out_dir, f)
+        for f in family.fairseq_outputs
+        if os.path.exists(os.path.join(out_dir, f))
+    ]
     if clash and not overwrite:
         raise OutputExistsError(f"{', '.join(clash)} exists")
 
@@ -779,12 +889,21 @@ def hf_to_fairseq(hf_dir, out_path, check=False, overwrite=False):
     if fs.write_extras is not None:
         files += fs.write_extras(out_dir)
     model = family.summary(fs.options)
-    result = ConversionResult(out, files, dict_out, source, model, family=family.name,
-                              fairseq_args=["--arch", fs.arch, *fs.args])
+    result = ConversionResult(
+        out,
+        files,
+        dict_out,
+        source,
+        model,
+        family=family.name,
+        fairseq_args=["--arch", fs.arch, *fs.args],
+    )
     if check:
         from fairseq import checkpoint_utils
 
         state = checkpoint_utils.load_checkpoint_to_cpu(out)
-        fs_model = build_fairseq_model(state["cfg"]["model"], state["model"], load_dictionary(dict_out))
+        fs_model = build_fairseq_model(
+            state["cfg"]["model"], state["model"], load_dictionary(dict_out)
+        )
         check_logits(fs_model, hf_model, model, result, fs.token_ids)
     return result

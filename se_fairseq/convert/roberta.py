@@ -28,16 +28,34 @@ not fit instead of asserting on shapes. Theirs checks the in-memory model before
 saving; here the check reloads the written files. Theirs also converts an "mnli"
 classification head; here the masked LM only, both directions.
 """
+
 import json
 import logging
 import os
 import re
 from collections.abc import Mapping
 
-from .core import (ENCODER_VERSION, FS, FS_HEAD, LAYER, MASK, PAD, SPECIALS,
-                   ConversionError, FairseqModel, Family, HFModel, common_fairseq_problems,
-                   dictionary_size_problems, load_dictionary, num_layers, refuse, tensor_problems,
-                   training_only_warnings, valid_word)
+from .core import (
+    ENCODER_VERSION,
+    FS,
+    FS_HEAD,
+    LAYER,
+    MASK,
+    PAD,
+    SPECIALS,
+    ConversionError,
+    FairseqModel,
+    Family,
+    HFModel,
+    common_fairseq_problems,
+    dictionary_size_problems,
+    load_dictionary,
+    num_layers,
+    refuse,
+    tensor_problems,
+    training_only_warnings,
+    valid_word,
+)
 
 logger = logging.getLogger("se_fairseq.convert")
 
@@ -78,7 +96,7 @@ def upgrade_fairseq_state_dict(state_dict):
     out = {}
     for key, value in state_dict.items():
         if key.startswith("decoder."):
-            key = "encoder." + key[len("decoder."):]
+            key = "encoder." + key[len("decoder.") :]
         key = key.replace(".emb_layer_norm.", ".layernorm_embedding.")
         key = key.replace(".layer_norms.0.", ".self_attn_layer_norm.")
         key = key.replace(".layer_norms.1.", ".final_layer_norm.")
@@ -133,32 +151,49 @@ def fairseq_state_dict_to_hf(state_dict, options, dictionary=None):
     if layers == 0:
         problems.append("no encoder layers under encoder.sentence_encoder.layers.*")
     if any(k.startswith(FS + "layer_norm.") for k in sd):
-        problems.append("a final encoder LayerNorm (encoder.sentence_encoder.layer_norm): pre-LN model")
-    problems += tensor_problems(sd, [k for k in expected if k != FS + "version"], "fairseq RoBERTa",
-                                optional=[FS + "version"], skipped=set(dropped).__contains__)
+        problems.append(
+            "a final encoder LayerNorm (encoder.sentence_encoder.layer_norm): pre-LN model"
+        )
+    problems += tensor_problems(
+        sd,
+        [k for k in expected if k != FS + "version"],
+        "fairseq RoBERTa",
+        optional=[FS + "version"],
+        skipped=set(dropped).__contains__,
+    )
     if problems:
         refuse("this fairseq checkpoint", problems)
 
     embed = sd[FS + "embed_tokens.weight"]
     if not torch.equal(sd[FS_HEAD + "weight"], embed):
-        refuse("this fairseq checkpoint", "untied LM head weights (encoder.lm_head.weight differs from "
-               "the token embeddings): the converter writes the tied layout of RobertaForMaskedLM")
+        refuse(
+            "this fairseq checkpoint",
+            "untied LM head weights (encoder.lm_head.weight differs from "
+            "the token embeddings): the converter writes the tied layout of RobertaForMaskedLM",
+        )
     if getattr(o, "encoder_layers", layers) != layers:
-        refuse("this fairseq checkpoint", f"cfg says {o.encoder_layers} layers, the weights have {layers}")
+        refuse(
+            "this fairseq checkpoint",
+            f"cfg says {o.encoder_layers} layers, the weights have {layers}",
+        )
     vocab, dim = embed.shape
     heads = int(o.encoder_attention_heads)
     if dim % heads:
         refuse("this fairseq checkpoint", f"embed dim {dim} is not a multiple of {heads} heads")
     positions = sd[FS + "embed_positions.weight"].shape[0]
     if getattr(o, "max_positions", None) not in (None, positions - 2):
-        logger.warning(f"cfg max_positions={o.max_positions} but the position table has {positions} rows; "
-                       f"using {positions - 2}")
+        logger.warning(
+            f"cfg max_positions={o.max_positions} but the position table has {positions} rows; "
+            f"using {positions - 2}"
+        )
     problems = dictionary_size_problems(dictionary, vocab)
     if problems:
         refuse("this checkpoint with this dictionary", problems)
     if dropped:
         heads_dropped = sorted({k.split(".")[1] for k in dropped})
-        logger.warning(f"dropping classification head(s) {heads_dropped}: RobertaForMaskedLM has none")
+        logger.warning(
+            f"dropping classification head(s) {heads_dropped}: RobertaForMaskedLM has none"
+        )
     training_only_warnings(o)
 
     hf_sd = {hf: sd[fs] for fs, hf in key_pairs(layers)}
@@ -196,25 +231,37 @@ def check_hf_config(config):
     problems = []
     model_type = c.get("model_type", "roberta")
     if model_type not in HF_MODEL_TYPES:
-        problems.append(f"model_type {model_type!r}: only {', '.join(HF_MODEL_TYPES)} are RoBERTa models")
+        problems.append(
+            f"model_type {model_type!r}: only {', '.join(HF_MODEL_TYPES)} are RoBERTa models"
+        )
     if c.get("is_decoder") or c.get("add_cross_attention"):
-        problems.append("a decoder / cross-attention configuration (is_decoder, add_cross_attention)")
+        problems.append(
+            "a decoder / cross-attention configuration (is_decoder, add_cross_attention)"
+        )
     if c.get("hidden_act", "gelu") != "gelu":
-        problems.append(f"hidden_act {c.get('hidden_act')!r}: fairseq RoBERTa converts with gelu only")
+        problems.append(
+            f"hidden_act {c.get('hidden_act')!r}: fairseq RoBERTa converts with gelu only"
+        )
     if (c.get("position_embedding_type") or "absolute") != "absolute":
-        problems.append(f"position_embedding_type {c['position_embedding_type']!r}: fairseq RoBERTa "
-                        "has learned absolute positions only")
+        problems.append(
+            f"position_embedding_type {c['position_embedding_type']!r}: fairseq RoBERTa "
+            "has learned absolute positions only"
+        )
     if c.get("pad_token_id", PAD) != PAD:
-        problems.append(f"pad_token_id {c.get('pad_token_id')}: fairseq fixes <pad> to id {PAD} "
-                        "(and positions to start at pad + 1)")
+        problems.append(
+            f"pad_token_id {c.get('pad_token_id')}: fairseq fixes <pad> to id {PAD} "
+            "(and positions to start at pad + 1)"
+        )
     eps = float(c.get("layer_norm_eps", 1e-12))
     if abs(eps - LAYER_NORM_EPS) > 1e-9:
         problems.append(f"layer_norm_eps {eps:g}: fairseq's LayerNorm uses {LAYER_NORM_EPS:g}")
     if c.get("embedding_size", c.get("hidden_size")) != c.get("hidden_size"):
         problems.append("factorised embeddings (embedding_size != hidden_size)")
     if int(c.get("max_position_embeddings", 0)) <= PAD + 1:
-        problems.append(f"max_position_embeddings {c.get('max_position_embeddings')}: need more than "
-                        f"{PAD + 1} rows (positions start at {PAD + 1})")
+        problems.append(
+            f"max_position_embeddings {c.get('max_position_embeddings')}: need more than "
+            f"{PAD + 1} rows (positions start at {PAD + 1})"
+        )
     hidden, heads = c.get("hidden_size"), c.get("num_attention_heads")
     if hidden and heads and hidden % heads:
         problems.append(f"hidden_size {hidden} is not a multiple of {heads} heads")
@@ -239,31 +286,46 @@ def hf_state_dict_to_fairseq(config, state_dict):
     optional = {HF_DECODER_WEIGHT, HF_DECODER_BIAS}
     if layers != c.get("num_hidden_layers", layers):
         problems.append(f"config says {c['num_hidden_layers']} layers, the weights have {layers}")
-    problems += tensor_problems(state_dict, sorted(expected), "RobertaForMaskedLM", optional=optional,
-                                skipped=lambda k: bool(HF_DROPPED.match(k) or HF_IGNORED.match(k)),
-                                head=HF_HEAD)
+    problems += tensor_problems(
+        state_dict,
+        sorted(expected),
+        "RobertaForMaskedLM",
+        optional=optional,
+        skipped=lambda k: bool(HF_DROPPED.match(k) or HF_IGNORED.match(k)),
+        head=HF_HEAD,
+    )
     if problems:
         refuse("this Hugging Face model", problems)
 
     embed = state_dict[HF + "embeddings.word_embeddings.weight"]
     decoder = state_dict.get(HF_DECODER_WEIGHT)
     if decoder is not None and not torch.equal(decoder, embed):
-        refuse("this Hugging Face model", "untied LM head weights (lm_head.decoder.weight differs from "
-               "the word embeddings, tie_word_embeddings=False): fairseq RoBERTa ties them")
+        refuse(
+            "this Hugging Face model",
+            "untied LM head weights (lm_head.decoder.weight differs from "
+            "the word embeddings, tie_word_embeddings=False): fairseq RoBERTa ties them",
+        )
     token_type = state_dict[TOKEN_TYPE]
     if not torch.equal(token_type, token_type[:1].expand_as(token_type)):
-        refuse("this Hugging Face model", f"{token_type.shape[0]} different token-type embeddings "
-               "(type_vocab_size > 1 in use): fairseq RoBERTa has no token types")
+        refuse(
+            "this Hugging Face model",
+            f"{token_type.shape[0]} different token-type embeddings "
+            "(type_vocab_size > 1 in use): fairseq RoBERTa has no token types",
+        )
     sd = {hf: state_dict[hf] for _, hf in pairs}
     bias = state_dict.get(HF_DECODER_BIAS)
     if bias is not None and not torch.equal(bias, sd[HF_HEAD + "bias"]):
-        logger.warning("lm_head.decoder.bias differs from lm_head.bias; converting decoder.bias, "
-                       "the one RobertaForMaskedLM's forward adds")
+        logger.warning(
+            "lm_head.decoder.bias differs from lm_head.bias; converting decoder.bias, "
+            "the one RobertaForMaskedLM's forward adds"
+        )
         sd[HF_HEAD + "bias"] = bias
     positions_key = HF + "embeddings.position_embeddings.weight"
     if token_type[0].any():
-        logger.info("folding token_type_embeddings[0] into the position embeddings (fairseq RoBERTa "
-                    "has no token types; the logits for token type 0 are unchanged)")
+        logger.info(
+            "folding token_type_embeddings[0] into the position embeddings (fairseq RoBERTa "
+            "has no token types; the logits for token type 0 are unchanged)"
+        )
         sd[positions_key] = sd[positions_key] + token_type[0].to(sd[positions_key].dtype)
 
     out = {}
@@ -291,6 +353,7 @@ def hf_state_dict_to_fairseq(config, state_dict):
 
 # -- dictionaries ----------------------------------------------------------------
 
+
 def dict_words_from_vocab(vocab, vocab_size):
     """fairseq dict.txt words for ids 4 .. vocab_size-2 from an HF ``token -> id`` vocab.
 
@@ -304,11 +367,15 @@ def dict_words_from_vocab(vocab, vocab_size):
         by_id.setdefault(int(idx), token)
     names = [by_id.get(i) for i in range(len(SPECIALS))]
     if vocab and names != list(SPECIALS):
-        logger.warning(f"the tokenizer's ids 0-3 are {names}; fairseq fixes them to {list(SPECIALS)}")
+        logger.warning(
+            f"the tokenizer's ids 0-3 are {names}; fairseq fixes them to {list(SPECIALS)}"
+        )
     mask_id = vocab.get(MASK)
     if mask_id is not None and mask_id != vocab_size - 1:
-        logger.warning(f"the tokenizer's {MASK} has id {mask_id}; fairseq's masked_lm uses the last id, "
-                       f"{vocab_size - 1}")
+        logger.warning(
+            f"the tokenizer's {MASK} has id {mask_id}; fairseq's masked_lm uses the last id, "
+            f"{vocab_size - 1}"
+        )
     seen = set(SPECIALS) | {MASK}
     words, placeholders = [], 0
     for i in range(len(SPECIALS), vocab_size - 1):
@@ -361,24 +428,30 @@ def hf_dict_text(hf_dir, vocab_size):
         d = load_dictionary(fairseq_dict)
         if len(d) + 1 != vocab_size:
             raise ConversionError(
-                f"{fairseq_dict} gives {len(d) + 1} ids (incl. <mask>) but the model has {vocab_size}")
+                f"{fairseq_dict} gives {len(d) + 1} ids (incl. <mask>) but the model has {vocab_size}"
+            )
         with open(fairseq_dict, encoding="utf-8") as f:
             return f.read(), "fairseq_dict.txt"
     vocab = read_hf_vocab(hf_dir)
     words, placeholders = dict_words_from_vocab(vocab, vocab_size)
     text = "".join(f"{w} 1\n" for w in words)
     if vocab is None:
-        logger.warning(f"{hf_dir} has neither fairseq_dict.txt nor a tokenizer vocab (vocab.json, "
-                       f"tokenizer.json): dict.txt gets placeholder words madeupwordNNNN for ids "
-                       f"4..{vocab_size - 2}; binarize data only with ids that match the model's")
+        logger.warning(
+            f"{hf_dir} has neither fairseq_dict.txt nor a tokenizer vocab (vocab.json, "
+            f"tokenizer.json): dict.txt gets placeholder words madeupwordNNNN for ids "
+            f"4..{vocab_size - 2}; binarize data only with ids that match the model's"
+        )
         return text, "placeholders"
     if placeholders:
-        logger.warning(f"{placeholders} of {len(words)} ids have no usable token in the tokenizer "
-                       "vocab; dict.txt holds madeupwordNNNN placeholders for them")
+        logger.warning(
+            f"{placeholders} of {len(words)} ids have no usable token in the tokenizer "
+            "vocab; dict.txt holds madeupwordNNNN placeholders for them"
+        )
     return text, "the tokenizer vocab"
 
 
 # -- the family ------------------------------------------------------------------------
+
 
 class RobertaFamily(Family):
     name = "roberta"
@@ -396,9 +469,14 @@ class RobertaFamily(Family):
         return HFModel(*fairseq_state_dict_to_hf(state_dict, options, dictionary))
 
     def hf_summary(self, config):
-        return dict(layers=config.num_hidden_layers, hidden=config.hidden_size,
-                    ffn=config.intermediate_size, heads=config.num_attention_heads,
-                    vocab_size=config.vocab_size, max_positions=config.max_position_embeddings - 2)
+        return dict(
+            layers=config.num_hidden_layers,
+            hidden=config.hidden_size,
+            ffn=config.intermediate_size,
+            heads=config.num_attention_heads,
+            vocab_size=config.vocab_size,
+            max_positions=config.max_position_embeddings - 2,
+        )
 
     def hf_config_problems(self, config):
         return check_hf_config(config)
@@ -413,14 +491,24 @@ class RobertaFamily(Family):
         options, sd = hf_state_dict_to_fairseq(config, state_dict)
         text, source = hf_dict_text(hf_dir, options["vocab_size"])
         options["tokens_per_sample"] = options["max_positions"]
-        args = ["--encoder-layers", str(options["encoder_layers"]),
-                "--encoder-embed-dim", str(options["encoder_embed_dim"]),
-                "--encoder-ffn-embed-dim", str(options["encoder_ffn_embed_dim"]),
-                "--encoder-attention-heads", str(options["encoder_attention_heads"]),
-                "--max-positions", str(options["max_positions"]),
-                "--dropout", repr(options["dropout"]),
-                "--attention-dropout", repr(options["attention_dropout"]),
-                "--activation-fn", options["activation_fn"]]
+        args = [
+            "--encoder-layers",
+            str(options["encoder_layers"]),
+            "--encoder-embed-dim",
+            str(options["encoder_embed_dim"]),
+            "--encoder-ffn-embed-dim",
+            str(options["encoder_ffn_embed_dim"]),
+            "--encoder-attention-heads",
+            str(options["encoder_attention_heads"]),
+            "--max-positions",
+            str(options["max_positions"]),
+            "--dropout",
+            repr(options["dropout"]),
+            "--attention-dropout",
+            repr(options["attention_dropout"]),
+            "--activation-fn",
+            options["activation_fn"],
+        ]
         return FairseqModel("roberta", options, args, sd), text, source
 
 

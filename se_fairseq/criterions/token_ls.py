@@ -6,6 +6,7 @@ mode, no gradient). The cross-entropy against that target decomposes into
 (1 - alpha) * NLL(x_i) + alpha * CE(p_ref_i, p_i), so no dense soft target is
 built, and both forwards project only the masked positions through the LM head.
 """
+
 import math
 from dataclasses import dataclass, field
 
@@ -44,8 +45,9 @@ def token_label_smoothed_loss(lprobs, target, alpha, ref_probs=None, ignore_inde
     (ordinary label smoothing). Positions whose target is ``ignore_index`` weigh
     nothing. Returns (loss, nll_loss), nll_loss being the one-hot part alone.
     """
-    nll_loss = F.nll_loss(lprobs, target, reduction="sum",
-                          ignore_index=-100 if ignore_index is None else ignore_index)
+    nll_loss = F.nll_loss(
+        lprobs, target, reduction="sum", ignore_index=-100 if ignore_index is None else ignore_index
+    )
     if alpha == 0.0:
         return nll_loss, nll_loss
     smooth = -lprobs.mean(dim=-1) if ref_probs is None else -(ref_probs * lprobs).sum(dim=-1)
@@ -92,12 +94,22 @@ class TokenLabelSmoothingCriterion(FairseqCriterion):
                 # (sizes differ only for an empty selection: shapes, no sync)
                 ref_probs = self._reference_probs(model, sample, project)
             ref_correct = (ref_probs.argmax(dim=-1).eq(targets) & weights).sum()
-        loss, nll_loss = token_label_smoothed_loss(lprobs, targets, self.alpha, ref_probs,
-                                                   ignore_index=self.padding_idx)
+        loss, nll_loss = token_label_smoothed_loss(
+            lprobs, targets, self.alpha, ref_probs, ignore_index=self.padding_idx
+        )
         correct = (lprobs.argmax(dim=-1).eq(targets) & weights).sum()
-        return loss, sample_size, self._logging_output(
-            sample, loss.data, nll_loss.data, sample_size, correct, ref_correct,
-            sample_size if self.reference == "model" and self.alpha > 0 else 0,
+        return (
+            loss,
+            sample_size,
+            self._logging_output(
+                sample,
+                loss.data,
+                nll_loss.data,
+                sample_size,
+                correct,
+                ref_correct,
+                sample_size if self.reference == "model" and self.alpha > 0 else 0,
+            ),
         )
 
     def _reference_probs(self, model, sample, masked):

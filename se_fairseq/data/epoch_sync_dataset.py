@@ -9,6 +9,7 @@ the first. This wrapper keeps the epoch in shared memory; a worker that finds
 it changed replays ``set_epoch`` on its own copy before building an item, so
 whatever lies beneath sees the epoch fairseq set, whatever the worker count.
 """
+
 import torch
 from fairseq.data import BaseWrapperDataset
 

@@ -5,6 +5,7 @@ so that they stay recognisable through blocking, cropping and collation; the
 collater of SelfEvolutionMaskDataset turns them into "not eligible" before any
 score reaches the selection operator (which refuses NaN).
 """
+
 import numpy as np
 import torch
 from fairseq.data import FairseqDataset
@@ -28,7 +29,7 @@ class ScoreDataset(FairseqDataset):
             first = np.searchsorted(self._unscored_ends, start, side="right")
             last = np.searchsorted(self._unscored_starts, end, side="left")
             for a, b in zip(self._unscored_starts[first:last], self._unscored_ends[first:last]):
-                item[max(a, start) - start:min(b, end) - start] = np.nan
+                item[max(a, start) - start : min(b, end) - start] = np.nan
         return torch.from_numpy(item)
 
     def __len__(self):

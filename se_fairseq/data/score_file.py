@@ -17,6 +17,7 @@ it (torch's uint16/float16 memory-mapping support is thin). Readers memory-map
 the array. Writers write to a temporary name and rename, so a file that
 exists is complete.
 """
+
 import hashlib
 import json
 import os
@@ -87,8 +88,9 @@ def corpus_fingerprint(split_path):
     }
 
 
-def write(prefix, scores, *, metric, checkpoint, blocking, fingerprint, extra=None,
-          unscored_ranges=()):
+def write(
+    prefix, scores, *, metric, checkpoint, blocking, fingerprint, extra=None, unscored_ranges=()
+):
     """Atomically write a score file (array + metadata). Returns the paths.
 
     ``unscored_ranges``: ``(start, end)`` token offsets that hold no score (0 in the
@@ -98,8 +100,9 @@ def write(prefix, scores, *, metric, checkpoint, blocking, fingerprint, extra=No
     unscored_ranges = [[int(a), int(b)] for a, b in unscored_ranges]
     for a, b in unscored_ranges:
         if not 0 <= a < b <= len(scores):
-            raise ScoreFileError(f"{prefix}: unscored range [{a}, {b}) outside the "
-                                 f"{len(scores)} scores")
+            raise ScoreFileError(
+                f"{prefix}: unscored range [{a}, {b}) outside the {len(scores)} scores"
+            )
     if scores.ndim != 1:
         raise ScoreFileError(f"{prefix}: scores must be a flat array, got shape {scores.shape}")
     if len(scores) != fingerprint["num_tokens"]:
@@ -163,9 +166,7 @@ class ScoreFile:
         except (OSError, json.JSONDecodeError) as err:
             raise ScoreFileError(f"{meta_path}: unreadable score metadata ({err})") from err
         if self.meta.get("format") != FORMAT or self.meta.get("version") != VERSION:
-            raise ScoreFileError(
-                f"{meta_path}: not a se-fairseq score file of version {VERSION}"
-            )
+            raise ScoreFileError(f"{meta_path}: not a se-fairseq score file of version {VERSION}")
         try:
             self.scores = np.load(array_path, mmap_mode="r", allow_pickle=False)
         except ValueError as err:  # truncated or damaged .npy
@@ -196,8 +197,12 @@ class ScoreFile:
         ranges = self.meta.get("unscored_ranges", [])
         self.unscored_ranges = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
         starts, ends = self.unscored_ranges[:, 0], self.unscored_ranges[:, 1]
-        if len(starts) and ((starts >= ends).any() or starts.min() < 0
-                            or ends.max() > len(self.scores) or (starts[1:] < ends[:-1]).any()):
+        if len(starts) and (
+            (starts >= ends).any()
+            or starts.min() < 0
+            or ends.max() > len(self.scores)
+            or (starts[1:] < ends[:-1]).any()
+        ):
             raise ScoreFileError(f"{meta_path}: damaged unscored_ranges")
 
     @property
@@ -227,7 +232,8 @@ class ScoreFile:
         recorded = self.blocking
         if recorded.get("independent_of_blocking"):
             return {}
-        run = {"tokens_per_sample": int(tokens_per_sample),
-               "sample_break_mode": str(sample_break_mode)}
-        return {k: (recorded[k], v) for k, v in run.items()
-                if k in recorded and recorded[k] != v}
+        run = {
+            "tokens_per_sample": int(tokens_per_sample),
+            "sample_break_mode": str(sample_break_mode),
+        }
+        return {k: (recorded[k], v) for k, v in run.items() if k in recorded and recorded[k] != v}

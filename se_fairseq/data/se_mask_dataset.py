@@ -1,4 +1,5 @@
 """Blocks of tokens (with their scores), masked by SE a whole batch at a time."""
+
 import logging
 
 import numpy as np
@@ -91,8 +92,9 @@ class SelfEvolutionMaskDataset(FairseqDataset):
         scores = data_utils.collate_tokens([s["scores"].float() for s in samples], 0.0)
         unscored = torch.isnan(scores)  # tokens the score file records as unscored
         if unscored.any():
-            source, target = self.masker.mask(tokens, scores.masked_fill(unscored, 0.0), seeds,
-                                              scored=~unscored)
+            source, target = self.masker.mask(
+                tokens, scores.masked_fill(unscored, 0.0), seeds, scored=~unscored
+            )
         else:
             source, target = self.masker.mask(tokens, scores, seeds)
         if self.masker.mode == "threshold" and not self.masker.threshold_fallback:
@@ -114,4 +116,5 @@ class SelfEvolutionMaskDataset(FairseqDataset):
             f"(its highest score is {float(scores.max()):.4g}), so nothing is masked and the "
             "step trains on nothing (fairseq then logs loss -1, gnorm 0); lower --se-threshold "
             "or use --se-threshold-fallback random (masked_lm masking for such rows). Warned "
-            "once per process")
+            "once per process"
+        )

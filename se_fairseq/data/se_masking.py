@@ -5,6 +5,7 @@ hash of the row seed, and the row seed is a hash of (seed, epoch, sample index),
 so a sample's mask does not depend on the batch it lands in, the worker that
 builds it, or how many times it was built: resuming reproduces it exactly.
 """
+
 import numpy as np
 import torch
 
@@ -38,10 +39,23 @@ class SelfEvolutionMasker:
     ``random_share`` of each row's budget goes to uniformly drawn eligible positions.
     """
 
-    def __init__(self, dictionary, mask_idx, *, mask_prob, mode, seed, threshold=0.0,
-                 temperature=1.0, leave_unmasked_prob=0.0, random_token_prob=0.0,
-                 freq_weighted_replacement=False, mask_whole_words=None,
-                 threshold_fallback=False, random_share=0.0):
+    def __init__(
+        self,
+        dictionary,
+        mask_idx,
+        *,
+        mask_prob,
+        mode,
+        seed,
+        threshold=0.0,
+        temperature=1.0,
+        leave_unmasked_prob=0.0,
+        random_token_prob=0.0,
+        freq_weighted_replacement=False,
+        mask_whole_words=None,
+        threshold_fallback=False,
+        random_share=0.0,
+    ):
         if not 0.0 <= random_share <= 1.0:
             raise ValueError(f"random_share must lie in [0, 1], got {random_share}")
         self.pad = dictionary.pad()
@@ -61,8 +75,11 @@ class SelfEvolutionMasker:
         special[mask_idx] = True
         self.special = special
         self.word_begins = None if mask_whole_words is None else mask_whole_words.bool()
-        weights = np.array(dictionary.count, dtype=np.float64) if freq_weighted_replacement \
+        weights = (
+            np.array(dictionary.count, dtype=np.float64)
+            if freq_weighted_replacement
             else np.ones(vocab)
+        )
         weights[: dictionary.nspecial] = 0
         weights[mask_idx] = 0
         self.replacement_cdf = np.cumsum(weights / weights.sum())
@@ -101,21 +118,45 @@ class SelfEvolutionMasker:
             at_random = self._uniform(eligible, seeds, ratio=self.mask_prob)
             return torch.where(fallback[:, None], at_random, selected), fallback
         if self.random_share == 0.0:
-            return select(scores, eligible, seeds, ratio=self.mask_prob, mode=self.mode,
-                          temperature=self.temperature), None
-        budget = select(scores, eligible, seeds, ratio=self.mask_prob, mode=self.mode,
-                        temperature=self.temperature).sum(dim=1)
+            return select(
+                scores,
+                eligible,
+                seeds,
+                ratio=self.mask_prob,
+                mode=self.mode,
+                temperature=self.temperature,
+            ), None
+        budget = select(
+            scores,
+            eligible,
+            seeds,
+            ratio=self.mask_prob,
+            mode=self.mode,
+            temperature=self.temperature,
+        ).sum(dim=1)
         num_random = torch.floor(budget * self.random_share + 0.5).long()
-        by_score = select(scores, eligible, seeds, num_select=budget - num_random, mode=self.mode,
-                          temperature=self.temperature)
+        by_score = select(
+            scores,
+            eligible,
+            seeds,
+            num_select=budget - num_random,
+            mode=self.mode,
+            temperature=self.temperature,
+        )
         return by_score | self._uniform(eligible & ~by_score, seeds, num_select=num_random), None
 
     @staticmethod
     def _uniform(eligible, seeds, ratio=0.0, num_select=None):
         """Eligible positions drawn uniformly without replacement (Gumbel top-k of equal
         scores), from a stream of the row seed of its own."""
-        return select(torch.zeros(eligible.shape, device=eligible.device), eligible,
-                      seeds ^ _RANDOM_STREAM, ratio=ratio, num_select=num_select, mode="sample")
+        return select(
+            torch.zeros(eligible.shape, device=eligible.device),
+            eligible,
+            seeds ^ _RANDOM_STREAM,
+            ratio=ratio,
+            num_select=num_select,
+            mode="sample",
+        )
 
     def _select_words(self, tokens, scores, eligible, seeds):
         """Whole-word selection: a word scores its highest token score."""
@@ -129,8 +170,9 @@ class SelfEvolutionMasker:
         num_words = tokens.size(1)
         word_scores = torch.full((tokens.size(0), num_words), float("-inf"), device=tokens.device)
         word_scores.scatter_reduce_(1, word_of, scores.float(), reduce="amax")
-        word_eligible = torch.zeros((tokens.size(0), num_words), dtype=torch.bool,
-                                    device=tokens.device)
+        word_eligible = torch.zeros(
+            (tokens.size(0), num_words), dtype=torch.bool, device=tokens.device
+        )
         word_eligible.scatter_(1, word_of, eligible)
         chosen, fallback = self._select(word_scores, word_eligible, seeds)
         return chosen.gather(1, word_of), fallback, word_of
@@ -156,7 +198,10 @@ class SelfEvolutionMasker:
             fallback = fallback[:, None]
             leave = torch.where(fallback, MASKED_LM_LEAVE_UNMASKED_PROB, leave)
             keep_or_random = torch.where(
-                fallback, MASKED_LM_LEAVE_UNMASKED_PROB + MASKED_LM_RANDOM_TOKEN_PROB, keep_or_random)
+                fallback,
+                MASKED_LM_LEAVE_UNMASKED_PROB + MASKED_LM_RANDOM_TOKEN_PROB,
+                keep_or_random,
+            )
         stream = (seeds.long() ^ _signed64(_REPLACE_STREAM))[:, None]
         positions = torch.arange(length, dtype=torch.int64, device=device)
         units = positions[None, :] if unit_of is None else unit_of.long()

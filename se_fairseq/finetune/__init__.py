@@ -13,6 +13,7 @@ Modules: ``tasks`` (read GLUE/generic folders), ``checkpoint`` (arch, dictionary
 fairseq-train arguments), ``worker`` (one run), ``runner`` (the pool), ``metrics``,
 ``results`` (tables and paired statistics).
 """
+
 import os
 
 from se_fairseq.finetune.errors import FinetuneError
@@ -64,9 +65,23 @@ def prepare_data(checkpoints, tasks, out_dir, tokenizer_options, log=print):
     return infos, datas, manifests, data_dirs
 
 
-def finetune(checkpoints, tasks, out_dir, *, seeds=(1, 2, 3), baseline=None, overrides=None,
-             devices=None, jobs=None, bpe=None, gpt2_encoder_json=None, gpt2_vocab_bpe=None,
-             sentencepiece_model=None, keep_checkpoints="best", log=print):
+def finetune(
+    checkpoints,
+    tasks,
+    out_dir,
+    *,
+    seeds=(1, 2, 3),
+    baseline=None,
+    overrides=None,
+    devices=None,
+    jobs=None,
+    bpe=None,
+    gpt2_encoder_json=None,
+    gpt2_vocab_bpe=None,
+    sentencepiece_model=None,
+    keep_checkpoints="best",
+    log=print,
+):
     """Fine-tune every checkpoint on every task with every seed; returns the results document
     (also written to OUT_DIR/results.json and results.md).
 
@@ -81,7 +96,9 @@ def finetune(checkpoints, tasks, out_dir, *, seeds=(1, 2, 3), baseline=None, ove
     if not tasks:
         raise FinetuneError("no task folder given")
     if baseline is not None and baseline not in checkpoints:
-        raise FinetuneError(f"baseline {baseline!r} is not one of the checkpoints {sorted(checkpoints)}")
+        raise FinetuneError(
+            f"baseline {baseline!r} is not one of the checkpoints {sorted(checkpoints)}"
+        )
     if keep_checkpoints not in ("all", "best", "none"):
         raise FinetuneError(f"keep_checkpoints must be all, best or none, got {keep_checkpoints!r}")
     seeds = [int(s) for s in seeds]
@@ -89,22 +106,35 @@ def finetune(checkpoints, tasks, out_dir, *, seeds=(1, 2, 3), baseline=None, ove
         raise FinetuneError(f"seeds must be distinct and at least one: {seeds}")
     overrides = overrides or Overrides()
     if overrides.eval_checkpoint not in ("best", "last"):
-        raise FinetuneError(f"eval checkpoint must be best or last, got {overrides.eval_checkpoint!r}")
+        raise FinetuneError(
+            f"eval checkpoint must be best or last, got {overrides.eval_checkpoint!r}"
+        )
     out_dir = os.path.abspath(out_dir)
     infos, datas, manifests, data_dirs = prepare_data(
-        checkpoints, tasks, out_dir,
-        dict(bpe=bpe, gpt2_encoder_json=gpt2_encoder_json, gpt2_vocab_bpe=gpt2_vocab_bpe,
-             sentencepiece_model=sentencepiece_model), log=log)
+        checkpoints,
+        tasks,
+        out_dir,
+        dict(
+            bpe=bpe,
+            gpt2_encoder_json=gpt2_encoder_json,
+            gpt2_vocab_bpe=gpt2_vocab_bpe,
+            sentencepiece_model=sentencepiece_model,
+        ),
+        log=log,
+    )
     runs = plan_runs(infos, datas, manifests, data_dirs, seeds, out_dir, overrides)
     records = run_all(runs, devices=devices, jobs=jobs, log=log)
     if keep_checkpoints != "all":
         for run in runs:
-            for name in ("checkpoint_last.pt",) + (("checkpoint_best.pt",) if keep_checkpoints == "none" else ()):
+            for name in ("checkpoint_last.pt",) + (
+                ("checkpoint_best.pt",) if keep_checkpoints == "none" else ()
+            ):
                 path = os.path.join(run.run_dir, name)
                 if os.path.exists(path):
                     os.remove(path)
-    doc = results_mod.summarize(list(records.values()), [i.name for i in infos],
-                                [d.name for d in datas], baseline)
+    doc = results_mod.summarize(
+        list(records.values()), [i.name for i in infos], [d.name for d in datas], baseline
+    )
     doc["settings"] = {f"{r.checkpoint}/{r.task}": r.settings for r in runs if r.seed == seeds[0]}
     json_path, md_path = results_mod.write(doc, out_dir)
     log(f"[finetune] results: {json_path}, {md_path}")

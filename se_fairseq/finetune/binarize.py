@@ -12,6 +12,7 @@ The folder is written under a temporary name and renamed when complete, with a
 manifest of what it was made from (task files, tokenizer, dictionary); a folder whose
 manifest matches is reused.
 """
+
 import json
 import os
 import shutil
@@ -29,8 +30,9 @@ def write_indexed(path_prefix, lines, dictionary):
     returns (tokens, unknown tokens)."""
     from fairseq.data import indexed_dataset
 
-    builder = indexed_dataset.make_builder(path_prefix + ".bin", impl="mmap",
-                                           vocab_size=len(dictionary))
+    builder = indexed_dataset.make_builder(
+        path_prefix + ".bin", impl="mmap", vocab_size=len(dictionary)
+    )
     tokens = unknown = 0
     unk = dictionary.unk()
     for line in lines:
@@ -57,10 +59,17 @@ def label_dictionary(labels):
 
 def manifest_for(task, tokenizer_spec, dict_path):
     files = {os.path.basename(s.path): file_sha256(s.path) for s in (task.train, task.dev)}
-    return {"task": task.name, "layout": task.layout, "kind": task.kind, "files": files,
-            "tokenizer": tokenizer_spec.kind, "tokenizer_id": tokenizer_spec.identity(),
-            "dictionary_sha256": file_sha256(dict_path), "label_scale": task.label_scale,
-            "format": 1}
+    return {
+        "task": task.name,
+        "layout": task.layout,
+        "kind": task.kind,
+        "files": files,
+        "tokenizer": tokenizer_spec.kind,
+        "tokenizer_id": tokenizer_spec.identity(),
+        "dictionary_sha256": file_sha256(dict_path),
+        "label_scale": task.label_scale,
+        "format": 1,
+    }
 
 
 def binarize_task(task, tokenizer, dict_path, out_dir, log=print):
@@ -93,7 +102,8 @@ def binarize_task(task, tokenizer, dict_path, out_dir, log=print):
                     f"dictionary mismatch: {100 * unknown / text_tokens:.0f} % of the tokens of "
                     f"{getattr(task, attr).path} (text {i + 1}) are not in {dict_path} after "
                     f"{tokenizer.spec.kind} encoding; the text must be encoded with the tokenizer the "
-                    "checkpoint was pretrained with")
+                    "checkpoint was pretrained with"
+                )
     label_folder = os.path.join(tmp, "label")
     os.makedirs(label_folder)
     labels = None
@@ -101,25 +111,38 @@ def binarize_task(task, tokenizer, dict_path, out_dir, log=print):
         labels_dict = label_dictionary(task.train.labels)
         labels_dict.save(os.path.join(label_folder, "dict.txt"))
         for split, attr in SPLITS:
-            write_indexed(os.path.join(label_folder, split), getattr(task, attr).labels, labels_dict)
+            write_indexed(
+                os.path.join(label_folder, split), getattr(task, attr).labels, labels_dict
+            )
         # class i of the model's head is symbol i + nspecial, as sentence_prediction offsets it
-        labels = [labels_dict[i] for i in range(labels_dict.nspecial, len(labels_dict))
-                  if labels_dict.count[i] > 0]
+        labels = [
+            labels_dict[i]
+            for i in range(labels_dict.nspecial, len(labels_dict))
+            if labels_dict.count[i] > 0
+        ]
     else:
         scale = task.label_scale or 1.0
         for split, attr in SPLITS:
             with open(os.path.join(label_folder, f"{split}.label"), "w") as f:
                 f.writelines(f"{float(v) / scale}\n" for v in getattr(task, attr).labels)
-    manifest = dict(wanted, labels=labels, num_classes=len(labels) if labels else 1,
-                    sizes={"train": len(task.train), "valid": len(task.dev)}, tokens=stats,
-                    num_inputs=task.num_inputs)
+    manifest = dict(
+        wanted,
+        labels=labels,
+        num_classes=len(labels) if labels else 1,
+        sizes={"train": len(task.train), "valid": len(task.dev)},
+        tokens=stats,
+        num_inputs=task.num_inputs,
+    )
     with open(os.path.join(tmp, "dev_targets.json"), "w") as f:
         json.dump(task.dev.labels, f)
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
-    log(f"[finetune] binarized {task.name}: {len(task.train)} train / {len(task.dev)} dev examples, "
+    log(
+        f"[finetune] binarized {task.name}: {len(task.train)} train / {len(task.dev)} dev examples, "
         f"{task.num_inputs} text column(s), {task.kind}"
-        + (f", {len(labels)} labels" if labels else "") + f" -> {out_dir}")
+        + (f", {len(labels)} labels" if labels else "")
+        + f" -> {out_dir}"
+    )
     return manifest

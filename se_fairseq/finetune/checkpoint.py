@@ -6,6 +6,7 @@ and its options are those the registered fairseq model declares (``add_args``), 
 the checkpoint's values, so any fairseq encoder that ``sentence_prediction`` can
 fine-tune (a classification head registered by name) works.
 """
+
 import argparse
 import hashlib
 import os
@@ -54,8 +55,10 @@ def model_cli_args(model_cfg, arch):
     from fairseq.models import ARCH_MODEL_REGISTRY
 
     if arch not in ARCH_MODEL_REGISTRY:
-        raise FinetuneError(f"the checkpoint's architecture {arch!r} is not registered with "
-                            "fairseq here (a plugin not installed?)")
+        raise FinetuneError(
+            f"the checkpoint's architecture {arch!r} is not registered with "
+            "fairseq here (a plugin not installed?)"
+        )
     parser = argparse.ArgumentParser(add_help=False)
     ARCH_MODEL_REGISTRY[arch].add_args(parser)
     args = []
@@ -66,8 +69,11 @@ def model_cli_args(model_cfg, arch):
         value = model_cfg[dest]
         if value is None:
             continue
-        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") \
+        flag = (
+            action.option_strings[-1]
+            if action.option_strings[-1].startswith("--")
             else action.option_strings[0]
+        )
         if isinstance(action, argparse._StoreTrueAction):
             if value:
                 args.append(flag)
@@ -106,7 +112,8 @@ def find_dictionary(path, cfg, dict_path=None):
             return candidate
     raise FinetuneError(
         f"no dictionary for checkpoint {path}: looked for {', '.join(candidates)}; "
-        "give the dict.txt the model was pretrained with (--dict, or NAME=CKPT:DICT)")
+        "give the dict.txt the model was pretrained with (--dict, or NAME=CKPT:DICT)"
+    )
 
 
 def read_checkpoint(path, name=None, dict_path=None):
@@ -121,29 +128,42 @@ def read_checkpoint(path, name=None, dict_path=None):
     cfg = state.get("cfg")
     cfg = {k: _plain(v) for k, v in cfg.items()} if cfg is not None else {}
     if not cfg.get("model") and state.get("args") is not None:
-        cfg = {"model": _plain(state["args"]), "task": _plain(state["args"]),
-               "bpe": {"_name": getattr(state["args"], "bpe", None)}}
+        cfg = {
+            "model": _plain(state["args"]),
+            "task": _plain(state["args"]),
+            "bpe": {"_name": getattr(state["args"], "bpe", None)},
+        }
     model_cfg = cfg.get("model") or {}
     arch = model_cfg.get("arch") or model_cfg.get("_name")
     if not arch:
         raise FinetuneError(f"checkpoint {path} names no architecture (cfg.model.arch)")
     embed = [v for k, v in state["model"].items() if k.endswith("embed_tokens.weight")]
     if not embed:
-        raise FinetuneError(f"checkpoint {path} holds no token embedding table (*embed_tokens.weight)")
+        raise FinetuneError(
+            f"checkpoint {path} holds no token embedding table (*embed_tokens.weight)"
+        )
     dict_path = find_dictionary(path, cfg, dict_path)
-    dict_size = len(Dictionary.load(dict_path)) + 1  # + <mask>, as masked_lm and sentence_prediction add it
+    dict_size = (
+        len(Dictionary.load(dict_path)) + 1
+    )  # + <mask>, as masked_lm and sentence_prediction add it
     if embed[0].shape[0] != dict_size:
         raise FinetuneError(
             f"dictionary mismatch: checkpoint {path} has {embed[0].shape[0]} token embeddings but "
             f"{dict_path} gives {dict_size} symbols (incl. <mask>); use the dict.txt the model was "
-            "pretrained with")
+            "pretrained with"
+        )
     positions = model_cfg.get("max_positions") or (cfg.get("task") or {}).get("tokens_per_sample")
     if not positions:
         raise FinetuneError(f"checkpoint {path} records no max_positions")
     bpe = cfg.get("bpe") or {}
     return CheckpointInfo(
         name=name or os.path.basename(os.path.dirname(os.path.abspath(path))),
-        path=os.path.abspath(path), arch=arch, model_args=model_cli_args(model_cfg, arch),
-        dict_path=os.path.abspath(dict_path), dict_sha256=file_sha256(dict_path),
-        vocab_size=int(embed[0].shape[0]), max_positions=int(positions),
-        bpe=bpe if isinstance(bpe, dict) else {})
+        path=os.path.abspath(path),
+        arch=arch,
+        model_args=model_cli_args(model_cfg, arch),
+        dict_path=os.path.abspath(dict_path),
+        dict_sha256=file_sha256(dict_path),
+        vocab_size=int(embed[0].shape[0]),
+        max_positions=int(positions),
+        bpe=bpe if isinstance(bpe, dict) else {},
+    )

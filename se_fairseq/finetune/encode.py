@@ -9,6 +9,7 @@
 
 Nothing is ever downloaded: a URL or a missing file is an error naming the option.
 """
+
 import hashlib
 import os
 from dataclasses import dataclass
@@ -41,14 +42,20 @@ def _local_file(option, path):
             f"missing BPE file: {option} is the URL {path} (the checkpoint's cfg.bpe; fairseq-train "
             "records GPT-2 BPE with these URLs by default, also for data tokenized otherwise): give "
             f"{option} PATH of a local copy, or --bpe sentencepiece/none if the model was trained "
-            "with another tokenization (nothing is downloaded here)")
+            "with another tokenization (nothing is downloaded here)"
+        )
     if not os.path.isfile(path):
         raise FinetuneError(f"missing BPE file: {option} {path} does not exist")
     return os.path.abspath(path)
 
 
-def tokenizer_spec(bpe=None, gpt2_encoder_json=None, gpt2_vocab_bpe=None, sentencepiece_model=None,
-                   checkpoint_bpe=None):
+def tokenizer_spec(
+    bpe=None,
+    gpt2_encoder_json=None,
+    gpt2_vocab_bpe=None,
+    sentencepiece_model=None,
+    checkpoint_bpe=None,
+):
     """Resolve the tokenizer from explicit options, else from the checkpoint's own cfg.bpe."""
     checkpoint_bpe = checkpoint_bpe or {}
     if bpe is None:
@@ -62,21 +69,42 @@ def tokenizer_spec(bpe=None, gpt2_encoder_json=None, gpt2_vocab_bpe=None, senten
                 raise FinetuneError(
                     "the checkpoint records no BPE (cfg.bpe): give --bpe gpt2 with "
                     "--gpt2-encoder-json/--gpt2-vocab-bpe, --bpe sentencepiece with "
-                    "--sentencepiece-model, or --bpe none for pre-tokenized text")
+                    "--sentencepiece-model, or --bpe none for pre-tokenized text"
+                )
     if bpe not in BPE_KINDS:
         raise FinetuneError(f"--bpe must be one of {BPE_KINDS}, got {bpe!r}")
     if bpe == "gpt2":
-        return TokenizerSpec("gpt2", (
-            ("--gpt2-encoder-json", _local_file(
-                "--gpt2-encoder-json", gpt2_encoder_json or checkpoint_bpe.get("gpt2_encoder_json"))),
-            ("--gpt2-vocab-bpe", _local_file(
-                "--gpt2-vocab-bpe", gpt2_vocab_bpe or checkpoint_bpe.get("gpt2_vocab_bpe"))),
-        ))
+        return TokenizerSpec(
+            "gpt2",
+            (
+                (
+                    "--gpt2-encoder-json",
+                    _local_file(
+                        "--gpt2-encoder-json",
+                        gpt2_encoder_json or checkpoint_bpe.get("gpt2_encoder_json"),
+                    ),
+                ),
+                (
+                    "--gpt2-vocab-bpe",
+                    _local_file(
+                        "--gpt2-vocab-bpe", gpt2_vocab_bpe or checkpoint_bpe.get("gpt2_vocab_bpe")
+                    ),
+                ),
+            ),
+        )
     if bpe == "sentencepiece":
-        return TokenizerSpec("sentencepiece", (
-            ("--sentencepiece-model", _local_file(
-                "--sentencepiece-model", sentencepiece_model or checkpoint_bpe.get("sentencepiece_model"))),
-        ))
+        return TokenizerSpec(
+            "sentencepiece",
+            (
+                (
+                    "--sentencepiece-model",
+                    _local_file(
+                        "--sentencepiece-model",
+                        sentencepiece_model or checkpoint_bpe.get("sentencepiece_model"),
+                    ),
+                ),
+            ),
+        )
     return TokenizerSpec("none")
 
 
@@ -89,13 +117,21 @@ class Tokenizer:
         if spec.kind == "gpt2":
             from fairseq.data.encoders.gpt2_bpe import GPT2BPE, GPT2BPEConfig
 
-            self._bpe = GPT2BPE(GPT2BPEConfig(gpt2_encoder_json=files["--gpt2-encoder-json"],
-                                              gpt2_vocab_bpe=files["--gpt2-vocab-bpe"]))
+            self._bpe = GPT2BPE(
+                GPT2BPEConfig(
+                    gpt2_encoder_json=files["--gpt2-encoder-json"],
+                    gpt2_vocab_bpe=files["--gpt2-vocab-bpe"],
+                )
+            )
         elif spec.kind == "sentencepiece":
-            from fairseq.data.encoders.sentencepiece_bpe import SentencepieceBPE, SentencepieceConfig
+            from fairseq.data.encoders.sentencepiece_bpe import (
+                SentencepieceBPE,
+                SentencepieceConfig,
+            )
 
-            self._bpe = SentencepieceBPE(SentencepieceConfig(
-                sentencepiece_model=files["--sentencepiece-model"]))
+            self._bpe = SentencepieceBPE(
+                SentencepieceConfig(sentencepiece_model=files["--sentencepiece-model"])
+            )
         else:
             self._bpe = None
 

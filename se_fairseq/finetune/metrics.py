@@ -2,19 +2,25 @@
 
 Values are fractions (accuracy 0.91, not 91); reports multiply by 100.
 """
+
 import numpy as np
 
 #: metric -> kind of task it applies to
 METRICS = {
     "accuracy": "classification",
-    "f1": "classification",   # of the positive class "1" (MRPC, QQP: binary)
+    "f1": "classification",  # of the positive class "1" (MRPC, QQP: binary)
     "mcc": "classification",  # Matthews correlation (CoLA)
     "pearson": "regression",
     "spearman": "regression",
 }
 #: what a report shows beside the main metric
-COMPANIONS = {"f1": ("accuracy",), "pearson": ("spearman",), "spearman": ("pearson",),
-              "mcc": ("accuracy",), "accuracy": ()}
+COMPANIONS = {
+    "f1": ("accuracy",),
+    "pearson": ("spearman",),
+    "spearman": ("pearson",),
+    "mcc": ("accuracy",),
+    "accuracy": (),
+}
 
 
 def check_metric(metric, kind):
@@ -35,8 +41,11 @@ def compute(metric, predictions, targets, positive_label=None):
         classes = sorted(set(targets) | set(predictions))
         if len(set(targets)) > 2:
             return float(metrics.f1_score(targets, predictions, average="macro"))
-        positive = positive_label if positive_label is not None else (
-            "1" if "1" in classes else classes[-1])
+        positive = (
+            positive_label
+            if positive_label is not None
+            else ("1" if "1" in classes else classes[-1])
+        )
         return float(metrics.f1_score(targets, predictions, pos_label=positive, average="binary"))
     if metric == "mcc":
         return float(metrics.matthews_corrcoef(targets, predictions))

@@ -18,6 +18,7 @@ starts from the pretrained weights only while the run folder has no checkpoint_l
 Differences from the recipe: ``--shorten-method truncate`` (a no-op for examples that fit
 the model's positions; the recipe's 512 fit GLUE), and ``--no-epoch-checkpoints``.
 """
+
 import hashlib
 import json
 import math
@@ -34,6 +35,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 @dataclass
 class Overrides:
     """Per-run settings that replace the recipe's (None = the recipe's)."""
+
     lr: Optional[float] = None
     batch_size: Optional[int] = None
     epochs: Optional[int] = None
@@ -92,34 +94,90 @@ def recipe_settings(task, manifest, overrides):
     epochs = overrides.epochs or recipe.epochs
     per_epoch = math.ceil(manifest["sizes"]["train"] / batch_size)
     total = overrides.total_updates or (
-        min(overrides.max_update, epochs * per_epoch) if overrides.max_update else epochs * per_epoch)
-    fraction = recipe.warmup_fraction if overrides.warmup_fraction is None else overrides.warmup_fraction
+        min(overrides.max_update, epochs * per_epoch)
+        if overrides.max_update
+        else epochs * per_epoch
+    )
+    fraction = (
+        recipe.warmup_fraction if overrides.warmup_fraction is None else overrides.warmup_fraction
+    )
     warmup = int(round(fraction * total))
     best = overrides.best_metric or ("loss" if task.kind == "regression" else "accuracy")
-    return {"lr": overrides.lr or recipe.lr, "batch_size": batch_size, "epochs": epochs,
-            "total_updates": total, "warmup_updates": warmup, "max_update": overrides.max_update,
-            "best_metric": best, "max_tokens": overrides.max_tokens}
+    return {
+        "lr": overrides.lr or recipe.lr,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "total_updates": total,
+        "warmup_updates": warmup,
+        "max_update": overrides.max_update,
+        "best_metric": best,
+        "max_tokens": overrides.max_tokens,
+    }
 
 
 def fairseq_train_args(info, task, manifest, data_dir, run_dir, seed, overrides):
     s = recipe_settings(task, manifest, overrides)
     dictionary_bos, dictionary_eos = 0, 2  # fairseq Dictionary: <s>=0, <pad>=1, </s>=2, <unk>=3
     args = [
-        data_dir, "--task", "sentence_prediction", "--criterion", "sentence_prediction",
-        "--finetune-from-model", info.path, "--arch", info.arch, *info.model_args,
-        "--max-positions", str(info.max_positions), "--shorten-method", "truncate",
-        "--init-token", str(dictionary_bos), "--separator-token", str(dictionary_eos),
-        "--num-classes", str(manifest["num_classes"]),
-        "--batch-size", str(s["batch_size"]), "--required-batch-size-multiple", "1",
-        "--dropout", repr(overrides.dropout), "--attention-dropout", repr(overrides.attention_dropout),
-        "--weight-decay", repr(overrides.weight_decay), "--optimizer", "adam",
-        "--adam-betas", "(0.9, 0.98)", "--adam-eps", "1e-06", "--clip-norm", "0.0",
-        "--lr-scheduler", "polynomial_decay", "--lr", repr(s["lr"]),
-        "--total-num-update", str(s["total_updates"]), "--warmup-updates", str(s["warmup_updates"]),
-        "--max-epoch", str(s["epochs"]),
-        "--best-checkpoint-metric", s["best_metric"],
-        "--seed", str(seed), "--save-dir", run_dir, "--no-epoch-checkpoints",
-        "--log-format", "simple", "--log-interval", "10",
+        data_dir,
+        "--task",
+        "sentence_prediction",
+        "--criterion",
+        "sentence_prediction",
+        "--finetune-from-model",
+        info.path,
+        "--arch",
+        info.arch,
+        *info.model_args,
+        "--max-positions",
+        str(info.max_positions),
+        "--shorten-method",
+        "truncate",
+        "--init-token",
+        str(dictionary_bos),
+        "--separator-token",
+        str(dictionary_eos),
+        "--num-classes",
+        str(manifest["num_classes"]),
+        "--batch-size",
+        str(s["batch_size"]),
+        "--required-batch-size-multiple",
+        "1",
+        "--dropout",
+        repr(overrides.dropout),
+        "--attention-dropout",
+        repr(overrides.attention_dropout),
+        "--weight-decay",
+        repr(overrides.weight_decay),
+        "--optimizer",
+        "adam",
+        "--adam-betas",
+        "(0.9, 0.98)",
+        "--adam-eps",
+        "1e-06",
+        "--clip-norm",
+        "0.0",
+        "--lr-scheduler",
+        "polynomial_decay",
+        "--lr",
+        repr(s["lr"]),
+        "--total-num-update",
+        str(s["total_updates"]),
+        "--warmup-updates",
+        str(s["warmup_updates"]),
+        "--max-epoch",
+        str(s["epochs"]),
+        "--best-checkpoint-metric",
+        s["best_metric"],
+        "--seed",
+        str(seed),
+        "--save-dir",
+        run_dir,
+        "--no-epoch-checkpoints",
+        "--log-format",
+        "simple",
+        "--log-interval",
+        "10",
     ]
     if s["max_tokens"]:
         args += ["--max-tokens", str(s["max_tokens"])]
@@ -146,11 +204,24 @@ def plan_runs(checkpoints, tasks, manifests, data_dirs, seeds, out_dir, override
             for seed in seeds:
                 run_dir = os.path.join(out_dir, "runs", info.name, task.name, f"seed{seed}")
                 args, settings = fairseq_train_args(
-                    info, task, manifest, data_dirs[info.name, task.name], run_dir, seed, overrides)
-                runs.append(RunSpec(
-                    checkpoint=info.name, checkpoint_path=info.path, task=task.name, seed=seed,
-                    run_dir=run_dir, data_dir=data_dirs[info.name, task.name], kind=task.kind,
-                    metric=task.metric, labels=manifest.get("labels"), label_scale=task.label_scale,
-                    eval_checkpoint=overrides.eval_checkpoint, precision=overrides.precision,
-                    fairseq_args=args, settings=settings))
+                    info, task, manifest, data_dirs[info.name, task.name], run_dir, seed, overrides
+                )
+                runs.append(
+                    RunSpec(
+                        checkpoint=info.name,
+                        checkpoint_path=info.path,
+                        task=task.name,
+                        seed=seed,
+                        run_dir=run_dir,
+                        data_dir=data_dirs[info.name, task.name],
+                        kind=task.kind,
+                        metric=task.metric,
+                        labels=manifest.get("labels"),
+                        label_scale=task.label_scale,
+                        eval_checkpoint=overrides.eval_checkpoint,
+                        precision=overrides.precision,
+                        fairseq_args=args,
+                        settings=settings,
+                    )
+                )
     return runs

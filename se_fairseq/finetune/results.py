@@ -11,6 +11,7 @@ true difference this design would detect with 80 % power at that level:
 The average over tasks (the paper's "average score") is taken per seed, then treated
 like one more task.
 """
+
 import json
 import math
 import os
@@ -32,13 +33,21 @@ def paired(values, baseline):
     seeds = sorted(set(values) & set(baseline))
     d = np.array([values[s] - baseline[s] for s in seeds], dtype=float)
     n = len(d)
-    out = {"n": n, "mean": float(d.mean()) if n else float("nan"), "se": float("nan"),
-           "detected": False, "detectable": float("nan")}
+    out = {
+        "n": n,
+        "mean": float(d.mean()) if n else float("nan"),
+        "se": float("nan"),
+        "detected": False,
+        "detectable": float("nan"),
+    }
     if n >= 2:
         se = float(d.std(ddof=1) / math.sqrt(n))
         crit = t_quantile(1 - ALPHA / 2, n - 1)
-        out.update(se=se, detected=bool(abs(out["mean"]) > crit * se),
-                   detectable=(crit + t_quantile(POWER, n - 1)) * se)
+        out.update(
+            se=se,
+            detected=bool(abs(out["mean"]) > crit * se),
+            detectable=(crit + t_quantile(POWER, n - 1)) * se,
+        )
     return out
 
 
@@ -62,21 +71,32 @@ def summarize(records, checkpoints, tasks, baseline=None):
         for t in list(tasks) + [AVERAGE]:
             v = values.get((c, t), {})
             arr = np.array([v[s] for s in sorted(v)], dtype=float)
-            entry = {"seeds": {str(s): v[s] for s in sorted(v)}, "n": len(arr),
-                     "mean": float(arr.mean()) if len(arr) else float("nan"),
-                     "sd": float(arr.std(ddof=1)) if len(arr) > 1 else float("nan"),
-                     "metric": metrics_of.get(t, "mean of the tasks' metrics")}
+            entry = {
+                "seeds": {str(s): v[s] for s in sorted(v)},
+                "n": len(arr),
+                "mean": float(arr.mean()) if len(arr) else float("nan"),
+                "sd": float(arr.std(ddof=1)) if len(arr) > 1 else float("nan"),
+                "metric": metrics_of.get(t, "mean of the tasks' metrics"),
+            }
             if t != AVERAGE and extra.get((c, t)):
                 entry["all_metrics_mean"] = {
-                    m: float(np.nanmean([e[m] for e in extra[(c, t)]])) for m in extra[(c, t)][0]}
+                    m: float(np.nanmean([e[m] for e in extra[(c, t)]])) for m in extra[(c, t)][0]
+                }
             if baseline is not None and c != baseline:
                 entry["vs_baseline"] = paired(v, values.get((baseline, t), {}))
             table[c][t] = entry
-    return {"checkpoints": list(checkpoints), "tasks": list(tasks), "baseline": baseline,
-            "metric_of_task": metrics_of, "results": table,
-            "method": {"paired_test": "two-sided paired t-test at 5 % over common seeds",
-                       "detectable": "(t(0.975, n-1) + t(0.80, n-1)) x paired standard error"},
-            "runs": sorted(records, key=lambda r: (r["checkpoint"], r["task"], r["seed"]))}
+    return {
+        "checkpoints": list(checkpoints),
+        "tasks": list(tasks),
+        "baseline": baseline,
+        "metric_of_task": metrics_of,
+        "results": table,
+        "method": {
+            "paired_test": "two-sided paired t-test at 5 % over common seeds",
+            "detectable": "(t(0.975, n-1) + t(0.80, n-1)) x paired standard error",
+        },
+        "runs": sorted(records, key=lambda r: (r["checkpoint"], r["task"], r["seed"])),
+    }
 
 
 def _fmt(x, scale=100.0, digits=2, sign=False):
@@ -88,8 +108,11 @@ def _fmt(x, scale=100.0, digits=2, sign=False):
 def markdown(doc):
     """Two tables: mean ± sd per checkpoint and task; paired difference vs the baseline."""
     tasks = doc["tasks"] + [AVERAGE]
-    head = "| checkpoint | " + " | ".join(
-        f"{t} ({doc['metric_of_task'].get(t, 'avg')})" for t in tasks) + " |"
+    head = (
+        "| checkpoint | "
+        + " | ".join(f"{t} ({doc['metric_of_task'].get(t, 'avg')})" for t in tasks)
+        + " |"
+    )
     sep = "| --- " * (len(tasks) + 1) + "|"
     lines = ["Dev metric x 100, mean ± sd over seeds (n seeds in brackets):", "", head, sep]
     for c in doc["checkpoints"]:
@@ -100,9 +123,15 @@ def markdown(doc):
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     base = doc.get("baseline")
     if base:
-        lines += ["", f"Difference against **{base}**, paired over seeds: mean ± standard error "
-                  "(**bold**: a paired t-test rejects no difference at 5 %); in brackets the "
-                  "smallest difference this run could detect (80 % power):", "", head, sep]
+        lines += [
+            "",
+            f"Difference against **{base}**, paired over seeds: mean ± standard error "
+            "(**bold**: a paired t-test rejects no difference at 5 %); in brackets the "
+            "smallest difference this run could detect (80 % power):",
+            "",
+            head,
+            sep,
+        ]
         for c in doc["checkpoints"]:
             if c == base:
                 continue
@@ -110,7 +139,9 @@ def markdown(doc):
             for t in tasks:
                 p = doc["results"][c][t].get("vs_baseline")
                 cell = f"{_fmt(p['mean'], sign=True)} ± {_fmt(p['se'])}"
-                cells.append((f"**{cell}**" if p["detected"] else cell) + f" ({_fmt(p['detectable'])})")
+                cells.append(
+                    (f"**{cell}**" if p["detected"] else cell) + f" ({_fmt(p['detectable'])})"
+                )
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

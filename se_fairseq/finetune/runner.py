@@ -7,12 +7,12 @@ and, once finished, ``done.json``. A rerun of the harness skips runs with a
 ``done.json`` of the same fingerprint, resumes the others from their
 ``checkpoint_last.pt`` and refuses a folder made with other settings.
 """
+
 import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 from se_fairseq.finetune.errors import FinetuneError
 from se_fairseq.finetune.worker import CLAIM, DONE, FAILED, LOG, SPEC, write_json_atomic
@@ -48,11 +48,15 @@ def prepare(run, fingerprint):
     if os.path.exists(spec_path):
         have = json.load(open(spec_path))
         if have.get("fingerprint") != fingerprint:
-            changed = sorted(k for k in set(spec) | set(have)
-                             if k != "fingerprint" and have.get(k) != spec.get(k))
+            changed = sorted(
+                k
+                for k in set(spec) | set(have)
+                if k != "fingerprint" and have.get(k) != spec.get(k)
+            )
             raise FinetuneError(
                 f"{run.run_dir} holds a run with other settings (differ: {', '.join(changed)}); "
-                "use another --out folder or delete that run folder")
+                "use another --out folder or delete that run folder"
+            )
     else:
         write_json_atomic(spec_path, spec)
     for stale in (CLAIM, FAILED):  # left by a worker of an earlier, interrupted invocation
@@ -77,8 +81,10 @@ def run_all(runs, devices=None, jobs=None, log=print, command=worker_command, po
     total = len(runs)
     where = f"GPUs {','.join(gpus)}" if gpus else "the CPU"
     jobs = min(jobs, max(1, len(pending)))
-    log(f"[finetune] {total} runs: {len(results)} already done, {len(pending)} to run on {where}, "
-        f"{jobs} at a time")
+    log(
+        f"[finetune] {total} runs: {len(results)} already done, {len(pending)} to run on {where}, "
+        f"{jobs} at a time"
+    )
     if not pending:
         return results
     workers = []
@@ -90,8 +96,17 @@ def run_all(runs, devices=None, jobs=None, log=print, command=worker_command, po
         if device is None and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
         with open(os.path.join(log_dir, f"worker-{i}.log"), "a") as out:
-            workers.append((device, subprocess.Popen(command([r.run_dir for r in pending]), env=env,
-                                                     stdout=out, stderr=subprocess.STDOUT)))
+            workers.append(
+                (
+                    device,
+                    subprocess.Popen(
+                        command([r.run_dir for r in pending]),
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    ),
+                )
+            )
     started, finished = {}, len(results)
     failed = []
 
@@ -109,8 +124,10 @@ def run_all(runs, devices=None, jobs=None, log=print, command=worker_command, po
                 results[run.key] = record
                 finished += 1
                 seconds = time.time() - started.get(run.key, time.time())
-                log(f"[finetune] [{finished}/{total}] done {run.key}: {record['metric']} "
-                    f"{100 * record['value']:.2f} ({seconds:.0f} s)")
+                log(
+                    f"[finetune] [{finished}/{total}] done {run.key}: {record['metric']} "
+                    f"{100 * record['value']:.2f} ({seconds:.0f} s)"
+                )
             elif os.path.exists(os.path.join(run.run_dir, FAILED)):
                 failed.append(run)
                 log(f"[finetune] FAILED {run.key}; see {run.run_dir}/{LOG}")
@@ -122,10 +139,14 @@ def run_all(runs, devices=None, jobs=None, log=print, command=worker_command, po
     missing = [r for r in pending if r.key not in results and r not in failed]
     failed += missing
     if failed:
-        path = os.path.join(failed[0].run_dir, FAILED if os.path.exists(
-            os.path.join(failed[0].run_dir, FAILED)) else LOG)
+        path = os.path.join(
+            failed[0].run_dir,
+            FAILED if os.path.exists(os.path.join(failed[0].run_dir, FAILED)) else LOG,
+        )
         tail = "".join(open(path).readlines()[-15:]) if os.path.exists(path) else ""
         codes = sorted({p.returncode for _, p in workers})
-        raise FinetuneError(f"{len(failed)} of {total} runs did not finish (worker exit codes {codes}; "
-                            f"rerun to retry, finished runs are kept). Last lines of {path}:\n{tail}")
+        raise FinetuneError(
+            f"{len(failed)} of {total} runs did not finish (worker exit codes {codes}; "
+            f"rerun to retry, finished runs are kept). Last lines of {path}:\n{tail}"
+        )
     return results

@@ -24,10 +24,11 @@ row naming a ``label`` column and one text column (``sentence`` or ``text``) or 
 (``classification``, the default, or ``regression``) and ``"metric"`` (see
 :mod:`se_fairseq.finetune.metrics`).
 """
+
 import json
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 from se_fairseq.finetune.errors import FinetuneError
 
@@ -46,6 +47,7 @@ class GlueLayout:
 @dataclass(frozen=True)
 class Recipe:
     """RoBERTa's GLUE recipe (fairseq examples/roberta/README.glue.md) for one task."""
+
     lr: float
     batch_size: int
     warmup_fraction: float  # warmup-updates / total-num-update in the recipe's table
@@ -75,8 +77,9 @@ GLUE_RECIPES = {
     "SST-2": Recipe(1e-5, 32, 1256 / 20935, recipe_total_updates=20935),
     "MRPC": Recipe(1e-5, 16, 137 / 2296, metric="f1", recipe_total_updates=2296),
     "CoLA": Recipe(1e-5, 16, 320 / 5336, metric="mcc", recipe_total_updates=5336),
-    "STS-B": Recipe(2e-5, 16, 214 / 3598, kind="regression", metric="pearson",
-                    recipe_total_updates=3598),
+    "STS-B": Recipe(
+        2e-5, 16, 214 / 3598, kind="regression", metric="pearson", recipe_total_updates=3598
+    ),
 }
 #: a generic task: the recipe's most common settings (SST-2, QNLI, MNLI)
 GENERIC_RECIPE = Recipe(1e-5, 32, 0.06)
@@ -88,9 +91,9 @@ KINDS = ("classification", "regression")
 @dataclass
 class Split:
     path: str
-    texts: List[List[str]]  # one list per text column
-    labels: List[str]
-    lines: List[int]  # the line of the file each example comes from
+    texts: list[list[str]]  # one list per text column
+    labels: list[str]
+    lines: list[int]  # the line of the file each example comes from
 
     def __len__(self):
         return len(self.labels)
@@ -140,7 +143,8 @@ def _cell(path, lineno, row, column, what):
     if column >= len(row):
         raise FinetuneError(
             f"{path}, line {lineno}: no column {column + 1} ({what}); the row has {len(row)} "
-            f"tab-separated fields")
+            f"tab-separated fields"
+        )
     value = row[column].strip()
     if what.startswith("text") and not value:
         raise FinetuneError(f"{path}, line {lineno}, column {column + 1} ({what}): empty text")
@@ -155,7 +159,8 @@ def _check_labels(split, kind):
             float(value)
         except ValueError:
             raise FinetuneError(
-                f"{split.path}, line {lineno}: regression label {value!r} is not a number") from None
+                f"{split.path}, line {lineno}: regression label {value!r} is not a number"
+            ) from None
 
 
 def read_glue_split(path, layout, dev):
@@ -163,8 +168,11 @@ def read_glue_split(path, layout, dev):
     first = 1
     if layout.header:
         rows, first = rows[1:], 2
-    label_column = layout.dev_label_column if dev and layout.dev_label_column is not None \
+    label_column = (
+        layout.dev_label_column
+        if dev and layout.dev_label_column is not None
         else layout.label_column
+    )
     texts = [[] for _ in layout.text_columns]
     labels, lines, dropped = [], [], 0
     for lineno, row in enumerate(rows, start=first):
@@ -195,7 +203,8 @@ def read_generic_split(path):
     else:
         raise FinetuneError(
             f"{path}: the header row {header} names no text column: expected 'sentence' or "
-            "'text' (one text) or 'sentence1' and 'sentence2' (a pair)")
+            "'text' (one text) or 'sentence1' and 'sentence2' (a pair)"
+        )
     columns = [header.index(n) for n in names]
     label_column = header.index("label")
     texts = [[] for _ in columns]
@@ -225,10 +234,22 @@ def read_task(folder, name=None):
         dev, dropped_dev = read_glue_split(os.path.join(folder, layout.dev_file), layout, dev=True)
         notes = []
         if dropped_train or dropped_dev:
-            notes.append(f"dropped rows without exactly {layout.exact_fields} fields, as fairseq's "
-                         f"GLUE script does: {dropped_train} in train, {dropped_dev} in dev")
-        task = TaskData(name, folder, "glue", recipe.kind, recipe.metric, recipe, train, dev,
-                        label_scale=layout.label_scale, notes=notes)
+            notes.append(
+                f"dropped rows without exactly {layout.exact_fields} fields, as fairseq's "
+                f"GLUE script does: {dropped_train} in train, {dropped_dev} in dev"
+            )
+        task = TaskData(
+            name,
+            folder,
+            "glue",
+            recipe.kind,
+            recipe.metric,
+            recipe,
+            train,
+            dev,
+            label_scale=layout.label_scale,
+            notes=notes,
+        )
     else:
         spec = {}
         spec_path = os.path.join(folder, "task.json")
@@ -239,8 +260,10 @@ def read_task(folder, name=None):
                 raise FinetuneError(f"{spec_path}: not valid JSON ({err})") from err
             unknown = set(spec) - {"kind", "metric", "label_scale"}
             if unknown:
-                raise FinetuneError(f"{spec_path}: unknown keys {sorted(unknown)} "
-                                    "(known: kind, metric, label_scale)")
+                raise FinetuneError(
+                    f"{spec_path}: unknown keys {sorted(unknown)} "
+                    "(known: kind, metric, label_scale)"
+                )
         kind = spec.get("kind", "classification")
         if kind not in KINDS:
             raise FinetuneError(f"{spec_path}: kind must be one of {KINDS}, got {kind!r}")
@@ -255,21 +278,40 @@ def read_task(folder, name=None):
         train = read_generic_split(os.path.join(folder, "train.tsv"))
         dev = read_generic_split(os.path.join(folder, "dev.tsv"))
         if len(train.texts) != len(dev.texts):
-            raise FinetuneError(f"{folder}: train.tsv has {len(train.texts)} text columns but "
-                                f"dev.tsv has {len(dev.texts)}")
-        recipe = Recipe(GENERIC_RECIPE.lr, GENERIC_RECIPE.batch_size, GENERIC_RECIPE.warmup_fraction,
-                        kind=kind, metric=metric)
-        task = TaskData(name, folder, "generic", kind, metric, recipe, train, dev,
-                        label_scale=spec.get("label_scale"))
+            raise FinetuneError(
+                f"{folder}: train.tsv has {len(train.texts)} text columns but "
+                f"dev.tsv has {len(dev.texts)}"
+            )
+        recipe = Recipe(
+            GENERIC_RECIPE.lr,
+            GENERIC_RECIPE.batch_size,
+            GENERIC_RECIPE.warmup_fraction,
+            kind=kind,
+            metric=metric,
+        )
+        task = TaskData(
+            name,
+            folder,
+            "generic",
+            kind,
+            metric,
+            recipe,
+            train,
+            dev,
+            label_scale=spec.get("label_scale"),
+        )
     _check_labels(task.train, task.kind)
     _check_labels(task.dev, task.kind)
     if task.kind == "classification":
         unseen = sorted(set(task.dev.labels) - set(task.train.labels))
         if unseen:
-            raise FinetuneError(f"{task.dev.path}: labels {unseen[:5]} never occur in "
-                                f"{task.train.path} (label column)")
+            raise FinetuneError(
+                f"{task.dev.path}: labels {unseen[:5]} never occur in "
+                f"{task.train.path} (label column)"
+            )
         if len(set(task.train.labels)) < 2:
-            raise FinetuneError(f"{task.train.path}: the label column holds a single value "
-                                f"{task.train.labels[0]!r}; classification needs two or more")
+            raise FinetuneError(
+                f"{task.train.path}: the label column holds a single value "
+                f"{task.train.labels[0]!r}; classification needs two or more"
+            )
     return task
-

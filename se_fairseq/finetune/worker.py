@@ -14,6 +14,7 @@ predicts every dev example, and the metrics are computed against the dev labels 
 from the task folder. RUN_DIR/done.json, written atomically last, marks the run finished;
 a run that raises leaves RUN_DIR/failed.txt (the traceback) and the worker goes on.
 """
+
 import json
 import os
 import sys
@@ -43,8 +44,15 @@ def device_args(precision):
             raise SystemExit("precision fp16 needs a GPU (none is visible to this run)")
         return ["--cpu"] + (["--bf16"] if precision == "bf16" else [])
     if precision in ("auto", "fp16"):
-        return ["--fp16", "--fp16-init-scale", "4", "--threshold-loss-scale", "1",
-                "--fp16-scale-window", "128"]
+        return [
+            "--fp16",
+            "--fp16-init-scale",
+            "4",
+            "--threshold-loss-scale",
+            "1",
+            "--fp16-scale-window",
+            "128",
+        ]
     return ["--bf16"] if precision == "bf16" else []
 
 
@@ -68,17 +76,23 @@ def predict(spec, checkpoint_path, batch_size=64):
     from fairseq import checkpoint_utils
 
     state = checkpoint_utils.load_checkpoint_to_cpu(
-        checkpoint_path, arg_overrides={"data": spec["data_dir"]})
+        checkpoint_path, arg_overrides={"data": spec["data_dir"]}
+    )
     num_updates = state["optimizer_history"][-1].get("num_updates")
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint_path], state=state)
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [checkpoint_path], state=state
+    )
     model = models[0].eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     task.load_dataset("valid")
     dataset = task.dataset("valid")
-    itr = task.get_batch_iterator(dataset=dataset, max_sentences=batch_size,
-                                  max_positions=task.max_positions(),
-                                  ignore_invalid_inputs=False).next_epoch_itr(shuffle=False)
+    itr = task.get_batch_iterator(
+        dataset=dataset,
+        max_sentences=batch_size,
+        max_positions=task.max_positions(),
+        ignore_invalid_inputs=False,
+    ).next_epoch_itr(shuffle=False)
     head = cfg.criterion.classification_head_name
     outputs = {}
     with torch.no_grad():
@@ -118,16 +132,28 @@ def main(run_dir):
     values = metrics.evaluate(spec["kind"], spec["metric"], predictions, targets)
     with open(os.path.join(run_dir, PREDICTIONS + ".tmp"), "w") as f:
         f.write("prediction\ttarget\thead_output\n")
-        f.writelines(f"{p}\t{t}\t{','.join(f'{v:.6g}' for v in o)}\n"
-                     for p, t, o in zip(predictions, targets, logits))
+        f.writelines(
+            f"{p}\t{t}\t{','.join(f'{v:.6g}' for v in o)}\n"
+            for p, t, o in zip(predictions, targets, logits)
+        )
     os.replace(os.path.join(run_dir, PREDICTIONS + ".tmp"), os.path.join(run_dir, PREDICTIONS))
-    write_json_atomic(os.path.join(run_dir, DONE), {
-        "key": f"{spec['checkpoint']}/{spec['task']}/seed{spec['seed']}",
-        "checkpoint": spec["checkpoint"], "task": spec["task"], "seed": spec["seed"],
-        "metric": spec["metric"], "metrics": values, "value": values[spec["metric"]],
-        "dev_examples": len(targets), "eval_checkpoint": name, "updates_of_eval_checkpoint": state_updates,
-        "fingerprint": spec["fingerprint"], "seconds_last_invocation": round(time.time() - start, 1),
-    })
+    write_json_atomic(
+        os.path.join(run_dir, DONE),
+        {
+            "key": f"{spec['checkpoint']}/{spec['task']}/seed{spec['seed']}",
+            "checkpoint": spec["checkpoint"],
+            "task": spec["task"],
+            "seed": spec["seed"],
+            "metric": spec["metric"],
+            "metrics": values,
+            "value": values[spec["metric"]],
+            "dev_examples": len(targets),
+            "eval_checkpoint": name,
+            "updates_of_eval_checkpoint": state_updates,
+            "fingerprint": spec["fingerprint"],
+            "seconds_last_invocation": round(time.time() - start, 1),
+        },
+    )
 
 
 def claim(run_dir):
@@ -141,7 +167,7 @@ def claim(run_dir):
     return True
 
 
-class output_to(object):
+class output_to:
     """Send this process's stdout and stderr (file descriptors 1 and 2, so fairseq's logging
     and anything C-level too) to a file for the duration of a run."""
 

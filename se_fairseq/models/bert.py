@@ -32,6 +32,7 @@ embedding rows and records the permutation here, where it survives training
 restores the original row order bit for bit. A model built in fairseq holds the
 identity.
 """
+
 import torch
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.roberta.model import RobertaEncoder, RobertaModel
@@ -102,13 +103,16 @@ def unsupported_options(args):
     """Options of fairseq's RoBERTa that this model does not implement, as messages."""
     problems = []
     if safe_getattr(args, "encoder_normalize_before", False):
-        problems.append("--encoder-normalize-before: BERT normalises after each sub-layer (post-LN)")
+        problems.append(
+            "--encoder-normalize-before: BERT normalises after each sub-layer (post-LN)"
+        )
     if not safe_getattr(args, "layernorm_embedding", True):
         problems.append("layernorm_embedding=False: BERT normalises its embeddings")
     if not safe_getattr(args, "no_scale_embedding", True):
         problems.append("no_scale_embedding=False: BERT does not scale its token embeddings")
-    if safe_getattr(args, "no_token_positional_embeddings", False) or \
-            not safe_getattr(args, "encoder_learned_pos", True):
+    if safe_getattr(args, "no_token_positional_embeddings", False) or not safe_getattr(
+        args, "encoder_learned_pos", True
+    ):
         problems.append("no or sinusoidal positions: BERT learns absolute positions")
     if safe_getattr(args, "adaptive_input", False):
         problems.append("adaptive_input: BERT has one token embedding table")
@@ -132,8 +136,12 @@ class BertModel(RobertaModel):
     @staticmethod
     def add_args(parser):
         RobertaModel.add_args(parser)
-        parser.add_argument("--type-vocab-size", type=int, metavar="N",
-                            help="rows of the token-type table (BERT: 2); inputs use type 0")
+        parser.add_argument(
+            "--type-vocab-size",
+            type=int,
+            metavar="N",
+            help="rows of the token-type table (BERT: 2); inputs use type 0",
+        )
 
     @classmethod
     def build_model(cls, args, task):

@@ -26,12 +26,14 @@ The decision (plan_cuda_build):
   carry them. Their include folders are searched after the toolkit's
   (``-idirafter``), so they never shadow the toolkit's own headers.
 """
+
 import glob
 import os
 import re
 import shutil
 import subprocess
-from typing import NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import NamedTuple, Optional
 
 RUNTIME_HEADER = os.path.join("include", "cuda_runtime_api.h")
 # Included by torch's ATen/cuda headers (our own glue needs none of them).
@@ -48,15 +50,15 @@ HOW_TO_GET_CUDA = (
 
 
 class CudaPlan(NamedTuple):
-    build: bool                        # build the CUDA operator
-    reason: str = ""                   # why not (build False)
-    toolkit: Optional[str] = None      # becomes CUDA_HOME
-    arch_list: Optional[str] = None    # becomes TORCH_CUDA_ARCH_LIST (None: leave it alone)
-    include_after: Tuple[str, ...] = ()  # extra header folders, searched last
-    notes: Tuple[str, ...] = ()        # what was decided and why, for the build log
+    build: bool  # build the CUDA operator
+    reason: str = ""  # why not (build False)
+    toolkit: Optional[str] = None  # becomes CUDA_HOME
+    arch_list: Optional[str] = None  # becomes TORCH_CUDA_ARCH_LIST (None: leave it alone)
+    include_after: tuple[str, ...] = ()  # extra header folders, searched last
+    notes: tuple[str, ...] = ()  # what was decided and why, for the build log
 
 
-def is_toolkit(path) -> Tuple[bool, str]:
+def is_toolkit(path) -> tuple[bool, str]:
     """(True, "") when ``path`` holds a CUDA toolkit, else (False, why not)."""
     if not path:
         return False, "empty path"
@@ -81,7 +83,9 @@ def nvcc_wrapper_target(path) -> Optional[str]:
     if not head.startswith(b"#!") or b"\0" in head:
         return None  # a binary, not a script
     me = os.path.realpath(path)
-    for match in re.finditer(r"(/[^\s'\"`;|&<>()$]*/bin/nvcc)(?![\w.-])", head.decode("utf-8", "replace")):
+    for match in re.finditer(
+        r"(/[^\s'\"`;|&<>()$]*/bin/nvcc)(?![\w.-])", head.decode("utf-8", "replace")
+    ):
         target = match.group(1)
         if os.path.realpath(target) != me and os.path.isfile(target):
             return target
@@ -141,14 +145,18 @@ def _version_key(path):
 def run_nvcc(toolkit, *args, timeout=60) -> Optional[str]:
     """stdout of ``toolkit/bin/nvcc args`` or None when it fails."""
     try:
-        result = subprocess.run([os.path.join(toolkit, "bin", "nvcc"), *args],
-                                capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            [os.path.join(toolkit, "bin", "nvcc"), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout if result.returncode == 0 else None
 
 
-def nvcc_version(toolkit) -> Optional[Tuple[int, int]]:
+def nvcc_version(toolkit) -> Optional[tuple[int, int]]:
     """(major, minor) from ``nvcc --version`` ("release 13.0"), None if unknown."""
     out = run_nvcc(toolkit, "--version")
     match = re.search(r"release (\d+)\.(\d+)", out or "")
@@ -165,7 +173,10 @@ def find_toolkit(candidates, torch_cuda=None):
         if ok and want_major is not None:
             version = nvcc_version(path)
             if version is not None and version[0] != want_major:
-                ok, why = False, f"CUDA {version[0]}.{version[1]}, torch is built with CUDA {torch_cuda}"
+                ok, why = (
+                    False,
+                    f"CUDA {version[0]}.{version[1]}, torch is built with CUDA {torch_cuda}",
+                )
         if ok:
             return path, rejected
         rejected.append((path, origin, why))
@@ -214,14 +225,23 @@ def wheel_include_dirs(site_dirs):
     """Include folders of the nvidia wheels: nvidia/<lib>/include (and one level deeper)."""
     found = []
     for d in nvidia_wheel_dirs(site_dirs):
-        for inc in [os.path.join(d, "include")] + sorted(glob.glob(os.path.join(d, "*", "include"))):
+        for inc in [os.path.join(d, "include")] + sorted(
+            glob.glob(os.path.join(d, "*", "include"))
+        ):
             if os.path.isdir(inc) and inc not in found:
                 found.append(inc)
     return found
 
 
-def plan_cuda_build(environ, torch_cuda, torch_arches=(), gpu_count=0, nvcc_on_path=None,
-                    site_dirs=(), roots=STANDARD_ROOTS) -> CudaPlan:
+def plan_cuda_build(
+    environ,
+    torch_cuda,
+    torch_arches=(),
+    gpu_count=0,
+    nvcc_on_path=None,
+    site_dirs=(),
+    roots=STANDARD_ROOTS,
+) -> CudaPlan:
     """Whether and how to build the CUDA operator; see the module docstring.
 
     Args:
@@ -242,12 +262,14 @@ def plan_cuda_build(environ, torch_cuda, torch_arches=(), gpu_count=0, nvcc_on_p
         return CudaPlan(False, "this torch is a CPU-only build (torch.version.cuda is None)")
 
     toolkit, rejected = find_toolkit(
-        toolkit_candidates(environ, nvcc_on_path, site_dirs, roots), torch_cuda)
+        toolkit_candidates(environ, nvcc_on_path, site_dirs, roots), torch_cuda
+    )
     notes = [f"skipped {path} ({origin}): {why}" for path, origin, why in rejected]
     if toolkit is None:
         tried = "; ".join(f"{path} ({origin}): {why}" for path, origin, why in rejected) or "none"
-        return CudaPlan(False, f"no CUDA {torch_cuda} toolkit found (tried: {tried})",
-                        notes=tuple(notes))
+        return CudaPlan(
+            False, f"no CUDA {torch_cuda} toolkit found (tried: {tried})", notes=tuple(notes)
+        )
     notes.append(f"CUDA toolkit: {toolkit}")
 
     arch_list = None
@@ -264,19 +286,27 @@ def plan_cuda_build(environ, torch_cuda, torch_arches=(), gpu_count=0, nvcc_on_p
                 f"no GPU is visible and none of the architectures torch was built for "
                 f"({', '.join(torch_arches) or 'none'}) can be compiled by {toolkit}/bin/nvcc "
                 f"({', '.join(sorted(nvcc_arches or ())) or 'unknown'}); set TORCH_CUDA_ARCH_LIST",
-                toolkit=toolkit, notes=tuple(notes))
+                toolkit=toolkit,
+                notes=tuple(notes),
+            )
         notes.append(f"architectures: no GPU visible, torch's own that nvcc builds: {arch_list}")
 
     include_after = ()
     missing = missing_library_headers(toolkit)
     if missing:
-        include_after = tuple(d for d in wheel_include_dirs(site_dirs)
-                              if any(os.path.isfile(os.path.join(d, h)) for h in missing))
+        include_after = tuple(
+            d
+            for d in wheel_include_dirs(site_dirs)
+            if any(os.path.isfile(os.path.join(d, h)) for h in missing)
+        )
         if include_after:
-            notes.append(f"headers the toolkit lacks ({', '.join(missing)}) from the nvidia "
-                         f"wheels: {', '.join(include_after)}")
-    return CudaPlan(True, toolkit=toolkit, arch_list=arch_list, include_after=include_after,
-                    notes=tuple(notes))
+            notes.append(
+                f"headers the toolkit lacks ({', '.join(missing)}) from the nvidia "
+                f"wheels: {', '.join(include_after)}"
+            )
+    return CudaPlan(
+        True, toolkit=toolkit, arch_list=arch_list, include_after=include_after, notes=tuple(notes)
+    )
 
 
 def which_nvcc(environ):

@@ -7,6 +7,7 @@ first, then lower position), so all three give identical selections. It is
 the fallback when the extension is not built, and the oracle the op is tested
 against.
 """
+
 import numpy as np
 
 TOPK, THRESHOLD, SAMPLE = 0, 1, 2
@@ -46,8 +47,16 @@ def _h(text):
 
 # fdlibm e_log.c constants, written as in csrc/se_select.h
 _LN2_HI, _LN2_LO = _h("0x1.62e42feep-1"), _h("0x1.a39ef35793c76p-33")
-_LG1, _LG2, _LG3 = _h("0x1.5555555555593p-1"), _h("0x1.999999997fa04p-2"), _h("0x1.2492494229359p-2")
-_LG4, _LG5, _LG6 = _h("0x1.c71c51d8e78afp-3"), _h("0x1.7466496cb03dep-3"), _h("0x1.39a09d078c69fp-3")
+_LG1, _LG2, _LG3 = (
+    _h("0x1.5555555555593p-1"),
+    _h("0x1.999999997fa04p-2"),
+    _h("0x1.2492494229359p-2"),
+)
+_LG4, _LG5, _LG6 = (
+    _h("0x1.c71c51d8e78afp-3"),
+    _h("0x1.7466496cb03dep-3"),
+    _h("0x1.39a09d078c69fp-3"),
+)
 _LG7 = _h("0x1.2f112df3e5244p-3")
 
 
@@ -62,7 +71,7 @@ def se_log(x):
     with np.errstate(all="ignore"):
         bits = x.view(np.int64)
         sub = (x > 0) & (bits < 0x0010000000000000)  # subnormal: scale by 2^54
-        xs = np.where(sub, x * np.float64(2.0 ** 54), x)
+        xs = np.where(sub, x * np.float64(2.0**54), x)
         k = np.where(sub, -54, 0).astype(np.int64)
         bits = xs.view(np.int64)
         hx = bits >> 32
@@ -91,8 +100,9 @@ def _gumbel_keys(scores, seed, temperature):
     return scores.astype(np.float64) / np.float64(temperature) - se_log(-se_log(u))
 
 
-def select_reference(scores, eligible, seeds, num_select=None, ratio=0.15,
-                     mode=TOPK, threshold=0.0, temperature=1.0):
+def select_reference(
+    scores, eligible, seeds, num_select=None, ratio=0.15, mode=TOPK, threshold=0.0, temperature=1.0
+):
     scores = np.asarray(scores, dtype=np.float32)
     eligible = np.asarray(eligible, dtype=bool)
     seeds = np.asarray(seeds, dtype=np.int64)

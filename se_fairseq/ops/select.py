@@ -9,6 +9,7 @@ copies and the mask goes back to the device, with a one-time warning.
 Importing the extension also registers the operator's fake (meta) kernel, so
 that ``torch.compile``, ``torch.library.opcheck`` and meta tensors can trace it.
 """
+
 import functools
 import warnings
 
@@ -16,7 +17,11 @@ import torch
 
 from . import reference
 
-SELECT_MODES = {"topk": reference.TOPK, "threshold": reference.THRESHOLD, "sample": reference.SAMPLE}
+SELECT_MODES = {
+    "topk": reference.TOPK,
+    "threshold": reference.THRESHOLD,
+    "sample": reference.SAMPLE,
+}
 OP_NAME = "se_fairseq::select"
 
 _loaded = None
@@ -56,12 +61,17 @@ def _fake_select(scores, eligible, seeds, num_select, ratio, mode, threshold, te
     """The fake (meta) kernel: the C++ argument checks that need no data, then the shape."""
     check_same_device(scores, eligible, seeds, num_select)
     torch._check(scores.dim() == 2, lambda: "se_fairseq::select: scores must be 2-D")
-    torch._check(scores.dtype == torch.float32, lambda: "se_fairseq::select: scores must be float32")
-    torch._check(eligible.dtype == torch.bool and eligible.shape == scores.shape,
-                 lambda: "se_fairseq::select: eligible must be a bool tensor shaped like scores")
-    torch._check(seeds.dtype == torch.int64 and seeds.dim() == 1
-                 and seeds.shape[0] == scores.shape[0],
-                 lambda: "se_fairseq::select: seeds must be int64 with one per row")
+    torch._check(
+        scores.dtype == torch.float32, lambda: "se_fairseq::select: scores must be float32"
+    )
+    torch._check(
+        eligible.dtype == torch.bool and eligible.shape == scores.shape,
+        lambda: "se_fairseq::select: eligible must be a bool tensor shaped like scores",
+    )
+    torch._check(
+        seeds.dtype == torch.int64 and seeds.dim() == 1 and seeds.shape[0] == scores.shape[0],
+        lambda: "se_fairseq::select: seeds must be int64 with one per row",
+    )
     return torch.empty_like(scores, dtype=torch.bool)
 
 
@@ -70,11 +80,13 @@ def has_kernel_for(device):
     return _has_kernel_for_type(device.type)
 
 
-@functools.lru_cache(maxsize=None)  # asked once per batch; the kernels are fixed once loaded
+@functools.cache  # asked once per batch; the kernels are fixed once loaded
 def _has_kernel_for_type(device_type):
     if device_type in ("cpu", "meta"):
         return True
-    key = {"cuda": "CUDA", "xpu": "XPU", "mps": "MPS", "hip": "HIP"}.get(device_type, device_type.upper())
+    key = {"cuda": "CUDA", "xpu": "XPU", "mps": "MPS", "hip": "HIP"}.get(
+        device_type, device_type.upper()
+    )
     try:
         return torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, key)
     except RuntimeError:  # a dispatch key this torch does not know
@@ -88,7 +100,8 @@ def check_same_device(scores, *tensors):
         if t is not None and t.device != scores.device:
             raise RuntimeError(
                 f"se_fairseq::select: all tensor arguments must be on one device, but scores is "
-                f"on {scores.device} and {name} on {t.device}")
+                f"on {scores.device} and {name} on {t.device}"
+            )
 
 
 def _warn_cpu_fallback(device):
@@ -106,8 +119,18 @@ def _warn_cpu_fallback(device):
     )
 
 
-def select(scores, eligible, seeds, *, ratio=0.15, mode="topk", num_select=None,
-           threshold=0.0, temperature=1.0, use_extension=True):
+def select(
+    scores,
+    eligible,
+    seeds,
+    *,
+    ratio=0.15,
+    mode="topk",
+    num_select=None,
+    threshold=0.0,
+    temperature=1.0,
+    use_extension=True,
+):
     """Choose the positions to mask in every row of a padded batch.
 
     Args:
@@ -127,16 +150,29 @@ def select(scores, eligible, seeds, *, ratio=0.15, mode="topk", num_select=None,
     mode_id = SELECT_MODES[mode] if isinstance(mode, str) else int(mode)
     check_same_device(scores, eligible, seeds, num_select)
     if use_extension and extension_available():
-        args = (scores.detach().float(), eligible.bool(), seeds.long(), num_select,
-                float(ratio), mode_id, float(threshold), float(temperature))
+        args = (
+            scores.detach().float(),
+            eligible.bool(),
+            seeds.long(),
+            num_select,
+            float(ratio),
+            mode_id,
+            float(threshold),
+            float(temperature),
+        )
         if has_kernel_for(scores.device):
             return torch.ops.se_fairseq.select(*args)
         _warn_cpu_fallback(scores.device)
         cpu = [a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
         return torch.ops.se_fairseq.select(*cpu).to(scores.device)
     out = reference.select_reference(
-        scores.detach().float().cpu().numpy(), eligible.cpu().numpy(), seeds.cpu().numpy(),
+        scores.detach().float().cpu().numpy(),
+        eligible.cpu().numpy(),
+        seeds.cpu().numpy(),
         None if num_select is None else num_select.cpu().numpy(),
-        ratio=ratio, mode=mode_id, threshold=threshold, temperature=temperature,
+        ratio=ratio,
+        mode=mode_id,
+        threshold=threshold,
+        temperature=temperature,
     )
     return torch.from_numpy(out).to(scores.device)

@@ -1,4 +1,5 @@
 """Task ``se_mlm``: masked-LM training that masks what the model knows least."""
+
 import logging
 import math
 import os
@@ -9,7 +10,6 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import II
 from fairseq import metrics, utils
 from fairseq.data import (
     MaskTokensDataset,
@@ -19,11 +19,12 @@ from fairseq.data import (
     TokenBlockDataset,
     data_utils,
 )
-from fairseq.data.shorten_dataset import maybe_shorten_dataset
 from fairseq.data.encoders.utils import get_whole_word_mask
+from fairseq.data.shorten_dataset import maybe_shorten_dataset
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
+from omegaconf import II
 
 from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion
 from se_fairseq.data import score_file
@@ -42,7 +43,9 @@ from se_fairseq.scoring import score_features
 logger = logging.getLogger(__name__)
 
 SE_SELECT_CHOICES = ChoiceEnum(["topk", "threshold", "sample", "random"])
-SE_METRIC_CHOICES = ChoiceEnum(["correctness", "confidence", "rarity"])  # rarity: se-score --metric rarity
+SE_METRIC_CHOICES = ChoiceEnum(
+    ["correctness", "confidence", "rarity"]
+)  # rarity: se-score --metric rarity
 SE_THRESHOLD_FALLBACK_CHOICES = ChoiceEnum(["random", "none"])
 
 # The reference code masks the tokens whose loss (correctness) exceeds 0.1, i.e. whose
@@ -66,11 +69,13 @@ def _one_line_refusals(previous):
     that nothing caught ends the program with its message on one line, as argparse
     errors do, instead of a traceback through fairseq-train's set-up; every other
     exception goes to the previous hook."""
+
     def hook(kind, err, tb):
         if isinstance(err, (SelfEvolutionConfigError, score_file.ScoreFileError)):
             print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {err}", file=sys.stderr)
             return
         previous(kind, err, tb)
+
     hook.se_fairseq_one_line = True
     return hook
 
@@ -205,7 +210,8 @@ class SelfEvolutionMLMTask(MaskedLMTask):
                 f"{int(sizes.max())} tokens: --sample-break-mode {self.cfg.sample_break_mode} "
                 "keeps long sentences whole); fairseq-train would stop at the first validation. "
                 "Add --skip-invalid-size-inputs-valid-test (skips them, as training skips its "
-                "own), or use --sample-break-mode none")
+                "own), or use --sample-break-mode none"
+            )
 
     def _load_split(self, split, epoch, combine):
         if self.cfg.se_select == "random":
@@ -274,9 +280,14 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         score_items = ScoreDataset(scores, tokens.sizes)
         # the same (seeded) crop of tokens and of their scores
         tokens, score_items = (
-            maybe_shorten_dataset(dataset, split, self.cfg.shorten_data_split_list,
-                                  self.cfg.shorten_method, self.cfg.tokens_per_sample,
-                                  self.cfg.seed)
+            maybe_shorten_dataset(
+                dataset,
+                split,
+                self.cfg.shorten_data_split_list,
+                self.cfg.shorten_method,
+                self.cfg.tokens_per_sample,
+                self.cfg.seed,
+            )
             for dataset in (tokens, score_items)
         )
         blocks = self._blocks(tokens, score_items)
@@ -287,8 +298,9 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         masker = self.build_masker()
         if masker.mode == "threshold":
             self._report_threshold(scores, masker)
-        dataset = SelfEvolutionMaskDataset(blocks[0], blocks[1], masker,
-                                           self.dictionary.pad(), self.cfg.seed)
+        dataset = SelfEvolutionMaskDataset(
+            blocks[0], blocks[1], masker, self.dictionary.pad(), self.cfg.seed
+        )
         return self._shuffled(dataset)
 
     def _check_blocking(self, scores):
@@ -301,7 +313,8 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             raise score_file.ScoreFileError(
                 f"score file {scores.meta_path} was computed on blocks of {theirs}, but this run "
                 f"cuts {ours}: train with the score file's blocking, or rescore with "
-                f"se-score ... {ours}")
+                f"se-score ... {ours}"
+            )
 
     @staticmethod
     def _report_unscored(scores):
@@ -313,31 +326,41 @@ class SelfEvolutionMLMTask(MaskedLMTask):
                 f"{scores.meta_path}: {count} tokens in {len(scores.unscored_ranges)} blocks have "
                 "no score (se-score skipped them as longer than the model, as fairseq-train skips "
                 "them under the same blocking); wherever they reach a batch (e.g. through "
-                "--shorten-method) they are not eligible for masking")
+                "--shorten-method) they are not eligible for masking"
+            )
         else:
             logger.warning(
                 f"{scores.meta_path}: {count} tokens were not scored (blocks longer than the "
                 "model) but this file, from an older se-score, does not record which: they hold "
                 "score 0 and rank lowest wherever a batch holds them; rescore with se-score to "
-                "record them")
+                "record them"
+            )
 
     def _report_threshold(self, scores, masker, chunk=1 << 24):
         """The threshold in use and the share of the scored tokens above it."""
         above = total = 0
         for start in range(0, len(scores.scores), chunk):
-            piece = np.asarray(scores.scores[start:start + chunk], dtype=np.float32)
+            piece = np.asarray(scores.scores[start : start + chunk], dtype=np.float32)
             above += int((piece > masker.threshold).sum())
             total += len(piece)
         total -= scores.num_unscored if scores.records_unscored else 0
         share = 100.0 * above / max(total, 1)
-        source = "--se-threshold" if self.cfg.se_threshold is not None else \
-            f"the default for {self.cfg.se_metric}"
-        rows = ("get masked_lm masking" if masker.threshold_fallback
-                else "stay unmasked (--se-threshold-fallback none)")
-        message = (f"--se-select threshold: threshold {masker.threshold:.4g} ({source}); "
-                   f"{share:.1f} % of the {total} scored tokens of {scores.array_path} "
-                   f"(special tokens included) score above it and are masked; blocks with "
-                   f"none above it {rows}")
+        source = (
+            "--se-threshold"
+            if self.cfg.se_threshold is not None
+            else f"the default for {self.cfg.se_metric}"
+        )
+        rows = (
+            "get masked_lm masking"
+            if masker.threshold_fallback
+            else "stay unmasked (--se-threshold-fallback none)"
+        )
+        message = (
+            f"--se-select threshold: threshold {masker.threshold:.4g} ({source}); "
+            f"{share:.1f} % of the {total} scored tokens of {scores.array_path} "
+            f"(special tokens included) score above it and are masked; blocks with "
+            f"none above it {rows}"
+        )
         if above == 0 and not masker.threshold_fallback:
             logger.warning(message + ": no token is ever masked, every step trains on nothing")
         else:
@@ -347,22 +370,30 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         blocks = self._load_dataset_split(split, epoch, combine)  # brings --shorten-method
         threshold = ""
         if self.cfg.se_select == "threshold":
-            threshold = f" (threshold {self.build_masker().threshold:.4g}; masked_pct logs the share)"
-        logger.info(f"{split}: --se-online, --se-select {self.cfg.se_select}{threshold}, "
-                    f"--se-metric {self.cfg.se_metric}")
+            threshold = (
+                f" (threshold {self.build_masker().threshold:.4g}; masked_pct logs the share)"
+            )
+        logger.info(
+            f"{split}: --se-online, --se-select {self.cfg.se_select}{threshold}, "
+            f"--se-metric {self.cfg.se_metric}"
+        )
         dataset = SelfEvolutionMaskDataset(blocks, None, None, self.dictionary.pad(), self.cfg.seed)
         return self._shuffled(dataset)
 
     def _load_tokens(self, split, split_path, combine):
-        tokens = data_utils.load_indexed_dataset(split_path, self.source_dictionary, combine=combine)
+        tokens = data_utils.load_indexed_dataset(
+            split_path, self.source_dictionary, combine=combine
+        )
         if tokens is None:
             raise FileNotFoundError(f"Dataset not found: {split} ({split_path})")
         return tokens
 
     def _blocks(self, tokens, scores):
         """Token blocks and score blocks cut the same way, each behind <s>."""
-        sources = [(tokens, self.dictionary.pad(), self.dictionary.eos(), self.dictionary.bos()),
-                   (scores, 0, 0, 0)]
+        sources = [
+            (tokens, self.dictionary.pad(), self.dictionary.eos(), self.dictionary.bos()),
+            (scores, 0, 0, 0),
+        ]
         return [
             PrependTokenDataset(
                 TokenBlockDataset(
@@ -450,8 +481,9 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         want_ref = criterion.alpha > 0 and criterion.reference == "model"
         with reference_forward(model) as inner:
             features, _ = inner(tokens, features_only=True)
-            scores, logits = score_features(inner, features, tokens, pad,
-                                            str(self.cfg.se_metric), keep_logits=want_ref)
+            scores, logits = score_features(
+                inner, features, tokens, pad, str(self.cfg.se_metric), keep_logits=want_ref
+            )
             source, target = self._online_masker.mask(tokens, scores, sample[ONLINE_SEEDS])
             selected = target.ne(pad)
             ref_probs = None
@@ -471,37 +503,58 @@ class SelfEvolutionMLMTask(MaskedLMTask):
 
 def _check_config(cfg):
     if cfg.se_online and cfg.se_select == "random":
-        raise SelfEvolutionConfigError("--se-online selects by score: use --se-select topk, sample or threshold")
+        raise SelfEvolutionConfigError(
+            "--se-online selects by score: use --se-select topk, sample or threshold"
+        )
     if cfg.se_online and str(cfg.se_metric) not in ONLINE_METRICS:
-        raise SelfEvolutionConfigError(f"--se-online scores with the live model: --se-metric must be one of "
-                         f"{', '.join(ONLINE_METRICS)}, not {cfg.se_metric} (a score file's metric)")
+        raise SelfEvolutionConfigError(
+            f"--se-online scores with the live model: --se-metric must be one of "
+            f"{', '.join(ONLINE_METRICS)}, not {cfg.se_metric} (a score file's metric)"
+        )
     if not 0.0 < cfg.mask_prob < 1.0:
         raise SelfEvolutionConfigError(f"--mask-prob must lie in (0, 1), got {cfg.mask_prob}")
     for name in ("leave_unmasked_prob", "random_token_prob"):
         value = getattr(cfg, name)
         if value is not None and not 0.0 <= value <= 1.0:
-            raise SelfEvolutionConfigError(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
+            raise SelfEvolutionConfigError(
+                f"--{name.replace('_', '-')} must lie in [0, 1], got {value}"
+            )
     if sum(resolved_replacement(cfg)) > 1.0:
-        raise SelfEvolutionConfigError("--leave-unmasked-prob plus --random-token-prob must not exceed 1 "
-                         "(unset, each is 0.1 with --se-select random, else 0)")
+        raise SelfEvolutionConfigError(
+            "--leave-unmasked-prob plus --random-token-prob must not exceed 1 "
+            "(unset, each is 0.1 with --se-select random, else 0)"
+        )
     if cfg.se_temperature <= 0:
-        raise SelfEvolutionConfigError(f"--se-temperature must be positive, got {cfg.se_temperature}")
+        raise SelfEvolutionConfigError(
+            f"--se-temperature must be positive, got {cfg.se_temperature}"
+        )
     if cfg.se_select != "random" and (cfg.mask_multiple_length != 1 or cfg.mask_stdev != 0):
         raise SelfEvolutionConfigError(
             "--mask-multiple-length/--mask-stdev are fairseq random-masking options; they "
             "apply only with --se-select random"
         )
     if cfg.se_threshold is not None and cfg.se_select != "threshold":
-        raise SelfEvolutionConfigError(f"--se-threshold applies to --se-select threshold, not {cfg.se_select}")
-    if (cfg.se_select == "threshold" and cfg.se_threshold is None
-            and str(cfg.se_metric) not in DEFAULT_THRESHOLDS):
-        raise SelfEvolutionConfigError(f"--se-select threshold with --se-metric {cfg.se_metric} needs "
-                         "--se-threshold (there is no default for that metric)")
+        raise SelfEvolutionConfigError(
+            f"--se-threshold applies to --se-select threshold, not {cfg.se_select}"
+        )
+    if (
+        cfg.se_select == "threshold"
+        and cfg.se_threshold is None
+        and str(cfg.se_metric) not in DEFAULT_THRESHOLDS
+    ):
+        raise SelfEvolutionConfigError(
+            f"--se-select threshold with --se-metric {cfg.se_metric} needs "
+            "--se-threshold (there is no default for that metric)"
+        )
     if not 0.0 <= cfg.se_random_share <= 1.0:
-        raise SelfEvolutionConfigError(f"--se-random-share must lie in [0, 1], got {cfg.se_random_share}")
+        raise SelfEvolutionConfigError(
+            f"--se-random-share must lie in [0, 1], got {cfg.se_random_share}"
+        )
     if cfg.se_random_share > 0 and cfg.se_select not in ("topk", "sample"):
-        raise SelfEvolutionConfigError("--se-random-share splits the budget of --se-select topk or sample, "
-                         f"not {cfg.se_select}")
+        raise SelfEvolutionConfigError(
+            "--se-random-share splits the budget of --se-select topk or sample, "
+            f"not {cfg.se_select}"
+        )
     if getattr(cfg, "d2v2_multi", False):
         raise SelfEvolutionConfigError("--d2v2-multi (data2vec batches) is not supported by se_mlm")
 
@@ -510,7 +563,10 @@ def resolved_replacement(cfg):
     """(leave_unmasked_prob, random_token_prob): as given, else masked_lm's 0.1 each with
     --se-select random and 0 in the SE modes (every selected token becomes <mask>, as in
     the paper's reference code)."""
-    defaults = ((MASKED_LM_LEAVE_UNMASKED_PROB, MASKED_LM_RANDOM_TOKEN_PROB)
-                if cfg.se_select == "random" else (0.0, 0.0))
+    defaults = (
+        (MASKED_LM_LEAVE_UNMASKED_PROB, MASKED_LM_RANDOM_TOKEN_PROB)
+        if cfg.se_select == "random"
+        else (0.0, 0.0)
+    )
     given = (cfg.leave_unmasked_prob, cfg.random_token_prob)
     return tuple(d if g is None else float(g) for g, d in zip(given, defaults))
