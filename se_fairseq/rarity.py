@@ -102,7 +102,8 @@ class Unigram:
         return out
 
     def cross_entropy(self, tokens, base=2.0):
-        """Mean -log p of ``tokens`` (non-special ids) under this distribution, in bits by default."""
+        """Mean -log p of ``tokens`` (non-special ids) under this distribution, in bits by
+        default."""
         tokens = np.asarray(tokens, dtype=np.int64)
         if len(tokens) == 0:
             return float("nan")

@@ -99,8 +99,8 @@ def format_summary(metric, summary):
         return "no tokens scored"
     quantiles = sorted(summary["quantiles"].items(), key=lambda kv: float(kv[0].rstrip("%")))
     lines = [
-        f"{metric}: {summary['tokens']} tokens, mean {summary['mean']:.3f}, std {summary['std']:.3f}, "
-        f"min {summary['min']:.3f}, max {summary['max']:.3f}",
+        f"{metric}: {summary['tokens']} tokens, mean {summary['mean']:.3f}, "
+        f"std {summary['std']:.3f}, min {summary['min']:.3f}, max {summary['max']:.3f}",
         "quantiles: " + "  ".join(f"{k} {v:.3f}" for k, v in quantiles),
     ]
     edges, counts = summary["histogram"]["edges"], summary["histogram"]["counts"]

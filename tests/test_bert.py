@@ -44,11 +44,15 @@ TINY = dict(
     type_vocab_size=2,
 )
 TINY_BERT = ["--arch", "hf_bert", *TINY_ROBERTA[2:]]  # TINY_ROBERTA's sizes, 64 positions
-TEXT_WORDS = "the a cat cats dog dogs sat ran on mat big small hello Hello world running walked The house trees".split()
+TEXT_WORDS = (
+    "the a cat cats dog dogs sat ran on mat big small hello Hello world running walked The house "
+    "trees"
+).split()
 
 
 def documented_order():
-    """README/bert.py's rule, restated: [CLS] [PAD] [SEP] [UNK], the other rows ascending, [MASK]."""
+    """bert.py's documented rule, restated: [CLS] [PAD] [SEP] [UNK], the other rows ascending,
+    [MASK]."""
     specials = [CLS, PAD, SEP, UNK]
     return specials + [i for i in range(ROWS) if i not in {PAD, UNK, CLS, SEP, MASK}] + [MASK]
 
@@ -115,7 +119,8 @@ def preprocess(*argv):
 
 @pytest.fixture(scope="module")
 def bert_data(fs_dir):
-    """Raw text -> se-convert tokenize -> fairseq-preprocess --srcdict dict.txt (the README path)."""
+    """Raw text -> se-convert tokenize -> fairseq-preprocess --srcdict dict.txt (the documented
+    path)."""
     root = fs_dir.parent
     write_text(root / "raw")
     assert (

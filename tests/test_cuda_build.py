@@ -41,7 +41,8 @@ def write_script(path, body):
 
 
 def make_toolkit(root, version="13.0", arches=ALL_ARCHES, headers=("cuda_runtime_api.h",)):
-    """A fake toolkit: include/ with `headers`, a bin/nvcc answering --version and --list-gpu-arch."""
+    """A fake toolkit: include/ with `headers`, a bin/nvcc answering --version and
+    --list-gpu-arch."""
     os.makedirs(os.path.join(root, "include"), exist_ok=True)
     for h in headers:
         open(os.path.join(root, "include", h), "w").close()

@@ -563,7 +563,7 @@ def test_finetune_classification_pair_and_regression_through_sentence_prediction
         assert "task: SentencePredictionTask" in log or "sentence_prediction" in log
         assert done["updates_of_eval_checkpoint"] > 0
         task = read_task(os.path.join(str(tmp_path), name))
-        rows = [l.rstrip("\n").split("\t") for l in open(run_dir / "dev_predictions.tsv")][1:]
+        rows = [line.rstrip("\n").split("\t") for line in open(run_dir / "dev_predictions.tsv")][1:]
         preds = [r[0] for r in rows]
         assert [r[1] for r in rows] == task.dev.labels  # targets as read from the TSV
         data_dir = json.load(open(run_dir / "spec.json"))["data_dir"]
@@ -651,14 +651,14 @@ def test_killed_run_resumes_and_finished_runs_are_not_redone(vanilla_checkpoint,
     assert doc["results"]["tiny"]["CoLA"]["n"] == 1
     # the resumed run trained to the same end as an uninterrupted one: 4 epochs of 12 batches
     assert done["eval_checkpoint"] == "checkpoint_best.pt"
-    final = [l for l in log.splitlines() if "done training" in l]
+    final = [line for line in log.splitlines() if "done training" in line]
     assert len(final) == 1
-    assert "num_updates 48" in [l for l in log.splitlines() if "valid on" in l][-1]
+    assert "num_updates 48" in [line for line in log.splitlines() if "valid on" in line][-1]
     mtime = os.path.getmtime(os.path.join(run.run_dir, "done.json"))
     logs = []
     finetune({"tiny": vanilla_checkpoint}, [task], out, **dict(kwargs, log=logs.append))
     assert os.path.getmtime(os.path.join(run.run_dir, "done.json")) == mtime
-    assert any("1 already done, 0 to run" in l for l in logs)
+    assert any("1 already done, 0 to run" in line for line in logs)
 
 
 def test_schedule_and_checkpoint_options_reach_the_plan(monkeypatch, tmp_path):

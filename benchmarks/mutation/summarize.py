@@ -109,7 +109,7 @@ def main():
         f"{(100 * (totals['killed'] + totals['timeout']) / scored if scored else 0):>7.1f}%"
     )
     print("\nsurvivors:")
-    for module, names in survivors.items():
+    for _module, names in survivors.items():
         for name in names:
             print(f"  {name}")
     if args.json:

@@ -345,14 +345,16 @@ def main():
         per_token[f"{name}.hard"] = flat["hard"][0] / math.log(2)
         r = results[name]
         print(
-            f"[eval] {name:<10} random-mask loss {r['random']['loss']:.3f} acc {r['random']['accuracy']:.2f}%"
+            f"[eval] {name:<10} random-mask loss {r['random']['loss']:.3f} "
+            f"acc {r['random']['accuracy']:.2f}%"
             f" | hard-15% loss {r['hard']['loss']:.3f} acc {r['hard']['accuracy']:.2f}% | bands "
             + " ".join(f"{r['bands'][b]['loss']:.2f}" for b in BANDS),
             flush=True,
         )
     u = results["unigram"]
     print(
-        f"[eval] {'unigram':<10} random-mask loss {u['random']['loss']:.3f} acc {u['random']['accuracy']:.2f}%"
+        f"[eval] {'unigram':<10} random-mask loss {u['random']['loss']:.3f} "
+        f"acc {u['random']['accuracy']:.2f}%"
         f" | hard-15% loss {u['hard']['loss']:.3f} | bands "
         + " ".join(f"{u['bands'][b]['loss']:.2f}" for b in BANDS),
         flush=True,

@@ -69,8 +69,8 @@ def is_prose(line):
 
 def paragraphs(text):
     for block in re.split(r"\n\s*\n", text):
-        lines = [l for l in block.splitlines() if is_prose(l)]
-        para = " ".join(l.strip() for l in lines)
+        lines = [line for line in block.splitlines() if is_prose(line)]
+        para = " ".join(line.strip() for line in lines)
         para = re.sub(r"\s+", " ", para).strip()
         words = WORD.findall(para)
         if len(words) >= 8 and len(words) >= 0.6 * len(para.split()):

@@ -443,7 +443,7 @@ def plot_downstream(ax, down):
 
 
 def plot(data, tokens, names, png, down=None):
-    results, shares, meta = data["results"], data["mask_shares"], data["meta"]
+    results, shares = data["results"], data["mask_shares"]
     runs = [n for n in names if n not in ("vanilla", "random")]
     panels = 4 if down else 3
     fig, axes = plt.subplots(

@@ -40,7 +40,7 @@ def main():
             open(os.path.join(args.text_dir, f"{split}.txt")) as src,
             open(os.path.join(args.out_dir, f"{split}.spm"), "w") as out,
         ):
-            lines = [l.rstrip("\n") for l in src if l.strip()]
+            lines = [line.rstrip("\n") for line in src if line.strip()]
             for pieces in sp.encode(lines, out_type=str):
                 out.write(" ".join(pieces) + "\n")
     print(f"[spm] unigram vocabulary of {args.vocab_size} pieces: {prefix}.model")

@@ -1,8 +1,9 @@
 """``se-finetune``: fine-tune checkpoints on GLUE-layout task folders, N seeds each, through
 fairseq's ``sentence_prediction``; dev metrics, mean ± sd and paired differences.
 
-    se-finetune --checkpoint random=random/checkpoint_last.pt --checkpoint se=se/checkpoint_last.pt \
-        --task glue/RTE --task glue/MRPC --seeds 1,2,3 --baseline random --out finetune-out \
+    se-finetune --checkpoint random=random/checkpoint_last.pt \\
+        --checkpoint se=se/checkpoint_last.pt --task glue/RTE --task glue/MRPC \\
+        --seeds 1,2,3 --baseline random --out finetune-out \\
         --bpe gpt2 --gpt2-encoder-json encoder.json --gpt2-vocab-bpe vocab.bpe
 
 Rerunning the same command continues: finished runs are kept, a killed run resumes from

@@ -101,8 +101,8 @@ def binarize_task(task, tokenizer, dict_path, out_dir, log=print):
                 raise FinetuneError(
                     f"dictionary mismatch: {100 * unknown / text_tokens:.0f} % of the tokens of "
                     f"{getattr(task, attr).path} (text {i + 1}) are not in {dict_path} after "
-                    f"{tokenizer.spec.kind} encoding; the text must be encoded with the tokenizer the "
-                    "checkpoint was pretrained with"
+                    f"{tokenizer.spec.kind} encoding; the text must be encoded with the "
+                    "tokenizer the checkpoint was pretrained with"
                 )
     label_folder = os.path.join(tmp, "label")
     os.makedirs(label_folder)
@@ -140,7 +140,8 @@ def binarize_task(task, tokenizer, dict_path, out_dir, log=print):
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     log(
-        f"[finetune] binarized {task.name}: {len(task.train)} train / {len(task.dev)} dev examples, "
+        f"[finetune] binarized {task.name}: {len(task.train)} train / {len(task.dev)} dev "
+        "examples, "
         f"{task.num_inputs} text column(s), {task.kind}"
         + (f", {len(labels)} labels" if labels else "")
         + f" -> {out_dir}"

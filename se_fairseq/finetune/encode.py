@@ -39,8 +39,9 @@ def _local_file(option, path):
         raise FinetuneError(f"missing BPE file: give {option} PATH (nothing is downloaded)")
     if "://" in str(path):
         raise FinetuneError(
-            f"missing BPE file: {option} is the URL {path} (the checkpoint's cfg.bpe; fairseq-train "
-            "records GPT-2 BPE with these URLs by default, also for data tokenized otherwise): give "
+            f"missing BPE file: {option} is the URL {path} (the checkpoint's cfg.bpe; "
+            "fairseq-train records GPT-2 BPE with these URLs by default, also for data tokenized "
+            "otherwise): give "
             f"{option} PATH of a local copy, or --bpe sentencepiece/none if the model was trained "
             "with another tokenization (nothing is downloaded here)"
         )
