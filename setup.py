@@ -1,15 +1,14 @@
-"""Build se-fairseq and its selection operator.
+"""Build se-fairseq's selection operator (the package metadata is in pyproject.toml).
 
 torch must already be installed: build with ``pip install --no-build-isolation``
 so that pip does not resolve (and download) a torch of its own.
 """
 
-import importlib.util
 import os
 import sys
 import sysconfig
 
-from setuptools import find_packages, setup
+from setuptools import setup
 from setuptools.command.build_py import build_py
 from setuptools.command.develop import develop
 
@@ -27,6 +26,9 @@ except ImportError as err:
     ) from err
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # the build plan beside this file (PEP 517 builds exec setup.py)
+import cuda_build_plan  # noqa: E402  (stdlib only: decided before cpp_extension is imported)
+
 # Loaded by site.py at interpreter start: installs an import hook that registers
 # the se_mlm task and token_ls criterion when (and only when) fairseq is imported.
 AUTOLOAD_PTH = "se_fairseq-autoload.pth"
@@ -41,24 +43,15 @@ AUTOLOAD_LINE = (
 )
 
 
-def load_build_config():
-    """se_fairseq/ops/_build_config.py, by path: the package itself needs torch and numpy."""
-    path = os.path.join(HERE, "se_fairseq", "ops", "_build_config.py")
-    spec = importlib.util.spec_from_file_location("se_fairseq_build_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def say(*lines):
     for line in lines:
         print(f"se-fairseq: {line}", file=sys.stderr)
 
 
 def plan_cuda():
-    """Decide the CUDA build (pure logic in _build_config), then apply it to the
+    """Decide the CUDA build (pure logic in cuda_build_plan.py), then apply it to the
     environment torch.utils.cpp_extension reads: CUDA_HOME, TORCH_CUDA_ARCH_LIST."""
-    config = load_build_config()
+    config = cuda_build_plan
     cuda = torch.version.cuda
     arches = torch.cuda.get_arch_list() if cuda else []
     gpus = torch.cuda.device_count() if cuda else 0
@@ -179,36 +172,4 @@ if editable_wheel is not None:
     cmdclass["editable_wheel"] = EditableWheelWithHook
 
 
-setup(
-    name="se-fairseq",
-    version="0.1.0",
-    description="Self-Evolution learning (SE) for masked-LM pretraining as a fairseq plugin",
-    long_description=open(os.path.join(HERE, "README.md")).read(),
-    long_description_content_type="text/markdown",
-    license="MIT",
-    python_requires=">=3.10",
-    packages=find_packages(include=["se_fairseq", "se_fairseq.*"]),
-    ext_modules=[extension()],
-    cmdclass=cmdclass,
-    install_requires=[
-        # ve-fairseq: a cp311 wheel of fairseq 0.12 that imports on Python 3.11
-        # (PyPI's fairseq 0.12.2 does not); see README "Why ve-fairseq".
-        "ve-fairseq==0.12.3",
-        "numpy",
-        "tqdm",
-    ],
-    extras_require={
-        "test": ["pytest"],
-        "hf": ["transformers>=4.40", "safetensors"],
-        "finetune": ["scikit-learn", "scipy"],
-    },
-    entry_points={
-        "console_scripts": [
-            "se-bench = se_fairseq.cli.bench:cli_main",
-            "se-score = se_fairseq.cli.score:cli_main",
-            "se-convert = se_fairseq.cli.convert:cli_main",
-            "se-finetune = se_fairseq.cli.finetune:cli_main",
-        ]
-    },
-    zip_safe=False,
-)
+setup(ext_modules=[extension()], cmdclass=cmdclass)

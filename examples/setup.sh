@@ -19,12 +19,12 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
   echo "[setup] installing torch==$TORCH_VERSION"
   pip install -q "torch==$TORCH_VERSION"
 fi
-echo "[setup] installing fairseq (ve-fairseq==0.12.3), build, test and demo tools"
-pip install -q "setuptools>=64" wheel ninja "ve-fairseq==0.12.3" pytest sentencepiece matplotlib \
-  "transformers==5.24.0" "safetensors==0.8.0"  # transformers: se-convert (optional extra [hf])
-pip install -q "scikit-learn==1.9.1" "scipy==1.17.1"  # se-finetune's dev metrics (extra [finetune])
-echo "[setup] building se-fairseq and its extension (pip install --no-build-isolation -e .)"
-pip install -q --no-build-isolation -e .
+echo "[setup] installing the build tools"
+pip install -q "setuptools>=77" wheel ninja
+# The pins of fairseq (ve-fairseq==0.12.3), transformers, scikit-learn, pytest... are the
+# package's own (pyproject.toml, extra [test] = [hf] + [finetune] + the test tools).
+echo "[setup] building se-fairseq and its extension with its test extras (pip install --no-build-isolation -e '.[test]')"
+pip install -q --no-build-isolation -e ".[test]"
 
 # ve-fairseq requires torchaudio (for fairseq's speech tasks, which import it lazily)
 # and pip picks the newest release, built for another torch: it does not load, and

@@ -1,4 +1,4 @@
-"""How setup.py decides to build the CUDA operator (se_fairseq/ops/_build_config.py),
+"""How setup.py decides to build the CUDA operator (cuda_build_plan.py),
 tried on fake toolkits, plus a compile of the CUDA kernel when nvcc is installed.
 
 The end-to-end check (compile everything against a CUDA torch and see both
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_PATH = os.path.join(ROOT, "se_fairseq", "ops", "_build_config.py")
+CONFIG_PATH = os.path.join(ROOT, "cuda_build_plan.py")
 
 
 def load_config():

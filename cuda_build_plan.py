@@ -2,8 +2,9 @@
 
 Pure functions of the environment, a few facts about torch and the file
 system, so that tests/test_cuda_build.py can try them on fake toolkits.
-Imports nothing outside the standard library: setup.py loads this file by
-path, before torch.utils.cpp_extension is imported.
+Imports nothing outside the standard library: setup.py imports it before
+torch.utils.cpp_extension, which reads CUDA_HOME when it is imported. Build-time
+only: it sits beside setup.py and is not part of the installed package.
 
 The decision (plan_cuda_build):
 
