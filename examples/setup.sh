@@ -42,7 +42,15 @@ if .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('t
     echo "[setup] removed torchaudio: no release loads with torch $TORCH_VERSION, and a broken one breaks 'import transformers'; fairseq needs it only for speech tasks"
   fi
 fi
-.venv/bin/python -c "import fairseq, se_fairseq.ops as o; assert o.extension_available(); print('[setup] ok: fairseq', fairseq.__version__, '+ se-fairseq extension')" 2>&1 | grep '^\[setup\]'
+# The environment users work in, each in a fresh interpreter as a user's script is: fairseq
+# training and the extension load (fairseq imports torchaudio only for speech tasks), and
+# transformers imports (it imports torchaudio whenever one is installed).
+if ! out=$(.venv/bin/python -c "import fairseq, fairseq_cli.train, se_fairseq.ops as o; assert o.extension_available(), 'the se-fairseq extension did not load'; print('[setup] ok: fairseq', fairseq.__version__, '+ se-fairseq extension')" 2>&1); then
+  echo "$out" | tail -5
+  echo "[setup] error: fairseq training or the se-fairseq extension does not import in .venv" >&2
+  exit 1
+fi
+echo "$out" | grep '^\[setup\]'
 if ! out=$(.venv/bin/python -c "from transformers import RobertaForMaskedLM" 2>&1); then
   echo "$out" | tail -5
   echo "[setup] error: transformers does not import in .venv" >&2

@@ -1,11 +1,18 @@
-"""Shared fixtures: a small binarized corpus made on the spot, and a tiny RoBERTa.
+"""Shared fixtures: a small binarized corpus made on the spot, and a tiny RoBERTa; and the
+check that keeps the markers true.
 
 Helpers (corpus writer, binarize, argument parsing, fairseq-train runner) live in
 se_fairseq/testing.py, shared with the benchmarks.
+
+Markers, checked on every test's call (not its fixtures): a test that starts a program
+through ``subprocess`` must be marked ``subprocess``; a test that trains (fairseq-train,
+fairseq's train entry point in process, torchrun, or the trained ``vanilla_checkpoint``
+fixture) must be marked ``slow``, so that ``-m "not slow"`` trains nothing.
 """
 
 import os
 import shutil
+import subprocess
 import sys
 
 import fairseq  # noqa: F401  (registers se_mlm / token_ls through the plugin hook)
@@ -18,12 +25,79 @@ from se_fairseq.testing import binarize, fairseq_train, write_scores, write_zipf
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
+# The programs whose run is a training run (argv[0]'s name, or `-m MODULE`).
+TRAINING_PROGRAMS = ("fairseq-train", "fairseq_cli.train", "torchrun", "se-finetune")
+TRAINING_FIXTURES = ("vanilla_checkpoint",)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(name in item.fixturenames for name in TRAINING_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+
+
+def _command_line(args):
+    if isinstance(args, (str, bytes)):
+        return os.fsdecode(args).split()
+    return [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in args]
+
+
+def _trains(argv):
+    program = os.path.basename(argv[0]) if argv else ""
+    module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
+    return any(name in (program, module) for name in TRAINING_PROGRAMS)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    spawned, trained = [], []
+    real_execute_child = subprocess.Popen._execute_child
+
+    def recording(self, args, *rest, **kwargs):
+        argv = _command_line(args)
+        spawned.append(argv)
+        if _trains(argv):
+            trained.append(argv)
+        return real_execute_child(self, args, *rest, **kwargs)
+
+    subprocess.Popen._execute_child = recording
+    import fairseq_cli.train as fairseq_train_module
+
+    real_main = fairseq_train_module.main
+
+    def recording_main(*args, **kwargs):
+        trained.append(["fairseq_cli.train.main (in process)"])
+        return real_main(*args, **kwargs)
+
+    fairseq_train_module.main = recording_main
+    try:
+        outcome = yield
+    finally:
+        subprocess.Popen._execute_child = real_execute_child
+        fairseq_train_module.main = real_main
+    problems = []
+    if spawned and item.get_closest_marker("subprocess") is None:
+        problems.append(f"starts a process without the `subprocess` marker: {spawned[0][:3]}")
+    if trained and item.get_closest_marker("slow") is None:
+        problems.append(f"trains without the `slow` marker: {trained[0][:3]}")
+    if problems and outcome.excinfo is None:
+        outcome.force_exception(pytest.fail.Exception("; ".join(problems), pytrace=False))
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """A binarized corpus: data-bin with train/valid splits and dict.txt."""
     root = tmp_path_factory.mktemp("corpus")
     write_zipf_corpus(str(root))
     return binarize(str(root), str(root / "data-bin"))
+
+
+@pytest.fixture(scope="session")
+def other_corpus(corpus, tmp_path_factory):
+    """Other text (another seed) binarized with ``corpus``'s dictionary."""
+    root = tmp_path_factory.mktemp("other-corpus")
+    write_zipf_corpus(str(root), seed=7)
+    return binarize(str(root), str(root / "data-bin"), srcdict=os.path.join(corpus, "dict.txt"))
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ import subprocess
 import pytest
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_se_bench_compares_se_mlm_with_masked_lm(scored_corpus):
     result = subprocess.run(
         [

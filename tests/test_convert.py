@@ -237,6 +237,8 @@ def test_fairseq_hf_fairseq_is_exact(fs, fs_in_hf, tmp_path):
         assert a.read() == b.read()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cli_module_entry_point(fs, tmp_path):
     """python -m se_fairseq.cli.convert, with --check comparing both models' logits."""
     out = tmp_path / "hf"

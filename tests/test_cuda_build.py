@@ -15,6 +15,8 @@ import sys
 import pytest
 import torch
 
+pytestmark = pytest.mark.subprocess  # every test runs a (fake) nvcc or a fresh interpreter
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_PATH = os.path.join(ROOT, "cuda_build_plan.py")
 
@@ -292,6 +294,7 @@ def test_setup_py_on_cpu_torch(tmp_path):
 # ------------------------------------------------------------- compile
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 def test_cuda_kernel_compiles(tmp_path):
     """The kernel file needs only the CUDA runtime; compile it for one arch."""

@@ -277,6 +277,7 @@ def fake_runs(out, n=4):
     ]
 
 
+@pytest.mark.subprocess
 def test_pool_spreads_runs_over_devices_and_skips_finished_runs(tmp_path):
     from se_fairseq.finetune.runner import run_all
 

@@ -4,9 +4,12 @@ driver's CPU path is run by hand (README "Tests and benchmarks": about 45 s)."""
 import os
 import subprocess
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.subprocess
 def test_scripts_parse_and_the_dry_run_lists_every_step(tmp_path):
     for script in ("gpu_check.sh", "gpu_prep_wheels.sh", "mutation.sh"):
         subprocess.run(["bash", "-n", os.path.join(ROOT, "benchmarks", script)], check=True)

@@ -20,6 +20,7 @@ def python(code, **env):
     return out.stdout.strip()
 
 
+@pytest.mark.subprocess
 def test_hook_is_installed_and_imports_nothing_heavy():
     code = (
         "import sys; import se_fairseq; "
@@ -29,6 +30,7 @@ def test_hook_is_installed_and_imports_nothing_heavy():
     assert python(code) == "True False"
 
 
+@pytest.mark.subprocess
 def test_hook_adds_no_module_but_its_own_to_interpreter_start():
     code = "import sys; print(' '.join(sorted(sys.modules)))"
     with_hook = set(python(code).split())
@@ -36,6 +38,8 @@ def test_hook_adds_no_module_but_its_own_to_interpreter_start():
     assert with_hook - without == {"se_fairseq", "se_fairseq._autoload"}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_importing_fairseq_registers_task_and_criterion():
     code = (
         "import fairseq; from fairseq.tasks import TASK_REGISTRY; "
@@ -46,6 +50,7 @@ def test_importing_fairseq_registers_task_and_criterion():
     assert python(code, SE_FAIRSEQ_NO_AUTOLOAD="1").endswith("False False")
 
 
+@pytest.mark.subprocess
 def test_training_parser_offers_the_options():
     code = (
         "from fairseq import options; p = options.get_training_parser(); "
@@ -105,6 +110,7 @@ def test_user_dir_pointing_at_the_package_works(scored_corpus, tmp_path):
     assert no_hook.returncode == 0, no_hook.stdout[-3000:]
 
 
+@pytest.mark.subprocess
 def test_a_failing_registration_warns_once_and_fairseq_still_imports():
     code = (
         "import warnings, se_fairseq.plugin as p\n"
@@ -121,6 +127,7 @@ def test_a_failing_registration_warns_once_and_fairseq_still_imports():
     assert python(code) == "1 True True"
 
 
+@pytest.mark.subprocess
 def test_a_failing_pth_hook_warns_instead_of_passing_silently():
     """Run the installed .pth line with the hook module made unimportable."""
     import site

@@ -59,6 +59,7 @@ def test_cross_entropy_and_accuracy(corpus):
         unigram.cross_entropy(np.array([2, 5]))
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_se_score_writes_a_rarity_file_without_a_checkpoint(corpus, tmp_path):
     data = str(tmp_path / "data-bin")

@@ -10,11 +10,9 @@ import pytest
 from se_fairseq.data import score_file
 from se_fairseq.data.score_file import ScoreFile, ScoreFileError
 from se_fairseq.testing import (
-    binarize,
     split_tokens,
     write_mmap_split,
     write_scores,
-    write_zipf_corpus,
 )
 
 
@@ -37,17 +35,13 @@ def test_round_trip_is_aligned_with_the_split(corpus, tmp_path):
     assert not any(f.endswith(".tmp") or ".tmp-" in f for f in os.listdir(data))
 
 
-def test_scores_of_another_corpus_are_refused(corpus, tmp_path):
+def test_scores_of_another_corpus_are_refused(corpus, other_corpus, tmp_path):
     data = shutil.copytree(corpus, tmp_path / "d")
     split = os.path.join(data, "train")
     write_scores(split, np.zeros(sum(map(len, split_tokens(split)))))
-    # re-binarize other text with the same dictionary into the same place
-    other = tmp_path / "other"
-    other.mkdir()
-    write_zipf_corpus(str(other), seed=7)
-    binarize(str(other), str(tmp_path / "other-bin"), srcdict=os.path.join(corpus, "dict.txt"))
+    # other text binarized with the same dictionary, put in the same place
     for ext in (".bin", ".idx"):
-        shutil.copy(str(tmp_path / "other-bin" / ("train" + ext)), split + ext)
+        shutil.copy(os.path.join(other_corpus, "train" + ext), split + ext)
     with pytest.raises(ScoreFileError) as err:
         ScoreFile(score_file.default_prefix(split), split)
     message = str(err.value)

@@ -63,6 +63,7 @@ def test_masks_do_not_depend_on_the_worker_count(scored_corpus, mode):
             assert all(share < 0.5 for share in repeats.values()), (workers, repeats)
 
 
+@pytest.mark.slow
 def test_fairseq_masked_lm_equality_with_workers(scored_corpus):
     """se_mlm random == fairseq masked_lm where masked_lm is right (no workers), and
     se_mlm keeps those masks with workers."""
