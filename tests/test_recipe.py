@@ -249,6 +249,12 @@ def checkpoint_updates(path):
     return safe_load(path)["optimizer_history"][-1]["num_updates"]
 
 
+def checkpoint_config(path):
+    from se_fairseq.checkpoint_safety import safe_load
+
+    return safe_load(path)["cfg"]
+
+
 RECIPE = os.path.join(ROOT, "examples", "roberta", "README.md")
 # fairseq's line once a checkpoint (and its copy checkpoint_last.pt) is written
 SAVED = r"Saved checkpoint \S+ \(epoch (\d+) @ (\d+) updates"
@@ -324,6 +330,15 @@ def test_readme_two_stages_run_as_written_and_a_relaunch_resumes(workspace, corp
     assert "loading pretrained model from roberta.base/model.pt" in first, first[-3000:]
     stopped_at = int(re.search(saved, first).group(2))
     assert checkpoint_updates(tmp_path / "checkpoints" / "checkpoint_last.pt") == stopped_at
+    # the reference code's schedule reached fairseq-train's config as written
+    cfg = checkpoint_config(tmp_path / "checkpoints" / "checkpoint_last.pt")
+    assert cfg["lr_scheduler"]["_name"] == "polynomial_decay"
+    assert (cfg["lr_scheduler"]["warmup_updates"], cfg["lr_scheduler"]["total_num_update"]) == (
+        6000,
+        60000,
+    )
+    assert cfg["optimizer"]["adam_betas"] == "(0.9,0.999)"
+    assert (cfg["optimizer"]["weight_decay"], cfg["optimizer"]["adam_eps"]) == (0.01, 1e-6)
 
     # the same command again, after the "preemption"
     rc, second = run_block(blocks["stage-2"], str(tmp_path), stop_at=saved_after(stopped_at))
