@@ -54,7 +54,13 @@ def build_parser():
     t = p.add_argument_group(
         "tokenization (default: the checkpoint's own cfg.bpe; nothing is downloaded)"
     )
-    t.add_argument("--bpe", choices=("gpt2", "sentencepiece", "none"), default=None)
+    t.add_argument(
+        "--bpe",
+        choices=("gpt2", "sentencepiece", "none"),
+        default=None,
+        help="how the task text is encoded before binarizing (default: the checkpoint's cfg.bpe; "
+        "none = the text is already in the dictionary's pieces)",
+    )
     t.add_argument("--gpt2-encoder-json", default=None, help="GPT-2 BPE encoder.json (local path)")
     t.add_argument("--gpt2-vocab-bpe", default=None, help="GPT-2 BPE vocab.bpe (local path)")
     t.add_argument("--sentencepiece-model", default=None, help="SentencePiece .model (local path)")
@@ -76,9 +82,16 @@ def build_parser():
     )
     r.add_argument("--max-update", type=int, default=None, help="stop after this many updates")
     r.add_argument("--max-tokens", type=int, default=4400, help="tokens per batch (default 4400)")
-    r.add_argument("--dropout", type=float, default=0.1)
-    r.add_argument("--attention-dropout", type=float, default=0.1)
-    r.add_argument("--weight-decay", type=float, default=0.1)
+    r.add_argument("--dropout", type=float, default=0.1, help="fairseq's --dropout (default 0.1)")
+    r.add_argument(
+        "--attention-dropout",
+        type=float,
+        default=0.1,
+        help="fairseq's --attention-dropout (default 0.1)",
+    )
+    r.add_argument(
+        "--weight-decay", type=float, default=0.1, help="Adam's weight decay (default 0.1)"
+    )
     r.add_argument(
         "--best-checkpoint-metric",
         default=None,
