@@ -25,7 +25,7 @@ SELECT_MODES = {
 OP_NAME = "se_fairseq::select"
 
 _loaded = None
-_warned_devices = set()
+_warned_devices: set[str] = set()
 
 
 def extension_available():
