@@ -84,7 +84,8 @@ def fairseq_roberta(directory, *extra):
 
 
 def hf_roberta(directory, seed=1, zero_token_types=True, tokenizer_vocab=None, **config):
-    """A tiny HF RobertaForMaskedLM with the fairseq TINY_ROBERTA shape, saved with save_pretrained."""
+    """A tiny HF RobertaForMaskedLM with the fairseq TINY_ROBERTA shape, saved with
+    save_pretrained."""
     settings = dict(
         vocab_size=VOCAB,
         hidden_size=32,
@@ -308,7 +309,7 @@ def test_existing_outputs_name_the_keyword_in_the_library_and_the_flag_in_the_cl
 
 
 def test_failed_check_names_the_written_files(fs, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(convert.core, "CHECK_TOLERANCE", -1.0)
+    monkeypatch.setattr(convert.check, "CHECK_TOLERANCE", -1.0)
     with pytest.raises(convert.CheckFailedError, match="logits differ") as failed:
         convert.fairseq_to_hf(fs[2], tmp_path / "lib", check=True)
     assert failed.value.result.max_logit_difference >= 0

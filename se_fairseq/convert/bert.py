@@ -35,34 +35,21 @@ import logging
 import os
 import re
 
-from .core import (
-    ENCODER_VERSION,
-    FS,
-    FS_HEAD,
-    LAYER,
+from .atomic import save_pretrained_files, write_text
+from .dependencies import quiet_transformers, require_transformers
+from .dictionaries import (
     MASK,
     PAD,
     SPECIALS,
-    ConversionError,
-    FairseqModel,
-    Family,
-    HFModel,
-    OutputExistsError,
-    common_fairseq_problems,
     dictionary_size_problems,
-    listed,
     load_dictionary,
-    num_layers,
     placeholder,
-    quiet_transformers,
-    refuse,
-    require_transformers,
-    save_pretrained_files,
-    tensor_problems,
-    training_only_warnings,
     valid_word,
-    write_text,
 )
+from .errors import ConversionError, OutputExistsError, listed, refuse
+from .family import FairseqModel, Family, HFModel
+from .layout import ENCODER_VERSION, FS, FS_HEAD, LAYER, num_layers, tensor_problems
+from .state_dicts import common_fairseq_problems, training_only_warnings
 
 logger = logging.getLogger("se_fairseq.convert")
 

@@ -35,27 +35,12 @@ import os
 import re
 from collections.abc import Mapping
 
-from .core import (
-    ENCODER_VERSION,
-    FS,
-    FS_HEAD,
-    LAYER,
-    MASK,
-    PAD,
-    SPECIALS,
-    ConversionError,
-    FairseqModel,
-    Family,
-    HFModel,
-    common_fairseq_problems,
-    dictionary_size_problems,
-    load_dictionary,
-    num_layers,
-    refuse,
-    tensor_problems,
-    training_only_warnings,
-    valid_word,
-)
+from .dependencies import require_transformers
+from .dictionaries import MASK, PAD, SPECIALS, dictionary_size_problems, load_dictionary, valid_word
+from .errors import ConversionError, refuse
+from .family import FairseqModel, Family, HFModel
+from .layout import ENCODER_VERSION, FS, FS_HEAD, LAYER, num_layers, tensor_problems
+from .state_dicts import common_fairseq_problems, training_only_warnings
 
 logger = logging.getLogger("se_fairseq.convert")
 
@@ -137,8 +122,6 @@ def fairseq_state_dict_to_hf(state_dict, options, dictionary=None):
     HF state dict). The HF state dict holds the keys ``save_pretrained`` writes (the tied
     ``lm_head.decoder.*`` are left out)."""
     import torch
-
-    from .core import require_transformers
 
     transformers = require_transformers()
     sd = upgrade_fairseq_state_dict(state_dict)
@@ -392,7 +375,8 @@ def dict_words_from_vocab(vocab, vocab_size):
 
 
 def read_hf_vocab(hf_dir):
-    """``token -> id`` of the tokenizer files in ``hf_dir`` (vocab.json or tokenizer.json), or None."""
+    """``token -> id`` of the tokenizer files in ``hf_dir`` (vocab.json or tokenizer.json),
+    or None."""
     path = os.path.join(hf_dir, "vocab.json")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
@@ -428,7 +412,8 @@ def hf_dict_text(hf_dir, vocab_size):
         d = load_dictionary(fairseq_dict)
         if len(d) + 1 != vocab_size:
             raise ConversionError(
-                f"{fairseq_dict} gives {len(d) + 1} ids (incl. <mask>) but the model has {vocab_size}"
+                f"{fairseq_dict} gives {len(d) + 1} ids (incl. <mask>) "
+                f"but the model has {vocab_size}"
             )
         with open(fairseq_dict, encoding="utf-8") as f:
             return f.read(), "fairseq_dict.txt"
