@@ -20,7 +20,8 @@ def unshared(state_dict):
     return out
 
 
-def _tmp(path):
+def tmp_path(path):
+    """The scratch name a file is written under before it is moved into place."""
     return f"{path}.tmp{os.getpid()}"
 
 
@@ -32,7 +33,7 @@ def write_text(path, text):
 
 
 def copy_file(src, dst):
-    tmp = _tmp(dst)
+    tmp = tmp_path(dst)
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
     return dst
@@ -41,7 +42,7 @@ def copy_file(src, dst):
 def save_safetensors(state_dict, path):
     from safetensors.torch import save_file
 
-    tmp = _tmp(path)
+    tmp = tmp_path(path)
     save_file(unshared(state_dict), tmp, metadata={"format": "pt"})
     os.replace(tmp, path)
     return path
@@ -66,7 +67,7 @@ def save_checkpoint(checkpoint, out):
 
     from se_fairseq.checkpoint_safety import allowed_globals
 
-    tmp = _tmp(out)
+    tmp = tmp_path(out)
     torch.save(checkpoint, tmp)
     found, aliases = allowed_globals()
     allowed = {f"{g.__module__}.{g.__qualname__}" for g in found} | {name for _, name in aliases}

@@ -93,3 +93,8 @@ def placeholder_dictionary(vocab_size):
         d.add_symbol(f"madeupword{i:04d}")
     d.add_symbol(MASK)
     return d
+
+
+def dict_text(words):
+    """dict.txt contents for ``words`` (fairseq ids 4 .. in order; counts are not used)."""
+    return "".join(f"{w} 1\n" for w in words)

@@ -14,6 +14,7 @@ from .dictionaries import checkpoint_dictionary, load_dictionary
 from .errors import ConversionError, OutputExistsError, listed, refuse
 from .fairseq_io import checkpoint_arch, checkpoint_model_cfg, fairseq_checkpoint, model_options
 from .family import family_of_arch, family_of_hf_config
+from .state_dicts import fairseq_to_hf_state
 
 logger = logging.getLogger("se_fairseq.convert")
 
@@ -77,7 +78,7 @@ def fairseq_to_hf(
     ]
     if clash and not overwrite:
         raise OutputExistsError(f"{out_dir} already holds {', '.join(clash)}")
-    hf = family.to_hf_state(state["model"], model_options(model_cfg), dictionary)
+    hf = fairseq_to_hf_state(family, state["model"], model_options(model_cfg), dictionary)
     search = [os.path.dirname(os.path.abspath(p)) for p in (dict_path, checkpoint) if p]
     write_extras = family.hf_extras(
         hf, dictionary, tokenizer_dir and os.fspath(tokenizer_dir), search, transformers

@@ -103,7 +103,7 @@ def fairseq_checkpoint(model, data_dir):
     """A fairseq checkpoint of plain containers that ``--restore-file`` and
     ``load_checkpoint_to_cpu`` accept (no optimizer state: reset by construction)."""
     return {
-        "cfg": fairseq_config(model.arch, model.args, model.options["tokens_per_sample"], data_dir),
+        "cfg": fairseq_config(model.arch, model.args, model.options["max_positions"], data_dir),
         "model": model.state_dict,
         # fairseq's _upgrade_state_dict indexes optimizer_history[-1]: one entry, no optimizer
         "optimizer_history": [
@@ -117,3 +117,18 @@ def fairseq_checkpoint(model, data_dir):
         "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "shuffle": True}},
         "last_optimizer_state": None,
     }
+
+
+# the options of an encoder's shape, in the order fairseq-train's flags are written
+ENCODER_SHAPE = (
+    "encoder_layers",
+    "encoder_embed_dim",
+    "encoder_ffn_embed_dim",
+    "encoder_attention_heads",
+    "max_positions",
+)
+
+
+def model_flags(options, names):
+    """The fairseq-train flags that set these ``options``: ``--encoder-layers 12 ...``."""
+    return [arg for name in names for arg in (f"--{name.replace('_', '-')}", str(options[name]))]
