@@ -34,6 +34,8 @@ checkpoint as ``tokenizer/`` (with a ``vocab.txt`` for ``--bpe bert``), and
 import logging
 import os
 import re
+from collections.abc import Iterable
+from typing import Union
 
 from .atomic import save_pretrained_files, tmp_path, write_text
 from .dependencies import quiet_transformers, require_transformers
@@ -262,7 +264,16 @@ def _tokenizer_dir(model_dir):
     return sub if has_tokenizer(sub) else model_dir
 
 
-def tokenize_files(model_dir, inputs, out_dir, overwrite=False, batch_lines=1000):
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def tokenize_files(
+    model_dir: PathLike,
+    inputs: Iterable[PathLike],
+    out_dir: PathLike,
+    overwrite: bool = False,
+    batch_lines: int = 1000,
+) -> list[tuple[str, int, int]]:
     """Raw text files -> the checkpoint's WordPiece pieces, named as in its ``dict.txt``.
 
     ``model_dir`` is what ``se-convert from-hf`` wrote (``dict.txt`` and ``tokenizer/``;

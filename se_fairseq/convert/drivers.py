@@ -5,7 +5,7 @@ state dict and config; the files, their checks and the logit check are here, onc
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from .atomic import copy_file, save_checkpoint, save_pretrained_files, save_safetensors, write_text
 from .check import build_fairseq_model, check_logits
@@ -18,26 +18,32 @@ from .state_dicts import fairseq_to_hf_state
 
 logger = logging.getLogger("se_fairseq.convert")
 
+PathLike = Union[str, "os.PathLike[str]"]
+
 
 @dataclass
 class ConversionResult:
     """What :func:`fairseq_to_hf` or :func:`hf_to_fairseq` wrote."""
 
     output: str  # OUT_DIR (to HF) or the checkpoint OUT.pt (to fairseq)
-    files: list  # every file written, in the order written
+    files: list[str]  # every file written, in the order written
     dict_path: Optional[str]  # the fairseq dictionary written (None: to HF without a dict.txt)
     dict_source: Optional[str]  # where its words came from
-    model: dict = field(
-        default_factory=dict
-    )  # layers, hidden, ffn, heads, vocab_size, max_positions
+    # layers, hidden, ffn, heads, vocab_size, max_positions (BERT: and type_vocab_size)
+    model: dict[str, int] = field(default_factory=dict)
     max_logit_difference: Optional[float] = None  # max |fairseq - HF logits|, with check=True
     family: Optional[str] = None  # "roberta", "bert"
-    fairseq_args: list = field(default_factory=list)  # fairseq-train model options of this model
+    fairseq_args: list[str] = field(default_factory=list)  # fairseq-train model options
 
 
 def fairseq_to_hf(
-    checkpoint, out_dir, dict_path=None, check=False, overwrite=False, tokenizer_dir=None
-):
+    checkpoint: PathLike,
+    out_dir: PathLike,
+    dict_path: Optional[PathLike] = None,
+    check: bool = False,
+    overwrite: bool = False,
+    tokenizer_dir: Optional[PathLike] = None,
+) -> ConversionResult:
     """fairseq checkpoint -> HF masked-LM directory (``se-convert to-hf``); the family
     (RoBERTa, BERT) comes from the checkpoint's ``--arch``.
 
@@ -112,7 +118,9 @@ def fairseq_to_hf(
     return result
 
 
-def hf_to_fairseq(hf_dir, out_path, check=False, overwrite=False):
+def hf_to_fairseq(
+    hf_dir: PathLike, out_path: PathLike, check: bool = False, overwrite: bool = False
+) -> ConversionResult:
     """HF masked-LM directory -> fairseq checkpoint (``se-convert from-hf``); the family
     comes from ``config.json``'s ``model_type``.
 
