@@ -254,6 +254,22 @@ def test_cli_module_entry_point(fs, tmp_path):
 # -- the library API -------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
+def test_importing_convert_imports_nothing_heavy():
+    """se-convert --help stays instant: every module of se_fairseq.convert and the command
+    import torch, fairseq and transformers only when a conversion runs."""
+    code = (
+        "import importlib, pkgutil, sys; import se_fairseq.convert as c, se_fairseq.cli.convert; "
+        "[importlib.import_module(f'se_fairseq.convert.{m.name}') "
+        "for m in pkgutil.iter_modules(c.__path__)]; "
+        "print(sorted(m for m in ('torch', 'fairseq', 'transformers', 'safetensors', 'numpy') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
+
+
 def test_library_converts_both_ways_with_check(fs, tmp_path):
     """fairseq_to_hf / hf_to_fairseq: paths in, checked files and a result out, no printing."""
     _, _, ckpt = fs
