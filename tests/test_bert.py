@@ -19,6 +19,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from se_fairseq import convert  # noqa: E402
 from se_fairseq.convert import bert as bert_convert  # noqa: E402
+from se_fairseq.convert.state_dicts import fairseq_to_hf_state, hf_to_fairseq_state  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
@@ -353,8 +354,11 @@ def test_base_shaped_layout_converts():
     torch.manual_seed(0)
     hf = transformers.BertForMaskedLM(config).eval()
     specials = [101, 0, 102, 100, 103]  # bert-base-uncased's [CLS] [PAD] [SEP] [UNK] [MASK]
-    options, fs_sd, token_ids = bert_convert.hf_state_dict_to_fairseq(
-        config, hf.state_dict(), specials
+    options, fs_sd, token_ids = hf_to_fairseq_state(
+        bert_convert.FAMILY,
+        config,
+        hf.state_dict(),
+        lambda vocab: bert_convert.token_order(specials, vocab),
     )
     assert bert_convert.fairseq_args(options) == ("hf_bert_base", [])
     d = Dictionary()
@@ -378,7 +382,8 @@ def test_base_shaped_layout_converts():
         fs = model(tokens)[0]
     hf_out = hf_logits(hf, token_ids[tokens], keep.long())[..., token_ids]
     assert (fs[keep] - hf_out[keep]).abs().max().item() <= convert.CHECK_TOLERANCE
-    back, back_sd, back_ids = bert_convert.fairseq_state_dict_to_hf(fs_sd, cfg.model)
+    back = fairseq_to_hf_state(bert_convert.FAMILY, fs_sd, cfg.model)
+    back, back_sd, back_ids = back.config, back.state_dict, back.token_ids
     hf_sd = {k: v for k, v in hf.state_dict().items() if k in back_sd}
     assert set(back_sd) == set(hf_sd) and all(torch.equal(back_sd[k], hf_sd[k]) for k in hf_sd)
     assert back.pad_token_id == 0 and torch.equal(back_ids, token_ids)

@@ -84,7 +84,8 @@ def fairseq_roberta(directory, *extra):
 
 
 def hf_roberta(directory, seed=1, zero_token_types=True, tokenizer_vocab=None, **config):
-    """A tiny HF RobertaForMaskedLM with the fairseq TINY_ROBERTA shape, saved with save_pretrained."""
+    """A tiny HF RobertaForMaskedLM with the fairseq TINY_ROBERTA shape, saved with
+    save_pretrained."""
     settings = dict(
         vocab_size=VOCAB,
         hidden_size=32,
@@ -255,6 +256,22 @@ def test_cli_module_entry_point(fs, tmp_path):
 # -- the library API -------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
+def test_importing_convert_imports_nothing_heavy():
+    """se-convert --help stays instant: every module of se_fairseq.convert and the command
+    import torch, fairseq and transformers only when a conversion runs."""
+    code = (
+        "import importlib, pkgutil, sys; import se_fairseq.convert as c, se_fairseq.cli.convert; "
+        "[importlib.import_module(f'se_fairseq.convert.{m.name}') "
+        "for m in pkgutil.iter_modules(c.__path__)]; "
+        "print(sorted(m for m in ('torch', 'fairseq', 'transformers', 'safetensors', 'numpy') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
+
+
 def test_library_converts_both_ways_with_check(fs, tmp_path):
     """fairseq_to_hf / hf_to_fairseq: paths in, checked files and a result out, no printing."""
     _, _, ckpt = fs
@@ -310,7 +327,7 @@ def test_existing_outputs_name_the_keyword_in_the_library_and_the_flag_in_the_cl
 
 
 def test_failed_check_names_the_written_files(fs, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(convert.core, "CHECK_TOLERANCE", -1.0)
+    monkeypatch.setattr(convert.check, "CHECK_TOLERANCE", -1.0)
     with pytest.raises(convert.CheckFailedError, match="logits differ") as failed:
         convert.fairseq_to_hf(fs[2], tmp_path / "lib", check=True)
     assert failed.value.result.max_logit_difference >= 0

@@ -34,35 +34,17 @@ checkpoint as ``tokenizer/`` (with a ``vocab.txt`` for ``--bpe bert``), and
 import logging
 import os
 import re
+from collections.abc import Iterable
+from typing import Union
 
-from .core import (
-    ENCODER_VERSION,
-    FS,
-    FS_HEAD,
-    LAYER,
-    MASK,
-    PAD,
-    SPECIALS,
-    ConversionError,
-    FairseqModel,
-    Family,
-    HFModel,
-    OutputExistsError,
-    common_fairseq_problems,
-    dictionary_size_problems,
-    listed,
-    load_dictionary,
-    num_layers,
-    placeholder,
-    quiet_transformers,
-    refuse,
-    require_transformers,
-    save_pretrained_files,
-    tensor_problems,
-    training_only_warnings,
-    valid_word,
-    write_text,
-)
+from .atomic import save_pretrained_files, tmp_path, write_text
+from .dependencies import quiet_transformers, require_transformers
+from .dictionaries import MASK, SPECIALS, dict_text, load_dictionary, placeholder, valid_word
+from .errors import ConversionError, OutputExistsError, listed, refuse
+from .fairseq_io import ENCODER_SHAPE, model_flags
+from .family import FairseqModel, Family
+from .layout import FS
+from .state_dicts import hf_to_fairseq_state
 
 logger = logging.getLogger("se_fairseq.convert")
 
@@ -85,8 +67,6 @@ LM_HEAD = (  # fairseq (under FS_HEAD) -> HF (under HF_HEAD); FS_HEAD + weight i
     ("layer_norm.weight", "transform.LayerNorm.weight"),
     ("layer_norm.bias", "transform.LayerNorm.bias"),
 )
-PERMUTED = {FS + "embed_tokens.weight", FS_HEAD + "bias"}
-HF_DECODER_WEIGHT, HF_DECODER_BIAS = HF_HEAD + "decoder.weight", HF_HEAD + "decoder.bias"
 HF_IGNORED = re.compile(r"^bert\.embeddings\.(position_ids|token_type_ids)$")  # buffers
 HF_DROPPED = re.compile(r"^(bert\.pooler\.|cls\.seq_relationship\.)")  # pooler, NSP head
 
@@ -94,27 +74,6 @@ HF_DROPPED = re.compile(r"^(bert\.pooler\.|cls\.seq_relationship\.)")  # pooler,
 ROLES = ("cls", "pad", "sep", "unk")
 BERT_NAMES = {"cls": "[CLS]", "pad": "[PAD]", "sep": "[SEP]", "unk": "[UNK]", "mask": "[MASK]"}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
-
-
-def fairseq_keys(layers):
-    keys = [FS + "version"] + [FS + fs for fs, _ in EMBEDDINGS]
-    for i in range(layers):
-        for fs, _ in LAYER:
-            keys += [f"{FS}layers.{i}.{fs}.weight", f"{FS}layers.{i}.{fs}.bias"]
-    keys.append(FS_HEAD + "weight")
-    keys += [FS_HEAD + fs for fs, _ in LM_HEAD]
-    return keys + [TOKEN_IDS]
-
-
-def key_pairs(layers):
-    """(fairseq key, HF key) for every tensor both sides have."""
-    pairs = [(FS + fs, HF + hf) for fs, hf in EMBEDDINGS]
-    for i in range(layers):
-        for fs, hf in LAYER:
-            for p in ("weight", "bias"):
-                pairs.append((f"{FS}layers.{i}.{fs}.{p}", f"{HF}encoder.layer.{i}.{hf}.{p}"))
-    pairs += [(FS_HEAD + fs, HF_HEAD + hf) for fs, hf in LM_HEAD]
-    return pairs
 
 
 def token_order(special_ids, vocab_size):
@@ -239,90 +198,6 @@ def check_tokenizer_fits(tokenizer, token_ids, dictionary, where):
 # -- fairseq -> HF -------------------------------------------------------------------------
 
 
-def fairseq_state_dict_to_hf(state_dict, options, dictionary=None):
-    """fairseq hf_bert (state dict, model options, optional Dictionary) -> (BertConfig,
-    HF state dict in HF row order, the HF row of each fairseq id)."""
-    import torch
-
-    transformers = require_transformers()
-    sd = dict(state_dict)
-    o = options
-    problems = common_fairseq_problems(o, "HF BERT")
-    layers = num_layers(sd, FS + "layers.")
-    expected = fairseq_keys(layers)
-    dropped = sorted(k for k in sd if k.startswith("classification_heads."))
-    if layers == 0:
-        problems.append("no encoder layers under encoder.sentence_encoder.layers.*")
-    optional = (FS + "version", TOKEN_IDS)
-    problems += tensor_problems(
-        sd,
-        [k for k in expected if k not in optional],
-        "fairseq hf_bert",
-        optional=optional,
-        skipped=set(dropped).__contains__,
-    )
-    if problems:
-        refuse("this fairseq checkpoint", problems)
-
-    embed = sd[FS + "embed_tokens.weight"]
-    if not torch.equal(sd[FS_HEAD + "weight"], embed):
-        refuse(
-            "this fairseq checkpoint",
-            "untied LM head weights (encoder.lm_head.weight differs from "
-            "the token embeddings): the converter writes the tied layout of BertForMaskedLM",
-        )
-    if getattr(o, "encoder_layers", layers) != layers:
-        refuse(
-            "this fairseq checkpoint",
-            f"cfg says {o.encoder_layers} layers, the weights have {layers}",
-        )
-    vocab, dim = embed.shape
-    heads = int(o.encoder_attention_heads)
-    if dim % heads:
-        refuse("this fairseq checkpoint", f"embed dim {dim} is not a multiple of {heads} heads")
-    problems = dictionary_size_problems(dictionary, vocab)
-    if problems:
-        refuse("this checkpoint with this dictionary", problems)
-    token_ids = sd.get(TOKEN_IDS)
-    if token_ids is None:
-        token_ids = torch.arange(vocab)
-    token_ids = token_ids.long()
-    if token_ids.shape != (vocab,) or not torch.equal(token_ids.sort().values, torch.arange(vocab)):
-        refuse(
-            "this fairseq checkpoint", f"{TOKEN_IDS} is not a permutation of the {vocab} token ids"
-        )
-    if dropped:
-        logger.warning(
-            f"dropping classification head(s) {sorted({k.split('.')[1] for k in dropped})}: "
-            "BertForMaskedLM has none"
-        )
-    training_only_warnings(o)
-
-    hf_order = torch.argsort(token_ids)  # fairseq id of each HF row
-    hf_sd = {}
-    for fs, hf in key_pairs(layers):
-        hf_sd[hf] = sd[fs].index_select(0, hf_order) if fs in PERMUTED else sd[fs]
-    config = transformers.BertConfig(
-        vocab_size=vocab,
-        hidden_size=dim,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=sd[f"{FS}layers.0.fc1.weight"].shape[0],
-        hidden_act="gelu",
-        hidden_dropout_prob=float(getattr(o, "dropout", 0.1)),
-        attention_probs_dropout_prob=float(getattr(o, "attention_dropout", 0.1)),
-        max_position_embeddings=sd[FS + "embed_positions.weight"].shape[0],
-        type_vocab_size=sd[FS + "embed_token_types.weight"].shape[0],
-        initializer_range=0.02,
-        layer_norm_eps=LAYER_NORM_EPS,
-        pad_token_id=int(token_ids[PAD]),
-        tie_word_embeddings=True,
-        architectures=["BertForMaskedLM"],
-    )
-    config.dtype = embed.dtype
-    return config, hf_sd, token_ids
-
-
 # -- HF -> fairseq -------------------------------------------------------------------------
 
 
@@ -365,102 +240,20 @@ def check_hf_config(c):
     return problems
 
 
-def hf_state_dict_to_fairseq(config, state_dict, special_ids_):
-    """HF BERT (config, BertForMaskedLM state dict, ids of [CLS] [PAD] [SEP] [UNK] [MASK])
-    -> (fairseq options dict, fairseq state dict, the HF row of each fairseq id)."""
-    import torch
-
-    c = config if isinstance(config, dict) else config.to_dict()
-    problems = check_hf_config(c)
-    layers = num_layers(state_dict, HF + "encoder.layer.")
-    pairs = key_pairs(layers)
-    expected = {hf for _, hf in pairs}
-    optional = {HF_DECODER_WEIGHT, HF_DECODER_BIAS}
-    if layers != c.get("num_hidden_layers", layers):
-        problems.append(f"config says {c['num_hidden_layers']} layers, the weights have {layers}")
-    problems += tensor_problems(
-        state_dict,
-        sorted(expected),
-        "BertForMaskedLM",
-        optional=optional,
-        skipped=lambda k: bool(HF_IGNORED.match(k) or HF_DROPPED.match(k)),
-        head=HF_HEAD,
-    )
-    if problems:
-        refuse("this Hugging Face model", problems)
-
-    embed = state_dict[HF + "embeddings.word_embeddings.weight"]
-    decoder = state_dict.get(HF_DECODER_WEIGHT)
-    if decoder is not None and not torch.equal(decoder, embed):
-        refuse(
-            "this Hugging Face model",
-            "untied LM head weights (cls.predictions.decoder.weight differs "
-            "from the word embeddings): the fairseq model ties them",
-        )
-    sd = {hf: state_dict[hf] for _, hf in pairs}
-    bias = state_dict.get(HF_DECODER_BIAS)
-    if bias is not None and not torch.equal(bias, sd[HF_HEAD + "bias"]):
-        logger.warning(
-            "cls.predictions.decoder.bias differs from cls.predictions.bias; converting "
-            "decoder.bias, the one BertForMaskedLM's forward adds"
-        )
-        sd[HF_HEAD + "bias"] = bias
-    vocab = embed.shape[0]
-    token_ids = torch.tensor(token_order(special_ids_, vocab), dtype=torch.long)
-
-    out = {FS + "version": torch.tensor([ENCODER_VERSION])}
-    for fs, hf in pairs:
-        out[fs] = sd[hf].index_select(0, token_ids) if fs in PERMUTED else sd[hf]
-    out[FS_HEAD + "weight"] = out[
-        FS + "embed_tokens.weight"
-    ]  # tied: one tensor, as fairseq saves it
-    out[TOKEN_IDS] = token_ids
-    out = {k: out[k] for k in fairseq_keys(layers)}
-    options = dict(
-        encoder_layers=layers,
-        encoder_embed_dim=embed.shape[1],
-        encoder_ffn_embed_dim=sd[f"{HF}encoder.layer.0.intermediate.dense.weight"].shape[0],
-        encoder_attention_heads=int(c["num_attention_heads"]),
-        max_positions=sd[HF + "embeddings.position_embeddings.weight"].shape[0],
-        type_vocab_size=sd[HF + "embeddings.token_type_embeddings.weight"].shape[0],
-        dropout=float(c.get("hidden_dropout_prob", 0.1)),
-        attention_dropout=float(c.get("attention_probs_dropout_prob", 0.1)),
-        activation_fn="gelu",
-        vocab_size=vocab,
-    )
-    return options, out, token_ids
+# the hf_bert presets: (ENCODER_SHAPE..., type_vocab_size) -> --arch
+ARCH_PRESETS = {
+    (12, 768, 3072, 12, 512, 2): "hf_bert_base",
+    (24, 1024, 4096, 16, 512, 2): "hf_bert_large",
+}
 
 
 def fairseq_args(options):
-    """The fairseq-train model flags that rebuild this model."""
-    preset = (
-        options["encoder_layers"],
-        options["encoder_embed_dim"],
-        options["encoder_ffn_embed_dim"],
-        options["encoder_attention_heads"],
-        options["max_positions"],
-        options["type_vocab_size"],
-    )
-    arch = {
-        (12, 768, 3072, 12, 512, 2): "hf_bert_base",
-        (24, 1024, 4096, 16, 512, 2): "hf_bert_large",
-    }
-    if preset in arch:
-        return arch[preset], []
-    return "hf_bert", [
-        "--encoder-layers",
-        str(options["encoder_layers"]),
-        "--encoder-embed-dim",
-        str(options["encoder_embed_dim"]),
-        "--encoder-ffn-embed-dim",
-        str(options["encoder_ffn_embed_dim"]),
-        "--encoder-attention-heads",
-        str(options["encoder_attention_heads"]),
-        "--max-positions",
-        str(options["max_positions"]),
-        "--type-vocab-size",
-        str(options["type_vocab_size"]),
-    ]
+    """``(--arch, the fairseq-train model flags)`` that rebuild this model."""
+    names = (*ENCODER_SHAPE, "type_vocab_size")
+    preset = tuple(options[name] for name in names)
+    if preset in ARCH_PRESETS:
+        return ARCH_PRESETS[preset], []
+    return "hf_bert", model_flags(options, names)
 
 
 # -- raw text -> fairseq-preprocess input ------------------------------------------------------
@@ -471,7 +264,16 @@ def _tokenizer_dir(model_dir):
     return sub if has_tokenizer(sub) else model_dir
 
 
-def tokenize_files(model_dir, inputs, out_dir, overwrite=False, batch_lines=1000):
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def tokenize_files(
+    model_dir: PathLike,
+    inputs: Iterable[PathLike],
+    out_dir: PathLike,
+    overwrite: bool = False,
+    batch_lines: int = 1000,
+) -> list[tuple[str, int, int]]:
     """Raw text files -> the checkpoint's WordPiece pieces, named as in its ``dict.txt``.
 
     ``model_dir`` is what ``se-convert from-hf`` wrote (``dict.txt`` and ``tokenizer/``;
@@ -516,7 +318,7 @@ def tokenize_files(model_dir, inputs, out_dir, overwrite=False, batch_lines=1000
     done = []
     for src, dst in zip(inputs, outputs):
         lines = pieces = 0
-        tmp = f"{dst}.tmp{os.getpid()}"
+        tmp = tmp_path(dst)
         with open(src, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8") as out:
             while True:
                 batch = [line.rstrip("\n") for _, line in zip(range(batch_lines), f)]
@@ -543,6 +345,7 @@ class BertFamily(Family):
     hf_class = "BertForMaskedLM"
     hf_config_class = "BertConfig"
     hf_model_types = ("bert",)
+    hf_prefix = HF
     hf_head_prefix = HF_HEAD
     hf_outputs = (
         "config.json",
@@ -552,26 +355,28 @@ class BertFamily(Family):
         "vocab.txt",
     )
     fairseq_outputs = ("tokenizer",)
+    embeddings = EMBEDDINGS
+    lm_head = LM_HEAD
+    hf_ignored = HF_IGNORED
+    hf_other_heads = HF_DROPPED
+    token_ids_key = TOKEN_IDS
+    token_types = True
+    layer_norm_eps = LAYER_NORM_EPS
+    fairseq_name = "fairseq hf_bert"
+    hf_name = "HF BERT"
+    hf_untied_problem = (
+        "untied LM head weights (cls.predictions.decoder.weight differs "
+        "from the word embeddings): the fairseq model ties them"
+    )
 
     def fairseq_model_class(self):
         from se_fairseq.models.bert import BertModel
 
         return BertModel
 
-    def to_hf_state(self, state_dict, options, dictionary):
-        config, sd, token_ids = fairseq_state_dict_to_hf(state_dict, options, dictionary)
-        return HFModel(config, sd, token_ids)
-
-    def hf_summary(self, config):
-        return dict(
-            layers=config.num_hidden_layers,
-            hidden=config.hidden_size,
-            ffn=config.intermediate_size,
-            heads=config.num_attention_heads,
-            vocab_size=config.vocab_size,
-            max_positions=config.max_position_embeddings,
-            type_vocab_size=config.type_vocab_size,
-        )
+    # -- fairseq -> HF
+    def hf_config_options(self, state_dict):
+        return dict(type_vocab_size=state_dict[FS + "embed_token_types.weight"].shape[0])
 
     def hf_extras(self, hf, dictionary, tokenizer_dir, search_dirs, transformers):
         """The tokenizer: ``tokenizer_dir`` (it, or its ``tokenizer/`` folder, must hold
@@ -607,19 +412,16 @@ class BertFamily(Family):
         )
         return lambda out_dir: [write_text(os.path.join(out_dir, "vocab.txt"), vocab_txt(names))]
 
+    # -- HF -> fairseq
     def hf_config_problems(self, config):
         return check_hf_config(config)
-
-    def hf_dropped(self, key):
-        return bool(HF_DROPPED.match(key))
-
-    def hf_unused(self, key):
-        return bool(HF_DROPPED.match(key) or HF_IGNORED.match(key))
 
     def to_fairseq_state(self, hf_dir, config, state_dict, transformers):
         tokenizer = load_tokenizer(hf_dir, transformers)
         by_id, specials, order = vocabulary(tokenizer, config.vocab_size, hf_dir)
-        options, sd, token_ids = hf_state_dict_to_fairseq(config, state_dict, specials)
+        options, sd, token_ids = hf_to_fairseq_state(
+            self, config, state_dict, lambda vocab: token_order(specials, vocab)
+        )
         words, placeholders = dict_words(by_id, order)
         if placeholders:
             logger.warning(
@@ -627,8 +429,6 @@ class BertFamily(Family):
                 "dict.txt holds madeupwordNNNN placeholders for them"
             )
         arch, args = fairseq_args(options)
-        options["tokens_per_sample"] = options["max_positions"]
-        text = "".join(f"{w} 1\n" for w in words)
 
         def write_extras(out_dir):
             target = os.path.join(out_dir, "tokenizer")
@@ -636,10 +436,7 @@ class BertFamily(Family):
             return save_tokenizer(tokenizer, target)
 
         model = FairseqModel(arch, options, args, sd, token_ids, write_extras)
-        return model, text, "the tokenizer vocab"
-
-    def summary(self, options):
-        return dict(super().summary(options), type_vocab_size=options["type_vocab_size"])
+        return model, dict_text(words), "the tokenizer vocab"
 
 
 FAMILY = BertFamily()

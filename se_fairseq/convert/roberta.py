@@ -35,27 +35,12 @@ import os
 import re
 from collections.abc import Mapping
 
-from .core import (
-    ENCODER_VERSION,
-    FS,
-    FS_HEAD,
-    LAYER,
-    MASK,
-    PAD,
-    SPECIALS,
-    ConversionError,
-    FairseqModel,
-    Family,
-    HFModel,
-    common_fairseq_problems,
-    dictionary_size_problems,
-    load_dictionary,
-    num_layers,
-    refuse,
-    tensor_problems,
-    training_only_warnings,
-    valid_word,
-)
+from .dictionaries import BOS, EOS, MASK, PAD, SPECIALS, dict_text, load_dictionary, valid_word
+from .errors import ConversionError, refuse
+from .fairseq_io import ENCODER_SHAPE, model_flags
+from .family import FairseqModel, Family
+from .layout import FS
+from .state_dicts import config_dict, hf_to_fairseq_state
 
 logger = logging.getLogger("se_fairseq.convert")
 
@@ -79,7 +64,6 @@ LM_HEAD = (  # fairseq (under FS_HEAD) -> HF (under HF_HEAD); FS_HEAD + weight i
     ("layer_norm.bias", "layer_norm.bias"),
 )
 TOKEN_TYPE = HF + "embeddings.token_type_embeddings.weight"
-HF_DECODER_WEIGHT, HF_DECODER_BIAS = HF_HEAD + "decoder.weight", HF_HEAD + "decoder.bias"
 HF_IGNORED = re.compile(r"^roberta\.embeddings\.(position_ids|token_type_ids)$")  # buffers
 HF_DROPPED = re.compile(r"^roberta\.pooler\.")  # unused by the masked LM
 HF_OUTPUTS = ("config.json", "model.safetensors", "fairseq_dict.txt")  # what fairseq_to_hf writes
@@ -110,124 +94,9 @@ def upgrade_fairseq_state_dict(state_dict):
     return out
 
 
-def fairseq_keys(layers):
-    """The state-dict keys of a fairseq 0.12 RoBERTa, in the order fairseq writes them."""
-    keys = [FS + "version"] + [FS + fs for fs, _ in EMBEDDINGS]
-    for i in range(layers):
-        for fs, _ in LAYER:
-            keys += [f"{FS}layers.{i}.{fs}.weight", f"{FS}layers.{i}.{fs}.bias"]
-    keys.append(FS_HEAD + "weight")
-    keys += [FS_HEAD + fs for fs, _ in LM_HEAD]
-    return keys
-
-
-def key_pairs(layers):
-    """(fairseq key, HF key) for every tensor both sides have."""
-    pairs = [(FS + fs, HF + hf) for fs, hf in EMBEDDINGS]
-    for i in range(layers):
-        for fs, hf in LAYER:
-            for p in ("weight", "bias"):
-                pairs.append((f"{FS}layers.{i}.{fs}.{p}", f"{HF}encoder.layer.{i}.{hf}.{p}"))
-    pairs += [(FS_HEAD + fs, HF_HEAD + hf) for fs, hf in LM_HEAD]
-    return pairs
-
-
-def fairseq_state_dict_to_hf(state_dict, options, dictionary=None):
-    """fairseq RoBERTa (state dict, model options, optional Dictionary) -> (RobertaConfig,
-    HF state dict). The HF state dict holds the keys ``save_pretrained`` writes (the tied
-    ``lm_head.decoder.*`` are left out)."""
-    import torch
-
-    from .core import require_transformers
-
-    transformers = require_transformers()
-    sd = upgrade_fairseq_state_dict(state_dict)
-    o = options
-    problems = common_fairseq_problems(o, "HF RoBERTa")
-
-    layers = num_layers(sd, FS + "layers.")
-    expected = fairseq_keys(layers)
-    dropped = sorted(k for k in sd if k.startswith("classification_heads."))
-    if layers == 0:
-        problems.append("no encoder layers under encoder.sentence_encoder.layers.*")
-    if any(k.startswith(FS + "layer_norm.") for k in sd):
-        problems.append(
-            "a final encoder LayerNorm (encoder.sentence_encoder.layer_norm): pre-LN model"
-        )
-    problems += tensor_problems(
-        sd,
-        [k for k in expected if k != FS + "version"],
-        "fairseq RoBERTa",
-        optional=[FS + "version"],
-        skipped=set(dropped).__contains__,
-    )
-    if problems:
-        refuse("this fairseq checkpoint", problems)
-
-    embed = sd[FS + "embed_tokens.weight"]
-    if not torch.equal(sd[FS_HEAD + "weight"], embed):
-        refuse(
-            "this fairseq checkpoint",
-            "untied LM head weights (encoder.lm_head.weight differs from "
-            "the token embeddings): the converter writes the tied layout of RobertaForMaskedLM",
-        )
-    if getattr(o, "encoder_layers", layers) != layers:
-        refuse(
-            "this fairseq checkpoint",
-            f"cfg says {o.encoder_layers} layers, the weights have {layers}",
-        )
-    vocab, dim = embed.shape
-    heads = int(o.encoder_attention_heads)
-    if dim % heads:
-        refuse("this fairseq checkpoint", f"embed dim {dim} is not a multiple of {heads} heads")
-    positions = sd[FS + "embed_positions.weight"].shape[0]
-    if getattr(o, "max_positions", None) not in (None, positions - 2):
-        logger.warning(
-            f"cfg max_positions={o.max_positions} but the position table has {positions} rows; "
-            f"using {positions - 2}"
-        )
-    problems = dictionary_size_problems(dictionary, vocab)
-    if problems:
-        refuse("this checkpoint with this dictionary", problems)
-    if dropped:
-        heads_dropped = sorted({k.split(".")[1] for k in dropped})
-        logger.warning(
-            f"dropping classification head(s) {heads_dropped}: RobertaForMaskedLM has none"
-        )
-    training_only_warnings(o)
-
-    hf_sd = {hf: sd[fs] for fs, hf in key_pairs(layers)}
-    hf_sd[TOKEN_TYPE] = torch.zeros(1, dim, dtype=embed.dtype)
-    config = transformers.RobertaConfig(
-        vocab_size=vocab,
-        hidden_size=dim,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=sd[f"{FS}layers.0.fc1.weight"].shape[0],
-        hidden_act="gelu",
-        hidden_dropout_prob=float(getattr(o, "dropout", 0.1)),
-        attention_probs_dropout_prob=float(getattr(o, "attention_dropout", 0.1)),
-        max_position_embeddings=positions,
-        type_vocab_size=1,
-        initializer_range=0.02,
-        layer_norm_eps=LAYER_NORM_EPS,
-        pad_token_id=PAD,
-        bos_token_id=0,
-        eos_token_id=2,
-        tie_word_embeddings=True,
-        architectures=["RobertaForMaskedLM"],
-    )
-    config.dtype = embed.dtype
-    return config, hf_sd
-
-
-def _config_dict(config):
-    return dict(config) if isinstance(config, Mapping) else config.to_dict()
-
-
 def check_hf_config(config):
     """Every HF config setting fairseq RoBERTa cannot reproduce, as a list of messages."""
-    c = _config_dict(config)
+    c = config_dict(config)
     problems = []
     model_type = c.get("model_type", "roberta")
     if model_type not in HF_MODEL_TYPES:
@@ -266,89 +135,6 @@ def check_hf_config(config):
     if hidden and heads and hidden % heads:
         problems.append(f"hidden_size {hidden} is not a multiple of {heads} heads")
     return problems
-
-
-def hf_state_dict_to_fairseq(config, state_dict):
-    """HF RoBERTa (config, state dict) -> (fairseq model options dict, fairseq state dict).
-
-    ``state_dict`` is ``RobertaForMaskedLM.state_dict()`` (the tied
-    ``lm_head.decoder.*`` may be present or not). The fairseq state dict has
-    exactly the keys of a fairseq 0.12 RoBERTa, with ``encoder.lm_head.weight``
-    sharing the token embedding tensor as fairseq's own checkpoints do.
-    """
-    import torch
-
-    c = _config_dict(config)
-    problems = check_hf_config(c)
-    layers = num_layers(state_dict, HF + "encoder.layer.")
-    pairs = key_pairs(layers)
-    expected = {hf for _, hf in pairs} | {TOKEN_TYPE}
-    optional = {HF_DECODER_WEIGHT, HF_DECODER_BIAS}
-    if layers != c.get("num_hidden_layers", layers):
-        problems.append(f"config says {c['num_hidden_layers']} layers, the weights have {layers}")
-    problems += tensor_problems(
-        state_dict,
-        sorted(expected),
-        "RobertaForMaskedLM",
-        optional=optional,
-        skipped=lambda k: bool(HF_DROPPED.match(k) or HF_IGNORED.match(k)),
-        head=HF_HEAD,
-    )
-    if problems:
-        refuse("this Hugging Face model", problems)
-
-    embed = state_dict[HF + "embeddings.word_embeddings.weight"]
-    decoder = state_dict.get(HF_DECODER_WEIGHT)
-    if decoder is not None and not torch.equal(decoder, embed):
-        refuse(
-            "this Hugging Face model",
-            "untied LM head weights (lm_head.decoder.weight differs from "
-            "the word embeddings, tie_word_embeddings=False): fairseq RoBERTa ties them",
-        )
-    token_type = state_dict[TOKEN_TYPE]
-    if not torch.equal(token_type, token_type[:1].expand_as(token_type)):
-        refuse(
-            "this Hugging Face model",
-            f"{token_type.shape[0]} different token-type embeddings "
-            "(type_vocab_size > 1 in use): fairseq RoBERTa has no token types",
-        )
-    sd = {hf: state_dict[hf] for _, hf in pairs}
-    bias = state_dict.get(HF_DECODER_BIAS)
-    if bias is not None and not torch.equal(bias, sd[HF_HEAD + "bias"]):
-        logger.warning(
-            "lm_head.decoder.bias differs from lm_head.bias; converting decoder.bias, "
-            "the one RobertaForMaskedLM's forward adds"
-        )
-        sd[HF_HEAD + "bias"] = bias
-    positions_key = HF + "embeddings.position_embeddings.weight"
-    if token_type[0].any():
-        logger.info(
-            "folding token_type_embeddings[0] into the position embeddings (fairseq RoBERTa "
-            "has no token types; the logits for token type 0 are unchanged)"
-        )
-        sd[positions_key] = sd[positions_key] + token_type[0].to(sd[positions_key].dtype)
-
-    out = {}
-    hf_of = dict(pairs)
-    for key in fairseq_keys(layers):
-        if key == FS + "version":
-            out[key] = torch.tensor([ENCODER_VERSION])
-        elif key == FS_HEAD + "weight":
-            out[key] = out[FS + "embed_tokens.weight"]  # tied: one tensor, as fairseq saves it
-        else:
-            out[key] = sd[hf_of[key]]
-    options = dict(
-        encoder_layers=layers,
-        encoder_embed_dim=embed.shape[1],
-        encoder_ffn_embed_dim=sd[f"{HF}encoder.layer.0.intermediate.dense.weight"].shape[0],
-        encoder_attention_heads=int(c["num_attention_heads"]),
-        max_positions=sd[positions_key].shape[0] - (PAD + 1),
-        dropout=float(c.get("hidden_dropout_prob", 0.1)),
-        attention_dropout=float(c.get("attention_probs_dropout_prob", 0.1)),
-        activation_fn="gelu",
-        vocab_size=embed.shape[0],
-    )
-    return options, out
 
 
 # -- dictionaries ----------------------------------------------------------------
@@ -392,7 +178,8 @@ def dict_words_from_vocab(vocab, vocab_size):
 
 
 def read_hf_vocab(hf_dir):
-    """``token -> id`` of the tokenizer files in ``hf_dir`` (vocab.json or tokenizer.json), or None."""
+    """``token -> id`` of the tokenizer files in ``hf_dir`` (vocab.json or tokenizer.json),
+    or None."""
     path = os.path.join(hf_dir, "vocab.json")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
@@ -428,13 +215,14 @@ def hf_dict_text(hf_dir, vocab_size):
         d = load_dictionary(fairseq_dict)
         if len(d) + 1 != vocab_size:
             raise ConversionError(
-                f"{fairseq_dict} gives {len(d) + 1} ids (incl. <mask>) but the model has {vocab_size}"
+                f"{fairseq_dict} gives {len(d) + 1} ids (incl. <mask>) "
+                f"but the model has {vocab_size}"
             )
         with open(fairseq_dict, encoding="utf-8") as f:
             return f.read(), "fairseq_dict.txt"
     vocab = read_hf_vocab(hf_dir)
     words, placeholders = dict_words_from_vocab(vocab, vocab_size)
-    text = "".join(f"{w} 1\n" for w in words)
+    text = dict_text(words)
     if vocab is None:
         logger.warning(
             f"{hf_dir} has neither fairseq_dict.txt nor a tokenizer vocab (vocab.json, "
@@ -458,58 +246,82 @@ class RobertaFamily(Family):
     hf_class = "RobertaForMaskedLM"
     hf_config_class = "RobertaConfig"
     hf_model_types = HF_MODEL_TYPES
+    hf_prefix = HF
     hf_head_prefix = HF_HEAD
+    embeddings = EMBEDDINGS
+    lm_head = LM_HEAD
+    hf_extra_keys = (TOKEN_TYPE,)
+    hf_ignored = HF_IGNORED
+    hf_other_heads = HF_DROPPED
+    position_offset = PAD + 1
+    layer_norm_eps = LAYER_NORM_EPS
+    fairseq_name = "fairseq RoBERTa"
+    hf_name = "HF RoBERTa"
+    hf_untied_problem = (
+        "untied LM head weights (lm_head.decoder.weight differs from "
+        "the word embeddings, tie_word_embeddings=False): fairseq RoBERTa ties them"
+    )
 
     def fairseq_model_class(self):
         from fairseq.models.roberta import RobertaModel
 
         return RobertaModel
 
-    def to_hf_state(self, state_dict, options, dictionary):
-        return HFModel(*fairseq_state_dict_to_hf(state_dict, options, dictionary))
+    # -- fairseq -> HF
+    def upgrade_fairseq_state_dict(self, state_dict):
+        return upgrade_fairseq_state_dict(state_dict)
 
-    def hf_summary(self, config):
-        return dict(
-            layers=config.num_hidden_layers,
-            hidden=config.hidden_size,
-            ffn=config.intermediate_size,
-            heads=config.num_attention_heads,
-            vocab_size=config.vocab_size,
-            max_positions=config.max_position_embeddings - 2,
-        )
+    def fairseq_layout_problems(self, state_dict):
+        if any(k.startswith(FS + "layer_norm.") for k in state_dict):
+            return ["a final encoder LayerNorm (encoder.sentence_encoder.layer_norm): pre-LN model"]
+        return []
 
+    def note_fairseq_positions(self, options, positions):
+        if getattr(options, "max_positions", None) not in (None, positions - 2):
+            logger.warning(
+                f"cfg max_positions={options.max_positions} but the position table has "
+                f"{positions} rows; using {positions - 2}"
+            )
+
+    def hf_extra_tensors(self, dim, dtype):
+        import torch
+
+        return {TOKEN_TYPE: torch.zeros(1, dim, dtype=dtype)}  # HF's one token type, unused
+
+    def hf_config_options(self, state_dict):
+        return dict(type_vocab_size=1, bos_token_id=BOS, eos_token_id=EOS)
+
+    # -- HF -> fairseq
     def hf_config_problems(self, config):
         return check_hf_config(config)
 
-    def hf_dropped(self, key):
-        return bool(HF_DROPPED.match(key))
+    def check_hf_weights(self, state_dict):
+        import torch
 
-    def hf_unused(self, key):
-        return bool(HF_DROPPED.match(key) or HF_IGNORED.match(key))
+        token_type = state_dict[TOKEN_TYPE]
+        if not torch.equal(token_type, token_type[:1].expand_as(token_type)):
+            refuse(
+                "this Hugging Face model",
+                f"{token_type.shape[0]} different token-type embeddings "
+                "(type_vocab_size > 1 in use): fairseq RoBERTa has no token types",
+            )
+
+    def fold_hf_weights(self, state_dict, mapped):
+        token_type = state_dict[TOKEN_TYPE]
+        positions_key = HF + "embeddings.position_embeddings.weight"
+        if token_type[0].any():
+            logger.info(
+                "folding token_type_embeddings[0] into the position embeddings (fairseq "
+                "RoBERTa has no token types; the logits for token type 0 are unchanged)"
+            )
+            positions = mapped[positions_key]
+            mapped[positions_key] = positions + token_type[0].to(positions.dtype)
 
     def to_fairseq_state(self, hf_dir, config, state_dict, transformers):
-        options, sd = hf_state_dict_to_fairseq(config, state_dict)
+        options, sd, _ = hf_to_fairseq_state(self, config, state_dict)
         text, source = hf_dict_text(hf_dir, options["vocab_size"])
-        options["tokens_per_sample"] = options["max_positions"]
-        args = [
-            "--encoder-layers",
-            str(options["encoder_layers"]),
-            "--encoder-embed-dim",
-            str(options["encoder_embed_dim"]),
-            "--encoder-ffn-embed-dim",
-            str(options["encoder_ffn_embed_dim"]),
-            "--encoder-attention-heads",
-            str(options["encoder_attention_heads"]),
-            "--max-positions",
-            str(options["max_positions"]),
-            "--dropout",
-            repr(options["dropout"]),
-            "--attention-dropout",
-            repr(options["attention_dropout"]),
-            "--activation-fn",
-            options["activation_fn"],
-        ]
-        return FairseqModel("roberta", options, args, sd), text, source
+        flags = (*ENCODER_SHAPE, "dropout", "attention_dropout", "activation_fn")
+        return FairseqModel("roberta", options, model_flags(options, flags), sd), text, source
 
 
 FAMILY = RobertaFamily()
