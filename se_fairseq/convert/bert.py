@@ -35,7 +35,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable
-from typing import Union
+from typing import Optional, Union
 
 from .atomic import save_pretrained_files, tmp_path, write_text
 from .dependencies import quiet_transformers, require_transformers
@@ -310,7 +310,7 @@ def tokenize_files(
     import torch
 
     check_tokenizer_fits(tokenizer, torch.tensor(order), dictionary, model_dir)
-    name_of = [None] * vocab_size  # HF id -> fairseq name
+    name_of: list[Optional[str]] = [None] * vocab_size  # HF id -> fairseq name
     for fs_id, hf_id in enumerate(order):
         name_of[hf_id] = MASK if fs_id == vocab_size - 1 else dictionary[fs_id]
 

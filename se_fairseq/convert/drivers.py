@@ -28,7 +28,7 @@ class ConversionResult:
     output: str  # OUT_DIR (to HF) or the checkpoint OUT.pt (to fairseq)
     files: list[str]  # every file written, in the order written
     dict_path: Optional[str]  # the fairseq dictionary written (None: to HF without a dict.txt)
-    dict_source: Optional[str]  # where its words came from
+    dict_source: Optional[PathLike]  # where its words came from (as the caller named it)
     # layers, hidden, ffn, heads, vocab_size, max_positions (BERT: and type_vocab_size)
     model: dict[str, int] = field(default_factory=dict)
     max_logit_difference: Optional[float] = None  # max |fairseq - HF logits|, with check=True

@@ -2,6 +2,7 @@
 drivers, and finding the family of a checkpoint or an HF model."""
 
 import logging
+import re
 from dataclasses import dataclass
 
 from .errors import refuse
@@ -41,33 +42,37 @@ class Family:
     files, checks). A new family is a new module with a ``FAMILY`` instance and its
     name in :data:`FAMILY_MODULES`."""
 
-    name = None  # "roberta"
-    hf_class = None  # transformers class of the masked LM, e.g. "RobertaForMaskedLM"
-    hf_config_class = None  # e.g. "RobertaConfig"
-    hf_model_types = ()  # config.json model_type values this family reads
-    hf_prefix = None  # key prefix of the HF encoder, e.g. "roberta."
-    hf_head_prefix = None  # key prefix of the HF masked-LM head, e.g. "lm_head."
-    hf_outputs = ("config.json", "model.safetensors")  # what to-hf writes (+ fairseq_dict.txt)
+    name: str | None = None  # "roberta"
+    hf_class: str | None = None  # transformers class of the masked LM, e.g. "RobertaForMaskedLM"
+    hf_config_class: str | None = None  # e.g. "RobertaConfig"
+    hf_model_types: tuple[str, ...] = ()  # config.json model_type values this family reads
+    hf_prefix: str | None = None  # key prefix of the HF encoder, e.g. "roberta."
+    hf_head_prefix: str | None = None  # key prefix of the HF masked-LM head, e.g. "lm_head."
+    # what to-hf writes (+ fairseq_dict.txt)
+    hf_outputs: tuple[str, ...] = ("config.json", "model.safetensors")
     # what from-hf writes beside OUT.pt beyond dict.txt (FairseqModel.write_extras)
-    fairseq_outputs = ()
+    fairseq_outputs: tuple[str, ...] = ()
 
     # the names beyond the shared layer table (layout.LAYER): (fairseq name under
     # layout.FS, HF name under hf_prefix) of the embeddings, and (fairseq name under
     # layout.FS_HEAD, HF name under hf_head_prefix) of the LM head, whose weight is tied
-    embeddings = ()
-    lm_head = ()
-    hf_extra_keys = ()  # HF tensors expected beyond the mapped ones (RoBERTa: token types)
-    hf_ignored = None  # regex of HF buffers left out silently
-    hf_other_heads = None  # regex of HF tensors of other heads (pooler, NSP), dropped
-    token_ids_key = None  # fairseq buffer with the HF row of each fairseq id (None: same ids)
+    embeddings: tuple[tuple[str, str], ...] = ()
+    lm_head: tuple[tuple[str, str], ...] = ()
+    # HF tensors expected beyond the mapped ones (RoBERTa: token types)
+    hf_extra_keys: tuple[str, ...] = ()
+    hf_ignored: re.Pattern[str] | None = None  # regex of HF buffers left out silently
+    # regex of HF tensors of other heads (pooler, NSP), dropped
+    hf_other_heads: re.Pattern[str] | None = None
+    # fairseq buffer with the HF row of each fairseq id (None: same ids)
+    token_ids_key: str | None = None
     token_types = False  # whether the fairseq model carries the token-type table
     position_offset = 0  # position-table rows before the first position (RoBERTa: pad + 1)
-    layer_norm_eps = None
+    layer_norm_eps: float | None = None
 
     # how messages name the models
-    fairseq_name = None  # e.g. "fairseq RoBERTa"
-    hf_name = None  # e.g. "HF RoBERTa"
-    hf_untied_problem = None  # the refusal of an HF decoder that is not the embeddings
+    fairseq_name: str | None = None  # e.g. "fairseq RoBERTa"
+    hf_name: str | None = None  # e.g. "HF RoBERTa"
+    hf_untied_problem: str | None = None  # the refusal of an HF decoder that is not the embeddings
 
     def fairseq_model_class(self):
         raise NotImplementedError
