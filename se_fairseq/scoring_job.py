@@ -19,8 +19,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -400,17 +401,17 @@ def _barrier(world_size):
 
 
 def score_corpus(
-    data,
-    path,
+    data: str,
+    path: Optional[str],
     *,
-    split="train",
-    metric="correctness",
-    rank=0,
-    world_size=1,
-    stop_after_chunks=0,
-    progress=None,
-    **options,
-):
+    split: str = "train",
+    metric: str = "correctness",
+    rank: int = 0,
+    world_size: int = 1,
+    stop_after_chunks: int = 0,
+    progress: Optional[Callable[[int], Any]] = None,
+    **options: Any,
+) -> ScoringResult:
     """Score ``data/<split>`` with checkpoint ``path``; write the score file beside the split
     (or at ``out``). Resumes a run stopped or killed with the same options.
 

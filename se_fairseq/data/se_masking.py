@@ -6,11 +6,17 @@ so a sample's mask does not depend on the batch it lands in, the worker that
 builds it, or how many times it was built: resuming reproduces it exactly.
 """
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Optional
+
 import numpy as np
 import torch
 
 from se_fairseq.ops import select
 from se_fairseq.ops.reference import splitmix64
+
+if TYPE_CHECKING:
+    from fairseq.data import Dictionary
 
 _REPLACE_STREAM = 0x5E1EC7ED5E1EC7ED
 _RANDOM_STREAM = 0x2A17C0DE0BADF00D  # uniform picks: threshold fallback, random share
@@ -29,8 +35,6 @@ def row_seeds(seed, epoch, indices):
 
 
 class SelfEvolutionMasker:
-    """Turns padded (tokens, scores) batches into (masked source, target)."""
-
     """Turns padded (tokens, scores) batches into (masked source, target).
 
     ``mode`` is the op's: topk, sample or threshold. With ``threshold``, rows where no
@@ -41,21 +45,21 @@ class SelfEvolutionMasker:
 
     def __init__(
         self,
-        dictionary,
-        mask_idx,
+        dictionary: "Dictionary",
+        mask_idx: int,
         *,
-        mask_prob,
-        mode,
-        seed,
-        threshold=0.0,
-        temperature=1.0,
-        leave_unmasked_prob=0.0,
-        random_token_prob=0.0,
-        freq_weighted_replacement=False,
-        mask_whole_words=None,
-        threshold_fallback=False,
-        random_share=0.0,
-    ):
+        mask_prob: float,
+        mode: str,
+        seed: int,
+        threshold: float = 0.0,
+        temperature: float = 1.0,
+        leave_unmasked_prob: float = 0.0,
+        random_token_prob: float = 0.0,
+        freq_weighted_replacement: bool = False,
+        mask_whole_words: Optional[torch.Tensor] = None,
+        threshold_fallback: bool = False,
+        random_share: float = 0.0,
+    ) -> None:
         if not 0.0 <= random_share <= 1.0:
             raise ValueError(f"random_share must lie in [0, 1], got {random_share}")
         self.pad = dictionary.pad()
@@ -83,9 +87,11 @@ class SelfEvolutionMasker:
         weights[: dictionary.nspecial] = 0
         weights[mask_idx] = 0
         self.replacement_cdf = np.cumsum(weights / weights.sum())
-        self._cdf_by_device = {}
+        self._cdf_by_device: dict[torch.device, torch.Tensor] = {}
 
-    def __call__(self, tokens, scores, indices, epoch):
+    def __call__(
+        self, tokens: torch.Tensor, scores: torch.Tensor, indices: Sequence[int], epoch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, L) int64 padded, scores (B, L) float, indices (B,) sample ids."""
         return self.mask(tokens, scores, torch.from_numpy(row_seeds(self.seed, epoch, indices)))
 
