@@ -87,6 +87,7 @@ def test_se_bench_refuses_online_se_saying_why(scored_corpus):
         compare_pipelines(args, base_args, rounds=1)
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["masked_lm", "se_mlm"])
 def test_se_bench_stopping_epochs_early_exits_cleanly(scored_corpus, task):

@@ -678,6 +678,7 @@ def test_whole_word_masks_cover_whole_words(scored_bert_data, fs_dir, mode):
     assert words > 30 and continued > 3  # multi-piece words were selected, whole
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_fairseq_train_se_from_converted_bert_and_back(scored_bert_data, fs_dir, hf_dir, tmp_path):
     """fairseq-train --task se_mlm --criterion token_ls restores the converted BERT, trains a

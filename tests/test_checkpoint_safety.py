@@ -106,6 +106,7 @@ def test_weights_only_false_is_refused():
         checkpoint_utils.torch.load("x.pt", weights_only=False)
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_restore_file_in_roberta_base_layout(old_layout, scored_corpus, tmp_path):
     """fairseq-train --restore-file with the released-RoBERTa layout, as users continue it."""
@@ -128,6 +129,7 @@ def test_restore_file_in_roberta_base_layout(old_layout, scored_corpus, tmp_path
     assert os.path.exists(tmp_path / "ckpt" / "checkpoint_last.pt")
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_restore_without_plugin_fails_as_documented(old_layout, corpus, tmp_path):
     """The problem this module solves: plain fairseq on torch >= 2.6 cannot restore."""

@@ -410,6 +410,7 @@ def test_dict_from_vocab_skips_unusable_tokens():
     assert placeholders == 3
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_from_hf_checkpoint_restores_in_fairseq_train(corpus, tmp_path):
     """fairseq-train --task se_mlm --restore-file continues a converted HF model."""

@@ -72,6 +72,7 @@ def test_from_hf_force_and_check_in_process(corpus, tmp_path, capsys):
     assert torch.equal(embeddings(out), second.roberta.embeddings.word_embeddings.weight)
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_installed_command_and_se_score_on_its_output(corpus, tmp_path):
     """The installed se-convert from-hf --check, then se-score --path on the checkpoint it

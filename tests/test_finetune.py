@@ -515,6 +515,7 @@ def hub_predictions(run_dir, data_dir, task):
     return preds, outputs
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_finetune_classification_pair_and_regression_through_sentence_prediction(
     vanilla_checkpoint, tmp_path, capsys
@@ -607,6 +608,7 @@ def test_finetune_classification_pair_and_regression_through_sentence_prediction
     assert settings["total_updates"] == 1 * math.ceil(64 / 16) and settings["warmup_updates"] == 0
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_killed_run_resumes_and_finished_runs_are_not_redone(vanilla_checkpoint, tmp_path):
     task = make_cola(str(tmp_path / "CoLA"), n_train=96)

@@ -123,6 +123,7 @@ def final_weights(path):
     return safe_load(path)["model"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_online_training_resumes_the_same_way(corpus, tmp_path):
     args = ["--task", "se_mlm", "--criterion", "token_ls", "--se-online", "--dropout", "0.1"]

@@ -61,6 +61,7 @@ def test_training_parser_offers_the_options():
     assert python(code).splitlines()[-1] == "sample 0.2 model correctness 0.15"
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_fairseq_train_se_mlm_token_ls_trains_checkpoints_and_resumes(scored_corpus, tmp_path):
     save = str(tmp_path / "ckpt")
@@ -81,6 +82,7 @@ def test_fairseq_train_se_mlm_token_ls_trains_checkpoints_and_resumes(scored_cor
     assert state["optimizer_history"][-1]["num_updates"] == 20
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_user_dir_pointing_at_the_package_works(scored_corpus, tmp_path):
     result = fairseq_train(
@@ -151,6 +153,7 @@ def test_a_failing_pth_hook_warns_instead_of_passing_silently():
     assert python(code, SE_FAIRSEQ_NO_AUTOLOAD="0") == "['se_fairseq: the autoload hook failed (']"
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_user_dir_naming_another_copy_of_the_installed_package_works(scored_corpus, tmp_path):
     """A checkout next to an installed se-fairseq: fairseq used to stop with 'module name
@@ -179,6 +182,7 @@ def test_user_dir_naming_another_copy_of_the_installed_package_works(scored_corp
     )
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_a_refused_option_ends_fairseq_train_in_one_line(scored_corpus, tmp_path):
     result = fairseq_train(

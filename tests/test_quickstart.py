@@ -11,6 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {"random", "se", "se_mlm", "rarity", "online", "threshold", "mixed"}
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_quickstart_pipeline_end_to_end(tmp_path):
     work = tmp_path / "run"

@@ -86,6 +86,7 @@ def test_se_score_writes_a_rarity_file_without_a_checkpoint(corpus, tmp_path):
     assert out.returncode != 0 and "--path" in out.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_se_mlm_trains_on_rarity_scores(corpus, tmp_path):
     """fairseq-train --task se_mlm --se-metric rarity masks the rarest tokens of each block."""

@@ -68,6 +68,7 @@ def dense_scores(ckpt, data, metric):
     return out
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("metric", ["correctness", "confidence"])
 def test_scores_equal_a_dense_computation(vanilla_checkpoint, data, metric):
@@ -83,6 +84,7 @@ def test_scores_equal_a_dense_computation(vanilla_checkpoint, data, metric):
     assert loaded.meta["summary"]["tokens"] == len(expected)
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_stop_and_resume_gives_the_uninterrupted_file(vanilla_checkpoint, data, tmp_path):
     full = str(tmp_path / "full")
@@ -100,6 +102,7 @@ def test_stop_and_resume_gives_the_uninterrupted_file(vanilla_checkpoint, data, 
     assert not os.path.exists(part + ".partial")
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_file(vanilla_checkpoint, data, tmp_path):
     """SIGKILL right after the third chunk is saved (from inside the process, so the kill
@@ -168,6 +171,7 @@ def long_sentence_data(corpus, tmp_path):
     return binarize(str(text), str(tmp_path / "long-bin"), srcdict=os.path.join(corpus, "dict.txt"))
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("break_mode", ["complete", "eos"])
 def test_blocks_longer_than_the_model_are_skipped_as_fairseq_train_does(
@@ -221,6 +225,7 @@ def test_blocks_longer_than_the_model_are_skipped_as_fairseq_train_does(
     assert f"{int(too_long.sum())} samples have invalid sizes and will be skipped" in trained.stdout
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_equal_one_process(vanilla_checkpoint, data, tmp_path):
     one = str(tmp_path / "one")
@@ -258,6 +263,7 @@ def test_two_ranks_under_torchrun_equal_one_process(vanilla_checkpoint, data, tm
     assert open(two + ".npy", "rb").read() == open(one + ".npy", "rb").read()
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_checkpoint_with_another_dictionary_is_refused(vanilla_checkpoint, tmp_path):
     text = tmp_path / "text"
@@ -272,6 +278,7 @@ def test_checkpoint_with_another_dictionary_is_refused(vanilla_checkpoint, tmp_p
     assert not os.path.exists(os.path.join(other, "train.se_scores.npy"))
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_partial_results_of_other_options_are_refused(vanilla_checkpoint, data, tmp_path):
     out = str(tmp_path / "s")
@@ -293,6 +300,7 @@ def test_partial_results_of_other_options_are_refused(vanilla_checkpoint, data, 
     assert "metric" in result.stdout
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_se_mlm_trains_on_se_score_output(vanilla_checkpoint, data, tmp_path):
     from se_fairseq.testing import fairseq_train
@@ -317,6 +325,7 @@ def test_se_mlm_trains_on_se_score_output(vanilla_checkpoint, data, tmp_path):
     assert meta["corpus"]["num_tokens"] == sum(map(len, split_tokens(os.path.join(data, "train"))))
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_a_split_where_every_block_is_too_long_is_an_error(vanilla_checkpoint, data):
     """Blocks of 5 positions, complete: every sentence (4+ words, </s>, and <s>) is longer,
@@ -336,6 +345,7 @@ def test_a_split_where_every_block_is_too_long_is_an_error(vanilla_checkpoint, d
     assert not os.path.exists(os.path.join(data, "train.se_scores.npy"))
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_skipped_blocks_are_recorded_as_unscored_ranges(vanilla_checkpoint, long_sentence_data):
     from fairseq.data import Dictionary, TokenBlockDataset, data_utils
