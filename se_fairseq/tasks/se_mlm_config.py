@@ -216,7 +216,7 @@ def _check_config(cfg):
         raise SelfEvolutionConfigError("--d2v2-multi (data2vec batches) is not supported by se_mlm")
 
 
-def resolved_replacement(cfg: SelfEvolutionMLMConfig) -> tuple[float, float]:
+def resolved_replacement(cfg: SelfEvolutionMLMConfig) -> tuple[float, ...]:
     """(leave_unmasked_prob, random_token_prob): as given, else masked_lm's 0.1 each with
     --se-select random and 0 in the SE modes (every selected token becomes <mask>, as in
     the paper's reference code)."""
