@@ -1,6 +1,6 @@
 """Task ``se_mlm``: masked-LM training that masks what the model knows least.
 
-As fairseq's masked_lm task, this module is the task and the building of its
+Like fairseq's masked_lm task, this module is the task and the building of its
 datasets. The options and their checks live in ``se_mlm_config``; the --se-online
 step (score, select, mask with the live model) in ``se_mlm_online``.
 """
