@@ -8,8 +8,9 @@
 #       # rerun the named mutants only (fnmatch patterns; e.g. the survivors after new tests)
 #
 # Mutated: se_fairseq/data/se_masking.py, data/score_file.py, criterions/token_ls.py (the
-# TLS loss and criterion), tasks/se_mlm.py (counted: _check_config, resolved_replacement,
-# build_masker; the rest of the task is reported apart), rarity.py, ops/select.py,
+# TLS loss and criterion), tasks/se_mlm_config.py (the option checks: _check_config,
+# resolved_replacement, build_masker; the rest of that module is fenced off; a MUTATION_REV
+# from before the split takes them in tasks/se_mlm.py), rarity.py, ops/select.py,
 # ops/reference.py. mutmut 3 mutates inside functions only, forks a worker per mutant from
 # a process that has imported everything, and runs only the tests that reach the mutated
 # function, fastest first, stopping at the first failure. The tests are the fast unit
@@ -30,7 +31,7 @@ read -r -a TEST_FILES <<< "${TEST_FILES:-tests/test_masking_device.py tests/test
   tests/test_oracles.py tests/test_select_op.py tests/test_score_file.py tests/test_token_ls.py \
   tests/test_rarity.py tests/test_se_mlm.py tests/test_online.py}"
 read -r -a MUTATE <<< "${MUTATE:-data/se_masking.py data/score_file.py criterions/token_ls.py \
-  tasks/se_mlm.py rarity.py ops/select.py ops/reference.py}"
+  tasks/se_mlm_config.py rarity.py ops/select.py ops/reference.py}"
 
 "$PY" -c "import mutmut, sys; sys.exit(mutmut.__version__ != '$MUTMUT_VERSION')" 2>/dev/null \
   || "$PY" -m pip install -q --disable-pip-version-check "mutmut==$MUTMUT_VERSION"
@@ -53,8 +54,13 @@ else
   else
     (cd "$ROOT" && tar -c --exclude=__pycache__ se_fairseq tests pytest.ini) | tar -x -C "$WORK"
   fi
-  "$PY" "$ROOT/benchmarks/mutation/only_option_checks.py" "$WORK/se_fairseq/tasks/se_mlm.py"
 fi
+# The option checks live in tasks/se_mlm_config.py; in a MUTATION_REV from before the split
+# of the task module, in tasks/se_mlm.py. Everything else in that module is fenced off.
+OPTION_CHECKS=tasks/se_mlm_config.py
+[ -f "$WORK/se_fairseq/$OPTION_CHECKS" ] || OPTION_CHECKS=tasks/se_mlm.py
+MUTATE=("${MUTATE[@]/#tasks\/se_mlm_config.py/$OPTION_CHECKS}")
+[ -n "$RERUN" ] || "$PY" "$ROOT/benchmarks/mutation/only_option_checks.py" "$WORK/se_fairseq/$OPTION_CHECKS"
 selection=()
 for f in "${TEST_FILES[@]}"; do [ -f "$WORK/$f" ] && selection+=("$f"); done
 {

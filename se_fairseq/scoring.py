@@ -37,6 +37,12 @@ def vocab_size(model):
     return model.encoder.sentence_encoder.embed_tokens.num_embeddings
 
 
+def lm_head(model, features):
+    """LM-head logits (positions x vocab) of encoder ``features`` (positions x dim) of a
+    fairseq RoBERTa-style model."""
+    return model.encoder.output_layer(features)
+
+
 @torch.no_grad()
 def score_features(model, features, src_tokens, pad, metric, keep_logits=False):
     """Scores (batch x length, fp32, 0 at padding) from encoder ``features``.
@@ -53,7 +59,7 @@ def score_features(model, features, src_tokens, pad, metric, keep_logits=False):
     chunk = max(1, LOGITS_BUDGET // vocab)
     pieces, kept = [], []
     for s in range(0, flat_features.size(0), chunk):
-        logits = model.encoder.output_layer(flat_features[s : s + chunk])
+        logits = lm_head(model, flat_features[s : s + chunk])
         pieces.append(token_scores_from_logits(logits, flat_targets[s : s + chunk], metric))
         if keep_logits:
             kept.append(logits)

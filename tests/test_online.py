@@ -105,11 +105,6 @@ def test_online_needs_token_ls(corpus):
         setup(corpus, criterion="masked_lm")
 
 
-def test_online_refuses_random_selection(corpus):
-    with pytest.raises(ValueError, match="--se-online"):
-        setup(corpus, "--se-select", "random")
-
-
 def test_validation_uses_random_masking(corpus):
     task, _, _, _ = setup(corpus)
     task.load_dataset("valid")

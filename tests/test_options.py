@@ -2,7 +2,8 @@
 
 Each test fails if the option it names is ignored: it compares batches the task
 builds with an independent computation from the option's documented meaning
-(README "Task se_mlm"), or checks the refusal's message.
+(README "Task se_mlm"), or checks the refusal's message. The refusals and their
+accepted neighbours are the one table se_fairseq.testing.OPTION_RULES.
 """
 
 import math
@@ -11,107 +12,72 @@ import os
 import numpy as np
 import pytest
 import torch
-from test_se_mlm import epoch_batches, flat_scores_of_batch, make_task
 
-from se_fairseq.tasks.se_mlm import _check_config
+from se_fairseq.tasks.se_mlm_config import (
+    SelfEvolutionConfigError,
+    SelfEvolutionMLMConfig,
+    _check_config,
+    resolved_replacement,
+)
 from se_fairseq.testing import (
     TINY_ROBERTA,
-    parse_training_args,
+    epoch_batches,
+    flat_scores_of_batch,
+    make_task,
+    option_acceptances,
+    option_argv,
+    option_refusals,
     setup_task,
     split_tokens,
     write_scores,
 )
 
-
-def check(*extra):
-    """_check_config on the options fairseq-train parses (fairseq's own parser; the
-    namespace holds every task option before fairseq turns it into the task config, a
-    step of about 1 s that the refusal tests below skip; test_refusal_at_task_set_up
-    goes through it)."""
-    from fairseq import options
-
-    args = options.parse_args_and_arch(
-        options.get_training_parser(),
-        ["data-bin", *TINY_ROBERTA, "--task", "se_mlm", "--criterion", "masked_lm", *extra],
-    )
-    _check_config(args)
-    return args
-
-
 # ------------------------------------------------------------------ refusals
 
 
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--se-temperature", "0"], "--se-temperature must be positive, got 0"),
-        (["--se-temperature", "-1", "--se-select", "sample"], "--se-temperature must be positive"),
-        (["--leave-unmasked-prob", "1.5"], r"--leave-unmasked-prob must lie in \[0, 1\], got 1.5"),
-        (["--leave-unmasked-prob", "-0.1"], "--leave-unmasked-prob must lie"),
-        (["--random-token-prob", "2"], r"--random-token-prob must lie in \[0, 1\], got 2"),
-        (["--random-token-prob", "-0.5"], "--random-token-prob must lie"),
-        (
-            ["--leave-unmasked-prob", "0.6", "--random-token-prob", "0.5"],
-            "--leave-unmasked-prob plus --random-token-prob must not exceed 1",
-        ),
-        # with --se-select random an unset option is masked_lm's 0.1: 0.95 + 0.1 > 1
-        (["--se-select", "random", "--leave-unmasked-prob", "0.95"], "must not exceed 1"),
-        (["--se-select", "random", "--random-token-prob", "0.91"], "must not exceed 1"),
-        (["--mask-multiple-length", "3"], "--mask-multiple-length/--mask-stdev are fairseq random"),
-        (["--mask-stdev", "1.0"], "apply only with --se-select random"),
-        (["--se-select", "sample", "--mask-multiple-length", "2"], "--mask-multiple-length"),
-        (
-            ["--se-select", "threshold", "--se-metric", "rarity"],
-            "--se-select threshold with --se-metric rarity needs --se-threshold",
-        ),
-        (["--se-random-share", "-0.1"], "--se-random-share must lie in"),
-        (["--se-select", "random", "--se-random-share", "0.5"], "not random"),
-        (["--se-online", "--se-select", "random"], "--se-online selects by score"),
-        (["--mask-prob", "1"], "--mask-prob must lie in"),
-    ],
-)
-def test_refusals(extra, message):
-    with pytest.raises(ValueError, match=message):
-        check(*extra)
+def check_parsed(options):
+    """_check_config on the options fairseq-train parses (fairseq's own parser; the
+    namespace holds every task option before fairseq turns it into the task config, a
+    step of about 0.2 s that test_refusal_at_task_set_up takes)."""
+    from fairseq import options as fairseq_options
 
-
-@pytest.mark.parametrize(
-    "extra",
-    [
-        ["--se-temperature", "1e-6", "--se-select", "sample"],
-        ["--leave-unmasked-prob", "0.95"],  # SE modes: unset random-token-prob is 0
-        ["--leave-unmasked-prob", "0.5", "--random-token-prob", "0.5"],  # exactly 1
-        ["--leave-unmasked-prob", "0", "--random-token-prob", "1"],
-        ["--se-select", "random", "--leave-unmasked-prob", "0.9"],  # 0.9 + 0.1 = 1
-        ["--se-select", "random", "--mask-multiple-length", "3", "--mask-stdev", "1.0"],
-        ["--se-select", "threshold", "--se-metric", "rarity", "--se-threshold", "7"],
-        ["--se-select", "threshold", "--se-metric", "confidence"],
-        ["--se-random-share", "1", "--se-select", "sample"],
-        ["--se-online", "--se-select", "threshold"],
-    ],
-)
-def test_accepted_neighbours_of_the_refusals(extra):
-    """The limits sit where the README says: values at or inside them are accepted."""
-    check(*extra)
-
-
-def test_refusal_at_task_set_up(scored_corpus):
-    """The same check where fairseq-train meets it: setting up the task from its config."""
-    with pytest.raises(ValueError, match="--se-temperature must be positive"):
-        make_task(
-            scored_corpus, "--task", "se_mlm", "--se-select", "sample", "--se-temperature", "-0.5"
-        )
-
-
-def test_data2vec_batches_are_refused():
-    cfg = parse_training_args(
-        "data-bin", *TINY_ROBERTA, "--task", "se_mlm", "--criterion", "masked_lm"
+    argv = option_argv(options)
+    parser = fairseq_options.get_training_parser()
+    args = fairseq_options.parse_args_and_arch(
+        parser, ["data-bin", *TINY_ROBERTA, "--task", "se_mlm", "--criterion", "masked_lm", *argv]
     )
-    if "d2v2_multi" not in cfg.task:
-        pytest.skip("this fairseq's masked_lm has no --d2v2-multi option")
-    cfg.task.d2v2_multi = True
-    with pytest.raises(ValueError, match="--d2v2-multi"):
-        _check_config(cfg.task)
+    _check_config(args)
+
+
+def check_direct(options):
+    """_check_config on SelfEvolutionMLMConfig's defaults with ``options`` set (milliseconds)."""
+    cfg = SelfEvolutionMLMConfig()
+    for key, value in options.items():
+        setattr(cfg, key, value)
+    _check_config(cfg)
+
+
+@pytest.mark.parametrize("path", [check_direct, check_parsed], ids=["direct", "parsed"])
+@pytest.mark.parametrize("options, message", option_refusals())
+def test_refusals(path, options, message):
+    with pytest.raises(SelfEvolutionConfigError) as refused:
+        path(options)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("path", [check_direct, check_parsed], ids=["direct", "parsed"])
+@pytest.mark.parametrize("options", option_acceptances())
+def test_accepted_neighbours_of_the_refusals(path, options):
+    """The limits sit where the README says: values at or inside them are accepted."""
+    path(options)
+
+
+@pytest.mark.parametrize("options, message", option_refusals(first_of_each_rule=True))
+def test_refusal_at_task_set_up(corpus, options, message):
+    """The same checks where fairseq-train meets them: setting up the task from its config."""
+    with pytest.raises(SelfEvolutionConfigError) as refused:
+        make_task(corpus, "--task", "se_mlm", *option_argv(options))
+    assert str(refused.value) == message
 
 
 # ------------------------------------------------------------- --se-temperature
@@ -346,87 +312,6 @@ def test_build_masker_takes_every_option_from_the_command_line(scored_corpus):
     )
 
 
-# -- every option check at its boundaries, called directly (milliseconds: the argument-parsing
-# tests above cover the same refusals through fairseq-train's parser) ---------------------
-
-
-def _check(**changes):
-    from se_fairseq.tasks.se_mlm import SelfEvolutionMLMConfig, _check_config
-
-    cfg = SelfEvolutionMLMConfig()
-    for key, value in changes.items():
-        setattr(cfg, key, value)
-    _check_config(cfg)
-
-
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"mask_prob": 1e-9},
-        {"mask_prob": 1 - 1e-9},
-        {"leave_unmasked_prob": 0.0},
-        {"leave_unmasked_prob": 1.0},
-        {"random_token_prob": 0.0},
-        {"random_token_prob": 1.0},
-        {"leave_unmasked_prob": 0.4, "random_token_prob": 0.6},  # the sum at exactly 1
-        {"se_select": "random", "leave_unmasked_prob": 0.9},  # + random's default 0.1 = 1
-        {"se_temperature": 1e-9},
-        {"se_random_share": 0.0},
-        {"se_random_share": 1.0},
-        {"se_random_share": 0.5, "se_select": "sample"},
-        {"se_select": "random", "mask_multiple_length": 3, "mask_stdev": 1.0},
-        {"se_select": "threshold"},
-        {"se_select": "threshold", "se_metric": "confidence"},
-        {"se_select": "threshold", "se_metric": "rarity", "se_threshold": 5.0},
-        {"se_threshold": 0.2, "se_select": "threshold"},
-        {"se_online": True, "se_select": "topk", "se_metric": "confidence"},
-        {"se_online": True, "se_select": "sample"},
-        {"se_online": True, "se_select": "threshold"},
-        {"d2v2_multi": False},
-    ],
-)
-def test_option_checks_accept_the_ends_of_each_range(changes):
-    _check(**changes)
-
-
-@pytest.mark.parametrize(
-    "changes,message",
-    [
-        ({"mask_prob": 0.0}, r"--mask-prob must lie in \(0, 1\), got 0.0"),
-        ({"mask_prob": 1.0}, r"--mask-prob must lie in \(0, 1\), got 1.0"),
-        ({"leave_unmasked_prob": -1e-9}, r"--leave-unmasked-prob must lie in \[0, 1\]"),
-        ({"leave_unmasked_prob": 1 + 1e-9}, r"--leave-unmasked-prob must lie in \[0, 1\]"),
-        ({"random_token_prob": -1e-9}, r"--random-token-prob must lie in \[0, 1\]"),
-        ({"random_token_prob": 1 + 1e-9}, r"--random-token-prob must lie in \[0, 1\]"),
-        ({"leave_unmasked_prob": 0.5, "random_token_prob": 0.5 + 1e-9}, "must not exceed 1"),
-        ({"se_select": "random", "leave_unmasked_prob": 0.95}, "must not exceed 1"),
-        ({"se_select": "random", "random_token_prob": 0.95}, "must not exceed 1"),
-        ({"se_temperature": 0.0}, "--se-temperature must be positive, got 0.0"),
-        ({"se_temperature": -1.0}, "--se-temperature must be positive"),
-        ({"mask_multiple_length": 2}, "apply only with --se-select random"),
-        ({"mask_stdev": 0.5}, "apply only with --se-select random"),
-        ({"se_threshold": 0.2}, "--se-threshold applies to --se-select threshold, not topk"),
-        ({"se_threshold": 0.2, "se_select": "sample"}, "not sample"),
-        (
-            {"se_select": "threshold", "se_metric": "rarity"},
-            "--se-metric rarity needs --se-threshold",
-        ),
-        ({"se_random_share": -1e-9}, r"--se-random-share must lie in \[0, 1\]"),
-        ({"se_random_share": 1 + 1e-9}, r"--se-random-share must lie in \[0, 1\]"),
-        ({"se_random_share": 0.5, "se_select": "threshold"}, "topk or sample, not threshold"),
-        ({"se_random_share": 0.5, "se_select": "random"}, "topk or sample, not random"),
-        ({"se_online": True, "se_select": "random"}, "--se-online selects by score"),
-        ({"se_online": True, "se_metric": "rarity"}, "--se-metric must be one of"),
-        ({"d2v2_multi": True}, "--d2v2-multi"),
-    ],
-)
-def test_option_checks_refuse_just_outside_each_range(changes, message):
-    from se_fairseq.tasks.se_mlm import SelfEvolutionConfigError
-
-    with pytest.raises(SelfEvolutionConfigError, match=message):
-        _check(**changes)
-
-
 @pytest.mark.parametrize(
     "select_mode,given,expected",
     [
@@ -443,8 +328,6 @@ def test_option_checks_refuse_just_outside_each_range(changes, message):
     ],
 )
 def test_resolved_replacement_defaults_per_mode(select_mode, given, expected):
-    from se_fairseq.tasks.se_mlm import SelfEvolutionMLMConfig, resolved_replacement
-
     cfg = SelfEvolutionMLMConfig()
     cfg.se_select = select_mode
     cfg.leave_unmasked_prob, cfg.random_token_prob = given

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import se_fairseq
-from se_fairseq.testing import fairseq_train
+from se_fairseq.testing import OPTION_RULES, fairseq_train, option_argv
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(se_fairseq.__file__))
 
@@ -185,6 +185,9 @@ def test_user_dir_naming_another_copy_of_the_installed_package_works(scored_corp
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_a_refused_option_ends_fairseq_train_in_one_line(scored_corpus, tmp_path):
+    options, message = next(
+        rule.refused[0] for rule in OPTION_RULES if rule.name == "--mask-prob in (0, 1)"
+    )
     result = fairseq_train(
         scored_corpus,
         str(tmp_path / "ckpt"),
@@ -192,13 +195,43 @@ def test_a_refused_option_ends_fairseq_train_in_one_line(scored_corpus, tmp_path
         "se_mlm",
         "--criterion",
         "token_ls",
-        "--mask-prob",
-        "1.5",
+        *option_argv(options),
         max_update=2,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stdout
-    assert (
-        result.stdout.rstrip().splitlines()[-1]
-        == "fairseq-train: error: --mask-prob must lie in (0, 1), got 1.5"
+    assert result.stdout.rstrip().splitlines()[-1] == f"fairseq-train: error: {message}"
+
+
+def test_registration_installs_the_one_line_excepthook(capsys):
+    """plugin.register() (run when conftest imported fairseq) put the hook in front of
+    sys.excepthook: refusals print one line, anything else reaches the hook before it."""
+    from se_fairseq.data.score_file import ScoreFileError
+    from se_fairseq.tasks.se_mlm_config import SelfEvolutionConfigError, _one_line_refusals
+
+    assert getattr(sys.excepthook, "se_fairseq_one_line", False)
+    passed_on = []
+    hook = _one_line_refusals(lambda *exc_info: passed_on.append(exc_info[1]))
+    program = os.path.basename(sys.argv[0]) or "python"
+    for error in (SelfEvolutionConfigError("--x is refused"), ScoreFileError("file y is off")):
+        hook(type(error), error, None)
+        assert capsys.readouterr().err == f"{program}: error: {error}\n"
+    other = RuntimeError("not a refusal")
+    hook(RuntimeError, other, None)
+    assert passed_on == [other] and capsys.readouterr().err == ""
+
+
+@pytest.mark.subprocess
+def test_the_excepthook_comes_with_registration_not_with_the_task_import():
+    code = (
+        "import sys, se_fairseq\n"  # before fairseq: importing the package registers nothing
+        "import fairseq, se_fairseq.tasks.se_mlm\n"
+        "flag = lambda: getattr(sys.excepthook, 'se_fairseq_one_line', False)\n"
+        "before = flag()\n"
+        "se_fairseq.register_with_fairseq()\n"
+        "installed = sys.excepthook\n"
+        "se_fairseq.plugin._registered = False\n"
+        "se_fairseq.register_with_fairseq()\n"
+        "print(before, flag(), sys.excepthook is installed)"
     )
+    assert python(code, SE_FAIRSEQ_NO_AUTOLOAD="1").splitlines()[-1] == "False True True"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from se_fairseq.data import score_file
-from se_fairseq.tasks.se_mlm import SelfEvolutionConfigError
+from se_fairseq.tasks.se_mlm_config import SelfEvolutionConfigError
 from se_fairseq.testing import setup_task, split_tokens, write_scores
 
 

@@ -9,29 +9,14 @@ import torch
 
 from se_fairseq.data import score_file
 from se_fairseq.data.score_file import ScoreFileError
-from se_fairseq.testing import TINY_ROBERTA, setup_task, split_tokens, write_scores
-
-
-def make_task(data, *extra):
-    return setup_task(
-        data, *TINY_ROBERTA, "--cpu", "--seed", "5", "--criterion", "masked_lm", *extra
-    )
-
-
-def epoch_batches(task, split="train", epoch=1, batch_size=8):
-    task.load_dataset(split)
-    itr = task.get_batch_iterator(
-        task.dataset(split), max_sentences=batch_size, seed=5, epoch=epoch, num_workers=0
-    ).next_epoch_itr(shuffle=True)
-    return list(itr)
-
-
-def sentence_scores(split_path):
-    """(sentences, their scores) read straight from the split and its score file."""
-    sentences = split_tokens(split_path)
-    flat = np.load(split_path + ".se_scores.npy").astype(np.float32)
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sentences])])
-    return sentences, [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+from se_fairseq.testing import (
+    epoch_batches,
+    flat_scores_of_batch,
+    make_task,
+    sentence_scores,
+    split_tokens,
+    write_scores,
+)
 
 
 def test_random_mode_equals_fairseq_masked_lm(scored_corpus):
@@ -159,12 +144,6 @@ def test_whole_word_masking_selects_words_by_their_best_token(scored_corpus, tmp
         assert chosen == sorted(ranked[:k])
 
 
-@pytest.mark.parametrize("mask_prob", ["0", "1", "1.5", "-0.1"])
-def test_mask_prob_outside_unit_interval_is_refused(scored_corpus, mask_prob):
-    with pytest.raises(ValueError, match="--mask-prob"):
-        make_task(scored_corpus, "--task", "se_mlm", "--mask-prob", mask_prob)
-
-
 def test_missing_train_scores_is_an_error(corpus):
     task, _ = make_task(corpus, "--task", "se_mlm")
     with pytest.raises(ScoreFileError, match="train.se_scores.npy not found"):
@@ -183,12 +162,6 @@ def test_metric_mismatch_is_refused(scored_corpus):
     task, _ = make_task(scored_corpus, "--task", "se_mlm", "--se-metric", "confidence")
     with pytest.raises(ValueError, match="correctness.*confidence"):
         task.load_dataset("train")
-
-
-def flat_scores_of_batch(batch, split_path):
-    """Scores of each row of an eos-mode batch (0 for <s>), read straight from the score file."""
-    _, sentence_score = sentence_scores(split_path)
-    return [np.concatenate([[0.0], sentence_score[i]]) for i in batch["id"].tolist()]
 
 
 def test_explicit_score_path_loads_valid_with_its_fallback(scored_corpus, tmp_path):
@@ -314,20 +287,6 @@ def test_random_share_splits_the_budget(scored_corpus):
             assert set(order[:by_score]) <= set(np.flatnonzero(selected))
             outside_top += len(set(np.flatnonzero(selected)) - set(order[:k]))
     assert outside_top > 20
-
-
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--se-select", "topk", "--se-threshold", "1"], "--se-threshold applies"),
-        (["--se-select", "threshold", "--se-random-share", "0.5"], "--se-random-share splits"),
-        (["--se-random-share", "1.5"], "--se-random-share must lie"),
-        (["--se-online", "--se-metric", "rarity"], "--se-online scores with the live model"),
-    ],
-)
-def test_inconsistent_se_options_are_refused(scored_corpus, extra, message):
-    with pytest.raises(ValueError, match=message):
-        make_task(scored_corpus, "--task", "se_mlm", *extra)
 
 
 def test_empty_and_short_sequences(scored_corpus):

@@ -332,6 +332,23 @@ def test_alpha_at_the_ends_of_the_range_is_accepted(setup, alpha):
     assert criterion.logging_outputs_can_be_summed() is True
 
 
+@pytest.mark.parametrize(
+    "alpha, ref, needs",
+    [(0.0, "model", False), (0.1, "model", True), (1.0, "model", True), (0.1, "uniform", False)],
+)
+def test_needs_reference_probs_says_when_forward_reads_them(setup, alpha, ref, needs):
+    """The contract with the --se-online step (ReferenceConsumer): p_ref left in the batch
+    changes the loss exactly when the criterion says it needs it."""
+    criterion = setup.tls(alpha, ref)
+    assert criterion.needs_reference_probs() is needs
+    planted = dict(setup.sample)
+    rows, vocab = int(setup.masked.sum()), len(setup.task.source_dictionary)
+    planted["tls_ref_probs"] = F.one_hot(torch.zeros(rows, dtype=torch.long), vocab).float()
+    with torch.no_grad():
+        own, given = (criterion(setup.model, s)[0] for s in (setup.sample, planted))
+    assert (not torch.equal(own, given)) is needs
+
+
 def test_topk_se_mlm_batch_equals_dense_formula(scored_corpus):
     """The SE setting itself: se_mlm masks the top-k tokens by score (all of them
     become <mask>), token_ls trains on them; loss and gradients are the dense

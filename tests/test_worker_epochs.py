@@ -7,7 +7,8 @@ does, with 0, 1 and 2 worker processes.
 
 import pytest
 import torch
-from test_se_mlm import make_task
+
+from se_fairseq.testing import make_task
 
 EPOCHS = (1, 2, 3)
 

@@ -1,7 +1,8 @@
-"""Fence off everything in the scratch copy of tasks/se_mlm.py but its option checks with
-mutmut's ``# pragma: no mutate start/end`` lines: the score of that module is about
-_check_config, resolved_replacement and build_masker (dataset loading and the online
-step are tested end to end by slower tests)."""
+"""Fence off everything in the scratch copy of tasks/se_mlm_config.py (tasks/se_mlm.py
+before the split) but its option checks with mutmut's ``# pragma: no mutate start/end``
+lines: the score of that module is about _check_config, resolved_replacement and
+build_masker (the excepthook and the checks of the data against the run, like dataset
+loading and the online step, are tested end to end by slower tests)."""
 
 import ast
 import sys

@@ -33,9 +33,16 @@ def load_equivalent(path):
     return out
 
 
-# tasks/se_mlm.py: the option checks are what the score is about; the rest of the task
-# (dataset loading, online step) is reported on its own line
-OPTION_CHECKS = ("x__check_config__", "x_resolved_replacement__", "ǁbuild_masker__")
+# tasks/se_mlm_config.py (tasks/se_mlm.py before the split, where build_masker was a method
+# of the task): the option checks are what the score is about; anything else mutated in that
+# module is reported on its own line
+OPTION_CHECK_MODULES = ("tasks/se_mlm_config.py", "tasks/se_mlm.py")
+OPTION_CHECKS = (
+    "x__check_config__",
+    "x_resolved_replacement__",
+    "x_build_masker__",
+    "ǁbuild_masker__",
+)
 
 
 def module_of(meta_path):
@@ -44,9 +51,9 @@ def module_of(meta_path):
 
 
 def group_of(module, mutant):
-    if module.endswith("tasks/se_mlm.py"):
+    if module.endswith(OPTION_CHECK_MODULES):
         checks = any(tag in mutant for tag in OPTION_CHECKS)
-        return module + (" (option checks)" if checks else " (rest of the task)")
+        return module + (" (option checks)" if checks else " (rest of the module)")
     return module
 
 

@@ -72,6 +72,12 @@ class TokenLabelSmoothingCriterion(FairseqCriterion):
         self.alpha = cfg.tls_alpha
         self.reference = cfg.tls_ref
 
+    def needs_reference_probs(self) -> bool:
+        """Whether forward reads p_ref (TLS against the model's own prediction with
+        --tls-alpha > 0): the ``ReferenceConsumer`` contract of se_fairseq.reference_forward.
+        If so, the --se-online step leaves p_ref in the batch and forward takes it there."""
+        return self.alpha > 0.0 and self.reference == "model"
+
     def forward(self, model, sample, reduce=True):
         # Counts stay tensors, as in fairseq's masked_lm: no host sync here (the
         # trainer and reduce_metrics take tensors; fairseq sums them across workers).

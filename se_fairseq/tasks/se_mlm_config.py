@@ -1,0 +1,300 @@
+"""Task ``se_mlm``'s configuration and the checks that refuse a configuration.
+
+``SelfEvolutionMLMConfig`` extends fairseq's masked_lm options with the SE options;
+``_check_config`` refuses, at task set-up, what se_mlm cannot train on;
+``resolved_replacement`` and ``build_masker`` turn the options into the masker.
+``check_valid_sizes`` and ``check_score_file`` refuse data that does not fit the run,
+when a split is loaded. A refusal is a ``SelfEvolutionConfigError`` (or a score file's
+``ScoreFileError``); plugin registration installs ``install_one_line_refusals``, so that
+fairseq-train ends with one line naming it instead of a traceback.
+"""
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from fairseq.data import Dictionary
+from fairseq.dataclass import ChoiceEnum
+from fairseq.tasks.masked_lm import MaskedLMConfig
+from omegaconf import II
+
+from se_fairseq.data import score_file
+from se_fairseq.data.se_masking import (
+    MASKED_LM_LEAVE_UNMASKED_PROB,
+    MASKED_LM_RANDOM_TOKEN_PROB,
+    SelfEvolutionMasker,
+)
+from se_fairseq.scoring import METRICS as ONLINE_METRICS
+
+SE_SELECT_CHOICES = ChoiceEnum(["topk", "threshold", "sample", "random"])
+SE_METRIC_CHOICES = ChoiceEnum(
+    ["correctness", "confidence", "rarity"]
+)  # rarity: se-score --metric rarity
+SE_THRESHOLD_FALLBACK_CHOICES = ChoiceEnum(["random", "none"])
+
+# The reference code masks the tokens whose loss (correctness) exceeds 0.1, i.e. whose
+# probability is below e^-0.1 = 0.905. For confidence (entropy) the default is the
+# entropy of the surest prediction with that top probability: the binary entropy
+# h(e^-0.1) = 0.314 nats. A token scores below it only if the model puts more than
+# 0.905 on one candidate, so the two rules agree wherever that candidate is the truth.
+_P_SURE = math.exp(-0.1)
+DEFAULT_THRESHOLDS = {
+    "correctness": 0.1,
+    "confidence": -(_P_SURE * math.log(_P_SURE) + (1 - _P_SURE) * math.log(1 - _P_SURE)),
+}
+
+
+class SelfEvolutionConfigError(ValueError):
+    """A configuration se_mlm refuses at start-up; fairseq-train prints it as one line."""
+
+
+def _one_line_refusals(previous):
+    """sys.excepthook: a refusal of se_mlm (or a score file that does not fit the run)
+    that nothing caught ends the program with its message on one line, as argparse
+    errors do, instead of a traceback through fairseq-train's set-up; every other
+    exception goes to the previous hook."""
+
+    def hook(kind, err, tb):
+        if isinstance(err, (SelfEvolutionConfigError, score_file.ScoreFileError)):
+            print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {err}", file=sys.stderr)
+            return
+        previous(kind, err, tb)
+
+    hook.se_fairseq_one_line = True
+    return hook
+
+
+def install_one_line_refusals() -> None:
+    """Put ``_one_line_refusals`` in front of ``sys.excepthook`` (once per process)."""
+    if not getattr(sys.excepthook, "se_fairseq_one_line", False):
+        sys.excepthook = _one_line_refusals(sys.excepthook)
+
+
+@dataclass
+class SelfEvolutionMLMConfig(MaskedLMConfig):
+    se_select: SE_SELECT_CHOICES = field(
+        default="topk",
+        metadata={
+            "help": "how to choose the tokens to mask: topk = the mask_prob fraction of "
+            "eligible tokens with the highest scores; threshold = every token scored above "
+            "--se-threshold (the reference code's rule); sample = mask_prob of the tokens drawn "
+            "without replacement with probability rising with the score (Gumbel top-k at "
+            "--se-temperature); random = fairseq masked_lm masking (no scores needed)"
+        },
+    )
+    se_threshold: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "with --se-select threshold: mask every token scored above it (default: "
+            "0.1 for correctness, as the reference code; 0.314 nats for confidence, the "
+            "entropy of a prediction 0.905 sure)"
+        },
+    )
+    se_threshold_fallback: SE_THRESHOLD_FALLBACK_CHOICES = field(
+        default="random",
+        metadata={
+            "help": "with --se-select threshold, rows with no token above the threshold: random "
+            "= fairseq masked_lm masking at --mask-prob with 80/10/10 replacement (the "
+            "reference code); none = leave them unmasked"
+        },
+    )
+    se_random_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "with --se-select topk or sample: the share of each block's mask budget "
+            "given to uniformly drawn tokens instead of the highest scores (0 = pure SE, "
+            "1 = random positions with SE's budget)"
+        },
+    )
+    se_temperature: float = field(
+        default=1.0,
+        metadata={"help": "with --se-select sample: score temperature (lower = closer to topk)"},
+    )
+    se_online: bool = field(
+        default=False,
+        metadata={
+            "help": "one-stage SE: no score file; every train step scores the unmasked batch "
+            "with the current model (the reference forward that token_ls needs anyway), selects "
+            "on the device with --se-select topk, sample or threshold, then trains on the masked "
+            "batch. Needs --criterion token_ls. Valid/test splits use random (masked_lm) masking"
+        },
+    )
+    se_metric: SE_METRIC_CHOICES = field(
+        default="correctness",
+        metadata={
+            "help": "the self-questioning score: correctness = -log p(true token), confidence = "
+            "entropy of the prediction (offline: what the score file must hold)"
+        },
+    )
+    se_scores: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "score file of the train split (prefix, or its .npy/.json); default: "
+            "<data>/<split>.se_scores.{npy,json} beside the split, as se-score writes it"
+        },
+    )
+    train_subset: str = II("dataset.train_subset")
+    skip_invalid_size_inputs_valid_test: bool = II("dataset.skip_invalid_size_inputs_valid_test")
+    # fairseq-train's top-level --bpe options: --mask-whole-words needs them to find where
+    # words begin (masked_lm reads a self.args that dataclass tasks do not have).
+    se_bpe: Any = II("bpe")
+    leave_unmasked_prob: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "probability that a selected token is left unchanged (default: 0.1 with "
+            "--se-select random as in masked_lm, else 0: every selected token is <mask>)"
+        },
+    )
+    random_token_prob: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "probability that a selected token is replaced by a random token "
+            "(default: 0.1 with --se-select random as in masked_lm, else 0)"
+        },
+    )
+
+
+def _check_config(cfg):
+    if cfg.se_online and cfg.se_select == "random":
+        raise SelfEvolutionConfigError(
+            "--se-online selects by score: use --se-select topk, sample or threshold"
+        )
+    if cfg.se_online and str(cfg.se_metric) not in ONLINE_METRICS:
+        raise SelfEvolutionConfigError(
+            f"--se-online scores with the live model: --se-metric must be one of "
+            f"{', '.join(ONLINE_METRICS)}, not {cfg.se_metric} (a score file's metric)"
+        )
+    if not 0.0 < cfg.mask_prob < 1.0:
+        raise SelfEvolutionConfigError(f"--mask-prob must lie in (0, 1), got {cfg.mask_prob}")
+    for name in ("leave_unmasked_prob", "random_token_prob"):
+        value = getattr(cfg, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise SelfEvolutionConfigError(
+                f"--{name.replace('_', '-')} must lie in [0, 1], got {value}"
+            )
+    if sum(resolved_replacement(cfg)) > 1.0:
+        raise SelfEvolutionConfigError(
+            "--leave-unmasked-prob plus --random-token-prob must not exceed 1 "
+            "(unset, each is 0.1 with --se-select random, else 0)"
+        )
+    if cfg.se_temperature <= 0:
+        raise SelfEvolutionConfigError(
+            f"--se-temperature must be positive, got {cfg.se_temperature}"
+        )
+    if cfg.se_select != "random" and (cfg.mask_multiple_length != 1 or cfg.mask_stdev != 0):
+        raise SelfEvolutionConfigError(
+            "--mask-multiple-length/--mask-stdev are fairseq random-masking options; they "
+            "apply only with --se-select random"
+        )
+    if cfg.se_threshold is not None and cfg.se_select != "threshold":
+        raise SelfEvolutionConfigError(
+            f"--se-threshold applies to --se-select threshold, not {cfg.se_select}"
+        )
+    if (
+        cfg.se_select == "threshold"
+        and cfg.se_threshold is None
+        and str(cfg.se_metric) not in DEFAULT_THRESHOLDS
+    ):
+        raise SelfEvolutionConfigError(
+            f"--se-select threshold with --se-metric {cfg.se_metric} needs "
+            "--se-threshold (there is no default for that metric)"
+        )
+    if not 0.0 <= cfg.se_random_share <= 1.0:
+        raise SelfEvolutionConfigError(
+            f"--se-random-share must lie in [0, 1], got {cfg.se_random_share}"
+        )
+    if cfg.se_random_share > 0 and cfg.se_select not in ("topk", "sample"):
+        raise SelfEvolutionConfigError(
+            "--se-random-share splits the budget of --se-select topk or sample, "
+            f"not {cfg.se_select}"
+        )
+    if getattr(cfg, "d2v2_multi", False):
+        raise SelfEvolutionConfigError("--d2v2-multi (data2vec batches) is not supported by se_mlm")
+
+
+def resolved_replacement(cfg: SelfEvolutionMLMConfig) -> tuple[float, ...]:
+    """(leave_unmasked_prob, random_token_prob): as given, else masked_lm's 0.1 each with
+    --se-select random and 0 in the SE modes (every selected token becomes <mask>, as in
+    the paper's reference code)."""
+    defaults = (
+        (MASKED_LM_LEAVE_UNMASKED_PROB, MASKED_LM_RANDOM_TOKEN_PROB)
+        if cfg.se_select == "random"
+        else (0.0, 0.0)
+    )
+    given = (cfg.leave_unmasked_prob, cfg.random_token_prob)
+    return tuple(d if g is None else float(g) for g, d in zip(given, defaults))
+
+
+def build_masker(
+    cfg: SelfEvolutionMLMConfig,
+    dictionary: Dictionary,
+    mask_idx: int,
+    word_begins: Optional[torch.Tensor],
+) -> SelfEvolutionMasker:
+    """The masker of the SE modes, from the options: ``word_begins`` is the whole-word
+    table of --mask-whole-words (None without it); --se-select threshold without
+    --se-threshold takes the metric's default (DEFAULT_THRESHOLDS)."""
+    threshold = cfg.se_threshold
+    if threshold is None and cfg.se_select == "threshold":
+        threshold = DEFAULT_THRESHOLDS[str(cfg.se_metric)]
+    leave_unmasked_prob, random_token_prob = resolved_replacement(cfg)
+    return SelfEvolutionMasker(
+        dictionary,
+        mask_idx,
+        mask_prob=cfg.mask_prob,
+        mode=str(cfg.se_select),
+        seed=cfg.seed,
+        threshold=threshold,  # type: ignore[arg-type]  # None outside threshold mode, as ever
+        temperature=cfg.se_temperature,
+        leave_unmasked_prob=leave_unmasked_prob,
+        random_token_prob=random_token_prob,
+        freq_weighted_replacement=cfg.freq_weighted_replacement,
+        mask_whole_words=word_begins,
+        threshold_fallback=cfg.se_threshold_fallback == "random",
+        random_share=cfg.se_random_share,
+    )
+
+
+def check_valid_sizes(cfg: SelfEvolutionMLMConfig, split: str, dataset) -> None:
+    """fairseq-train skips training blocks longer than the positions, but stops at the
+    first validation on such a block unless told to skip them: refuse now, not after
+    an epoch of training."""
+    try:
+        skip = bool(cfg.skip_invalid_size_inputs_valid_test)
+    except Exception:  # a config without fairseq-train's dataset options
+        return
+    sizes = dataset.sizes[0] if isinstance(dataset.sizes, list) else dataset.sizes
+    sizes = np.asarray(sizes)
+    too_long = int((sizes > cfg.tokens_per_sample).sum())
+    if too_long and not skip:
+        raise SelfEvolutionConfigError(
+            f"{too_long} of the {len(sizes)} blocks of split {split} are longer than "
+            f"--tokens-per-sample {cfg.tokens_per_sample} (the longest has "
+            f"{int(sizes.max())} tokens: --sample-break-mode {cfg.sample_break_mode} "
+            "keeps long sentences whole); fairseq-train would stop at the first validation. "
+            "Add --skip-invalid-size-inputs-valid-test (skips them, as training skips its "
+            "own), or use --sample-break-mode none"
+        )
+
+
+def check_score_file(cfg: SelfEvolutionMLMConfig, scores: score_file.ScoreFile) -> None:
+    """A score file of another metric, or computed on other blocks, is refused: the run
+    would train on scores of other contexts, and on tokens se-score skipped."""
+    if scores.metric != cfg.se_metric:
+        raise SelfEvolutionConfigError(
+            f"score file {scores.meta_path} holds '{scores.metric}' scores but "
+            f"--se-metric is '{cfg.se_metric}'"
+        )
+    differ = scores.blocking_mismatch(cfg.tokens_per_sample, cfg.sample_break_mode)
+    if differ:
+        theirs = " ".join(f"--{k.replace('_', '-')} {a}" for k, (a, _) in differ.items())
+        ours = " ".join(f"--{k.replace('_', '-')} {b}" for k, (_, b) in differ.items())
+        raise score_file.ScoreFileError(
+            f"score file {scores.meta_path} was computed on blocks of {theirs}, but this run "
+            f"cuts {ours}: train with the score file's blocking, or rescore with "
+            f"se-score ... {ours}"
+        )
