@@ -51,7 +51,7 @@ class SelfEvolutionMasker:
         mask_prob: float,
         mode: str,
         seed: int,
-        threshold: float = 0.0,
+        threshold: Optional[float] = 0.0,
         temperature: float = 1.0,
         leave_unmasked_prob: float = 0.0,
         random_token_prob: float = 0.0,

@@ -248,7 +248,7 @@ def build_masker(
         mask_prob=cfg.mask_prob,
         mode=str(cfg.se_select),
         seed=cfg.seed,
-        threshold=threshold,  # type: ignore[arg-type]  # None outside threshold mode, as ever
+        threshold=threshold,  # None outside threshold mode
         temperature=cfg.se_temperature,
         leave_unmasked_prob=leave_unmasked_prob,
         random_token_prob=random_token_prob,
