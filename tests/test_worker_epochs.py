@@ -43,6 +43,7 @@ def same_epoch_table(masks, epochs=EPOCHS):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sample", "random", "topk"])
 def test_masks_do_not_depend_on_the_worker_count(scored_corpus, mode):
     by_workers = {}
@@ -77,6 +78,7 @@ def test_fairseq_masked_lm_equality_with_workers(scored_corpus):
         assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sample", "random"])
 def test_resume_in_epoch_2_masks_like_the_uninterrupted_run(scored_corpus, mode):
     """What fairseq's checkpoint restore does: a new task, the iterator built for the saved
