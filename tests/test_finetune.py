@@ -123,10 +123,118 @@ def test_qqp_drops_malformed_rows_and_mnli_reads_dev_matched(tmp_path):
     row[8], row[9], row[11] = "w1 w2", "w3", "entailment"
     dev = [str(i) for i in range(16)]
     dev[8], dev[9], dev[11], dev[15] = "w1", "w2", "neutral", "contradiction"
-    write(str(mnli / "train.tsv"), [["h"] * 12, row, row[:11] + ["contradiction"]])
-    write(str(mnli / "dev_matched.tsv"), [["h"] * 16, dev])
+    write(str(mnli / "train.tsv"), [MNLI_HEADER, row, row[:11] + ["contradiction"]])
+    write(str(mnli / "dev_matched.tsv"), [MNLI_DEV_HEADER, dev])
     task = read_task(str(mnli))
     assert task.dev.labels == ["contradiction"]  # gold label: column 16, not 12
+    assert task.train.texts == [["w1 w2", "w1 w2"], ["w3", "w3"]]
+
+
+# GLUE's own headers (as its download script writes the files)
+MNLI_HEADER = (
+    "index promptID pairID genre sentence1_binary_parse sentence2_binary_parse "
+    "sentence1_parse sentence2_parse sentence1 sentence2 label1 gold_label"
+).split()
+MNLI_DEV_HEADER = MNLI_HEADER[:11] + ["label2", "label3", "label4", "label5", "gold_label"]
+
+
+@pytest.mark.parametrize(
+    "task, header, texts, label",
+    [
+        ("RTE", ["index", "sentence1", "sentence2", "label"], (1, 2), 3),
+        ("QNLI", ["index", "question", "sentence", "label"], (1, 2), 3),
+        ("SST-2", ["sentence", "label"], (0,), 1),
+        ("QQP", ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"], (3, 4), 5),
+        ("MRPC", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"], (3, 4), 0),
+        (
+            "STS-B",
+            [
+                "index",
+                "genre",
+                "filename",
+                "year",
+                "old_index",
+                "source1",
+                "source2",
+                "sentence1",
+                "sentence2",
+                "score",
+            ],
+            (7, 8),
+            9,
+        ),
+        # exported from Hugging Face datasets (features, then idx)
+        ("RTE", ["sentence1", "sentence2", "label", "idx"], (0, 1), 2),
+        ("QNLI", ["question", "sentence", "label", "idx"], (0, 1), 2),
+        ("MRPC", ["sentence1", "sentence2", "label", "idx"], (0, 1), 2),
+        ("QQP", ["question1", "question2", "label", "idx"], (0, 1), 2),
+        ("STS-B", ["sentence1", "sentence2", "label", "idx"], (0, 1), 2),
+        ("CoLA", ["sentence", "label", "idx"], (0,), 1),
+        ("SST-2", ["sentence", "label", "idx"], (0,), 1),
+    ],
+)
+def test_glue_files_are_read_by_their_header(tmp_path, task, header, texts, label):
+    rng = np.random.default_rng(3)
+    folder = tmp_path / task
+    values = ["0.5", "4.0"] if task == "STS-B" else ["0", "1"]
+    written = {}
+    for split in ("train", "dev"):
+        rows = [header]
+        for i in range(6):
+            row = [f"x{i}" for _ in header]  # idx, ids, genre...: never text, never a label
+            for c in texts:
+                row[c] = sentence(rng)
+            row[label] = values[i % 2]
+            rows.append(row)
+        write(str(folder / f"{split}.tsv"), rows)
+        written[split] = rows
+    data = read_task(str(folder))
+    for split, rows in written.items():
+        got = getattr(data, split)
+        assert got.labels == [r[label] for r in rows[1:]]
+        assert got.texts == [[r[c] for r in rows[1:]] for c in texts]
+        assert got.lines[0] == 2
+
+
+def test_glue_header_with_other_columns_is_refused(tmp_path):
+    folder = tmp_path / "RTE"
+    header = ["id", "premise", "hypothesis", "label"]
+    for split in ("train", "dev"):
+        write(
+            str(folder / f"{split}.tsv"), [header, ["1", "w1", "w2", "0"], ["2", "w3", "w4", "1"]]
+        )
+    with pytest.raises(FinetuneError) as err:
+        read_task(str(folder))
+    message = str(err.value)
+    assert "train.tsv: the header row ['id', 'premise', 'hypothesis', 'label']" in message
+    assert "expected ['sentence1', 'sentence2', 'label']" in message
+    # QNLI's names, in an RTE folder: refused, not read by position
+    for split in ("train", "dev"):
+        write(
+            str(folder / f"{split}.tsv"),
+            [
+                ["question", "sentence", "label", "idx"],
+                ["w1", "w2", "0", "0"],
+                ["w3", "w4", "1", "1"],
+            ],
+        )
+    with pytest.raises(FinetuneError, match=r"does not hold RTE's columns"):
+        read_task(str(folder))
+
+
+def test_a_byte_order_mark_before_a_header_is_dropped(tmp_path):
+    for name, header in (
+        ("mytask", "sentence\tlabel"),
+        ("MRPC", "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        row = "w1\ta\n" if name == "mytask" else "a\t1\t2\tw1\tw2\n"
+        other = "w2\tb\n" if name == "mytask" else "b\t1\t2\tw1\tw3\n"
+        for split in ("train", "dev"):
+            (folder / f"{split}.tsv").write_bytes(("\ufeff" + header + "\n" + row + other).encode())
+        data = read_task(str(folder))
+        assert data.train.labels == ["a", "b"] and len(data.dev) == 2
 
 
 @pytest.mark.parametrize(
