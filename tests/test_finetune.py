@@ -798,17 +798,136 @@ def test_schedule_and_checkpoint_options_reach_the_plan(monkeypatch, tmp_path):
     o = seen["overrides"]
     assert (o.total_updates, o.warmup_fraction, o.eval_checkpoint) == (500, 0.2, "last")
     task = type("T", (), {"recipe": GLUE_RECIPES["CoLA"], "kind": "classification"})()
-    manifest = {"sizes": {"train": 1000}}
-    s = recipe_settings(task, manifest, o)
+    per_epoch = lambda epoch: math.ceil(1000 / 16)  # noqa: E731  (batches fairseq would build)
+    s = recipe_settings(task, o, per_epoch)
     assert (s["total_updates"], s["warmup_updates"]) == (500, 100)
     with pytest.raises(Captured):
         cli_main(base)
     o = seen["overrides"]
     assert (o.total_updates, o.warmup_fraction, o.eval_checkpoint) == (None, None, "best")
-    s = recipe_settings(task, manifest, o)
+    s = recipe_settings(task, o, per_epoch)
     recipe = GLUE_RECIPES["CoLA"]
     total = recipe.epochs * math.ceil(1000 / recipe.batch_size)
     assert (s["total_updates"], s["warmup_updates"]) == (
         total,
         round(recipe.warmup_fraction * total),
     )
+
+
+# -- the schedule counts the batches fairseq builds ----------------------------------------
+
+
+def make_pairs(folder, n_train=64, n_dev=8, seed=4, long_rows=2):
+    """A generic pair task with sentences of varied length and a few pairs longer than the
+    model's 64 positions (truncated by the plan's --shorten-method truncate)."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = [("sentence1", "sentence2", "label")]
+        for i in range(n):
+            lo_hi = (30, 40) if split == "train" and i < long_rows else (1, 12)
+            rows.append((sentence(rng, *lo_hi), sentence(rng, *lo_hi), "ab"[i % 2]))
+        write(os.path.join(folder, f"{split}.tsv"), rows)
+    return folder
+
+
+def plan_for(checkpoint, task_dir, out, overrides, seeds=(1,)):
+    from se_fairseq.finetune import prepare_data
+    from se_fairseq.finetune.plan import plan_runs
+
+    infos, datas, manifests, dirs = prepare_data(
+        {"c": checkpoint}, [task_dir], str(out), {"bpe": "none"}, log=lambda *a: None
+    )
+    return datas[0], plan_runs(infos, datas, manifests, dirs, list(seeds), str(out), overrides)
+
+
+@pytest.mark.parametrize(
+    "max_tokens, batch_size, extra",
+    [(48, 16, []), (100, 4, ["--update-freq", "3"]), (4400, 16, []), (30, 8, ["--seed", "9"])],
+)
+def test_the_schedule_counts_the_batches_fairseq_builds(
+    untrained_checkpoint, tmp_path, max_tokens, batch_size, extra
+):
+    """Total updates = epochs x the batches of fairseq's batch_by_size over the train sizes
+    sentence_prediction builds (<s> A </s> </s> B </s>, truncated to 64 positions; longer than
+    --max-tokens skipped), in the task's seeded order, grouped by --update-freq; and equal to
+    the length of the iterator fairseq's own task builds from the run's arguments."""
+    from fairseq import options, tasks, utils
+    from fairseq.data import data_utils
+
+    task, runs = plan_for(
+        untrained_checkpoint,
+        make_pairs(str(tmp_path / "pairs")),
+        tmp_path / "out",
+        Overrides(epochs=3, batch_size=batch_size, max_tokens=max_tokens, fairseq_args=extra),
+        seeds=[2, 9] if not extra else [2],
+    )
+    for run in runs:
+        seed = 9 if "--seed" in extra else run.seed
+        freq = 3 if "--update-freq" in extra else 1
+        # independently: sizes from the text (one symbol per word), as sentence_prediction sees them
+        sizes = np.array(
+            [
+                min(64, len(a.split()) + 2 + len(b.split()) + 2)
+                for a, b in zip(task.train.texts[0], task.train.texts[1])
+            ]
+        )
+        with data_utils.numpy_seed(seed):
+            order = np.argsort(np.random.permutation(len(sizes)), kind="stable")
+        order = order[sizes[order] <= min(64, max_tokens)]
+        batches = data_utils.batch_by_size(
+            order, lambda i: sizes[i], max_tokens=max_tokens, max_sentences=batch_size
+        )
+        expected = 3 * math.ceil(len(batches) / freq)
+        assert run.settings["total_updates"] == expected, (run.settings, len(batches))
+        args = run.fairseq_args
+        assert args[args.index("--total-num-update") + 1] == str(expected)
+        if max_tokens < 100:  # the token limit binds: fewer examples per batch than --batch-size
+            assert expected > 3 * math.ceil(len(task.train) / batch_size)
+        # fairseq's own task and iterator, from the run's arguments
+        parsed = options.parse_args_and_arch(options.get_training_parser(), args)
+        fs_task = tasks.setup_task(parsed)
+        fs_task.load_dataset("train")
+        itr = fs_task.get_batch_iterator(
+            dataset=fs_task.dataset("train"),
+            max_tokens=parsed.max_tokens,
+            max_sentences=parsed.batch_size,
+            max_positions=utils.resolve_max_positions(
+                fs_task.max_positions(), parsed.max_positions, parsed.max_tokens
+            ),
+            ignore_invalid_inputs=True,
+            required_batch_size_multiple=parsed.required_batch_size_multiple,
+            seed=parsed.seed,
+        )
+        assert len(itr) == len(batches)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_the_planned_schedule_is_what_fairseq_train_does(vanilla_checkpoint, tmp_path):
+    """A real run through the harness with a small --max-tokens and --update-freq 2: the
+    plan's total updates are the updates fairseq-train made (its last num_updates), and the
+    learning rate decays to 0 exactly there."""
+    out = tmp_path / "out"
+    task_dir = make_pairs(str(tmp_path / "pairs"), n_train=48)
+    doc = finetune(
+        {"c": vanilla_checkpoint},
+        [task_dir],
+        str(out),
+        seeds=[1],
+        bpe="none",
+        jobs=1,
+        devices=[],
+        log=lambda *a: None,
+        overrides=Overrides(
+            epochs=2,
+            batch_size=16,
+            max_tokens=48,
+            lr=1e-4,
+            fairseq_args=["--num-workers", "0", "--update-freq", "2", "--log-interval", "1"],
+        ),
+    )
+    planned = doc["settings"]["c/pairs"]["total_updates"]
+    assert planned > 2 * math.ceil(48 / 16 / 2)  # more than full batches would give
+    log = open(out / "runs" / "c" / "pairs" / "seed1" / "train.log").read()
+    updates = [int(x) for x in __import__("re").findall(r"num_updates (\d+)", log)]
+    assert updates and updates[-1] == planned, (planned, updates[-5:])

@@ -72,7 +72,8 @@ def build_parser():
         "--total-updates",
         type=int,
         default=None,
-        help="--total-num-update of the polynomial schedule (default: epochs x batches)",
+        help="--total-num-update of the polynomial schedule (default: the updates fairseq "
+        "makes in --epochs, its batches by --max-tokens and --batch-size over --update-freq)",
     )
     r.add_argument(
         "--warmup-fraction",
