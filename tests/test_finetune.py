@@ -393,14 +393,14 @@ def test_pool_spreads_runs_over_devices_and_skips_finished_runs(tmp_path):
     script.write_text(FAKE_WORKER)
     logs = []
     runs = fake_runs(tmp_path, 4)
-    done = run_all(
+    done, failures = run_all(
         runs,
         devices="0,1",
         log=logs.append,
         poll=0.05,
         command=lambda run_dirs: [sys.executable, str(script), *run_dirs],
     )
-    assert len(done) == 4
+    assert len(done) == 4 and failures == []
     records = sorted(done.values(), key=lambda r: r["start"])
     assert {r["device"] for r in records} == {"0", "1"}
     for a in records:  # runs that overlapped in time ran on different devices
@@ -409,13 +409,96 @@ def test_pool_spreads_runs_over_devices_and_skips_finished_runs(tmp_path):
                 assert a["device"] != b["device"]
     assert records[1]["start"] < records[0]["end"]  # two at once
     logs.clear()
-    again = run_all(
+    again, _ = run_all(
         runs,
         devices="0,1",
         log=logs.append,
         command=lambda run_dirs: pytest.fail("a finished run was started again"),
     )
     assert len(again) == 4 and "4 already done, 0 to run" in logs[0]
+
+
+FAILING_WORKER = FAKE_WORKER.replace(
+    "    start = time.time()",
+    """    spec = json.load(open(os.path.join(run_dir, "spec.json")))
+    if spec["seed"] == 2:  # as the real worker leaves a run that raises
+        open(os.path.join(run_dir, "train.log"), "w").write("fairseq output...\\n")
+        open(os.path.join(run_dir, "failed.txt"), "w").write(
+            "Traceback (most recent call last):\\n  ...\\n"
+            "RuntimeError: train.idx: corrupted index\\n")
+        continue
+    start = time.time()""",
+)
+
+
+def generic_task(folder, n=8):
+    rows = [("sentence", "label")] + [(f"w{i} w{i + 1}", "ab"[i % 2]) for i in range(n)]
+    write(os.path.join(folder, "train.tsv"), rows)
+    write(os.path.join(folder, "dev.tsv"), rows)
+    return folder
+
+
+@pytest.mark.subprocess
+def test_results_are_written_from_the_finished_runs_with_the_failures_listed(
+    untrained_checkpoint, tmp_path, monkeypatch
+):
+    from se_fairseq.finetune import runner
+
+    script = tmp_path / "failing_worker.py"
+    script.write_text(FAILING_WORKER)
+    real_run_all = runner.run_all
+    monkeypatch.setattr(
+        runner,
+        "run_all",
+        lambda runs, **kw: real_run_all(
+            runs, command=lambda run_dirs: [sys.executable, str(script), *run_dirs], **kw
+        ),
+    )
+    out = tmp_path / "out"
+    logs = []
+    doc = finetune(
+        {"c": untrained_checkpoint},
+        [generic_task(str(tmp_path / "mytask"))],
+        str(out),
+        seeds=[1, 2, 3],
+        bpe="none",
+        jobs=2,
+        devices=[],
+        log=logs.append,
+    )
+    on_disk = json.load(open(out / "results.json"))
+    for d in (doc, on_disk):
+        entry = d["results"]["c"]["mytask"]
+        assert entry["n"] == 2 and sorted(entry["seeds"]) == ["1", "3"]
+        assert [f["key"] for f in d["failures"]] == ["c/mytask/seed2"]
+        failure = d["failures"][0]
+        assert failure["log"] == os.path.join("runs", "c", "mytask", "seed2", "train.log")
+        assert failure["reason"] == "RuntimeError: train.idx: corrupted index"
+    md = open(out / "results.md").read()
+    assert "| c | 50.00 ± 0.00 (2)" in md
+    assert "**1 runs failed**" in md
+    assert "| c/mytask/seed2 | runs/c/mytask/seed2/train.log | RuntimeError: train.idx" in md
+    assert any("FAILED c/mytask/seed2" in line for line in logs)
+    # the command prints the table and exits non-zero, naming the failures
+    from se_fairseq.cli.finetune import cli_main
+
+    with pytest.raises(SystemExit, match="1 runs failed"):
+        cli_main(
+            [
+                "--checkpoint",
+                f"c={untrained_checkpoint}",
+                "--task",
+                str(tmp_path / "mytask"),
+                "--out",
+                str(out),
+                "--seeds",
+                "1,2,3",
+                "--bpe",
+                "none",
+                "--devices",
+                "cpu",
+            ]
+        )
 
 
 def test_a_run_folder_with_other_settings_is_refused(tmp_path):

@@ -202,6 +202,11 @@ def cli_main(argv=None):
     from se_fairseq.finetune.results import markdown
 
     print(markdown(doc))
+    if doc.get("failures"):
+        sys.exit(
+            f"se-finetune: {len(doc['failures'])} runs failed (listed above and in results.md); "
+            "rerun the same command to retry them"
+        )
 
 
 if __name__ == "__main__":

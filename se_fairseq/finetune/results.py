@@ -51,14 +51,15 @@ def paired(values, baseline):
     return out
 
 
-def summarize(records, checkpoints, tasks, baseline=None):
-    """records: done.json dicts. Returns the results document (JSON-ready)."""
+def summarize(records, checkpoints, tasks, baseline=None, metric_of_task=None, failures=()):
+    """records: done.json dicts of the finished runs; failures: the runs that did not finish
+    (dicts with key, log, reason). Returns the results document (JSON-ready)."""
     values = {}  # (checkpoint, task) -> {seed: value}
     extra = {}
     for r in records:
         values.setdefault((r["checkpoint"], r["task"]), {})[r["seed"]] = r["value"]
         extra.setdefault((r["checkpoint"], r["task"]), []).append(r["metrics"])
-    metrics_of = {}
+    metrics_of = dict(metric_of_task or {})
     for r in records:
         metrics_of[r["task"]] = r["metric"]
     for c in checkpoints:  # the average over tasks, per seed present in every task
@@ -96,6 +97,7 @@ def summarize(records, checkpoints, tasks, baseline=None):
             "detectable": "(t(0.975, n-1) + t(0.80, n-1)) x paired standard error",
         },
         "runs": sorted(records, key=lambda r: (r["checkpoint"], r["task"], r["seed"])),
+        "failures": sorted(failures, key=lambda f: f["key"]),
     }
 
 
@@ -143,6 +145,19 @@ def markdown(doc):
                     (f"**{cell}**" if p["detected"] else cell) + f" ({_fmt(p['detectable'])})"
                 )
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    failures = doc.get("failures") or []
+    if failures:
+        lines += [
+            "",
+            f"**{len(failures)} runs failed** and are not in the tables (rerun the same command "
+            "to retry them; finished runs are kept):",
+            "",
+            "| run | log | reason |",
+            "| --- | --- | --- |",
+        ]
+        for f in failures:
+            reason = str(f.get("reason", "")).replace("|", "\\|")
+            lines.append(f"| {f['key']} | {f['log']} | {reason} |")
     return "\n".join(lines) + "\n"
 
 
