@@ -331,8 +331,8 @@ def test_paired_differences_and_average_over_tasks():
     p = doc["results"]["se"]["t1"]["vs_baseline"]
     assert p["mean"] == pytest.approx(d.mean()) and p["n"] == 3
     assert p["se"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(3))
-    # t(0.975, 2) = 4.3027, t(0.80, 2) = 1.0607 (tables)
-    assert p["detectable"] == pytest.approx((4.3027 + 1.0607) * p["se"], rel=1e-3)
+    # exact power of the two-sided paired t-test at 5 %: 80 % at 5.6535 standard errors (n = 3)
+    assert p["detectable"] == pytest.approx(5.6535 * p["se"], rel=1e-4)
     assert p["detected"] == (abs(d.mean()) > 4.3027 * p["se"])
     avg = doc["results"]["se"]["average"]
     per_seed = [(vals["se", "t1"][i] + vals["se", "t2"][i]) / 2 for i in range(3)]
@@ -340,6 +340,26 @@ def test_paired_differences_and_average_over_tasks():
     assert avg["sd"] == pytest.approx(np.std(per_seed, ddof=1))
     md = ft_results.markdown(doc)
     assert "| se |" in md and "Difference against **base**" in md
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 20])
+def test_the_detectable_difference_is_the_exact_noncentral_t_power(n):
+    """The difference detected with 80 % power by a two-sided paired t-test at 5 %, solved
+    here independently on scipy's noncentral t (upper tail; the lower tail is below 1e-6)."""
+    from scipy import optimize, stats
+
+    crit = stats.t.ppf(0.975, n - 1)
+    expected = optimize.brentq(lambda d: stats.nct.sf(crit, n - 1, d) - 0.8, 0.5, 40)
+    got = ft_results.detectable_in_se(n)
+    assert got == pytest.approx(expected, rel=1e-5)
+    lower = np.nan_to_num(stats.nct.cdf(-crit, n - 1, got))  # NaN for 1 dof: it is ~1e-17
+    power = stats.nct.sf(crit, n - 1, got) + lower
+    assert power == pytest.approx(0.8, abs=1e-6)
+    if n == 3:
+        assert round(got, 2) == 5.65
+    d = {s: 0.01 * s for s in range(1, n + 1)}
+    p = ft_results.paired({s: 0.7 + v for s, v in d.items()}, {s: 0.7 for s in d})
+    assert p["detectable"] == pytest.approx(got * p["se"], rel=1e-9)
 
 
 # -- the device pool ---------------------------------------------------------------------
