@@ -248,6 +248,10 @@ def test_a_byte_order_mark_before_a_header_is_dropped(tmp_path):
         ("unseen_label", "never occur in"),
         ("bad_kind", "kind must be one of"),
         ("empty_text", "line 2, column 1 (text 1 ('sentence')): empty text"),
+        ("spaced_label", "train.tsv, line 3: label 'not ok' holds whitespace"),
+        ("spaced_dev_label", "dev.tsv, line 2: label 'a b' holds whitespace"),
+        ("bad_positive", "the positive class 'c' is not a label of"),
+        ("positive_regression", "'positive' names the positive class of a classification"),
     ],
 )
 def test_unreadable_task_folders_name_file_and_column(tmp_path, case, message):
@@ -275,6 +279,14 @@ def test_unreadable_task_folders_name_file_and_column(tmp_path, case, message):
             (folder / "task.json").write_text('{"kind": "ranking"}')
         if case == "empty_text":
             train = [["sentence", "label"], [" ", "a"], ["w3", "b"]]
+        if case == "spaced_label":
+            train = [["sentence", "label"], ["w1 w2", "a"], ["w3", "not ok"]]
+        if case == "spaced_dev_label":
+            dev = [["sentence", "label"], ["w1", "a b"]]
+        if case in ("bad_positive", "positive_regression"):
+            folder.mkdir(parents=True, exist_ok=True)
+            kind = "regression" if case == "positive_regression" else "classification"
+            (folder / "task.json").write_text(json.dumps({"kind": kind, "positive": "c"}))
         write(str(folder / "train.tsv"), train)
         if case != "missing_dev":
             write(str(folder / "dev.tsv"), dev)
@@ -360,6 +372,48 @@ def test_the_detectable_difference_is_the_exact_noncentral_t_power(n):
     d = {s: 0.01 * s for s in range(1, n + 1)}
     p = ft_results.paired({s: 0.7 + v for s, v in d.items()}, {s: 0.7 for s in d})
     assert p["detectable"] == pytest.approx(got * p["se"], rel=1e-9)
+
+
+def test_the_positive_class_of_f1_is_set_in_task_json(untrained_checkpoint, tmp_path, monkeypatch):
+    """task.json {"positive": "different"}: F1 is that class's (not the alphabetically last
+    label's), from the folder through the plan and the worker to done.json."""
+    from sklearn.metrics import f1_score
+
+    from se_fairseq.finetune import prepare_data, worker
+    from se_fairseq.finetune.plan import plan_runs
+    from se_fairseq.finetune.runner import prepare
+
+    folder = tmp_path / "para"
+    labels = ["same", "different", "different", "same", "different", "same"]
+    rows = [("sentence1", "sentence2", "label")] + [
+        (f"w{i}", f"w{i + 1}", y) for i, y in enumerate(labels)
+    ]
+    write(str(folder / "train.tsv"), rows)
+    write(str(folder / "dev.tsv"), rows)
+    (folder / "task.json").write_text('{"metric": "f1", "positive": "different"}')
+    assert read_task(str(folder)).positive == "different"
+    infos, datas, manifests, dirs = prepare_data(
+        {"c": untrained_checkpoint},
+        [str(folder)],
+        str(tmp_path / "out"),
+        {"bpe": "none"},
+        log=lambda *a: None,
+    )
+    run = plan_runs(infos, datas, manifests, dirs, [1], str(tmp_path / "out"), Overrides())[0]
+    assert run.positive_label == "different"
+    prepare(run, run.fingerprint())
+    predictions = ["same", "same", "different", "same", "same", "same"]
+    monkeypatch.setattr(
+        worker, "train", lambda spec: open(os.path.join(run.run_dir, "checkpoint_best.pt"), "w")
+    )
+    monkeypatch.setattr(
+        worker, "predict", lambda spec, path: (predictions, [[0.0, 0.0]] * len(labels), 1)
+    )
+    worker.main(run.run_dir)
+    done = json.load(open(os.path.join(run.run_dir, "done.json")))
+    expected = f1_score(labels, predictions, pos_label="different")
+    assert done["metrics"]["f1"] == pytest.approx(expected)
+    assert expected != pytest.approx(f1_score(labels, predictions, pos_label="same"))
 
 
 # -- the device pool ---------------------------------------------------------------------

@@ -74,6 +74,7 @@ class RunSpec:
     precision: str
     fairseq_args: list
     settings: dict
+    positive_label: Optional[str] = None  # the F1 positive class (task.json "positive")
 
     @property
     def key(self):
@@ -320,6 +321,7 @@ def plan_runs(checkpoints, tasks, manifests, data_dirs, seeds, out_dir, override
                         precision=overrides.precision,
                         fairseq_args=args,
                         settings=settings,
+                        positive_label=task.positive,
                     )
                 )
     return runs

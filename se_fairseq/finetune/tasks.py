@@ -29,8 +29,13 @@ naming the file, the line and the column.
 Generic layout (the user's own tasks): ``train.tsv`` and ``dev.tsv`` with a header
 row naming a ``label`` column and one text column (``sentence`` or ``text``) or two
 (``sentence1`` and ``sentence2``). An optional ``task.json`` sets ``"kind"``
-(``classification``, the default, or ``regression``) and ``"metric"`` (see
-:mod:`se_fairseq.finetune.metrics`).
+(``classification``, the default, or ``regression``), ``"metric"`` (see
+:mod:`se_fairseq.finetune.metrics`), ``"label_scale"`` (regression labels are divided by
+it) and ``"positive"`` (the class whose F1 the ``f1`` metric reports for two labels other
+than 0/1; default ``1`` where the labels are 0/1, else the alphabetically last label).
+
+Classification labels are single tokens: a label holding whitespace is refused, naming
+the file, the line and the label (fairseq's label dictionary would split it in two).
 """
 
 import json
@@ -130,6 +135,7 @@ class TaskData:
     dev: Split
     label_scale: Optional[float] = None
     notes: list = field(default_factory=list)
+    positive: Optional[str] = None  # the F1 positive class (task.json "positive")
 
     @property
     def num_inputs(self):
@@ -173,6 +179,14 @@ def _cell(path, lineno, row, column, what):
 
 def _check_labels(split, kind):
     if kind != "regression":
+        for lineno, value in zip(split.lines, split.labels):
+            if any(c.isspace() for c in value):
+                raise FinetuneError(
+                    f"{split.path}, line {lineno}: label {value!r} holds whitespace; a "
+                    "classification label must be one token (fairseq's label dictionary "
+                    "splits on spaces): write it without spaces, e.g. "
+                    f"{'_'.join(value.split())!r}"
+                )
         return
     for lineno, value in zip(split.lines, split.labels):
         try:
@@ -300,11 +314,13 @@ def read_task(folder, name=None):
                 spec = json.load(open(spec_path))
             except ValueError as err:
                 raise FinetuneError(f"{spec_path}: not valid JSON ({err})") from err
-            unknown = set(spec) - {"kind", "metric", "label_scale"}
+            if not isinstance(spec, dict):
+                raise FinetuneError(f"{spec_path}: expected a JSON object, got {spec!r}")
+            unknown = set(spec) - {"kind", "metric", "label_scale", "positive"}
             if unknown:
                 raise FinetuneError(
                     f"{spec_path}: unknown keys {sorted(unknown)} "
-                    "(known: kind, metric, label_scale)"
+                    "(known: kind, metric, label_scale, positive)"
                 )
         kind = spec.get("kind", "classification")
         if kind not in KINDS:
@@ -342,6 +358,14 @@ def read_task(folder, name=None):
             dev,
             label_scale=spec.get("label_scale"),
         )
+        if "positive" in spec:
+            positive = spec["positive"]
+            if kind != "classification" or not isinstance(positive, (str, int)):
+                raise FinetuneError(
+                    f"{spec_path}: 'positive' names the positive class of a classification "
+                    f"task (a label string), got {positive!r} for a {kind} task"
+                )
+            task.positive = str(positive)
     _check_labels(task.train, task.kind)
     _check_labels(task.dev, task.kind)
     if task.kind == "classification":
@@ -350,6 +374,11 @@ def read_task(folder, name=None):
             raise FinetuneError(
                 f"{task.dev.path}: labels {unseen[:5]} never occur in "
                 f"{task.train.path} (label column)"
+            )
+        if task.positive is not None and task.positive not in task.train.labels:
+            raise FinetuneError(
+                f"{os.path.join(folder, 'task.json')}: the positive class {task.positive!r} is "
+                f"not a label of {task.train.path} (labels: {sorted(set(task.train.labels))[:10]})"
             )
         if len(set(task.train.labels)) < 2:
             raise FinetuneError(
