@@ -674,6 +674,86 @@ def test_dictionary_mismatch_and_missing_bpe_files(vanilla_checkpoint, tmp_path)
         tokenizer_spec(checkpoint_bpe={})
 
 
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]", "{}"])
+def test_a_bad_encoder_json_is_a_one_line_error_naming_it(untrained_checkpoint, tmp_path, content):
+    from se_fairseq.cli.finetune import cli_main
+
+    encoder = tmp_path / "encoder.json"
+    encoder.write_text(content)
+    vocab = tmp_path / "vocab.bpe"
+    vocab.write_text("#version: 0.2\nw 1\n")
+    folder = generic_task(str(tmp_path / "mytask"))
+    with pytest.raises(SystemExit) as err:
+        cli_main(
+            [
+                "--checkpoint",
+                f"c={untrained_checkpoint}",
+                "--task",
+                folder,
+                "--out",
+                str(tmp_path / "out"),
+                "--bpe",
+                "gpt2",
+                "--gpt2-encoder-json",
+                str(encoder),
+                "--gpt2-vocab-bpe",
+                str(vocab),
+            ]
+        )
+    message = str(err.value.code)
+    assert message.startswith(f"se-finetune: error: --gpt2-encoder-json {encoder}: not a GPT-2 ")
+    assert "\n" not in message
+
+
+def test_a_bad_vocab_bpe_is_an_error_naming_its_line(tmp_path):
+    from se_fairseq.finetune.encode import Tokenizer, tokenizer_spec
+
+    encoder = tmp_path / "encoder.json"
+    encoder.write_text('{"w": 0}')
+    vocab = tmp_path / "vocab.bpe"
+    vocab.write_text("#version: 0.2\nw 1\njunk\n")
+    with pytest.raises(FinetuneError, match=r"vocab.bpe, line 3: not a BPE merge \(two pieces\)"):
+        Tokenizer(tokenizer_spec("gpt2", gpt2_encoder_json=str(encoder), gpt2_vocab_bpe=str(vocab)))
+
+
+@pytest.mark.parametrize("junk", ["empty", "bytes", "tensor", "no_model"])
+def test_a_junk_checkpoint_is_a_one_line_error_naming_it(tmp_path, junk):
+    import torch
+
+    from se_fairseq.cli.finetune import cli_main
+    from se_fairseq.finetune.checkpoint import read_checkpoint
+
+    path = tmp_path / "ckpt" / "checkpoint.pt"
+    path.parent.mkdir()
+    if junk == "empty":
+        path.write_bytes(b"")
+    elif junk == "bytes":
+        path.write_bytes(os.urandom(4096))
+    elif junk == "tensor":
+        torch.save(torch.zeros(3), path)
+    else:
+        torch.save({"args": None, "weights": {}}, path)
+    with pytest.raises(FinetuneError) as err:
+        read_checkpoint(str(path))
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {path} ") and "\n" not in message, message
+    assert "cannot be read as a fairseq checkpoint" in message or "is not a fairseq" in message
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(
+            [
+                "--checkpoint",
+                f"c={path}",
+                "--task",
+                generic_task(str(tmp_path / "t")),
+                "--out",
+                str(tmp_path / "out"),
+                "--bpe",
+                "none",
+            ]
+        )
+    assert str(exit_.value.code) == f"se-finetune: error: {message}"
+
+
 def test_text_outside_the_dictionary_is_a_mismatch(vanilla_checkpoint, tmp_path):
     folder = tmp_path / "words"
     write(str(folder / "train.tsv"), [["sentence", "label"], ["w1 w2", "a"], ["w3", "b"]])
