@@ -575,6 +575,47 @@ def test_results_are_written_from_the_finished_runs_with_the_failures_listed(
         )
 
 
+@pytest.mark.subprocess
+def test_a_moved_out_folder_keeps_its_finished_runs(untrained_checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    from se_fairseq.finetune import runner
+
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    started = []
+
+    def command(run_dirs):
+        started.append(list(run_dirs))
+        return [sys.executable, str(script), *run_dirs]
+
+    real_run_all = runner.run_all
+    monkeypatch.setattr(
+        runner, "run_all", lambda runs, **kw: real_run_all(runs, command=command, **kw)
+    )
+    task = generic_task(str(tmp_path / "mytask"))
+    kwargs = dict(seeds=[1, 2], bpe="none", jobs=1, devices=[])
+    finetune(
+        {"c": untrained_checkpoint}, [task], str(tmp_path / "out"), log=lambda *a: None, **kwargs
+    )
+    moved = tmp_path / "elsewhere" / "moved-out"
+    moved.parent.mkdir()
+    shutil.move(str(tmp_path / "out"), str(moved))
+    os.remove(moved / "runs" / "c" / "mytask" / "seed2" / "done.json")  # as if killed
+    started.clear()
+    logs = []
+    doc = finetune({"c": untrained_checkpoint}, [task], str(moved), log=logs.append, **kwargs)
+    assert any("2 runs: 1 already done, 1 to run" in line for line in logs), logs
+    assert started == [[str(moved / "runs" / "c" / "mytask" / "seed2")]]
+    assert doc["results"]["c"]["mytask"]["n"] == 2
+    spec = json.load(open(moved / "runs" / "c" / "mytask" / "seed2" / "spec.json"))
+    assert spec["run_dir"] == str(moved / "runs" / "c" / "mytask" / "seed2")
+    assert spec["data_dir"].startswith(str(moved / "data"))
+    assert spec["fairseq_args"][0] == spec["data_dir"]
+    assert spec["fairseq_args"][spec["fairseq_args"].index("--save-dir") + 1] == spec["run_dir"]
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_a_run_folder_with_other_settings_is_refused(tmp_path):
     from se_fairseq.finetune.runner import prepare
 

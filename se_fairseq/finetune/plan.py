@@ -84,8 +84,19 @@ class RunSpec:
         return asdict(self)
 
     def fingerprint(self):
-        """What decides the run's result: a finished run with another fingerprint is stale."""
-        keep = {k: v for k, v in asdict(self).items() if k not in ("run_dir",)}
+        """What decides the run's result: a finished run with another fingerprint is stale.
+        No absolute path enters it, so that an --out folder (or the checkpoint) can move: the
+        run folder is left out, the data folder counts by its name (the task, the dictionary's
+        hash and the tokenizer's), the checkpoint by its name and file name."""
+        places = {
+            self.run_dir: "<run>",
+            self.data_dir: f"<data>/{os.path.basename(os.path.normpath(self.data_dir))}",
+            self.checkpoint_path: f"<checkpoint>/{os.path.basename(self.checkpoint_path)}",
+        }
+        keep = {k: v for k, v in asdict(self).items() if k != "run_dir"}
+        keep["data_dir"] = places[self.data_dir]
+        keep["checkpoint_path"] = places[self.checkpoint_path]
+        keep["fairseq_args"] = [places.get(a, a) for a in self.fairseq_args]
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

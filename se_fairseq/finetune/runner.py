@@ -5,7 +5,9 @@ worker). A worker's own output (outside its runs' train.log) goes to RUNS/worker
 A run folder holds ``spec.json`` (what it is), fairseq's checkpoints and ``train.log``,
 and, once finished, ``done.json``. A rerun of the harness skips runs with a
 ``done.json`` of the same fingerprint, resumes the others from their
-``checkpoint_last.pt`` and refuses a folder made with other settings. A run that fails
+``checkpoint_last.pt`` and refuses a folder made with other settings. The fingerprint
+holds no absolute path: a moved ``--out`` folder keeps its finished runs, and resumes the
+others with the paths of its new place. A run that fails
 is reported (its log, the last line of its traceback) and the others go on.
 """
 
@@ -48,6 +50,8 @@ def prepare(run, fingerprint):
     spec = dict(run.to_json(), fingerprint=fingerprint)
     if os.path.exists(spec_path):
         have = json.load(open(spec_path))
+        if have.get("fingerprint") == fingerprint and have != spec:
+            write_json_atomic(spec_path, spec)  # the same run, moved: the paths of now
         if have.get("fingerprint") != fingerprint:
             changed = sorted(
                 k
