@@ -902,6 +902,7 @@ def hub_predictions(run_dir, data_dir, task):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_finetune_classification_pair_and_regression_through_sentence_prediction(
     vanilla_checkpoint, tmp_path, capsys
 ):
@@ -994,6 +995,7 @@ def test_finetune_classification_pair_and_regression_through_sentence_prediction
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_killed_run_resumes_and_finished_runs_are_not_redone(vanilla_checkpoint, tmp_path):
     task = make_cola(str(tmp_path / "CoLA"), n_train=96)
     out = str(tmp_path / "out")
@@ -1120,7 +1122,13 @@ def plan_for(checkpoint, task_dir, out, overrides, seeds=(1,)):
 
 @pytest.mark.parametrize(
     "max_tokens, batch_size, extra",
-    [(48, 16, []), (100, 4, ["--update-freq", "3"]), (4400, 16, []), (30, 8, ["--seed", "9"])],
+    [
+        (48, 16, []),
+        (100, 4, ["--update-freq", "3"]),
+        (4400, 16, []),
+        (30, 8, ["--seed", "9"]),
+        (48, 16, ["--update-freq", "2", "--skip-remainder-batch"]),
+    ],
 )
 def test_the_schedule_counts_the_batches_fairseq_builds(
     untrained_checkpoint, tmp_path, max_tokens, batch_size, extra
@@ -1130,7 +1138,7 @@ def test_the_schedule_counts_the_batches_fairseq_builds(
     --max-tokens skipped), in the task's seeded order, grouped by --update-freq; and equal to
     the length of the iterator fairseq's own task builds from the run's arguments."""
     from fairseq import options, tasks, utils
-    from fairseq.data import data_utils
+    from fairseq.data import data_utils, iterators
 
     task, runs = plan_for(
         untrained_checkpoint,
@@ -1141,7 +1149,7 @@ def test_the_schedule_counts_the_batches_fairseq_builds(
     )
     for run in runs:
         seed = 9 if "--seed" in extra else run.seed
-        freq = 3 if "--update-freq" in extra else 1
+        freq = int(extra[extra.index("--update-freq") + 1]) if "--update-freq" in extra else 1
         # independently: sizes from the text (one symbol per word), as sentence_prediction sees them
         sizes = np.array(
             [
@@ -1156,6 +1164,8 @@ def test_the_schedule_counts_the_batches_fairseq_builds(
             order, lambda i: sizes[i], max_tokens=max_tokens, max_sentences=batch_size
         )
         expected = 3 * math.ceil(len(batches) / freq)
+        if "--skip-remainder-batch" in extra:  # the epoch's last batch dropped, groups floored
+            expected = 3 * ((len(batches) - 1) // freq)
         assert run.settings["total_updates"] == expected, (run.settings, len(batches))
         args = run.fairseq_args
         assert args[args.index("--total-num-update") + 1] == str(expected)
@@ -1175,8 +1185,15 @@ def test_the_schedule_counts_the_batches_fairseq_builds(
             ignore_invalid_inputs=True,
             required_batch_size_multiple=parsed.required_batch_size_multiple,
             seed=parsed.seed,
+            skip_remainder_batch=parsed.skip_remainder_batch,
         )
         assert len(itr) == len(batches)
+        grouped = iterators.GroupedIterator(  # as fairseq_cli.train groups an epoch
+            itr.next_epoch_itr(shuffle=True),
+            parsed.update_freq[0],
+            skip_remainder_batch=parsed.skip_remainder_batch,
+        )
+        assert 3 * len(grouped) == expected
 
 
 @pytest.mark.slow

@@ -159,8 +159,9 @@ def updates_per_epoch(data_dir, args, num_inputs):
         shuffle = np.random.permutation(len(sizes))
     indices = np.lexsort([shuffle])
     # trainer: max_positions = min(task's, model's, max_tokens); longer examples are skipped
-    limit = min(v for v in (int(positions) if positions else None, max_tokens) if v is not None)
-    indices = indices[sizes[indices] <= limit]
+    limits = [v for v in (int(positions) if positions else None, max_tokens) if v is not None]
+    if limits:
+        indices = indices[sizes[indices] <= min(limits)]
     batches = data_utils.batch_by_size(
         indices,
         num_tokens_fn=lambda i: sizes[i],
@@ -171,12 +172,13 @@ def updates_per_epoch(data_dir, args, num_inputs):
     )
     n = len(batches)
     freqs = [int(f) for f in str(_last_option(args, ["--update-freq"], "1")).split(",")]
-    remainder = "--skip-remainder-batch" in args
-    round_ = math.floor if remainder else math.ceil
+    skip_remainder = "--skip-remainder-batch" in args
 
     def per_epoch(epoch):
         freq = freqs[epoch - 1] if epoch <= len(freqs) else freqs[-1]
-        return int(round_(n / freq))
+        if skip_remainder:  # EpochBatchIterator drops the last batch, GroupedIterator floors
+            return max(0, n - 1) // freq
+        return math.ceil(n / freq)
 
     return per_epoch
 
