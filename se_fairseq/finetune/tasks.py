@@ -6,16 +6,17 @@ columns fairseq's examples/roberta/preprocess_GLUE_tasks.sh reads by position) a
 files Hugging Face ``datasets`` exports (``to_csv(sep="\t")``: the dataset's feature
 names, then ``idx``):
 
-    task     dev file          GLUE's header columns used       Hugging Face's    kind
-    CoLA     dev.tsv           (no header: 4th text, 2nd label) sentence label    classification
-    SST-2    dev.tsv           sentence label                   (the same)        classification
-    MRPC     dev.tsv           #1 String, #2 String, Quality    sentence1 sentence2 label
-    QQP      dev.tsv           question1 question2 is_duplicate question1 question2 label
-    STS-B    dev.tsv           sentence1 sentence2 score        sentence1 sentence2 label
-                                                                (regression, label / 5)
-    MNLI     dev_matched.tsv   sentence1 sentence2 gold_label   premise hypothesis label
-    QNLI     dev.tsv           question sentence label          (the same)
-    RTE      dev.tsv           sentence1 sentence2 label        (the same)
+    task    dev file         GLUE's header (columns used)       Hugging Face's
+    CoLA    dev.tsv          none: sentence 4th, label 2nd      sentence label
+    SST-2   dev.tsv          sentence label                     sentence label
+    MRPC    dev.tsv          #1 String, #2 String, Quality      sentence1 sentence2 label
+    QQP     dev.tsv          question1 question2 is_duplicate   question1 question2 label
+    STS-B   dev.tsv          sentence1 sentence2 score          sentence1 sentence2 label
+    MNLI    dev_matched.tsv  sentence1 sentence2 gold_label     premise hypothesis label
+    QNLI    dev.tsv          question sentence label            question sentence label
+    RTE     dev.tsv          sentence1 sentence2 label          sentence1 sentence2 label
+
+STS-B is regression (labels / 5), the others classification.
 
 A header that holds neither set is an error naming the file, the columns found and
 the columns expected. Position is used only for CoLA without a header (as GLUE
