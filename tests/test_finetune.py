@@ -616,6 +616,43 @@ def test_a_moved_out_folder_keeps_its_finished_runs(untrained_checkpoint, tmp_pa
     assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_real_run_failing_on_corrupted_data_leaves_the_others_reported(
+    vanilla_checkpoint, tmp_path
+):
+    """Real workers: one task's binarized train split is truncated after binarization, its
+    run fails inside fairseq; the other task's run finishes and the table is written."""
+    from se_fairseq.finetune import prepare_data
+
+    good = make_cola(str(tmp_path / "CoLA"), n_train=32, n_dev=8)
+    bad = generic_task(str(tmp_path / "broken"), n=16)
+    out = str(tmp_path / "out")
+    _, _, _, dirs = prepare_data(
+        {"tiny": vanilla_checkpoint}, [good, bad], out, {"bpe": "none"}, log=lambda *a: None
+    )
+    bin_path = os.path.join(dirs["tiny", "broken"], "input0", "train.bin")
+    with open(bin_path, "r+b") as f:
+        f.truncate(3)  # the index still names all the examples
+    doc = finetune(
+        {"tiny": vanilla_checkpoint},
+        [good, bad],
+        out,
+        seeds=[1],
+        bpe="none",
+        jobs=1,
+        devices=[],
+        log=lambda *a: None,
+        overrides=Overrides(epochs=1, batch_size=8, fairseq_args=["--num-workers", "0"]),
+    )
+    assert doc["results"]["tiny"]["CoLA"]["n"] == 1
+    assert doc["results"]["tiny"]["broken"]["n"] == 0
+    assert [f["key"] for f in doc["failures"]] == ["tiny/broken/seed1"]
+    md = open(os.path.join(out, "results.md")).read()
+    assert "| tiny/broken/seed1 | runs/tiny/broken/seed1/train.log |" in md
+    assert os.path.exists(os.path.join(out, "runs", "tiny", "broken", "seed1", "failed.txt"))
+
+
 def test_a_run_folder_with_other_settings_is_refused(tmp_path):
     from se_fairseq.finetune.runner import prepare
 
