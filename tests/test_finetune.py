@@ -123,10 +123,118 @@ def test_qqp_drops_malformed_rows_and_mnli_reads_dev_matched(tmp_path):
     row[8], row[9], row[11] = "w1 w2", "w3", "entailment"
     dev = [str(i) for i in range(16)]
     dev[8], dev[9], dev[11], dev[15] = "w1", "w2", "neutral", "contradiction"
-    write(str(mnli / "train.tsv"), [["h"] * 12, row, row[:11] + ["contradiction"]])
-    write(str(mnli / "dev_matched.tsv"), [["h"] * 16, dev])
+    write(str(mnli / "train.tsv"), [MNLI_HEADER, row, row[:11] + ["contradiction"]])
+    write(str(mnli / "dev_matched.tsv"), [MNLI_DEV_HEADER, dev])
     task = read_task(str(mnli))
     assert task.dev.labels == ["contradiction"]  # gold label: column 16, not 12
+    assert task.train.texts == [["w1 w2", "w1 w2"], ["w3", "w3"]]
+
+
+# GLUE's own headers (as its download script writes the files)
+MNLI_HEADER = (
+    "index promptID pairID genre sentence1_binary_parse sentence2_binary_parse "
+    "sentence1_parse sentence2_parse sentence1 sentence2 label1 gold_label"
+).split()
+MNLI_DEV_HEADER = MNLI_HEADER[:11] + ["label2", "label3", "label4", "label5", "gold_label"]
+
+
+@pytest.mark.parametrize(
+    "task, header, texts, label",
+    [
+        ("RTE", ["index", "sentence1", "sentence2", "label"], (1, 2), 3),
+        ("QNLI", ["index", "question", "sentence", "label"], (1, 2), 3),
+        ("SST-2", ["sentence", "label"], (0,), 1),
+        ("QQP", ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"], (3, 4), 5),
+        ("MRPC", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"], (3, 4), 0),
+        (
+            "STS-B",
+            [
+                "index",
+                "genre",
+                "filename",
+                "year",
+                "old_index",
+                "source1",
+                "source2",
+                "sentence1",
+                "sentence2",
+                "score",
+            ],
+            (7, 8),
+            9,
+        ),
+        # exported from Hugging Face datasets (features, then idx)
+        ("RTE", ["sentence1", "sentence2", "label", "idx"], (0, 1), 2),
+        ("QNLI", ["question", "sentence", "label", "idx"], (0, 1), 2),
+        ("MRPC", ["sentence1", "sentence2", "label", "idx"], (0, 1), 2),
+        ("QQP", ["question1", "question2", "label", "idx"], (0, 1), 2),
+        ("STS-B", ["sentence1", "sentence2", "label", "idx"], (0, 1), 2),
+        ("CoLA", ["sentence", "label", "idx"], (0,), 1),
+        ("SST-2", ["sentence", "label", "idx"], (0,), 1),
+    ],
+)
+def test_glue_files_are_read_by_their_header(tmp_path, task, header, texts, label):
+    rng = np.random.default_rng(3)
+    folder = tmp_path / task
+    values = ["0.5", "4.0"] if task == "STS-B" else ["0", "1"]
+    written = {}
+    for split in ("train", "dev"):
+        rows = [header]
+        for i in range(6):
+            row = [f"x{i}" for _ in header]  # idx, ids, genre...: never text, never a label
+            for c in texts:
+                row[c] = sentence(rng)
+            row[label] = values[i % 2]
+            rows.append(row)
+        write(str(folder / f"{split}.tsv"), rows)
+        written[split] = rows
+    data = read_task(str(folder))
+    for split, rows in written.items():
+        got = getattr(data, split)
+        assert got.labels == [r[label] for r in rows[1:]]
+        assert got.texts == [[r[c] for r in rows[1:]] for c in texts]
+        assert got.lines[0] == 2
+
+
+def test_glue_header_with_other_columns_is_refused(tmp_path):
+    folder = tmp_path / "RTE"
+    header = ["id", "premise", "hypothesis", "label"]
+    for split in ("train", "dev"):
+        write(
+            str(folder / f"{split}.tsv"), [header, ["1", "w1", "w2", "0"], ["2", "w3", "w4", "1"]]
+        )
+    with pytest.raises(FinetuneError) as err:
+        read_task(str(folder))
+    message = str(err.value)
+    assert "train.tsv: the header row ['id', 'premise', 'hypothesis', 'label']" in message
+    assert "expected ['sentence1', 'sentence2', 'label']" in message
+    # QNLI's names, in an RTE folder: refused, not read by position
+    for split in ("train", "dev"):
+        write(
+            str(folder / f"{split}.tsv"),
+            [
+                ["question", "sentence", "label", "idx"],
+                ["w1", "w2", "0", "0"],
+                ["w3", "w4", "1", "1"],
+            ],
+        )
+    with pytest.raises(FinetuneError, match=r"does not hold RTE's columns"):
+        read_task(str(folder))
+
+
+def test_a_byte_order_mark_before_a_header_is_dropped(tmp_path):
+    for name, header in (
+        ("mytask", "sentence\tlabel"),
+        ("MRPC", "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        row = "w1\ta\n" if name == "mytask" else "a\t1\t2\tw1\tw2\n"
+        other = "w2\tb\n" if name == "mytask" else "b\t1\t2\tw1\tw3\n"
+        for split in ("train", "dev"):
+            (folder / f"{split}.tsv").write_bytes(("\ufeff" + header + "\n" + row + other).encode())
+        data = read_task(str(folder))
+        assert data.train.labels == ["a", "b"] and len(data.dev) == 2
 
 
 @pytest.mark.parametrize(
@@ -140,6 +248,10 @@ def test_qqp_drops_malformed_rows_and_mnli_reads_dev_matched(tmp_path):
         ("unseen_label", "never occur in"),
         ("bad_kind", "kind must be one of"),
         ("empty_text", "line 2, column 1 (text 1 ('sentence')): empty text"),
+        ("spaced_label", "train.tsv, line 3: label 'not ok' holds whitespace"),
+        ("spaced_dev_label", "dev.tsv, line 2: label 'a b' holds whitespace"),
+        ("bad_positive", "the positive class 'c' is not a label of"),
+        ("positive_regression", "'positive' names the positive class of a classification"),
     ],
 )
 def test_unreadable_task_folders_name_file_and_column(tmp_path, case, message):
@@ -167,6 +279,14 @@ def test_unreadable_task_folders_name_file_and_column(tmp_path, case, message):
             (folder / "task.json").write_text('{"kind": "ranking"}')
         if case == "empty_text":
             train = [["sentence", "label"], [" ", "a"], ["w3", "b"]]
+        if case == "spaced_label":
+            train = [["sentence", "label"], ["w1 w2", "a"], ["w3", "not ok"]]
+        if case == "spaced_dev_label":
+            dev = [["sentence", "label"], ["w1", "a b"]]
+        if case in ("bad_positive", "positive_regression"):
+            folder.mkdir(parents=True, exist_ok=True)
+            kind = "regression" if case == "positive_regression" else "classification"
+            (folder / "task.json").write_text(json.dumps({"kind": kind, "positive": "c"}))
         write(str(folder / "train.tsv"), train)
         if case != "missing_dev":
             write(str(folder / "dev.tsv"), dev)
@@ -223,8 +343,8 @@ def test_paired_differences_and_average_over_tasks():
     p = doc["results"]["se"]["t1"]["vs_baseline"]
     assert p["mean"] == pytest.approx(d.mean()) and p["n"] == 3
     assert p["se"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(3))
-    # t(0.975, 2) = 4.3027, t(0.80, 2) = 1.0607 (tables)
-    assert p["detectable"] == pytest.approx((4.3027 + 1.0607) * p["se"], rel=1e-3)
+    # exact power of the two-sided paired t-test at 5 %: 80 % at 5.6535 standard errors (n = 3)
+    assert p["detectable"] == pytest.approx(5.6535 * p["se"], rel=1e-4)
     assert p["detected"] == (abs(d.mean()) > 4.3027 * p["se"])
     avg = doc["results"]["se"]["average"]
     per_seed = [(vals["se", "t1"][i] + vals["se", "t2"][i]) / 2 for i in range(3)]
@@ -232,6 +352,68 @@ def test_paired_differences_and_average_over_tasks():
     assert avg["sd"] == pytest.approx(np.std(per_seed, ddof=1))
     md = ft_results.markdown(doc)
     assert "| se |" in md and "Difference against **base**" in md
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 20])
+def test_the_detectable_difference_is_the_exact_noncentral_t_power(n):
+    """The difference detected with 80 % power by a two-sided paired t-test at 5 %, solved
+    here independently on scipy's noncentral t (upper tail; the lower tail is below 1e-6)."""
+    from scipy import optimize, stats
+
+    crit = stats.t.ppf(0.975, n - 1)
+    expected = optimize.brentq(lambda d: stats.nct.sf(crit, n - 1, d) - 0.8, 0.5, 40)
+    got = ft_results.detectable_in_se(n)
+    assert got == pytest.approx(expected, rel=1e-5)
+    lower = np.nan_to_num(stats.nct.cdf(-crit, n - 1, got))  # NaN for 1 dof: it is ~1e-17
+    power = stats.nct.sf(crit, n - 1, got) + lower
+    assert power == pytest.approx(0.8, abs=1e-6)
+    if n == 3:
+        assert round(got, 2) == 5.65
+    d = {s: 0.01 * s for s in range(1, n + 1)}
+    p = ft_results.paired({s: 0.7 + v for s, v in d.items()}, {s: 0.7 for s in d})
+    assert p["detectable"] == pytest.approx(got * p["se"], rel=1e-9)
+
+
+def test_the_positive_class_of_f1_is_set_in_task_json(untrained_checkpoint, tmp_path, monkeypatch):
+    """task.json {"positive": "different"}: F1 is that class's (not the alphabetically last
+    label's), from the folder through the plan and the worker to done.json."""
+    from sklearn.metrics import f1_score
+
+    from se_fairseq.finetune import prepare_data, worker
+    from se_fairseq.finetune.plan import plan_runs
+    from se_fairseq.finetune.runner import prepare
+
+    folder = tmp_path / "para"
+    labels = ["same", "different", "different", "same", "different", "same"]
+    rows = [("sentence1", "sentence2", "label")] + [
+        (f"w{i}", f"w{i + 1}", y) for i, y in enumerate(labels)
+    ]
+    write(str(folder / "train.tsv"), rows)
+    write(str(folder / "dev.tsv"), rows)
+    (folder / "task.json").write_text('{"metric": "f1", "positive": "different"}')
+    assert read_task(str(folder)).positive == "different"
+    infos, datas, manifests, dirs = prepare_data(
+        {"c": untrained_checkpoint},
+        [str(folder)],
+        str(tmp_path / "out"),
+        {"bpe": "none"},
+        log=lambda *a: None,
+    )
+    run = plan_runs(infos, datas, manifests, dirs, [1], str(tmp_path / "out"), Overrides())[0]
+    assert run.positive_label == "different"
+    prepare(run, run.fingerprint())
+    predictions = ["same", "same", "different", "same", "same", "same"]
+    monkeypatch.setattr(
+        worker, "train", lambda spec: open(os.path.join(run.run_dir, "checkpoint_best.pt"), "w")
+    )
+    monkeypatch.setattr(
+        worker, "predict", lambda spec, path: (predictions, [[0.0, 0.0]] * len(labels), 1)
+    )
+    worker.main(run.run_dir)
+    done = json.load(open(os.path.join(run.run_dir, "done.json")))
+    expected = f1_score(labels, predictions, pos_label="different")
+    assert done["metrics"]["f1"] == pytest.approx(expected)
+    assert expected != pytest.approx(f1_score(labels, predictions, pos_label="same"))
 
 
 # -- the device pool ---------------------------------------------------------------------
@@ -285,14 +467,14 @@ def test_pool_spreads_runs_over_devices_and_skips_finished_runs(tmp_path):
     script.write_text(FAKE_WORKER)
     logs = []
     runs = fake_runs(tmp_path, 4)
-    done = run_all(
+    done, failures = run_all(
         runs,
         devices="0,1",
         log=logs.append,
         poll=0.05,
         command=lambda run_dirs: [sys.executable, str(script), *run_dirs],
     )
-    assert len(done) == 4
+    assert len(done) == 4 and failures == []
     records = sorted(done.values(), key=lambda r: r["start"])
     assert {r["device"] for r in records} == {"0", "1"}
     for a in records:  # runs that overlapped in time ran on different devices
@@ -301,13 +483,174 @@ def test_pool_spreads_runs_over_devices_and_skips_finished_runs(tmp_path):
                 assert a["device"] != b["device"]
     assert records[1]["start"] < records[0]["end"]  # two at once
     logs.clear()
-    again = run_all(
+    again, _ = run_all(
         runs,
         devices="0,1",
         log=logs.append,
         command=lambda run_dirs: pytest.fail("a finished run was started again"),
     )
     assert len(again) == 4 and "4 already done, 0 to run" in logs[0]
+
+
+FAILING_WORKER = FAKE_WORKER.replace(
+    "    start = time.time()",
+    """    spec = json.load(open(os.path.join(run_dir, "spec.json")))
+    if spec["seed"] == 2:  # as the real worker leaves a run that raises
+        open(os.path.join(run_dir, "train.log"), "w").write("fairseq output...\\n")
+        open(os.path.join(run_dir, "failed.txt"), "w").write(
+            "Traceback (most recent call last):\\n  ...\\n"
+            "RuntimeError: train.idx: corrupted index\\n")
+        continue
+    start = time.time()""",
+)
+
+
+def generic_task(folder, n=8):
+    rows = [("sentence", "label")] + [(f"w{i} w{i + 1}", "ab"[i % 2]) for i in range(n)]
+    write(os.path.join(folder, "train.tsv"), rows)
+    write(os.path.join(folder, "dev.tsv"), rows)
+    return folder
+
+
+@pytest.mark.subprocess
+def test_results_are_written_from_the_finished_runs_with_the_failures_listed(
+    untrained_checkpoint, tmp_path, monkeypatch
+):
+    from se_fairseq.finetune import runner
+
+    script = tmp_path / "failing_worker.py"
+    script.write_text(FAILING_WORKER)
+    real_run_all = runner.run_all
+    monkeypatch.setattr(
+        runner,
+        "run_all",
+        lambda runs, **kw: real_run_all(
+            runs, command=lambda run_dirs: [sys.executable, str(script), *run_dirs], **kw
+        ),
+    )
+    out = tmp_path / "out"
+    logs = []
+    doc = finetune(
+        {"c": untrained_checkpoint},
+        [generic_task(str(tmp_path / "mytask"))],
+        str(out),
+        seeds=[1, 2, 3],
+        bpe="none",
+        jobs=2,
+        devices=[],
+        log=logs.append,
+    )
+    on_disk = json.load(open(out / "results.json"))
+    for d in (doc, on_disk):
+        entry = d["results"]["c"]["mytask"]
+        assert entry["n"] == 2 and sorted(entry["seeds"]) == ["1", "3"]
+        assert [f["key"] for f in d["failures"]] == ["c/mytask/seed2"]
+        failure = d["failures"][0]
+        assert failure["log"] == os.path.join("runs", "c", "mytask", "seed2", "train.log")
+        assert failure["reason"] == "RuntimeError: train.idx: corrupted index"
+    md = open(out / "results.md").read()
+    assert "| c | 50.00 ± 0.00 (2)" in md
+    assert "**1 runs failed**" in md
+    assert "| c/mytask/seed2 | runs/c/mytask/seed2/train.log | RuntimeError: train.idx" in md
+    assert any("FAILED c/mytask/seed2" in line for line in logs)
+    # the command prints the table and exits non-zero, naming the failures
+    from se_fairseq.cli.finetune import cli_main
+
+    with pytest.raises(SystemExit, match="1 runs failed"):
+        cli_main(
+            [
+                "--checkpoint",
+                f"c={untrained_checkpoint}",
+                "--task",
+                str(tmp_path / "mytask"),
+                "--out",
+                str(out),
+                "--seeds",
+                "1,2,3",
+                "--bpe",
+                "none",
+                "--devices",
+                "cpu",
+            ]
+        )
+
+
+@pytest.mark.subprocess
+def test_a_moved_out_folder_keeps_its_finished_runs(untrained_checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    from se_fairseq.finetune import runner
+
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    started = []
+
+    def command(run_dirs):
+        started.append(list(run_dirs))
+        return [sys.executable, str(script), *run_dirs]
+
+    real_run_all = runner.run_all
+    monkeypatch.setattr(
+        runner, "run_all", lambda runs, **kw: real_run_all(runs, command=command, **kw)
+    )
+    task = generic_task(str(tmp_path / "mytask"))
+    kwargs = dict(seeds=[1, 2], bpe="none", jobs=1, devices=[])
+    finetune(
+        {"c": untrained_checkpoint}, [task], str(tmp_path / "out"), log=lambda *a: None, **kwargs
+    )
+    moved = tmp_path / "elsewhere" / "moved-out"
+    moved.parent.mkdir()
+    shutil.move(str(tmp_path / "out"), str(moved))
+    os.remove(moved / "runs" / "c" / "mytask" / "seed2" / "done.json")  # as if killed
+    started.clear()
+    logs = []
+    doc = finetune({"c": untrained_checkpoint}, [task], str(moved), log=logs.append, **kwargs)
+    assert any("2 runs: 1 already done, 1 to run" in line for line in logs), logs
+    assert started == [[str(moved / "runs" / "c" / "mytask" / "seed2")]]
+    assert doc["results"]["c"]["mytask"]["n"] == 2
+    spec = json.load(open(moved / "runs" / "c" / "mytask" / "seed2" / "spec.json"))
+    assert spec["run_dir"] == str(moved / "runs" / "c" / "mytask" / "seed2")
+    assert spec["data_dir"].startswith(str(moved / "data"))
+    assert spec["fairseq_args"][0] == spec["data_dir"]
+    assert spec["fairseq_args"][spec["fairseq_args"].index("--save-dir") + 1] == spec["run_dir"]
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_real_run_failing_on_corrupted_data_leaves_the_others_reported(
+    vanilla_checkpoint, tmp_path
+):
+    """Real workers: one task's binarized train split is truncated after binarization, its
+    run fails inside fairseq; the other task's run finishes and the table is written."""
+    from se_fairseq.finetune import prepare_data
+
+    good = make_cola(str(tmp_path / "CoLA"), n_train=32, n_dev=8)
+    bad = generic_task(str(tmp_path / "broken"), n=16)
+    out = str(tmp_path / "out")
+    _, _, _, dirs = prepare_data(
+        {"tiny": vanilla_checkpoint}, [good, bad], out, {"bpe": "none"}, log=lambda *a: None
+    )
+    bin_path = os.path.join(dirs["tiny", "broken"], "input0", "train.bin")
+    with open(bin_path, "r+b") as f:
+        f.truncate(3)  # the index still names all the examples
+    doc = finetune(
+        {"tiny": vanilla_checkpoint},
+        [good, bad],
+        out,
+        seeds=[1],
+        bpe="none",
+        jobs=1,
+        devices=[],
+        log=lambda *a: None,
+        overrides=Overrides(epochs=1, batch_size=8, fairseq_args=["--num-workers", "0"]),
+    )
+    assert doc["results"]["tiny"]["CoLA"]["n"] == 1
+    assert doc["results"]["tiny"]["broken"]["n"] == 0
+    assert [f["key"] for f in doc["failures"]] == ["tiny/broken/seed1"]
+    md = open(os.path.join(out, "results.md")).read()
+    assert "| tiny/broken/seed1 | runs/tiny/broken/seed1/train.log |" in md
+    assert os.path.exists(os.path.join(out, "runs", "tiny", "broken", "seed1", "failed.txt"))
 
 
 def test_a_run_folder_with_other_settings_is_refused(tmp_path):
@@ -407,6 +750,86 @@ def test_dictionary_mismatch_and_missing_bpe_files(vanilla_checkpoint, tmp_path)
         tokenizer_spec("sentencepiece")
     with pytest.raises(FinetuneError, match="records no BPE"):
         tokenizer_spec(checkpoint_bpe={})
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]", "{}"])
+def test_a_bad_encoder_json_is_a_one_line_error_naming_it(untrained_checkpoint, tmp_path, content):
+    from se_fairseq.cli.finetune import cli_main
+
+    encoder = tmp_path / "encoder.json"
+    encoder.write_text(content)
+    vocab = tmp_path / "vocab.bpe"
+    vocab.write_text("#version: 0.2\nw 1\n")
+    folder = generic_task(str(tmp_path / "mytask"))
+    with pytest.raises(SystemExit) as err:
+        cli_main(
+            [
+                "--checkpoint",
+                f"c={untrained_checkpoint}",
+                "--task",
+                folder,
+                "--out",
+                str(tmp_path / "out"),
+                "--bpe",
+                "gpt2",
+                "--gpt2-encoder-json",
+                str(encoder),
+                "--gpt2-vocab-bpe",
+                str(vocab),
+            ]
+        )
+    message = str(err.value.code)
+    assert message.startswith(f"se-finetune: error: --gpt2-encoder-json {encoder}: not a GPT-2 ")
+    assert "\n" not in message
+
+
+def test_a_bad_vocab_bpe_is_an_error_naming_its_line(tmp_path):
+    from se_fairseq.finetune.encode import Tokenizer, tokenizer_spec
+
+    encoder = tmp_path / "encoder.json"
+    encoder.write_text('{"w": 0}')
+    vocab = tmp_path / "vocab.bpe"
+    vocab.write_text("#version: 0.2\nw 1\njunk\n")
+    with pytest.raises(FinetuneError, match=r"vocab.bpe, line 3: not a BPE merge \(two pieces\)"):
+        Tokenizer(tokenizer_spec("gpt2", gpt2_encoder_json=str(encoder), gpt2_vocab_bpe=str(vocab)))
+
+
+@pytest.mark.parametrize("junk", ["empty", "bytes", "tensor", "no_model"])
+def test_a_junk_checkpoint_is_a_one_line_error_naming_it(tmp_path, junk):
+    import torch
+
+    from se_fairseq.cli.finetune import cli_main
+    from se_fairseq.finetune.checkpoint import read_checkpoint
+
+    path = tmp_path / "ckpt" / "checkpoint.pt"
+    path.parent.mkdir()
+    if junk == "empty":
+        path.write_bytes(b"")
+    elif junk == "bytes":
+        path.write_bytes(os.urandom(4096))
+    elif junk == "tensor":
+        torch.save(torch.zeros(3), path)
+    else:
+        torch.save({"args": None, "weights": {}}, path)
+    with pytest.raises(FinetuneError) as err:
+        read_checkpoint(str(path))
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {path} ") and "\n" not in message, message
+    assert "cannot be read as a fairseq checkpoint" in message or "is not a fairseq" in message
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(
+            [
+                "--checkpoint",
+                f"c={path}",
+                "--task",
+                generic_task(str(tmp_path / "t")),
+                "--out",
+                str(tmp_path / "out"),
+                "--bpe",
+                "none",
+            ]
+        )
+    assert str(exit_.value.code) == f"se-finetune: error: {message}"
 
 
 def test_text_outside_the_dictionary_is_a_mismatch(vanilla_checkpoint, tmp_path):
@@ -517,6 +940,7 @@ def hub_predictions(run_dir, data_dir, task):
 
 @pytest.mark.subprocess
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_finetune_classification_pair_and_regression_through_sentence_prediction(
     vanilla_checkpoint, tmp_path, capsys
 ):
@@ -610,6 +1034,7 @@ def test_finetune_classification_pair_and_regression_through_sentence_prediction
 
 @pytest.mark.subprocess
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_killed_run_resumes_and_finished_runs_are_not_redone(vanilla_checkpoint, tmp_path):
     task = make_cola(str(tmp_path / "CoLA"), n_train=96)
     out = str(tmp_path / "out")
@@ -692,17 +1117,151 @@ def test_schedule_and_checkpoint_options_reach_the_plan(monkeypatch, tmp_path):
     o = seen["overrides"]
     assert (o.total_updates, o.warmup_fraction, o.eval_checkpoint) == (500, 0.2, "last")
     task = type("T", (), {"recipe": GLUE_RECIPES["CoLA"], "kind": "classification"})()
-    manifest = {"sizes": {"train": 1000}}
-    s = recipe_settings(task, manifest, o)
+    per_epoch = lambda epoch: math.ceil(1000 / 16)  # noqa: E731  (batches fairseq would build)
+    s = recipe_settings(task, o, per_epoch)
     assert (s["total_updates"], s["warmup_updates"]) == (500, 100)
     with pytest.raises(Captured):
         cli_main(base)
     o = seen["overrides"]
     assert (o.total_updates, o.warmup_fraction, o.eval_checkpoint) == (None, None, "best")
-    s = recipe_settings(task, manifest, o)
+    s = recipe_settings(task, o, per_epoch)
     recipe = GLUE_RECIPES["CoLA"]
     total = recipe.epochs * math.ceil(1000 / recipe.batch_size)
     assert (s["total_updates"], s["warmup_updates"]) == (
         total,
         round(recipe.warmup_fraction * total),
     )
+
+
+# -- the schedule counts the batches fairseq builds ----------------------------------------
+
+
+def make_pairs(folder, n_train=64, n_dev=8, seed=4, long_rows=2):
+    """A generic pair task with sentences of varied length and a few pairs longer than the
+    model's 64 positions (truncated by the plan's --shorten-method truncate)."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = [("sentence1", "sentence2", "label")]
+        for i in range(n):
+            lo_hi = (30, 40) if split == "train" and i < long_rows else (1, 12)
+            rows.append((sentence(rng, *lo_hi), sentence(rng, *lo_hi), "ab"[i % 2]))
+        write(os.path.join(folder, f"{split}.tsv"), rows)
+    return folder
+
+
+def plan_for(checkpoint, task_dir, out, overrides, seeds=(1,)):
+    from se_fairseq.finetune import prepare_data
+    from se_fairseq.finetune.plan import plan_runs
+
+    infos, datas, manifests, dirs = prepare_data(
+        {"c": checkpoint}, [task_dir], str(out), {"bpe": "none"}, log=lambda *a: None
+    )
+    return datas[0], plan_runs(infos, datas, manifests, dirs, list(seeds), str(out), overrides)
+
+
+@pytest.mark.parametrize(
+    "max_tokens, batch_size, extra",
+    [
+        (48, 16, []),
+        (100, 4, ["--update-freq", "3"]),
+        (4400, 16, []),
+        (30, 8, ["--seed", "9"]),
+        (48, 16, ["--update-freq", "2", "--skip-remainder-batch"]),
+    ],
+)
+def test_the_schedule_counts_the_batches_fairseq_builds(
+    untrained_checkpoint, tmp_path, max_tokens, batch_size, extra
+):
+    """Total updates = epochs x the batches of fairseq's batch_by_size over the train sizes
+    sentence_prediction builds (<s> A </s> </s> B </s>, truncated to 64 positions; longer than
+    --max-tokens skipped), in the task's seeded order, grouped by --update-freq; and equal to
+    the length of the iterator fairseq's own task builds from the run's arguments."""
+    from fairseq import options, tasks, utils
+    from fairseq.data import data_utils, iterators
+
+    task, runs = plan_for(
+        untrained_checkpoint,
+        make_pairs(str(tmp_path / "pairs")),
+        tmp_path / "out",
+        Overrides(epochs=3, batch_size=batch_size, max_tokens=max_tokens, fairseq_args=extra),
+        seeds=[2, 9] if not extra else [2],
+    )
+    for run in runs:
+        seed = 9 if "--seed" in extra else run.seed
+        freq = int(extra[extra.index("--update-freq") + 1]) if "--update-freq" in extra else 1
+        # independently: sizes from the text (one symbol per word), as sentence_prediction sees them
+        sizes = np.array(
+            [
+                min(64, len(a.split()) + 2 + len(b.split()) + 2)
+                for a, b in zip(task.train.texts[0], task.train.texts[1])
+            ]
+        )
+        with data_utils.numpy_seed(seed):
+            order = np.argsort(np.random.permutation(len(sizes)), kind="stable")
+        order = order[sizes[order] <= min(64, max_tokens)]
+        batches = data_utils.batch_by_size(
+            order, lambda i: sizes[i], max_tokens=max_tokens, max_sentences=batch_size
+        )
+        expected = 3 * math.ceil(len(batches) / freq)
+        if "--skip-remainder-batch" in extra:  # the epoch's last batch dropped, groups floored
+            expected = 3 * ((len(batches) - 1) // freq)
+        assert run.settings["total_updates"] == expected, (run.settings, len(batches))
+        args = run.fairseq_args
+        assert args[args.index("--total-num-update") + 1] == str(expected)
+        if max_tokens < 100:  # the token limit binds: fewer examples per batch than --batch-size
+            assert expected > 3 * math.ceil(len(task.train) / batch_size)
+        # fairseq's own task and iterator, from the run's arguments
+        parsed = options.parse_args_and_arch(options.get_training_parser(), args)
+        fs_task = tasks.setup_task(parsed)
+        fs_task.load_dataset("train")
+        itr = fs_task.get_batch_iterator(
+            dataset=fs_task.dataset("train"),
+            max_tokens=parsed.max_tokens,
+            max_sentences=parsed.batch_size,
+            max_positions=utils.resolve_max_positions(
+                fs_task.max_positions(), parsed.max_positions, parsed.max_tokens
+            ),
+            ignore_invalid_inputs=True,
+            required_batch_size_multiple=parsed.required_batch_size_multiple,
+            seed=parsed.seed,
+            skip_remainder_batch=parsed.skip_remainder_batch,
+        )
+        assert len(itr) == len(batches)
+        grouped = iterators.GroupedIterator(  # as fairseq_cli.train groups an epoch
+            itr.next_epoch_itr(shuffle=True),
+            parsed.update_freq[0],
+            skip_remainder_batch=parsed.skip_remainder_batch,
+        )
+        assert 3 * len(grouped) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_the_planned_schedule_is_what_fairseq_train_does(vanilla_checkpoint, tmp_path):
+    """A real run through the harness with a small --max-tokens and --update-freq 2: the
+    plan's total updates are the updates fairseq-train made (its last num_updates), and the
+    learning rate decays to 0 exactly there."""
+    out = tmp_path / "out"
+    task_dir = make_pairs(str(tmp_path / "pairs"), n_train=48)
+    doc = finetune(
+        {"c": vanilla_checkpoint},
+        [task_dir],
+        str(out),
+        seeds=[1],
+        bpe="none",
+        jobs=1,
+        devices=[],
+        log=lambda *a: None,
+        overrides=Overrides(
+            epochs=2,
+            batch_size=16,
+            max_tokens=48,
+            lr=1e-4,
+            fairseq_args=["--num-workers", "0", "--update-freq", "2", "--log-interval", "1"],
+        ),
+    )
+    planned = doc["settings"]["c/pairs"]["total_updates"]
+    assert planned > 2 * math.ceil(48 / 16 / 2)  # more than full batches would give
+    log = open(out / "runs" / "c" / "pairs" / "seed1" / "train.log").read()
+    updates = [int(x) for x in __import__("re").findall(r"num_updates (\d+)", log)]
+    assert updates and updates[-1] == planned, (planned, updates[-5:])

@@ -72,7 +72,8 @@ def build_parser():
         "--total-updates",
         type=int,
         default=None,
-        help="--total-num-update of the polynomial schedule (default: epochs x batches)",
+        help="--total-num-update of the polynomial schedule (default: the updates fairseq "
+        "makes in --epochs, its batches by --max-tokens and --batch-size over --update-freq)",
     )
     r.add_argument(
         "--warmup-fraction",
@@ -201,6 +202,11 @@ def cli_main(argv=None):
     from se_fairseq.finetune.results import markdown
 
     print(markdown(doc))
+    if doc.get("failures"):
+        sys.exit(
+            f"se-finetune: {len(doc['failures'])} runs failed (listed above and in results.md); "
+            "rerun the same command to retry them"
+        )
 
 
 if __name__ == "__main__":

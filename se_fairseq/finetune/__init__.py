@@ -83,7 +83,8 @@ def finetune(
     log=print,
 ):
     """Fine-tune every checkpoint on every task with every seed; returns the results document
-    (also written to OUT_DIR/results.json and results.md).
+    (also written to OUT_DIR/results.json and results.md). Runs that fail are left out of the
+    tables and listed in ``doc["failures"]`` (run, log, reason); a rerun retries them.
 
     checkpoints: {name: path or (path, dict.txt)}; tasks: folders or (name, folder) pairs.
     """
@@ -123,9 +124,11 @@ def finetune(
         log=log,
     )
     runs = plan_runs(infos, datas, manifests, data_dirs, seeds, out_dir, overrides)
-    records = run_all(runs, devices=devices, jobs=jobs, log=log)
+    records, failures = run_all(runs, devices=devices, jobs=jobs, log=log)
     if keep_checkpoints != "all":
         for run in runs:
+            if run.key not in records:  # kept to resume from
+                continue
             for name in ("checkpoint_last.pt",) + (
                 ("checkpoint_best.pt",) if keep_checkpoints == "none" else ()
             ):
@@ -133,9 +136,27 @@ def finetune(
                 if os.path.exists(path):
                     os.remove(path)
     doc = results_mod.summarize(
-        list(records.values()), [i.name for i in infos], [d.name for d in datas], baseline
+        list(records.values()),
+        [i.name for i in infos],
+        [d.name for d in datas],
+        baseline,
+        metric_of_task={d.name: d.metric for d in datas},
+        failures=[
+            dict(
+                f,
+                run_dir=os.path.relpath(f["run_dir"], out_dir),
+                log=os.path.relpath(f["log"], out_dir),
+            )
+            for f in failures
+        ],
     )
     doc["settings"] = {f"{r.checkpoint}/{r.task}": r.settings for r in runs if r.seed == seeds[0]}
     json_path, md_path = results_mod.write(doc, out_dir)
     log(f"[finetune] results: {json_path}, {md_path}")
+    if failures:
+        log(
+            f"[finetune] the table holds the {len(records)} finished runs; "
+            f"{len(failures)} failed (listed in {md_path}): "
+            + ", ".join(f"{f['key']} ({os.path.relpath(f['log'], out_dir)})" for f in failures)
+        )
     return doc

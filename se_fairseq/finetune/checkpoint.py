@@ -89,6 +89,12 @@ def model_cli_args(model_cfg, arch):
     return args
 
 
+def first_line(err):
+    """An exception's message, its first non-empty line only (errors are one line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else repr(err)
+
+
 def file_sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -124,7 +130,17 @@ def read_checkpoint(path, name=None, dict_path=None):
 
     if not os.path.exists(path):
         raise FinetuneError(f"checkpoint {path} not found")
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    except Exception as err:  # torch's and fairseq's readers raise many kinds on a bad file
+        raise FinetuneError(
+            f"checkpoint {path} cannot be read as a fairseq checkpoint "
+            f"({type(err).__name__}: {first_line(err)})"
+        ) from err
+    if not isinstance(state, Mapping) or not isinstance(state.get("model"), Mapping):
+        raise FinetuneError(
+            f"checkpoint {path} is not a fairseq checkpoint (no 'model' state dict in it)"
+        )
     cfg = state.get("cfg")
     cfg = {k: _plain(v) for k, v in cfg.items()} if cfg is not None else {}
     if not cfg.get("model") and state.get("args") is not None:

@@ -11,9 +11,11 @@ Nothing is ever downloaded: a URL or a missing file is an error naming the optio
 """
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 
+from se_fairseq.finetune.checkpoint import first_line
 from se_fairseq.finetune.errors import FinetuneError
 
 BPE_KINDS = ("gpt2", "sentencepiece", "none")
@@ -109,6 +111,37 @@ def tokenizer_spec(
     return TokenizerSpec("none")
 
 
+def check_gpt2_files(encoder_json, vocab_bpe):
+    """encoder.json must be a JSON object of piece -> id, vocab.bpe lines of merges (two
+    pieces): a FinetuneError naming the file, before fairseq's reader fails on it."""
+    try:
+        with open(encoder_json, encoding="utf-8") as f:
+            encoder = json.load(f)
+    except (ValueError, OSError) as err:
+        raise FinetuneError(
+            f"--gpt2-encoder-json {encoder_json}: not a GPT-2 encoder.json (a JSON object of "
+            f"BPE piece -> id): {first_line(err)}"
+        ) from None
+    if not isinstance(encoder, dict) or not encoder:
+        raise FinetuneError(
+            f"--gpt2-encoder-json {encoder_json}: not a GPT-2 encoder.json (expected a "
+            f"non-empty JSON object of BPE piece -> id, got {type(encoder).__name__})"
+        )
+    try:
+        with open(vocab_bpe, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except (UnicodeDecodeError, OSError) as err:
+        raise FinetuneError(
+            f"--gpt2-vocab-bpe {vocab_bpe}: not a GPT-2 vocab.bpe: {first_line(err)}"
+        ) from None
+    for lineno, line in enumerate(lines[1:-1], start=2):  # as fairseq reads it
+        if len(line.split()) != 2:
+            raise FinetuneError(
+                f"--gpt2-vocab-bpe {vocab_bpe}, line {lineno}: not a BPE merge (two pieces): "
+                f"{line[:60]!r}"
+            )
+
+
 class Tokenizer:
     """``encode(line) -> str`` of space-separated dictionary symbols."""
 
@@ -117,6 +150,8 @@ class Tokenizer:
         files = dict(spec.files)
         if spec.kind == "gpt2":
             from fairseq.data.encoders.gpt2_bpe import GPT2BPE, GPT2BPEConfig
+
+            check_gpt2_files(files["--gpt2-encoder-json"], files["--gpt2-vocab-bpe"])
 
             self._bpe = GPT2BPE(
                 GPT2BPEConfig(
@@ -130,9 +165,13 @@ class Tokenizer:
                 SentencepieceConfig,
             )
 
-            self._bpe = SentencepieceBPE(
-                SentencepieceConfig(sentencepiece_model=files["--sentencepiece-model"])
-            )
+            model = files["--sentencepiece-model"]
+            try:
+                self._bpe = SentencepieceBPE(SentencepieceConfig(sentencepiece_model=model))
+            except (RuntimeError, OSError, ValueError) as err:
+                raise FinetuneError(
+                    f"--sentencepiece-model {model}: not a SentencePiece model: {first_line(err)}"
+                ) from None
         else:
             self._bpe = None
 

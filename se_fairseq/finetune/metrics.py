@@ -8,7 +8,7 @@ import numpy as np
 #: metric -> kind of task it applies to
 METRICS = {
     "accuracy": "classification",
-    "f1": "classification",  # of the positive class "1" (MRPC, QQP: binary)
+    "f1": "classification",  # of the positive class: "1" (MRPC, QQP) or task.json's "positive"
     "mcc": "classification",  # Matthews correlation (CoLA)
     "pearson": "regression",
     "spearman": "regression",
@@ -59,9 +59,10 @@ def compute(metric, predictions, targets, positive_label=None):
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def evaluate(kind, main_metric, predictions, targets):
-    """{metric: value} for the main metric and its companions."""
+def evaluate(kind, main_metric, predictions, targets, positive_label=None):
+    """{metric: value} for the main metric and its companions; ``positive_label`` is the
+    class F1 is of (default "1" if it is a label, else the alphabetically last)."""
     names = [main_metric] + [m for m in COMPANIONS.get(main_metric, ()) if m != main_metric]
     if kind == "regression":
         names = [n for n in names if METRICS[n] == "regression"]
-    return {name: compute(name, predictions, targets) for name in names}
+    return {name: compute(name, predictions, targets, positive_label) for name in names}

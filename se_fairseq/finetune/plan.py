@@ -11,8 +11,14 @@ GLUE recipe as defaults (fairseq examples/roberta/README.glue.md):
         --total-num-update T --warmup-updates W --max-epoch 10
         --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric   (regression: loss)
 
-``T`` = epochs x batches per epoch of the folder's train split (the recipe's table is
-that for the full GLUE sets), ``W`` = the recipe's warmup share of ``T`` (6 %, QQP 25 %).
+``T`` = the updates fairseq-train will make in those epochs (the recipe's table is that
+for the full GLUE sets), ``W`` = the recipe's warmup share of ``T`` (6 %, QQP 25 %). The
+updates are counted as fairseq builds them (:func:`updates_per_epoch`): the train
+split's sizes as ``sentence_prediction`` loads it (``<s>`` before text 1, ``</s>`` before
+text 2, truncated to ``--max-positions``), examples longer than the batch limits
+skipped, in the task's seeded order, batched by ``data_utils.batch_by_size`` with
+``--max-tokens`` and ``--batch-size``, grouped by ``--update-freq``; options given in
+``--fairseq-args`` count.
 ``--finetune-from-model`` (not ``--restore-file``) makes each run resumable: fairseq
 starts from the pretrained weights only while the run folder has no checkpoint_last.pt.
 Differences from the recipe: ``--shorten-method truncate`` (a no-op for examples that fit
@@ -68,6 +74,7 @@ class RunSpec:
     precision: str
     fairseq_args: list
     settings: dict
+    positive_label: Optional[str] = None  # the F1 positive class (task.json "positive")
 
     @property
     def key(self):
@@ -77,8 +84,19 @@ class RunSpec:
         return asdict(self)
 
     def fingerprint(self):
-        """What decides the run's result: a finished run with another fingerprint is stale."""
-        keep = {k: v for k, v in asdict(self).items() if k not in ("run_dir",)}
+        """What decides the run's result: a finished run with another fingerprint is stale.
+        No absolute path enters it, so that an --out folder (or the checkpoint) can move: the
+        run folder is left out, the data folder counts by its name (the task, the dictionary's
+        hash and the tokenizer's), the checkpoint by its name and file name."""
+        places = {
+            self.run_dir: "<run>",
+            self.data_dir: f"<data>/{os.path.basename(os.path.normpath(self.data_dir))}",
+            self.checkpoint_path: f"<checkpoint>/{os.path.basename(self.checkpoint_path)}",
+        }
+        keep = {k: v for k, v in asdict(self).items() if k != "run_dir"}
+        keep["data_dir"] = places[self.data_dir]
+        keep["checkpoint_path"] = places[self.checkpoint_path]
+        keep["fairseq_args"] = [places.get(a, a) for a in self.fairseq_args]
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -88,15 +106,92 @@ def check_name(name, what):
     return name
 
 
-def recipe_settings(task, manifest, overrides):
+def _last_option(args, names, default=None):
+    """The value of the last of ``names`` in an argv list (``--x V`` or ``--x=V``)."""
+    value = default
+    for i, arg in enumerate(args):
+        for name in names:
+            if arg == name and i + 1 < len(args):
+                value = args[i + 1]
+            elif arg.startswith(name + "="):
+                value = arg[len(name) + 1 :]
+    return value
+
+
+def _train_sizes(data_dir, num_inputs):
+    """Per-example sizes of the binarized train split as sentence_prediction builds its
+    source (each input's tokens with its </s>, plus the prepended <s> and separator)."""
+    import numpy as np
+    from fairseq.data import data_utils
+
+    sizes = None
+    for i in range(num_inputs):
+        prefix = os.path.join(data_dir, f"input{i}", "train")
+        dataset = data_utils.load_indexed_dataset(prefix, None)
+        if dataset is None:
+            raise FinetuneError(f"{prefix}.bin/.idx: no binarized train split")
+        part = np.asarray(dataset.sizes, dtype=np.int64) + 1  # + <s> (input0) or separator
+        sizes = part if sizes is None else sizes + part
+    assert sizes is not None
+    return sizes
+
+
+def updates_per_epoch(data_dir, args, num_inputs):
+    """Updates per epoch (epoch 1, 2, ... as a function) that fairseq-train makes from the
+    arguments ``args``: the train batches fairseq builds (trainer.get_train_iterator ->
+    task.get_batch_iterator -> data_utils.batch_by_size), grouped by --update-freq as
+    fairseq_cli.train's GroupedIterator groups them (the last group may be short)."""
+    import numpy as np
+    from fairseq.data import data_utils
+
+    sizes = _train_sizes(data_dir, num_inputs)
+    positions = _last_option(args, ["--max-positions"])
+    if _last_option(args, ["--shorten-method"], "none") == "truncate" and positions:
+        sizes = np.minimum(sizes, int(positions))  # TruncateDataset
+    max_tokens = _last_option(args, ["--max-tokens"])
+    max_tokens = int(max_tokens) if max_tokens is not None else None
+    batch_size = _last_option(args, ["--batch-size", "--max-sentences"])
+    batch_size = int(batch_size) if batch_size is not None else None
+    multiple = int(_last_option(args, ["--required-batch-size-multiple"], "8"))
+    seed = int(_last_option(args, ["--seed"], "1"))
+    # the task's order: SortDataset(sort_order=[a permutation seeded by --seed])
+    with data_utils.numpy_seed(seed):
+        shuffle = np.random.permutation(len(sizes))
+    indices = np.lexsort([shuffle])
+    # trainer: max_positions = min(task's, model's, max_tokens); longer examples are skipped
+    limits = [v for v in (int(positions) if positions else None, max_tokens) if v is not None]
+    if limits:
+        indices = indices[sizes[indices] <= min(limits)]
+    batches = data_utils.batch_by_size(
+        indices,
+        num_tokens_fn=lambda i: sizes[i],
+        num_tokens_vec=sizes[indices],
+        max_tokens=max_tokens,
+        max_sentences=batch_size,
+        required_batch_size_multiple=multiple,
+    )
+    n = len(batches)
+    freqs = [int(f) for f in str(_last_option(args, ["--update-freq"], "1")).split(",")]
+    skip_remainder = "--skip-remainder-batch" in args
+
+    def per_epoch(epoch):
+        freq = freqs[epoch - 1] if epoch <= len(freqs) else freqs[-1]
+        if skip_remainder:  # EpochBatchIterator drops the last batch, GroupedIterator floors
+            return max(0, n - 1) // freq
+        return math.ceil(n / freq)
+
+    return per_epoch
+
+
+def recipe_settings(task, overrides, per_epoch, epochs=None):
+    """The schedule and batch settings of a run; ``per_epoch(epoch)`` is the updates fairseq
+    makes in that epoch (:func:`updates_per_epoch`)."""
     recipe = task.recipe
     batch_size = overrides.batch_size or recipe.batch_size
-    epochs = overrides.epochs or recipe.epochs
-    per_epoch = math.ceil(manifest["sizes"]["train"] / batch_size)
+    epochs = epochs or overrides.epochs or recipe.epochs
+    planned = sum(per_epoch(e) for e in range(1, epochs + 1))
     total = overrides.total_updates or (
-        min(overrides.max_update, epochs * per_epoch)
-        if overrides.max_update
-        else epochs * per_epoch
+        min(overrides.max_update, planned) if overrides.max_update else planned
     )
     fraction = (
         recipe.warmup_fraction if overrides.warmup_fraction is None else overrides.warmup_fraction
@@ -107,6 +202,7 @@ def recipe_settings(task, manifest, overrides):
         "lr": overrides.lr or recipe.lr,
         "batch_size": batch_size,
         "epochs": epochs,
+        "updates_per_epoch": per_epoch(1),
         "total_updates": total,
         "warmup_updates": warmup,
         "max_update": overrides.max_update,
@@ -116,7 +212,18 @@ def recipe_settings(task, manifest, overrides):
 
 
 def fairseq_train_args(info, task, manifest, data_dir, run_dir, seed, overrides):
-    s = recipe_settings(task, manifest, overrides)
+    recipe = task.recipe
+    s = {  # what the arguments need before the schedule is counted from them
+        "lr": overrides.lr or recipe.lr,
+        "batch_size": overrides.batch_size or recipe.batch_size,
+        "epochs": overrides.epochs or recipe.epochs,
+        "total_updates": 0,
+        "warmup_updates": 0,
+        "best_metric": overrides.best_metric
+        or ("loss" if task.kind == "regression" else "accuracy"),
+        "max_tokens": overrides.max_tokens,
+        "max_update": overrides.max_update,
+    }
     dictionary_bos, dictionary_eos = 0, 2  # fairseq Dictionary: <s>=0, <pad>=1, </s>=2, <unk>=3
     args = [
         data_dir,
@@ -191,7 +298,12 @@ def fairseq_train_args(info, task, manifest, data_dir, run_dir, seed, overrides)
         args += ["--report-acc-and-f1"]
     if s["best_metric"] not in ("loss", "nll_loss"):
         args += ["--maximize-best-checkpoint-metric"]
-    return args + list(overrides.fairseq_args), s
+    args += list(overrides.fairseq_args)
+    per_epoch = updates_per_epoch(data_dir, args, task.num_inputs)
+    s = recipe_settings(task, overrides, per_epoch, int(_last_option(args, ["--max-epoch"])))
+    args[args.index("--total-num-update") + 1] = str(s["total_updates"])
+    args[args.index("--warmup-updates") + 1] = str(s["warmup_updates"])
+    return args, s
 
 
 def plan_runs(checkpoints, tasks, manifests, data_dirs, seeds, out_dir, overrides):
@@ -222,6 +334,7 @@ def plan_runs(checkpoints, tasks, manifests, data_dirs, seeds, out_dir, override
                         precision=overrides.precision,
                         fairseq_args=args,
                         settings=settings,
+                        positive_label=task.positive,
                     )
                 )
     return runs

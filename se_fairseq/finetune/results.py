@@ -6,8 +6,10 @@ Paired: seed s of a checkpoint is compared with seed s of the baseline (same see
 data order and head initialisation), d_s = metric - baseline metric. The difference is
 mean(d) with standard error sd(d) / sqrt(n). It is *detected* when a paired t-test
 rejects zero at 5 % (|mean| > t(0.975, n-1) * se). The detectable difference is the
-true difference this design would detect with 80 % power at that level:
-(t(0.975, n-1) + t(0.80, n-1)) * se; with 3 seeds that is about 5.4 standard errors.
+true difference this design would detect with 80 % power at that level, from the exact
+power of the two-sided test: the statistic follows a noncentral t with n-1 degrees of
+freedom and noncentrality delta / se, and delta solves P(|T| > t(0.975, n-1)) = 0.80
+(scipy's ``nct``); with 3 seeds that is 5.65 standard errors, with 5 seeds 3.76.
 The average over tasks (the paper's "average score") is taken per seed, then treated
 like one more task.
 """
@@ -28,6 +30,24 @@ def t_quantile(q, dof):
     return float(stats.t.ppf(q, dof))
 
 
+def detectable_in_se(n, alpha=ALPHA, power=POWER):
+    """The true paired difference, in standard errors, that a two-sided paired t-test at
+    ``alpha`` over ``n`` pairs detects with probability ``power`` (exact noncentral t)."""
+    from scipy import optimize, stats
+
+    dof = n - 1
+    crit = t_quantile(1 - alpha / 2, dof)
+
+    def miss(delta):
+        lower = stats.nct.cdf(-crit, dof, delta)  # NaN far out in the tail: it is 0 there
+        return float(stats.nct.sf(crit, dof, delta)) + (0.0 if np.isnan(lower) else lower) - power
+
+    hi = crit + t_quantile(power, dof)  # the usual approximation, a little below the root
+    while miss(hi) < 0:
+        hi *= 1.5
+    return float(optimize.brentq(miss, 0.0, hi, xtol=1e-10))
+
+
 def paired(values, baseline):
     """Paired difference over the seeds both have: dict with mean, se, n, detected, detectable."""
     seeds = sorted(set(values) & set(baseline))
@@ -46,19 +66,20 @@ def paired(values, baseline):
         out.update(
             se=se,
             detected=bool(abs(out["mean"]) > crit * se),
-            detectable=(crit + t_quantile(POWER, n - 1)) * se,
+            detectable=detectable_in_se(n) * se,
         )
     return out
 
 
-def summarize(records, checkpoints, tasks, baseline=None):
-    """records: done.json dicts. Returns the results document (JSON-ready)."""
+def summarize(records, checkpoints, tasks, baseline=None, metric_of_task=None, failures=()):
+    """records: done.json dicts of the finished runs; failures: the runs that did not finish
+    (dicts with key, log, reason). Returns the results document (JSON-ready)."""
     values = {}  # (checkpoint, task) -> {seed: value}
     extra = {}
     for r in records:
         values.setdefault((r["checkpoint"], r["task"]), {})[r["seed"]] = r["value"]
         extra.setdefault((r["checkpoint"], r["task"]), []).append(r["metrics"])
-    metrics_of = {}
+    metrics_of = dict(metric_of_task or {})
     for r in records:
         metrics_of[r["task"]] = r["metric"]
     for c in checkpoints:  # the average over tasks, per seed present in every task
@@ -93,9 +114,11 @@ def summarize(records, checkpoints, tasks, baseline=None):
         "results": table,
         "method": {
             "paired_test": "two-sided paired t-test at 5 % over common seeds",
-            "detectable": "(t(0.975, n-1) + t(0.80, n-1)) x paired standard error",
+            "detectable": "the difference a two-sided paired t-test at 5 % detects with 80 % "
+            "power (exact noncentral t), in units of the paired standard error x that error",
         },
         "runs": sorted(records, key=lambda r: (r["checkpoint"], r["task"], r["seed"])),
+        "failures": sorted(failures, key=lambda f: f["key"]),
     }
 
 
@@ -143,6 +166,19 @@ def markdown(doc):
                     (f"**{cell}**" if p["detected"] else cell) + f" ({_fmt(p['detectable'])})"
                 )
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    failures = doc.get("failures") or []
+    if failures:
+        lines += [
+            "",
+            f"**{len(failures)} runs failed** and are not in the tables (rerun the same command "
+            "to retry them; finished runs are kept):",
+            "",
+            "| run | log | reason |",
+            "| --- | --- | --- |",
+        ]
+        for f in failures:
+            reason = str(f.get("reason", "")).replace("|", "\\|")
+            lines.append(f"| {f['key']} | {f['log']} | {reason} |")
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,10 @@ worker). A worker's own output (outside its runs' train.log) goes to RUNS/worker
 A run folder holds ``spec.json`` (what it is), fairseq's checkpoints and ``train.log``,
 and, once finished, ``done.json``. A rerun of the harness skips runs with a
 ``done.json`` of the same fingerprint, resumes the others from their
-``checkpoint_last.pt`` and refuses a folder made with other settings.
+``checkpoint_last.pt`` and refuses a folder made with other settings. The fingerprint
+holds no absolute path: a moved ``--out`` folder keeps its finished runs, and resumes the
+others with the paths of its new place. A run that fails
+is reported (its log, the last line of its traceback) and the others go on.
 """
 
 import json
@@ -47,6 +50,8 @@ def prepare(run, fingerprint):
     spec = dict(run.to_json(), fingerprint=fingerprint)
     if os.path.exists(spec_path):
         have = json.load(open(spec_path))
+        if have.get("fingerprint") == fingerprint and have != spec:
+            write_json_atomic(spec_path, spec)  # the same run, moved: the paths of now
         if have.get("fingerprint") != fingerprint:
             changed = sorted(
                 k
@@ -66,10 +71,32 @@ def prepare(run, fingerprint):
     return os.path.exists(done) and json.load(open(done)).get("fingerprint") == fingerprint
 
 
-def run_all(runs, devices=None, jobs=None, log=print, command=worker_command, poll=0.5):
-    """Run every unfinished run; returns {run key: done record}. ``jobs`` worker processes
+def _failure(run, reason):
+    return {
+        "key": run.key,
+        "checkpoint": run.checkpoint,
+        "task": run.task,
+        "seed": run.seed,
+        "run_dir": run.run_dir,
+        "log": os.path.join(run.run_dir, LOG),
+        "reason": reason,
+    }
+
+
+def _last_line(path):
+    if not os.path.exists(path):
+        return ""
+    lines = [line.strip() for line in open(path, errors="replace") if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def run_all(runs, devices=None, jobs=None, log=print, command=None, poll=0.5):
+    """Run every unfinished run; returns ({run key: done record}, [failure]) where a failure
+    names the run, its folder, its log and the reason (the last line of its traceback, or the
+    worker's exit code). A failing run does not stop the others. ``jobs`` worker processes
     (default: one per visible GPU, else 1) share the list of pending runs, each on its own
-    GPU; ``command(run_dirs)`` is a worker's argv."""
+    GPU; ``command(run_dirs)`` is a worker's argv (default :func:`worker_command`)."""
+    command = command or worker_command
     gpus = visible_devices(devices)
     jobs = jobs or max(1, len(gpus))
     pending, results = [], {}
@@ -86,7 +113,7 @@ def run_all(runs, devices=None, jobs=None, log=print, command=worker_command, po
         f"{jobs} at a time"
     )
     if not pending:
-        return results
+        return results, []
     workers = []
     log_dir = os.path.commonpath([os.path.dirname(r.run_dir) for r in pending])
     for i in range(jobs):
@@ -136,17 +163,20 @@ def run_all(runs, devices=None, jobs=None, log=print, command=worker_command, po
         report()
         time.sleep(poll)
     report()
-    missing = [r for r in pending if r.key not in results and r not in failed]
-    failed += missing
-    if failed:
-        path = os.path.join(
-            failed[0].run_dir,
-            FAILED if os.path.exists(os.path.join(failed[0].run_dir, FAILED)) else LOG,
+    codes = sorted({p.returncode for _, p in workers})
+    failures = []
+    for run in pending:
+        if run.key in results:
+            continue
+        if run in failed:
+            reason = _last_line(os.path.join(run.run_dir, FAILED)) or "failed"
+        else:
+            reason = f"not finished: the workers exited (exit codes {codes})"
+            log(f"[finetune] FAILED {run.key}: {reason}; see {run.run_dir}/{LOG}")
+        failures.append(_failure(run, reason))
+    if failures:
+        log(
+            f"[finetune] {len(failures)} of {total} runs did not finish (rerun to retry them; "
+            "finished runs are kept)"
         )
-        tail = "".join(open(path).readlines()[-15:]) if os.path.exists(path) else ""
-        codes = sorted({p.returncode for _, p in workers})
-        raise FinetuneError(
-            f"{len(failed)} of {total} runs did not finish (worker exit codes {codes}; "
-            f"rerun to retry, finished runs are kept). Last lines of {path}:\n{tail}"
-        )
-    return results
+    return results, failures

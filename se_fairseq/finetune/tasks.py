@@ -1,28 +1,42 @@
 """Task folders: GLUE's raw TSV layout or a generic one, read into texts and labels.
 
-GLUE (as its download script writes it; columns as fairseq's
-examples/roberta/preprocess_GLUE_tasks.sh reads them, 1-based there, 0-based here):
+GLUE: each task's files are read by their header, the columns found by name. Two
+headers are known per task: GLUE's own files (as its download script writes them; the
+columns fairseq's examples/roberta/preprocess_GLUE_tasks.sh reads by position) and the
+files Hugging Face ``datasets`` exports (``to_csv(sep="\t")``: the dataset's feature
+names, then ``idx``):
 
-    task     train / dev file         text columns  label column  header  kind
-    CoLA     train.tsv / dev.tsv      3             1             no      classification
-    SST-2    train.tsv / dev.tsv      0             1             yes     classification
-    MRPC     train.tsv / dev.tsv      3, 4          0             yes     classification
-    QQP      train.tsv / dev.tsv      3, 4          5             yes     classification
-    STS-B    train.tsv / dev.tsv      7, 8          9             yes     regression (label / 5)
-    MNLI     train.tsv / dev_matched  8, 9          11 (dev: 15)  yes     classification
-    QNLI     train.tsv / dev.tsv      1, 2          3             yes     classification
-    RTE      train.tsv / dev.tsv      1, 2          3             yes     classification
+    task    dev file         GLUE's header (columns used)       Hugging Face's
+    CoLA    dev.tsv          none: sentence 4th, label 2nd      sentence label
+    SST-2   dev.tsv          sentence label                     sentence label
+    MRPC    dev.tsv          #1 String, #2 String, Quality      sentence1 sentence2 label
+    QQP     dev.tsv          question1 question2 is_duplicate   question1 question2 label
+    STS-B   dev.tsv          sentence1 sentence2 score          sentence1 sentence2 label
+    MNLI    dev_matched.tsv  sentence1 sentence2 gold_label     premise hypothesis label
+    QNLI    dev.tsv          question sentence label            question sentence label
+    RTE     dev.tsv          sentence1 sentence2 label          sentence1 sentence2 label
+
+STS-B is regression (labels / 5), the others classification.
+
+A header that holds neither set is an error naming the file, the columns found and
+the columns expected. Position is used only for CoLA without a header (as GLUE
+distributes it). A byte-order mark before the first line is dropped.
 
 Rows are split on tabs only, never on quotes (MRPC's and SST-2's sentences hold
-unbalanced quote characters). QQP rows without exactly 6 fields are dropped, as
-fairseq's script drops them; any other short row is an error naming the file,
-the line and the column.
+unbalanced quote characters). QQP rows with another number of fields than the header
+are dropped, as fairseq's script drops those without 6; any other short row is an error
+naming the file, the line and the column.
 
 Generic layout (the user's own tasks): ``train.tsv`` and ``dev.tsv`` with a header
 row naming a ``label`` column and one text column (``sentence`` or ``text``) or two
 (``sentence1`` and ``sentence2``). An optional ``task.json`` sets ``"kind"``
-(``classification``, the default, or ``regression``) and ``"metric"`` (see
-:mod:`se_fairseq.finetune.metrics`).
+(``classification``, the default, or ``regression``), ``"metric"`` (see
+:mod:`se_fairseq.finetune.metrics`), ``"label_scale"`` (regression labels are divided by
+it) and ``"positive"`` (the class whose F1 the ``f1`` metric reports for two labels other
+than 0/1; default ``1`` where the labels are 0/1, else the alphabetically last label).
+
+Classification labels are single tokens: a label holding whitespace is refused, naming
+the file, the line and the label (fairseq's label dictionary would split it in two).
 """
 
 import json
@@ -35,12 +49,12 @@ from se_fairseq.finetune.errors import FinetuneError
 
 @dataclass(frozen=True)
 class GlueLayout:
-    text_columns: tuple
-    label_column: int
-    header: bool = True
+    #: the headers a task's files may have: (text column names, label column name)
+    headers: tuple
+    #: header-less files (CoLA as GLUE distributes it): (text columns, label column), 0-based
+    positions: Optional[tuple] = None
     dev_file: str = "dev.tsv"
-    dev_label_column: Optional[int] = None
-    exact_fields: Optional[int] = None  # rows with another field count are dropped (QQP)
+    drop_short_rows: bool = False  # rows with another field count are dropped (QQP)
     label_scale: Optional[float] = None  # regression labels are divided by this (STS-B: 5)
 
 
@@ -59,14 +73,25 @@ class Recipe:
 
 
 GLUE_LAYOUTS = {
-    "CoLA": GlueLayout((3,), 1, header=False),
-    "SST-2": GlueLayout((0,), 1),
-    "MRPC": GlueLayout((3, 4), 0),
-    "QQP": GlueLayout((3, 4), 5, exact_fields=6),
-    "STS-B": GlueLayout((7, 8), 9, label_scale=5.0),
-    "MNLI": GlueLayout((8, 9), 11, dev_file="dev_matched.tsv", dev_label_column=15),
-    "QNLI": GlueLayout((1, 2), 3),
-    "RTE": GlueLayout((1, 2), 3),
+    "CoLA": GlueLayout(((("sentence",), "label"),), positions=((3,), 1)),
+    "SST-2": GlueLayout(((("sentence",), "label"),)),
+    "MRPC": GlueLayout(
+        ((("#1 String", "#2 String"), "Quality"), (("sentence1", "sentence2"), "label"))
+    ),
+    "QQP": GlueLayout(
+        ((("question1", "question2"), "is_duplicate"), (("question1", "question2"), "label")),
+        drop_short_rows=True,
+    ),
+    "STS-B": GlueLayout(
+        ((("sentence1", "sentence2"), "score"), (("sentence1", "sentence2"), "label")),
+        label_scale=5.0,
+    ),
+    "MNLI": GlueLayout(
+        ((("sentence1", "sentence2"), "gold_label"), (("premise", "hypothesis"), "label")),
+        dev_file="dev_matched.tsv",
+    ),
+    "QNLI": GlueLayout(((("question", "sentence"), "label"),)),
+    "RTE": GlueLayout(((("sentence1", "sentence2"), "label"),)),
 }
 
 GLUE_RECIPES = {
@@ -111,6 +136,7 @@ class TaskData:
     dev: Split
     label_scale: Optional[float] = None
     notes: list = field(default_factory=list)
+    positive: Optional[str] = None  # the F1 positive class (task.json "positive")
 
     @property
     def num_inputs(self):
@@ -131,9 +157,10 @@ def _read_rows(path):
         raise FinetuneError(f"{path}: file not found")
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            lines = f.read().split("\n")
+            text = f.read()
     except UnicodeDecodeError as err:
         raise FinetuneError(f"{path}: not UTF-8 text ({err})") from err
+    lines = text.removeprefix("\ufeff").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line.rstrip("\r").split("\t") for line in lines]
@@ -153,6 +180,14 @@ def _cell(path, lineno, row, column, what):
 
 def _check_labels(split, kind):
     if kind != "regression":
+        for lineno, value in zip(split.lines, split.labels):
+            if any(c.isspace() for c in value):
+                raise FinetuneError(
+                    f"{split.path}, line {lineno}: label {value!r} holds whitespace; a "
+                    "classification label must be one token (fairseq's label dictionary "
+                    "splits on spaces): write it without spaces, e.g. "
+                    f"{'_'.join(value.split())!r}"
+                )
         return
     for lineno, value in zip(split.lines, split.labels):
         try:
@@ -163,27 +198,49 @@ def _check_labels(split, kind):
             ) from None
 
 
-def read_glue_split(path, layout, dev):
+def _header_columns(header, alternatives):
+    """(text columns, label column, names) of the first alternative the header holds, or None."""
+    for texts, label in alternatives:
+        if all(n in header for n in (*texts, label)):
+            return [header.index(n) for n in texts], header.index(label), (*texts, label)
+    return None
+
+
+def read_glue_split(path, layout, task_name):
     rows = _read_rows(path)
-    first = 1
-    if layout.header:
-        rows, first = rows[1:], 2
-    label_column = (
-        layout.dev_label_column
-        if dev and layout.dev_label_column is not None
-        else layout.label_column
-    )
-    texts = [[] for _ in layout.text_columns]
+    if not rows:
+        raise FinetuneError(f"{path}: empty file")
+    header = [h.strip() for h in rows[0]]
+    found = _header_columns(header, layout.headers)
+    if found is not None:
+        text_columns, label_column, names = found
+        what = [f"text {i + 1} ({n!r})" for i, n in enumerate(names[:-1])]
+        label_what = f"label ({names[-1]!r})"
+        rows, first, fields = rows[1:], 2, len(rows[0])
+    elif layout.positions is not None:
+        text_columns, label_column = layout.positions
+        what = [f"text {i + 1}" for i in range(len(text_columns))]
+        label_what, first, fields = "label", 1, None
+    else:
+        expected = " or ".join(
+            "[" + ", ".join(repr(n) for n in (*texts, label)) + "]"
+            for texts, label in layout.headers
+        )
+        raise FinetuneError(
+            f"{path}: the header row {header} does not hold {task_name}'s columns: expected "
+            f"{expected} (GLUE's own file or a Hugging Face datasets export)"
+        )
+    texts: list[list[str]] = [[] for _ in text_columns]
     labels, lines, dropped = [], [], 0
     for lineno, row in enumerate(rows, start=first):
         if not any(cell.strip() for cell in row):
             continue
-        if layout.exact_fields is not None and len(row) != layout.exact_fields:
+        if layout.drop_short_rows and fields is not None and len(row) != fields:
             dropped += 1
             continue
-        for i, column in enumerate(layout.text_columns):
-            texts[i].append(_cell(path, lineno, row, column, f"text {i + 1}"))
-        labels.append(_cell(path, lineno, row, label_column, "label"))
+        for i, column in enumerate(text_columns):
+            texts[i].append(_cell(path, lineno, row, column, what[i]))
+        labels.append(_cell(path, lineno, row, label_column, label_what))
         lines.append(lineno)
     if not labels:
         raise FinetuneError(f"{path}: no examples")
@@ -230,12 +287,12 @@ def read_task(folder, name=None):
     if glue is not None and not os.path.exists(os.path.join(folder, "task.json")):
         layout = GLUE_LAYOUTS[glue]
         recipe = GLUE_RECIPES[glue]
-        train, dropped_train = read_glue_split(os.path.join(folder, "train.tsv"), layout, dev=False)
-        dev, dropped_dev = read_glue_split(os.path.join(folder, layout.dev_file), layout, dev=True)
+        train, dropped_train = read_glue_split(os.path.join(folder, "train.tsv"), layout, glue)
+        dev, dropped_dev = read_glue_split(os.path.join(folder, layout.dev_file), layout, glue)
         notes = []
         if dropped_train or dropped_dev:
             notes.append(
-                f"dropped rows without exactly {layout.exact_fields} fields, as fairseq's "
+                "dropped rows with another number of fields than the header, as fairseq's "
                 f"GLUE script does: {dropped_train} in train, {dropped_dev} in dev"
             )
         task = TaskData(
@@ -258,11 +315,13 @@ def read_task(folder, name=None):
                 spec = json.load(open(spec_path))
             except ValueError as err:
                 raise FinetuneError(f"{spec_path}: not valid JSON ({err})") from err
-            unknown = set(spec) - {"kind", "metric", "label_scale"}
+            if not isinstance(spec, dict):
+                raise FinetuneError(f"{spec_path}: expected a JSON object, got {spec!r}")
+            unknown = set(spec) - {"kind", "metric", "label_scale", "positive"}
             if unknown:
                 raise FinetuneError(
                     f"{spec_path}: unknown keys {sorted(unknown)} "
-                    "(known: kind, metric, label_scale)"
+                    "(known: kind, metric, label_scale, positive)"
                 )
         kind = spec.get("kind", "classification")
         if kind not in KINDS:
@@ -300,6 +359,14 @@ def read_task(folder, name=None):
             dev,
             label_scale=spec.get("label_scale"),
         )
+        if "positive" in spec:
+            positive = spec["positive"]
+            if kind != "classification" or not isinstance(positive, (str, int)):
+                raise FinetuneError(
+                    f"{spec_path}: 'positive' names the positive class of a classification "
+                    f"task (a label string), got {positive!r} for a {kind} task"
+                )
+            task.positive = str(positive)
     _check_labels(task.train, task.kind)
     _check_labels(task.dev, task.kind)
     if task.kind == "classification":
@@ -308,6 +375,11 @@ def read_task(folder, name=None):
             raise FinetuneError(
                 f"{task.dev.path}: labels {unseen[:5]} never occur in "
                 f"{task.train.path} (label column)"
+            )
+        if task.positive is not None and task.positive not in task.train.labels:
+            raise FinetuneError(
+                f"{os.path.join(folder, 'task.json')}: the positive class {task.positive!r} is "
+                f"not a label of {task.train.path} (labels: {sorted(set(task.train.labels))[:10]})"
             )
         if len(set(task.train.labels)) < 2:
             raise FinetuneError(

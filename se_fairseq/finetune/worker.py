@@ -129,7 +129,9 @@ def main(run_dir):
     targets = json.load(open(os.path.join(spec["data_dir"], "dev_targets.json")))
     if spec["kind"] == "regression":
         targets = [float(t) for t in targets]
-    values = metrics.evaluate(spec["kind"], spec["metric"], predictions, targets)
+    values = metrics.evaluate(
+        spec["kind"], spec["metric"], predictions, targets, spec.get("positive_label")
+    )
     with open(os.path.join(run_dir, PREDICTIONS + ".tmp"), "w") as f:
         f.write("prediction\ttarget\thead_output\n")
         f.writelines(
