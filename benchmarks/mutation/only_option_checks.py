@@ -14,7 +14,12 @@ def fence(path):
     source = open(path).read()
     lines = source.splitlines()
     starts, ends = {}, {}
-    for node in ast.walk(ast.parse(source)):
+    # functions of the module and methods of its classes; a function nested in a fenced one
+    # is inside that fence already (mutmut refuses a fence opened inside another)
+    tree = ast.parse(source)
+    nodes = list(tree.body)
+    nodes += [item for node in tree.body if isinstance(node, ast.ClassDef) for item in node.body]
+    for node in nodes:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name not in KEEP:
             first = min([node.lineno] + [d.lineno for d in node.decorator_list])
             indent = " " * node.col_offset
