@@ -138,9 +138,9 @@ def finetune(
     doc = results_mod.summarize(
         list(records.values()),
         [i.name for i in infos],
-        [d.name for d in datas],
+        [column for d in datas for column in d.columns],
         baseline,
-        metric_of_task={d.name: d.metric for d in datas},
+        metric_of_task={column: d.metric for d in datas for column in d.columns},
         failures=[
             dict(
                 f,

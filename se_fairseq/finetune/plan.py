@@ -36,6 +36,8 @@ from typing import Optional
 from se_fairseq.finetune.errors import FinetuneError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+#: RunSpec fields that enter the fingerprint only when not None
+OPTIONAL_FIELDS = ("dev_sets",)
 
 
 @dataclass
@@ -75,6 +77,8 @@ class RunSpec:
     fairseq_args: list
     settings: dict
     positive_label: Optional[str] = None  # the F1 positive class (task.json "positive")
+    #: more than one dev set (MNLI): the manifest's [{name, split, targets}], else None
+    dev_sets: Optional[list] = None
 
     @property
     def key(self):
@@ -94,6 +98,9 @@ class RunSpec:
             self.checkpoint_path: f"<checkpoint>/{os.path.basename(self.checkpoint_path)}",
         }
         keep = {k: v for k, v in asdict(self).items() if k != "run_dir"}
+        for k in OPTIONAL_FIELDS:  # fields added later count only when set: the runs
+            if keep.get(k) is None:  # of an earlier version keep their fingerprint
+                keep.pop(k, None)
         keep["data_dir"] = places[self.data_dir]
         keep["checkpoint_path"] = places[self.checkpoint_path]
         keep["fairseq_args"] = [places.get(a, a) for a in self.fairseq_args]
@@ -335,6 +342,9 @@ def plan_runs(checkpoints, tasks, manifests, data_dirs, seeds, out_dir, override
                         fairseq_args=args,
                         settings=settings,
                         positive_label=task.positive,
+                        dev_sets=manifest["dev_sets"]
+                        if len(manifest.get("dev_sets") or ()) > 1
+                        else None,
                     )
                 )
     return runs

@@ -69,9 +69,10 @@ def train(spec):
     fairseq_train.cli_main()
 
 
-def predict(spec, checkpoint_path, batch_size=64):
-    """Dev predictions in dev order (label strings, or floats for regression), the head's
-    outputs and the checkpoint's update count."""
+def predict(spec, checkpoint_path, split="valid", batch_size=64):
+    """Predictions for fairseq split ``split`` (valid: the first dev set) in file order
+    (label strings, or floats for regression), the head's outputs and the checkpoint's
+    update count."""
     import torch
     from fairseq import checkpoint_utils
 
@@ -85,8 +86,8 @@ def predict(spec, checkpoint_path, batch_size=64):
     model = models[0].eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    task.load_dataset("valid")
-    dataset = task.dataset("valid")
+    task.load_dataset(split)
+    dataset = task.dataset(split)
     itr = task.get_batch_iterator(
         dataset=dataset,
         max_sentences=batch_size,
@@ -125,20 +126,36 @@ def main(run_dir):
     checkpoint_path = os.path.join(run_dir, name)
     if not os.path.exists(checkpoint_path):
         raise SystemExit(f"fairseq-train left no {checkpoint_path}")
-    predictions, logits, state_updates = predict(spec, checkpoint_path)
-    targets = json.load(open(os.path.join(spec["data_dir"], "dev_targets.json")))
-    if spec["kind"] == "regression":
-        targets = [float(t) for t in targets]
-    values = metrics.evaluate(
-        spec["kind"], spec["metric"], predictions, targets, spec.get("positive_label")
-    )
-    with open(os.path.join(run_dir, PREDICTIONS + ".tmp"), "w") as f:
-        f.write("prediction\ttarget\thead_output\n")
-        f.writelines(
-            f"{p}\t{t}\t{','.join(f'{v:.6g}' for v in o)}\n"
-            for p, t, o in zip(predictions, targets, logits)
+    sets = spec.get("dev_sets") or [
+        {"name": spec["task"], "split": "valid", "targets": "dev_targets.json"}
+    ]
+    scored = {}
+    for i, dev in enumerate(sets):
+        if i == 0:
+            predictions, logits, state_updates = predict(spec, checkpoint_path)
+        else:
+            predictions, logits, _ = predict(spec, checkpoint_path, dev["split"])
+        targets = json.load(open(os.path.join(spec["data_dir"], dev["targets"])))
+        if spec["kind"] == "regression":
+            targets = [float(t) for t in targets]
+        values = metrics.evaluate(
+            spec["kind"], spec["metric"], predictions, targets, spec.get("positive_label")
         )
-    os.replace(os.path.join(run_dir, PREDICTIONS + ".tmp"), os.path.join(run_dir, PREDICTIONS))
+        out = PREDICTIONS if i == 0 else f"dev_predictions.{dev['split']}.tsv"
+        with open(os.path.join(run_dir, out + ".tmp"), "w") as f:
+            f.write("prediction\ttarget\thead_output\n")
+            f.writelines(
+                f"{p}\t{t}\t{','.join(f'{v:.6g}' for v in o)}\n"
+                for p, t, o in zip(predictions, targets, logits)
+            )
+        os.replace(os.path.join(run_dir, out + ".tmp"), os.path.join(run_dir, out))
+        scored[dev["name"]] = {
+            "metrics": values,
+            "value": values[spec["metric"]],
+            "dev_examples": len(targets),
+            "predictions": out,
+        }
+    first = scored[sets[0]["name"]]
     write_json_atomic(
         os.path.join(run_dir, DONE),
         {
@@ -147,13 +164,14 @@ def main(run_dir):
             "task": spec["task"],
             "seed": spec["seed"],
             "metric": spec["metric"],
-            "metrics": values,
-            "value": values[spec["metric"]],
-            "dev_examples": len(targets),
+            "metrics": first["metrics"],
+            "value": first["value"],
+            "dev_examples": first["dev_examples"],
             "eval_checkpoint": name,
             "updates_of_eval_checkpoint": state_updates,
             "fingerprint": spec["fingerprint"],
             "seconds_last_invocation": round(time.time() - start, 1),
+            **({"dev_sets": scored} if len(sets) > 1 else {}),
         },
     )
 
