@@ -121,3 +121,174 @@ def test_mnli_reports_matched_and_mismatched_both_in_the_average(
     assert doc["results"]["c"]["MNLI-mm"]["mean"] == pytest.approx(3 / 9)
     assert doc["results"]["c"]["average"]["mean"] == pytest.approx((1 + 3 / 9) / 2)
     assert "MNLI-mm (accuracy)" in ft_results.markdown(doc)
+
+
+# -- the worker pool: a process group that dies with the parent, claims with owners ----
+
+SLEEPING_WORKER = r"""
+import os, sys, time
+from se_fairseq.finetune.worker import claim
+for run_dir in sys.argv[1:]:
+    if not claim(run_dir):  # the real worker's claim, naming this process
+        continue
+    open(os.path.join(run_dir, "worker.pid"), "w").write(str(os.getpid()))
+    time.sleep(120)
+"""
+
+FAST_WORKER = r"""
+import json, os, sys
+from se_fairseq.finetune.worker import claim
+for run_dir in sys.argv[1:]:
+    if not claim(run_dir):
+        continue
+    spec = json.load(open(os.path.join(run_dir, "spec.json")))
+    json.dump({"checkpoint": spec["checkpoint"], "task": spec["task"], "seed": spec["seed"],
+               "metric": "accuracy", "value": 0.5, "metrics": {"accuracy": 0.5},
+               "fingerprint": spec["fingerprint"]}, open(os.path.join(run_dir, "done.json"), "w"))
+"""
+
+PARENT = r"""
+import sys
+from se_fairseq.finetune.plan import RunSpec
+from se_fairseq.finetune.runner import run_all
+
+run = RunSpec(checkpoint="c", checkpoint_path="c.pt", task="t", seed=1, run_dir=sys.argv[1],
+              data_dir="d", kind="classification", metric="accuracy", labels=["0", "1"],
+              label_scale=None, eval_checkpoint="best", precision="auto", fairseq_args=[],
+              settings={})
+run_all([run], devices=[], poll=0.05,
+        command=lambda run_dirs: [sys.executable, sys.argv[2], *run_dirs])
+"""
+
+
+def one_run(run_dir):
+    from se_fairseq.finetune.plan import RunSpec
+
+    return RunSpec(
+        checkpoint="c",
+        checkpoint_path="c.pt",
+        task="t",
+        seed=1,
+        run_dir=str(run_dir),
+        data_dir="d",
+        kind="classification",
+        metric="accuracy",
+        labels=["0", "1"],
+        label_scale=None,
+        eval_checkpoint="best",
+        precision="auto",
+        fairseq_args=[],
+        settings={},
+    )
+
+
+def alive(pid):
+    """True while pid runs (a zombie, killed and not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+def start_parent(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "parent.py").write_text(PARENT)
+    (tmp_path / "sleeper.py").write_text(SLEEPING_WORKER)
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    parent = subprocess.Popen(
+        [sys.executable, str(tmp_path / "parent.py"), str(run_dir), str(tmp_path / "sleeper.py")],
+        env=env,
+    )
+    deadline = time.time() + 60
+    while not (run_dir / "worker.pid").exists() or not (run_dir / "worker.pid").read_text():
+        assert parent.poll() is None and time.time() < deadline, "the worker never started"
+        time.sleep(0.05)
+    return parent, int((run_dir / "worker.pid").read_text()), run_dir
+
+
+def wait_gone(pid, seconds=15):
+    import time
+
+    deadline = time.time() + seconds
+    while alive(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
+def test_workers_die_with_a_killed_parent_and_the_dead_claim_is_taken_over(tmp_path, how):
+    import signal
+    import sys
+
+    from se_fairseq.finetune.runner import run_all
+
+    parent, worker_pid, run_dir = start_parent(tmp_path)
+    try:
+        os.kill(parent.pid, getattr(signal, how))
+        code = parent.wait(timeout=30)
+        assert wait_gone(worker_pid), f"the worker outlived its parent killed with {how}"
+        if how == "SIGTERM":
+            assert code == 128 + signal.SIGTERM
+    finally:
+        parent.kill()
+        if alive(worker_pid):
+            os.kill(worker_pid, signal.SIGKILL)
+    owner = json.load(open(run_dir / "claim"))
+    assert owner["pid"] == worker_pid
+    # a rerun takes over the claim of the dead worker and runs the run
+    (tmp_path / "fast.py").write_text(FAST_WORKER)
+    logs = []
+    done, failures = run_all(
+        [one_run(run_dir)],
+        devices=[],
+        poll=0.05,
+        log=logs.append,
+        command=lambda run_dirs: [sys.executable, str(tmp_path / "fast.py"), *run_dirs],
+    )
+    assert failures == [] and list(done) == ["c/t/seed1"]
+
+
+def test_a_claim_of_a_live_process_is_respected(tmp_path):
+    """A run another live se-finetune runs (its claim names a live pid) is neither started
+    again nor its claim deleted; it is listed as not finished."""
+    from se_fairseq.finetune.runner import run_all
+    from se_fairseq.finetune.worker import claim, claim_owner
+
+    run = one_run(tmp_path / "run")
+    os.makedirs(run.run_dir)
+    assert claim(run.run_dir)  # this (live) process owns it
+    logs = []
+    done, failures = run_all(
+        [run],
+        devices=[],
+        log=logs.append,
+        command=lambda run_dirs: pytest.fail("a run claimed by a live process was started"),
+    )
+    assert done == {} and [f["key"] for f in failures] == ["c/t/seed1"]
+    assert "running in another process" in failures[0]["reason"]
+    assert claim_owner(run.run_dir)["pid"] == os.getpid()
+    assert any("skipped c/t/seed1: running in process" in line for line in logs)
+
+
+@pytest.mark.subprocess
+def test_a_claim_of_a_dead_or_reused_pid_is_not_alive(tmp_path):
+    import subprocess
+    import sys
+
+    from se_fairseq.finetune.worker import owner_alive, process_start_time
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert not owner_alive({"pid": gone.pid, "start_time": None})
+    me = os.getpid()
+    assert owner_alive({"pid": me, "start_time": process_start_time(me)})
+    if process_start_time(me) is not None:  # Linux: a reused pid is told by its start time
+        assert not owner_alive({"pid": me, "start_time": process_start_time(me) - 1})
+    assert not owner_alive(None)

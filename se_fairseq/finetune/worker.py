@@ -3,7 +3,9 @@
     python -m se_fairseq.finetune.worker RUN_DIR [RUN_DIR ...]
 
 A worker takes the runs in order, skipping those that are finished or that another worker
-of the pool has claimed (``RUN_DIR/claim``, created atomically), so that several workers
+of the pool has claimed (``RUN_DIR/claim``, created atomically, naming the worker's pid and
+start time: a later invocation takes over only a claim whose owner is dead), so that
+several workers
 share one list and torch and fairseq are imported once per worker, not once per run.
 RUN_DIR/spec.json (written by the harness) holds the fairseq-train arguments. Training
 goes through fairseq's own ``fairseq_cli.train.cli_main``, its output to RUN_DIR/train.log;
@@ -176,14 +178,78 @@ def main(run_dir):
     )
 
 
+def process_start_time(pid):
+    """The start time of process ``pid`` (clock ticks since boot, /proc/PID/stat field 22),
+    or None where /proc is not there (not Linux) or the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def _claim_record():
+    import socket
+
+    pid = os.getpid()
+    return {"pid": pid, "start_time": process_start_time(pid), "host": socket.gethostname()}
+
+
+def claim_owner(run_dir):
+    """The claim's owner (pid, start_time, host), or None: no claim, or an empty or unreadable
+    one (an earlier version's claims were empty files)."""
+    try:
+        with open(os.path.join(run_dir, CLAIM)) as f:
+            owner = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+
+
+def owner_alive(owner):
+    """True while the process that made a claim still runs: its pid exists, is not a zombie
+    and (where /proc tells) started when the claim says, so a reused pid is not taken for
+    it. A claim of another host cannot be checked here and counts as alive."""
+    import socket
+
+    if owner is None:
+        return False
+    if owner.get("host") not in (None, socket.gethostname()):
+        return True
+    pid = owner["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False
+    except (OSError, IndexError):
+        pass
+    start = owner.get("start_time")
+    return start is None or process_start_time(pid) in (None, start)
+
+
 def claim(run_dir):
-    """True if this worker may run RUN_DIR: not finished, not claimed by another worker."""
+    """True if this worker may run RUN_DIR: not finished, not claimed by another worker.
+    The claim file (created atomically, by a hard link of a written file) names this
+    process (pid, start time, host), so that a later invocation can tell whether its owner
+    still runs."""
     if os.path.exists(os.path.join(run_dir, DONE)):
         return False
+    tmp = os.path.join(run_dir, f"{CLAIM}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(_claim_record(), f)
     try:
-        os.close(os.open(os.path.join(run_dir, CLAIM), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.link(tmp, os.path.join(run_dir, CLAIM))
     except FileExistsError:
         return False
+    finally:
+        os.remove(tmp)
     return True
 
 
