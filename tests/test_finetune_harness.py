@@ -292,3 +292,68 @@ def test_a_claim_of_a_dead_or_reused_pid_is_not_alive(tmp_path):
     if process_start_time(me) is not None:  # Linux: a reused pid is told by its start time
         assert not owner_alive({"pid": me, "start_time": process_start_time(me) - 1})
     assert not owner_alive(None)
+
+
+# -- disk: each run keeps only what --keep-checkpoints asks, as it ends -------------------
+
+
+@pytest.mark.parametrize("keep", ["best", "none", "all"])
+def test_a_finished_run_keeps_only_what_keep_checkpoints_asks(
+    untrained_checkpoint, tmp_path, monkeypatch, keep
+):
+    """worker.main itself (not the end of the invocation) prunes the run: keep best leaves
+    checkpoint_best.pt alone, without its optimizer state, loading with the safe loader."""
+    import torch
+
+    from se_fairseq.checkpoint_safety import safe_load
+    from se_fairseq.finetune import prepare_data, worker
+    from se_fairseq.finetune.plan import plan_runs
+    from se_fairseq.finetune.runner import prepare
+
+    folder = tmp_path / "mytask"
+    rows = [("sentence", "label")] + [(f"w{i} w{i + 1}", "ab"[i % 2]) for i in range(8)]
+    write(str(folder / "train.tsv"), rows)
+    write(str(folder / "dev.tsv"), rows)
+    out = str(tmp_path / "out")
+    infos, datas, manifests, dirs = prepare_data(
+        {"c": untrained_checkpoint}, [str(folder)], out, {"bpe": "none"}, log=lambda *a: None
+    )
+    run = plan_runs(infos, datas, manifests, dirs, [1], out, Overrides())[0]
+    fingerprint = run.fingerprint()
+    run.keep_checkpoints = keep
+    assert run.fingerprint() == fingerprint  # what a run keeps does not decide its result
+    prepare(run, fingerprint)
+    state = safe_load(untrained_checkpoint)
+    weights = {k: v.clone() for k, v in state["model"].items()}
+    state["last_optimizer_state"] = {
+        "state": {i: {"exp_avg": torch.ones(4), "exp_avg_sq": torch.ones(4)} for i in range(3)}
+    }
+
+    def fake_train(spec):
+        for name in ("checkpoint_best.pt", "checkpoint_last.pt", "crash.pt"):
+            torch.save(state, os.path.join(run.run_dir, name))
+
+    monkeypatch.setattr(worker, "train", fake_train)
+    monkeypatch.setattr(worker, "predict", lambda spec, path: (["a", "b"] * 4, [[0.0, 0.0]] * 8, 1))
+    worker.main(run.run_dir)
+    checkpoints = sorted(f for f in os.listdir(run.run_dir) if f.endswith((".pt", ".tmp")))
+    expected = {
+        "best": ["checkpoint_best.pt"],
+        "none": [],
+        "all": ["checkpoint_best.pt", "checkpoint_last.pt", "crash.pt"],
+    }
+    assert checkpoints == expected[keep]
+    assert os.path.exists(os.path.join(run.run_dir, "done.json"))
+    if keep != "none":
+        best = safe_load(os.path.join(run.run_dir, "checkpoint_best.pt"))
+        assert ("last_optimizer_state" in best) == (keep == "all")
+        assert best["model"].keys() == weights.keys()
+        assert all(torch.equal(best["model"][k], v) for k, v in weights.items())
+        assert best["optimizer_history"] == state["optimizer_history"]
+    if keep == "best":  # fairseq's own loader still reads it
+        from fairseq import checkpoint_utils
+
+        loaded = checkpoint_utils.load_checkpoint_to_cpu(
+            os.path.join(run.run_dir, "checkpoint_best.pt")
+        )
+        assert "model" in loaded

@@ -129,7 +129,9 @@ def build_parser():
         "--keep-checkpoints",
         choices=("all", "best", "none"),
         default="best",
-        help="fairseq checkpoints kept once a run is done (default best)",
+        help="fairseq checkpoints each run keeps once it is done, pruned as it ends: all, "
+        "best (default: checkpoint_best.pt only, rewritten without its optimizer state) "
+        "or none",
     )
     return p
 

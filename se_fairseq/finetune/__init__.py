@@ -124,17 +124,14 @@ def finetune(
         log=log,
     )
     runs = plan_runs(infos, datas, manifests, data_dirs, seeds, out_dir, overrides)
+    for run in runs:
+        run.keep_checkpoints = keep_checkpoints  # each worker prunes its run as it ends
     records, failures = run_all(runs, devices=devices, jobs=jobs, log=log)
-    if keep_checkpoints != "all":
-        for run in runs:
-            if run.key not in records:  # kept to resume from
-                continue
-            for name in ("checkpoint_last.pt",) + (
-                ("checkpoint_best.pt",) if keep_checkpoints == "none" else ()
-            ):
-                path = os.path.join(run.run_dir, name)
-                if os.path.exists(path):
-                    os.remove(path)
+    from se_fairseq.finetune.worker import prune_run
+
+    for run in runs:  # runs finished before (or killed between done.json and pruning)
+        if run.key in records:  # unfinished ones keep checkpoint_last.pt to resume from
+            prune_run(run.run_dir, keep_checkpoints)
     doc = results_mod.summarize(
         list(records.values()),
         [i.name for i in infos],

@@ -79,6 +79,9 @@ class RunSpec:
     positive_label: Optional[str] = None  # the F1 positive class (task.json "positive")
     #: more than one dev set (MNLI): the manifest's [{name, split, targets}], else None
     dev_sets: Optional[list] = None
+    #: --keep-checkpoints (all, best, none): what the run keeps once done; not a setting of
+    #: the result, so never in the fingerprint
+    keep_checkpoints: Optional[str] = None
 
     @property
     def key(self):
@@ -97,7 +100,7 @@ class RunSpec:
             self.data_dir: f"<data>/{os.path.basename(os.path.normpath(self.data_dir))}",
             self.checkpoint_path: f"<checkpoint>/{os.path.basename(self.checkpoint_path)}",
         }
-        keep = {k: v for k, v in asdict(self).items() if k != "run_dir"}
+        keep = {k: v for k, v in asdict(self).items() if k not in ("run_dir", "keep_checkpoints")}
         for k in OPTIONAL_FIELDS:  # fields added later count only when set: the runs
             if keep.get(k) is None:  # of an earlier version keep their fingerprint
                 keep.pop(k, None)

@@ -13,7 +13,9 @@ rerun after a kill, fairseq resumes from RUN_DIR/checkpoint_last.pt
 (``--finetune-from-model`` only applies to a first launch). Then the best (or last)
 checkpoint is loaded with ``load_model_ensemble_and_task``, its classification head
 predicts every dev example, and the metrics are computed against the dev labels as read
-from the task folder. RUN_DIR/done.json, written atomically last, marks the run finished;
+from the task folder. RUN_DIR/done.json, written atomically, marks the run finished;
+then the run keeps only what ``--keep-checkpoints`` asks (:func:`prune_run`; a kept
+checkpoint_best.pt without its optimizer state, dropped just before done.json);
 a run that raises leaves RUN_DIR/failed.txt (the traceback) and the worker goes on.
 """
 
@@ -158,6 +160,10 @@ def main(run_dir):
             "predictions": out,
         }
     first = scored[sets[0]["name"]]
+    keep = spec.get("keep_checkpoints")
+    best = os.path.join(run_dir, "checkpoint_best.pt")
+    if keep == "best" and os.path.exists(best):  # nothing resumes from it: the run is done
+        drop_optimizer_state(best)
     write_json_atomic(
         os.path.join(run_dir, DONE),
         {
@@ -176,6 +182,7 @@ def main(run_dir):
             **({"dev_sets": scored} if len(sets) > 1 else {}),
         },
     )
+    prune_run(run_dir, keep)  # as the run ends, not when the whole invocation does
 
 
 def process_start_time(pid):
@@ -232,6 +239,36 @@ def owner_alive(owner):
         pass
     start = owner.get("start_time")
     return start is None or process_start_time(pid) in (None, start)
+
+
+def drop_optimizer_state(path):
+    """Rewrite a fairseq checkpoint without its optimizer state (``last_optimizer_state``,
+    Adam's two moments: about twice the weights), atomically; True if it had one. Loaded
+    with the project's safe loader, saved with ``torch.save`` (no new globals)."""
+    import torch
+
+    from se_fairseq.checkpoint_safety import safe_load
+
+    state = safe_load(path)
+    if state.get("last_optimizer_state") is None:
+        return False
+    del state["last_optimizer_state"]
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return True
+
+
+def prune_run(run_dir, keep):
+    """What ``--keep-checkpoints`` keeps of a finished run: ``all`` every file; ``best``
+    only checkpoint_best.pt (the optimizer state is dropped before the run is marked done,
+    :func:`main`); ``none`` no checkpoint. Removes checkpoint_last.pt and any other ``.pt``
+    fairseq left (crash.pt, epoch checkpoints)."""
+    if keep in (None, "all"):
+        return
+    for name in sorted(os.listdir(run_dir)):
+        if name.endswith((".pt", ".pt.tmp")) and (keep == "none" or name != "checkpoint_best.pt"):
+            os.remove(os.path.join(run_dir, name))
 
 
 def claim(run_dir):
