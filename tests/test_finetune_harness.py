@@ -357,3 +357,107 @@ def test_a_finished_run_keeps_only_what_keep_checkpoints_asks(
             os.path.join(run.run_dir, "checkpoint_best.pt")
         )
         assert "model" in loaded
+
+
+# -- --predict-test: GLUE server files ---------------------------------------------------
+
+RTE_HEADER = ("index", "sentence1", "sentence2", "label")
+
+
+def make_rte(folder, n=8, hf_numbers=False):
+    """GLUE's RTE layout (labels entailment/not_entailment, or Hugging Face's 0/1), with a
+    test.tsv of 5 rows (index, sentence1, sentence2; no label) whose indices start at 100."""
+    names = ("0", "1") if hf_numbers else ("entailment", "not_entailment")
+    rows = [RTE_HEADER] + [(i, f"w{i % 5} w{i % 3}", f"w{i % 4}", names[i % 2]) for i in range(n)]
+    write(os.path.join(folder, "train.tsv"), rows)
+    write(os.path.join(folder, "dev.tsv"), rows)
+    write(
+        os.path.join(folder, "test.tsv"),
+        [RTE_HEADER[:3]] + [(100 + i, f"w{i}", f"w{i + 1}") for i in range(5)],
+    )
+    return folder
+
+
+@pytest.mark.parametrize("hf_numbers", [False, True])
+def test_predict_test_writes_glue_server_files(
+    untrained_checkpoint, tmp_path, monkeypatch, hf_numbers
+):
+    """RTE (server names entailment/not_entailment, also from Hugging Face's 0/1) and MNLI
+    (MNLI-m.tsv and MNLI-mm.tsv): index and prediction rows, through the worker's path."""
+    from se_fairseq.finetune import _collect_test_predictions, prepare_data, worker
+    from se_fairseq.finetune.plan import plan_runs
+    from se_fairseq.finetune.runner import prepare
+
+    out = str(tmp_path / "out")
+    rte = make_rte(str(tmp_path / "RTE"), hf_numbers=hf_numbers)
+    mnli = make_mnli(str(tmp_path / "MNLI"))
+    infos, datas, manifests, dirs = prepare_data(
+        {"c": untrained_checkpoint}, [rte, mnli], out, {"bpe": "none"}, log=lambda *a: None
+    )
+    assert [t["name"] for t in manifests["c", "MNLI"]["test_sets"]] == ["MNLI-m", "MNLI-mm"]
+    for sub in ("input0", "input1"):
+        assert os.path.exists(os.path.join(dirs["c", "MNLI"], sub, "test1.bin"))
+    runs = plan_runs(infos, datas, manifests, dirs, [3], out, Overrides())
+    predicted = []
+
+    def fake_predict(spec, path, split="valid"):
+        predicted.append((spec["task"], split))
+        sizes = {"RTE": {"valid": 8, "test": 5}, "MNLI": {"valid": 6, "valid1": 9}}
+        n = dict(sizes[spec["task"]], **({"test": 5, "test1": 4} if spec["task"] == "MNLI" else {}))
+        labels = spec["labels"]
+        return [labels[i % len(labels)] for i in range(n[split])], [[0.0]] * n[split], 1
+
+    monkeypatch.setattr(worker, "predict", fake_predict)
+    for run in runs:
+        run.test_sets = manifests[run.checkpoint, run.task]["test_sets"]
+        prepare(run, run.fingerprint())
+        monkeypatch.setattr(
+            worker, "train", lambda spec, d=run.run_dir: open(f"{d}/checkpoint_best.pt", "w")
+        )
+        worker.main(run.run_dir)
+        _collect_test_predictions(run, out)
+    assert ("RTE", "test") in predicted and ("MNLI", "test1") in predicted
+    folder = os.path.join(out, "test_predictions", "c", "seed3")
+    assert sorted(os.listdir(folder)) == ["MNLI-m.tsv", "MNLI-mm.tsv", "RTE.tsv"]
+    rte_rows = [line.rstrip("\n").split("\t") for line in open(os.path.join(folder, "RTE.tsv"))]
+    assert rte_rows[0] == ["index", "prediction"]
+    assert [r[0] for r in rte_rows[1:]] == ["100", "101", "102", "103", "104"]
+    assert {r[1] for r in rte_rows[1:]} == {"entailment", "not_entailment"}
+    mm = [line.rstrip("\n").split("\t") for line in open(os.path.join(folder, "MNLI-mm.tsv"))]
+    assert len(mm) == 5 and {r[1] for r in mm[1:]} <= set(MNLI_LABELS)
+
+
+def test_server_label_names():
+    from se_fairseq.finetune.worker import server_label
+
+    assert server_label("RTE", "1") == "not_entailment"
+    assert server_label("QNLI", "entailment") == "entailment"
+    assert server_label("MNLI-mm", "2") == "contradiction"
+    assert server_label("MRPC", "1") == "1" and server_label("CoLA", "0") == "0"
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_predict_test_through_a_real_run(vanilla_checkpoint, tmp_path):
+    """A real tiny RTE run with --predict-test: RTE.tsv from the real worker's prediction of
+    the binarized test split, one row per test row, the server's label names."""
+    from se_fairseq.finetune import finetune
+
+    out = str(tmp_path / "out")
+    finetune(
+        {"tiny": vanilla_checkpoint},
+        [make_rte(str(tmp_path / "RTE"), n=16)],
+        out,
+        seeds=[1],
+        bpe="none",
+        jobs=1,
+        devices=[],
+        predict_test=True,
+        log=lambda *a: None,
+        overrides=Overrides(epochs=1, batch_size=8, fairseq_args=["--num-workers", "0"]),
+    )
+    path = os.path.join(out, "test_predictions", "tiny", "seed1", "RTE.tsv")
+    rows = [line.rstrip("\n").split("\t") for line in open(path)]
+    assert rows[0] == ["index", "prediction"] and len(rows) == 6
+    assert {r[1] for r in rows[1:]} <= {"entailment", "not_entailment"}
+    assert os.path.exists(os.path.join(out, "runs", "tiny", "RTE", "seed1", "test_predictions"))

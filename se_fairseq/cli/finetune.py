@@ -133,6 +133,14 @@ def build_parser():
         "best (default: checkpoint_best.pt only, rewritten without its optimizer state) "
         "or none",
     )
+    d.add_argument(
+        "--predict-test",
+        action="store_true",
+        help="each run that finishes also predicts its GLUE folder's test files (test.tsv; "
+        "MNLI test_matched/test_mismatched.tsv) with the scored checkpoint, as GLUE server "
+        "files <TASK>.tsv (index, prediction; the server's label names) in "
+        "OUT/test_predictions/CKPT/seedN/",
+    )
     return p
 
 
@@ -198,6 +206,7 @@ def cli_main(argv=None):
             gpt2_vocab_bpe=args.gpt2_vocab_bpe,
             sentencepiece_model=args.sentencepiece_model,
             keep_checkpoints=args.keep_checkpoints,
+            predict_test=args.predict_test,
         )
     except FinetuneError as err:
         sys.exit(f"se-finetune: error: {err}")

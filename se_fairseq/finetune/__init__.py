@@ -65,6 +65,22 @@ def prepare_data(checkpoints, tasks, out_dir, tokenizer_options, log=print):
     return infos, datas, manifests, data_dirs
 
 
+def _collect_test_predictions(run, out_dir):
+    """Copy a run's GLUE server files to OUT_DIR/test_predictions/CKPT/seedN/."""
+    import shutil
+
+    from se_fairseq.finetune.worker import TEST_PREDICTIONS
+
+    folder = os.path.join(run.run_dir, TEST_PREDICTIONS)
+    if not os.path.isdir(folder):
+        return
+    target = os.path.join(out_dir, TEST_PREDICTIONS, run.checkpoint, f"seed{run.seed}")
+    os.makedirs(target, exist_ok=True)
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".tsv"):
+            shutil.copyfile(os.path.join(folder, name), os.path.join(target, name))
+
+
 def finetune(
     checkpoints,
     tasks,
@@ -80,6 +96,7 @@ def finetune(
     gpt2_vocab_bpe=None,
     sentencepiece_model=None,
     keep_checkpoints="best",
+    predict_test=False,
     log=print,
 ):
     """Fine-tune every checkpoint on every task with every seed; returns the results document
@@ -87,6 +104,9 @@ def finetune(
     tables and listed in ``doc["failures"]`` (run, log, reason); a rerun retries them.
 
     checkpoints: {name: path or (path, dict.txt)}; tasks: folders or (name, folder) pairs.
+    predict_test: each run that finishes also predicts its GLUE folder's test files, into
+    RUN_DIR/test_predictions/<NAME>.tsv, collected as OUT_DIR/test_predictions/CKPT/seedN/
+    (one GLUE server submission per checkpoint and seed).
     """
     from se_fairseq.finetune import results as results_mod
     from se_fairseq.finetune.plan import plan_runs
@@ -126,12 +146,20 @@ def finetune(
     runs = plan_runs(infos, datas, manifests, data_dirs, seeds, out_dir, overrides)
     for run in runs:
         run.keep_checkpoints = keep_checkpoints  # each worker prunes its run as it ends
+        if predict_test:
+            run.test_sets = manifests[run.checkpoint, run.task].get("test_sets") or None
+    if predict_test and not any(run.test_sets for run in runs):
+        raise FinetuneError(
+            "--predict-test: no GLUE task folder holds a test file (test.tsv; MNLI "
+            "test_matched.tsv, test_mismatched.tsv)"
+        )
     records, failures = run_all(runs, devices=devices, jobs=jobs, log=log)
     from se_fairseq.finetune.worker import prune_run
 
     for run in runs:  # runs finished before (or killed between done.json and pruning)
         if run.key in records:  # unfinished ones keep checkpoint_last.pt to resume from
             prune_run(run.run_dir, keep_checkpoints)
+            _collect_test_predictions(run, out_dir)
     doc = results_mod.summarize(
         list(records.values()),
         [i.name for i in infos],

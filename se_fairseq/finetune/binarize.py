@@ -21,11 +21,32 @@ from se_fairseq.finetune.checkpoint import file_sha256
 from se_fairseq.finetune.errors import FinetuneError
 
 
-def splits(task):
+def splits(task, test=False):
     """(fairseq split name, Split): train, then valid, valid1, ... for the dev sets (MNLI's
-    mismatched dev set is valid1, as fairseq's preprocess_GLUE_tasks.sh names it)."""
-    return [("train", task.train)] + [
-        ("valid" if i == 0 else f"valid{i}", split) for i, (_, split) in enumerate(task.dev_sets)
+    mismatched dev set is valid1, as fairseq's preprocess_GLUE_tasks.sh names it), and with
+    ``test`` the GLUE test sets (test, test1: texts only, no labels)."""
+    return (
+        [("train", task.train)]
+        + [
+            ("valid" if i == 0 else f"valid{i}", split)
+            for i, (_, split) in enumerate(task.dev_sets)
+        ]
+        + [
+            ("test" if i == 0 else f"test{i}", split)
+            for i, (_, split) in enumerate(task.test_sets if test else ())
+        ]
+    )
+
+
+def test_sets(task):
+    """The manifest's list of test sets: GLUE server file name, fairseq split, index file."""
+    return [
+        {
+            "name": name,
+            "split": "test" if i == 0 else f"test{i}",
+            "index": "test_index.json" if i == 0 else f"test_index.test{i}.json",
+        }
+        for i, (name, _) in enumerate(task.test_sets)
     ]
 
 
@@ -78,7 +99,7 @@ def label_dictionary(labels):
 
 
 def manifest_for(task, tokenizer_spec, dict_path):
-    files = {os.path.basename(s.path): file_sha256(s.path) for _, s in splits(task)}
+    files = {os.path.basename(s.path): file_sha256(s.path) for _, s in splits(task, test=True)}
     return {
         "task": task.name,
         "layout": task.layout,
@@ -111,7 +132,7 @@ def binarize_task(task, tokenizer, dict_path, out_dir, log=print):
         folder = os.path.join(tmp, f"input{i}")
         os.makedirs(folder)
         shutil.copyfile(dict_path, os.path.join(folder, "dict.txt"))
-        for split, data in splits(task):
+        for split, data in splits(task, test=True):
             lines = [tokenizer.encode(t) for t in data.texts[i]]
             tokens, unknown = write_indexed(os.path.join(folder, split), lines, dictionary)
             stats[f"input{i}.{split}"] = {"tokens": tokens, "unknown": unknown}
@@ -147,11 +168,15 @@ def binarize_task(task, tokenizer, dict_path, out_dir, log=print):
         wanted,
         labels=labels,
         num_classes=len(labels) if labels else 1,
-        sizes={split: len(data) for split, data in splits(task)},
+        sizes={split: len(data) for split, data in splits(task, test=True)},
         tokens=stats,
         num_inputs=task.num_inputs,
         dev_sets=dev_sets(task),
+        test_sets=test_sets(task),
     )
+    for entry, (_, data) in zip(manifest["test_sets"], task.test_sets):
+        with open(os.path.join(tmp, entry["index"]), "w") as f:
+            json.dump(data.labels, f)
     for entry, (_, data) in zip(manifest["dev_sets"], task.dev_sets):
         with open(os.path.join(tmp, entry["targets"]), "w") as f:
             json.dump(data.labels, f)

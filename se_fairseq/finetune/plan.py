@@ -82,6 +82,9 @@ class RunSpec:
     #: --keep-checkpoints (all, best, none): what the run keeps once done; not a setting of
     #: the result, so never in the fingerprint
     keep_checkpoints: Optional[str] = None
+    #: --predict-test: the manifest's test sets to predict once done (GLUE server files);
+    #: not a setting of the dev result, so never in the fingerprint
+    test_sets: Optional[list] = None
 
     @property
     def key(self):

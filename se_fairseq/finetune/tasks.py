@@ -64,6 +64,8 @@ class GlueLayout:
     positions: Optional[tuple] = None
     #: the dev sets: (column suffix, file names tried in order); GLUE's MNLI has two
     dev_files: tuple = (("", ("dev.tsv",)),)
+    #: the test sets (no labels), as dev_files: read for --predict-test where present
+    test_files: tuple = (("", ("test.tsv",)),)
     drop_short_rows: bool = False  # rows with another field count are dropped (QQP)
     label_scale: Optional[float] = None  # regression labels are divided by this (STS-B: 5)
 
@@ -102,6 +104,7 @@ GLUE_LAYOUTS = {
             ("-m", ("dev_matched.tsv", "validation_matched.tsv")),
             ("-mm", ("dev_mismatched.tsv", "validation_mismatched.tsv")),
         ),
+        test_files=(("-m", ("test_matched.tsv",)), ("-mm", ("test_mismatched.tsv",))),
     ),
     "QNLI": GlueLayout(((("question", "sentence"), "label"),)),
     "RTE": GlueLayout(((("sentence1", "sentence2"), "label"),)),
@@ -162,6 +165,9 @@ class TaskData:
     #: the dev sets, each a results column: [(column name, Split)]; the first is ``dev``
     #: (the one fairseq-train validates on and picks the best checkpoint by)
     dev_sets: list = field(default_factory=list)
+    #: GLUE test sets found in the folder: [(GLUE server file name without .tsv, Split)];
+    #: a test Split's ``labels`` are the rows' ``index`` values (what the server expects)
+    test_sets: list = field(default_factory=list)
 
     def __post_init__(self):
         if not self.dev_sets:
@@ -280,6 +286,39 @@ def read_glue_split(path, layout, task_name):
     return Split(path, texts, labels, lines), dropped
 
 
+def read_glue_test(path, layout, task_name):
+    """A GLUE test file: the task's text columns found by the header's names (as in
+    train), the ``index`` (or ``id``, ``idx``) column as the labels (else the row
+    number from 0)."""
+    rows = _read_rows(path)
+    if not rows:
+        raise FinetuneError(f"{path}: empty file")
+    header = [h.strip() for h in rows[0]]
+    for texts, _ in layout.headers:
+        if all(n in header for n in texts):
+            columns = [header.index(n) for n in texts]
+            break
+    else:
+        raise FinetuneError(
+            f"{path}: the header row {header} does not hold {task_name}'s text columns "
+            f"{[list(t) for t, _ in layout.headers]}"
+        )
+    index = next((header.index(n) for n in ("index", "id", "idx") if n in header), None)
+    split = Split(path, [[] for _ in columns], [], [])
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        for i, column in enumerate(columns):
+            split.texts[i].append(_cell(path, lineno, row, column, f"text {i + 1}"))
+        split.labels.append(
+            _cell(path, lineno, row, index, "index") if index is not None else str(lineno - 2)
+        )
+        split.lines.append(lineno)
+    if not split.labels:
+        raise FinetuneError(f"{path}: no examples")
+    return split
+
+
 def read_generic_split(path):
     rows = _read_rows(path)
     if not rows:
@@ -337,6 +376,12 @@ def read_task(folder, name=None):
             expected = " or ".join(f for _, files in layout.dev_files for f in files[:1])
             raise FinetuneError(f"{folder}: no dev file: expected {expected} ({glue})")
         dev = dev_sets[0][1]
+        test_sets = []
+        for suffix, files in layout.test_files:
+            found = [f for f in files if os.path.exists(os.path.join(folder, f))]
+            if found:
+                test = read_glue_test(os.path.join(folder, found[0]), layout, glue)
+                test_sets.append((glue + suffix, test))
         notes = []
         if dropped_train or dropped_dev:
             notes.append(
@@ -355,6 +400,7 @@ def read_task(folder, name=None):
             label_scale=layout.label_scale,
             notes=notes,
             dev_sets=dev_sets,
+            test_sets=test_sets,
         )
     else:
         spec = {}

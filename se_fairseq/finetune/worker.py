@@ -32,6 +32,52 @@ LOG = "train.log"
 PREDICTIONS = "dev_predictions.tsv"
 
 
+TEST_PREDICTIONS = "test_predictions"
+#: the GLUE server's label names where Hugging Face's exports number the classes
+SERVER_LABELS = {
+    "RTE": ("entailment", "not_entailment"),
+    "QNLI": ("entailment", "not_entailment"),
+    "MNLI-m": ("entailment", "neutral", "contradiction"),
+    "MNLI-mm": ("entailment", "neutral", "contradiction"),
+}
+
+
+def server_label(name, label):
+    """A predicted label as the GLUE server reads it for test set ``name``: GLUE's own label
+    strings stay, class numbers (Hugging Face's) become the server's names (RTE, QNLI:
+    entailment/not_entailment; MNLI: entailment/neutral/contradiction); 0/1 elsewhere."""
+    names = SERVER_LABELS.get(name)
+    if names and label not in names and label.isdigit() and int(label) < len(names):
+        return names[int(label)]
+    return label
+
+
+def write_test_predictions(spec, run_dir, checkpoint_path):
+    """--predict-test: RUN_DIR/test_predictions/<NAME>.tsv per GLUE test set (``index`` and
+    ``prediction`` columns, the server's label names; STS-B's scores as floats)."""
+    folder = os.path.join(run_dir, TEST_PREDICTIONS)
+    os.makedirs(folder, exist_ok=True)
+    written = []
+    for test in spec.get("test_sets") or ():
+        predictions, _, _ = predict(spec, checkpoint_path, test["split"])
+        index = json.load(open(os.path.join(spec["data_dir"], test["index"])))
+        if len(index) != len(predictions):
+            raise RuntimeError(
+                f"{test['split']}: {len(predictions)} predictions, {len(index)} rows"
+            )
+        path = os.path.join(folder, f"{test['name']}.tsv")
+        with open(path + ".tmp", "w") as f:
+            f.write("index\tprediction\n")
+            for i, p in zip(index, predictions):
+                value = (
+                    f"{p:.3f}" if spec["kind"] == "regression" else server_label(test["name"], p)
+                )
+                f.write(f"{i}\t{value}\n")
+        os.replace(path + ".tmp", path)
+        written.append(os.path.relpath(path, run_dir))
+    return written
+
+
 def write_json_atomic(path, obj):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -160,6 +206,7 @@ def main(run_dir):
             "predictions": out,
         }
     first = scored[sets[0]["name"]]
+    test_files = write_test_predictions(spec, run_dir, checkpoint_path)
     keep = spec.get("keep_checkpoints")
     best = os.path.join(run_dir, "checkpoint_best.pt")
     if keep == "best" and os.path.exists(best):  # nothing resumes from it: the run is done
@@ -180,6 +227,7 @@ def main(run_dir):
             "fingerprint": spec["fingerprint"],
             "seconds_last_invocation": round(time.time() - start, 1),
             **({"dev_sets": scored} if len(sets) > 1 else {}),
+            **({"test_predictions": test_files} if test_files else {}),
         },
     )
     prune_run(run_dir, keep)  # as the run ends, not when the whole invocation does
