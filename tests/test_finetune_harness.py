@@ -461,3 +461,87 @@ def test_predict_test_through_a_real_run(vanilla_checkpoint, tmp_path):
     assert rows[0] == ["index", "prediction"] and len(rows) == 6
     assert {r[1] for r in rows[1:]} <= {"entailment", "not_entailment"}
     assert os.path.exists(os.path.join(out, "runs", "tiny", "RTE", "seed1", "test_predictions"))
+
+
+# -- progress per run ------------------------------------------------------------------
+
+
+def fairseq_log_lines(caplog):
+    """Lines as fairseq-train writes them with --log-format simple, made by fairseq's own
+    progress bar (train_inner every log interval, then the validation summary)."""
+    import logging
+    from collections import OrderedDict
+
+    from fairseq.logging import progress_bar
+
+    with caplog.at_level(logging.INFO, logger="fairseq.logging.progress_bar"):
+        bar = progress_bar.progress_bar(
+            list(range(16)), log_format="simple", log_interval=1, epoch=3, prefix="epoch 003"
+        )
+        for _ in bar:
+            pass
+        bar.log(OrderedDict(loss=0.69, nll_loss=0.69, num_updates=42, lr=1e-5), tag="train_inner")
+        valid = progress_bar.progress_bar(
+            [], log_format="simple", epoch=3, prefix="valid on 'valid' subset"
+        )
+        valid.print(
+            OrderedDict(loss=0.61, accuracy=71.25, num_updates=48, best_accuracy=73.5),
+            tag="valid",
+        )
+    return "\n".join(f"2026-12-03 10:00:00 | INFO | x | {r.getMessage()}" for r in caplog.records)
+
+
+def test_the_progress_parser_reads_fairseqs_own_log_lines(caplog):
+    from se_fairseq.finetune.runner import parse_progress, progress_line
+
+    text = fairseq_log_lines(caplog)
+    assert "num_updates=42" in text and "valid on 'valid' subset" in text
+    state = parse_progress(text, "accuracy")
+    assert state == {
+        "updates": 48,
+        "epoch": 3,
+        "dev_metric": "accuracy",
+        "dev": 71.25,
+        "best": 73.5,
+    }
+    inner_only = parse_progress(text.split("valid on")[0].rsplit("\n", 1)[0], "accuracy")
+    assert inner_only == {"updates": 42, "epoch": 3}
+    run = one_run("unused")
+    run.settings = {"total_updates": 2036}
+    assert progress_line(run, state) == "update 48/2036, epoch 3, dev accuracy 71.25 (best 73.5)"
+    assert parse_progress("", "accuracy") == {}
+
+
+PROGRESS_WORKER = FAST_WORKER.replace(
+    "    spec = json.load(",
+    """    open(os.path.join(run_dir, "train.log"), "w").write(
+        "x | INFO | train_inner | epoch 001:     10 / 16 loss=0.7, num_updates=10, lr=1e-05\\n"
+        "x | INFO | valid | epoch 001 | valid on 'valid' subset | loss 0.6 | accuracy 62.5 | "
+        "num_updates 16 | best_accuracy 62.5\\n")
+    import time; time.sleep(1.0)
+    spec = json.load(""",
+)
+
+
+@pytest.mark.subprocess
+def test_a_running_run_shows_its_updates_and_dev_metric(tmp_path):
+    import sys
+
+    from se_fairseq.finetune.runner import run_all
+
+    (tmp_path / "w.py").write_text(PROGRESS_WORKER)
+    run = one_run(tmp_path / "run")
+    run.settings = {"total_updates": 160}
+    logs = []
+    done, _ = run_all(
+        [run],
+        devices=[],
+        poll=0.05,
+        progress_every=0.2,
+        log=logs.append,
+        command=lambda run_dirs: [sys.executable, str(tmp_path / "w.py"), *run_dirs],
+    )
+    assert list(done) == ["c/t/seed1"]
+    lines = [line for line in logs if "update 16/160" in line]
+    assert lines and "dev accuracy 62.5 (best 62.5)" in lines[0], logs
+    assert len(lines) == 1  # a line only when the log moved

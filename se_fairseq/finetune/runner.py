@@ -23,6 +23,7 @@ process (another se-finetune on the same folder) alone, listing it as not finish
 import ctypes
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,6 +157,73 @@ class _Signalled(BaseException):
         self.signum = signum
 
 
+_TRAIN_INNER = re.compile(r"epoch (\d+):\s+(\d+) / (\d+) (.*)$")
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def parse_progress(text, metric=None):
+    """What fairseq-train's log (``--log-format simple``) says of a run so far: ``updates``
+    (the last num_updates), ``epoch``, and from the last validation on the first dev set
+    ``dev`` (``metric``, e.g. accuracy, as fairseq logs it), ``best`` (its best_ value)
+    and ``dev_metric`` (the name reported). Lines fairseq writes:
+
+        ... | train_inner | epoch 001:     10 / 16 loss=0.69, ..., num_updates=10, lr=...
+        ... | valid | epoch 001 | valid on 'valid' subset | loss 0.69 | ... | accuracy 50 |
+            ... | num_updates 16 | best_accuracy 50
+    """
+    state: dict = {}
+    for line in text.splitlines():
+        inner = _TRAIN_INNER.search(line)
+        if inner:
+            fields = dict(f.split("=", 1) for f in inner.group(4).split(", ") if "=" in f)
+            if "num_updates" in fields:
+                state["updates"] = int(float(fields["num_updates"]))
+            state["epoch"] = int(inner.group(1))
+            continue
+        if " | " not in line:
+            continue
+        parts = [p.strip() for p in line.split(" | ")]
+        fields = dict(p.split(" ", 1) for p in parts if " " in p)
+        if "num_updates" in fields and (n := _number(fields["num_updates"])) is not None:
+            state["updates"] = int(n)
+        if "valid on 'valid' subset" not in parts:
+            continue
+        names = [m for m in (metric, "accuracy", "loss") if m and m in fields]
+        if names:
+            state["dev_metric"] = names[0]
+            state["dev"] = _number(fields[names[0]])
+            best = fields.get("best_" + names[0])
+            state["best"] = _number(best) if best is not None else None
+    return state
+
+
+def _tail(path, size=65536):
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def progress_line(run, state):
+    total = (run.settings or {}).get("total_updates")
+    text = f"update {state.get('updates', 0)}" + (f"/{total}" if total else "")
+    if "epoch" in state:
+        text += f", epoch {state['epoch']}"
+    if state.get("dev") is not None:
+        text += f", dev {state['dev_metric']} {state['dev']:g}"
+        if state.get("best") is not None:
+            text += f" (best {state['best']:g})"
+    return text
+
+
 def _failure(run, reason):
     return {
         "key": run.key,
@@ -175,12 +243,14 @@ def _last_line(path):
     return lines[-1] if lines else ""
 
 
-def run_all(runs, devices=None, jobs=None, log=print, command=None, poll=0.5):
+def run_all(runs, devices=None, jobs=None, log=print, command=None, poll=0.5, progress_every=60.0):
     """Run every unfinished run; returns ({run key: done record}, [failure]) where a failure
     names the run, its folder, its log and the reason (the last line of its traceback, or the
     worker's exit code). A failing run does not stop the others. ``jobs`` worker processes
     (default: one per visible GPU, else 1) share the list of pending runs, each on its own
-    GPU; ``command(run_dirs)`` is a worker's argv (default :func:`worker_command`)."""
+    GPU; ``command(run_dirs)`` is a worker's argv (default :func:`worker_command`). Every
+    ``progress_every`` seconds each running run whose log moved gets a line: its updates of
+    the planned total, epoch, and last dev metric (:func:`parse_progress`)."""
     command = command or worker_command
     gpus = visible_devices(devices)
     jobs = jobs or max(1, len(gpus))
@@ -225,7 +295,18 @@ def run_all(runs, devices=None, jobs=None, log=print, command=None, poll=0.5):
         handlers = {s: signal.signal(s, on_signal) for s in FORWARDED}
     try:
         return _run_pool(
-            runs, pending, results, claimed_failures, gpus, jobs, total, workers, command, log, poll
+            runs,
+            pending,
+            results,
+            claimed_failures,
+            gpus,
+            jobs,
+            total,
+            workers,
+            command,
+            log,
+            poll,
+            progress_every,
         )
     except _Signalled as signalled:
         received = signalled.signum
@@ -242,7 +323,18 @@ def run_all(runs, devices=None, jobs=None, log=print, command=None, poll=0.5):
 
 
 def _run_pool(
-    runs, pending, results, claimed_failures, gpus, jobs, total, workers, command, log, poll
+    runs,
+    pending,
+    results,
+    claimed_failures,
+    gpus,
+    jobs,
+    total,
+    workers,
+    command,
+    log,
+    poll,
+    progress_every,
 ):
     log_dir = os.path.commonpath([os.path.dirname(r.run_dir) for r in pending])
     for i in range(jobs):
@@ -267,6 +359,17 @@ def _run_pool(
             )
     started, finished = {}, len(results)
     failed = []
+    shown: dict = {}  # run key -> (time, line) of its last progress line
+
+    def progress(run):
+        now = time.time()
+        last = shown.get(run.key, (started.get(run.key, now), None))
+        if now - last[0] < progress_every:
+            return
+        line = progress_line(run, parse_progress(_tail(os.path.join(run.run_dir, LOG)), run.metric))
+        if line != last[1]:
+            log(f"[finetune] ...    {run.key}: {line}")
+        shown[run.key] = (now, line)
 
     def report():
         nonlocal finished
@@ -289,6 +392,8 @@ def _run_pool(
             elif os.path.exists(os.path.join(run.run_dir, FAILED)):
                 failed.append(run)
                 log(f"[finetune] FAILED {run.key}; see {run.run_dir}/{LOG}")
+            elif run.key in started:
+                progress(run)
 
     while any(p.poll() is None for _, p in workers):
         report()
