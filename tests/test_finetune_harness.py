@@ -545,3 +545,118 @@ def test_a_running_run_shows_its_updates_and_dev_metric(tmp_path):
     lines = [line for line in logs if "update 16/160" in line]
     assert lines and "dev accuracy 62.5 (best 62.5)" in lines[0], logs
     assert len(lines) == 1  # a line only when the log moved
+
+
+# -- the paper-scale dry run -----------------------------------------------------------
+
+GLUE_TRAIN_ROWS = {
+    "MNLI": 392702,
+    "QNLI": 104743,
+    "QQP": 363846,
+    "RTE": 2490,
+    "SST-2": 67349,
+    "MRPC": 3668,
+    "CoLA": 8551,
+    "STS-B": 5749,
+}
+RECIPE_TOTALS = {
+    "MNLI": 123873,
+    "QNLI": 33112,
+    "QQP": 113272,
+    "RTE": 2036,
+    "SST-2": 20935,
+    "MRPC": 2296,
+    "CoLA": 5336,
+    "STS-B": 3598,
+}
+#: each task's header and its label values (GLUE's own files)
+GLUE_FIXTURE = {
+    "MNLI": (MNLI_HEADER, MNLI_LABELS),
+    "QNLI": (("index", "question", "sentence", "label"), ("entailment", "not_entailment")),
+    "QQP": (("id", "qid1", "qid2", "question1", "question2", "is_duplicate"), ("0", "1")),
+    "RTE": (RTE_HEADER, ("entailment", "not_entailment")),
+    "SST-2": (("sentence", "label"), ("0", "1")),
+    "MRPC": (("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"), ("0", "1")),
+    "CoLA": (None, ("0", "1")),
+    "STS-B": (
+        tuple(
+            "index genre filename year old_index source1 source2 sentence1 sentence2 score".split()
+        ),
+        ("1.5", "4.0"),
+    ),
+}
+
+
+def make_glue_sized(root, task):
+    """A synthetic GLUE task folder with GLUE's train row count (and a small dev)."""
+    header, labels = GLUE_FIXTURE[task]
+    folder = os.path.join(root, task)
+    os.makedirs(folder)
+    for split, n in (
+        ("train", GLUE_TRAIN_ROWS[task]),
+        ("dev_matched" if task == "MNLI" else "dev", 8),
+    ):
+        if header is None:  # CoLA: no header; source, label, original label, sentence
+            lines = [f"s\t{labels[i % 2]}\t\tw{i % 9} w{i % 7}\n" for i in range(n)]
+        else:
+            label_at = (
+                header.index("label")
+                if "label" in header
+                else (0 if task == "MRPC" else len(header) - 1)
+            )
+            row = ["w1 w2"] * len(header)
+            lines = []
+            for i in range(n):
+                row[label_at] = labels[i % len(labels)]
+                lines.append("\t".join(row) + "\n")
+            lines.insert(0, "\t".join(header) + "\n")
+        with open(os.path.join(folder, f"{split}.tsv"), "w") as f:
+            f.writelines(lines)
+    return folder
+
+
+@pytest.mark.slow
+def test_the_dry_run_of_glue_at_paper_scale(untrained_checkpoint, tmp_path, capsys):
+    """8 GLUE tasks with GLUE's train row counts x 5 seeds: the runs, each run's updates
+    (10 x ceil(rows / the recipe's batch size)) beside the recipe's own totals, GPU hours and
+    the peak disk; nothing written outside the task folders."""
+    import math
+
+    from se_fairseq.cli.finetune import cli_main
+    from se_fairseq.finetune.dryrun import dry_run, parameter_count
+    from se_fairseq.finetune.tasks import GLUE_RECIPES
+
+    folders = [make_glue_sized(str(tmp_path / "glue"), t) for t in GLUE_TRAIN_ROWS]
+    doc = dry_run(
+        {"c": untrained_checkpoint}, folders, [1, 2, 3, 4, 5], Overrides(), log=lambda *a: None
+    )
+    rows = {r["task"]: r for r in doc["rows"]}
+    assert sorted(rows) == sorted(GLUE_TRAIN_ROWS)
+    for task, n in GLUE_TRAIN_ROWS.items():
+        r = rows[task]
+        assert r["runs"] == 5 and r["train_examples"] == n
+        assert r["updates_per_run"] == 10 * math.ceil(n / GLUE_RECIPES[task].batch_size)
+        assert r["recipe_total_updates"] == RECIPE_TOTALS[task]
+    assert rows["MNLI"]["columns"] == ["MNLI-m"]  # the fixture has dev_matched only
+    params = parameter_count(untrained_checkpoint)
+    # 39 runs finished keeping their best weights, 1 running with last + best and Adam
+    assert doc["peak_disk_bytes"] == pytest.approx(39 * 4 * params + 2 * 12 * params)
+    assert doc["text"].count("\n| c |") == 8 and "GPU hours" in doc["text"]
+    cli_main(
+        [
+            "--checkpoint",
+            f"c={untrained_checkpoint}",
+            *sum((["--task", f] for f in folders), []),
+            "--seeds",
+            "1,2,3,4,5",
+            "--out",
+            str(tmp_path / "out"),
+            "--bpe",
+            "none",
+            "--dry-run",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "| c | RTE | 5 | 2,490 | 16 | 1,560 | 2,036 |" in printed
+    assert "nothing was trained" in printed
+    assert not os.path.exists(tmp_path / "out")

@@ -134,6 +134,12 @@ def build_parser():
         "or none",
     )
     d.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs it would make (checkpoints x tasks x seeds), their updates, the "
+        "estimated GPU hours and the disk it will peak at; read the task folders, train nothing",
+    )
+    d.add_argument(
         "--predict-test",
         action="store_true",
         help="each run that finishes also predicts its GLUE folder's test files (test.tsv; "
@@ -191,6 +197,14 @@ def cli_main(argv=None):
         fairseq_args=shlex.split(args.fairseq_args),
     )
     devices = [] if args.devices == "cpu" else args.devices
+    if args.dry_run:
+        from se_fairseq.finetune.dryrun import dry_run
+
+        try:
+            dry_run(checkpoints, tasks, seeds, overrides, args.keep_checkpoints, args.jobs)
+        except FinetuneError as err:
+            sys.exit(f"se-finetune: error: {err}")
+        return
     try:
         doc = finetune(
             checkpoints,

@@ -11,7 +11,8 @@ differences against a baseline checkpoint (``se-finetune`` is a thin shell over
 Modules: ``tasks`` (read GLUE/generic folders), ``checkpoint`` (arch, dictionary),
 ``encode`` (BPE), ``binarize`` (fairseq's GLUE preprocessing), ``plan`` (recipe ->
 fairseq-train arguments), ``worker`` (one run), ``runner`` (the pool), ``metrics``,
-``results`` (tables and paired statistics).
+``results`` (tables and paired statistics), ``dryrun`` (``--dry-run``: runs, updates, GPU
+hours, peak disk).
 """
 
 import os
