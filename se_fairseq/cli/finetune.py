@@ -129,7 +129,23 @@ def build_parser():
         "--keep-checkpoints",
         choices=("all", "best", "none"),
         default="best",
-        help="fairseq checkpoints kept once a run is done (default best)",
+        help="fairseq checkpoints each run keeps once it is done, pruned as it ends: all, "
+        "best (default: checkpoint_best.pt only, rewritten without its optimizer state) "
+        "or none",
+    )
+    d.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs it would make (checkpoints x tasks x seeds), their updates, the "
+        "estimated GPU hours and the disk it will peak at; read the task folders, train nothing",
+    )
+    d.add_argument(
+        "--predict-test",
+        action="store_true",
+        help="each run that finishes also predicts its GLUE folder's test files (test.tsv; "
+        "MNLI test_matched/test_mismatched.tsv) with the scored checkpoint, as GLUE server "
+        "files <TASK>.tsv (index, prediction; the server's label names) in "
+        "OUT/test_predictions/CKPT/seedN/",
     )
     return p
 
@@ -181,6 +197,14 @@ def cli_main(argv=None):
         fairseq_args=shlex.split(args.fairseq_args),
     )
     devices = [] if args.devices == "cpu" else args.devices
+    if args.dry_run:
+        from se_fairseq.finetune.dryrun import dry_run
+
+        try:
+            dry_run(checkpoints, tasks, seeds, overrides, args.keep_checkpoints, args.jobs)
+        except FinetuneError as err:
+            sys.exit(f"se-finetune: error: {err}")
+        return
     try:
         doc = finetune(
             checkpoints,
@@ -196,6 +220,7 @@ def cli_main(argv=None):
             gpt2_vocab_bpe=args.gpt2_vocab_bpe,
             sentencepiece_model=args.sentencepiece_model,
             keep_checkpoints=args.keep_checkpoints,
+            predict_test=args.predict_test,
         )
     except FinetuneError as err:
         sys.exit(f"se-finetune: error: {err}")

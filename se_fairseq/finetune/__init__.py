@@ -11,7 +11,8 @@ differences against a baseline checkpoint (``se-finetune`` is a thin shell over
 Modules: ``tasks`` (read GLUE/generic folders), ``checkpoint`` (arch, dictionary),
 ``encode`` (BPE), ``binarize`` (fairseq's GLUE preprocessing), ``plan`` (recipe ->
 fairseq-train arguments), ``worker`` (one run), ``runner`` (the pool), ``metrics``,
-``results`` (tables and paired statistics).
+``results`` (tables and paired statistics), ``dryrun`` (``--dry-run``: runs, updates, GPU
+hours, peak disk).
 """
 
 import os
@@ -65,6 +66,22 @@ def prepare_data(checkpoints, tasks, out_dir, tokenizer_options, log=print):
     return infos, datas, manifests, data_dirs
 
 
+def _collect_test_predictions(run, out_dir):
+    """Copy a run's GLUE server files to OUT_DIR/test_predictions/CKPT/seedN/."""
+    import shutil
+
+    from se_fairseq.finetune.worker import TEST_PREDICTIONS
+
+    folder = os.path.join(run.run_dir, TEST_PREDICTIONS)
+    if not os.path.isdir(folder):
+        return
+    target = os.path.join(out_dir, TEST_PREDICTIONS, run.checkpoint, f"seed{run.seed}")
+    os.makedirs(target, exist_ok=True)
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".tsv"):
+            shutil.copyfile(os.path.join(folder, name), os.path.join(target, name))
+
+
 def finetune(
     checkpoints,
     tasks,
@@ -80,6 +97,7 @@ def finetune(
     gpt2_vocab_bpe=None,
     sentencepiece_model=None,
     keep_checkpoints="best",
+    predict_test=False,
     log=print,
 ):
     """Fine-tune every checkpoint on every task with every seed; returns the results document
@@ -87,6 +105,9 @@ def finetune(
     tables and listed in ``doc["failures"]`` (run, log, reason); a rerun retries them.
 
     checkpoints: {name: path or (path, dict.txt)}; tasks: folders or (name, folder) pairs.
+    predict_test: each run that finishes also predicts its GLUE folder's test files, into
+    RUN_DIR/test_predictions/<NAME>.tsv, collected as OUT_DIR/test_predictions/CKPT/seedN/
+    (one GLUE server submission per checkpoint and seed).
     """
     from se_fairseq.finetune import results as results_mod
     from se_fairseq.finetune.plan import plan_runs
@@ -124,23 +145,28 @@ def finetune(
         log=log,
     )
     runs = plan_runs(infos, datas, manifests, data_dirs, seeds, out_dir, overrides)
+    for run in runs:
+        run.keep_checkpoints = keep_checkpoints  # each worker prunes its run as it ends
+        if predict_test:
+            run.test_sets = manifests[run.checkpoint, run.task].get("test_sets") or None
+    if predict_test and not any(run.test_sets for run in runs):
+        raise FinetuneError(
+            "--predict-test: no GLUE task folder holds a test file (test.tsv; MNLI "
+            "test_matched.tsv, test_mismatched.tsv)"
+        )
     records, failures = run_all(runs, devices=devices, jobs=jobs, log=log)
-    if keep_checkpoints != "all":
-        for run in runs:
-            if run.key not in records:  # kept to resume from
-                continue
-            for name in ("checkpoint_last.pt",) + (
-                ("checkpoint_best.pt",) if keep_checkpoints == "none" else ()
-            ):
-                path = os.path.join(run.run_dir, name)
-                if os.path.exists(path):
-                    os.remove(path)
+    from se_fairseq.finetune.worker import prune_run
+
+    for run in runs:  # runs finished before (or killed between done.json and pruning)
+        if run.key in records:  # unfinished ones keep checkpoint_last.pt to resume from
+            prune_run(run.run_dir, keep_checkpoints)
+            _collect_test_predictions(run, out_dir)
     doc = results_mod.summarize(
         list(records.values()),
         [i.name for i in infos],
-        [d.name for d in datas],
+        [column for d in datas for column in d.columns],
         baseline,
-        metric_of_task={d.name: d.metric for d in datas},
+        metric_of_task={column: d.metric for d in datas for column in d.columns},
         failures=[
             dict(
                 f,

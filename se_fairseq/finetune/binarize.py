@@ -20,7 +20,48 @@ import shutil
 from se_fairseq.finetune.checkpoint import file_sha256
 from se_fairseq.finetune.errors import FinetuneError
 
-SPLITS = (("train", "train"), ("valid", "dev"))  # fairseq split name, TaskData attribute
+
+def splits(task, test=False):
+    """(fairseq split name, Split): train, then valid, valid1, ... for the dev sets (MNLI's
+    mismatched dev set is valid1, as fairseq's preprocess_GLUE_tasks.sh names it), and with
+    ``test`` the GLUE test sets (test, test1: texts only, no labels)."""
+    return (
+        [("train", task.train)]
+        + [
+            ("valid" if i == 0 else f"valid{i}", split)
+            for i, (_, split) in enumerate(task.dev_sets)
+        ]
+        + [
+            ("test" if i == 0 else f"test{i}", split)
+            for i, (_, split) in enumerate(task.test_sets if test else ())
+        ]
+    )
+
+
+def test_sets(task):
+    """The manifest's list of test sets: GLUE server file name, fairseq split, index file."""
+    return [
+        {
+            "name": name,
+            "split": "test" if i == 0 else f"test{i}",
+            "index": "test_index.json" if i == 0 else f"test_index.test{i}.json",
+        }
+        for i, (name, _) in enumerate(task.test_sets)
+    ]
+
+
+def dev_sets(task):
+    """The manifest's list of dev sets: results column, fairseq split, targets file."""
+    return [
+        {
+            "name": column,
+            "split": "valid" if i == 0 else f"valid{i}",
+            "targets": "dev_targets.json" if i == 0 else f"dev_targets.valid{i}.json",
+        }
+        for i, (column, _) in enumerate(task.dev_sets)
+    ]
+
+
 #: more <unk> than this share of the dev tokens means text and dictionary do not match
 MAX_UNK_SHARE = 0.2
 
@@ -58,7 +99,7 @@ def label_dictionary(labels):
 
 
 def manifest_for(task, tokenizer_spec, dict_path):
-    files = {os.path.basename(s.path): file_sha256(s.path) for s in (task.train, task.dev)}
+    files = {os.path.basename(s.path): file_sha256(s.path) for _, s in splits(task, test=True)}
     return {
         "task": task.name,
         "layout": task.layout,
@@ -91,16 +132,16 @@ def binarize_task(task, tokenizer, dict_path, out_dir, log=print):
         folder = os.path.join(tmp, f"input{i}")
         os.makedirs(folder)
         shutil.copyfile(dict_path, os.path.join(folder, "dict.txt"))
-        for split, attr in SPLITS:
-            lines = [tokenizer.encode(t) for t in getattr(task, attr).texts[i]]
+        for split, data in splits(task, test=True):
+            lines = [tokenizer.encode(t) for t in data.texts[i]]
             tokens, unknown = write_indexed(os.path.join(folder, split), lines, dictionary)
             stats[f"input{i}.{split}"] = {"tokens": tokens, "unknown": unknown}
             text_tokens = tokens - len(lines)  # without the </s> of each line
-            if attr == "dev" and text_tokens and unknown > MAX_UNK_SHARE * text_tokens:
+            if split == "valid" and text_tokens and unknown > MAX_UNK_SHARE * text_tokens:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise FinetuneError(
                     f"dictionary mismatch: {100 * unknown / text_tokens:.0f} % of the tokens of "
-                    f"{getattr(task, attr).path} (text {i + 1}) are not in {dict_path} after "
+                    f"{data.path} (text {i + 1}) are not in {dict_path} after "
                     f"{tokenizer.spec.kind} encoding; the text must be encoded with the "
                     "tokenizer the checkpoint was pretrained with"
                 )
@@ -110,10 +151,8 @@ def binarize_task(task, tokenizer, dict_path, out_dir, log=print):
     if task.kind == "classification":
         labels_dict = label_dictionary(task.train.labels)
         labels_dict.save(os.path.join(label_folder, "dict.txt"))
-        for split, attr in SPLITS:
-            write_indexed(
-                os.path.join(label_folder, split), getattr(task, attr).labels, labels_dict
-            )
+        for split, data in splits(task):
+            write_indexed(os.path.join(label_folder, split), data.labels, labels_dict)
         # class i of the model's head is symbol i + nspecial, as sentence_prediction offsets it
         labels = [
             labels_dict[i]
@@ -122,19 +161,25 @@ def binarize_task(task, tokenizer, dict_path, out_dir, log=print):
         ]
     else:
         scale = task.label_scale or 1.0
-        for split, attr in SPLITS:
+        for split, data in splits(task):
             with open(os.path.join(label_folder, f"{split}.label"), "w") as f:
-                f.writelines(f"{float(v) / scale}\n" for v in getattr(task, attr).labels)
+                f.writelines(f"{float(v) / scale}\n" for v in data.labels)
     manifest = dict(
         wanted,
         labels=labels,
         num_classes=len(labels) if labels else 1,
-        sizes={"train": len(task.train), "valid": len(task.dev)},
+        sizes={split: len(data) for split, data in splits(task, test=True)},
         tokens=stats,
         num_inputs=task.num_inputs,
+        dev_sets=dev_sets(task),
+        test_sets=test_sets(task),
     )
-    with open(os.path.join(tmp, "dev_targets.json"), "w") as f:
-        json.dump(task.dev.labels, f)
+    for entry, (_, data) in zip(manifest["test_sets"], task.test_sets):
+        with open(os.path.join(tmp, entry["index"]), "w") as f:
+            json.dump(data.labels, f)
+    for entry, (_, data) in zip(manifest["dev_sets"], task.dev_sets):
+        with open(os.path.join(tmp, entry["targets"]), "w") as f:
+            json.dump(data.labels, f)
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     shutil.rmtree(out_dir, ignore_errors=True)

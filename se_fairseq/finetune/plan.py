@@ -36,6 +36,8 @@ from typing import Optional
 from se_fairseq.finetune.errors import FinetuneError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+#: RunSpec fields that enter the fingerprint only when not None
+OPTIONAL_FIELDS = ("dev_sets",)
 
 
 @dataclass
@@ -75,6 +77,14 @@ class RunSpec:
     fairseq_args: list
     settings: dict
     positive_label: Optional[str] = None  # the F1 positive class (task.json "positive")
+    #: more than one dev set (MNLI): the manifest's [{name, split, targets}], else None
+    dev_sets: Optional[list] = None
+    #: --keep-checkpoints (all, best, none): what the run keeps once done; not a setting of
+    #: the result, so never in the fingerprint
+    keep_checkpoints: Optional[str] = None
+    #: --predict-test: the manifest's test sets to predict once done (GLUE server files);
+    #: not a setting of the dev result, so never in the fingerprint
+    test_sets: Optional[list] = None
 
     @property
     def key(self):
@@ -93,7 +103,10 @@ class RunSpec:
             self.data_dir: f"<data>/{os.path.basename(os.path.normpath(self.data_dir))}",
             self.checkpoint_path: f"<checkpoint>/{os.path.basename(self.checkpoint_path)}",
         }
-        keep = {k: v for k, v in asdict(self).items() if k != "run_dir"}
+        keep = {k: v for k, v in asdict(self).items() if k not in ("run_dir", "keep_checkpoints")}
+        for k in OPTIONAL_FIELDS:  # fields added later count only when set: the runs
+            if keep.get(k) is None:  # of an earlier version keep their fingerprint
+                keep.pop(k, None)
         keep["data_dir"] = places[self.data_dir]
         keep["checkpoint_path"] = places[self.checkpoint_path]
         keep["fairseq_args"] = [places.get(a, a) for a in self.fairseq_args]
@@ -335,6 +348,9 @@ def plan_runs(checkpoints, tasks, manifests, data_dirs, seeds, out_dir, override
                         fairseq_args=args,
                         settings=settings,
                         positive_label=task.positive,
+                        dev_sets=manifest["dev_sets"]
+                        if len(manifest.get("dev_sets") or ()) > 1
+                        else None,
                     )
                 )
     return runs

@@ -71,9 +71,32 @@ def paired(values, baseline):
     return out
 
 
+def per_column(records):
+    """One record per results column: a run scored on several dev sets (MNLI: matched and
+    mismatched, done.json's ``dev_sets``) gives one per set, named by its column."""
+    out = []
+    for r in records:
+        for column, scored in (r.get("dev_sets") or {r["task"]: None}).items():
+            if scored is None:
+                out.append(r)
+            else:
+                one = {k: v for k, v in r.items() if k != "dev_sets"}
+                one.update(
+                    task=column,
+                    run_task=r["task"],
+                    metrics=scored["metrics"],
+                    value=scored["value"],
+                    dev_examples=scored["dev_examples"],
+                )
+                out.append(one)
+    return out
+
+
 def summarize(records, checkpoints, tasks, baseline=None, metric_of_task=None, failures=()):
-    """records: done.json dicts of the finished runs; failures: the runs that did not finish
-    (dicts with key, log, reason). Returns the results document (JSON-ready)."""
+    """records: done.json dicts of the finished runs; tasks: the results columns (a task
+    with several dev sets has one per set, see :func:`per_column`); failures: the runs that
+    did not finish (dicts with key, log, reason). Returns the results document (JSON-ready)."""
+    records = per_column(records)
     values = {}  # (checkpoint, task) -> {seed: value}
     extra = {}
     for r in records:

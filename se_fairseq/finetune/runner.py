@@ -9,16 +9,44 @@ and, once finished, ``done.json``. A rerun of the harness skips runs with a
 holds no absolute path: a moved ``--out`` folder keeps its finished runs, and resumes the
 others with the paths of its new place. A run that fails
 is reported (its log, the last line of its traceback) and the others go on.
+
+The workers die with the parent and a run never runs twice: each worker is its own process
+group (a new session), which the parent kills when it returns, raises or receives SIGTERM,
+SIGINT or SIGHUP (the signal is forwarded to the groups, SIGKILL after a grace period, then
+the parent exits as the signal asks); on Linux each worker also has
+``prctl(PR_SET_PDEATHSIG, SIGKILL)``, so a parent killed with SIGKILL takes its workers
+with it. A run's claim file names the worker that runs it (pid, start time, host); a rerun
+takes over a claim only when that process is gone, and leaves a run claimed by a live
+process (another se-finetune on the same folder) alone, listing it as not finished.
 """
 
+import ctypes
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 from se_fairseq.finetune.errors import FinetuneError
-from se_fairseq.finetune.worker import CLAIM, DONE, FAILED, LOG, SPEC, write_json_atomic
+from se_fairseq.finetune.worker import (
+    CLAIM,
+    DONE,
+    FAILED,
+    LOG,
+    SPEC,
+    claim_owner,
+    owner_alive,
+    write_json_atomic,
+)
+
+#: signals the parent forwards to its workers' process groups before it exits
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+#: seconds the workers get to exit after the forwarded signal, before SIGKILL
+GRACE = 10.0
 
 
 def visible_devices(devices=None):
@@ -64,11 +92,136 @@ def prepare(run, fingerprint):
             )
     else:
         write_json_atomic(spec_path, spec)
-    for stale in (CLAIM, FAILED):  # left by a worker of an earlier, interrupted invocation
-        if os.path.exists(os.path.join(run.run_dir, stale)):
-            os.remove(os.path.join(run.run_dir, stale))
+    done = os.path.join(run.run_dir, DONE)
+    if os.path.exists(done) and json.load(open(done)).get("fingerprint") == fingerprint:
+        return True
+    if live_claim(run.run_dir) is None:  # left by a dead worker of an earlier invocation
+        for stale in (CLAIM, FAILED):
+            if os.path.exists(os.path.join(run.run_dir, stale)):
+                os.remove(os.path.join(run.run_dir, stale))
     done = os.path.join(run.run_dir, DONE)
     return os.path.exists(done) and json.load(open(done)).get("fingerprint") == fingerprint
+
+
+def live_claim(run_dir):
+    """The owner (pid, start_time, host) of the run's claim while that process runs, else
+    None (no claim, an unreadable one, or its owner is gone)."""
+    owner = claim_owner(run_dir)
+    return owner if owner_alive(owner) else None
+
+
+def _die_with_parent(parent):
+    """preexec_fn of a worker: on Linux, SIGKILL when the parent dies
+    (``prctl(PR_SET_PDEATHSIG)``); exit at once where the parent died before that was set.
+    libc is looked up here, in the parent: the child only calls it."""
+    prctl = None
+    if sys.platform.startswith("linux"):
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):  # pragma: no cover
+            prctl = None
+
+    def setup():
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
+
+
+def stop_workers(procs, signum=signal.SIGTERM, grace=GRACE):
+    """Send ``signum`` to each worker's process group, wait up to ``grace`` seconds, then
+    SIGKILL the groups; reaps the workers."""
+    for sig in (signum, signal.SIGKILL):
+        for p in procs:
+            try:
+                os.killpg(p.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.time() + (grace if sig != signal.SIGKILL else 5.0)
+        while any(p.poll() is None for p in procs) and time.time() < deadline:
+            time.sleep(0.05)
+        if all(p.poll() is not None for p in procs):
+            break
+    for p in procs:
+        try:
+            p.wait(timeout=1)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            pass
+
+
+class _Signalled(BaseException):
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_TRAIN_INNER = re.compile(r"epoch (\d+):\s+(\d+) / (\d+) (.*)$")
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def parse_progress(text, metric=None):
+    """What fairseq-train's log (``--log-format simple``) says of a run so far: ``updates``
+    (the last num_updates), ``epoch``, and from the last validation on the first dev set
+    ``dev`` (``metric``, e.g. accuracy, as fairseq logs it), ``best`` (its best_ value)
+    and ``dev_metric`` (the name reported). Lines fairseq writes:
+
+        ... | train_inner | epoch 001:     10 / 16 loss=0.69, ..., num_updates=10, lr=...
+        ... | valid | epoch 001 | valid on 'valid' subset | loss 0.69 | ... | accuracy 50 |
+            ... | num_updates 16 | best_accuracy 50
+    """
+    state: dict = {}
+    for line in text.splitlines():
+        inner = _TRAIN_INNER.search(line)
+        if inner:
+            fields = dict(f.split("=", 1) for f in inner.group(4).split(", ") if "=" in f)
+            if "num_updates" in fields:
+                state["updates"] = int(float(fields["num_updates"]))
+            state["epoch"] = int(inner.group(1))
+            continue
+        if " | " not in line:
+            continue
+        parts = [p.strip() for p in line.split(" | ")]
+        fields = dict(p.split(" ", 1) for p in parts if " " in p)
+        if "num_updates" in fields and (n := _number(fields["num_updates"])) is not None:
+            state["updates"] = int(n)
+        if "valid on 'valid' subset" not in parts:
+            continue
+        names = [m for m in (metric, "accuracy", "loss") if m and m in fields]
+        if names:
+            state["dev_metric"] = names[0]
+            state["dev"] = _number(fields[names[0]])
+            best = fields.get("best_" + names[0])
+            state["best"] = _number(best) if best is not None else None
+    return state
+
+
+def _tail(path, size=65536):
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def progress_line(run, state):
+    total = (run.settings or {}).get("total_updates")
+    text = f"update {state.get('updates', 0)}" + (f"/{total}" if total else "")
+    if "epoch" in state:
+        text += f", epoch {state['epoch']}"
+    if state.get("dev") is not None:
+        text += f", dev {state['dev_metric']} {state['dev']:g}"
+        if state.get("best") is not None:
+            text += f" (best {state['best']:g})"
+    return text
 
 
 def _failure(run, reason):
@@ -90,31 +243,99 @@ def _last_line(path):
     return lines[-1] if lines else ""
 
 
-def run_all(runs, devices=None, jobs=None, log=print, command=None, poll=0.5):
+def run_all(runs, devices=None, jobs=None, log=print, command=None, poll=0.5, progress_every=60.0):
     """Run every unfinished run; returns ({run key: done record}, [failure]) where a failure
     names the run, its folder, its log and the reason (the last line of its traceback, or the
     worker's exit code). A failing run does not stop the others. ``jobs`` worker processes
     (default: one per visible GPU, else 1) share the list of pending runs, each on its own
-    GPU; ``command(run_dirs)`` is a worker's argv (default :func:`worker_command`)."""
+    GPU; ``command(run_dirs)`` is a worker's argv (default :func:`worker_command`). Every
+    ``progress_every`` seconds each running run whose log moved gets a line: its updates of
+    the planned total, epoch, and last dev metric (:func:`parse_progress`)."""
     command = command or worker_command
     gpus = visible_devices(devices)
     jobs = jobs or max(1, len(gpus))
-    pending, results = [], {}
+    pending, results, claimed = [], {}, []
     for run in runs:
         if prepare(run, run.fingerprint()):
             results[run.key] = json.load(open(os.path.join(run.run_dir, DONE)))
+        elif (owner := live_claim(run.run_dir)) is not None:
+            claimed.append((run, owner))
+            log(
+                f"[finetune] skipped {run.key}: running in process {owner['pid']} on "
+                f"{owner.get('host', 'this host')} (its claim: {run.run_dir}/{CLAIM}; delete "
+                "that file if no such run is alive)"
+            )
         else:
             pending.append(run)
+    claimed_failures = [
+        _failure(
+            run,
+            f"running in another process (pid {owner['pid']}, host {owner.get('host')}); "
+            "not started twice",
+        )
+        for run, owner in claimed
+    ]
     total = len(runs)
     where = f"GPUs {','.join(gpus)}" if gpus else "the CPU"
     jobs = min(jobs, max(1, len(pending)))
     log(
         f"[finetune] {total} runs: {len(results)} already done, {len(pending)} to run on {where}, "
-        f"{jobs} at a time"
+        f"{jobs} at a time" + (f", {len(claimed)} running elsewhere" if claimed else "")
     )
     if not pending:
-        return results, []
-    workers = []
+        return results, claimed_failures
+    workers: list = []
+    received = None
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def on_signal(signum, frame):
+            raise _Signalled(signum)
+
+        handlers = {s: signal.signal(s, on_signal) for s in FORWARDED}
+    try:
+        return _run_pool(
+            runs,
+            pending,
+            results,
+            claimed_failures,
+            gpus,
+            jobs,
+            total,
+            workers,
+            command,
+            log,
+            poll,
+            progress_every,
+        )
+    except _Signalled as signalled:
+        received = signalled.signum
+        log(f"[finetune] {signal.Signals(received).name}: stopping the workers")
+    finally:
+        stop_workers([p for _, p in workers], received or signal.SIGTERM)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        if received is not None:  # exit as the signal asks, now that the workers are gone
+            if received == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + received)
+    return results, []  # pragma: no cover (the finally raised)
+
+
+def _run_pool(
+    runs,
+    pending,
+    results,
+    claimed_failures,
+    gpus,
+    jobs,
+    total,
+    workers,
+    command,
+    log,
+    poll,
+    progress_every,
+):
     log_dir = os.path.commonpath([os.path.dirname(r.run_dir) for r in pending])
     for i in range(jobs):
         env = dict(os.environ)
@@ -131,11 +352,24 @@ def run_all(runs, devices=None, jobs=None, log=print, command=None, poll=0.5):
                         env=env,
                         stdout=out,
                         stderr=subprocess.STDOUT,
+                        start_new_session=True,  # its own process group, killed with us
+                        preexec_fn=_die_with_parent(os.getpid()),
                     ),
                 )
             )
     started, finished = {}, len(results)
     failed = []
+    shown: dict = {}  # run key -> (time, line) of its last progress line
+
+    def progress(run):
+        now = time.time()
+        last = shown.get(run.key, (started.get(run.key, now), None))
+        if now - last[0] < progress_every:
+            return
+        line = progress_line(run, parse_progress(_tail(os.path.join(run.run_dir, LOG)), run.metric))
+        if line != last[1]:
+            log(f"[finetune] ...    {run.key}: {line}")
+        shown[run.key] = (now, line)
 
     def report():
         nonlocal finished
@@ -158,13 +392,15 @@ def run_all(runs, devices=None, jobs=None, log=print, command=None, poll=0.5):
             elif os.path.exists(os.path.join(run.run_dir, FAILED)):
                 failed.append(run)
                 log(f"[finetune] FAILED {run.key}; see {run.run_dir}/{LOG}")
+            elif run.key in started:
+                progress(run)
 
     while any(p.poll() is None for _, p in workers):
         report()
         time.sleep(poll)
     report()
     codes = sorted({p.returncode for _, p in workers})
-    failures = []
+    failures = list(claimed_failures)
     for run in pending:
         if run.key in results:
             continue

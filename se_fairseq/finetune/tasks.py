@@ -13,10 +13,19 @@ names, then ``idx``):
     QQP     dev.tsv          question1 question2 is_duplicate   question1 question2 label
     STS-B   dev.tsv          sentence1 sentence2 score          sentence1 sentence2 label
     MNLI    dev_matched.tsv  sentence1 sentence2 gold_label     premise hypothesis label
+            dev_mismatched.tsv
     QNLI    dev.tsv          question sentence label            question sentence label
     RTE     dev.tsv          sentence1 sentence2 label          sentence1 sentence2 label
 
 STS-B is regression (labels / 5), the others classification.
+
+MNLI has two dev sets, each a column of the results (``MNLI-m`` and ``MNLI-mm``, both in
+the average over tasks, as GLUE's score counts them): ``dev_matched.tsv`` (the one
+fairseq-train validates on, so the best checkpoint is picked by it, as in RoBERTa's
+recipe) and ``dev_mismatched.tsv`` (Hugging Face's split names
+``validation_matched.tsv``/``validation_mismatched.tsv`` are read too); a folder with
+only one of them reports that one. A folder named MNLI-m, MNLI-mm, mnli_matched or
+mnli_mismatched is read as MNLI, under the task name MNLI.
 
 A header that holds neither set is an error naming the file, the columns found and
 the columns expected. Position is used only for CoLA without a header (as GLUE
@@ -53,7 +62,10 @@ class GlueLayout:
     headers: tuple
     #: header-less files (CoLA as GLUE distributes it): (text columns, label column), 0-based
     positions: Optional[tuple] = None
-    dev_file: str = "dev.tsv"
+    #: the dev sets: (column suffix, file names tried in order); GLUE's MNLI has two
+    dev_files: tuple = (("", ("dev.tsv",)),)
+    #: the test sets (no labels), as dev_files: read for --predict-test where present
+    test_files: tuple = (("", ("test.tsv",)),)
     drop_short_rows: bool = False  # rows with another field count are dropped (QQP)
     label_scale: Optional[float] = None  # regression labels are divided by this (STS-B: 5)
 
@@ -88,10 +100,23 @@ GLUE_LAYOUTS = {
     ),
     "MNLI": GlueLayout(
         ((("sentence1", "sentence2"), "gold_label"), (("premise", "hypothesis"), "label")),
-        dev_file="dev_matched.tsv",
+        dev_files=(
+            ("-m", ("dev_matched.tsv", "validation_matched.tsv")),
+            ("-mm", ("dev_mismatched.tsv", "validation_mismatched.tsv")),
+        ),
+        test_files=(("-m", ("test_matched.tsv",)), ("-mm", ("test_mismatched.tsv",))),
     ),
     "QNLI": GlueLayout(((("question", "sentence"), "label"),)),
     "RTE": GlueLayout(((("sentence1", "sentence2"), "label"),)),
+}
+
+#: other folder names of GLUE tasks (lower case, no dashes or underscores): MNLI's two dev
+#: sets as GLUE names them (MNLI-m, MNLI-mm) and as Hugging Face's glue configs do
+GLUE_ALIASES = {
+    "mnlim": "MNLI",
+    "mnlimm": "MNLI",
+    "mnlimatched": "MNLI",
+    "mnlimismatched": "MNLI",
 }
 
 GLUE_RECIPES = {
@@ -137,6 +162,20 @@ class TaskData:
     label_scale: Optional[float] = None
     notes: list = field(default_factory=list)
     positive: Optional[str] = None  # the F1 positive class (task.json "positive")
+    #: the dev sets, each a results column: [(column name, Split)]; the first is ``dev``
+    #: (the one fairseq-train validates on and picks the best checkpoint by)
+    dev_sets: list = field(default_factory=list)
+    #: GLUE test sets found in the folder: [(GLUE server file name without .tsv, Split)];
+    #: a test Split's ``labels`` are the rows' ``index`` values (what the server expects)
+    test_sets: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.dev_sets:
+            self.dev_sets = [(self.name, self.dev)]
+
+    @property
+    def columns(self):
+        return [column for column, _ in self.dev_sets]
 
     @property
     def num_inputs(self):
@@ -149,7 +188,7 @@ def glue_name(folder):
     for name in GLUE_LAYOUTS:
         if key == name.lower().replace("-", ""):
             return name
-    return None
+    return GLUE_ALIASES.get(key)
 
 
 def _read_rows(path):
@@ -247,6 +286,39 @@ def read_glue_split(path, layout, task_name):
     return Split(path, texts, labels, lines), dropped
 
 
+def read_glue_test(path, layout, task_name):
+    """A GLUE test file: the task's text columns found by the header's names (as in
+    train), the ``index`` (or ``id``, ``idx``) column as the labels (else the row
+    number from 0)."""
+    rows = _read_rows(path)
+    if not rows:
+        raise FinetuneError(f"{path}: empty file")
+    header = [h.strip() for h in rows[0]]
+    for texts, _ in layout.headers:
+        if all(n in header for n in texts):
+            columns = [header.index(n) for n in texts]
+            break
+    else:
+        raise FinetuneError(
+            f"{path}: the header row {header} does not hold {task_name}'s text columns "
+            f"{[list(t) for t, _ in layout.headers]}"
+        )
+    index = next((header.index(n) for n in ("index", "id", "idx") if n in header), None)
+    split = Split(path, [[] for _ in columns], [], [])
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        for i, column in enumerate(columns):
+            split.texts[i].append(_cell(path, lineno, row, column, f"text {i + 1}"))
+        split.labels.append(
+            _cell(path, lineno, row, index, "index") if index is not None else str(lineno - 2)
+        )
+        split.lines.append(lineno)
+    if not split.labels:
+        raise FinetuneError(f"{path}: no examples")
+    return split
+
+
 def read_generic_split(path):
     rows = _read_rows(path)
     if not rows:
@@ -283,12 +355,33 @@ def read_task(folder, name=None):
     if not os.path.isdir(folder):
         raise FinetuneError(f"task folder {folder} not found")
     glue = glue_name(folder)
-    name = name or os.path.basename(os.path.normpath(folder))
-    if glue is not None and not os.path.exists(os.path.join(folder, "task.json")):
+    is_glue = glue is not None and not os.path.exists(os.path.join(folder, "task.json"))
+    if name is None:
+        name = os.path.basename(os.path.normpath(folder))
+        if is_glue and len(GLUE_LAYOUTS[glue].dev_files) > 1:
+            name = glue  # MNLI-mm/ holds MNLI: its columns are MNLI-m and MNLI-mm
+    if is_glue:
+        assert glue is not None
         layout = GLUE_LAYOUTS[glue]
         recipe = GLUE_RECIPES[glue]
         train, dropped_train = read_glue_split(os.path.join(folder, "train.tsv"), layout, glue)
-        dev, dropped_dev = read_glue_split(os.path.join(folder, layout.dev_file), layout, glue)
+        dev_sets, dropped_dev = [], 0
+        for suffix, files in layout.dev_files:
+            found = [f for f in files if os.path.exists(os.path.join(folder, f))]
+            if found:
+                split, dropped = read_glue_split(os.path.join(folder, found[0]), layout, glue)
+                dev_sets.append((name + suffix if len(layout.dev_files) > 1 else name, split))
+                dropped_dev += dropped
+        if not dev_sets:
+            expected = " or ".join(f for _, files in layout.dev_files for f in files[:1])
+            raise FinetuneError(f"{folder}: no dev file: expected {expected} ({glue})")
+        dev = dev_sets[0][1]
+        test_sets = []
+        for suffix, files in layout.test_files:
+            found = [f for f in files if os.path.exists(os.path.join(folder, f))]
+            if found:
+                test = read_glue_test(os.path.join(folder, found[0]), layout, glue)
+                test_sets.append((glue + suffix, test))
         notes = []
         if dropped_train or dropped_dev:
             notes.append(
@@ -306,6 +399,8 @@ def read_task(folder, name=None):
             dev,
             label_scale=layout.label_scale,
             notes=notes,
+            dev_sets=dev_sets,
+            test_sets=test_sets,
         )
     else:
         spec = {}
@@ -368,14 +463,16 @@ def read_task(folder, name=None):
                 )
             task.positive = str(positive)
     _check_labels(task.train, task.kind)
-    _check_labels(task.dev, task.kind)
+    for _, dev_split in task.dev_sets:
+        _check_labels(dev_split, task.kind)
     if task.kind == "classification":
-        unseen = sorted(set(task.dev.labels) - set(task.train.labels))
-        if unseen:
-            raise FinetuneError(
-                f"{task.dev.path}: labels {unseen[:5]} never occur in "
-                f"{task.train.path} (label column)"
-            )
+        for _, dev_split in task.dev_sets:
+            unseen = sorted(set(dev_split.labels) - set(task.train.labels))
+            if unseen:
+                raise FinetuneError(
+                    f"{dev_split.path}: labels {unseen[:5]} never occur in "
+                    f"{task.train.path} (label column)"
+                )
         if task.positive is not None and task.positive not in task.train.labels:
             raise FinetuneError(
                 f"{os.path.join(folder, 'task.json')}: the positive class {task.positive!r} is "

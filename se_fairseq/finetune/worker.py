@@ -3,7 +3,9 @@
     python -m se_fairseq.finetune.worker RUN_DIR [RUN_DIR ...]
 
 A worker takes the runs in order, skipping those that are finished or that another worker
-of the pool has claimed (``RUN_DIR/claim``, created atomically), so that several workers
+of the pool has claimed (``RUN_DIR/claim``, created atomically, naming the worker's pid and
+start time: a later invocation takes over only a claim whose owner is dead), so that
+several workers
 share one list and torch and fairseq are imported once per worker, not once per run.
 RUN_DIR/spec.json (written by the harness) holds the fairseq-train arguments. Training
 goes through fairseq's own ``fairseq_cli.train.cli_main``, its output to RUN_DIR/train.log;
@@ -11,7 +13,9 @@ rerun after a kill, fairseq resumes from RUN_DIR/checkpoint_last.pt
 (``--finetune-from-model`` only applies to a first launch). Then the best (or last)
 checkpoint is loaded with ``load_model_ensemble_and_task``, its classification head
 predicts every dev example, and the metrics are computed against the dev labels as read
-from the task folder. RUN_DIR/done.json, written atomically last, marks the run finished;
+from the task folder. RUN_DIR/done.json, written atomically, marks the run finished;
+then the run keeps only what ``--keep-checkpoints`` asks (:func:`prune_run`; a kept
+checkpoint_best.pt without its optimizer state, dropped just before done.json);
 a run that raises leaves RUN_DIR/failed.txt (the traceback) and the worker goes on.
 """
 
@@ -26,6 +30,52 @@ CLAIM = "claim"
 FAILED = "failed.txt"
 LOG = "train.log"
 PREDICTIONS = "dev_predictions.tsv"
+
+
+TEST_PREDICTIONS = "test_predictions"
+#: the GLUE server's label names where Hugging Face's exports number the classes
+SERVER_LABELS = {
+    "RTE": ("entailment", "not_entailment"),
+    "QNLI": ("entailment", "not_entailment"),
+    "MNLI-m": ("entailment", "neutral", "contradiction"),
+    "MNLI-mm": ("entailment", "neutral", "contradiction"),
+}
+
+
+def server_label(name, label):
+    """A predicted label as the GLUE server reads it for test set ``name``: GLUE's own label
+    strings stay, class numbers (Hugging Face's) become the server's names (RTE, QNLI:
+    entailment/not_entailment; MNLI: entailment/neutral/contradiction); 0/1 elsewhere."""
+    names = SERVER_LABELS.get(name)
+    if names and label not in names and label.isdigit() and int(label) < len(names):
+        return names[int(label)]
+    return label
+
+
+def write_test_predictions(spec, run_dir, checkpoint_path):
+    """--predict-test: RUN_DIR/test_predictions/<NAME>.tsv per GLUE test set (``index`` and
+    ``prediction`` columns, the server's label names; STS-B's scores as floats)."""
+    folder = os.path.join(run_dir, TEST_PREDICTIONS)
+    os.makedirs(folder, exist_ok=True)
+    written = []
+    for test in spec.get("test_sets") or ():
+        predictions, _, _ = predict(spec, checkpoint_path, test["split"])
+        index = json.load(open(os.path.join(spec["data_dir"], test["index"])))
+        if len(index) != len(predictions):
+            raise RuntimeError(
+                f"{test['split']}: {len(predictions)} predictions, {len(index)} rows"
+            )
+        path = os.path.join(folder, f"{test['name']}.tsv")
+        with open(path + ".tmp", "w") as f:
+            f.write("index\tprediction\n")
+            for i, p in zip(index, predictions):
+                value = (
+                    f"{p:.3f}" if spec["kind"] == "regression" else server_label(test["name"], p)
+                )
+                f.write(f"{i}\t{value}\n")
+        os.replace(path + ".tmp", path)
+        written.append(os.path.relpath(path, run_dir))
+    return written
 
 
 def write_json_atomic(path, obj):
@@ -69,9 +119,10 @@ def train(spec):
     fairseq_train.cli_main()
 
 
-def predict(spec, checkpoint_path, batch_size=64):
-    """Dev predictions in dev order (label strings, or floats for regression), the head's
-    outputs and the checkpoint's update count."""
+def predict(spec, checkpoint_path, split="valid", batch_size=64):
+    """Predictions for fairseq split ``split`` (valid: the first dev set) in file order
+    (label strings, or floats for regression), the head's outputs and the checkpoint's
+    update count."""
     import torch
     from fairseq import checkpoint_utils
 
@@ -85,8 +136,8 @@ def predict(spec, checkpoint_path, batch_size=64):
     model = models[0].eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    task.load_dataset("valid")
-    dataset = task.dataset("valid")
+    task.load_dataset(split)
+    dataset = task.dataset(split)
     itr = task.get_batch_iterator(
         dataset=dataset,
         max_sentences=batch_size,
@@ -125,20 +176,41 @@ def main(run_dir):
     checkpoint_path = os.path.join(run_dir, name)
     if not os.path.exists(checkpoint_path):
         raise SystemExit(f"fairseq-train left no {checkpoint_path}")
-    predictions, logits, state_updates = predict(spec, checkpoint_path)
-    targets = json.load(open(os.path.join(spec["data_dir"], "dev_targets.json")))
-    if spec["kind"] == "regression":
-        targets = [float(t) for t in targets]
-    values = metrics.evaluate(
-        spec["kind"], spec["metric"], predictions, targets, spec.get("positive_label")
-    )
-    with open(os.path.join(run_dir, PREDICTIONS + ".tmp"), "w") as f:
-        f.write("prediction\ttarget\thead_output\n")
-        f.writelines(
-            f"{p}\t{t}\t{','.join(f'{v:.6g}' for v in o)}\n"
-            for p, t, o in zip(predictions, targets, logits)
+    sets = spec.get("dev_sets") or [
+        {"name": spec["task"], "split": "valid", "targets": "dev_targets.json"}
+    ]
+    scored = {}
+    for i, dev in enumerate(sets):
+        if i == 0:
+            predictions, logits, state_updates = predict(spec, checkpoint_path)
+        else:
+            predictions, logits, _ = predict(spec, checkpoint_path, dev["split"])
+        targets = json.load(open(os.path.join(spec["data_dir"], dev["targets"])))
+        if spec["kind"] == "regression":
+            targets = [float(t) for t in targets]
+        values = metrics.evaluate(
+            spec["kind"], spec["metric"], predictions, targets, spec.get("positive_label")
         )
-    os.replace(os.path.join(run_dir, PREDICTIONS + ".tmp"), os.path.join(run_dir, PREDICTIONS))
+        out = PREDICTIONS if i == 0 else f"dev_predictions.{dev['split']}.tsv"
+        with open(os.path.join(run_dir, out + ".tmp"), "w") as f:
+            f.write("prediction\ttarget\thead_output\n")
+            f.writelines(
+                f"{p}\t{t}\t{','.join(f'{v:.6g}' for v in o)}\n"
+                for p, t, o in zip(predictions, targets, logits)
+            )
+        os.replace(os.path.join(run_dir, out + ".tmp"), os.path.join(run_dir, out))
+        scored[dev["name"]] = {
+            "metrics": values,
+            "value": values[spec["metric"]],
+            "dev_examples": len(targets),
+            "predictions": out,
+        }
+    first = scored[sets[0]["name"]]
+    test_files = write_test_predictions(spec, run_dir, checkpoint_path)
+    keep = spec.get("keep_checkpoints")
+    best = os.path.join(run_dir, "checkpoint_best.pt")
+    if keep == "best" and os.path.exists(best):  # nothing resumes from it: the run is done
+        drop_optimizer_state(best)
     write_json_atomic(
         os.path.join(run_dir, DONE),
         {
@@ -147,25 +219,122 @@ def main(run_dir):
             "task": spec["task"],
             "seed": spec["seed"],
             "metric": spec["metric"],
-            "metrics": values,
-            "value": values[spec["metric"]],
-            "dev_examples": len(targets),
+            "metrics": first["metrics"],
+            "value": first["value"],
+            "dev_examples": first["dev_examples"],
             "eval_checkpoint": name,
             "updates_of_eval_checkpoint": state_updates,
             "fingerprint": spec["fingerprint"],
             "seconds_last_invocation": round(time.time() - start, 1),
+            **({"dev_sets": scored} if len(sets) > 1 else {}),
+            **({"test_predictions": test_files} if test_files else {}),
         },
     )
+    prune_run(run_dir, keep)  # as the run ends, not when the whole invocation does
+
+
+def process_start_time(pid):
+    """The start time of process ``pid`` (clock ticks since boot, /proc/PID/stat field 22),
+    or None where /proc is not there (not Linux) or the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def _claim_record():
+    import socket
+
+    pid = os.getpid()
+    return {"pid": pid, "start_time": process_start_time(pid), "host": socket.gethostname()}
+
+
+def claim_owner(run_dir):
+    """The claim's owner (pid, start_time, host), or None: no claim, or an empty or unreadable
+    one (an earlier version's claims were empty files)."""
+    try:
+        with open(os.path.join(run_dir, CLAIM)) as f:
+            owner = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+
+
+def owner_alive(owner):
+    """True while the process that made a claim still runs: its pid exists, is not a zombie
+    and (where /proc tells) started when the claim says, so a reused pid is not taken for
+    it. A claim of another host cannot be checked here and counts as alive."""
+    import socket
+
+    if owner is None:
+        return False
+    if owner.get("host") not in (None, socket.gethostname()):
+        return True
+    pid = owner["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False
+    except (OSError, IndexError):
+        pass
+    start = owner.get("start_time")
+    return start is None or process_start_time(pid) in (None, start)
+
+
+def drop_optimizer_state(path):
+    """Rewrite a fairseq checkpoint without its optimizer state (``last_optimizer_state``,
+    Adam's two moments: about twice the weights), atomically; True if it had one. Loaded
+    with the project's safe loader, saved with ``torch.save`` (no new globals)."""
+    import torch
+
+    from se_fairseq.checkpoint_safety import safe_load
+
+    state = safe_load(path)
+    if state.get("last_optimizer_state") is None:
+        return False
+    del state["last_optimizer_state"]
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return True
+
+
+def prune_run(run_dir, keep):
+    """What ``--keep-checkpoints`` keeps of a finished run: ``all`` every file; ``best``
+    only checkpoint_best.pt (the optimizer state is dropped before the run is marked done,
+    :func:`main`); ``none`` no checkpoint. Removes checkpoint_last.pt and any other ``.pt``
+    fairseq left (crash.pt, epoch checkpoints)."""
+    if keep in (None, "all"):
+        return
+    for name in sorted(os.listdir(run_dir)):
+        if name.endswith((".pt", ".pt.tmp")) and (keep == "none" or name != "checkpoint_best.pt"):
+            os.remove(os.path.join(run_dir, name))
 
 
 def claim(run_dir):
-    """True if this worker may run RUN_DIR: not finished, not claimed by another worker."""
+    """True if this worker may run RUN_DIR: not finished, not claimed by another worker.
+    The claim file (created atomically, by a hard link of a written file) names this
+    process (pid, start time, host), so that a later invocation can tell whether its owner
+    still runs."""
     if os.path.exists(os.path.join(run_dir, DONE)):
         return False
+    tmp = os.path.join(run_dir, f"{CLAIM}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(_claim_record(), f)
     try:
-        os.close(os.open(os.path.join(run_dir, CLAIM), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.link(tmp, os.path.join(run_dir, CLAIM))
     except FileExistsError:
         return False
+    finally:
+        os.remove(tmp)
     return True
 
 
