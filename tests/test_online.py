@@ -62,9 +62,19 @@ def test_online_selection_equals_offline_with_same_model_scores(corpus, metric, 
         task.source_dictionary, task.mask_idx, mask_prob=0.15, mode=select, seed=5
     )
     source, target = offline(tokens, scores, batch["id"].numpy(), epoch=1)
+    # The live scores are fp32 from the fused path, these are fp64 from full logits: two
+    # positions whose scores agree to float32 rounding may swap across the top-k
+    # boundary. Any row that differs must differ only there, by one swap of such a pair.
+    assert masked["target"].ne(1).sum() > 0
+    for row in (masked["target"] != target).any(dim=1).nonzero().flatten().tolist():
+        only_online = (masked["target"][row] != 1) & (target[row] == 1)
+        only_offline = (target[row] != 1) & (masked["target"][row] == 1)
+        assert only_online.sum() == only_offline.sum() == 1, row
+        a, b = scores[row][only_online], scores[row][only_offline]
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=0.0)
+        masked["target"][row], masked["net_input"]["src_tokens"][row] = target[row], source[row]
     assert torch.equal(masked["target"], target)
     assert torch.equal(masked["net_input"]["src_tokens"], source)
-    assert masked["target"].ne(1).sum() > 0
 
 
 def test_one_reference_forward_per_step_shared_with_tls(corpus):
