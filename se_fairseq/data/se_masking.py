@@ -6,7 +6,8 @@ so a sample's mask does not depend on the batch it lands in, the worker that
 builds it, or how many times it was built: resuming reproduces it exactly.
 """
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
@@ -20,6 +21,19 @@ if TYPE_CHECKING:
 
 _REPLACE_STREAM = 0x5E1EC7ED5E1EC7ED
 _RANDOM_STREAM = 0x2A17C0DE0BADF00D  # uniform picks: threshold fallback, random share
+_BERNOULLI_STREAM = 0x7F4A7C15BE7A5EED  # mode "random": one independent draw per unit
+
+# The threshold of --se-select threshold when none is given, by metric. The reference code
+# masks the tokens whose loss (correctness) exceeds 0.1, i.e. whose probability is below
+# e^-0.1 = 0.905. For confidence (entropy) the default is the entropy of the surest
+# prediction with that top probability: the binary entropy h(e^-0.1) = 0.314 nats. A token
+# scores below it only if the model puts more than 0.905 on one candidate, so the two rules
+# agree wherever that candidate is the truth.
+_P_SURE = math.exp(-0.1)
+DEFAULT_THRESHOLDS = {
+    "correctness": 0.1,
+    "confidence": -(_P_SURE * math.log(_P_SURE) + (1 - _P_SURE) * math.log(1 - _P_SURE)),
+}
 
 # fairseq masked_lm's replacement policy (80/10/10), which the reference code applies to
 # the rows that threshold selection leaves empty.
@@ -41,6 +55,12 @@ class SelfEvolutionMasker:
     token scores above it get random masking (mask_prob, 80/10/10) unless
     ``threshold_fallback`` is False, as in the reference code. With topk or sample,
     ``random_share`` of each row's budget goes to uniformly drawn eligible positions.
+    Mode ``random`` ignores the scores: every eligible position (or word) is selected
+    independently with probability ``mask_prob`` (transformers'
+    ``DataCollatorForLanguageModeling`` distribution), drawn from the row seed.
+
+    Built from a fairseq ``Dictionary`` (its first ``nspecial`` ids and ``mask_idx`` are
+    special), or with ``for_vocabulary`` from explicit special ids (any tokenizer).
     """
 
     def __init__(
@@ -60,9 +80,91 @@ class SelfEvolutionMasker:
         threshold_fallback: bool = False,
         random_share: float = 0.0,
     ) -> None:
+        vocab = len(dictionary)
+        special = torch.zeros(vocab, dtype=torch.bool)
+        special[: dictionary.nspecial] = True
+        counts = np.array(dictionary.count, dtype=np.float64) if freq_weighted_replacement else None
+        self._setup(
+            dictionary.pad(),
+            mask_idx,
+            special,
+            counts,
+            mask_prob=mask_prob,
+            mode=mode,
+            seed=seed,
+            threshold=threshold,
+            temperature=temperature,
+            leave_unmasked_prob=leave_unmasked_prob,
+            random_token_prob=random_token_prob,
+            mask_whole_words=mask_whole_words,
+            threshold_fallback=threshold_fallback,
+            random_share=random_share,
+        )
+
+    @classmethod
+    def for_vocabulary(
+        cls,
+        vocab_size: int,
+        mask_idx: int,
+        special_ids: Iterable[int],
+        *,
+        pad: int,
+        mask_prob: float,
+        mode: str,
+        seed: int,
+        threshold: Optional[float] = 0.0,
+        temperature: float = 1.0,
+        leave_unmasked_prob: float = 0.0,
+        random_token_prob: float = 0.0,
+        threshold_fallback: bool = False,
+        random_share: float = 0.0,
+    ) -> "SelfEvolutionMasker":
+        """A masker without a fairseq Dictionary: ``special_ids`` (and ``mask_idx``) are
+        never selected nor drawn as random replacements; ``pad`` fills the target at the
+        positions not selected (any int64, e.g. -100). Whole-word units come per batch
+        (``mask(word_begins=...)``)."""
+        special = torch.zeros(vocab_size, dtype=torch.bool)
+        special[torch.tensor(sorted(set(special_ids)), dtype=torch.long)] = True
+        self = cls.__new__(cls)
+        self._setup(
+            pad,
+            mask_idx,
+            special,
+            None,
+            mask_prob=mask_prob,
+            mode=mode,
+            seed=seed,
+            threshold=threshold,
+            temperature=temperature,
+            leave_unmasked_prob=leave_unmasked_prob,
+            random_token_prob=random_token_prob,
+            mask_whole_words=None,
+            threshold_fallback=threshold_fallback,
+            random_share=random_share,
+        )
+        return self
+
+    def _setup(
+        self,
+        pad,
+        mask_idx,
+        special,
+        counts,
+        *,
+        mask_prob,
+        mode,
+        seed,
+        threshold,
+        temperature,
+        leave_unmasked_prob,
+        random_token_prob,
+        mask_whole_words,
+        threshold_fallback,
+        random_share,
+    ):
         if not 0.0 <= random_share <= 1.0:
             raise ValueError(f"random_share must lie in [0, 1], got {random_share}")
-        self.pad = dictionary.pad()
+        self.pad = pad
         self.mask_idx = mask_idx
         self.mask_prob = mask_prob
         self.mode = mode
@@ -70,22 +172,15 @@ class SelfEvolutionMasker:
         self.threshold = threshold
         self.temperature = temperature
         self.threshold_fallback = threshold_fallback and mode == "threshold"
-        self.random_share = random_share if mode != "threshold" else 0.0
+        self.random_share = random_share if mode in ("topk", "sample") else 0.0
         self.leave_unmasked_prob = leave_unmasked_prob
         self.random_token_prob = random_token_prob
-        vocab = len(dictionary)
-        special = torch.zeros(vocab, dtype=torch.bool)
-        special[: dictionary.nspecial] = True
+        special = special.clone()
         special[mask_idx] = True
         self.special = special
         self.word_begins = None if mask_whole_words is None else mask_whole_words.bool()
-        weights = (
-            np.array(dictionary.count, dtype=np.float64)
-            if freq_weighted_replacement
-            else np.ones(vocab)
-        )
-        weights[: dictionary.nspecial] = 0
-        weights[mask_idx] = 0
+        weights = np.ones(len(special)) if counts is None else counts.copy()
+        weights[special.numpy()] = 0
         self.replacement_cdf = np.cumsum(weights / weights.sum())
         self._cdf_by_device: dict[torch.device, torch.Tensor] = {}
 
@@ -95,27 +190,35 @@ class SelfEvolutionMasker:
         """tokens (B, L) int64 padded, scores (B, L) float, indices (B,) sample ids."""
         return self.mask(tokens, scores, torch.from_numpy(row_seeds(self.seed, epoch, indices)))
 
-    def mask(self, tokens, scores, seeds, scored=None):
+    def mask(self, tokens, scores, seeds, scored=None, word_begins=None):
         """Masks a batch on its own device; ``seeds`` from ``row_seeds``.
 
         ``scored`` (bool, like ``tokens``; None = all): positions that hold a score;
         the others are not eligible (never selected, not counted in the budget).
+        ``word_begins`` (bool, like ``tokens``; None = the vocabulary's table, if any):
+        the positions that start a word, for whole-word selection.
         Returns (source, target): target holds the original token at every
         selected position and pad elsewhere.
         """
-        eligible = ~self.special.to(tokens.device)[tokens]
+        # isin over the few special ids: a lookup in the vocabulary-sized table is ~200x
+        # slower on CPU (bool advanced indexing)
+        eligible = ~torch.isin(tokens, self._special_ids_on(tokens.device))
         if scored is not None:
             eligible &= scored.to(tokens.device)
         seeds = seeds.to(tokens.device)
-        if self.word_begins is None:
+        if word_begins is None and self.word_begins is None:
             selected, fallback = self._select(scores, eligible, seeds)
             unit_of = None
         else:
-            selected, fallback, unit_of = self._select_words(tokens, scores, eligible, seeds)
+            selected, fallback, unit_of = self._select_words(
+                tokens, scores, eligible, seeds, word_begins
+            )
         return self._replace(tokens, selected, seeds, unit_of, fallback)
 
     def _select(self, scores, eligible, seeds):
         """(selected, rows that fell back to random masking or None)."""
+        if self.mode == "random":
+            return self._bernoulli(eligible, seeds), None
         if self.mode == "threshold":
             selected = select(scores, eligible, seeds, mode="threshold", threshold=self.threshold)
             if not self.threshold_fallback:
@@ -164,9 +267,19 @@ class SelfEvolutionMasker:
             mode="sample",
         )
 
-    def _select_words(self, tokens, scores, eligible, seeds):
-        """Whole-word selection: a word scores its highest token score."""
-        begins = self.word_begins.to(tokens.device)[tokens] | ~eligible
+    def _bernoulli(self, eligible, seeds):
+        """Each eligible position selected with probability mask_prob, independently, from a
+        stream of the row seed of its own (counter = position)."""
+        stream = (seeds.long() ^ _signed64(_BERNOULLI_STREAM))[:, None]
+        positions = torch.arange(eligible.size(1), dtype=torch.int64, device=eligible.device)
+        return eligible & (_hash_uniform(stream, positions[None, :]) <= self.mask_prob)
+
+    def _select_words(self, tokens, scores, eligible, seeds, word_begins=None):
+        """Whole-word selection: a word scores its highest token score. Words begin where
+        ``word_begins`` (positions) says, else where the vocabulary's table does."""
+        if word_begins is None:
+            word_begins = self.word_begins.to(tokens.device)[tokens]
+        begins = word_begins.to(tokens.device) | ~eligible
         # a special token is a word of its own, and so starts the next one
         begins[:, 1:] |= ~eligible[:, :-1]
         word_of = begins.long().cumsum(dim=1) - 1
@@ -220,6 +333,13 @@ class SelfEvolutionMasker:
         replacement = replacement.clamp_(max=len(cdf) - 1).to(tokens.dtype)
         source = torch.where(selected & ~keep & ~randomize, mask_idx, tokens)
         return torch.where(randomize, replacement, source), target
+
+    def _special_ids_on(self, device):
+        """The special ids (int64) on ``device``, copied there once."""
+        cache = self.__dict__.setdefault("_special_ids_by_device", {})
+        if device not in cache:
+            cache[device] = self.special.nonzero().flatten().to(device)
+        return cache[device]
 
     def _replacement_cdf_on(self, device):
         """The replacement distribution's CDF (float64) on ``device``, copied there once."""

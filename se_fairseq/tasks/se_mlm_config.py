@@ -9,7 +9,6 @@ when a split is loaded. A refusal is a ``SelfEvolutionConfigError`` (or a score 
 fairseq-train ends with one line naming it instead of a traceback.
 """
 
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from omegaconf import II
 
 from se_fairseq.data import score_file
 from se_fairseq.data.se_masking import (
+    DEFAULT_THRESHOLDS,
     MASKED_LM_LEAVE_UNMASKED_PROB,
     MASKED_LM_RANDOM_TOKEN_PROB,
     SelfEvolutionMasker,
@@ -35,17 +35,6 @@ SE_METRIC_CHOICES = ChoiceEnum(
     ["correctness", "confidence", "rarity"]
 )  # rarity: se-score --metric rarity
 SE_THRESHOLD_FALLBACK_CHOICES = ChoiceEnum(["random", "none"])
-
-# The reference code masks the tokens whose loss (correctness) exceeds 0.1, i.e. whose
-# probability is below e^-0.1 = 0.905. For confidence (entropy) the default is the
-# entropy of the surest prediction with that top probability: the binary entropy
-# h(e^-0.1) = 0.314 nats. A token scores below it only if the model puts more than
-# 0.905 on one candidate, so the two rules agree wherever that candidate is the truth.
-_P_SURE = math.exp(-0.1)
-DEFAULT_THRESHOLDS = {
-    "correctness": 0.1,
-    "confidence": -(_P_SURE * math.log(_P_SURE) + (1 - _P_SURE) * math.log(1 - _P_SURE)),
-}
 
 
 class SelfEvolutionConfigError(ValueError):

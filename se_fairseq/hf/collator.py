@@ -1,0 +1,364 @@
+"""``DataCollatorForSelfEvolution``: SE masking as a transformers data collator.
+
+The collator pads a list of examples as ``DataCollatorForLanguageModeling`` does and
+chooses the positions to mask with ``SelfEvolutionMasker`` (the masker se_mlm uses, on
+the same operator), from the scores each example carries. A mask is a pure function
+of (seed, epoch, example index, scores):
+
+- the example index travels with the example, in the column ``se_index``
+  (``with_example_index`` adds it to any map-style dataset; a ``datasets.Dataset`` can
+  also get it with ``.map(lambda _, i: {"se_index": i}, with_indices=True)``);
+- the epoch is the collator's, set with ``set_epoch`` before each epoch's iteration
+  (``SelfEvolutionEpochCallback`` does it in the Trainer). It lives in shared memory,
+  so DataLoader workers, persistent ones included, read the epoch last set.
+
+Nothing depends on the batch an example lands in or the worker that collates it.
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from se_fairseq.data.se_masking import (
+    DEFAULT_THRESHOLDS,
+    MASKED_LM_LEAVE_UNMASKED_PROB,
+    MASKED_LM_RANDOM_TOKEN_PROB,
+    SelfEvolutionMasker,
+    row_seeds,
+)
+
+SELECT_MODES = ("topk", "threshold", "sample", "random")
+SCORES_COLUMN = "se_scores"
+INDEX_COLUMN = "se_index"
+# transformers' replacement defaults (DataCollatorForLanguageModeling: 80 % [MASK], 10 %
+# random, 10 % unchanged), which are masked_lm's too.
+HF_MASK_REPLACE_PROB = 1.0 - MASKED_LM_LEAVE_UNMASKED_PROB - MASKED_LM_RANDOM_TOKEN_PROB
+HF_RANDOM_REPLACE_PROB = MASKED_LM_RANDOM_TOKEN_PROB
+IGNORE_INDEX = -100  # labels at the positions not selected
+
+
+class DataCollatorForSelfEvolution:
+    """Pads examples and masks them by Self-Evolution selection.
+
+    Arguments shared with ``DataCollatorForLanguageModeling`` mean the same:
+    ``tokenizer``, ``mlm_probability`` (the share of eligible tokens to mask),
+    ``mask_replace_prob`` / ``random_replace_prob`` (of the selected tokens, the shares
+    replaced by the mask token / a random token; the rest is left unchanged),
+    ``whole_word_mask`` (words from the ``offset_mapping`` of a fast tokenizer, as there),
+    ``pad_to_multiple_of``, ``seed`` and ``return_tensors`` ("pt" only).
+
+    The SE options are named as se_mlm's (``--se-select`` and so on):
+
+    - ``select``: ``topk`` (the highest scores), ``sample`` (drawn with probability
+      rising with the score, at ``temperature``), ``threshold`` (every score above
+      ``threshold``; rows with none fall back to random masking unless
+      ``threshold_fallback`` is False), ``random`` (no scores: transformers' own masking
+      distribution, each eligible token with probability ``mlm_probability``).
+    - ``threshold``: default by ``metric`` (0.1 for correctness, as the reference code).
+    - ``random_share``: with topk or sample, the share of the budget drawn uniformly.
+    - ``scores_column`` / ``index_column``: the example's keys for its per-token scores
+      (floats, one per input id; NaN = unscored, never selected) and its index.
+
+    Unset, ``mask_replace_prob`` / ``random_replace_prob`` are transformers' 0.8 / 0.1
+    with ``select="random"`` and 1.0 / 0.0 in the SE modes (every selected token becomes
+    the mask token, as se_mlm and the paper's code do).
+
+    Special tokens (the tokenizer's ``all_special_ids``, any ``special_tokens_mask`` the
+    examples carry) and padding are never selected, nor drawn as random replacements.
+    Returns input_ids, attention_mask (and token_type_ids when the examples have them)
+    and labels: the original id at the selected positions, -100 elsewhere.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        mlm: bool = True,
+        whole_word_mask: bool = False,
+        mlm_probability: float = 0.15,
+        mask_replace_prob: Optional[float] = None,
+        random_replace_prob: Optional[float] = None,
+        pad_to_multiple_of: Optional[int] = None,
+        return_tensors: str = "pt",
+        seed: Optional[int] = None,
+        *,
+        select: str = "topk",
+        threshold: Optional[float] = None,
+        threshold_fallback: bool = True,
+        random_share: float = 0.0,
+        temperature: float = 1.0,
+        metric: str = "correctness",
+        scores_column: str = SCORES_COLUMN,
+        index_column: str = INDEX_COLUMN,
+    ) -> None:
+        if not mlm:
+            raise ValueError(
+                "DataCollatorForSelfEvolution masks for masked-LM training: mlm=False "
+                "(causal LM) has nothing to select; use DataCollatorForLanguageModeling"
+            )
+        if getattr(tokenizer, "mask_token", None) is None or tokenizer.mask_token_id is None:
+            raise ValueError(
+                f"tokenizer {type(tokenizer).__name__} has no mask token (tokenizer.mask_token "
+                "is None): masked-LM training needs one; add it with "
+                "tokenizer.add_special_tokens({'mask_token': '[MASK]'}) and resize the model's "
+                "embeddings"
+            )
+        if select not in SELECT_MODES:
+            raise ValueError(f"select must be one of {', '.join(SELECT_MODES)}, not {select!r}")
+        if return_tensors != "pt":
+            raise ValueError(
+                f"return_tensors={return_tensors!r}: DataCollatorForSelfEvolution returns "
+                "PyTorch tensors only (return_tensors='pt')"
+            )
+        if not 0.0 < float(mlm_probability) < 1.0:
+            raise ValueError(f"mlm_probability must lie in (0, 1), got {mlm_probability}")
+        if not 0.0 <= random_share <= 1.0:
+            raise ValueError(f"random_share must lie in [0, 1], got {random_share}")
+        if random_share > 0 and select not in ("topk", "sample"):
+            raise ValueError(f"random_share splits the budget of topk or sample, not {select}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if threshold is not None and select != "threshold":
+            raise ValueError(f"threshold applies to select='threshold', not {select!r}")
+        if select == "threshold" and threshold is None:
+            if metric not in DEFAULT_THRESHOLDS:
+                raise ValueError(
+                    f"select='threshold' with metric {metric!r} needs threshold= (defaults "
+                    f"exist for {', '.join(DEFAULT_THRESHOLDS)})"
+                )
+            threshold = DEFAULT_THRESHOLDS[metric]
+        defaults = (
+            (HF_MASK_REPLACE_PROB, HF_RANDOM_REPLACE_PROB) if select == "random" else (1.0, 0.0)
+        )
+        mask_replace = defaults[0] if mask_replace_prob is None else float(mask_replace_prob)
+        random_replace = defaults[1] if random_replace_prob is None else float(random_replace_prob)
+        for name, value in (
+            ("mask_replace_prob", mask_replace),
+            ("random_replace_prob", random_replace),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        if mask_replace + random_replace > 1.0 + 1e-12:
+            raise ValueError(
+                "mask_replace_prob plus random_replace_prob must not exceed 1, got "
+                f"{mask_replace} + {random_replace}"
+            )
+        if pad_to_multiple_of is not None and pad_to_multiple_of <= 0:
+            raise ValueError(f"pad_to_multiple_of must be positive, got {pad_to_multiple_of}")
+
+        self.tokenizer = tokenizer
+        self.mlm = True
+        self.whole_word_mask = whole_word_mask
+        self.mlm_probability = float(mlm_probability)
+        self.mask_replace_prob = mask_replace
+        self.random_replace_prob = random_replace
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.return_tensors = return_tensors
+        self.seed = 1 if seed is None else int(seed)  # fairseq's default seed
+        self.select = select
+        self.threshold = threshold
+        self.threshold_fallback = threshold_fallback
+        self.random_share = random_share
+        self.temperature = temperature
+        self.metric = metric
+        self.scores_column = scores_column
+        self.index_column = index_column
+        self.special_ids = sorted(
+            {int(i) for i in tokenizer.all_special_ids} | {int(tokenizer.mask_token_id)}
+        )
+        vocab_size = max(len(tokenizer), self.special_ids[-1] + 1)
+        self.masker = SelfEvolutionMasker.for_vocabulary(
+            vocab_size,
+            int(tokenizer.mask_token_id),
+            self.special_ids,
+            pad=IGNORE_INDEX,
+            mask_prob=self.mlm_probability,
+            mode=select,
+            seed=self.seed,
+            threshold=threshold if select == "threshold" else 0.0,
+            temperature=temperature,
+            leave_unmasked_prob=max(0.0, 1.0 - mask_replace - random_replace),
+            random_token_prob=random_replace,
+            threshold_fallback=threshold_fallback,
+            random_share=random_share,
+        )
+        # the epoch, in shared memory: DataLoader workers (persistent or not) read it
+        self._epoch = torch.ones(1, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next batches belong to (1 = the first, as in fairseq)."""
+        self._epoch[0] = int(epoch)
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if len(examples) == 0:
+            raise ValueError("DataCollatorForSelfEvolution got an empty list of examples")
+        if not isinstance(examples[0], Mapping):
+            raise TypeError(
+                "DataCollatorForSelfEvolution takes examples as dicts with input_ids, "
+                f"{self.index_column!r} and {self.scores_column!r} (got "
+                f"{type(examples[0]).__name__}); see se_fairseq.hf.with_example_index"
+            )
+        indices = self._indices(examples)
+        ids = [_as_list(ex["input_ids"]) for ex in examples]
+        scores = None if self.select == "random" else self._scores(examples, ids, indices)
+        offsets = [ex.get("offset_mapping") for ex in examples] if self.whole_word_mask else None
+        drop = {self.scores_column, self.index_column, "offset_mapping", "special_tokens_mask"}
+        features = [{k: v for k, v in ex.items() if k not in drop} for ex in examples]
+        batch = self._pad(features)
+        tokens = batch["input_ids"].long()
+        rows, length = tokens.shape
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        scored = torch.zeros((rows, length), dtype=torch.bool)
+        padded_scores = torch.zeros((rows, length), dtype=torch.float32)
+        special_given = "special_tokens_mask" in examples[0]
+        for r, row_ids in enumerate(ids):
+            span = slice(length - len(row_ids), length) if left else slice(0, len(row_ids))
+            scored[r, span] = True
+            if scores is not None:
+                padded_scores[r, span] = torch.as_tensor(scores[r], dtype=torch.float32)
+            if special_given:
+                given = torch.as_tensor(_as_list(examples[r]["special_tokens_mask"]))
+                scored[r, span] &= ~given.bool()
+        if "attention_mask" in batch:
+            scored &= batch["attention_mask"].bool()
+        if scores is not None:
+            unscored = torch.isnan(padded_scores)
+            if unscored.any():
+                scored &= ~unscored
+                padded_scores = padded_scores.masked_fill(unscored, 0.0)
+        word_begins = None
+        if self.whole_word_mask:
+            word_begins = self._word_begins(offsets, indices, tokens, scored, left)
+        seeds = torch.from_numpy(row_seeds(self.seed, self.epoch, indices))
+        source, labels = self.masker.mask(
+            tokens, padded_scores, seeds, scored=scored, word_begins=word_begins
+        )
+        batch["input_ids"] = source
+        batch["labels"] = labels
+        return batch
+
+    def _pad(self, features):
+        """tokenizer.pad, without the fast tokenizers' advice to pad while encoding
+        (transformers' collators silence it the same way)."""
+        warnings = getattr(self.tokenizer, "deprecation_warnings", None)
+        key = "Asking-to-pad-a-fast-tokenizer"
+        state = None if warnings is None else warnings.get(key, False)
+        if warnings is not None:
+            warnings[key] = True
+        try:
+            padded = self.tokenizer.pad(
+                features, return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of
+            )
+        finally:
+            if warnings is not None:
+                warnings[key] = state
+        return dict(padded)
+
+    def _indices(self, examples):
+        try:
+            return np.array([int(ex[self.index_column]) for ex in examples], dtype=np.int64)
+        except KeyError:
+            raise KeyError(
+                f"an example has no {self.index_column!r} column (its index in the dataset): "
+                "masks are a function of (seed, epoch, example index, scores), so the index "
+                "must travel with the example. Wrap the dataset with "
+                "se_fairseq.hf.with_example_index(dataset), and in the Trainer set "
+                "TrainingArguments(remove_unused_columns=False)"
+            ) from None
+
+    def _scores(self, examples, ids, indices):
+        scores = []
+        for ex, row_ids, index in zip(examples, ids, indices):
+            if self.scores_column not in ex:
+                raise KeyError(
+                    f"example {index} has no {self.scores_column!r} column: select="
+                    f"{self.select!r} chooses positions from per-token scores (one float per "
+                    f"input id); add the column, use select='random', or, in the Trainer, set "
+                    "TrainingArguments(remove_unused_columns=False) so that it is not dropped"
+                )
+            row = _as_list(ex[self.scores_column])
+            if len(row) != len(row_ids):
+                raise ValueError(
+                    f"example {index}: {len(row_ids)} input_ids but {len(row)} "
+                    f"{self.scores_column!r}; the scores are not aligned with the tokens"
+                )
+            scores.append(row)
+        return scores
+
+    def _word_begins(self, offsets, indices, tokens, eligible, left):
+        """Positions that start a word, from the offset mapping as transformers does: a
+        token starts a word unless it begins where the previous token ended."""
+        begins = torch.ones(tokens.shape, dtype=torch.bool)
+        length = tokens.size(1)
+        for r, (row, index) in enumerate(zip(offsets, indices)):
+            if row is None:
+                raise KeyError(
+                    f"example {index} has no 'offset_mapping': whole_word_mask=True finds "
+                    "words from it; tokenize with return_offsets_mapping=True (a fast tokenizer)"
+                )
+            pairs = torch.as_tensor(_as_list(row), dtype=torch.long).reshape(-1, 2)
+            n = pairs.size(0)
+            start = length - n if left else 0
+            continues = torch.zeros(n, dtype=torch.bool)
+            continues[1:] = pairs[1:, 0] == pairs[:-1, 1]
+            begins[r, start : start + n] = ~continues
+        # the masker makes a special or padded position a word of its own, and starts a
+        # word after one
+        return begins
+
+    def epoch_callback(self) -> "SelfEvolutionEpochCallback":
+        """The Trainer callback that sets this collator's epoch."""
+        return SelfEvolutionEpochCallback(self)
+
+
+class SelfEvolutionEpochCallback(TrainerCallback):
+    """Sets the collator's epoch at the start of each Trainer epoch (Trainer epoch e is
+    the collator's e + 1), before the epoch's DataLoader iterator starts, so that
+    workers read it. Pass it in ``Trainer(callbacks=[...])``."""
+
+    def __init__(self, collator: DataCollatorForSelfEvolution) -> None:
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is the fractional epoch reached so far (e.g. 1.5 on a resume in the
+        # middle of the second epoch)
+        self.collator.set_epoch(int(np.floor((state.epoch or 0.0) + 1e-9)) + 1)
+        return control
+
+
+class ExampleIndexDataset(torch.utils.data.Dataset):
+    """A map-style dataset whose items are those of ``dataset`` plus their index in it,
+    under ``column`` (what ``DataCollatorForSelfEvolution`` reads)."""
+
+    def __init__(self, dataset: Any, column: str = INDEX_COLUMN) -> None:
+        self.dataset = dataset
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[index])
+        item[self.column] = int(index)
+        return item
+
+    def __getitems__(self, indices: Iterable[int]) -> list[dict[str, Any]]:
+        return [self[i] for i in indices]
+
+
+def with_example_index(dataset: Any, column: str = INDEX_COLUMN) -> ExampleIndexDataset:
+    """``dataset`` (a list of dicts, a torch Dataset, a ``datasets.Dataset``) with each
+    item's index added under ``column``."""
+    return ExampleIndexDataset(dataset, column)
+
+
+def _as_list(value):
+    if isinstance(value, torch.Tensor | np.ndarray):
+        return value.tolist()
+    return list(value)
