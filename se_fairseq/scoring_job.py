@@ -329,6 +329,14 @@ class ScoringJob:
             yield batch
 
     def score_chunk(self, i, progress=None):
+        """Score chunk ``i`` and save it (fp16) under the partial folder."""
+        out = self.chunk_scores(i, progress)
+        if not np.isfinite(out).all():
+            raise ScoringError(f"non-finite scores in chunk {i}; try fp32")
+        score_file.atomic_save_npy(self.chunk_path(i), out.astype(np.float16))
+
+    def chunk_scores(self, i, progress=None):
+        """fp32 scores of every token of chunk ``i`` (0 in blocks too long to score)."""
         from fairseq.data import data_utils
 
         from se_fairseq.scoring import score_batch
@@ -346,9 +354,7 @@ class ScoringJob:
                 progress.update(int(sum(self.slices[b, 1] - self.slices[b, 0] for b in batch)))
         if progress is not None:  # skipped blocks count as done
             progress.update(self.skipped_tokens(first, last))
-        if not np.isfinite(out).all():
-            raise ScoringError(f"non-finite scores in chunk {i}; try fp32")
-        score_file.atomic_save_npy(self.chunk_path(i), out.astype(np.float16))
+        return out
 
     def pending_chunks(self):
         """This rank's chunks that no earlier run has saved."""
