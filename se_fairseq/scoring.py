@@ -14,6 +14,26 @@ METRICS = ("correctness", "confidence")
 LOGITS_BUDGET = 1 << 25  # fp32 elements per LM-head chunk (128 MiB)
 
 
+class StageTimer:
+    """Seconds per named stage, summed over a run (``score_corpus(stage_times={})``): each
+    ``lap(name)`` charges the time since the previous lap to ``name``. On a GPU it
+    synchronizes first, so the figures are real; nobody pays for it unless asked."""
+
+    def __init__(self, seconds, device=None):
+        import time
+
+        self.seconds, self._clock = seconds, time.perf_counter
+        self._cuda = device is not None and torch.device(device).type == "cuda"
+        self._last = self._clock()
+
+    def lap(self, stage):
+        if self._cuda:
+            torch.cuda.synchronize()
+        now = self._clock()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
 def token_scores_from_logits(logits, targets, metric):
     """fp32 scores of a (positions x vocab) logits chunk; correctness without a full
     log-softmax: logsumexp - logit of the true token."""
@@ -44,12 +64,13 @@ def lm_head(model, features):
 
 
 @torch.no_grad()
-def score_features(model, features, src_tokens, pad, metric, keep_logits=False):
+def score_features(model, features, src_tokens, pad, metric, keep_logits=False, timer=None):
     """Scores (batch x length, fp32, 0 at padding) from encoder ``features``.
 
     With ``keep_logits``, also returns the LM-head logits of the non-padding
     positions (row-major order) when they fit ``LOGITS_BUDGET``, else None (the
-    caller recomputes the few it needs).
+    caller recomputes the few it needs). ``timer`` (a ``StageTimer``, optional) gets
+    the LM head's and the scoring's seconds.
     """
     keep = src_tokens.ne(pad)
     flat_features = features[keep]
@@ -60,12 +81,18 @@ def score_features(model, features, src_tokens, pad, metric, keep_logits=False):
     pieces, kept = [], []
     for s in range(0, flat_features.size(0), chunk):
         logits = lm_head(model, flat_features[s : s + chunk])
+        if timer is not None:
+            timer.lap("lm_head")
         pieces.append(token_scores_from_logits(logits, flat_targets[s : s + chunk], metric))
+        if timer is not None:
+            timer.lap("score")
         if keep_logits:
             kept.append(logits)
     out = torch.zeros(src_tokens.shape, dtype=torch.float32, device=src_tokens.device)
     if pieces:
         out[keep] = torch.cat(pieces)
+    if timer is not None:
+        timer.lap("score")
     if not keep_logits:
         return out, None
     return out, torch.cat(kept) if kept else features.new_zeros((0, vocab))

@@ -187,6 +187,7 @@ class ScoringJob:
         self.prefix = score_file.prefix_of(out or score_file.default_prefix(self.split_path))
         self.partial_dir = self.prefix + ".partial"
         self.fingerprint = score_file.corpus_fingerprint(self.split_path)
+        self.timer: Any = None  # a scoring.StageTimer when score_corpus is asked for stage_times
         self._load_model(path)
         self._load_blocks(tokens_per_sample, sample_break_mode)
         lengths = self.slices[:, 1] - self.slices[:, 0]
@@ -334,22 +335,37 @@ class ScoringJob:
         if not np.isfinite(out).all():
             raise ScoringError(f"non-finite scores in chunk {i}; try fp32")
         score_file.atomic_save_npy(self.chunk_path(i), out.astype(np.float16))
+        if self.timer is not None:
+            self.timer.lap("write")
 
     def chunk_scores(self, i, progress=None):
         """fp32 scores of every token of chunk ``i`` (0 in blocks too long to score)."""
+        import torch
         from fairseq.data import data_utils
 
-        from se_fairseq.scoring import score_batch
+        from se_fairseq.scoring import score_features
 
+        timer = self.timer
         first, last = self.chunks[i]
         base = int(self.slices[first, 0])
         out = np.zeros(self.chunk_tokens(i), dtype=np.float32)
         for batch in self.batches(first, last):
             src = data_utils.collate_tokens([self.items[b] for b in batch], self.pad)
-            scores = score_batch(self.model, src.to(self.device), self.pad, self.metric).cpu()
+            src = src.to(self.device)
+            if timer is not None:
+                timer.lap("load")
+            with torch.no_grad():
+                features, _ = self.model(src, features_only=True)
+                if timer is not None:
+                    timer.lap("forward")
+                scores = score_features(
+                    self.model, features, src, self.pad, self.metric, timer=timer
+                )[0].cpu()
             for row, b in enumerate(batch):
                 start, end = int(self.slices[b, 0]), int(self.slices[b, 1])
                 out[start - base : end - base] = scores[row, 1 : 1 + end - start].numpy()
+            if timer is not None:
+                timer.lap("write")
             if progress is not None:
                 progress.update(int(sum(self.slices[b, 1] - self.slices[b, 0] for b in batch)))
         if progress is not None:  # skipped blocks count as done
@@ -416,6 +432,7 @@ def score_corpus(
     world_size: int = 1,
     stop_after_chunks: int = 0,
     progress: Optional[Callable[[int], Any]] = None,
+    stage_times: Optional[dict] = None,
     **options: Any,
 ) -> ScoringResult:
     """Score ``data/<split>`` with checkpoint ``path``; write the score file beside the split
@@ -425,11 +442,19 @@ def score_corpus(
     precision ("fp32", "fp16", "bf16"), out, chunk_tokens. With ``world_size`` > 1 every
     rank calls this with torch.distributed initialised. ``progress(total)`` may give a
     tqdm-like object with ``update(n)`` (used as a context manager). ``stop_after_chunks``:
-    score at most that many chunks, then return (``complete`` False).
+    score at most that many chunks, then return (``complete`` False). ``stage_times``: a dict
+    that receives the seconds spent per stage (setup, load, forward, lm_head, score, write,
+    assemble; timed only when given).
     """
+    from se_fairseq.scoring import StageTimer
+
+    timer = StageTimer(stage_times, options.get("device")) if stage_times is not None else None
     job = ScoringJob(
         data, path, split=split, metric=metric, rank=rank, world_size=world_size, **options
     )
+    if timer is not None:
+        timer.lap("setup")
+        job.timer = timer
     if rank == 0:
         job.prepare_partial_dir()
         logger.info(
@@ -469,7 +494,11 @@ def score_corpus(
         chunks_left=len(missing),
         partial_dir=job.partial_dir,
     )
+    if timer is not None:
+        timer.lap("other")
     if not missing and rank == 0:
         (result.array_path, result.meta_path), result.summary = job.assemble()
+        if timer is not None:
+            timer.lap("assemble")
     _barrier(world_size)
     return result
