@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 METRICS = ("correctness", "confidence")
 LOGITS_BUDGET = 1 << 25  # fp32 elements per LM-head chunk (128 MiB)
+SCORE_ELEMENTS = 1 << 19  # fp32 logits per softmax piece on the CPU (2 MiB: in cache)
 
 
 class StageTimer:
@@ -36,8 +37,23 @@ class StageTimer:
 
 def token_scores_from_logits(logits, targets, metric):
     """fp32 scores of a (positions x vocab) logits chunk; correctness without a full
-    log-softmax: logsumexp - logit of the true token."""
+    log-softmax: logsumexp - logit of the true token.
+
+    On the CPU the softmax runs over pieces of ``SCORE_ELEMENTS`` logits (a few rows) that
+    stay in cache, instead of passing five times over the whole chunk in memory: about 3x
+    faster, and bit for bit the same (every step is per row, and torch's exp gives the same
+    bits on its vector and scalar paths; tests/test_se_score_identity.py checks it)."""
     logits = logits.float()
+    rows = max(1, SCORE_ELEMENTS // max(1, logits.size(-1)))
+    if logits.device.type != "cpu" or logits.size(0) <= rows:
+        return _token_scores(logits, targets, metric)
+    out = torch.empty(logits.size(0), dtype=torch.float32)
+    for s in range(0, logits.size(0), rows):
+        out[s : s + rows] = _token_scores(logits[s : s + rows], targets[s : s + rows], metric)
+    return out
+
+
+def _token_scores(logits, targets, metric):
     if metric == "correctness":
         return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets.unsqueeze(-1)).squeeze(
             -1

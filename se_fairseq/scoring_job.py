@@ -195,9 +195,14 @@ class ScoringJob:
 
     # -- model ---------------------------------------------------------------
     def _load_model(self, path):
+        from concurrent.futures import ThreadPoolExecutor
+
         import torch
 
-        model, cfg, self.task = load_scoring_model(path, self.data)
+        with ThreadPoolExecutor(1) as pool:  # hash the checkpoint while it loads
+            sha256 = pool.submit(file_sha256, path) if os.path.exists(path) else None
+            model, cfg, self.task = load_scoring_model(path, self.data)
+            digest = sha256.result() if sha256 is not None else None
         self.task_cfg = cfg.task
         if self.precision == "fp16":
             model = model.half()
@@ -207,7 +212,7 @@ class ScoringJob:
         self.checkpoint = {
             "path": os.path.abspath(path),
             "bytes": os.path.getsize(path),
-            "sha256": file_sha256(path),
+            "sha256": digest,
         }
 
     # -- data ----------------------------------------------------------------
@@ -354,7 +359,7 @@ class ScoringJob:
             src = src.to(self.device)
             if timer is not None:
                 timer.lap("load")
-            with torch.no_grad():
+            with torch.inference_mode():
                 features, _ = self.model(src, features_only=True)
                 if timer is not None:
                     timer.lap("forward")

@@ -74,7 +74,12 @@ def scored(data, ckpt, tmp_path, **options):
 
 
 @pytest.mark.parametrize("metric", ["correctness", "confidence"])
-def test_fixed_blocks_equal_one_forward_per_block(untrained_checkpoint, data, tmp_path, metric):
+def test_fixed_blocks_equal_one_forward_per_block(
+    untrained_checkpoint, data, tmp_path, metric, monkeypatch
+):
+    from se_fairseq import scoring
+
+    monkeypatch.setattr(scoring, "SCORE_ELEMENTS", 3 * 209)  # softmax pieces of 3 rows
     model, items, blocks, _ = fairseq_blocks(untrained_checkpoint, data, "none")
     expected = per_block_scores(model, items, blocks, metric)
     got = scored(data, untrained_checkpoint, tmp_path, metric=metric, chunk_tokens=1000)
