@@ -146,6 +146,37 @@ def load_scoring_model(path, data):
     return models[0], cfg, task
 
 
+def auto_max_tokens(model, device, block_tokens, share=0.6):
+    """Tokens per batch for ``max_tokens="auto"``: on a CUDA device, ``share`` of its free
+    memory (after the model is on it) divided by what one token of a batch holds at the
+    peak of an inference forward (one layer's activations at once: 6 x dim + 2 x ffn
+    values, and one row of every head's attention over a ``block_tokens`` block, in the
+    model's dtype), less the LM head's fixed-size fp32 chunks (logits, softmax and its
+    pieces: 3 x LOGITS_BUDGET), rounded down to whole blocks; between one block and
+    2^20 tokens. On the CPU, DEFAULT_MAX_TOKENS (memory is rarely the limit there, and
+    larger batches do not run faster)."""
+    import torch
+
+    from se_fairseq.scoring import LOGITS_BUDGET
+
+    if torch.device(device).type != "cuda":
+        return DEFAULT_MAX_TOKENS
+    encoder = model.encoder.sentence_encoder
+    try:
+        layer = encoder.layers[0]
+        dim = encoder.embed_tokens.embedding_dim
+        ffn = layer.fc1.out_features
+        heads = layer.self_attn.num_heads
+    except AttributeError:  # another encoder layout: the fixed default
+        return DEFAULT_MAX_TOKENS
+    itemsize = next(model.parameters()).element_size()
+    per_token = itemsize * (6 * dim + 2 * ffn + 2 * heads * block_tokens)
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    budget = share * free - 3 * 4 * LOGITS_BUDGET
+    tokens = int(budget // per_token) // block_tokens * block_tokens
+    return max(block_tokens, min(tokens, 1 << 20))
+
+
 class ScoringJob:
     """One rank's view of the job: blocks, chunk plan, manifest, scoring, assembly."""
 
@@ -181,6 +212,8 @@ class ScoringJob:
         if precision == "fp16" and self.device.type != "cuda":
             raise ScoringError("fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
         self.precision = precision
+        if max_tokens == "auto" and batch_size:
+            raise ScoringError("max_tokens 'auto' and batch_size exclude each other")
         self.max_tokens = max_tokens or (None if batch_size else DEFAULT_MAX_TOKENS)
         self.batch_size = batch_size
         self.split_path = os.path.join(data, split)
@@ -190,6 +223,9 @@ class ScoringJob:
         self.timer: Any = None  # a scoring.StageTimer when score_corpus is asked for stage_times
         self._load_model(path)
         self._load_blocks(tokens_per_sample, sample_break_mode)
+        if self.max_tokens == "auto":
+            self.max_tokens = auto_max_tokens(self.model, self.device, self.max_positions)
+            logger.info(f"--max-tokens auto: {self.max_tokens} tokens per batch")
         lengths = self.slices[:, 1] - self.slices[:, 0]
         self.chunks = plan_chunks(lengths, chunk_tokens)
 
