@@ -21,6 +21,9 @@
 #   6. driver   benchmarks/gpu_check.py: CPU-vs-CUDA bit equality on real batches and on
 #               --se-online live scores, se-score tokens/s fp32/fp16/bf16, training step
 #               time masked_lm vs se_mlm offline vs --se-online
+#   7. floor    benchmarks/bench_se_score_floor.py on the GPU, bf16 and fp32: se-score tokens/s
+#               against the floor (encoder + LM head on non-pad positions) and the bare loop,
+#               at the tiny and the roberta-base shape, with per-stage times (se_score_floor*.json)
 # Each step's log is $OUT/<step>.log; $OUT/summary.txt lists each step's exit status and
 # time; gpu_check.json/.md hold the driver's figures. Later steps run even if one fails.
 set -uo pipefail
@@ -96,10 +99,16 @@ select_tests() {
 driver() {
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} "$VENV/bin/python" benchmarks/gpu_check.py --device cuda --out "$OUT"
 }
+floor() {
+  for precision in bf16 fp32; do
+    "$VENV/bin/python" benchmarks/bench_se_score_floor.py --device cuda --precision "$precision" \
+      --base-batches 40 --json "$OUT/se_score_floor_$precision.json" || return 1
+  done
+}
 
 : > "$OUT/summary.txt"
 log "start $(date -u +%FT%TZ) in $PWD, results in $OUT"
-STEPS=" ${GPU_CHECK_STEPS:-env venv build cuda select driver} "
+STEPS=" ${GPU_CHECK_STEPS:-env venv build cuda select driver floor} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 want env && step env env_info
 want venv && step venv make_venv
@@ -107,6 +116,7 @@ if ! want build || step build build; then
   want cuda && step cuda cuda_tests
   want select && step select select_tests
   want driver && step driver driver
+  want floor && step floor floor
 else
   log "build failed: see $OUT/build.log; the CUDA steps are skipped"
 fi

@@ -12,12 +12,48 @@ import torch.nn.functional as F
 
 METRICS = ("correctness", "confidence")
 LOGITS_BUDGET = 1 << 25  # fp32 elements per LM-head chunk (128 MiB)
+SCORE_ELEMENTS = 1 << 19  # fp32 logits per softmax piece on the CPU (2 MiB: in cache)
+
+
+class StageTimer:
+    """Seconds per named stage, summed over a run (``score_corpus(stage_times={})``): each
+    ``lap(name)`` charges the time since the previous lap to ``name``. On a GPU it
+    synchronizes first, so the figures are real; nobody pays for it unless asked."""
+
+    def __init__(self, seconds, device=None):
+        import time
+
+        self.seconds, self._clock = seconds, time.perf_counter
+        self._cuda = device is not None and torch.device(device).type == "cuda"
+        self._last = self._clock()
+
+    def lap(self, stage):
+        if self._cuda:
+            torch.cuda.synchronize()
+        now = self._clock()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
 
 
 def token_scores_from_logits(logits, targets, metric):
     """fp32 scores of a (positions x vocab) logits chunk; correctness without a full
-    log-softmax: logsumexp - logit of the true token."""
+    log-softmax: logsumexp - logit of the true token.
+
+    On the CPU the softmax runs over pieces of ``SCORE_ELEMENTS`` logits (a few rows) that
+    stay in cache, instead of passing five times over the whole chunk in memory: about 3x
+    faster, and bit for bit the same (every step is per row, and torch's exp gives the same
+    bits on its vector and scalar paths; tests/test_se_score_identity.py checks it)."""
     logits = logits.float()
+    rows = max(1, SCORE_ELEMENTS // max(1, logits.size(-1)))
+    if logits.device.type != "cpu" or logits.size(0) <= rows:
+        return _token_scores(logits, targets, metric)
+    out = torch.empty(logits.size(0), dtype=torch.float32)
+    for s in range(0, logits.size(0), rows):
+        out[s : s + rows] = _token_scores(logits[s : s + rows], targets[s : s + rows], metric)
+    return out
+
+
+def _token_scores(logits, targets, metric):
     if metric == "correctness":
         return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets.unsqueeze(-1)).squeeze(
             -1
@@ -44,12 +80,13 @@ def lm_head(model, features):
 
 
 @torch.no_grad()
-def score_features(model, features, src_tokens, pad, metric, keep_logits=False):
+def score_features(model, features, src_tokens, pad, metric, keep_logits=False, timer=None):
     """Scores (batch x length, fp32, 0 at padding) from encoder ``features``.
 
     With ``keep_logits``, also returns the LM-head logits of the non-padding
     positions (row-major order) when they fit ``LOGITS_BUDGET``, else None (the
-    caller recomputes the few it needs).
+    caller recomputes the few it needs). ``timer`` (a ``StageTimer``, optional) gets
+    the LM head's and the scoring's seconds.
     """
     keep = src_tokens.ne(pad)
     flat_features = features[keep]
@@ -60,12 +97,18 @@ def score_features(model, features, src_tokens, pad, metric, keep_logits=False):
     pieces, kept = [], []
     for s in range(0, flat_features.size(0), chunk):
         logits = lm_head(model, flat_features[s : s + chunk])
+        if timer is not None:
+            timer.lap("lm_head")
         pieces.append(token_scores_from_logits(logits, flat_targets[s : s + chunk], metric))
+        if timer is not None:
+            timer.lap("score")
         if keep_logits:
             kept.append(logits)
     out = torch.zeros(src_tokens.shape, dtype=torch.float32, device=src_tokens.device)
     if pieces:
         out[keep] = torch.cat(pieces)
+    if timer is not None:
+        timer.lap("score")
     if not keep_logits:
         return out, None
     return out, torch.cat(kept) if kept else features.new_zeros((0, vocab))

@@ -146,6 +146,37 @@ def load_scoring_model(path, data):
     return models[0], cfg, task
 
 
+def auto_max_tokens(model, device, block_tokens, share=0.6):
+    """Tokens per batch for ``max_tokens="auto"``: on a CUDA device, ``share`` of its free
+    memory (after the model is on it) divided by what one token of a batch holds at the
+    peak of an inference forward (one layer's activations at once: 6 x dim + 2 x ffn
+    values, and one row of every head's attention over a ``block_tokens`` block, in the
+    model's dtype), less the LM head's fixed-size fp32 chunks (logits, softmax and its
+    pieces: 3 x LOGITS_BUDGET), rounded down to whole blocks; between one block and
+    2^20 tokens. On the CPU, DEFAULT_MAX_TOKENS (memory is rarely the limit there, and
+    larger batches do not run faster)."""
+    import torch
+
+    from se_fairseq.scoring import LOGITS_BUDGET
+
+    if torch.device(device).type != "cuda":
+        return DEFAULT_MAX_TOKENS
+    encoder = model.encoder.sentence_encoder
+    try:
+        layer = encoder.layers[0]
+        dim = encoder.embed_tokens.embedding_dim
+        ffn = layer.fc1.out_features
+        heads = layer.self_attn.num_heads
+    except AttributeError:  # another encoder layout: the fixed default
+        return DEFAULT_MAX_TOKENS
+    itemsize = next(model.parameters()).element_size()
+    per_token = itemsize * (6 * dim + 2 * ffn + 2 * heads * block_tokens)
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    budget = share * free - 3 * 4 * LOGITS_BUDGET
+    tokens = int(budget // per_token) // block_tokens * block_tokens
+    return max(block_tokens, min(tokens, 1 << 20))
+
+
 class ScoringJob:
     """One rank's view of the job: blocks, chunk plan, manifest, scoring, assembly."""
 
@@ -181,22 +212,33 @@ class ScoringJob:
         if precision == "fp16" and self.device.type != "cuda":
             raise ScoringError("fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
         self.precision = precision
+        if max_tokens == "auto" and batch_size:
+            raise ScoringError("max_tokens 'auto' and batch_size exclude each other")
         self.max_tokens = max_tokens or (None if batch_size else DEFAULT_MAX_TOKENS)
         self.batch_size = batch_size
         self.split_path = os.path.join(data, split)
         self.prefix = score_file.prefix_of(out or score_file.default_prefix(self.split_path))
         self.partial_dir = self.prefix + ".partial"
         self.fingerprint = score_file.corpus_fingerprint(self.split_path)
+        self.timer: Any = None  # a scoring.StageTimer when score_corpus is asked for stage_times
         self._load_model(path)
         self._load_blocks(tokens_per_sample, sample_break_mode)
+        if self.max_tokens == "auto":
+            self.max_tokens = auto_max_tokens(self.model, self.device, self.max_positions)
+            logger.info(f"--max-tokens auto: {self.max_tokens} tokens per batch")
         lengths = self.slices[:, 1] - self.slices[:, 0]
         self.chunks = plan_chunks(lengths, chunk_tokens)
 
     # -- model ---------------------------------------------------------------
     def _load_model(self, path):
+        from concurrent.futures import ThreadPoolExecutor
+
         import torch
 
-        model, cfg, self.task = load_scoring_model(path, self.data)
+        with ThreadPoolExecutor(1) as pool:  # hash the checkpoint while it loads
+            sha256 = pool.submit(file_sha256, path) if os.path.exists(path) else None
+            model, cfg, self.task = load_scoring_model(path, self.data)
+            digest = sha256.result() if sha256 is not None else None
         self.task_cfg = cfg.task
         if self.precision == "fp16":
             model = model.half()
@@ -206,7 +248,7 @@ class ScoringJob:
         self.checkpoint = {
             "path": os.path.abspath(path),
             "bytes": os.path.getsize(path),
-            "sha256": file_sha256(path),
+            "sha256": digest,
         }
 
     # -- data ----------------------------------------------------------------
@@ -329,26 +371,47 @@ class ScoringJob:
             yield batch
 
     def score_chunk(self, i, progress=None):
+        """Score chunk ``i`` and save it (fp16) under the partial folder."""
+        out = self.chunk_scores(i, progress)
+        if not np.isfinite(out).all():
+            raise ScoringError(f"non-finite scores in chunk {i}; try fp32")
+        score_file.atomic_save_npy(self.chunk_path(i), out.astype(np.float16))
+        if self.timer is not None:
+            self.timer.lap("write")
+
+    def chunk_scores(self, i, progress=None):
+        """fp32 scores of every token of chunk ``i`` (0 in blocks too long to score)."""
+        import torch
         from fairseq.data import data_utils
 
-        from se_fairseq.scoring import score_batch
+        from se_fairseq.scoring import score_features
 
+        timer = self.timer
         first, last = self.chunks[i]
         base = int(self.slices[first, 0])
         out = np.zeros(self.chunk_tokens(i), dtype=np.float32)
         for batch in self.batches(first, last):
             src = data_utils.collate_tokens([self.items[b] for b in batch], self.pad)
-            scores = score_batch(self.model, src.to(self.device), self.pad, self.metric).cpu()
+            src = src.to(self.device)
+            if timer is not None:
+                timer.lap("load")
+            with torch.inference_mode():
+                features, _ = self.model(src, features_only=True)
+                if timer is not None:
+                    timer.lap("forward")
+                scores = score_features(
+                    self.model, features, src, self.pad, self.metric, timer=timer
+                )[0].cpu()
             for row, b in enumerate(batch):
                 start, end = int(self.slices[b, 0]), int(self.slices[b, 1])
                 out[start - base : end - base] = scores[row, 1 : 1 + end - start].numpy()
+            if timer is not None:
+                timer.lap("write")
             if progress is not None:
                 progress.update(int(sum(self.slices[b, 1] - self.slices[b, 0] for b in batch)))
         if progress is not None:  # skipped blocks count as done
             progress.update(self.skipped_tokens(first, last))
-        if not np.isfinite(out).all():
-            raise ScoringError(f"non-finite scores in chunk {i}; try fp32")
-        score_file.atomic_save_npy(self.chunk_path(i), out.astype(np.float16))
+        return out
 
     def pending_chunks(self):
         """This rank's chunks that no earlier run has saved."""
@@ -410,6 +473,7 @@ def score_corpus(
     world_size: int = 1,
     stop_after_chunks: int = 0,
     progress: Optional[Callable[[int], Any]] = None,
+    stage_times: Optional[dict] = None,
     **options: Any,
 ) -> ScoringResult:
     """Score ``data/<split>`` with checkpoint ``path``; write the score file beside the split
@@ -419,11 +483,19 @@ def score_corpus(
     precision ("fp32", "fp16", "bf16"), out, chunk_tokens. With ``world_size`` > 1 every
     rank calls this with torch.distributed initialised. ``progress(total)`` may give a
     tqdm-like object with ``update(n)`` (used as a context manager). ``stop_after_chunks``:
-    score at most that many chunks, then return (``complete`` False).
+    score at most that many chunks, then return (``complete`` False). ``stage_times``: a dict
+    that receives the seconds spent per stage (setup, load, forward, lm_head, score, write,
+    assemble; timed only when given).
     """
+    from se_fairseq.scoring import StageTimer
+
+    timer = StageTimer(stage_times, options.get("device")) if stage_times is not None else None
     job = ScoringJob(
         data, path, split=split, metric=metric, rank=rank, world_size=world_size, **options
     )
+    if timer is not None:
+        timer.lap("setup")
+        job.timer = timer
     if rank == 0:
         job.prepare_partial_dir()
         logger.info(
@@ -463,7 +535,11 @@ def score_corpus(
         chunks_left=len(missing),
         partial_dir=job.partial_dir,
     )
+    if timer is not None:
+        timer.lap("other")
     if not missing and rank == 0:
         (result.array_path, result.meta_path), result.summary = job.assemble()
+        if timer is not None:
+            timer.lap("assemble")
     _barrier(world_size)
     return result

@@ -22,6 +22,15 @@ from se_fairseq.scoring_job import BREAK_MODES, DEFAULT_CHUNK_TOKENS
 logger = logging.getLogger(__name__)
 
 
+def _max_tokens(value):
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of tokens or 'auto', not {value!r}") from None
+
+
 def build_parser():
     from se_fairseq.scoring import METRICS
 
@@ -61,9 +70,11 @@ def build_parser():
     size = p.add_mutually_exclusive_group()
     size.add_argument(
         "--max-tokens",
-        type=int,
+        type=_max_tokens,
         default=None,
-        help="tokens per batch, padding included (default: 16384 when no --batch-size)",
+        help="tokens per batch, padding included (default: 16384 when no --batch-size); "
+        "'auto': on a GPU, the largest batch that fits 60%% of its free memory (the rule is "
+        "in docs/scoring.md), 16384 on the CPU",
     )
     size.add_argument("--batch-size", type=int, default=None, help="blocks per batch")
     p.add_argument("--cpu", action="store_true", help="score on the CPU even if CUDA is available")

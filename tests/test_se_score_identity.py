@@ -1,0 +1,111 @@
+"""se-score's scores are bit for bit those of the algorithm it had before issue 24 (CPU, fp32).
+
+Two independent references, computed here from fairseq's own loader and the model:
+- fixed-size blocks (``--sample-break-mode none``): a plain loop, one forward per block
+  alone, no padding; se-score's batched forward gives exactly the same fp32 values there;
+- blocks of different lengths (``complete``): padding changes the last bit of some fp32
+  values against single-block forwards, so the reference is the frozen copy of the batched
+  algorithm in se_fairseq.testing (same batches, same padding).
+Both must equal the score file's array exactly (torch.equal), and the fp32 values too.
+"""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from se_fairseq.scoring_job import ScoringJob, score_corpus
+from se_fairseq.testing import frozen_batched_scores
+
+pytestmark = pytest.mark.slow  # 5 to 20 s each on the 2-core machine
+
+
+@pytest.fixture
+def data(corpus, tmp_path):
+    return str(shutil.copytree(corpus, tmp_path / "data-bin"))
+
+
+def fairseq_blocks(ckpt, data, break_mode, tokens_per_sample=64):
+    from fairseq import checkpoint_utils
+    from fairseq.data import PrependTokenDataset, TokenBlockDataset, data_utils
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [ckpt], arg_overrides={"data": data}
+    )
+    d = task.source_dictionary
+    tokens = data_utils.load_indexed_dataset(os.path.join(data, "train"), d)
+    blocks = TokenBlockDataset(
+        tokens,
+        tokens.sizes,
+        tokens_per_sample - 1,
+        pad=d.pad(),
+        eos=d.eos(),
+        break_mode=break_mode,
+    )
+    return models[0].eval(), PrependTokenDataset(blocks, d.bos()), blocks, d.pad()
+
+
+def per_block_scores(model, items, blocks, metric, max_positions=64):
+    """A plain loop: each block alone through the model, log-softmax, gather (fp32)."""
+    out = np.zeros(int(np.asarray(blocks.slice_indices)[:, 1].max()), dtype=np.float32)
+    with torch.no_grad():
+        for b in range(len(items)):
+            src = items[b].unsqueeze(0)
+            if src.size(1) > max_positions:
+                continue
+            features, _ = model(src, features_only=True)
+            logits = model.encoder.output_layer(features[0]).float()
+            if metric == "correctness":
+                s = torch.logsumexp(logits, -1) - logits.gather(-1, src[0].unsqueeze(-1))[:, 0]
+            else:
+                lprobs = torch.log_softmax(logits, -1)
+                s = -(lprobs.exp() * lprobs).sum(-1)
+            start, end = blocks.slice_indices[b]
+            out[start:end] = s[1:].numpy()
+    return out
+
+
+def scored(data, ckpt, tmp_path, **options):
+    result = score_corpus(data, ckpt, out=str(tmp_path / "s"), **options)
+    assert result.complete
+    return torch.from_numpy(np.load(result.array_path, allow_pickle=False))
+
+
+@pytest.mark.parametrize("metric", ["correctness", "confidence"])
+def test_fixed_blocks_equal_one_forward_per_block(
+    untrained_checkpoint, data, tmp_path, metric, monkeypatch
+):
+    from se_fairseq import scoring
+
+    monkeypatch.setattr(scoring, "SCORE_ELEMENTS", 3 * 209)  # softmax pieces of 3 rows
+    model, items, blocks, _ = fairseq_blocks(untrained_checkpoint, data, "none")
+    expected = per_block_scores(model, items, blocks, metric)
+    got = scored(data, untrained_checkpoint, tmp_path, metric=metric, chunk_tokens=1000)
+    assert got.dtype == torch.float16 and len(got) == len(expected)
+    assert torch.equal(got, torch.from_numpy(expected.astype(np.float16)))
+    job = ScoringJob(data, untrained_checkpoint, metric=metric, chunk_tokens=1000)
+    fp32 = np.concatenate([job.chunk_scores(i) for i in range(len(job.chunks))])
+    assert torch.equal(torch.from_numpy(fp32), torch.from_numpy(expected))
+
+
+@pytest.mark.parametrize("metric", ["correctness", "confidence"])
+@pytest.mark.parametrize("max_tokens", [512, 16384])
+def test_padded_blocks_equal_the_frozen_batched_algorithm(
+    untrained_checkpoint, data, tmp_path, metric, max_tokens
+):
+    model, items, blocks, pad = fairseq_blocks(untrained_checkpoint, data, "complete")
+    options = dict(metric=metric, sample_break_mode="complete", max_tokens=max_tokens)
+    job = ScoringJob(data, untrained_checkpoint, chunk_tokens=1000, **options)
+    expected = frozen_batched_scores(
+        model, items, job.slices, job.too_long, job.chunks, pad, metric, max_tokens
+    )
+    padded = (job.slices[:, 1] - job.slices[:, 0]).min() < 63  # the case is the padded one
+    assert padded
+    got = scored(data, untrained_checkpoint, tmp_path, chunk_tokens=1000, **options)
+    assert torch.equal(got, torch.from_numpy(expected.astype(np.float16)))
+    fp32 = np.concatenate([job.chunk_scores(i) for i in range(len(job.chunks))])
+    assert torch.equal(torch.from_numpy(fp32), torch.from_numpy(expected))
+    single = per_block_scores(model, items, blocks, metric)  # and close to unpadded forwards
+    np.testing.assert_allclose(fp32, single, rtol=0, atol=1e-5)
