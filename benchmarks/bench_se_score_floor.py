@@ -61,9 +61,7 @@ def make_data(root, vocab, tokens, seed=0):
 
 
 def save_checkpoint(data, s, path):
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from omegaconf import OmegaConf
+    from se_fairseq.testing import save_untrained_checkpoint
 
     arch = [
         "--arch",
@@ -81,32 +79,7 @@ def save_checkpoint(data, s, path):
         "--tokens-per-sample",
         str(TOKENS_PER_SAMPLE),
     ]
-    args = options.parse_args_and_arch(
-        options.get_training_parser(),
-        [data, "--task", "masked_lm", "--criterion", "masked_lm", *arch],
-    )
-    torch.manual_seed(0)
-    model = tasks.setup_task(args).build_model(args)
-    cfg = OmegaConf.to_container(
-        convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True
-    )
-    torch.save(
-        {
-            "cfg": cfg,
-            "model": model.state_dict(),
-            "extra_state": {"epoch": 1},
-            "optimizer_history": [
-                {
-                    "criterion_name": "MaskedLmLoss",
-                    "optimizer_name": "FairseqAdam",
-                    "lr_scheduler_state": {"best": None},
-                    "num_updates": 0,
-                }
-            ],
-        },
-        path,
-    )
-    return path
+    return save_untrained_checkpoint(data, path, arch)
 
 
 def padded_batches(job):

@@ -248,36 +248,9 @@ def online_parity(data, s, device, limit):
 
 
 def save_checkpoint(data, s, path):
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from omegaconf import OmegaConf
+    from se_fairseq.testing import save_untrained_checkpoint
 
-    args = options.parse_args_and_arch(
-        options.get_training_parser(),
-        [data, "--task", "masked_lm", "--criterion", "masked_lm", *model_args(s)],
-    )
-    torch.manual_seed(0)
-    model = tasks.setup_task(args).build_model(args)
-    cfg = OmegaConf.to_container(
-        convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True
-    )
-    torch.save(
-        {
-            "cfg": cfg,
-            "model": model.state_dict(),
-            "extra_state": {"epoch": 1},
-            "optimizer_history": [
-                {
-                    "criterion_name": "MaskedLmLoss",
-                    "optimizer_name": "FairseqAdam",
-                    "lr_scheduler_state": {"best": None},
-                    "num_updates": 0,
-                }
-            ],
-        },
-        path,
-    )
-    return path
+    return save_untrained_checkpoint(data, path, model_args(s))
 
 
 def se_score_speed(data, s, device, root):

@@ -131,6 +131,43 @@ def write_scores(
     )
 
 
+def save_untrained_checkpoint(data, path, model_args, seed=0):
+    """A masked_lm model of ``model_args`` over ``data``'s dictionary, random weights from
+    torch seed ``seed``, saved at ``path`` as fairseq 0.12 saves checkpoints (no training
+    run); returns ``path``."""
+    import torch
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from omegaconf import OmegaConf
+
+    args = options.parse_args_and_arch(
+        options.get_training_parser(),
+        [data, "--task", "masked_lm", "--criterion", "masked_lm", *model_args],
+    )
+    torch.manual_seed(seed)
+    model = tasks.setup_task(args).build_model(args)
+    cfg = OmegaConf.to_container(
+        convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True
+    )
+    torch.save(
+        {
+            "cfg": cfg,
+            "model": model.state_dict(),
+            "extra_state": {"epoch": 1},
+            "optimizer_history": [
+                {
+                    "criterion_name": "MaskedLmLoss",
+                    "optimizer_name": "FairseqAdam",
+                    "lr_scheduler_state": {"best": None},
+                    "num_updates": 0,
+                }
+            ],
+        },
+        path,
+    )
+    return path
+
+
 def fairseq_train(data, save_dir, *extra, max_update=10, env=None):
     """Run the installed fairseq-train on TINY_ROBERTA (CPU, fairseq's data loading with
     --num-workers 0 unless ``extra`` says otherwise); the log is in ``.stdout``."""

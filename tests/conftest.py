@@ -123,37 +123,7 @@ def untrained_checkpoint(corpus, tmp_path_factory):
     """A tiny RoBERTa with random weights, saved as fairseq 0.12 saves checkpoints (built
     with fairseq's task/model API, no training run): for tests that need a checkpoint of
     the corpus's dictionary but not a trained model."""
-    import torch
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from omegaconf import OmegaConf
+    from se_fairseq.testing import TINY_ROBERTA, save_untrained_checkpoint
 
-    from se_fairseq.testing import TINY_ROBERTA
-
-    args = options.parse_args_and_arch(
-        options.get_training_parser(),
-        [corpus, "--task", "masked_lm", "--criterion", "masked_lm", *TINY_ROBERTA],
-    )
-    torch.manual_seed(0)
-    model = tasks.setup_task(args).build_model(args)
-    cfg = OmegaConf.to_container(
-        convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True
-    )
     path = str(tmp_path_factory.mktemp("untrained") / "checkpoint.pt")
-    torch.save(
-        {
-            "cfg": cfg,
-            "model": model.state_dict(),
-            "extra_state": {"epoch": 1},
-            "optimizer_history": [
-                {
-                    "criterion_name": "MaskedLmLoss",
-                    "optimizer_name": "FairseqAdam",
-                    "lr_scheduler_state": {"best": None},
-                    "num_updates": 0,
-                }
-            ],
-        },
-        path,
-    )
-    return path
+    return save_untrained_checkpoint(corpus, path, TINY_ROBERTA)
