@@ -3,11 +3,13 @@
 ``DataCollatorForSelfEvolution`` drops in where transformers'
 ``DataCollatorForLanguageModeling`` is used and selects with the project's operator
 from the per-token scores each example carries (column ``se_scores``).
+``tokenize_text_files`` makes the examples run_mlm.py makes of text files.
 
 The names load lazily: importing ``se_fairseq`` (or this package) imports neither
 torch nor transformers until one of them is used.
 """
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -17,18 +19,27 @@ if TYPE_CHECKING:
         SelfEvolutionEpochCallback,
         with_example_index,
     )
+    from se_fairseq.hf.text import tokenize_text_files
+
+# public name -> the module of this package that defines it
+_MODULE_OF = {
+    "DataCollatorForSelfEvolution": "collator",
+    "ExampleIndexDataset": "collator",
+    "SelfEvolutionEpochCallback": "collator",
+    "with_example_index": "collator",
+    "tokenize_text_files": "text",
+}
 
 __all__ = [
     "DataCollatorForSelfEvolution",
     "ExampleIndexDataset",
     "SelfEvolutionEpochCallback",
+    "tokenize_text_files",
     "with_example_index",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from se_fairseq.hf import collator
-
-        return getattr(collator, name)
+    if name in _MODULE_OF:
+        return getattr(import_module(f"se_fairseq.hf.{_MODULE_OF[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

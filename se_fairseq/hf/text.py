@@ -1,0 +1,125 @@
+"""Text files to a tokenized ``datasets.Dataset``, as transformers' run_mlm.py makes it.
+
+The same loader (datasets' ``text`` builder: one example per line, line breaks
+dropped), the same tokenizer calls and the same ``Dataset.map`` batching, so a dataset
+made here holds exactly the examples run_mlm.py would train on:
+
+- ``line_by_line``: each non-blank line (blank = empty or only whitespace) is one
+  example, truncated to ``max_seq_length`` with its special tokens, unpadded;
+- otherwise every line (blank ones too) is tokenized with its special tokens, the ids
+  of each ``map`` batch of 1,000 lines are concatenated and cut into blocks of
+  ``max_seq_length``; the remainder of each batch is dropped (a batch shorter than one
+  block is kept whole, as run_mlm.py keeps it).
+
+``max_seq_length`` defaults to ``min(tokenizer.model_max_length, 1024)`` and is capped at
+``tokenizer.model_max_length``, as there. With ``preprocessing_num_workers`` the map runs
+on that many contiguous shards, so the batches (and the dropped remainders) are those of
+run_mlm.py with the same ``--preprocessing_num_workers``.
+"""
+
+import os
+from collections.abc import Sequence
+from itertools import chain
+from typing import Any, Optional, Union
+
+import datasets
+
+TEXT_COLUMN = "text"
+DEFAULT_MAX_SEQ_LENGTH = 1024  # run_mlm.py's cap on an unset --max_seq_length
+
+
+def resolve_max_seq_length(tokenizer: Any, max_seq_length: Optional[int]) -> int:
+    """run_mlm.py's block length: the tokenizer's ``model_max_length``, at most 1024 when
+    unset; when set, at most ``model_max_length``."""
+    model_max = int(tokenizer.model_max_length)
+    if max_seq_length is None:
+        return min(model_max, DEFAULT_MAX_SEQ_LENGTH)
+    if max_seq_length < 1:
+        raise ValueError(
+            f"max_seq_length must be a positive number of tokens, not {max_seq_length}"
+        )
+    return min(int(max_seq_length), model_max)
+
+
+def load_text_files(
+    files: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+    cache_dir: Optional[str] = None,
+) -> datasets.Dataset:
+    """The lines of ``files`` (in order) as a dataset with one column ``text``."""
+    paths = (
+        [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else list(map(os.fspath, files))
+    )
+    if not paths:
+        raise ValueError("no text files given")
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"text file {path!r} does not exist")
+    return datasets.load_dataset("text", data_files=paths, split="train", cache_dir=cache_dir)
+
+
+def tokenize_text_files(
+    tokenizer: Any,
+    files: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+    max_seq_length: Optional[int] = None,
+    line_by_line: bool = False,
+    *,
+    preprocessing_num_workers: Optional[int] = None,
+    cache_dir: Optional[str] = None,
+) -> datasets.Dataset:
+    """The examples run_mlm.py makes of ``files`` (module docstring).
+
+    Columns: ``input_ids``, ``attention_mask``, ``special_tokens_mask`` and
+    ``token_type_ids`` when the tokenizer gives them. ``cache_dir``: where datasets keeps
+    the loaded text and the map results (default: its own cache, as run_mlm.py's)."""
+    block = resolve_max_seq_length(tokenizer, max_seq_length)
+    raw = load_text_files(files, cache_dir=cache_dir)
+    if line_by_line:
+        return raw.map(
+            _tokenize_lines,
+            batched=True,
+            num_proc=preprocessing_num_workers,
+            remove_columns=[TEXT_COLUMN],
+            fn_kwargs={"tokenizer": tokenizer, "max_length": block},
+            desc="Running tokenizer on dataset line_by_line",
+        )
+    tokenized = raw.map(
+        _tokenize_all,
+        batched=True,
+        num_proc=preprocessing_num_workers,
+        remove_columns=raw.column_names,
+        fn_kwargs={"tokenizer": tokenizer},
+        desc="Running tokenizer on every text in dataset",
+    )
+    return tokenized.map(
+        _group_texts,
+        batched=True,
+        num_proc=preprocessing_num_workers,
+        fn_kwargs={"block": block},
+        desc=f"Grouping texts in chunks of {block}",
+    )
+
+
+def _tokenize_lines(examples: dict, tokenizer: Any, max_length: int) -> Any:
+    lines = [line for line in examples[TEXT_COLUMN] if len(line) > 0 and not line.isspace()]
+    return tokenizer(
+        lines,
+        padding=False,
+        truncation=True,
+        max_length=max_length,
+        return_special_tokens_mask=True,
+    )
+
+
+def _tokenize_all(examples: dict, tokenizer: Any) -> Any:
+    return tokenizer(examples[TEXT_COLUMN], return_special_tokens_mask=True)
+
+
+def _group_texts(examples: dict, block: int) -> dict:
+    joined = {key: list(chain(*values)) for key, values in examples.items()}
+    total = len(next(iter(joined.values())))
+    if total >= block:
+        total = total // block * block
+    return {
+        key: [values[i : i + block] for i in range(0, total, block)]
+        for key, values in joined.items()
+    }
