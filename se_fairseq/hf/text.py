@@ -46,9 +46,8 @@ def load_text_files(
     cache_dir: Optional[str] = None,
 ) -> datasets.Dataset:
     """The lines of ``files`` (in order) as a dataset with one column ``text``."""
-    paths = (
-        [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else list(map(os.fspath, files))
-    )
+    listed = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    paths = [str(os.fspath(path)) for path in listed]
     if not paths:
         raise ValueError("no text files given")
     for path in paths:
