@@ -1,6 +1,7 @@
 """``se-score``: the self-questioning stage as a command.
 
     se-score DATA --path CKPT [--split train] [--metric correctness|confidence]
+    se-score --hf MODEL (--train_file FILE... | --dataset DIR) --out DIR   (cli/score_hf.py)
 
 The model reads every block of the split unmasked (eval mode, no gradient) and
 scores every token; the scores go to a score file beside the split, where
@@ -17,6 +18,7 @@ import logging
 import os
 import sys
 
+from se_fairseq.cli.score_hf import add_hf_args, check_hf_args, main_hf
 from se_fairseq.scoring_job import BREAK_MODES, DEFAULT_CHUNK_TOKENS
 
 logger = logging.getLogger(__name__)
@@ -37,10 +39,16 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="se-score",
         description="Score every token of a binarized split with a fairseq masked-LM checkpoint "
-        "(RoBERTa, or BERT as se-convert writes it: --arch hf_bert) "
+        "(RoBERTa, or BERT as se-convert writes it: --arch hf_bert), or of a tokenized dataset "
+        "with a Hugging Face AutoModelForMaskedLM (--hf) "
         "(the self-questioning stage of Self-Evolution learning).",
     )
-    p.add_argument("data", help="fairseq data-bin folder (with dict.txt and <split>.bin/.idx)")
+    p.add_argument(
+        "data",
+        nargs="?",
+        default=None,
+        help="fairseq data-bin folder (with dict.txt and <split>.bin/.idx); not with --hf",
+    )
     p.add_argument(
         "--path",
         default=None,
@@ -72,11 +80,14 @@ def build_parser():
         "--max-tokens",
         type=_max_tokens,
         default=None,
-        help="tokens per batch, padding included (default: 16384 when no --batch-size); "
+        help="tokens per batch, padding included (default: 16384 when no --batch-size; with --hf: "
+        "as many as keep the logits under 2^28 values); "
         "'auto': on a GPU, the largest batch that fits 60%% of its free memory (the rule is "
         "in docs/scoring.md), 16384 on the CPU",
     )
-    size.add_argument("--batch-size", type=int, default=None, help="blocks per batch")
+    size.add_argument(
+        "--batch-size", type=int, default=None, help="blocks (with --hf: examples) per batch"
+    )
     p.add_argument("--cpu", action="store_true", help="score on the CPU even if CUDA is available")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument(
@@ -85,14 +96,17 @@ def build_parser():
     precision.add_argument("--bf16", action="store_true", help="bf16 forward; softmax in fp32")
     p.add_argument(
         "--out",
+        "--output",
         default=None,
-        help="score file prefix (default: DATA/<split>.se_scores, where se_mlm looks)",
+        help="score file prefix (default: DATA/<split>.se_scores, where se_mlm looks); with "
+        "--hf: the folder the scored dataset is saved to (required)",
     )
     p.add_argument(
         "--chunk-tokens",
         type=int,
         default=DEFAULT_CHUNK_TOKENS,
-        help="tokens per resumable chunk (default: 262144)",
+        help="tokens per resumable chunk (default: 262144; with --hf, whole examples of at "
+        "least that many tokens)",
     )
     p.add_argument(
         "--stop-after-chunks",
@@ -101,7 +115,12 @@ def build_parser():
         help="score at most this many chunks in this run, then exit; a later run "
         "resumes (for jobs split across time-limited allocations)",
     )
-    p.add_argument("--no-progress-bar", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress-bar",
+        action="store_true",
+        help="no progress bar (with --hf there is none either when stderr is not a terminal)",
+    )
+    add_hf_args(p)
     return p
 
 
@@ -133,6 +152,9 @@ def main(argv=None):
     import warnings
 
     args = build_parser().parse_args(argv)
+    check_hf_args(args)
+    if args.hf is None and args.data is None:
+        raise SystemExit("se-score: give DATA (a data-bin folder) or --hf MODEL")
     warnings.filterwarnings("ignore", category=UserWarning)  # hydra/dataloader chatter
     warnings.filterwarnings("ignore", module="hydra")
     logging.basicConfig(
@@ -140,6 +162,15 @@ def main(argv=None):
         level=logging.INFO,
         stream=sys.stderr,
     )
+    if args.hf is not None:
+        rank, world_size = _init_distributed(args)
+        try:
+            return main_hf(args, rank, world_size, _device(args))
+        finally:
+            if world_size > 1:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
     import fairseq  # noqa: F401  (registers the safe checkpoint loader)
 
     if args.metric == "rarity":

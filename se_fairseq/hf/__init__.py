@@ -3,7 +3,9 @@
 ``DataCollatorForSelfEvolution`` drops in where transformers'
 ``DataCollatorForLanguageModeling`` is used and selects with the project's operator
 from the per-token scores each example carries (column ``se_scores``).
-``tokenize_text_files`` makes the examples run_mlm.py makes of text files.
+``tokenize_text_files`` makes the examples run_mlm.py makes of text files,
+``score_dataset`` gives them the scores of a masked-LM (self-questioning) and
+``load_scored_dataset`` reads a saved scored dataset back, checked.
 
 The names load lazily: importing ``se_fairseq`` (or this package) imports neither
 torch nor transformers until one of them is used.
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
         SelfEvolutionEpochCallback,
         with_example_index,
     )
+    from se_fairseq.hf.provenance import ScoredDatasetError, load_scored_dataset
+    from se_fairseq.hf.scoring import score_dataset
     from se_fairseq.hf.text import tokenize_text_files
 
 # public name -> the module of this package that defines it
@@ -28,12 +32,18 @@ _MODULE_OF = {
     "SelfEvolutionEpochCallback": "collator",
     "with_example_index": "collator",
     "tokenize_text_files": "text",
+    "score_dataset": "scoring",
+    "load_scored_dataset": "provenance",
+    "ScoredDatasetError": "provenance",
 }
 
 __all__ = [
     "DataCollatorForSelfEvolution",
     "ExampleIndexDataset",
+    "ScoredDatasetError",
     "SelfEvolutionEpochCallback",
+    "load_scored_dataset",
+    "score_dataset",
     "tokenize_text_files",
     "with_example_index",
 ]

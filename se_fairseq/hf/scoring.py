@@ -1,0 +1,510 @@
+"""Self-questioning with any ``AutoModelForMaskedLM``: per-token scores of a tokenized
+``datasets.Dataset``, the column ``DataCollatorForSelfEvolution`` selects from.
+
+    >>> from se_fairseq.hf import score_dataset
+    >>> scored = score_dataset(model, tokenizer, dataset, metric="correctness", output_dir="out")
+
+One eval-mode forward (no dropout, ``torch.inference_mode``) over the unmasked examples;
+each token gets the score se-score gives it (se_fairseq.scoring's formulas:
+correctness = -log p(true token), confidence = the entropy of the prediction), in
+float32 with the softmax in float32 whatever the forward's dtype. Special tokens (the
+tokenizer's ``all_special_ids`` and any ``special_tokens_mask``) and padding
+(``attention_mask`` 0) get NaN, which the collator never selects.
+
+The examples are cut into chunks of consecutive examples (at least ``chunk_tokens``
+tokens each); within a chunk they are batched longest first, padded per batch, and put
+back in order. With ``output_dir`` each finished chunk is saved at once under
+``<output_dir>.partial/`` beside a manifest of what is scored, so a killed run continues
+where it stopped; the dataset is saved to ``output_dir`` (with its provenance record,
+se_scores.json) only when complete. Under torchrun (torch.distributed initialised) rank r
+scores chunks r, r + W, ... and rank 0 assembles.
+"""
+
+import inspect
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from se_fairseq.data.score_file import atomic_save_npy, atomic_write_text
+from se_fairseq.hf import provenance as prov
+from se_fairseq.scoring_job import DEFAULT_CHUNK_TOKENS, ScoringError, plan_chunks, summarize
+
+logger = logging.getLogger(__name__)
+
+SCORES_COLUMN = "se_scores"
+DTYPES = ("fp32", "fp16", "bf16")
+# Padded tokens per batch when neither batch_size nor max_tokens is given: the forward's
+# (batch x length x vocab) logits then hold at most this many values.
+DEFAULT_LOGITS_ELEMENTS = 1 << 28
+SCORED_ROWS = 1 << 16  # logits rows per fp32 scoring piece (the rest stay in the model's dtype)
+OPTIONAL_INPUTS = ("attention_mask", "token_type_ids")
+
+
+def score_dataset(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    *,
+    metric: str = "correctness",
+    batch_size: Optional[int] = None,
+    max_tokens: Optional[int] = None,
+    column: str = SCORES_COLUMN,
+    output_dir: Optional[str] = None,
+    dtype: Union[str, Any] = "fp32",
+    device: Optional[Any] = None,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    progress: Optional[bool] = None,
+    stop_after_chunks: int = 0,
+    chunk_callback: Optional[Callable[[int], Any]] = None,
+) -> Any:
+    """``dataset`` with a float32 column ``column``: one score per input id (module doc).
+
+    - ``batch_size`` (examples) / ``max_tokens`` (padded tokens) per batch; neither: as many
+      tokens as keep the logits under 2^28 values.
+    - ``dtype``: "fp32", "fp16" (CUDA) or "bf16" (or the torch dtype): the forward's
+      autocast dtype; the softmax is fp32 either way.
+    - ``device``: where to run (the model is moved there); None: where the model is.
+    - ``output_dir``: save the scored dataset there (``save_to_disk``, with se_scores.json),
+      resumably; the return value is then the saved dataset, memory-mapped. Needed under
+      torchrun, where every rank returns it.
+    - ``progress``: a tqdm bar over tokens on rank 0; None: only when stderr is a terminal.
+    - ``stop_after_chunks``: score at most that many chunks in this call, then return None
+      if chunks are left (rerun to resume). ``chunk_callback(i)`` is called after chunk
+      ``i`` is saved.
+    """
+    job = HFScoringJob(
+        model,
+        tokenizer,
+        dataset,
+        metric=metric,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        column=column,
+        output_dir=output_dir,
+        dtype=dtype,
+        device=device,
+        chunk_tokens=chunk_tokens,
+    )
+    return job.run(progress=progress, stop_after_chunks=stop_after_chunks, callback=chunk_callback)
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _autocast_dtype(dtype: Any, device_type: str) -> Any:
+    import torch
+
+    names = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+    by_dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    name = by_dtype.get(dtype, dtype)
+    if name not in names:
+        raise ScoringError(f"dtype must be one of {DTYPES} (or that torch dtype), not {dtype!r}")
+    if name == "fp16" and device_type != "cuda":
+        raise ScoringError("dtype fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
+    return name, names[name]
+
+
+def _list_column(table: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets from 0, flat int64 values) of a list column of an arrow table slice."""
+    lists = table[name].combine_chunks()
+    offsets = lists.offsets.to_numpy().astype(np.int64)
+    return offsets - offsets[0], lists.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+class HFScoringJob:
+    """One rank's view: checks, chunk plan, manifest, batches, scoring, assembly."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        dataset,
+        *,
+        metric,
+        batch_size,
+        max_tokens,
+        column,
+        output_dir,
+        dtype,
+        device,
+        chunk_tokens,
+    ):
+        import datasets
+        import torch
+
+        from se_fairseq.scoring import METRICS
+
+        if metric not in METRICS:
+            raise ScoringError(f"unknown metric {metric!r}; choose from {METRICS}")
+        if not isinstance(dataset, datasets.Dataset):
+            raise ScoringError(
+                f"dataset must be one datasets.Dataset (one split), not {type(dataset).__name__}"
+            )
+        if prov.IDS_COLUMN not in dataset.column_names:
+            raise ScoringError(
+                f"the dataset has no column 'input_ids' (it has {dataset.column_names}); "
+                "tokenize it first, e.g. with se_fairseq.hf.tokenize_text_files"
+            )
+        if getattr(tokenizer, "mask_token", None) is None:
+            raise ScoringError(
+                f"tokenizer {tokenizer.name_or_path or type(tokenizer).__name__!r} has no mask "
+                "token: it cannot serve masked-LM training (set tokenizer.mask_token)"
+            )
+        self.vocab = prov.model_vocab_size(model)
+        if self.vocab is None:
+            raise ScoringError(
+                f"{type(model).__name__} has no masked-LM head (get_output_embeddings() is "
+                "None): load the model with AutoModelForMaskedLM"
+            )
+        if len(tokenizer) > self.vocab:
+            raise ScoringError(
+                f"the tokenizer has {len(tokenizer)} tokens but the model's MLM head scores "
+                f"{self.vocab}: they are not of one vocabulary"
+            )
+        for name, value in (("batch_size", batch_size), ("max_tokens", max_tokens)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ScoringError(f"{name} must be a positive integer, not {value!r}")
+        if chunk_tokens < 1:
+            raise ScoringError(f"chunk_tokens must be a positive integer, not {chunk_tokens}")
+        self.rank, self.world_size = _world()
+        if self.world_size > 1 and output_dir is None:
+            raise ScoringError("scoring under torch.distributed needs output_dir (shared storage)")
+        self.model, self.tokenizer, self.dataset = model, tokenizer, dataset
+        self.metric, self.column = metric, column
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.dtype_name, self.autocast_dtype = _autocast_dtype(dtype, self.device.type)
+        self.ids, self.lengths, largest = prov.scan_ids(dataset)
+        if largest >= self.vocab:
+            raise ScoringError(
+                f"column 'input_ids' holds id {largest}, outside the model's vocabulary of "
+                f"{self.vocab}: the text was tokenized with another vocabulary"
+            )
+        if max_tokens is None and batch_size is None:
+            max_tokens = max(1, DEFAULT_LOGITS_ELEMENTS // self.vocab)
+        self.batch_size, self.max_tokens = batch_size, max_tokens
+        self.special_ids = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
+        self.pad_id = _pad_id(model, tokenizer)
+        accepted = inspect.signature(model.forward).parameters
+        self.inputs = [c for c in OPTIONAL_INPUTS if c in dataset.column_names and c in accepted]
+        self.chunks = plan_chunks(self.lengths, chunk_tokens)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self.output_dir = os.path.abspath(output_dir) if output_dir is not None else None
+        self.partial_dir = self.output_dir + ".partial" if self.output_dir else None
+        self.model_info = prov.model_record(model)
+        self.tokenizer_info = prov.tokenizer_record(tokenizer)
+        self.in_memory: dict = {}  # chunk -> scores, without output_dir
+        self.logits_checked = False
+
+    # -- manifest --------------------------------------------------------------
+    def record(self) -> dict:
+        return prov.provenance(
+            metric=self.metric,
+            column=self.column,
+            model=self.model_info,
+            tokenizer=self.tokenizer_info,
+            ids=self.ids,
+        )
+
+    def manifest(self) -> dict:
+        return {
+            **self.record(),
+            "dtype": self.dtype_name,
+            "chunks": [list(c) for c in self.chunks],
+        }
+
+    def chunk_path(self, i: int) -> str:
+        assert self.partial_dir is not None
+        return os.path.join(self.partial_dir, f"chunk-{i:06d}.npy")
+
+    def check_output_dir(self) -> None:
+        out = self.output_dir
+        assert out is not None
+        if os.path.isfile(out):
+            raise ScoringError(f"output_dir {out} is a file")
+        if os.path.isdir(out) and os.listdir(out):
+            if not os.path.isfile(os.path.join(out, prov.PROVENANCE_FILE)):
+                raise ScoringError(
+                    f"output_dir {out} exists and holds no scored dataset "
+                    f"({prov.PROVENANCE_FILE}); name a new folder "
+                    "(it is replaced only when it holds earlier scores)"
+                )
+
+    def prepare_partial_dir(self) -> None:
+        """Rank 0 writes the manifest (or checks an earlier one); the other ranks check it."""
+        import json
+
+        assert self.partial_dir is not None
+        path = os.path.join(self.partial_dir, "manifest.json")
+        wanted = self.manifest()
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                found = json.load(f)
+            if found != wanted:
+                differ = sorted(k for k in wanted if found.get(k) != wanted[k])
+                raise ScoringError(
+                    f"{self.partial_dir} holds partial scores of another run (different "
+                    f"{', '.join(differ)}); rerun with the same model, tokenizer, dataset and "
+                    "options to resume, or delete that folder to start over"
+                )
+            return
+        if self.rank != 0:
+            raise ScoringError(
+                f"rank {self.rank}: no manifest in {self.partial_dir}; the output folder must be "
+                "on storage that all ranks see"
+            )
+        os.makedirs(self.partial_dir, exist_ok=True)
+        atomic_write_text(path, json.dumps(wanted, indent=2, sort_keys=True))
+
+    def done(self, i: int) -> bool:
+        if self.partial_dir is None:
+            return i in self.in_memory
+        return os.path.exists(self.chunk_path(i))
+
+    # -- scoring -----------------------------------------------------------------
+    def batches(self, first: int, last: int) -> Iterator[list[int]]:
+        """Examples of [first, last), longest first, by count or padded tokens."""
+        lengths = self.lengths[first:last]
+        order = np.argsort(-lengths, kind="stable")
+        batch: list[int] = []
+        longest = 0
+        for j in order:
+            n = int(lengths[j])
+            if n == 0:
+                continue
+            full = (self.batch_size and len(batch) >= self.batch_size) or (
+                self.max_tokens and batch and max(longest, n) * (len(batch) + 1) > self.max_tokens
+            )
+            if full:
+                yield batch
+                batch, longest = [], 0
+            batch.append(int(j))
+            longest = max(longest, n)
+        if batch:
+            yield batch
+
+    def chunk_scores(self, i: int, bar: Any = None) -> np.ndarray:
+        """float32 scores of every token of chunk ``i``, NaN where nothing is scored."""
+        first, last = self.chunks[i]
+        table = self.dataset.with_format("arrow")[first:last]
+        offsets, ids = _list_column(table, prov.IDS_COLUMN)
+        columns = {name: _list_column(table, name)[1] for name in self.inputs}
+        unscored = np.isin(ids, self.special_ids)
+        if "special_tokens_mask" in table.column_names:
+            unscored |= _list_column(table, "special_tokens_mask")[1] != 0
+        if "attention_mask" in table.column_names:
+            unscored |= _list_column(table, "attention_mask")[1] == 0
+        out = np.full(len(ids), np.nan, dtype=np.float32)
+        for batch in self.batches(first, last):
+            spans = [(int(offsets[j]), int(offsets[j + 1])) for j in batch]
+            flat = np.concatenate([np.arange(s, e) for s, e in spans])
+            scores = self.batch_scores(ids, columns, spans, unscored)
+            keep = ~unscored[flat]
+            out[flat[keep]] = scores
+            if bar is not None:
+                bar.update(len(flat))
+        return out
+
+    def batch_scores(self, ids, columns, spans, unscored) -> np.ndarray:
+        """Scores of the scored tokens of one batch, in the order of ``spans``."""
+        import torch
+
+        from se_fairseq.scoring import token_scores_from_logits
+
+        width = max(e - s for s, e in spans)
+        tensors = {"input_ids": torch.full((len(spans), width), self.pad_id, dtype=torch.long)}
+        for name in columns:
+            tensors[name] = torch.zeros((len(spans), width), dtype=torch.long)
+        scored = torch.zeros((len(spans), width), dtype=torch.bool)
+        for row, (s, e) in enumerate(spans):
+            tensors["input_ids"][row, : e - s] = torch.from_numpy(ids[s:e])
+            for name, values in columns.items():
+                tensors[name][row, : e - s] = torch.from_numpy(values[s:e])
+            scored[row, : e - s] = torch.from_numpy(~unscored[s:e])
+        if "attention_mask" not in tensors:
+            tensors["attention_mask"] = torch.zeros((len(spans), width), dtype=torch.long)
+            for row, (s, e) in enumerate(spans):
+                tensors["attention_mask"][row, : e - s] = 1
+        batch = {k: v.to(self.device) for k, v in tensors.items()}
+        with torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        ):
+            try:
+                logits = self.model(**batch).logits
+            except (IndexError, RuntimeError) as err:
+                limit = getattr(self.model.config, "max_position_embeddings", None)
+                raise ScoringError(
+                    f"the forward of {len(spans)} examples of up to {width} tokens failed "
+                    f"(max_position_embeddings: {limit}; is an example longer than the model "
+                    f"takes?): {err}"
+                ) from err
+        if not self.logits_checked:
+            if logits.dim() != 3 or logits.shape[-1] != self.vocab:
+                raise ScoringError(
+                    f"{type(self.model).__name__} gives logits of shape {tuple(logits.shape)}, "
+                    f"not (batch, length, {self.vocab}): not a masked-LM head"
+                )
+            self.logits_checked = True
+        where = scored.to(self.device).reshape(-1).nonzero().squeeze(-1)
+        flat_logits = logits.reshape(-1, logits.shape[-1])
+        targets = batch["input_ids"].reshape(-1)
+        pieces = [
+            token_scores_from_logits(
+                flat_logits[where[p : p + SCORED_ROWS]],
+                targets[where[p : p + SCORED_ROWS]],
+                self.metric,
+            ).cpu()
+            for p in range(0, len(where), SCORED_ROWS)
+        ]
+        return torch.cat(pieces).numpy() if pieces else np.zeros(0, dtype=np.float32)
+
+    def score_chunk(self, i: int, bar: Any = None) -> None:
+        import torch
+
+        with torch.inference_mode():
+            scores = self.chunk_scores(i, bar)
+        if np.isinf(scores).any():
+            raise ScoringError(f"infinite scores in chunk {i}; try dtype fp32")
+        if self.partial_dir is None:
+            self.in_memory[i] = scores
+        else:
+            atomic_save_npy(self.chunk_path(i), scores)
+
+    def load_chunk(self, i: int) -> np.ndarray:
+        if self.partial_dir is None:
+            return self.in_memory[i]
+        scores = np.load(self.chunk_path(i), allow_pickle=False)
+        first, last = self.chunks[i]
+        if scores.shape != (int(self.offsets[last] - self.offsets[first]),):
+            raise ScoringError(f"{self.chunk_path(i)} is damaged; delete it and rerun")
+        return scores
+
+    # -- assembly ----------------------------------------------------------------
+    def scored_dataset(self) -> tuple[Any, dict]:
+        import pyarrow as pa
+
+        chunks = [self.load_chunk(i) for i in range(len(self.chunks))]
+        values = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        values = values.astype(np.float32, copy=False)
+        large = len(values) >= 2**31
+        offsets = pa.array(self.offsets, type=pa.int64() if large else pa.int32())
+        lists_of = pa.LargeListArray if large else pa.ListArray
+        scores = lists_of.from_arrays(offsets, pa.array(values, type=pa.float32()))
+        dataset = self.dataset
+        if self.column in dataset.column_names:
+            logger.info(f"replacing the column {self.column!r} the dataset already has")
+            dataset = dataset.remove_columns(self.column)
+        dataset = dataset.add_column(self.column, scores)
+        summary = summarize(values[~np.isnan(values)])
+        summary["tokens_not_scored"] = int(np.isnan(values).sum())
+        return dataset, summary
+
+    def save(self, dataset: Any, summary: dict) -> None:
+        import json
+
+        assert self.output_dir is not None and self.partial_dir is not None
+        out = self.output_dir
+        tmp, old = f"{out}.tmp-{os.getpid()}", f"{out}.old-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        dataset.save_to_disk(tmp)
+        record = {**self.record(), "dtype": self.dtype_name, "summary": summary}
+        atomic_write_text(
+            os.path.join(tmp, prov.PROVENANCE_FILE), json.dumps(record, indent=2, sort_keys=True)
+        )
+        if os.path.exists(out):
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(self.partial_dir, ignore_errors=True)
+
+    # -- the whole run -------------------------------------------------------------
+    def run(self, progress=None, stop_after_chunks=0, callback=None) -> Any:
+        if self.output_dir is not None:
+            if self.rank == 0:
+                self.check_output_dir()
+                self.prepare_partial_dir()
+            _barrier(self.world_size)
+            if self.rank != 0:
+                self.prepare_partial_dir()
+        mine = range(self.rank, len(self.chunks), self.world_size)
+        pending = [i for i in mine if not self.done(i)]
+        if len(pending) < len(mine) and self.rank == 0:
+            logger.info(f"resuming: {len(mine) - len(pending)} chunk(s) already scored")
+        if stop_after_chunks:
+            pending = pending[:stop_after_chunks]
+        bar = self.progress_bar(progress, sum(self.chunk_tokens(i) for i in pending))
+        was_training = self.model.training
+        self.model.to(self.device).eval()
+        try:
+            for i in pending:
+                self.score_chunk(i, bar)
+                if callback is not None:
+                    callback(i)
+        finally:
+            self.model.train(was_training)
+            if bar is not None:
+                bar.close()
+        _barrier(self.world_size)
+        if not all(self.done(i) for i in range(len(self.chunks))):
+            left = sum(not self.done(i) for i in range(len(self.chunks)))
+            logger.info(f"{left} of {len(self.chunks)} chunks left in {self.partial_dir}")
+            return None
+        if self.output_dir is None:
+            return self.scored_dataset()[0]
+        if self.rank == 0:
+            self.save(*self.scored_dataset())
+        _barrier(self.world_size)
+        import datasets
+
+        return datasets.load_from_disk(self.output_dir)
+
+    def chunk_tokens(self, i: int) -> int:
+        first, last = self.chunks[i]
+        return int(self.offsets[last] - self.offsets[first])
+
+    def progress_bar(self, progress: Optional[bool], total: int) -> Any:
+        show = sys.stderr.isatty() if progress is None else progress
+        if not show or self.rank != 0:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=total,
+            unit="tok",
+            unit_scale=True,
+            desc=f"se-score --hf {self.metric}",
+            file=sys.stderr,
+            smoothing=0.1,
+        )
+
+
+def _model_device(model: Any) -> Any:
+    import torch
+
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _pad_id(model: Any, tokenizer: Any) -> int:
+    """The id that pads a batch: the model's pad id (RoBERTa-style position ids count from
+    it), else the tokenizer's, else 0 (padding is masked out of attention either way)."""
+    for value in (getattr(model.config, "pad_token_id", None), tokenizer.pad_token_id):
+        if value is not None:
+            return int(value)
+    return 0
