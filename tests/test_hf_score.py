@@ -399,6 +399,33 @@ def test_bad_inputs_get_one_clear_error():
         score_dataset(model, tokenizer, dataset, batch_size=0)
 
 
+class LogitsOfOtherWidth(T.BertForMaskedLM):
+    """An MLM head whose logits are not vocabulary-sized (a model's head can be anything)."""
+
+    def forward(self, **inputs):
+        out = super().forward(**inputs)
+        out.logits = out.logits[..., :-1]
+        return out
+
+
+def test_logits_that_are_not_vocabulary_sized_are_refused():
+    model, tokenizer = build("bert")
+    odd = LogitsOfOtherWidth(model.config)
+    with pytest.raises(
+        ScoringError, match=r"logits of shape \(\d+, \d+, 126\), not \(batch, length, 127\)"
+    ):
+        score_dataset(odd, tokenizer, examples_dataset(tokenizer, count=3))
+
+
+def test_examples_longer_than_the_model_takes_are_refused():
+    model, tokenizer = build("bert")  # 64 positions
+    long = datasets.Dataset.from_dict({"input_ids": [[5] * 80]})
+    with pytest.raises(
+        ScoringError, match="1 examples of up to 80 tokens failed .*max_position_embeddings: 64"
+    ):
+        score_dataset(model, tokenizer, long)
+
+
 def test_progress_bar_only_when_asked_or_on_a_terminal(capsys):
     model, tokenizer = build("bert")
     dataset = examples_dataset(tokenizer, count=4)

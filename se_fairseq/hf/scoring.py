@@ -460,6 +460,7 @@ class HFScoringJob:
             self.model.train(was_training)
             if bar is not None:
                 bar.close()
+        logger.info(f"rank {self.rank}: scored {len(pending)} of {len(self.chunks)} chunks")
         _barrier(self.world_size)
         if not all(self.done(i) for i in range(len(self.chunks))):
             left = sum(not self.done(i) for i in range(len(self.chunks)))
