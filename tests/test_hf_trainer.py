@@ -227,6 +227,51 @@ def test_online_step_selects_the_top_scores_of_an_eval_forward(tokenizer, tmp_pa
     assert not torch.allclose(ref, torch.softmax(noisy[chosen], dim=-1), atol=1e-3)
 
 
+@pytest.mark.parametrize("select", ["sample", "threshold"])
+def test_online_masks_are_the_collators_masks_of_the_same_scores(tokenizer, tmp_path, select):
+    """Same seed, epoch and example index: the online step masks as the offline collator
+    masks examples that carry the scores of an eval forward (here computed in float64)."""
+    model = tiny_bert(tokenizer, dropout=0.3)
+    examples = hf_examples(tokenizer, 12, seed=9)
+    threshold = 4.9 if select == "threshold" else None
+    se_args = SelfEvolutionArguments(se_online=True, se_select=select, se_threshold=threshold)
+    trainer = se_trainer(tokenizer, model, tmp_path, examples, se_args, mlm_probability=0.3)
+    trainer.se_collator.set_epoch(2)
+    unmasked = trainer.data_collator(examples)
+    [online], _ = trainer.get_batch_samples(iter([dict(unmasked)]), 1, torch.device("cpu"))
+    model.eval()
+    for ex in examples:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ex["input_ids"]])).logits[0]
+        lprobs = torch.log_softmax(logits.double(), dim=-1)
+        ids = torch.tensor(ex["input_ids"])
+        ex["se_scores"] = (-lprobs.gather(-1, ids[:, None]).squeeze(-1)).tolist()
+    offline = DataCollatorForSelfEvolution(
+        tokenizer, mlm_probability=0.3, seed=1, **se_args.collator_kwargs()
+    )
+    offline.set_epoch(2)
+    expected = offline(examples)
+    assert torch.equal(online["labels"], expected["labels"])
+    assert torch.equal(online["input_ids"], expected["input_ids"])
+    chosen = int((expected["labels"] != -100).sum())
+    assert 0 < chosen < int(expected["attention_mask"].sum()) - 2 * len(examples)
+    if select == "sample":  # the draws depend on the epoch (threshold has none)
+        offline.set_epoch(1)
+        assert not torch.equal(online["labels"], offline(examples)["labels"])
+
+
+def test_online_evaluation_masks_at_random(tokenizer, tmp_path):
+    examples = hf_examples(tokenizer, 16, seed=10)
+    se_args = SelfEvolutionArguments(se_online=True)
+    trainer = se_trainer(tokenizer, tiny_bert(tokenizer), tmp_path, examples, se_args)
+    batch = next(iter(trainer.get_eval_dataloader(examples)))
+    # transformers' distribution (80/10/10) at the collator's seed, epoch 1
+    random = DataCollatorForSelfEvolution(tokenizer, seed=1, select="random")(examples[:8])
+    assert torch.equal(batch["labels"], random["labels"])
+    assert torch.equal(batch["input_ids"], random["input_ids"])
+    assert "labels" not in trainer.data_collator(examples)  # training batches: padded only
+
+
 def test_online_refuses_a_batch_the_collator_already_masked(tokenizer, tmp_path):
     examples = hf_examples(tokenizer, 8, seed=4)
     se_args = SelfEvolutionArguments(se_online=True)
