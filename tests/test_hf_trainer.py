@@ -26,7 +26,7 @@ from se_fairseq.hf import (
 )
 from se_fairseq.ops.reference import rounded_count
 from se_fairseq.reference_forward import REF_PROBS
-from se_fairseq.testing import hf_examples, tiny_bert_tokenizer
+from se_fairseq.testing import HF_WORDS, hf_examples, tiny_bert_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,15 @@ def training_args(path, **overrides):
     return TrainingArguments(str(path), **options)
 
 
-def se_trainer(tokenizer, model, path, examples, se_args, mlm_probability=0.15, **overrides):
+def se_trainer(
+    tokenizer, model, path, examples, se_args, mlm_probability=0.15, words=False, **overrides
+):
     collator = DataCollatorForSelfEvolution(
-        tokenizer, mlm_probability=mlm_probability, seed=1, **se_args.collator_kwargs()
+        tokenizer,
+        mlm_probability=mlm_probability,
+        seed=1,
+        whole_word_mask=words,
+        **se_args.collator_kwargs(),
     )
     return SelfEvolutionTrainer(
         model=model,
@@ -227,15 +233,20 @@ def test_online_step_selects_the_top_scores_of_an_eval_forward(tokenizer, tmp_pa
     assert not torch.allclose(ref, torch.softmax(noisy[chosen], dim=-1), atol=1e-3)
 
 
-@pytest.mark.parametrize("select", ["sample", "threshold"])
+@pytest.mark.parametrize("select", ["sample", "threshold", "topk whole words"])
 def test_online_masks_are_the_collators_masks_of_the_same_scores(tokenizer, tmp_path, select):
     """Same seed, epoch and example index: the online step masks as the offline collator
     masks examples that carry the scores of an eval forward (here computed in float64)."""
     model = tiny_bert(tokenizer, dropout=0.3)
-    examples = hf_examples(tokenizer, 12, seed=9)
+    words = select.endswith("whole words")
+    select = select.split()[0]
+    vocabulary = HF_WORDS + tuple(w + "of" for w in HF_WORDS[:30])  # two pieces each
+    examples = hf_examples(tokenizer, 12, 9, words=vocabulary, return_offsets_mapping=words)
     threshold = 4.9 if select == "threshold" else None
     se_args = SelfEvolutionArguments(se_online=True, se_select=select, se_threshold=threshold)
-    trainer = se_trainer(tokenizer, model, tmp_path, examples, se_args, mlm_probability=0.3)
+    trainer = se_trainer(
+        tokenizer, model, tmp_path, examples, se_args, mlm_probability=0.3, words=words
+    )
     trainer.se_collator.set_epoch(2)
     unmasked = trainer.data_collator(examples)
     [online], _ = trainer.get_batch_samples(iter([dict(unmasked)]), 1, torch.device("cpu"))
@@ -247,12 +258,22 @@ def test_online_masks_are_the_collators_masks_of_the_same_scores(tokenizer, tmp_
         ids = torch.tensor(ex["input_ids"])
         ex["se_scores"] = (-lprobs.gather(-1, ids[:, None]).squeeze(-1)).tolist()
     offline = DataCollatorForSelfEvolution(
-        tokenizer, mlm_probability=0.3, seed=1, **se_args.collator_kwargs()
+        tokenizer, mlm_probability=0.3, seed=1, whole_word_mask=words, **se_args.collator_kwargs()
     )
     offline.set_epoch(2)
     expected = offline(examples)
     assert torch.equal(online["labels"], expected["labels"])
     assert torch.equal(online["input_ids"], expected["input_ids"])
+    if words:  # a word's pieces go together
+        chosen = expected["labels"] != -100
+        pieces = torch.tensor(
+            [tokenizer.convert_ids_to_tokens(i).startswith("##") for i in range(len(tokenizer))]
+        )
+        original = expected["labels"].where(chosen, expected["input_ids"])
+        continues = pieces[original] & expected["attention_mask"].bool()
+        assert continues.any() and torch.equal(
+            chosen[:, 1:][continues[:, 1:]], chosen[:, :-1][continues[:, 1:]]
+        )
     chosen = int((expected["labels"] != -100).sum())
     assert 0 < chosen < int(expected["attention_mask"].sum()) - 2 * len(examples)
     if select == "sample":  # the draws depend on the epoch (threshold has none)
