@@ -29,6 +29,7 @@ from se_fairseq.data.se_masking import (
     SelfEvolutionMasker,
     row_seeds,
 )
+from se_fairseq.reference_forward import ONLINE_SEEDS
 
 SELECT_MODES = ("topk", "threshold", "sample", "random")
 SCORES_COLUMN = "se_scores"
@@ -38,6 +39,9 @@ INDEX_COLUMN = "se_index"
 HF_MASK_REPLACE_PROB = 1.0 - MASKED_LM_LEAVE_UNMASKED_PROB - MASKED_LM_RANDOM_TOKEN_PROB
 HF_RANDOM_REPLACE_PROB = MASKED_LM_RANDOM_TOKEN_PROB
 IGNORE_INDEX = -100  # labels at the positions not selected
+# what pad_unmasked adds to an online batch, beside the row seeds (ONLINE_SEEDS)
+ONLINE_ELIGIBLE = "se_online_eligible"
+ONLINE_WORD_BEGINS = "se_online_word_begins"
 
 
 class DataCollatorForSelfEvolution:
@@ -196,6 +200,46 @@ class DataCollatorForSelfEvolution:
         self._epoch[0] = int(epoch)
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        batch, scored, indices, word_begins, scores = self._padded(
+            examples, self.select != "random"
+        )
+        if scores is not None:
+            unscored = torch.isnan(scores)
+            if unscored.any():
+                scored &= ~unscored
+                scores = scores.masked_fill(unscored, 0.0)
+        else:
+            scores = torch.zeros(scored.shape, dtype=torch.float32)
+        seeds = torch.from_numpy(row_seeds(self.seed, self.epoch, indices))
+        source, labels = self.masker.mask(
+            batch["input_ids"].long(), scores, seeds, scored=scored, word_begins=word_begins
+        )
+        batch["input_ids"] = source
+        batch["labels"] = labels
+        return batch
+
+    def pad_unmasked(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """The batch padded but not masked, for online SE (``SelfEvolutionTrainer`` masks
+        it on the device after scoring it): no labels, and under ``ONLINE_SEEDS`` /
+        ``ONLINE_ELIGIBLE`` / ``ONLINE_WORD_BEGINS`` what ``masker.mask`` needs besides
+        the scores: the row seeds of (seed, epoch, example index) as ``__call__`` uses
+        them, the positions that may be selected (not padding, not in a given
+        ``special_tokens_mask``; the masker itself skips the special ids), and with
+        ``whole_word_mask`` the positions that start a word. No scores column is read."""
+        batch, scored, indices, word_begins, _ = self._padded(examples, with_scores=False)
+        batch[ONLINE_SEEDS] = torch.from_numpy(row_seeds(self.seed, self.epoch, indices))
+        batch[ONLINE_ELIGIBLE] = scored
+        if word_begins is not None:
+            batch[ONLINE_WORD_BEGINS] = word_begins
+        return batch
+
+    def padding_only(self) -> "UnmaskedPadding":
+        """A collator (picklable, for DataLoader workers) that calls ``pad_unmasked``."""
+        return UnmaskedPadding(self)
+
+    def _padded(self, examples, with_scores):
+        """(padded batch, eligible positions, example indices, word starts or None,
+        padded scores or None)."""
         if len(examples) == 0:
             raise ValueError("DataCollatorForSelfEvolution got an empty list of examples")
         if not isinstance(examples[0], Mapping):
@@ -206,7 +250,7 @@ class DataCollatorForSelfEvolution:
             )
         indices = self._indices(examples)
         ids = [_as_list(ex["input_ids"]) for ex in examples]
-        scores = None if self.select == "random" else self._scores(examples, ids, indices)
+        scores = self._scores(examples, ids, indices) if with_scores else None
         offsets = [ex.get("offset_mapping") for ex in examples] if self.whole_word_mask else None
         drop = {self.scores_column, self.index_column, "offset_mapping", "special_tokens_mask"}
         features = [{k: v for k, v in ex.items() if k not in drop} for ex in examples]
@@ -215,33 +259,22 @@ class DataCollatorForSelfEvolution:
         rows, length = tokens.shape
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
         scored = torch.zeros((rows, length), dtype=torch.bool)
-        padded_scores = torch.zeros((rows, length), dtype=torch.float32)
+        padded_scores = None if scores is None else torch.zeros((rows, length))
         special_given = "special_tokens_mask" in examples[0]
         for r, row_ids in enumerate(ids):
             span = slice(length - len(row_ids), length) if left else slice(0, len(row_ids))
             scored[r, span] = True
-            if scores is not None:
+            if padded_scores is not None:
                 padded_scores[r, span] = torch.as_tensor(scores[r], dtype=torch.float32)
             if special_given:
                 given = torch.as_tensor(_as_list(examples[r]["special_tokens_mask"]))
                 scored[r, span] &= ~given.bool()
         if "attention_mask" in batch:
             scored &= batch["attention_mask"].bool()
-        if scores is not None:
-            unscored = torch.isnan(padded_scores)
-            if unscored.any():
-                scored &= ~unscored
-                padded_scores = padded_scores.masked_fill(unscored, 0.0)
         word_begins = None
         if self.whole_word_mask:
             word_begins = self._word_begins(offsets, indices, tokens, scored, left)
-        seeds = torch.from_numpy(row_seeds(self.seed, self.epoch, indices))
-        source, labels = self.masker.mask(
-            tokens, padded_scores, seeds, scored=scored, word_begins=word_begins
-        )
-        batch["input_ids"] = source
-        batch["labels"] = labels
-        return batch
+        return batch, scored, indices, word_begins, padded_scores
 
     def _pad(self, features):
         """tokenizer.pad, without the fast tokenizers' advice to pad while encoding
@@ -315,6 +348,16 @@ class DataCollatorForSelfEvolution:
     def epoch_callback(self) -> "SelfEvolutionEpochCallback":
         """The Trainer callback that sets this collator's epoch."""
         return SelfEvolutionEpochCallback(self)
+
+
+class UnmaskedPadding:
+    """The collator of an online-SE DataLoader: ``collator.pad_unmasked``."""
+
+    def __init__(self, collator: DataCollatorForSelfEvolution) -> None:
+        self.collator = collator
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        return self.collator.pad_unmasked(examples)
 
 
 class SelfEvolutionEpochCallback(TrainerCallback):

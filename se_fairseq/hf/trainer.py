@@ -1,0 +1,310 @@
+"""``SelfEvolutionTrainer``: transformers' Trainer with SE masking and the TLS loss.
+
+Offline SE (``se_online`` False): the collator masks from the scores column; the loss is
+TLS on the masked positions. With ``tls_ref`` model, p_ref is the model's prediction on
+the unmasked input (recovered from input_ids and labels, as token_ls's
+``original_tokens``), in eval mode under no_grad.
+
+Online SE (``se_online`` True), as se_mlm's ``mask_online``: the DataLoader only pads
+(``DataCollatorForSelfEvolution.padding_only``); each batch is then scored by one
+reference forward of the live model on the unmasked input (eval mode, no dropout, no
+gradient), selected on the device with the collator's masker and row seeds, and trained
+on masked, with p_ref taken from that same reference forward. This happens in
+``get_batch_samples``, which the Trainer calls once per optimizer step for all its
+accumulated batches (the weights do not change between them), so that
+``num_items_in_batch`` counts the masked tokens of the whole accumulated batch.
+Evaluation batches get random masking (fairseq's valid split in online mode).
+"""
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from se_fairseq.hf.arguments import SelfEvolutionArguments
+from se_fairseq.hf.collator import (
+    IGNORE_INDEX,
+    ONLINE_ELIGIBLE,
+    ONLINE_WORD_BEGINS,
+    DataCollatorForSelfEvolution,
+    SelfEvolutionEpochCallback,
+)
+from se_fairseq.hf.loss import token_ls_loss
+from se_fairseq.reference_forward import ONLINE_SEEDS, REF_PROBS, reference_forward
+from se_fairseq.scoring import token_scores_from_logits
+
+# columns the collator reads besides the model's inputs (kept by remove_unused_columns)
+_COLLATOR_COLUMNS = ("special_tokens_mask", "offset_mapping")
+_ONLINE_KEYS = (ONLINE_SEEDS, ONLINE_ELIGIBLE, ONLINE_WORD_BEGINS)
+
+
+class SelfEvolutionTrainer(Trainer):
+    """A ``transformers.Trainer`` for SE masked-LM training with TLS.
+
+    ``data_collator`` must be a ``DataCollatorForSelfEvolution`` built with
+    ``**se_args.collator_kwargs()``; ``se_args`` a ``SelfEvolutionArguments``. The
+    trainer adds the ``SelfEvolutionEpochCallback`` itself. With
+    ``remove_unused_columns`` True it keeps the columns the collator reads (scores,
+    index, ``special_tokens_mask``, ``offset_mapping``) and drops the others.
+    Every other argument is the Trainer's.
+    """
+
+    # compute_loss divides by num_items_in_batch, which get_batch_samples always counts
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self, *args: Any, se_args: Optional[SelfEvolutionArguments] = None, **kwargs: Any
+    ) -> None:
+        if se_args is None:
+            raise ValueError(
+                "SelfEvolutionTrainer needs se_args= (a se_fairseq.hf.SelfEvolutionArguments)"
+            )
+        collator = kwargs.get("data_collator")
+        if not isinstance(collator, DataCollatorForSelfEvolution):
+            raise TypeError(
+                "SelfEvolutionTrainer needs data_collator=DataCollatorForSelfEvolution(tokenizer, "
+                "..., **se_args.collator_kwargs()) (its masker selects online and it masks "
+                f"offline), got {type(collator).__name__}"
+            )
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "SelfEvolutionTrainer computes the TLS loss itself (--tls_alpha, --tls_ref): "
+                "compute_loss_func cannot be set"
+            )
+        _check_collator_matches(collator, se_args)
+        self.se_args = se_args
+        self.se_collator = collator
+        # evaluation: the collator's own masking offline when the split has scores;
+        # random masking in online mode and for splits without scores (se_mlm's valid)
+        self._random_collator = _random_masking_like(collator)
+        if se_args.se_online:
+            kwargs["data_collator"] = collator.padding_only()
+        super().__init__(*args, **kwargs)
+        self.add_callback(SelfEvolutionEpochCallback(collator))
+        self._check_dataset(self.train_dataset, "train_dataset", training=True)
+        evals = self.eval_dataset
+        named = evals.items() if isinstance(evals, Mapping) else [("eval_dataset", evals)]
+        for name, dataset in named:
+            self._check_dataset(dataset, str(name), training=False)
+
+    # -- data ----------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        keep = (self.se_collator.scores_column, self.se_collator.index_column, *_COLLATOR_COLUMNS)
+        assert self._signature_columns is not None
+        self._signature_columns += [c for c in keep if c not in self._signature_columns]
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        dataset: Any = self.eval_dataset if eval_dataset is None else eval_dataset
+        if isinstance(eval_dataset, str):
+            dataset = self.eval_dataset[eval_dataset]  # type: ignore[index]
+        with self._collating_with(self._eval_collator(dataset)):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset: Any) -> Any:
+        with self._collating_with(self._eval_collator(test_dataset)):
+            return super().get_test_dataloader(test_dataset)
+
+    def _eval_collator(self, dataset: Any) -> Any:
+        if self.se_args.se_online or self.se_collator.select == "random":
+            return self._random_collator
+        columns = _columns_of(dataset)
+        if columns is not None and self.se_collator.scores_column not in columns:
+            return self._random_collator
+        return self.se_collator
+
+    @contextmanager
+    def _collating_with(self, collator: Any) -> Iterator[None]:
+        saved = self.data_collator
+        self.data_collator = collator
+        try:
+            yield
+        finally:
+            self.data_collator = saved
+
+    def _check_dataset(self, dataset: Any, name: str, training: bool) -> None:
+        columns = _columns_of(dataset)
+        if columns is None:
+            return
+        index = self.se_collator.index_column
+        if index not in columns:
+            raise ValueError(
+                f"{name} has no {index!r} column (each example's index in the dataset): SE "
+                "masks are a function of (seed, epoch, example index), so it must travel with "
+                "the example. Add it with se_fairseq.hf.with_example_index(dataset) or "
+                f'dataset.map(lambda _, i: {{"{index}": i}}, with_indices=True)'
+            )
+        scores = self.se_args.se_scores_column
+        if training and not self.se_args.se_online and self.se_args.se_select != "random":
+            if scores not in columns:
+                raise ValueError(
+                    f"{name} has no {scores!r} column: offline SE (--se_select "
+                    f"{self.se_args.se_select}, --se_online False) masks from per-token "
+                    "self-questioning scores; score the dataset first (se-score --hf), or "
+                    "train with --se_online (scores computed every step) or --se_select random"
+                )
+
+    # -- the online step -------------------------------------------------------------
+
+    def get_batch_samples(
+        self, epoch_iterator: Iterator, num_batches: int, device: torch.device
+    ) -> tuple[list, Optional[torch.Tensor]]:
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if self.se_args.se_online:
+            batches = [self._mask_online(batch) for batch in batches]
+        return batches, self._count_labels(batches, device)
+
+    def _count_labels(self, batches: list, device: torch.device) -> Optional[torch.Tensor]:
+        """The masked tokens of the accumulated batch (over all ranks with
+        ``average_tokens_across_devices``), as the Trainer's ``_get_num_items_in_batch``."""
+        if not batches:
+            return None
+        for batch in batches:
+            if "labels" not in batch:
+                raise ValueError(
+                    "a training batch has no labels: offline SE needs the collator to mask "
+                    "(DataCollatorForSelfEvolution); with --se_online the trainer masks"
+                )
+        count = sum(batch["labels"].ne(IGNORE_INDEX).sum() for batch in batches)
+        assert isinstance(count, torch.Tensor)
+        count = count.to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+    def _mask_online(self, batch: dict) -> dict:
+        """se_mlm's mask_online on a padded transformers batch: reference forward of the
+        unmasked batch, scores, selection with the collator's masker, masked batch (and
+        p_ref at the selected positions when TLS needs it)."""
+        if "labels" in batch or ONLINE_SEEDS not in batch:
+            raise ValueError(
+                "--se_online: the training batches must come unmasked from "
+                "DataCollatorForSelfEvolution.padding_only() (the trainer sets it up from the "
+                "collator it is given); this batch was already masked (it has labels) or "
+                "comes from another collator"
+            )
+        batch = self._prepare_inputs(batch)
+        seeds = batch.pop(ONLINE_SEEDS)
+        eligible = batch.pop(ONLINE_ELIGIBLE)
+        word_begins = batch.pop(ONLINE_WORD_BEGINS, None)
+        tokens = batch["input_ids"]
+        masker = self.se_collator.masker
+        with reference_forward(self.model) as inner:
+            logits = inner(**batch).logits
+            scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+            if masker.mode != "random":  # (special ids stay unselected: the masker skips them)
+                scores[eligible] = token_scores_from_logits(
+                    logits[eligible], tokens[eligible], self.se_args.se_metric
+                )
+            source, labels = masker.mask(
+                tokens, scores, seeds, scored=eligible, word_begins=word_begins
+            )
+            if self._needs_reference():
+                batch[REF_PROBS] = F.softmax(
+                    logits[labels.ne(IGNORE_INDEX)], dim=-1, dtype=torch.float32
+                )
+        batch["input_ids"] = source
+        batch["labels"] = labels
+        return batch
+
+    # -- the loss --------------------------------------------------------------------
+
+    def _needs_reference(self) -> bool:
+        return self.se_args.tls_alpha > 0.0 and self.se_args.tls_ref == "model"
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Optional[torch.Tensor | int] = None,
+    ) -> Any:
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            raise ValueError("SelfEvolutionTrainer.compute_loss: the batch has no labels")
+        ref_probs = inputs.pop(REF_PROBS, None)
+        if ref_probs is None and self._needs_reference():
+            ref_probs = self.reference_probs(model, inputs, labels)
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+        loss = token_ls_loss(logits, labels, self.se_args.tls_alpha, ref_probs, num_items_in_batch)
+        if (
+            num_items_in_batch is not None
+            and self.args.average_tokens_across_devices
+            and self.args.world_size > 1
+        ):
+            # the count spans every rank and DDP averages the gradients
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    @staticmethod
+    def reference_probs(
+        model: torch.nn.Module, inputs: Mapping[str, Any], labels: torch.Tensor
+    ) -> torch.Tensor:
+        """p_ref (fp32) at the labelled positions: the model's prediction on the unmasked
+        input (the label where there is one, the input id elsewhere) in eval mode under
+        no_grad."""
+        unmasked = dict(inputs)
+        unmasked["input_ids"] = torch.where(labels.ne(IGNORE_INDEX), labels, inputs["input_ids"])
+        with reference_forward(model) as inner:
+            logits = inner(**unmasked).logits
+            return F.softmax(logits[labels.ne(IGNORE_INDEX)], dim=-1, dtype=torch.float32)
+
+
+def _columns_of(dataset: Any) -> Optional[set]:
+    """The columns of a map-style dataset (a datasets.Dataset's, or its first example's
+    keys); None when they cannot be read without iterating (an IterableDataset)."""
+    if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset):
+        return None
+    names = getattr(dataset, "column_names", None)
+    if isinstance(names, list):
+        return set(names)
+    try:
+        if len(dataset) == 0:
+            return None
+        first = dataset[0]
+    except (TypeError, KeyError, IndexError):
+        return None
+    return set(first) if isinstance(first, Mapping) else None
+
+
+def _check_collator_matches(collator: DataCollatorForSelfEvolution, se_args: Any) -> None:
+    expected = se_args.collator_kwargs()
+    differ = [
+        f"{key}={getattr(collator, key)!r} (se_args: {value!r})"
+        for key, value in expected.items()
+        if key not in ("threshold",) and getattr(collator, key) != value
+    ]
+    if differ:
+        raise ValueError(
+            "the collator's SE options differ from se_args: "
+            + ", ".join(differ)
+            + "; build it with DataCollatorForSelfEvolution(tokenizer, ..., "
+            "**se_args.collator_kwargs())"
+        )
+
+
+def _random_masking_like(collator: DataCollatorForSelfEvolution) -> DataCollatorForSelfEvolution:
+    """transformers' random masking (80/10/10) at the collator's mlm_probability and seed:
+    the evaluation collator where SE masking does not apply."""
+    if collator.select == "random":
+        return collator
+    return DataCollatorForSelfEvolution(
+        collator.tokenizer,
+        whole_word_mask=collator.whole_word_mask,
+        mlm_probability=collator.mlm_probability,
+        pad_to_multiple_of=collator.pad_to_multiple_of,
+        seed=collator.seed,
+        select="random",
+        index_column=collator.index_column,
+    )
