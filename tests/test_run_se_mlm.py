@@ -279,6 +279,27 @@ def test_a_scored_dataset_is_trained_on_as_it_is_and_checked(tmp_path):
         script.load_datasets(data_args, model_args, training_args, other, None)
 
 
+def test_a_validation_file_beside_a_scored_dataset_is_tokenized_with_the_length_given(tmp_path):
+    tokenizer = tiny_bert_tokenizer()
+    model = tiny_model(tokenizer)
+    cache = str(tmp_path / "cache")
+    train_text = write_text(tmp_path / "train.txt", 20, seed=5)
+    dev_text = write_text(tmp_path / "dev.txt", 20, seed=6)
+    examples = tokenize_text_files(tokenizer, [train_text], SEQ, cache_dir=cache)
+    score_dataset(model, tokenizer, examples, output_dir=str(tmp_path / "scored"))
+    _, data_args, _, training_args = parse(
+        *OFFLINE[:2], "--scored_dataset", tmp_path / "scored", "--validation_file", dev_text,
+        "--max_seq_length", 8, "--line_by_line", "--do_train", "--do_eval",
+        "--output_dir", tmp_path, "--use_cpu",
+    )  # fmt: skip
+    model_args = script.ModelArguments(cache_dir=cache)
+    train, dev = script.load_datasets(data_args, model_args, training_args, tokenizer, model)
+    assert train["input_ids"] == examples["input_ids"]  # not tokenized again
+    expected = tokenize_text_files(tokenizer, [dev_text], 8, line_by_line=True, cache_dir=cache)
+    assert dev["input_ids"] == expected["input_ids"]
+    assert max(len(ids) for ids in dev["input_ids"]) == 8
+
+
 # -- runs of the script ------------------------------------------------------------------
 
 ENV = dict(
@@ -374,11 +395,14 @@ def test_offline_run_trains_on_the_scores_se_score_wrote(start):
     out = start / "offline"
     log = run(
         [sys.executable, SCRIPT, *common_args(start, out), "--scored_dataset", scored,
-         "--se_select", "topk", "--tls_alpha", 0.1],
+         "--se_select", "topk", "--tls_alpha", 0.1, "--do_eval",
+         "--validation_split_percentage", 10],
         cwd=start,
     )  # fmt: skip
     assert "offline SE (--se_select topk" in log
     assert_trained_and_reloadable(start, out)
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]))
 
 
 @pytest.mark.slow

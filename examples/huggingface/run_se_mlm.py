@@ -452,7 +452,12 @@ def main(argv: Optional[list[str]] = None) -> Any:
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args)
     model = load_model(model_args, tokenizer)
-    train, dev = load_datasets(data_args, model_args, training_args, tokenizer, model)
+    from se_fairseq.hf import ScoredDatasetError
+
+    try:
+        train, dev = load_datasets(data_args, model_args, training_args, tokenizer, model)
+    except (ScoredDatasetError, FileNotFoundError) as err:
+        raise SystemExit(f"run_se_mlm.py: {err}") from None
     trainer = build_trainer(model, tokenizer, train, dev, data_args, se_args, training_args)
     if training_args.do_train:
         assert train is not None
