@@ -234,6 +234,22 @@ def test_options_reach_the_collator_and_the_trainer(tmp_path):
     )
 
 
+def test_a_new_model_comes_from_config_name_or_model_type_with_overrides(tmp_path):
+    tokenizer = tiny_bert_tokenizer()
+    config = tiny_model(tokenizer).config
+    config.save_pretrained(tmp_path / "config")
+    model = script.load_model(
+        script.ModelArguments(config_name=str(tmp_path / "config")), tokenizer
+    )
+    assert type(model).__name__ == "BertForMaskedLM"
+    assert model.config.hidden_size == 32 and model.config.vocab_size == len(tokenizer)
+    overrides = "hidden_size=16,num_hidden_layers=1,num_attention_heads=2,intermediate_size=20"
+    args = script.ModelArguments(model_type="bert", config_overrides=overrides)
+    model = script.load_model(args, tokenizer)
+    assert (model.config.hidden_size, model.config.num_hidden_layers) == (16, 1)
+    assert model.config.vocab_size == T.BertConfig().vocab_size  # larger than the tokenizer's
+
+
 # -- the examples ------------------------------------------------------------------------
 
 
