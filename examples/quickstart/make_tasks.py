@@ -1,27 +1,29 @@
-"""Two labelled downstream tasks from the documentation every CPython installation carries.
+"""Two labelled downstream tasks from the source every CPython installation carries.
 
 Both tasks are real text with natural labels: where the text comes from, never a model
-or token statistics. Source and licence as make_text.py (CPython's docstrings and
-``pydoc_data.topics``, PSF-2.0). Nothing is downloaded.
+or token statistics. Source and licence as make_text.py (the docstrings of CPython's
+pure-Python standard library, PSF-2.0). Nothing is downloaded.
 
-- ``doc-kind`` (one text, classification): the first paragraph of a standard-library
-  docstring; label ``class`` or ``function`` (methods count as functions): what the
-  docstring documents, read from the source by ``ast``. Balanced.
-- ``next-sentence`` (a pair, classification): two short sentences of the documentation;
-  label ``1`` when the second follows the first in the same paragraph, ``0`` when the
-  second comes from another paragraph (drawn with a fixed seed). Balanced, one pair per
-  paragraph.
+- ``module`` (one text, 10 classes): a sentence of a docstring from one of ten
+  standard-library packages (asyncio, concurrent, email, importlib, json, logging,
+  multiprocessing, unittest, urllib, xml); the label is the package whose source holds
+  the docstring. A topic task with a lexical signal.
+- ``source`` (a pair, 2 classes): the name of a standard-library module and a sentence of a
+  docstring from one of ten other modules and packages (decimal, distutils, http, idlelib,
+  inspect, pydoc, tarfile, threading, tkinter, typing); label ``1`` when the sentence comes
+  from the named module's source, ``0`` when it comes from another of the ten (the name
+  drawn with a fixed seed). Balanced.
 
 Out of the pretraining text: make_text.py sends each paragraph to train/valid/test by a
-hash of its text; every *dev* example here comes from paragraphs that hash sends to
-valid or test (never pretrained on), every *train* example from train paragraphs (as
-GLUE's training text may be in a pretraining corpus). The script then checks that no
-dev text (a doc-kind paragraph, a next-sentence sentence) occurs in the pretraining
-train.txt, drops any that does and prints the count.
+hash of its text; every *dev* example here comes from docstring paragraphs that hash
+sends to valid or test (never pretrained on), every *train* example from train
+paragraphs (as GLUE's training text may be in a pretraining corpus). The script then
+checks that no dev text occurs in the pretraining train.txt, drops any that does and
+prints the count.
 
-    python make_tasks.py TEXT_DIR OUT_DIR [--train 1200 --dev 400]
+    python make_tasks.py TEXT_DIR OUT_DIR [--train 2000 --dev 400]
 
-writes OUT_DIR/{doc-kind,next-sentence}/{train,dev}.tsv in the generic layout
+writes OUT_DIR/{module,source}/{train,dev}.tsv in the generic layout
 (``se-finetune``'s: a header with sentence / sentence1, sentence2 and label).
 """
 
@@ -32,10 +34,36 @@ import os
 import random
 import re
 import sys
+import sysconfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_text import paragraphs, stdlib_documented_nodes, topic_texts  # noqa: E402
+from make_text import DOCUMENTED, paragraphs  # noqa: E402
 
+PACKAGES = (
+    "asyncio",
+    "concurrent",
+    "email",
+    "importlib",
+    "json",
+    "logging",
+    "multiprocessing",
+    "unittest",
+    "urllib",
+    "xml",
+)
+# the source task's modules: name as users write it -> file or folder under the stdlib
+SOURCE_MODULES = {
+    "decimal": "_pydecimal.py",
+    "distutils": "distutils",
+    "http": "http",
+    "idlelib": "idlelib",
+    "inspect": "inspect.py",
+    "pydoc": "pydoc.py",
+    "tarfile": "tarfile.py",
+    "threading": "threading.py",
+    "tkinter": "tkinter",
+    "typing": "typing.py",
+}
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
@@ -45,79 +73,67 @@ def split_of(para):
     return "heldout" if bucket < 8 else "train"
 
 
-def docstrings_with_kind():
-    """(kind, docstring) for every class and function docstring of the pure-Python stdlib,
-    in make_text.py's walking order."""
-    for node in stdlib_documented_nodes():
-        kind = (
-            "class"
-            if isinstance(node, ast.ClassDef)
-            else "function"
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-            else None
-        )
-        if kind:
-            doc = ast.get_docstring(node)
-            if doc:
-                yield kind, doc
+def package_trees(packages):
+    """(name, parsed module) for every source file of the named modules and packages
+    ({name: file or folder under the stdlib}), in a fixed order (tests left out, as
+    make_text.py leaves them out)."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    for name, where in packages.items():
+        path = os.path.join(stdlib, where)
+        files = [path] if path.endswith(".py") else []
+        for root, dirs, names in os.walk(path):
+            dirs[:] = sorted(
+                d for d in dirs if d not in ("test", "tests", "idle_test", "__pycache__")
+            )
+            files += [os.path.join(root, n) for n in sorted(names) if n.endswith(".py")]
+        for file in files:
+            with open(file, encoding="utf-8") as f:
+                yield name, ast.parse(f.read())
+
+
+def sentences(para):
+    return [s.strip() for s in SENTENCE_END.split(para) if len(s.split()) >= 4]
 
 
 def clean(text):
     return text.replace("\t", " ").strip()
 
 
-def doc_kind_examples(docstrings):
-    """Every paragraph of a class or function docstring, labelled by what it documents."""
+def module_examples(trees):
+    """Every sentence of every docstring paragraph of the sources, labelled by the module or
+    package; a sentence's split is its paragraph's."""
     seen, out = set(), {"train": [], "heldout": []}
-    for kind, doc in docstrings:
-        for para in paragraphs(doc):
-            if para.lower() in seen:
-                continue
-            seen.add(para.lower())
-            out[split_of(para)].append((clean(para), kind))
+    for package, tree in trees:
+        for node in ast.walk(tree):
+            doc = isinstance(node, DOCUMENTED) and ast.get_docstring(node)
+            for para in paragraphs(doc) if doc else ():
+                for sentence in sentences(para):
+                    if sentence.lower() not in seen:
+                        seen.add(sentence.lower())
+                        out[split_of(para)].append((clean(sentence), package))
     return out
 
 
-def sentences(para):
-    return [s.strip() for s in SENTENCE_END.split(para) if len(s.split()) >= 3]
-
-
-def next_sentence_examples(docstrings, rng, words=10):
-    """Consecutive sentence pairs of one paragraph: the last WORDS words of a sentence and the
-    first WORDS words of the next (label 1) or of a sentence of another paragraph (label 0):
-    both fit the small model's 32 positions together."""
-    seen, paras = set(), {"train": [], "heldout": []}
-    for text in topic_texts() + [doc for _, doc in docstrings]:
-        for para in paragraphs(text):
-            if para.lower() in seen:
-                continue
-            seen.add(para.lower())
-            paras[split_of(para)].append(para)
-    tail = lambda s: clean(" ".join(s.split()[-words:]))
-    head = lambda s: clean(" ".join(s.split()[:words]))
+def source_examples(module, rng):
+    """module_examples' sentences as pairs: each with its own module's name (label 1) or, for
+    every other sentence in a seeded order, with another module's name (label 0)."""
     out = {}
-    for split, plist in paras.items():
-        pool = [(i, s) for i, p in enumerate(plist) for s in sentences(p)]
-        pairs = [
-            (i, a, b) for i, p in enumerate(plist) for a, b in zip(sentences(p), sentences(p)[1:])
-        ]
-        rng.shuffle(pairs)
-        examples = []
-        for n, (i, a, b) in enumerate(pairs):
-            if n % 2 == 0:
-                examples.append((tail(a), head(b), "1"))
-            else:
-                while True:
-                    k, other = rng.choice(pool)
-                    if k != i:
-                        break
-                examples.append((tail(a), head(other), "0"))
-        out[split] = examples
+    for split, examples in module.items():
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        names = sorted({name for _, name in examples})
+        pairs = []
+        for n, i in enumerate(order):
+            sentence, name = examples[i]
+            if n % 2:
+                name = rng.choice([other for other in names if other != name])
+            pairs.append((name, sentence, "0" if n % 2 else "1"))
+        out[split] = pairs
     return out
 
 
 def balanced(examples, n, rng, label_of):
-    """n examples, as equal per label as the data allows, in a seeded order."""
+    """Up to n examples, as equal per label as the data allows, in a seeded order."""
     by_label = {}
     for e in examples:
         by_label.setdefault(label_of(e), []).append(e)
@@ -143,43 +159,44 @@ def main():
     parser.add_argument(
         "text_dir", help="make_text.py's output (its train.txt is checked for overlap)"
     )
-    parser.add_argument("out_dir")
-    parser.add_argument("--train", type=int, default=1200, help="train examples per task")
+    parser.add_argument("out_dir", help="output folder for module/ and source/")
+    parser.add_argument("--train", type=int, default=2000, help="train examples per task")
     parser.add_argument("--dev", type=int, default=400, help="dev examples per task")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the sampling")
     args = parser.parse_args()
-    pretraining = open(os.path.join(args.text_dir, "train.txt")).read()
+    with open(os.path.join(args.text_dir, "train.txt")) as f:
+        pretraining = f.read()
     rng = random.Random(args.seed)
 
-    docstrings = list(docstrings_with_kind())
-    doc = doc_kind_examples(docstrings)
-    dropped_doc = [t for t, _ in doc["heldout"] if t in pretraining]
-    doc["heldout"] = [e for e in doc["heldout"] if e[0] not in pretraining]
-    nsp = next_sentence_examples(docstrings, rng)
-    dropped_nsp = [e for e in nsp["heldout"] if e[0] in pretraining or e[1] in pretraining]
-    nsp["heldout"] = [
-        e for e in nsp["heldout"] if e[0] not in pretraining and e[1] not in pretraining
-    ]
+    module = module_examples(package_trees(dict(zip(PACKAGES, PACKAGES))))
+    pairs = source_examples(module_examples(package_trees(SOURCE_MODULES)), rng)
+    dropped = {}
+    for name, data in (("module", module), ("source", pairs)):
+        # the sentence is the text; the source task's module names are not held-out text
+        kept = [e for e in data["heldout"] if e[-2] not in pretraining]
+        dropped[name] = len(data["heldout"]) - len(kept)
+        data["heldout"] = kept
 
     tasks = {
-        "doc-kind": (("sentence", "label"), doc, lambda e: e[1]),
-        "next-sentence": (("sentence1", "sentence2", "label"), nsp, lambda e: e[2]),
+        "module": (("sentence", "label"), module),
+        "source": (("sentence1", "sentence2", "label"), pairs),
     }
-    for name, (header, data, label_of) in tasks.items():
+    for name, (header, data) in tasks.items():
         folder = os.path.join(args.out_dir, name)
         os.makedirs(folder, exist_ok=True)
-        train = balanced(data["train"], args.train, rng, label_of)
-        dev = balanced(data["heldout"], args.dev, rng, label_of)
+        train = balanced(data["train"], args.train, rng, lambda e: e[-1])
+        dev = balanced(data["heldout"], args.dev, rng, lambda e: e[-1])
         write_tsv(os.path.join(folder, "train.tsv"), header, train)
         write_tsv(os.path.join(folder, "dev.tsv"), header, dev)
-        labels = sorted({label_of(e) for e in dev})
+        labels = sorted({e[-1] for e in dev})
         print(
-            f"[tasks] {name}: {len(train)} train / {len(dev)} dev examples (labels {labels}; "
+            f"[tasks] {name}: {len(train)} train / {len(dev)} dev examples ({len(labels)} labels; "
             f"available: {len(data['train'])} train, {len(data['heldout'])} held-out)"
         )
     print(
-        f"[tasks] overlap with the pretraining text: dropped {len(dropped_doc)} doc-kind and "
-        f"{len(dropped_nsp)} next-sentence dev candidates whose text occurs in train.txt"
+        "[tasks] overlap with the pretraining text: dropped "
+        + ", ".join(f"{n} {name}" for name, n in dropped.items())
+        + " dev candidates whose text occurs in train.txt"
     )
 
 

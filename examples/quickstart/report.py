@@ -251,8 +251,8 @@ DOWNSTREAM = [
     ("online", "(e) online SE"),
 ]
 TASK_LABELS = {
-    "doc-kind": "doc-kind: class or function docstring?",
-    "next-sentence": "next-sentence: does B follow A?",
+    "module": "module: which of 10 packages?",
+    "source": "source: from this module?",
     "average": "average over tasks",
 }
 
@@ -588,9 +588,10 @@ def main():
 The question SE exists for: is the *fine-tuned* model better? `se-finetune` fine-tunes the
 vanilla and the continued models (a), (b), (d), (e) with fairseq's `sentence_prediction` on two
 tasks made from CPython's documentation with natural labels (`examples/quickstart/make_tasks.py`;
-dev examples come from paragraphs that were never pretrained on): *doc-kind*, one text, is this
-docstring paragraph from a class or a function? and *next-sentence*, a pair, does text B follow
-text A in the same paragraph? Each with seeds {", ".join(down["results"]["random"]["doc-kind"]["seeds"])}
+dev examples come from paragraphs that were never pretrained on): *module*, one text, which of
+ten standard-library packages does this docstring sentence come from? and *source*, a pair, does
+this docstring sentence come from this module (one of ten others)? Each with seeds
+{", ".join(down["results"]["random"][down["tasks"][0]]["seeds"])}
 ({settings["epochs"]} epoch{"s" if settings["epochs"] != 1 else ""}, batches of {settings["batch_size"]}, lr {settings["lr"]:g}, best dev
 checkpoint, as RoBERTa's GLUE recipe). Dev accuracy x 100, mean ± sd over seeds (per seed in brackets):
 
