@@ -148,7 +148,7 @@ FT_MODELS=()
 for name in vanilla random se rarity online; do
   FT_MODELS+=(--checkpoint "$name=$WORK/$name/checkpoint_last.pt")
 done
-OMP_NUM_THREADS=1 run se-finetune "${FT_MODELS[@]}" --task "$WORK/tasks/module" --task "$WORK/tasks/signature" \
+OMP_NUM_THREADS=1 run se-finetune "${FT_MODELS[@]}" --task "$WORK/tasks/module" --task "$WORK/tasks/source" \
   --seeds $FT_SEEDS --baseline random --out "$WORK/downstream" --bpe sentencepiece \
   --sentencepiece-model "$WORK/spm/spm.model" --lr 1e-4 --batch-size 32 --epochs $FT_EPOCHS \
   --jobs 2 --devices cpu --keep-checkpoints none --fairseq-args "--num-workers 0"

@@ -80,14 +80,14 @@ def test_module_labels_are_the_package_whose_source_holds_the_sentence(tasks, so
 
 SOURCE_FILES = {  # the source task's names, as the stdlib lays them out (read independently)
     "decimal": "_pydecimal.py",
-    "distutils": "distutils/",
     "http": "http/",
-    "idlelib": "idlelib/",
     "inspect": "inspect.py",
+    "mailbox": "mailbox.py",
+    "pathlib": "pathlib.py",
     "pydoc": "pydoc.py",
+    "subprocess": "subprocess.py",
     "tarfile": "tarfile.py",
     "threading": "threading.py",
-    "tkinter": "tkinter/",
     "typing": "typing.py",
 }
 
@@ -116,7 +116,7 @@ def test_dev_text_was_never_pretrained_on(tasks):
     heldout = (tasks / "text" / "valid.txt").read_text() + (tasks / "text" / "test.txt").read_text()
     for task in ("module", "source"):
         _, dev = rows(tasks / "tasks" / task / "dev.tsv")
-        assert len(dev) > 200
+        assert len(dev) > 150
         assert not any(row[-2] in pretraining for row in dev)  # the sentence
         # and come from the held-out paragraphs themselves
         assert sum(row[-2] in heldout for row in dev) >= 0.95 * len(dev)

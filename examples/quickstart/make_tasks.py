@@ -9,8 +9,8 @@ pure-Python standard library, PSF-2.0). Nothing is downloaded.
   multiprocessing, unittest, urllib, xml); the label is the package whose source holds
   the docstring. A topic task with a lexical signal.
 - ``source`` (a pair, 2 classes): the name of a standard-library module and a sentence of a
-  docstring from one of ten other modules and packages (decimal, distutils, http, idlelib,
-  inspect, pydoc, tarfile, threading, tkinter, typing); label ``1`` when the sentence comes
+  docstring from one of ten other modules and packages (decimal, http, inspect, mailbox,
+  pathlib, pydoc, subprocess, tarfile, threading, typing); label ``1`` when the sentence comes
   from the named module's source, ``0`` when it comes from another of the ten (the name
   drawn with a fixed seed). Balanced.
 
@@ -51,17 +51,18 @@ PACKAGES = (
     "urllib",
     "xml",
 )
-# the source task's modules: name as users write it -> file or folder under the stdlib
+# the source task's modules: name as users write it -> file or folder under the stdlib (none
+# that distributions split off, as Debian does distutils, idlelib and tkinter)
 SOURCE_MODULES = {
     "decimal": "_pydecimal.py",
-    "distutils": "distutils",
     "http": "http",
-    "idlelib": "idlelib",
     "inspect": "inspect.py",
+    "mailbox": "mailbox.py",
+    "pathlib": "pathlib.py",
     "pydoc": "pydoc.py",
+    "subprocess": "subprocess.py",
     "tarfile": "tarfile.py",
     "threading": "threading.py",
-    "tkinter": "tkinter",
     "typing": "typing.py",
 }
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
@@ -80,6 +81,8 @@ def package_trees(packages):
     stdlib = sysconfig.get_paths()["stdlib"]
     for name, where in packages.items():
         path = os.path.join(stdlib, where)
+        if not os.path.exists(path):
+            sys.exit(f"make_tasks.py: {path} (module {name}) is not in this Python's stdlib")
         files = [path] if path.endswith(".py") else []
         for root, dirs, names in os.walk(path):
             dirs[:] = sorted(
