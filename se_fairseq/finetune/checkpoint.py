@@ -30,6 +30,13 @@ class CheckpointInfo:
     vocab_size: int  # rows of the embedding table (dictionary + <mask>)
     max_positions: int
     bpe: dict  # the checkpoint's own cfg.bpe (may be empty)
+    engine: str = "fairseq"
+
+    @property
+    def is_bert(self):
+        """A BERT checkpoint (``--arch hf_bert*``, se-convert's): fine-tuned through
+        transformers (:func:`se_fairseq.finetune.hf_model.convert_fairseq_bert`)."""
+        return self.arch == "hf_bert" or self.arch.startswith("hf_bert_")
 
 
 def _plain(cfg):
