@@ -181,6 +181,8 @@ class FairseqEngine:
             raise SystemExit(f"fairseq-train left no {self.checkpoint_path}")
 
     def predict(self, split="valid"):
+        if split == "valid":
+            return predict(self.spec, self.checkpoint_path)
         return predict(self.spec, self.checkpoint_path, split)
 
     def before_done(self, keep):
