@@ -372,3 +372,70 @@ def test_a_mixed_fairseq_and_hf_invocation_writes_one_table_with_the_paired_diff
         for c in ("fs", "hf")
     ]
     assert [s.get("engine") for s in specs] == [None, "hf"]
+
+
+# -- fairseq BERT checkpoints: BERT's pair input (issue 25, fix 2) ---------------------------
+
+
+def fairseq_bert(tmp_path):
+    """A tiny BertForMaskedLM (WordPiece tokenizer built here) converted to fairseq with
+    se-convert's library (checkpoint, dict.txt and tokenizer/ beside it)."""
+    from se_fairseq.convert import hf_to_fairseq
+
+    hf_dir, tokenizer = save_tiny(tmp_path / "bert-hf", "bert")
+    checkpoint = str(tmp_path / "bert-fairseq" / "model.pt")
+    os.makedirs(os.path.dirname(checkpoint))
+    hf_to_fairseq(hf_dir, checkpoint)
+    return hf_dir, tokenizer, checkpoint
+
+
+def test_a_fairseq_bert_checkpoint_gets_berts_pair_format_and_token_types(tmp_path):
+    """[CLS] A [SEP] B [SEP], B as type 1, as BertTokenizerFast encodes the pair from the
+    same vocabulary (before: RoBERTa's <s> A </s></s> B </s>, type 0 everywhere, and raw
+    text could not be tokenized for a BERT checkpoint at all)."""
+    from transformers import BertTokenizerFast
+
+    from se_fairseq.finetune.inputs import example_input
+    from se_fairseq.finetune.tasks import read_task
+
+    _, tokenizer, checkpoint = fairseq_bert(tmp_path)
+    rte = make_rte(tmp_path / "RTE")
+    (run,) = planned({"bert": checkpoint}, [rte], tmp_path / "out")
+    assert run.engine == "hf" and run.settings["recipe"] == "bert"
+    vocab = tokenizer.get_vocab()
+    reference = BertTokenizerFast(vocab=vocab)  # the same vocabulary, BERT's own pair encoding
+    task = read_task(rte)
+    for i in (0, 3):
+        a, b = task.train.texts[0][i], task.train.texts[1][i]
+        expected = reference(a, b)
+        shown = example_input(run, i)
+        assert shown["pieces"] == reference.convert_ids_to_tokens(expected["input_ids"])
+        assert shown["token_types"] == expected["token_type_ids"]
+        pieces_a, pieces_b = reference.tokenize(a), reference.tokenize(b)
+        assert shown["pieces"] == ["[CLS]", *pieces_a, "[SEP]", *pieces_b, "[SEP]"]
+        assert shown["token_types"] == [0] * (len(pieces_a) + 2) + [1] * (len(pieces_b) + 1)
+
+
+def test_the_converted_bert_checkpoint_round_trips_exactly(tmp_path):
+    import torch
+
+    hf_dir, _, checkpoint = fairseq_bert(tmp_path)
+    planned({"bert": checkpoint}, [make_rte(tmp_path / "RTE")], tmp_path / "out")
+    (converted,) = [
+        os.path.join(tmp_path / "out" / "data", d)
+        for d in os.listdir(tmp_path / "out" / "data")
+        if d.startswith("hf-bert-")
+    ]
+    original = transformers.BertForMaskedLM.from_pretrained(hf_dir).state_dict()
+    back = transformers.BertForMaskedLM.from_pretrained(converted).state_dict()
+    assert sorted(original) == sorted(back)
+    for name, value in original.items():
+        assert torch.equal(value, back[name]), name
+    ids = torch.tensor([[2, 7, 9, 11, 3]])
+    types = torch.tensor([[0, 0, 0, 1, 1]])
+    for model_dir in (hf_dir, converted):  # same logits on a two-segment input
+        model = transformers.BertForMaskedLM.from_pretrained(model_dir).eval()
+        logits = model(input_ids=ids, token_type_ids=types).logits
+        if model_dir == hf_dir:
+            first = logits
+    assert torch.equal(first, logits)
