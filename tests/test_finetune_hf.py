@@ -288,6 +288,8 @@ def test_hf_runs_end_to_end_and_a_finished_run_is_not_rerun(tmp_path):
             assert done["updates_of_eval_checkpoint"] in (4, 8)  # the best of 2 epochs of 4
             kept = sorted(os.listdir(run_dir))
             assert "best" in kept and not [k for k in kept if k.startswith("checkpoint-")]
+            best = os.listdir(os.path.join(run_dir, "best"))
+            assert "model.safetensors" in best and not [f for f in best if f.endswith(".bin")]
     assert os.path.exists(os.path.join(out, "results.md"))
     times = {
         k: os.path.getmtime(os.path.join(out, "runs", k, "done.json"))

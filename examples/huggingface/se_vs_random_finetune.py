@@ -117,7 +117,8 @@ def main(work):
     run([sys.executable, "-m", "se_fairseq.cli.finetune"]
         + [f"--checkpoint={n}={os.path.join(work, n)}" for n in twins]
         + ["--task", task, "--seeds", "1,2,3", "--baseline", "random", "--devices", "cpu"]
-        + ["--epochs", 3, "--batch-size", 32, "--lr", "2e-4", "--out", os.path.join(work, "ft")])  # fmt: skip
+        + ["--epochs", 3, "--batch-size", 32, "--lr", "2e-4"]
+        + ["--out", os.path.join(work, "ft")])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -206,8 +206,10 @@ class HFEngine:
 
     def before_done(self, keep):
         """What the run keeps: the scored model as best/ (keep best or all)."""
-        if keep in (None, "best", "all"):
-            self.trainer.save_model(os.path.join(self.run_dir, BEST))
+        if keep in (None, "best", "all"):  # save_pretrained: no pickled training_args.bin
+            best = os.path.join(self.run_dir, BEST)
+            self.trainer.model.save_pretrained(best)
+            self.tokenizer.save_pretrained(best)
 
 
 def prune(run_dir, keep):
