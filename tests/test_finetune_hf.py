@@ -195,6 +195,16 @@ def test_bert_checkpoints_take_berts_recipe(tmp_path):
     assert s["adam_betas"] == [0.9, 0.999] and s["weight_decay"] == 0.01
 
 
+def test_the_command_names_a_directory_by_itself(tmp_path):
+    from se_fairseq.cli.finetune import parse_checkpoint
+
+    folder = tmp_path / "models" / "se-modernbert"
+    folder.mkdir(parents=True)
+    assert parse_checkpoint(str(folder)) == ("se-modernbert", (str(folder), None))
+    assert parse_checkpoint(f"x={folder}")[0] == "x"
+    assert parse_checkpoint(str(tmp_path / "run" / "checkpoint_last.pt"))[0] == "run"
+
+
 # -- refusals ------------------------------------------------------------------------------
 
 
@@ -268,11 +278,16 @@ def test_hf_runs_end_to_end_and_a_finished_run_is_not_rerun(tmp_path):
     bert, _ = save_tiny(tmp_path / "bert", "bert")
     modernbert, _ = save_tiny(tmp_path / "modernbert", "modernbert")
     tasks = [make_rte(tmp_path / "RTE"), make_sst2(tmp_path / "SST-2")]
+    write(  # a GLUE test file: --predict-test writes the server's RTE.tsv
+        os.path.join(tasks[0], "test.tsv"),
+        [("index", "sentence1", "sentence2")] + [(100 + i, "the city", "city") for i in range(3)],
+    )
     out = str(tmp_path / "out")
     kwargs = dict(
         seeds=[1],
         devices=[],
         jobs=1,
+        predict_test=True,
         overrides=Overrides(epochs=2, batch_size=8, lr=1e-3),
     )
     doc = finetune({"bert": bert, "modernbert": modernbert}, tasks, out, log=quiet, **kwargs)
@@ -291,6 +306,10 @@ def test_hf_runs_end_to_end_and_a_finished_run_is_not_rerun(tmp_path):
             best = os.listdir(os.path.join(run_dir, "best"))
             assert "model.safetensors" in best and not [f for f in best if f.endswith(".bin")]
     assert os.path.exists(os.path.join(out, "results.md"))
+    server = os.path.join(out, "test_predictions", "modernbert", "seed1", "RTE.tsv")
+    rows = [line.rstrip("\n").split("\t") for line in open(server)]
+    assert [r[0] for r in rows] == ["index", "100", "101", "102"]
+    assert {r[1] for r in rows[1:]} <= {"entailment", "not_entailment"}
     times = {
         k: os.path.getmtime(os.path.join(out, "runs", k, "done.json"))
         for k in ("bert/RTE/seed1", "modernbert/SST-2/seed1")
@@ -441,3 +460,28 @@ def test_the_converted_bert_checkpoint_round_trips_exactly(tmp_path):
         if model_dir == hf_dir:
             first = logits
     assert torch.equal(first, logits)
+
+
+def test_a_bert_checkpoint_without_its_tokenizer_is_refused(tmp_path):
+    """Continued pretraining saves elsewhere: the tokenizer/ folder is looked for beside
+    the checkpoint, its dict.txt and the checkpoint it started from, never rebuilt."""
+    import shutil
+
+    _, _, checkpoint = fairseq_bert(tmp_path)
+    moved = tmp_path / "continued" / "checkpoint_last.pt"
+    os.makedirs(moved.parent)
+    shutil.copyfile(checkpoint, moved)
+    shutil.copyfile(
+        os.path.join(os.path.dirname(checkpoint), "dict.txt"), moved.parent / "dict.txt"
+    )
+    with pytest.raises(FinetuneError, match="WordPiece tokenizer was not found.*tokenizer/"):
+        planned({"bert": str(moved)}, [make_rte(tmp_path / "RTE")], tmp_path / "out")
+
+
+def test_the_dry_run_gives_a_fairseq_bert_checkpoint_berts_recipe(tmp_path):
+    from se_fairseq.finetune.dryrun import dry_run
+
+    _, _, checkpoint = fairseq_bert(tmp_path)
+    rte = make_rte(tmp_path / "RTE", n_train=70)
+    doc = dry_run({"b": checkpoint}, [rte], [1], Overrides(), log=quiet)
+    assert doc["rows"][0]["updates_per_run"] == 3 * 3 and doc["rows"][0]["batch_size"] == 32

@@ -106,13 +106,32 @@ def parameter_count(path):
     return int(sum(p.numel() for p in model.parameters()))
 
 
+def bert_tokenizer_dir(info):
+    """The ``tokenizer/`` folder se-convert from-hf wrote: beside the checkpoint, beside
+    its dict.txt, or beside the checkpoint its training started from (``--restore-file``:
+    continued pretraining saves elsewhere). None found is an error: a vocab.txt rebuilt
+    from dict.txt would not know the tokenizer's lower-casing."""
+    places = [os.path.dirname(info.path), os.path.dirname(info.dict_path)]
+    if info.started_from:
+        places.append(os.path.dirname(os.path.abspath(info.started_from)))
+    candidates = [os.path.join(p, "tokenizer") for p in places]
+    for candidate in candidates:
+        if any(os.path.isfile(os.path.join(candidate, f)) for f in ("tokenizer.json", "vocab.txt")):
+            return candidate
+    raise FinetuneError(
+        f"checkpoint {info.path} is a BERT checkpoint (--arch {info.arch}) and its WordPiece "
+        f"tokenizer was not found: looked for {', '.join(candidates)}; copy the tokenizer/ "
+        "folder se-convert from-hf wrote beside the checkpoint"
+    )
+
+
 def convert_fairseq_bert(info, out_dir, log=print):
     """A fairseq ``hf_bert`` checkpoint -> OUT_DIR/data/hf-NAME-SHA/, a save_pretrained
-    directory (BertForMaskedLM weights, config, the checkpoint's own WordPiece tokenizer
-    from the ``tokenizer/`` folder se-convert from-hf left beside its dict.txt or itself),
-    made once per checkpoint content."""
+    directory (BertForMaskedLM weights, config, the checkpoint's own WordPiece tokenizer:
+    :func:`bert_tokenizer_dir`), made once per checkpoint content."""
     from se_fairseq.convert import ConversionError, fairseq_to_hf
 
+    tokenizer_dir = bert_tokenizer_dir(info)
     sha = file_sha256(info.path)
     folder = os.path.join(out_dir, "data", f"hf-{info.name}-{sha[:12]}")
     marker = os.path.join(folder, "converted.json")
@@ -120,7 +139,7 @@ def convert_fairseq_bert(info, out_dir, log=print):
         tmp = folder + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            fairseq_to_hf(info.path, tmp, dict_path=info.dict_path)
+            fairseq_to_hf(info.path, tmp, dict_path=info.dict_path, tokenizer_dir=tokenizer_dir)
         except ConversionError as err:
             raise FinetuneError(f"checkpoint {info.path}: cannot convert it ({err})") from None
         with open(os.path.join(tmp, "converted.json"), "w") as f:
