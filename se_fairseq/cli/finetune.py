@@ -25,8 +25,9 @@ def _pair(text, what):
 def build_parser():
     p = argparse.ArgumentParser(
         prog="se-finetune",
-        description="Fine-tune fairseq checkpoints on GLUE-layout task folders (N seeds each) "
-        "with fairseq's sentence_prediction and RoBERTa's GLUE recipe; report each task's dev "
+        description="Fine-tune fairseq checkpoints (fairseq's sentence_prediction) and Hugging "
+        "Face directories (transformers' Trainer) on GLUE-layout task folders (N seeds each) "
+        "with RoBERTa's GLUE recipe (BERT checkpoints: BERT's); report each task's dev "
         "metric, mean ± sd over seeds and paired differences against a baseline.",
     )
     p.add_argument(
@@ -34,8 +35,11 @@ def build_parser():
         action="append",
         required=True,
         metavar="[NAME=]CKPT[:DICT]",
-        help="a fairseq checkpoint (repeat for several); NAME defaults to its folder's "
-        "name, DICT to the dict.txt beside it or in its training data folder",
+        help="a fairseq checkpoint, or a Hugging Face save_pretrained directory (config.json, "
+        "weights, tokenizer files: fine-tuned with transformers' Trainer), repeat for several; "
+        "NAME defaults to the checkpoint's folder's name (a directory's own name), DICT to the "
+        "dict.txt beside it or in its training data folder (fairseq only). A fairseq BERT "
+        "checkpoint (se-convert's hf_bert) is converted back and fine-tuned through transformers",
     )
     p.add_argument(
         "--task",
@@ -52,7 +56,8 @@ def build_parser():
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     p.add_argument("--baseline", default=None, help="checkpoint NAME the others are compared with")
     t = p.add_argument_group(
-        "tokenization (default: the checkpoint's own cfg.bpe; nothing is downloaded)"
+        "tokenization of fairseq checkpoints (default: the checkpoint's own cfg.bpe; nothing is "
+        "downloaded; Hugging Face checkpoints use their own tokenizer)"
     )
     t.add_argument(
         "--bpe",
@@ -82,16 +87,30 @@ def build_parser():
         help="warmup updates as a share of the total (default: the recipe's, 0.06; QQP 0.25)",
     )
     r.add_argument("--max-update", type=int, default=None, help="stop after this many updates")
-    r.add_argument("--max-tokens", type=int, default=4400, help="tokens per batch (default 4400)")
-    r.add_argument("--dropout", type=float, default=0.1, help="fairseq's --dropout (default 0.1)")
+    r.add_argument(
+        "--max-tokens",
+        type=int,
+        default=4400,
+        help="tokens per batch (default 4400; fairseq checkpoints only)",
+    )
+    r.add_argument(
+        "--dropout",
+        type=float,
+        default=0.1,
+        help="fairseq's --dropout (default 0.1; fairseq checkpoints only: a Hugging Face "
+        "model keeps its config's dropout)",
+    )
     r.add_argument(
         "--attention-dropout",
         type=float,
         default=0.1,
-        help="fairseq's --attention-dropout (default 0.1)",
+        help="fairseq's --attention-dropout (default 0.1; fairseq checkpoints only)",
     )
     r.add_argument(
-        "--weight-decay", type=float, default=0.1, help="Adam's weight decay (default 0.1)"
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="Adam's weight decay (default: the recipe's, 0.1; BERT checkpoints 0.01)",
     )
     r.add_argument(
         "--best-checkpoint-metric",
@@ -113,7 +132,8 @@ def build_parser():
     r.add_argument(
         "--fairseq-args",
         default="",
-        help="more fairseq-train options, appended last (they win), e.g. '--num-workers 0'",
+        help="more fairseq-train options, appended last (they win), e.g. '--num-workers 0' "
+        "(fairseq checkpoints only)",
     )
     d = p.add_argument_group("where runs go")
     d.add_argument(
@@ -159,6 +179,8 @@ def parse_checkpoint(text):
             value, dict_path = head, tail
     import os
 
+    if os.path.isdir(value):  # a Hugging Face directory: its own name
+        name = name or os.path.basename(os.path.normpath(os.path.abspath(value)))
     name = name or os.path.basename(os.path.dirname(os.path.abspath(value)))
     return name, (value, dict_path)
 

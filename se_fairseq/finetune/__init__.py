@@ -23,19 +23,47 @@ from se_fairseq.finetune.plan import Overrides
 __all__ = ["FinetuneError", "Overrides", "finetune", "prepare_data"]
 
 
-def prepare_data(checkpoints, tasks, out_dir, tokenizer_options, log=print):
-    """Read checkpoints and task folders and binarize each task once per (dictionary,
-    tokenizer). Returns (infos, task datas, manifests, data dirs)."""
-    from se_fairseq.finetune.binarize import binarize_task
+def read_checkpoints(checkpoints, out_dir, log=print):
+    """CheckpointInfo per fairseq checkpoint file, HFCheckpointInfo per Hugging Face
+    directory; a fairseq BERT checkpoint (``hf_bert``) is converted back into a
+    save_pretrained directory under OUT_DIR/data/ and fine-tuned as one (BERT's own pair
+    format, token types and WordPiece tokenizer)."""
     from se_fairseq.finetune.checkpoint import read_checkpoint
-    from se_fairseq.finetune.encode import Tokenizer, tokenizer_spec
+    from se_fairseq.finetune.hf_model import (
+        convert_fairseq_bert,
+        is_hf_directory,
+        read_hf_checkpoint,
+    )
     from se_fairseq.finetune.plan import check_name
-    from se_fairseq.finetune.tasks import read_task
 
     infos = []
     for name, value in checkpoints.items():
         path, dict_path = value if isinstance(value, tuple) else (value, None)
-        infos.append(read_checkpoint(path, check_name(name, "checkpoint"), dict_path))
+        name = check_name(name, "checkpoint")
+        if is_hf_directory(path):
+            if dict_path is not None:
+                raise FinetuneError(
+                    f"checkpoint {name}: {path} is a Hugging Face directory; a dictionary "
+                    f"({dict_path}) is for fairseq checkpoints only"
+                )
+            infos.append(read_hf_checkpoint(path, name))
+            continue
+        info = read_checkpoint(path, name, dict_path)
+        infos.append(convert_fairseq_bert(info, out_dir, log) if info.is_bert else info)
+    return infos
+
+
+def prepare_data(checkpoints, tasks, out_dir, tokenizer_options, log=print):
+    """Read checkpoints and task folders and binarize each task once per (dictionary,
+    tokenizer); for Hugging Face checkpoints write each task's text once. Returns (infos,
+    task datas, manifests, data dirs)."""
+    from se_fairseq.finetune.binarize import binarize_task
+    from se_fairseq.finetune.encode import Tokenizer, tokenizer_spec
+    from se_fairseq.finetune.hf_model import text_folder, write_text_task
+    from se_fairseq.finetune.plan import check_name
+    from se_fairseq.finetune.tasks import read_task
+
+    infos = read_checkpoints(checkpoints, os.path.abspath(out_dir), log=log)
     datas = []
     for folder in tasks:
         name, folder = folder if isinstance(folder, tuple) else (None, folder)
@@ -47,6 +75,12 @@ def prepare_data(checkpoints, tasks, out_dir, tokenizer_options, log=print):
         raise FinetuneError(f"two task folders have the same name: {names}; name them NAME=PATH")
     manifests, data_dirs, tokenizers = {}, {}, {}
     for info in infos:
+        if info.engine == "hf":
+            for data in datas:
+                folder = text_folder(out_dir, data)
+                manifests[info.name, data.name] = write_text_task(data, folder, log=log)
+                data_dirs[info.name, data.name] = folder
+            continue
         spec = tokenizer_spec(checkpoint_bpe=info.bpe, **tokenizer_options)
         key = (info.dict_sha256[:12], spec.identity())
         if key not in tokenizers:
@@ -132,6 +166,14 @@ def finetune(
             f"eval checkpoint must be best or last, got {overrides.eval_checkpoint!r}"
         )
     out_dir = os.path.abspath(out_dir)
+    fairseq_only = {
+        "--bpe": bpe,
+        "--gpt2-encoder-json": gpt2_encoder_json,
+        "--gpt2-vocab-bpe": gpt2_vocab_bpe,
+        "--sentencepiece-model": sentencepiece_model,
+        "--fairseq-args": overrides.fairseq_args,
+    }
+    given = [option for option, value in fairseq_only.items() if value]
     infos, datas, manifests, data_dirs = prepare_data(
         checkpoints,
         tasks,
@@ -144,6 +186,12 @@ def finetune(
         ),
         log=log,
     )
+    if given and all(info.engine == "hf" for info in infos):
+        raise FinetuneError(
+            f"{', '.join(given)}: for fairseq checkpoints only, and every checkpoint here is "
+            "fine-tuned through transformers (a Hugging Face directory, or a fairseq BERT "
+            "checkpoint, which uses its own WordPiece tokenizer); leave them out"
+        )
     runs = plan_runs(infos, datas, manifests, data_dirs, seeds, out_dir, overrides)
     for run in runs:
         run.keep_checkpoints = keep_checkpoints  # each worker prunes its run as it ends

@@ -30,6 +30,16 @@ class CheckpointInfo:
     vocab_size: int  # rows of the embedding table (dictionary + <mask>)
     max_positions: int
     bpe: dict  # the checkpoint's own cfg.bpe (may be empty)
+    engine: str = "fairseq"
+    #: the checkpoint training started from (cfg.checkpoint: --restore-file, else
+    #: --finetune-from-model), where se-convert's tokenizer/ folder may be
+    started_from: str = ""
+
+    @property
+    def is_bert(self):
+        """A BERT checkpoint (``--arch hf_bert*``, se-convert's): fine-tuned through
+        transformers (:func:`se_fairseq.finetune.hf_model.convert_fairseq_bert`)."""
+        return self.arch == "hf_bert" or self.arch.startswith("hf_bert_")
 
 
 def _plain(cfg):
@@ -172,6 +182,15 @@ def read_checkpoint(path, name=None, dict_path=None):
     if not positions:
         raise FinetuneError(f"checkpoint {path} records no max_positions")
     bpe = cfg.get("bpe") or {}
+    checkpoint_cfg = cfg.get("checkpoint") or {}
+    started_from = next(
+        (
+            str(checkpoint_cfg[k])
+            for k in ("restore_file", "finetune_from_model")
+            if checkpoint_cfg.get(k) and checkpoint_cfg[k] != "checkpoint_last.pt"
+        ),
+        "",
+    )
     return CheckpointInfo(
         name=name or os.path.basename(os.path.dirname(os.path.abspath(path))),
         path=os.path.abspath(path),
@@ -182,4 +201,5 @@ def read_checkpoint(path, name=None, dict_path=None):
         vocab_size=int(embed[0].shape[0]),
         max_positions=int(positions),
         bpe=bpe if isinstance(bpe, dict) else {},
+        started_from=started_from,
     )

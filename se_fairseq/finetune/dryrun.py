@@ -3,7 +3,9 @@ GPU hours and of the disk it peaks at; nothing is binarized or trained.
 
 Updates per run: epochs x ceil(train examples / batch size), the recipe's batch sizes
 (full batches: what fairseq builds where ``--max-tokens`` does not bind, as on GLUE with
-4400 tokens and 512 positions). The real runs count fairseq's own batches
+4400 tokens and 512 positions; exactly the batches the Trainer's DataLoader makes for a
+Hugging Face checkpoint, whose BERT ones take BERT's recipe). The real fairseq runs count
+fairseq's own batches
 (:func:`se_fairseq.finetune.plan.updates_per_epoch`), which needs the binarized data. For
 GLUE tasks the table also shows the recipe's own ``--total-num-update`` (fairseq's RoBERTa
 GLUE README), which is *not* this rule applied to GLUE's train files: RTE's 2,036 is 30 %
@@ -35,10 +37,29 @@ PIECES_PER_WORD = 1.3
 
 def parameter_count(checkpoint_path):
     """Parameters of a fairseq checkpoint's model (loaded with the safe loader)."""
+    return parameters_and_family(checkpoint_path)[0]
+
+
+def parameters_and_family(path):
+    """(parameters, model family) of a checkpoint: a Hugging Face directory's config
+    model_type; ``bert`` for a fairseq hf_bert checkpoint (fine-tuned through
+    transformers with BERT's recipe), None for the other fairseq ones."""
+    from se_fairseq.finetune.hf_model import is_hf_directory, parameter_count, read_hf_checkpoint
+
+    if is_hf_directory(path):
+        return parameter_count(path), read_hf_checkpoint(path).model_type
     from se_fairseq.checkpoint_safety import safe_load
 
-    state = safe_load(checkpoint_path)
-    return int(sum(v.numel() for v in state["model"].values() if hasattr(v, "numel")))
+    state = safe_load(path)
+    params = int(sum(v.numel() for v in state["model"].values() if hasattr(v, "numel")))
+    cfg = state.get("cfg") or {}
+    model = cfg.get("model") if hasattr(cfg, "get") else None
+    arch = getattr(model, "arch", None) or getattr(model, "_name", None)
+    if arch is None and isinstance(model, dict):
+        arch = model.get("arch") or model.get("_name")
+    if arch is None and state.get("args") is not None:
+        arch = getattr(state["args"], "arch", None)
+    return params, "bert" if str(arch).startswith("hf_bert") else None
 
 
 def mean_tokens(task):
@@ -47,11 +68,15 @@ def mean_tokens(task):
 
 
 def plan_table(checkpoints, tasks, seeds, overrides, keep="best", jobs=1):
-    """Rows for the dry run. checkpoints: [(name, parameter count)]; tasks: TaskData."""
+    """Rows for the dry run. checkpoints: [(name, parameter count)] or [(name, parameter
+    count, family)] (``bert``: BERT's recipe, :func:`se_fairseq.finetune.plan.bert_recipe`);
+    tasks: TaskData."""
+    from se_fairseq.finetune.plan import bert_recipe
+
     rows, kept_bytes, running_bytes = [], 0.0, []
-    for name, params in checkpoints:
+    for name, params, *family in checkpoints:
         for task in tasks:
-            recipe = task.recipe
+            recipe = bert_recipe(task) if family and family[0] == "bert" else task.recipe
             batch = overrides.batch_size or recipe.batch_size
             epochs = overrides.epochs or recipe.epochs
             updates = overrides.total_updates or epochs * math.ceil(len(task.train) / batch)
@@ -117,7 +142,7 @@ def dry_run(checkpoints, task_folders, seeds, overrides, keep="best", jobs=None,
         name, folder = folder if isinstance(folder, tuple) else (None, folder)
         tasks.append(read_task(folder, name))
     infos = [
-        (name, parameter_count(value[0] if isinstance(value, tuple) else value))
+        (name, *parameters_and_family(value[0] if isinstance(value, tuple) else value))
         for name, value in checkpoints.items()
     ]
     jobs = jobs or 1

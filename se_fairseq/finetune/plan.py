@@ -37,7 +37,12 @@ from se_fairseq.finetune.errors import FinetuneError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 #: RunSpec fields that enter the fingerprint only when not None
-OPTIONAL_FIELDS = ("dev_sets",)
+OPTIONAL_FIELDS = ("dev_sets", "engine")
+#: RoBERTa's GLUE recipe's optimizer (fairseq examples/roberta/README.glue.md)
+ROBERTA_OPTIMIZER = {"adam_betas": (0.9, 0.98), "adam_eps": 1e-6, "weight_decay": 0.1}
+#: BERT's (Devlin et al. 2019, section 4.1 and appendix A.3; its run_classifier.py): Adam
+#: (0.9, 0.999), eps 1e-6, weight decay 0.01, 10 % warmup, linear decay
+BERT_OPTIMIZER = {"adam_betas": (0.9, 0.999), "adam_eps": 1e-6, "weight_decay": 0.01}
 
 
 @dataclass
@@ -53,7 +58,7 @@ class Overrides:
     max_tokens: Optional[int] = 4400
     dropout: float = 0.1
     attention_dropout: float = 0.1
-    weight_decay: float = 0.1
+    weight_decay: Optional[float] = None  # None: the recipe's (RoBERTa 0.1, BERT 0.01)
     best_metric: Optional[str] = None  # fairseq --best-checkpoint-metric
     eval_checkpoint: str = "best"  # which checkpoint predicts dev: best or last
     precision: str = "auto"  # auto (fp16 on GPU, as the recipe), fp32, fp16, bf16
@@ -85,6 +90,9 @@ class RunSpec:
     #: --predict-test: the manifest's test sets to predict once done (GLUE server files);
     #: not a setting of the dev result, so never in the fingerprint
     test_sets: Optional[list] = None
+    #: "hf": a Hugging Face checkpoint, trained with transformers' Trainer
+    #: (:mod:`se_fairseq.finetune.hf_worker`); None: fairseq-train
+    engine: Optional[str] = None
 
     @property
     def key(self):
@@ -268,7 +276,11 @@ def fairseq_train_args(info, task, manifest, data_dir, run_dir, seed, overrides)
         "--attention-dropout",
         repr(overrides.attention_dropout),
         "--weight-decay",
-        repr(overrides.weight_decay),
+        repr(
+            ROBERTA_OPTIMIZER["weight_decay"]
+            if overrides.weight_decay is None
+            else overrides.weight_decay
+        ),
         "--optimizer",
         "adam",
         "--adam-betas",
@@ -319,6 +331,61 @@ def fairseq_train_args(info, task, manifest, data_dir, run_dir, seed, overrides)
     return args, s
 
 
+def bert_recipe(task):
+    """BERT's GLUE recipe (Devlin et al. 2019, 4.1): batch 32, 3 epochs, lr chosen from
+    {5e-5, 4e-5, 3e-5, 2e-5} on dev; the harness takes 2e-5 (one documented default,
+    ``--lr`` for the others), 10 % warmup; the task's own kind and metric."""
+    from se_fairseq.finetune.tasks import Recipe
+
+    return Recipe(2e-5, 32, 0.1, epochs=3, kind=task.kind, metric=task.metric)
+
+
+def hf_recipe(info, task):
+    """(Recipe, optimizer) of a Hugging Face run: BERT's for a BERT checkpoint
+    (config model_type bert, also a converted fairseq hf_bert one), else RoBERTa's GLUE
+    recipe for the task, as the fairseq runs use."""
+    if info.model_type == "bert":
+        return bert_recipe(task), BERT_OPTIMIZER
+    return task.recipe, ROBERTA_OPTIMIZER
+
+
+def hf_settings(info, task, train_examples, overrides):
+    """The Trainer's schedule: ``updates_per_epoch`` = ceil(train examples / batch size),
+    exactly the batches its DataLoader makes; the run and its linear schedule both end at
+    ``total_updates`` (``--total-updates``, else ``--max-update`` or the epochs' updates,
+    whichever is fewer)."""
+    recipe, optimizer = hf_recipe(info, task)
+    batch_size = overrides.batch_size or recipe.batch_size
+    epochs = overrides.epochs or recipe.epochs
+    per_epoch = math.ceil(train_examples / batch_size)
+    planned = epochs * per_epoch
+    total = overrides.total_updates or (
+        min(overrides.max_update, planned) if overrides.max_update else planned
+    )
+    fraction = (
+        recipe.warmup_fraction if overrides.warmup_fraction is None else overrides.warmup_fraction
+    )
+    return {
+        "recipe": "bert" if info.model_type == "bert" else "roberta-glue",
+        "lr": overrides.lr or recipe.lr,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "updates_per_epoch": per_epoch,
+        "total_updates": total,
+        "warmup_updates": int(round(fraction * total)),
+        "max_update": overrides.max_update,
+        "best_metric": overrides.best_metric
+        or ("loss" if task.kind == "regression" else "accuracy"),
+        "weight_decay": optimizer["weight_decay"]
+        if overrides.weight_decay is None
+        else overrides.weight_decay,
+        "adam_betas": list(optimizer["adam_betas"]),
+        "adam_eps": optimizer["adam_eps"],
+        "max_length": info.max_length,
+        "model_type": info.model_type,
+    }
+
+
 def plan_runs(checkpoints, tasks, manifests, data_dirs, seeds, out_dir, overrides):
     """RunSpecs for every (checkpoint, task, seed); ``checkpoints`` are CheckpointInfo,
     ``tasks`` TaskData, ``manifests``/``data_dirs`` keyed by (checkpoint name, task name)."""
@@ -328,9 +395,20 @@ def plan_runs(checkpoints, tasks, manifests, data_dirs, seeds, out_dir, override
             manifest = manifests[info.name, task.name]
             for seed in seeds:
                 run_dir = os.path.join(out_dir, "runs", info.name, task.name, f"seed{seed}")
-                args, settings = fairseq_train_args(
-                    info, task, manifest, data_dirs[info.name, task.name], run_dir, seed, overrides
-                )
+                hf = getattr(info, "engine", "fairseq") == "hf"
+                if hf:
+                    args = []
+                    settings = hf_settings(info, task, len(task.train), overrides)
+                else:
+                    args, settings = fairseq_train_args(
+                        info,
+                        task,
+                        manifest,
+                        data_dirs[info.name, task.name],
+                        run_dir,
+                        seed,
+                        overrides,
+                    )
                 runs.append(
                     RunSpec(
                         checkpoint=info.name,
@@ -351,6 +429,7 @@ def plan_runs(checkpoints, tasks, manifests, data_dirs, seeds, out_dir, override
                         dev_sets=manifest["dev_sets"]
                         if len(manifest.get("dev_sets") or ()) > 1
                         else None,
+                        engine="hf" if hf else None,
                     )
                 )
     return runs

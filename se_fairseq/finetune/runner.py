@@ -378,7 +378,9 @@ def _run_pool(
                 continue
             if run.key not in started and os.path.exists(os.path.join(run.run_dir, CLAIM)):
                 started[run.key] = time.time()
-                resumed = os.path.exists(os.path.join(run.run_dir, "checkpoint_last.pt"))
+                resumed = os.path.exists(os.path.join(run.run_dir, "checkpoint_last.pt")) or any(
+                    n.startswith("checkpoint-") for n in os.listdir(run.run_dir)
+                )
                 log(f"[finetune] start  {run.key}" + (" (resuming)" if resumed else ""))
             if os.path.exists(os.path.join(run.run_dir, DONE)):
                 record = json.load(open(os.path.join(run.run_dir, DONE)))

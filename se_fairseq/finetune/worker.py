@@ -52,14 +52,15 @@ def server_label(name, label):
     return label
 
 
-def write_test_predictions(spec, run_dir, checkpoint_path):
+def write_test_predictions(spec, run_dir, predict_split):
     """--predict-test: RUN_DIR/test_predictions/<NAME>.tsv per GLUE test set (``index`` and
-    ``prediction`` columns, the server's label names; STS-B's scores as floats)."""
+    ``prediction`` columns, the server's label names; STS-B's scores as floats);
+    ``predict_split(split)`` is the engine's prediction of a split."""
     folder = os.path.join(run_dir, TEST_PREDICTIONS)
     os.makedirs(folder, exist_ok=True)
     written = []
     for test in spec.get("test_sets") or ():
-        predictions, _, _ = predict(spec, checkpoint_path, test["split"])
+        predictions, _, _ = predict_split(test["split"])
         index = json.load(open(os.path.join(spec["data_dir"], test["index"])))
         if len(index) != len(predictions):
             raise RuntimeError(
@@ -164,6 +165,42 @@ def predict(spec, checkpoint_path, split="valid", batch_size=64):
     return [labels[int(r.argmax())] for r in rows], logits, num_updates
 
 
+class FairseqEngine:
+    """train() through fairseq-train, then predict(split) with the scored checkpoint."""
+
+    def __init__(self, spec, run_dir):
+        self.spec, self.run_dir = spec, run_dir
+        self.eval_checkpoint = (
+            "checkpoint_best.pt" if spec["eval_checkpoint"] == "best" else "checkpoint_last.pt"
+        )
+        self.checkpoint_path = os.path.join(run_dir, self.eval_checkpoint)
+
+    def train(self):
+        train(self.spec)
+        if not os.path.exists(self.checkpoint_path):
+            raise SystemExit(f"fairseq-train left no {self.checkpoint_path}")
+
+    def predict(self, split="valid"):
+        if split == "valid":
+            return predict(self.spec, self.checkpoint_path)
+        return predict(self.spec, self.checkpoint_path, split)
+
+    def before_done(self, keep):
+        best = os.path.join(self.run_dir, "checkpoint_best.pt")
+        if keep == "best" and os.path.exists(best):  # nothing resumes from it: the run is done
+            drop_optimizer_state(best)
+
+
+def engine_of(spec, run_dir):
+    """The run's engine: fairseq-train, or transformers' Trainer for a Hugging Face
+    checkpoint (``spec["engine"] == "hf"``, :mod:`se_fairseq.finetune.hf_worker`)."""
+    if spec.get("engine") == "hf":
+        from se_fairseq.finetune.hf_worker import HFEngine
+
+        return HFEngine(spec, run_dir)
+    return FairseqEngine(spec, run_dir)
+
+
 def main(run_dir):
     from se_fairseq.finetune import metrics
 
@@ -171,20 +208,17 @@ def main(run_dir):
     if os.path.exists(os.path.join(run_dir, DONE)):
         return
     start = time.time()
-    train(spec)
-    name = "checkpoint_best.pt" if spec["eval_checkpoint"] == "best" else "checkpoint_last.pt"
-    checkpoint_path = os.path.join(run_dir, name)
-    if not os.path.exists(checkpoint_path):
-        raise SystemExit(f"fairseq-train left no {checkpoint_path}")
+    engine = engine_of(spec, run_dir)
+    engine.train()
     sets = spec.get("dev_sets") or [
         {"name": spec["task"], "split": "valid", "targets": "dev_targets.json"}
     ]
     scored = {}
     for i, dev in enumerate(sets):
         if i == 0:
-            predictions, logits, state_updates = predict(spec, checkpoint_path)
+            predictions, logits, state_updates = engine.predict()
         else:
-            predictions, logits, _ = predict(spec, checkpoint_path, dev["split"])
+            predictions, logits, _ = engine.predict(dev["split"])
         targets = json.load(open(os.path.join(spec["data_dir"], dev["targets"])))
         if spec["kind"] == "regression":
             targets = [float(t) for t in targets]
@@ -206,11 +240,9 @@ def main(run_dir):
             "predictions": out,
         }
     first = scored[sets[0]["name"]]
-    test_files = write_test_predictions(spec, run_dir, checkpoint_path)
+    test_files = write_test_predictions(spec, run_dir, engine.predict)
     keep = spec.get("keep_checkpoints")
-    best = os.path.join(run_dir, "checkpoint_best.pt")
-    if keep == "best" and os.path.exists(best):  # nothing resumes from it: the run is done
-        drop_optimizer_state(best)
+    engine.before_done(keep)
     write_json_atomic(
         os.path.join(run_dir, DONE),
         {
@@ -222,12 +254,13 @@ def main(run_dir):
             "metrics": first["metrics"],
             "value": first["value"],
             "dev_examples": first["dev_examples"],
-            "eval_checkpoint": name,
+            "eval_checkpoint": engine.eval_checkpoint,
             "updates_of_eval_checkpoint": state_updates,
             "fingerprint": spec["fingerprint"],
             "seconds_last_invocation": round(time.time() - start, 1),
             **({"dev_sets": scored} if len(sets) > 1 else {}),
             **({"test_predictions": test_files} if test_files else {}),
+            **({"resumed_from": r} if (r := getattr(engine, "resumed_from", None)) else {}),
         },
     )
     prune_run(run_dir, keep)  # as the run ends, not when the whole invocation does
@@ -312,6 +345,9 @@ def prune_run(run_dir, keep):
     only checkpoint_best.pt (the optimizer state is dropped before the run is marked done,
     :func:`main`); ``none`` no checkpoint. Removes checkpoint_last.pt and any other ``.pt``
     fairseq left (crash.pt, epoch checkpoints)."""
+    from se_fairseq.finetune import hf_worker
+
+    hf_worker.prune(run_dir, keep)  # the Trainer's checkpoint-N folders of an HF run
     if keep in (None, "all"):
         return
     for name in sorted(os.listdir(run_dir)):
