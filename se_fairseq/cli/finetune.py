@@ -149,9 +149,9 @@ def build_parser():
         "--keep-checkpoints",
         choices=("all", "best", "none"),
         default="best",
-        help="fairseq checkpoints each run keeps once it is done, pruned as it ends: all, "
-        "best (default: checkpoint_best.pt only, rewritten without its optimizer state) "
-        "or none",
+        help="checkpoints each run keeps once it is done, pruned as it ends: all, best "
+        "(default: fairseq's checkpoint_best.pt rewritten without its optimizer state; "
+        "transformers' best/ save_pretrained folder) or none",
     )
     d.add_argument(
         "--dry-run",
