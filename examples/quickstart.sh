@@ -2,8 +2,8 @@
 # Does SE help? A vanilla model on real English text, then continued pretraining by SE and by
 # the controls a reviewer asks for first, with a report. CPU only, no model hub.
 #
-#   bash examples/quickstart.sh                       # the demo (about 18 min on 2 free CPU cores, plus set-up)
-#   QUICKSTART_SCALE=full bash examples/quickstart.sh # a 4x longer vanilla (about 42 min)
+#   bash examples/quickstart.sh                       # the demo (about 17 min on 2 free CPU cores, plus set-up)
+#   QUICKSTART_SCALE=full bash examples/quickstart.sh # a 4x longer vanilla (about 45 min; estimated)
 #   QUICKSTART_SCALE=ci bash examples/quickstart.sh   # every step, reduced, in a few minutes (CI)
 #   WORK=/path/to/run bash examples/quickstart.sh     # where everything goes (default: ./quickstart-run)
 #
@@ -33,7 +33,7 @@ case "$SCALE" in
     MAX_WORDS=0 VOCAB=2000 LAYERS=4 DIM=128 FFN=512 HEADS=4 BATCH=64 TPS=32
     VANILLA_UPDATES=3000 CONTINUE_UPDATES=100 VALID_EVERY=50
     FT_TRAIN=2000 FT_DEV=400 FT_SEEDS=1,2,3 FT_EPOCHS=3 ;;
-  full)  # a 4x longer vanilla (about 42 minutes on 2 cores)
+  full)  # a 4x longer vanilla (about 45 minutes on 2 cores, estimated from its 37-minute vanilla)
     MAX_WORDS=0 VOCAB=2000 LAYERS=4 DIM=128 FFN=512 HEADS=4 BATCH=64 TPS=32
     VANILLA_UPDATES=12000 CONTINUE_UPDATES=100 VALID_EVERY=50
     FT_TRAIN=2000 FT_DEV=400 FT_SEEDS=1,2,3 FT_EPOCHS=3 ;;

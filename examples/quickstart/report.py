@@ -10,11 +10,7 @@ import argparse
 import json
 import os
 
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 BANDS = ("frequent", "middle", "rare")
 RUNS = [
@@ -276,6 +272,8 @@ def down_compare(down, a, b, task):
 
 
 def down_verdict(p):
+    if p["se"] == 0 and p["mean"] == 0:
+        return "the same on every seed"
     if p["detected"]:
         return "better" if p["mean"] > 0 else "worse"
     return "no difference we could detect"
@@ -330,6 +328,9 @@ def downstream_tables(down, majority=None):
         for t in tasks:
             p = down_compare(down, a, b, t)
             cell = f"{p['mean']:+.2f} ± {p['se']:.2f}"
+            if down_verdict(p) == "the same on every seed":
+                cells.append(cell + " (equal on every seed)")
+                continue
             cells.append((f"**{cell}**" if p["detected"] else cell) + f" ({p['detectable']:.2f})")
         diff_rows.append(
             f"| {dict(DOWNSTREAM)[b]} minus {dict(DOWNSTREAM)[a]} | " + " | ".join(cells) + " |"
@@ -366,12 +367,17 @@ def downstream_findings(down, majority=None):
         parts = []
         for t in tasks:
             p = down_compare(down, a, b, t)
+            verdict = down_verdict(p)
+            if verdict == "the same on every seed":  # no spread: nothing to test or size
+                parts.append(f"{t}: {verdict} (each seed's dev accuracy equal)")
+                continue
             parts.append(
-                f"{t} {p['mean']:+.2f} ± {p['se']:.2f} points: {down_verdict(p)} "
+                f"{t} {p['mean']:+.2f} ± {p['se']:.2f} points: {verdict} "
                 f"(detectable {p['detectable']:.1f})"
             )
         verdicts = {down_verdict(down_compare(down, a, b, t)) for t in tasks}
-        if verdicts == {"no difference we could detect"}:
+        verdicts.discard("the same on every seed")
+        if verdicts <= {"no difference we could detect"}:
             head = "no difference we could detect on any task"
         elif "better" in verdicts and "worse" not in verdicts:
             head = "yes, on " + ", ".join(
@@ -407,7 +413,18 @@ def downstream_findings(down, majority=None):
     return "\n".join(lines)
 
 
+def pyplot():
+    """matplotlib on its file backend, imported only to draw (its first import scans fonts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_downstream(ax, down):
+    plt = pyplot()
     tasks = down["tasks"] + ["average"]
     names = [n for n, _ in DOWNSTREAM if n in down["results"] and n != "random"]
     xs = np.arange(len(tasks))
@@ -443,6 +460,7 @@ def plot_downstream(ax, down):
 
 
 def plot(data, tokens, names, png, down=None):
+    plt = pyplot()
     results, shares = data["results"], data["mask_shares"]
     runs = [n for n in names if n not in ("vanilla", "random")]
     panels = 4 if down else 3

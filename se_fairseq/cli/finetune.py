@@ -1,5 +1,6 @@
 """``se-finetune``: fine-tune checkpoints on GLUE-layout task folders, N seeds each, through
-fairseq's ``sentence_prediction``; dev metrics, mean ± sd and paired differences.
+fairseq's ``sentence_prediction`` (Hugging Face directories and fairseq BERT checkpoints:
+transformers' Trainer); dev metrics, mean ± sd and paired differences.
 
     se-finetune --checkpoint random=random/checkpoint_last.pt \\
         --checkpoint se=se/checkpoint_last.pt --task glue/RTE --task glue/MRPC \\
@@ -7,7 +8,7 @@ fairseq's ``sentence_prediction``; dev metrics, mean ± sd and paired difference
         --bpe gpt2 --gpt2-encoder-json encoder.json --gpt2-vocab-bpe vocab.bpe
 
 Rerunning the same command continues: finished runs are kept, a killed run resumes from
-its checkpoint_last.pt.
+its checkpoint_last.pt (Trainer runs: its last checkpoint-N/).
 """
 
 import argparse

@@ -23,6 +23,10 @@ skipped, in the task's seeded order, batched by ``data_utils.batch_by_size`` wit
 starts from the pretrained weights only while the run folder has no checkpoint_last.pt.
 Differences from the recipe: ``--shorten-method truncate`` (a no-op for examples that fit
 the model's positions; the recipe's 512 fit GLUE), and ``--no-epoch-checkpoints``.
+
+A Hugging Face directory, and a fairseq BERT checkpoint converted back to one, is planned
+as a transformers Trainer run instead (``hf_worker``): the same run folders and recipe
+values (BERT's recipe for BERT), ``T`` = epochs x ceil(train rows / batch size).
 """
 
 import hashlib
