@@ -271,9 +271,12 @@ def down_compare(down, a, b, task):
     return {k: (100 * v if k in ("mean", "se", "detectable") else v) for k, v in p.items()}
 
 
+SAME = "the same on every seed"  # no spread of the differences: nothing to test or size
+
+
 def down_verdict(p):
     if p["se"] == 0 and p["mean"] == 0:
-        return "the same on every seed"
+        return SAME
     if p["detected"]:
         return "better" if p["mean"] > 0 else "worse"
     return "no difference we could detect"
@@ -328,7 +331,7 @@ def downstream_tables(down, majority=None):
         for t in tasks:
             p = down_compare(down, a, b, t)
             cell = f"{p['mean']:+.2f} ± {p['se']:.2f}"
-            if down_verdict(p) == "the same on every seed":
+            if down_verdict(p) == SAME:
                 cells.append(cell + " (equal on every seed)")
                 continue
             cells.append((f"**{cell}**" if p["detected"] else cell) + f" ({p['detectable']:.2f})")
@@ -365,28 +368,24 @@ def downstream_findings(down, majority=None):
         if a not in down["results"] or b not in down["results"]:
             continue
         parts = []
+        verdict_of = {}
         for t in tasks:
             p = down_compare(down, a, b, t)
-            verdict = down_verdict(p)
-            if verdict == "the same on every seed":  # no spread: nothing to test or size
+            verdict_of[t] = verdict = down_verdict(p)
+            if verdict == SAME:
                 parts.append(f"{t}: {verdict} (each seed's dev accuracy equal)")
                 continue
             parts.append(
                 f"{t} {p['mean']:+.2f} ± {p['se']:.2f} points: {verdict} "
                 f"(detectable {p['detectable']:.1f})"
             )
-        verdicts = {down_verdict(down_compare(down, a, b, t)) for t in tasks}
-        verdicts.discard("the same on every seed")
+        verdicts = set(verdict_of.values()) - {SAME}
         if verdicts <= {"no difference we could detect"}:
             head = "no difference we could detect on any task"
         elif "better" in verdicts and "worse" not in verdicts:
-            head = "yes, on " + ", ".join(
-                t for t in tasks if down_verdict(down_compare(down, a, b, t)) == "better"
-            )
+            head = "yes, on " + ", ".join(t for t in tasks if verdict_of[t] == "better")
         elif "worse" in verdicts and "better" not in verdicts:
-            head = "no: worse on " + ", ".join(
-                t for t in tasks if down_verdict(down_compare(down, a, b, t)) == "worse"
-            )
+            head = "no: worse on " + ", ".join(t for t in tasks if verdict_of[t] == "worse")
         else:
             head = "mixed"
         lines.append(
