@@ -35,21 +35,29 @@ class StageTimer:
         self._last = now
 
 
-def token_scores_from_logits(logits, targets, metric):
+def token_scores_from_logits(logits, targets, metric, bias=None):
     """fp32 scores of a (positions x vocab) logits chunk; correctness without a full
     log-softmax: logsumexp - logit of the true token.
 
     On the CPU the softmax runs over pieces of ``SCORE_ELEMENTS`` logits (a few rows) that
     stay in cache, instead of passing five times over the whole chunk in memory: about 3x
     faster, and bit for bit the same (every step is per row, and torch's exp gives the same
-    bits on its vector and scalar paths; tests/test_se_score_identity.py checks it)."""
-    logits = logits.float()
+    bits on its vector and scalar paths; tests/test_se_score_identity.py checks it).
+
+    ``bias``: the LM head's output bias, not yet added to ``logits`` (see ``lm_head_parts``).
+    It is added in place, in the logits' dtype, piece by piece while the piece is in cache;
+    the same additions the head makes, so ``logits`` ends as the head's output."""
     rows = max(1, SCORE_ELEMENTS // max(1, logits.size(-1)))
     if logits.device.type != "cpu" or logits.size(0) <= rows:
-        return _token_scores(logits, targets, metric)
+        if bias is not None:
+            logits.add_(bias)
+        return _token_scores(logits.float(), targets, metric)
     out = torch.empty(logits.size(0), dtype=torch.float32)
     for s in range(0, logits.size(0), rows):
-        out[s : s + rows] = _token_scores(logits[s : s + rows], targets[s : s + rows], metric)
+        piece = logits[s : s + rows]
+        if bias is not None:
+            piece.add_(bias)
+        out[s : s + rows] = _token_scores(piece.float(), targets[s : s + rows], metric)
     return out
 
 
@@ -79,6 +87,36 @@ def lm_head(model, features):
     return model.encoder.output_layer(features)
 
 
+def _plain_lm_head(model):
+    """The model's ``RobertaLMHead`` when ``output_layer`` is fairseq's own call of it
+    (RoBERTa, and hf_bert, whose head is one) with nothing patched or hooked in, else None."""
+    from fairseq.models.roberta.model import RobertaEncoder, RobertaLMHead
+
+    encoder = model.encoder
+    head = getattr(encoder, "lm_head", None)
+    if (
+        getattr(encoder.output_layer, "__func__", None) is RobertaEncoder.output_layer
+        and isinstance(head, RobertaLMHead)
+        and getattr(head.forward, "__func__", None) is RobertaLMHead.forward
+        and not (head._forward_hooks or head._forward_pre_hooks)
+    ):
+        return head
+    return None
+
+
+def lm_head_parts(model, features):
+    """(logits before the output bias, the bias) of the LM head, computed with the very
+    operations of fairseq's ``RobertaLMHead.forward`` save its last ``+ bias``. That
+    addition is one more pass over the whole (positions x vocab) chunk in memory; the
+    scoring makes it piece by piece in cache instead (``token_scores_from_logits``).
+    For another head: (``lm_head(model, features)``, None)."""
+    head = _plain_lm_head(model)
+    if head is None:
+        return lm_head(model, features), None
+    x = head.layer_norm(head.activation_fn(head.dense(features)))
+    return F.linear(x, head.weight), head.bias
+
+
 @torch.no_grad()
 def score_features(model, features, src_tokens, pad, metric, keep_logits=False, timer=None):
     """Scores (batch x length, fp32, 0 at padding) from encoder ``features``.
@@ -96,10 +134,12 @@ def score_features(model, features, src_tokens, pad, metric, keep_logits=False, 
     chunk = max(1, LOGITS_BUDGET // vocab)
     pieces, kept = [], []
     for s in range(0, flat_features.size(0), chunk):
-        logits = lm_head(model, flat_features[s : s + chunk])
+        logits, bias = lm_head_parts(model, flat_features[s : s + chunk])
         if timer is not None:
             timer.lap("lm_head")
-        pieces.append(token_scores_from_logits(logits, flat_targets[s : s + chunk], metric))
+        pieces.append(
+            token_scores_from_logits(logits, flat_targets[s : s + chunk], metric, bias=bias)
+        )
         if timer is not None:
             timer.lap("score")
         if keep_logits:

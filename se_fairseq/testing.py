@@ -131,10 +131,11 @@ def write_scores(
     )
 
 
-def save_untrained_checkpoint(data, path, model_args, seed=0):
+def save_untrained_checkpoint(data, path, model_args, seed=0, head_bias_std=0.0):
     """A masked_lm model of ``model_args`` over ``data``'s dictionary, random weights from
     torch seed ``seed``, saved at ``path`` as fairseq 0.12 saves checkpoints (no training
-    run); returns ``path``."""
+    run); returns ``path``. fairseq starts the LM head's output bias at zero; a trained
+    head has one, and ``head_bias_std`` > 0 draws it from N(0, head_bias_std^2)."""
     import torch
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -146,6 +147,9 @@ def save_untrained_checkpoint(data, path, model_args, seed=0):
     )
     torch.manual_seed(seed)
     model = tasks.setup_task(args).build_model(args)
+    if head_bias_std:
+        with torch.no_grad():
+            model.encoder.lm_head.bias.normal_(0.0, head_bias_std)
     cfg = OmegaConf.to_container(
         convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True
     )
