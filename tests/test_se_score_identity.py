@@ -4,8 +4,8 @@ The reference is the frozen copy of the batched algorithm in se_fairseq.testing 
 batches, same padding), for fixed-size blocks (``--sample-break-mode none``) and blocks of
 different lengths (``complete``). Both tests also compare with an independent plain loop,
 one forward per block alone, to rounding: whether batching changes the last bit of an fp32
-value depends on the CPU's matrix kernels and on padding.
-Both must equal the score file's array exactly (torch.equal), and the fp32 values too.
+value depends on the CPU's matrix kernels and on padding. In both tests the score file's
+fp16 array and the fp32 values must equal the frozen reference exactly (torch.equal).
 """
 
 import os
