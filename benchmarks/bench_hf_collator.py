@@ -7,14 +7,19 @@ alternate between the two collators; the ratio is of the median round times.
 """
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
 from transformers import DataCollatorForLanguageModeling
 
 from se_fairseq.hf import DataCollatorForSelfEvolution
-from se_fairseq.testing import hf_examples, tiny_roberta_tokenizer
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+
+from support.hf_tokenizers import hf_examples, tiny_roberta_tokenizer  # noqa: E402
 
 
 def epoch_seconds(dataset, collator, batch_size, workers):

@@ -11,7 +11,9 @@ Rounds alternate between the two; the ratio is of the median step times.
 """
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -26,7 +28,10 @@ from transformers import (
 )
 
 from se_fairseq.hf import DataCollatorForSelfEvolution, SelfEvolutionArguments, SelfEvolutionTrainer
-from se_fairseq.testing import tiny_wordlevel_tokenizer
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+
+from support.hf_tokenizers import tiny_wordlevel_tokenizer  # noqa: E402
 
 
 def examples_of(tokenizer, count, length, seed=0):

@@ -27,6 +27,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # tests/support
 
 SIZES = {
     # the issue's tiny shape: 2 layers, 128-d (TINY_ROBERTA's layout, wider)
@@ -42,7 +43,7 @@ def make_data(root, vocab, tokens, seed=0):
     """A binarized split of Zipf-distributed sentences (4-40 tokens + </s>) of about
     ``tokens`` tokens, written with fairseq's mmap builder, and its dict.txt (``vocab``
     words; with the 4 specials and <mask>, ``vocab + 5`` embeddings)."""
-    from se_fairseq.testing import write_mmap_split
+    from support.fairseq_data import write_mmap_split
 
     data = os.path.join(root, "data-bin")
     os.makedirs(data, exist_ok=True)
@@ -61,7 +62,7 @@ def make_data(root, vocab, tokens, seed=0):
 
 
 def save_checkpoint(data, s, path):
-    from se_fairseq.testing import save_untrained_checkpoint
+    from support.fairseq_data import save_untrained_checkpoint
 
     arch = [
         "--arch",

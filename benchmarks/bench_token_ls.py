@@ -24,6 +24,7 @@ import copy
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -35,7 +36,10 @@ from fairseq import optim, tasks
 
 from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion
 from se_fairseq.data import score_file
-from se_fairseq.testing import binarize, parse_training_args, write_scores, write_zipf_corpus
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+
+from support.fairseq_data import binarize, parse_training_args, write_scores, write_zipf_corpus  # noqa: E402
 
 
 class FullHeadReferenceTLS(TokenLabelSmoothingCriterion):

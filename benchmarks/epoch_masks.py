@@ -10,11 +10,15 @@ same epoch. DATA needs a score file for the SE modes (e.g. from se-score).
 
 import argparse
 import logging
+import os
+import sys
 import warnings
 
 import torch
 
-from se_fairseq.testing import setup_task
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+
+from support.fairseq_data import setup_task  # noqa: E402
 
 
 def masks(data, mode, tokens_per_sample, workers, epochs=(1, 2, 3)):

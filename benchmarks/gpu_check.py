@@ -25,11 +25,12 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # tests/support
 
 import fairseq  # noqa: E402,F401  (registers se_mlm / token_ls)
+from support.fairseq_data import binarize, setup_task, write_scores, write_zipf_corpus  # noqa: E402
 
 from se_fairseq.data.se_masking import row_seeds  # noqa: E402
-from se_fairseq.testing import binarize, setup_task, write_scores, write_zipf_corpus  # noqa: E402
 
 
 def sizes(quick):
@@ -248,7 +249,7 @@ def online_parity(data, s, device, limit):
 
 
 def save_checkpoint(data, s, path):
-    from se_fairseq.testing import save_untrained_checkpoint
+    from support.fairseq_data import save_untrained_checkpoint
 
     return save_untrained_checkpoint(data, path, model_args(s))
 

@@ -8,8 +8,11 @@ Scores are random (the pipeline's speed does not depend on their values).
 
 import argparse
 import os
+import sys
 
-from se_fairseq.testing import binarize, write_scores, write_zipf_corpus
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+
+from support.fairseq_data import binarize, write_scores, write_zipf_corpus  # noqa: E402
 
 
 def main():

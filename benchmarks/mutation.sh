@@ -81,7 +81,7 @@ for f in "${TEST_FILES[@]}"; do [ -f "$WORK/$f" ] && selection+=("$f"); done
 } > "$WORK/setup.cfg"
 # One binarized test corpus for every mutant's pytest session (each worker starts a new
 # session; the conftest fixture would run fairseq-preprocess again for each mutant).
-[ -d "$WORK/corpus/data-bin" ] || "$PY" -c "import sys; from se_fairseq.testing import write_zipf_corpus, binarize; write_zipf_corpus(sys.argv[1]); binarize(sys.argv[1], sys.argv[1] + '/data-bin')" "$WORK/corpus"
+[ -d "$WORK/corpus/data-bin" ] || PYTHONPATH="$WORK/tests" "$PY" -c "import sys; from support.fairseq_data import write_zipf_corpus, binarize; write_zipf_corpus(sys.argv[1]); binarize(sys.argv[1], sys.argv[1] + '/data-bin')" "$WORK/corpus"
 cat >> "$WORK/tests/conftest.py" <<'PY'
 
 

@@ -2,7 +2,7 @@
 check that keeps the markers true.
 
 Helpers (corpus writer, binarize, argument parsing, fairseq-train runner) live in
-se_fairseq/testing.py, shared with the benchmarks.
+tests/support/, shared with the benchmarks.
 
 Markers, checked on every test's call (not its fixtures): a test that starts a program
 through ``subprocess`` must be marked ``subprocess``; a test that trains (fairseq-train,
@@ -17,8 +17,7 @@ import sys
 
 import fairseq  # noqa: F401  (registers se_mlm / token_ls through the plugin hook)
 import pytest
-
-from se_fairseq.testing import binarize, fairseq_train, write_scores, write_zipf_corpus
+from support.fairseq_data import binarize, fairseq_train, write_scores, write_zipf_corpus
 
 # Console scripts (fairseq-train, se-score, ...) of the environment running the
 # tests, whether or not it is activated (CI calls .venv/bin/python directly).
@@ -123,7 +122,7 @@ def untrained_checkpoint(corpus, tmp_path_factory):
     """A tiny RoBERTa with random weights, saved as fairseq 0.12 saves checkpoints (built
     with fairseq's task/model API, no training run): for tests that need a checkpoint of
     the corpus's dictionary but not a trained model."""
-    from se_fairseq.testing import TINY_ROBERTA, save_untrained_checkpoint
+    from support.fairseq_data import TINY_ROBERTA, save_untrained_checkpoint
 
     path = str(tmp_path_factory.mktemp("untrained") / "checkpoint.pt")
     return save_untrained_checkpoint(corpus, path, TINY_ROBERTA)

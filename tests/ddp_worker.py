@@ -20,8 +20,7 @@ import traceback
 
 import torch
 import torch.distributed as dist
-
-from se_fairseq.testing import NO_DROPOUT, TINY_ROBERTA, setup_task
+from support.fairseq_data import NO_DROPOUT, TINY_ROBERTA, setup_task
 
 CASES = [
     (mode, backend) for mode in ("offline", "online") for backend in ("pytorch_ddp", "legacy_ddp")

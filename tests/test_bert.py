@@ -9,9 +9,9 @@ import types
 import numpy as np
 import pytest
 import torch
+from support.fairseq_data import TINY_ROBERTA, fairseq_train, setup_task, split_tokens
 
 from se_fairseq.cli.convert import hide_broken_torchaudio, main
-from se_fairseq.testing import TINY_ROBERTA, fairseq_train, setup_task, split_tokens
 
 hide_broken_torchaudio()
 import transformers  # noqa: E402  (installed by examples/setup.sh: missing is a failure)
@@ -366,7 +366,7 @@ def test_base_shaped_layout_converts():
         d.add_symbol(f"w{i}")
     task = types.SimpleNamespace(source_dictionary=d, target_dictionary=d)
     d.add_symbol("<mask>")
-    from se_fairseq.testing import parse_training_args
+    from support.fairseq_data import parse_training_args
 
     cfg = parse_training_args("data", "--task", "masked_lm", "--arch", "hf_bert_base")
     from se_fairseq.models.bert import BertModel

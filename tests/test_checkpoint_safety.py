@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from support.fairseq_data import TINY_ROBERTA, fairseq_train
 
 from se_fairseq.checkpoint_safety import UnsafeCheckpointError, safe_load
-from se_fairseq.testing import TINY_ROBERTA, fairseq_train
 
 
 def roberta_base_layout(state, path):

@@ -160,8 +160,9 @@ def test_lm_head_chunks_past_the_logits_budget_give_the_one_chunk_scores(
 def test_online_masking_past_the_logits_budget(corpus, monkeypatch):
     """--se-online when the batch's logits exceed the budget: the reference distribution is
     recomputed at the selected positions and equals the one kept under the budget."""
+    from support.fairseq_data import TINY_ROBERTA, setup_task
+
     from se_fairseq import scoring
-    from se_fairseq.testing import TINY_ROBERTA, setup_task
 
     task, cfg = setup_task(
         corpus,
@@ -243,7 +244,7 @@ def test_se_bench_baseline_task_max_batches_and_split(scored_corpus, capsys):
 
 def fairseq_batches(data, split):
     """Batches of one epoch of ``split`` by fairseq's own masked_lm task and batching."""
-    from se_fairseq.testing import TINY_ROBERTA, setup_task
+    from support.fairseq_data import TINY_ROBERTA, setup_task
 
     task, _ = setup_task(data, *TINY_ROBERTA, "--task", "masked_lm", "--criterion", "masked_lm")
     task.load_dataset(split)

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 import torch
+from support.fairseq_data import TINY_ROBERTA, fairseq_train
 
 from se_fairseq import convert
 from se_fairseq.cli.convert import hide_broken_torchaudio, main
 from se_fairseq.convert import roberta  # noqa: F401  (convert.roberta)
-from se_fairseq.testing import TINY_ROBERTA, fairseq_train
 
 hide_broken_torchaudio()  # a torchaudio built for another torch breaks `import transformers`
 # examples/setup.sh installs the [hf] extras: in the project's environment a missing

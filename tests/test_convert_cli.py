@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from support.fairseq_data import split_tokens
 
 from se_fairseq.checkpoint_safety import safe_load
 from se_fairseq.cli import convert as convert_cli
 from se_fairseq.cli import score
 from se_fairseq.data.score_file import ScoreFile
-from se_fairseq.testing import split_tokens
 
 transformers.logging.set_verbosity_error()
 

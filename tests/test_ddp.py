@@ -20,8 +20,7 @@ import ddp_worker
 import numpy as np
 import pytest
 import torch.multiprocessing as mp
-
-from se_fairseq.testing import split_tokens, write_scores
+from support.fairseq_data import split_tokens, write_scores
 
 WORLD_SIZE = 2
 RTOL = 1e-5  # float32 sums in another order (two halves, other padding) than one batch

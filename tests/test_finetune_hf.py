@@ -2,7 +2,7 @@
 transformers' Trainer) beside fairseq ones, and fairseq BERT checkpoints through the same
 path (BERT's pair format, token types and WordPiece tokenizer).
 
-Tiny models from configs, tokenizers built here (se_fairseq.testing); references are
+Tiny models from configs, tokenizers built here (tests/support/hf_tokenizers.py); references are
 the tokenizers' own pair encodings, scikit-learn on the saved predictions, and a
 hand-built [CLS] A [SEP] B [SEP] layout.
 """
@@ -13,10 +13,10 @@ import os
 import numpy as np
 import pytest
 import transformers
+from support.hf_tokenizers import HF_WORDS, tiny_bert_tokenizer, tiny_wordlevel_tokenizer
 
 from se_fairseq.finetune import FinetuneError, Overrides, finetune, prepare_data
 from se_fairseq.finetune.plan import plan_runs
-from se_fairseq.testing import HF_WORDS, tiny_bert_tokenizer, tiny_wordlevel_tokenizer
 
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 

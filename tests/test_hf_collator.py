@@ -1,6 +1,6 @@
 """se_fairseq.hf.DataCollatorForSelfEvolution: the transformers path's data collator.
 
-Tokenizers are built in memory (se_fairseq.testing): BERT (WordPiece, [CLS]/[SEP] in
+Tokenizers are built in memory (tests/support/hf_tokenizers.py): BERT (WordPiece, [CLS]/[SEP] in
 the middle of the vocabulary), RoBERTa (byte-level BPE, <s>/</s>/<pad>/<unk> first,
 <mask> last) and a WordLevel one with its special tokens after the words and an extra
 special token (a DeBERTa/ModernBERT-style layout).
@@ -12,17 +12,17 @@ import sys
 import numpy as np
 import pytest
 import torch
-from transformers import DataCollatorForLanguageModeling
-
-from se_fairseq.data.se_masking import row_seeds
-from se_fairseq.hf import DataCollatorForSelfEvolution, with_example_index
-from se_fairseq.testing import (
+from support.fairseq_data import make_task
+from support.hf_tokenizers import (
     hf_examples,
-    make_task,
     tiny_bert_tokenizer,
     tiny_roberta_tokenizer,
     tiny_wordlevel_tokenizer,
 )
+from transformers import DataCollatorForLanguageModeling
+
+from se_fairseq.data.se_masking import row_seeds
+from se_fairseq.hf import DataCollatorForSelfEvolution, with_example_index
 
 TOKENIZERS = {
     "bert": tiny_bert_tokenizer,

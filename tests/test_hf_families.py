@@ -1,7 +1,7 @@
 """SE with the transformers Trainer across model families: tiny random configs, each with
 a tokenizer of the family's special-token layout built here (no hub):
 
-- BERT (BertForMaskedLM): WordPiece, se_fairseq.testing.tiny_bert_tokenizer;
+- BERT (BertForMaskedLM): WordPiece, support.hf_tokenizers.tiny_bert_tokenizer;
 - RoBERTa (RobertaForMaskedLM): byte-level BPE, tiny_roberta_tokenizer;
 - XLM-R (XLMRobertaForMaskedLM): a tokenizers Unigram model with Metaspace (the shape
   of a SentencePiece model), <s> <pad> </s> <unk> first and <mask> last, as XLM-R's;
@@ -25,16 +25,16 @@ import math
 import pytest
 import torch
 import transformers
-from transformers import AutoModelForMaskedLM, AutoTokenizer, TrainingArguments
-
-from se_fairseq.hf import DataCollatorForSelfEvolution, SelfEvolutionArguments, SelfEvolutionTrainer
-from se_fairseq.testing import (
+from support.hf_tokenizers import (
     HF_WORDS,
     hf_examples,
     tiny_bert_tokenizer,
     tiny_roberta_tokenizer,
     tiny_wordlevel_tokenizer,
 )
+from transformers import AutoModelForMaskedLM, AutoTokenizer, TrainingArguments
+
+from se_fairseq.hf import DataCollatorForSelfEvolution, SelfEvolutionArguments, SelfEvolutionTrainer
 
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 

@@ -1,6 +1,6 @@
 """se_fairseq.hf.score_dataset and se-score --hf: self-questioning with HF masked-LMs.
 
-Tiny random models built from configs (no hub), tokenizers from se_fairseq.testing. The
+Tiny random models built from configs (no hub), tokenizers from tests/support/hf_tokenizers.py. The
 reference is written out here: one example at a time, unpadded, the model's logits in
 float64, log_softmax, -log p(true token) or the entropy.
 """
@@ -17,18 +17,18 @@ import numpy as np
 import pytest
 import torch
 import transformers as T
-
-from se_fairseq.cli import score
-from se_fairseq.hf import ScoredDatasetError, load_scored_dataset, score_dataset
-from se_fairseq.hf.provenance import PROVENANCE_FILE
-from se_fairseq.scoring_job import ScoringError
-from se_fairseq.testing import (
+from support.hf_tokenizers import (
     HF_WORDS,
     hf_examples,
     tiny_bert_tokenizer,
     tiny_roberta_tokenizer,
     tiny_wordlevel_tokenizer,
 )
+
+from se_fairseq.cli import score
+from se_fairseq.hf import ScoredDatasetError, load_scored_dataset, score_dataset
+from se_fairseq.hf.provenance import PROVENANCE_FILE
+from se_fairseq.scoring_job import ScoringError
 
 LAYERS = dict(num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
 

@@ -3,9 +3,9 @@ lines read with Python, tokenized one at a time, grouped per map batch of 1,000 
 
 import numpy as np
 import pytest
+from support.hf_tokenizers import HF_WORDS, tiny_bert_tokenizer, tiny_roberta_tokenizer
 
 from se_fairseq.hf import tokenize_text_files
-from se_fairseq.testing import HF_WORDS, tiny_bert_tokenizer, tiny_roberta_tokenizer
 
 MAP_BATCH = 1000  # datasets' Dataset.map default batch size, which run_mlm.py keeps
 

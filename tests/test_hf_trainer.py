@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support.hf_tokenizers import HF_WORDS, hf_examples, tiny_bert_tokenizer
 from transformers import BertConfig, BertForMaskedLM, Trainer, TrainingArguments
 
 from se_fairseq.data.se_masking import row_seeds
@@ -26,7 +27,6 @@ from se_fairseq.hf import (
 )
 from se_fairseq.ops.reference import rounded_count
 from se_fairseq.reference_forward import REF_PROBS
-from se_fairseq.testing import HF_WORDS, hf_examples, tiny_bert_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ a head that is not fairseq's plain RobertaLMHead is called as it is."""
 
 import pytest
 import torch
+from support.fairseq_data import TINY_ROBERTA, setup_task
 
 from se_fairseq import scoring
-from se_fairseq.testing import TINY_ROBERTA, setup_task
 
 ARCHS = {"roberta": TINY_ROBERTA, "hf_bert": ["--arch", "hf_bert", *TINY_ROBERTA[2:]]}
 

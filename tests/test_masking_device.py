@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from fairseq.data import Dictionary
+from support.devices import device_params
 
 from se_fairseq.data import se_masking
 from se_fairseq.data.se_masking import (
@@ -23,7 +24,6 @@ from se_fairseq.data.se_masking import (
     row_seeds,
 )
 from se_fairseq.ops.reference import hash_uniform
-from se_fairseq.testing import device_params
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = device_params()

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from support.fairseq_data import TINY_ROBERTA, fairseq_train, setup_task
 
 from se_fairseq.data.se_masking import SelfEvolutionMasker
 from se_fairseq.scoring import token_scores_from_lprobs
-from se_fairseq.testing import TINY_ROBERTA, fairseq_train, setup_task
 
 
 def setup(data, *extra, criterion="token_ls"):

@@ -3,7 +3,7 @@
 Each test fails if the option it names is ignored: it compares batches the task
 builds with an independent computation from the option's documented meaning
 (README "Task se_mlm"), or checks the refusal's message. The refusals and their
-accepted neighbours are the one table se_fairseq.testing.OPTION_RULES.
+accepted neighbours are the one table tests/support/option_rules.OPTION_RULES.
 """
 
 import math
@@ -12,24 +12,22 @@ import os
 import numpy as np
 import pytest
 import torch
+from support.fairseq_data import (
+    TINY_ROBERTA,
+    epoch_batches,
+    flat_scores_of_batch,
+    make_task,
+    setup_task,
+    split_tokens,
+    write_scores,
+)
+from support.option_rules import option_acceptances, option_argv, option_refusals
 
 from se_fairseq.tasks.se_mlm_config import (
     SelfEvolutionConfigError,
     SelfEvolutionMLMConfig,
     _check_config,
     resolved_replacement,
-)
-from se_fairseq.testing import (
-    TINY_ROBERTA,
-    epoch_batches,
-    flat_scores_of_batch,
-    make_task,
-    option_acceptances,
-    option_argv,
-    option_refusals,
-    setup_task,
-    split_tokens,
-    write_scores,
 )
 
 # ------------------------------------------------------------------ refusals

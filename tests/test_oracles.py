@@ -13,11 +13,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from support.devices import device_params
+from support.fairseq_data import write_mmap_split
 
 import se_fairseq
 from se_fairseq.ops import select
 from se_fairseq.ops.reference import TOPK, select_reference
-from se_fairseq.testing import device_params, write_mmap_split
 
 select_module = importlib.import_module("se_fairseq.ops.select")
 HAS_CUDA = torch.cuda.is_available()

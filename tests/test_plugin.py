@@ -5,9 +5,10 @@ import subprocess
 import sys
 
 import pytest
+from support.fairseq_data import fairseq_train
+from support.option_rules import OPTION_RULES, option_argv
 
 import se_fairseq
-from se_fairseq.testing import OPTION_RULES, fairseq_train, option_argv
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(se_fairseq.__file__))
 

@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from support.fairseq_data import split_tokens, write_mmap_split
 
 from se_fairseq import rarity
 from se_fairseq.data import score_file
-from se_fairseq.testing import split_tokens, write_mmap_split
 
 
 def flat(split_path):
@@ -90,7 +90,7 @@ def test_se_score_writes_a_rarity_file_without_a_checkpoint(corpus, tmp_path):
 @pytest.mark.slow
 def test_se_mlm_trains_on_rarity_scores(corpus, tmp_path):
     """fairseq-train --task se_mlm --se-metric rarity masks the rarest tokens of each block."""
-    from se_fairseq.testing import TINY_ROBERTA
+    from support.fairseq_data import TINY_ROBERTA
 
     data = str(tmp_path / "data-bin")
     shutil.copytree(corpus, data)

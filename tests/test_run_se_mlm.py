@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 import transformers as T
+from support.hf_tokenizers import HF_WORDS, tiny_bert_tokenizer
 
 from se_fairseq.hf import ScoredDatasetError, score_dataset, tokenize_text_files
 from se_fairseq.hf.arguments import SelfEvolutionArguments
-from se_fairseq.testing import HF_WORDS, tiny_bert_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "huggingface" / "run_se_mlm.py"

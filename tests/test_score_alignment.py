@@ -12,10 +12,10 @@ import shutil
 
 import numpy as np
 import pytest
+from support.fairseq_data import setup_task, split_tokens, write_scores
 
 from se_fairseq.data import score_file
 from se_fairseq.tasks.se_mlm_config import SelfEvolutionConfigError
-from se_fairseq.testing import setup_task, split_tokens, write_scores
 
 
 def task_for(data, *args):

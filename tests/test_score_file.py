@@ -6,14 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
+from support.fairseq_data import split_tokens, write_mmap_split, write_scores
 
 from se_fairseq.data import score_file
 from se_fairseq.data.score_file import ScoreFile, ScoreFileError
-from se_fairseq.testing import (
-    split_tokens,
-    write_mmap_split,
-    write_scores,
-)
 
 
 def test_round_trip_is_aligned_with_the_split(corpus, tmp_path):

@@ -6,10 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
+from support.fairseq_data import split_tokens
 
 from se_fairseq.data.score_file import ScoreFile
 from se_fairseq.scoring_job import ScoringError, ScoringJob, plan_chunks, score_corpus
-from se_fairseq.testing import split_tokens
 
 
 def test_plan_chunks_cuts_after_reaching_the_budget():

@@ -6,10 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from se_fairseq.data import score_file
-from se_fairseq.data.score_file import ScoreFileError
-from se_fairseq.testing import (
+from support.fairseq_data import (
     epoch_batches,
     flat_scores_of_batch,
     make_task,
@@ -17,6 +14,9 @@ from se_fairseq.testing import (
     split_tokens,
     write_scores,
 )
+
+from se_fairseq.data import score_file
+from se_fairseq.data.score_file import ScoreFileError
 
 
 def test_random_mode_equals_fairseq_masked_lm(scored_corpus):
@@ -306,8 +306,7 @@ def test_empty_and_short_sequences(scored_corpus):
 def sentencepiece_corpus(tmp_path_factory):
     """Text cut into SentencePiece pieces (an offline BPE), binarized, with a score file."""
     import sentencepiece as spm
-
-    from se_fairseq.testing import binarize
+    from support.fairseq_data import binarize
 
     root = tmp_path_factory.mktemp("spm")
     rng = np.random.default_rng(0)

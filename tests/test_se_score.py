@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from support.fairseq_data import binarize, split_tokens, write_zipf_corpus
 
 from se_fairseq.data.score_file import ScoreFile
-from se_fairseq.testing import binarize, split_tokens, write_zipf_corpus
 
 
 def se_score(data, ckpt, *extra, env=None, check=True):
@@ -178,8 +178,7 @@ def test_blocks_longer_than_the_model_are_skipped_as_fairseq_train_does(
     vanilla_checkpoint, long_sentence_data, tmp_path, break_mode
 ):
     from fairseq.data import Dictionary, TokenBlockDataset, data_utils
-
-    from se_fairseq.testing import fairseq_train
+    from support.fairseq_data import fairseq_train
 
     data = long_sentence_data
     result = se_score(data, vanilla_checkpoint, "--sample-break-mode", break_mode)
@@ -303,7 +302,7 @@ def test_partial_results_of_other_options_are_refused(vanilla_checkpoint, data, 
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_se_mlm_trains_on_se_score_output(vanilla_checkpoint, data, tmp_path):
-    from se_fairseq.testing import fairseq_train
+    from support.fairseq_data import fairseq_train
 
     se_score(data, vanilla_checkpoint)
     result = fairseq_train(

@@ -1,6 +1,6 @@
 """se-score's scores are bit for bit those of the algorithm it had before issue 24 (CPU, fp32).
 
-The reference is the frozen copy of the batched algorithm in se_fairseq.testing (same
+The reference is the frozen copy of the batched algorithm in tests/support/frozen.py (same
 batches, same padding), for fixed-size blocks (``--sample-break-mode none``) and blocks of
 different lengths (``complete``). Both tests also compare with an independent plain loop,
 one forward per block alone, to rounding: whether batching changes the last bit of an fp32
@@ -14,9 +14,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from support.frozen import frozen_batched_scores
 
 from se_fairseq.scoring_job import ScoringJob, score_corpus
-from se_fairseq.testing import frozen_batched_scores
 
 pytestmark = pytest.mark.slow  # 5 to 20 s each on the 2-core machine
 
@@ -30,7 +30,7 @@ def data(corpus, tmp_path):
 def checkpoint(corpus, tmp_path_factory):
     """Random weights and a non-zero LM-head bias, as a trained head has (fairseq starts it
     at zero, which would hide a bias added wrongly or not at all)."""
-    from se_fairseq.testing import TINY_ROBERTA, save_untrained_checkpoint
+    from support.fairseq_data import TINY_ROBERTA, save_untrained_checkpoint
 
     path = str(tmp_path_factory.mktemp("biased") / "checkpoint.pt")
     return save_untrained_checkpoint(corpus, path, TINY_ROBERTA, head_bias_std=1.0)

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from support.devices import device_params
 
 from se_fairseq.ops import extension_available, select
 from se_fairseq.ops.reference import (
@@ -25,7 +26,6 @@ from se_fairseq.ops.reference import (
     se_log,
     select_reference,
 )
-from se_fairseq.testing import device_params
 
 # the module (se_fairseq.ops.select is also the name of the function)
 select_module = importlib.import_module("se_fairseq.ops.select")

@@ -15,8 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fairseq import tasks
-
-from se_fairseq.testing import NO_DROPOUT, TINY_ROBERTA, parse_training_args
+from support.fairseq_data import NO_DROPOUT, TINY_ROBERTA, parse_training_args
 
 TASK_ARGS = {
     # fairseq's own task: 80/10/10 replacement, so some selected tokens are not <mask>

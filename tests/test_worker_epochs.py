@@ -7,8 +7,7 @@ does, with 0, 1 and 2 worker processes.
 
 import pytest
 import torch
-
-from se_fairseq.testing import make_task
+from support.fairseq_data import make_task
 
 EPOCHS = (1, 2, 3)
 

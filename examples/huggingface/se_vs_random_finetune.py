@@ -54,6 +54,25 @@ def docstrings():
                     yield " ".join(words[:48]), int(inspect.isclass(obj))
 
 
+def word_level_tokenizer(words):
+    """A word-level tokenizer over ``words`` with ModernBERT's special tokens after them:
+    '[CLS] A [SEP]' and '[CLS] A [SEP] B [SEP]'."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"]
+    vocab = {s: i for i, s in enumerate([*words, *specials])}
+    model = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    model.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    model.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    names = {f"{n}_token": f"[{n.upper()}]" for n in ("cls", "sep", "pad", "unk", "mask")}
+    return PreTrainedTokenizerFast(tokenizer_object=model, **names)
+
+
 def run(command):
     print("$ " + " ".join(shlex.quote(str(c)) for c in command), flush=True)
     subprocess.run([str(c) for c in command], check=True)
@@ -61,8 +80,6 @@ def run(command):
 
 def main(work):
     import transformers
-
-    from se_fairseq.testing import tiny_wordlevel_tokenizer
 
     os.makedirs(work, exist_ok=True)
     examples = sorted(set(docstrings()))
@@ -72,7 +89,7 @@ def main(work):
         f.writelines(text + "\n" for text, _ in examples)
     counts = collections.Counter(w for text, _ in examples for w in text.split())
     words = [w for w, _ in counts.most_common(2000)]
-    tokenizer = tiny_wordlevel_tokenizer(words=words)  # [CLS] A [SEP] B [SEP], specials last
+    tokenizer = word_level_tokenizer(words)
     tokenizer.model_max_length = 64
     config = transformers.ModernBertConfig(
         vocab_size=len(tokenizer),
