@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))  # tests/support
 import fairseq  # noqa: E402,F401  (registers se_mlm / token_ls)
 from support.fairseq_data import binarize, setup_task, write_scores, write_zipf_corpus  # noqa: E402
 
-from se_fairseq.data.se_masking import row_seeds  # noqa: E402
+from se_fairseq.core.masking import row_seeds  # noqa: E402
 
 
 def sizes(quick):
@@ -203,7 +203,8 @@ def online_parity(data, s, device, limit):
     task.build_criterion(cfg.criterion)  # the configuration fairseq-train would accept
     task.load_dataset("train")
     masker = task.build_masker()
-    from se_fairseq.reference_forward import ONLINE_SEEDS, reference_forward
+    from se_fairseq.core.constants import ONLINE_SEEDS
+    from se_fairseq.core.online import reference_forward
     from se_fairseq.scoring import score_features
 
     itr = task.get_batch_iterator(

@@ -157,7 +157,7 @@ def auto_max_tokens(model, device, block_tokens, share=0.6):
     larger batches do not run faster)."""
     import torch
 
-    from se_fairseq.scoring import LOGITS_BUDGET
+    from se_fairseq.core.scores import LOGITS_BUDGET
 
     if torch.device(device).type != "cuda":
         return DEFAULT_MAX_TOKENS
@@ -200,7 +200,7 @@ class ScoringJob:
     ):
         import torch
 
-        from se_fairseq.scoring import METRICS
+        from se_fairseq.core.scores import METRICS
 
         if metric not in METRICS:
             raise ScoringError(f"unknown metric {metric!r}; choose from {METRICS}")
@@ -220,7 +220,9 @@ class ScoringJob:
         self.prefix = score_file.prefix_of(out or score_file.default_prefix(self.split_path))
         self.partial_dir = self.prefix + ".partial"
         self.fingerprint = score_file.corpus_fingerprint(self.split_path)
-        self.timer: Any = None  # a scoring.StageTimer when score_corpus is asked for stage_times
+        self.timer: Any = (
+            None  # a core.scores.StageTimer when score_corpus is asked for stage_times
+        )
         self._load_model(path)
         self._load_blocks(tokens_per_sample, sample_break_mode)
         if self.max_tokens == "auto":
@@ -487,7 +489,7 @@ def score_corpus(
     that receives the seconds spent per stage (setup, load, forward, lm_head, score, write,
     assemble; timed only when given).
     """
-    from se_fairseq.scoring import StageTimer
+    from se_fairseq.core.scores import StageTimer
 
     timer = StageTimer(stage_times, options.get("device")) if stage_times is not None else None
     job = ScoringJob(

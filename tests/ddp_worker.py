@@ -106,7 +106,7 @@ def fairseq_step(task, model, criterion, optimizer, sample, world_size, group):
     """fairseq Trainer.train_step up to the optimizer step, for one sample per update."""
     from fairseq.distributed import utils as distributed_utils
 
-    from se_fairseq.reference_forward import unwrap_model
+    from se_fairseq.core.online import unwrap_model
 
     optimizer.zero_grad()
     loss, sample_size, log = task.train_step(sample, model, criterion, optimizer, update_num=0)
@@ -151,7 +151,7 @@ def max_rel_error(got, want):
 def run_case(task, cfg, mode, backend, rank, world_size, group):
     from fairseq.optim import build_optimizer
 
-    from se_fairseq.reference_forward import unwrap_model
+    from se_fairseq.core.online import unwrap_model
 
     criterion = task.build_criterion(cfg.criterion)
     model = build_model(task, cfg)

@@ -121,6 +121,7 @@ def test_lm_head_chunks_past_the_logits_budget_give_the_one_chunk_scores(
     from fairseq import checkpoint_utils
 
     from se_fairseq import scoring
+    from se_fairseq.core import scores as core_scores
 
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([untrained_checkpoint])
     model = models[0].eval()
@@ -143,17 +144,17 @@ def test_lm_head_chunks_past_the_logits_budget_give_the_one_chunk_scores(
         calls.clear()
         one, logits = scoring.score_features(model, features, tokens, 1, metric, keep_logits=True)
         assert calls == [int(tokens.ne(1).sum())] and logits is not None
-        monkeypatch.setattr(scoring, "LOGITS_BUDGET", 7 * vocab)
+        monkeypatch.setattr(core_scores, "LOGITS_BUDGET", 7 * vocab)
         calls.clear()
         many, dropped = scoring.score_features(model, features, tokens, 1, metric, keep_logits=True)
-        monkeypatch.setattr(scoring, "LOGITS_BUDGET", 1 << 25)
+        monkeypatch.setattr(core_scores, "LOGITS_BUDGET", 1 << 25)
         assert len(calls) == math.ceil(int(tokens.ne(1).sum()) / 7) and max(calls) == 7
         assert dropped is None  # over budget: the caller recomputes what it needs
         torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-5)
         assert (many[tokens.eq(1)] == 0).all() and (many[tokens.ne(1)] > 0).all()
         lprobs = torch.log_softmax(logits.double(), -1)
         flat = tokens[tokens.ne(1)]
-        want = scoring.token_scores_from_lprobs(lprobs, flat, metric)
+        want = core_scores.token_scores_from_lprobs(lprobs, flat, metric)
         torch.testing.assert_close(one[tokens.ne(1)].double(), want, rtol=1e-5, atol=1e-5)
 
 
@@ -163,6 +164,7 @@ def test_online_masking_past_the_logits_budget(corpus, monkeypatch):
     from support.fairseq_data import TINY_ROBERTA, setup_task
 
     from se_fairseq import scoring
+    from se_fairseq.core import scores as core_scores
 
     task, cfg = setup_task(
         corpus,
@@ -190,7 +192,7 @@ def test_online_masking_past_the_logits_budget(corpus, monkeypatch):
         )
     )
     kept = task.mask_online(batch, model, criterion)
-    monkeypatch.setattr(scoring, "LOGITS_BUDGET", 5 * scoring.vocab_size(model))
+    monkeypatch.setattr(core_scores, "LOGITS_BUDGET", 5 * scoring.vocab_size(model))
     recomputed = task.mask_online(batch, model, criterion)
     assert torch.equal(kept["target"], recomputed["target"])
     torch.testing.assert_close(

@@ -21,7 +21,7 @@ from support.hf_tokenizers import (
 )
 from transformers import DataCollatorForLanguageModeling
 
-from se_fairseq.data.se_masking import row_seeds
+from se_fairseq.core.masking import row_seeds
 from se_fairseq.hf import DataCollatorForSelfEvolution, with_example_index
 
 TOKENIZERS = {

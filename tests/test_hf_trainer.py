@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from support.hf_tokenizers import HF_WORDS, hf_examples, tiny_bert_tokenizer
 from transformers import BertConfig, BertForMaskedLM, Trainer, TrainingArguments
 
-from se_fairseq.data.se_masking import row_seeds
+from se_fairseq.core.masking import row_seeds
 from se_fairseq.hf import (
     DataCollatorForSelfEvolution,
     SelfEvolutionArguments,
@@ -26,7 +26,7 @@ from se_fairseq.hf import (
     token_ls_loss,
 )
 from se_fairseq.ops.reference import rounded_count
-from se_fairseq.reference_forward import REF_PROBS
+from se_fairseq.core.constants import REF_PROBS
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ LOSS_CASES["alpha 0"] = (0.0, False)
 
 @pytest.mark.parametrize("case", sorted(LOSS_CASES))
 def test_loss_equals_fairseq_token_ls_and_the_dense_formula(case):
-    from se_fairseq.criterions.token_ls import token_label_smoothed_loss
+    from se_fairseq.core.tls import token_label_smoothed_loss
 
     alpha, with_ref = LOSS_CASES[case]
     gen = torch.Generator().manual_seed(0)

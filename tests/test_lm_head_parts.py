@@ -7,6 +7,7 @@ import torch
 from support.fairseq_data import TINY_ROBERTA, setup_task
 
 from se_fairseq import scoring
+from se_fairseq.core import scores as core_scores
 
 ARCHS = {"roberta": TINY_ROBERTA, "hf_bert": ["--arch", "hf_bert", *TINY_ROBERTA[2:]]}
 
@@ -45,7 +46,7 @@ def test_the_parts_add_up_to_fairseqs_head_exactly(corpus, arch):
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-@pytest.mark.parametrize("metric", scoring.METRICS)
+@pytest.mark.parametrize("metric", core_scores.METRICS)
 @pytest.mark.parametrize("piece_rows", [3, None])  # softmax pieces of 3 rows, or one piece
 def test_scores_and_kept_logits_equal_those_of_fairseqs_head(
     corpus, arch, metric, piece_rows, monkeypatch
@@ -54,14 +55,14 @@ def test_scores_and_kept_logits_equal_those_of_fairseqs_head(
     tokens, features = batch(model)
     vocab = scoring.vocab_size(model)
     if piece_rows:
-        monkeypatch.setattr(scoring, "SCORE_ELEMENTS", piece_rows * vocab)
+        monkeypatch.setattr(core_scores, "SCORE_ELEMENTS", piece_rows * vocab)
     keep = tokens.ne(1)
     with torch.inference_mode():
         head = model.encoder.output_layer(features[keep])
         scores, kept = scoring.score_features(model, features, tokens, 1, metric, keep_logits=True)
     assert torch.equal(kept, head)
     lprobs = torch.log_softmax(head.double(), -1)  # dense float64 reference
-    want = scoring.token_scores_from_lprobs(lprobs, tokens[keep], metric)
+    want = core_scores.token_scores_from_lprobs(lprobs, tokens[keep], metric)
     torch.testing.assert_close(scores[keep].double(), want, rtol=0, atol=2e-5)
     assert (scores[~keep] == 0).all()
 

@@ -16,8 +16,8 @@ import torch
 from fairseq.data import Dictionary
 from support.devices import device_params
 
-from se_fairseq.data import se_masking
-from se_fairseq.data.se_masking import (
+from se_fairseq.core import masking as se_masking
+from se_fairseq.core.masking import (
     MASKED_LM_LEAVE_UNMASKED_PROB,
     MASKED_LM_RANDOM_TOKEN_PROB,
     SelfEvolutionMasker,

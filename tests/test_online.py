@@ -5,8 +5,8 @@ import pytest
 import torch
 from support.fairseq_data import TINY_ROBERTA, fairseq_train, setup_task
 
-from se_fairseq.data.se_masking import SelfEvolutionMasker
-from se_fairseq.scoring import token_scores_from_lprobs
+from se_fairseq.core.masking import SelfEvolutionMasker
+from se_fairseq.core.scores import token_scores_from_lprobs
 
 
 def setup(data, *extra, criterion="token_ls"):

@@ -198,7 +198,7 @@ def test_online_threshold_selects_live_scores_above_it(corpus):
     """--se-online --se-select threshold: the selection is every eligible token whose
     correctness under the live model (dense log-softmax, eval mode) exceeds --se-threshold,
     set here at the median of those scores so that about half are selected."""
-    from se_fairseq.scoring import token_scores_from_lprobs
+    from se_fairseq.core.scores import token_scores_from_lprobs
 
     def setup(*extra):
         task, cfg = setup_task(

@@ -248,7 +248,7 @@ def test_uniform_picks_are_uniform_and_a_bijection_of_the_row_seed(device):
     - distinct seeds draw independently: 4,000 uniform draws among C(16, 4) = 1,820 subsets
       give about 1,820 * (1 - e^(-4000/1820)) = 1,620 distinct subsets (sd about 10); a
       stream that maps several seeds to one (not a bijection) gives far fewer."""
-    from se_fairseq.data.se_masking import SelfEvolutionMasker
+    from se_fairseq.core.masking import SelfEvolutionMasker
 
     rows, length, k = 4000, 16, 4
     eligible = torch.ones(rows, length, dtype=torch.bool, device=device)
@@ -313,7 +313,7 @@ def test_whole_word_selection_is_word_level_selection(mode):
     positions of a row would be (word k is column k: in sample mode its Gumbel key is the
     k-th of the row's stream), then every piece of a chosen word is selected. The words
     are numbered here in plain Python, the selection is select_reference's."""
-    from se_fairseq.data.se_masking import SelfEvolutionMasker
+    from se_fairseq.core.masking import SelfEvolutionMasker
     from se_fairseq.ops.reference import SAMPLE
 
     d, mask_idx = _masker_dictionary()
@@ -356,7 +356,7 @@ def test_random_share_is_score_picks_plus_uniform_picks(mode, share):
     gives), round(R k) positions drawn uniformly (all-equal scores in sample mode, from the
     row seed's own stream) among those not picked by score, the other k - round(R k) picked
     by score in the masker's mode and temperature."""
-    from se_fairseq.data.se_masking import _RANDOM_STREAM, SelfEvolutionMasker
+    from se_fairseq.core.masking import _RANDOM_STREAM, SelfEvolutionMasker
     from se_fairseq.ops.reference import SAMPLE
 
     d, mask_idx = _masker_dictionary()
@@ -389,7 +389,7 @@ def test_random_share_is_score_picks_plus_uniform_picks(mode, share):
 def test_unscored_positions_are_never_selected_nor_counted():
     """mask(..., scored=S): positions without a score are not eligible; special tokens stay
     ineligible even where S is True. The selection is select_reference's over the rest."""
-    from se_fairseq.data.se_masking import SelfEvolutionMasker
+    from se_fairseq.core.masking import SelfEvolutionMasker
 
     d, mask_idx = _masker_dictionary()
     masker = SelfEvolutionMasker(d, mask_idx, mask_prob=0.3, mode="topk", seed=1)
@@ -408,7 +408,7 @@ def test_unscored_positions_are_never_selected_nor_counted():
 def test_whole_word_replacement_decides_once_per_word():
     """With --mask-whole-words a word's pieces share one keep/random/<mask> decision, as
     fairseq's masked_lm decides per word and repeats it over the pieces."""
-    from se_fairseq.data.se_masking import SelfEvolutionMasker
+    from se_fairseq.core.masking import SelfEvolutionMasker
 
     d, mask_idx = _masker_dictionary()
     begins_of = _word_begins(d)

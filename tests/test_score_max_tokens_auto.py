@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from se_fairseq.cli.score import build_parser
-from se_fairseq.scoring import LOGITS_BUDGET
+from se_fairseq.core.scores import LOGITS_BUDGET
 from se_fairseq.scoring_job import DEFAULT_MAX_TOKENS, ScoringError, ScoringJob, auto_max_tokens
 
 

@@ -117,7 +117,7 @@ def test_whole_word_masking_selects_words_by_their_best_token(scored_corpus, tmp
     word_begins = torch.tensor(
         [i < d.nspecial or i % 3 != 0 for i in range(len(d))], dtype=torch.uint8
     )
-    from se_fairseq.data.se_masking import SelfEvolutionMasker
+    from se_fairseq.core.masking import SelfEvolutionMasker
 
     masker = SelfEvolutionMasker(
         d, task.mask_idx, mask_prob=0.3, mode="topk", seed=1, mask_whole_words=word_begins
@@ -292,7 +292,7 @@ def test_random_share_splits_the_budget(scored_corpus):
 def test_empty_and_short_sequences(scored_corpus):
     """Blocks with fewer eligible tokens than k: k is clamped, nothing crashes."""
     task, _ = make_task(scored_corpus, "--task", "se_mlm", "--mask-prob", "0.5")
-    from se_fairseq.data.se_masking import SelfEvolutionMasker
+    from se_fairseq.core.masking import SelfEvolutionMasker
 
     d = task.source_dictionary
     masker = SelfEvolutionMasker(d, task.mask_idx, mask_prob=0.99, mode="topk", seed=1)

@@ -86,9 +86,9 @@ def scored(data, ckpt, tmp_path, **options):
 def test_fixed_blocks_equal_the_frozen_algorithm_and_one_forward_per_block(
     checkpoint, data, tmp_path, metric, monkeypatch
 ):
-    from se_fairseq import scoring
+    from se_fairseq.core import scores
 
-    monkeypatch.setattr(scoring, "SCORE_ELEMENTS", 3 * 209)  # softmax pieces of 3 rows
+    monkeypatch.setattr(scores, "SCORE_ELEMENTS", 3 * 209)  # softmax pieces of 3 rows
     model, items, blocks, pad = fairseq_blocks(checkpoint, data, "none")
     job = ScoringJob(data, checkpoint, metric=metric, chunk_tokens=1000)
     expected = frozen_batched_scores(

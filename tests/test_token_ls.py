@@ -457,7 +457,7 @@ def test_reduce_metrics_takes_the_tensor_counts(setup):
 @pytest.mark.parametrize("ref", ["model", "uniform"])
 def test_tls_loss_function_equals_the_dense_soft_target_cross_entropy(alpha, ref):
     """The pure loss function against the definition: build the soft target densely."""
-    from se_fairseq.criterions.token_ls import token_label_smoothed_loss
+    from se_fairseq.core.tls import token_label_smoothed_loss
 
     g = torch.Generator().manual_seed(0)
     positions, vocab, pad = 40, 30, 1
@@ -520,7 +520,7 @@ def test_reduce_metrics_weights_rounding_and_edge_counts():
 def test_tls_loss_function_without_ignore_index_counts_every_position():
     """ignore_index=None: no target is ignored, not even one equal to torch's default
     ignore value's magnitude (100) or the pad id."""
-    from se_fairseq.criterions.token_ls import token_label_smoothed_loss
+    from se_fairseq.core.tls import token_label_smoothed_loss
 
     g = torch.Generator().manual_seed(1)
     positions, vocab = 12, 128

@@ -34,7 +34,7 @@ def _max_tokens(value):
 
 
 def build_parser():
-    from se_fairseq.scoring import METRICS
+    from se_fairseq.core.scores import METRICS
 
     p = argparse.ArgumentParser(
         prog="se-score",

@@ -1,10 +1,9 @@
-"""Criterion ``token_ls``: Token-specific Label Smoothing (TLS).
+"""Criterion ``token_ls``: Token-specific Label Smoothing (TLS) in fairseq.
 
-For a masked position i the target is (1 - alpha) * onehot(x_i) + alpha * p_ref_i,
-where p_ref_i is the model's own prediction at i on the unmasked input (eval
-mode, no gradient). The cross-entropy against that target decomposes into
-(1 - alpha) * NLL(x_i) + alpha * CE(p_ref_i, p_i), so no dense soft target is
-built, and both forwards project only the masked positions through the LM head.
+The loss is the core's (``se_fairseq.core.tls``): for a masked position i the target is
+(1 - alpha) * onehot(x_i) + alpha * p_ref_i, where p_ref_i is the model's own prediction at
+i on the unmasked input (eval mode, no gradient). Both forwards project only the masked
+positions through the LM head.
 """
 
 import math
@@ -17,9 +16,13 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 
-from se_fairseq.reference_forward import REF_PROBS, reference_forward
+from se_fairseq.core import options
+from se_fairseq.core.constants import REF_PROBS
+from se_fairseq.core.online import reference_forward
+from se_fairseq.core.tls import token_label_smoothed_loss
+from se_fairseq.tasks.se_mlm_config import SPELLING
 
-TLS_REF_CHOICES = ChoiceEnum(["model", "uniform"])
+TLS_REF_CHOICES = ChoiceEnum(list(options.TLS_REF_CHOICES))
 
 
 @dataclass
@@ -37,25 +40,6 @@ class TokenLabelSmoothingConfig(FairseqDataclass):
     )
 
 
-def token_label_smoothed_loss(lprobs, target, alpha, ref_probs=None, ignore_index=None):
-    """Summed cross-entropy of the soft targets (1 - alpha) * onehot(target) + alpha * ref
-    against ``lprobs`` (positions x vocab, log-probabilities), without building them.
-
-    ``ref_probs`` (positions x vocab) is p_ref; None means the uniform distribution
-    (ordinary label smoothing). Positions whose target is ``ignore_index`` weigh
-    nothing. Returns (loss, nll_loss), nll_loss being the one-hot part alone.
-    """
-    nll_loss = F.nll_loss(
-        lprobs, target, reduction="sum", ignore_index=-100 if ignore_index is None else ignore_index
-    )
-    if alpha == 0.0:
-        return nll_loss, nll_loss
-    smooth = -lprobs.mean(dim=-1) if ref_probs is None else -(ref_probs * lprobs).sum(dim=-1)
-    if ignore_index is not None:
-        smooth = torch.where(target.ne(ignore_index), smooth, smooth.new_zeros(()))
-    return (1.0 - alpha) * nll_loss + alpha * smooth.sum(), nll_loss
-
-
 def original_tokens(sample, pad):
     """The unmasked input: the target where a token was selected, the source elsewhere."""
     src = sample["net_input"]["src_tokens"]
@@ -67,14 +51,13 @@ def original_tokens(sample, pad):
 class TokenLabelSmoothingCriterion(FairseqCriterion):
     def __init__(self, cfg: TokenLabelSmoothingConfig, task):
         super().__init__(task)
-        if not 0.0 <= cfg.tls_alpha <= 1.0:
-            raise ValueError(f"--tls-alpha must lie in [0, 1], got {cfg.tls_alpha}")
+        options.check_tls(SPELLING, alpha=cfg.tls_alpha, ref=str(cfg.tls_ref))
         self.alpha = cfg.tls_alpha
         self.reference = cfg.tls_ref
 
     def needs_reference_probs(self) -> bool:
         """Whether forward reads p_ref (TLS against the model's own prediction with
-        --tls-alpha > 0): the ``ReferenceConsumer`` contract of se_fairseq.reference_forward.
+        --tls-alpha > 0): the ``ReferenceConsumer`` contract of se_fairseq.tasks.se_mlm_online.
         If so, the --se-online step leaves p_ref in the batch and forward takes it there."""
         return self.alpha > 0.0 and self.reference == "model"
 

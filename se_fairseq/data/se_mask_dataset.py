@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from fairseq.data import FairseqDataset, data_utils
 
-from se_fairseq.data.se_masking import row_seeds
-from se_fairseq.reference_forward import ONLINE_SEEDS
+from se_fairseq.core.constants import ONLINE_SEEDS
+from se_fairseq.core.masking import row_seeds
 
 logger = logging.getLogger(__name__)
 

@@ -5,9 +5,24 @@
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-SELECT_CHOICES = ("topk", "sample", "threshold", "random")
-METRIC_CHOICES = ("correctness", "confidence")
-TLS_REF_CHOICES = ("model", "uniform")
+from se_fairseq.core import options
+from se_fairseq.core.constants import SCORES_COLUMN
+from se_fairseq.core.scores import METRICS
+
+# the core's options as the script's command line spells them
+SPELLING = options.Spelling(
+    {
+        "select": "--se_select",
+        "metric": "--se_metric",
+        "online": "--se_online",
+        "threshold": "--se_threshold",
+        "random_share": "--se_random_share",
+        "temperature": "--se_temperature",
+        "tls_alpha": "--tls_alpha",
+        "tls_ref": "--tls_ref",
+    },
+    replacement="mask_random",
+)
 
 
 @dataclass
@@ -20,7 +35,7 @@ class SelfEvolutionArguments:
             "--se_threshold (the reference code's rule); sample = drawn without replacement "
             "with probability rising with the score (Gumbel top-k at --se_temperature); random "
             "= transformers' DataCollatorForLanguageModeling masking (no scores needed)",
-            "choices": SELECT_CHOICES,
+            "choices": options.SELECT_CHOICES,
         },
     )
     se_metric: str = field(
@@ -28,7 +43,7 @@ class SelfEvolutionArguments:
         metadata={
             "help": "the self-questioning score: correctness = -log p(true token), confidence = "
             "entropy of the prediction (offline: what the scores column must hold)",
-            "choices": METRIC_CHOICES,
+            "choices": METRICS,
         },
     )
     se_threshold: Optional[float] = field(
@@ -65,7 +80,7 @@ class SelfEvolutionArguments:
         },
     )
     se_scores_column: str = field(
-        default="se_scores",
+        default=SCORES_COLUMN,
         metadata={"help": "the dataset column holding the per-token scores (offline SE)"},
     )
     tls_alpha: float = field(
@@ -77,21 +92,23 @@ class SelfEvolutionArguments:
         metadata={
             "help": "reference distribution: model = the model's own prediction on the "
             "unmasked input (TLS); uniform = ordinary label smoothing",
-            "choices": TLS_REF_CHOICES,
+            "choices": options.TLS_REF_CHOICES,
         },
     )
 
     def __post_init__(self) -> None:
-        for name, choices in (
-            ("se_select", SELECT_CHOICES),
-            ("se_metric", METRIC_CHOICES),
-            ("tls_ref", TLS_REF_CHOICES),
-        ):
-            value = getattr(self, name)
-            if value not in choices:
-                raise ValueError(f"--{name} must be one of {', '.join(choices)}, not {value!r}")
-        if not 0.0 <= self.tls_alpha <= 1.0:
-            raise ValueError(f"--tls_alpha must lie in [0, 1], got {self.tls_alpha}")
+        options.check_masking(
+            SPELLING,
+            mask_prob=None,  # --mlm_probability, checked by the collator
+            select=self.se_select,
+            metric=self.se_metric,
+            metric_choices=METRICS,
+            online=self.se_online,
+            threshold=self.se_threshold,
+            random_share=self.se_random_share,
+            temperature=self.se_temperature,
+        )
+        options.check_tls(SPELLING, alpha=self.tls_alpha, ref=self.tls_ref)
 
     def collator_kwargs(self) -> dict[str, Any]:
         """The DataCollatorForSelfEvolution keyword arguments these options set."""

@@ -22,23 +22,25 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from se_fairseq.data.se_masking import (
-    DEFAULT_THRESHOLDS,
-    MASKED_LM_LEAVE_UNMASKED_PROB,
-    MASKED_LM_RANDOM_TOKEN_PROB,
-    SelfEvolutionMasker,
-    row_seeds,
-)
-from se_fairseq.reference_forward import ONLINE_SEEDS
+from se_fairseq.core import options
+from se_fairseq.core.constants import IGNORE_INDEX, INDEX_COLUMN, ONLINE_SEEDS, SCORES_COLUMN
+from se_fairseq.core.masking import SelfEvolutionMasker, row_seeds
 
-SELECT_MODES = ("topk", "threshold", "sample", "random")
-SCORES_COLUMN = "se_scores"
-INDEX_COLUMN = "se_index"
-# transformers' replacement defaults (DataCollatorForLanguageModeling: 80 % [MASK], 10 %
-# random, 10 % unchanged), which are masked_lm's too.
-HF_MASK_REPLACE_PROB = 1.0 - MASKED_LM_LEAVE_UNMASKED_PROB - MASKED_LM_RANDOM_TOKEN_PROB
-HF_RANDOM_REPLACE_PROB = MASKED_LM_RANDOM_TOKEN_PROB
-IGNORE_INDEX = -100  # labels at the positions not selected
+# the core's options as the collator's keywords spell them
+SPELLING = options.Spelling(
+    {
+        "mask_prob": "mlm_probability",
+        "select": "select",
+        "metric": "metric",
+        "threshold": "threshold",
+        "random_share": "random_share",
+        "temperature": "temperature",
+        "replace_first": "mask_replace_prob",
+        "replace_second": "random_replace_prob",
+    },
+    flags=False,
+    replacement="mask_random",
+)
 # what pad_unmasked adds to an online batch, beside the row seeds (ONLINE_SEEDS)
 ONLINE_ELIGIBLE = "se_online_eligible"
 ONLINE_WORD_BEGINS = "se_online_word_begins"
@@ -109,46 +111,28 @@ class DataCollatorForSelfEvolution:
                 "tokenizer.add_special_tokens({'mask_token': '[MASK]'}) and resize the model's "
                 "embeddings"
             )
-        if select not in SELECT_MODES:
-            raise ValueError(f"select must be one of {', '.join(SELECT_MODES)}, not {select!r}")
         if return_tensors != "pt":
             raise ValueError(
                 f"return_tensors={return_tensors!r}: DataCollatorForSelfEvolution returns "
                 "PyTorch tensors only (return_tensors='pt')"
             )
-        if not 0.0 < float(mlm_probability) < 1.0:
-            raise ValueError(f"mlm_probability must lie in (0, 1), got {mlm_probability}")
-        if not 0.0 <= random_share <= 1.0:
-            raise ValueError(f"random_share must lie in [0, 1], got {random_share}")
-        if random_share > 0 and select not in ("topk", "sample"):
-            raise ValueError(f"random_share splits the budget of topk or sample, not {select}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if threshold is not None and select != "threshold":
-            raise ValueError(f"threshold applies to select='threshold', not {select!r}")
-        if select == "threshold" and threshold is None:
-            if metric not in DEFAULT_THRESHOLDS:
-                raise ValueError(
-                    f"select='threshold' with metric {metric!r} needs threshold= (defaults "
-                    f"exist for {', '.join(DEFAULT_THRESHOLDS)})"
-                )
-            threshold = DEFAULT_THRESHOLDS[metric]
-        defaults = (
-            (HF_MASK_REPLACE_PROB, HF_RANDOM_REPLACE_PROB) if select == "random" else (1.0, 0.0)
+        options.check_masking(
+            SPELLING,
+            mask_prob=float(mlm_probability),
+            select=select,
+            metric=metric,
+            threshold=threshold,
+            random_share=random_share,
+            temperature=temperature,
+            replacement=(mask_replace_prob, random_replace_prob),
         )
-        mask_replace = defaults[0] if mask_replace_prob is None else float(mask_replace_prob)
-        random_replace = defaults[1] if random_replace_prob is None else float(random_replace_prob)
-        for name, value in (
-            ("mask_replace_prob", mask_replace),
-            ("random_replace_prob", random_replace),
-        ):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}")
-        if mask_replace + random_replace > 1.0 + 1e-12:
-            raise ValueError(
-                "mask_replace_prob plus random_replace_prob must not exceed 1, got "
-                f"{mask_replace} + {random_replace}"
-            )
+        mask_replace, random_replace = options.resolve_replacement(
+            SPELLING, select, (mask_replace_prob, random_replace_prob)
+        )
+        leave_unmasked, random_token = options.leave_and_random_token(
+            SPELLING, (mask_replace, random_replace)
+        )
+        threshold = options.resolve_threshold(select, threshold, metric)
         if pad_to_multiple_of is not None and pad_to_multiple_of <= 0:
             raise ValueError(f"pad_to_multiple_of must be positive, got {pad_to_multiple_of}")
 
@@ -181,10 +165,10 @@ class DataCollatorForSelfEvolution:
             mask_prob=self.mlm_probability,
             mode=select,
             seed=self.seed,
-            threshold=threshold if select == "threshold" else 0.0,
+            threshold=threshold,
             temperature=temperature,
-            leave_unmasked_prob=max(0.0, 1.0 - mask_replace - random_replace),
-            random_token_prob=random_replace,
+            leave_unmasked_prob=leave_unmasked,
+            random_token_prob=random_token,
             threshold_fallback=threshold_fallback,
             random_share=random_share,
         )

@@ -1,11 +1,8 @@
 """Token-specific Label Smoothing (TLS) on a transformers masked-LM output.
 
-The loss of criterion ``token_ls`` (se_fairseq.criterions.token_ls), on the batch shapes
-of transformers: logits (batch x length x vocab), labels -100 where nothing is
-predicted. For a labelled position i the target is
-(1 - alpha) * onehot(label_i) + alpha * p_ref_i, written as
-(1 - alpha) * NLL + alpha * CE(p_ref, p), so no dense soft target is built.
-No fairseq import: the HF path runs without it.
+The core's loss (``se_fairseq.core.tls``, also criterion ``token_ls``'s) on the batch shapes
+of transformers: logits (batch x length x vocab), labels -100 where nothing is predicted,
+divided by the Trainer's count of labels.
 """
 
 from typing import Optional, Union
@@ -13,7 +10,8 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from se_fairseq.core.constants import IGNORE_INDEX
+from se_fairseq.core.tls import token_label_smoothed_loss
 
 
 def token_ls_loss(
@@ -33,24 +31,17 @@ def token_ls_loss(
     """
     selected = labels.ne(IGNORE_INDEX)
     lprobs = F.log_softmax(logits[selected], dim=-1, dtype=torch.float32)
-    targets = labels[selected]
-    per_token = -lprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    if alpha > 0.0:
-        if ref_probs is None:
-            smooth = -lprobs.mean(dim=-1)
-        else:
-            if ref_probs.shape != lprobs.shape:
-                raise ValueError(
-                    f"ref_probs has shape {tuple(ref_probs.shape)}, but the batch has "
-                    f"{lprobs.size(0)} labelled positions over a vocabulary of {lprobs.size(1)}: "
-                    "p_ref must hold one row per label that is not -100, in row-major order"
-                )
-            smooth = -(ref_probs.float() * lprobs).sum(dim=-1)
-        per_token = (1.0 - alpha) * per_token + alpha * smooth
+    if alpha > 0.0 and ref_probs is not None and ref_probs.shape != lprobs.shape:
+        raise ValueError(
+            f"ref_probs has shape {tuple(ref_probs.shape)}, but the batch has "
+            f"{lprobs.size(0)} labelled positions over a vocabulary of {lprobs.size(1)}: "
+            "p_ref must hold one row per label that is not -100, in row-major order"
+        )
+    total, _ = token_label_smoothed_loss(lprobs, labels[selected], alpha, ref_probs)
     count = selected.sum() if num_items_in_batch is None else num_items_in_batch
     if isinstance(count, torch.Tensor):
-        count = count.to(per_token.device).clamp(min=1)
+        count = count.to(total.device).clamp(min=1)
     else:
         count = max(int(count), 1)
     # an empty selection gives 0 (with a graph through the logits), not NaN
-    return per_token.sum() / count
+    return total / count

@@ -149,7 +149,7 @@ class HFScoringJob:
         import datasets
         import torch
 
-        from se_fairseq.scoring import METRICS
+        from se_fairseq.core.scores import METRICS
 
         if metric not in METRICS:
             raise ScoringError(f"unknown metric {metric!r}; choose from {METRICS}")
@@ -325,7 +325,7 @@ class HFScoringJob:
         """Scores of the scored tokens of one batch, in the order of ``spans``."""
         import torch
 
-        from se_fairseq.scoring import token_scores_from_logits
+        from se_fairseq.core.scores import token_scores_from_logits
 
         width = max(e - s for s, e in spans)
         tensors = {"input_ids": torch.full((len(spans), width), self.pad_id, dtype=torch.long)}

@@ -24,17 +24,16 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from se_fairseq.core.constants import IGNORE_INDEX, ONLINE_SEEDS, REF_PROBS
+from se_fairseq.core.online import reference_forward, select_online
 from se_fairseq.hf.arguments import SelfEvolutionArguments
 from se_fairseq.hf.collator import (
-    IGNORE_INDEX,
     ONLINE_ELIGIBLE,
     ONLINE_WORD_BEGINS,
     DataCollatorForSelfEvolution,
     SelfEvolutionEpochCallback,
 )
 from se_fairseq.hf.loss import token_ls_loss
-from se_fairseq.reference_forward import ONLINE_SEEDS, REF_PROBS, reference_forward
-from se_fairseq.scoring import token_scores_from_logits
 
 # columns the collator reads besides the model's inputs (kept by remove_unused_columns)
 _COLLATOR_COLUMNS = ("special_tokens_mask", "offset_mapping")
@@ -196,24 +195,27 @@ class SelfEvolutionTrainer(Trainer):
         seeds = batch.pop(ONLINE_SEEDS)
         eligible = batch.pop(ONLINE_ELIGIBLE)
         word_begins = batch.pop(ONLINE_WORD_BEGINS, None)
-        tokens = batch["input_ids"]
-        masker = self.se_collator.masker
         with reference_forward(self.model) as inner:
             logits = inner(**batch).logits
-            scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
-            if masker.mode != "random":  # (special ids stay unselected: the masker skips them)
-                scores[eligible] = token_scores_from_logits(
-                    logits[eligible], tokens[eligible], self.se_args.se_metric
-                )
-            source, labels = masker.mask(
-                tokens, scores, seeds, scored=eligible, word_begins=word_begins
+            # the logits are the head's whole output already: scored as they are, and p_ref
+            # taken from them at the selected positions
+            step = select_online(
+                logits,
+                batch["input_ids"],
+                eligible,
+                seeds,
+                self.se_collator.masker,
+                self.se_args.se_metric,
+                _given_logits,
+                logits.size(-1),
+                word_begins=word_begins,
+                want_ref=self._needs_reference(),
+                keep_logits=False,
             )
-            if self._needs_reference():
-                batch[REF_PROBS] = F.softmax(
-                    logits[labels.ne(IGNORE_INDEX)], dim=-1, dtype=torch.float32
-                )
-        batch["input_ids"] = source
-        batch["labels"] = labels
+        if step.ref_probs is not None:
+            batch[REF_PROBS] = step.ref_probs
+        batch["input_ids"] = step.source
+        batch["labels"] = step.target
         return batch
 
     # -- the loss --------------------------------------------------------------------
@@ -259,6 +261,11 @@ class SelfEvolutionTrainer(Trainer):
         with reference_forward(model) as inner:
             logits = inner(**unmasked).logits
             return F.softmax(logits[labels.ne(IGNORE_INDEX)], dim=-1, dtype=torch.float32)
+
+
+def _given_logits(rows: torch.Tensor) -> tuple[torch.Tensor, None]:
+    """The core's scoring head over rows that are logits already."""
+    return rows, None
 
 
 def _columns_of(dataset: Any) -> Optional[set]:

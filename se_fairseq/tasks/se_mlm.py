@@ -23,12 +23,12 @@ from fairseq.data.shorten_dataset import maybe_shorten_dataset
 from fairseq.tasks import register_task
 from fairseq.tasks.masked_lm import MaskedLMTask
 
+from se_fairseq.core.constants import ONLINE_SEEDS
 from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion
 from se_fairseq.data import score_file
 from se_fairseq.data.epoch_sync_dataset import EpochSyncDataset
 from se_fairseq.data.score_dataset import ScoreDataset
 from se_fairseq.data.se_mask_dataset import SelfEvolutionMaskDataset
-from se_fairseq.reference_forward import ONLINE_SEEDS
 from se_fairseq.tasks import se_mlm_config, se_mlm_online
 from se_fairseq.tasks.se_mlm_config import (
     SelfEvolutionConfigError,

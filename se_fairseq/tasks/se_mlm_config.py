@@ -21,23 +21,34 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks.masked_lm import MaskedLMConfig
 from omegaconf import II
 
+from se_fairseq.core import options
+from se_fairseq.core.masking import SelfEvolutionMasker
 from se_fairseq.data import score_file
-from se_fairseq.data.se_masking import (
-    DEFAULT_THRESHOLDS,
-    MASKED_LM_LEAVE_UNMASKED_PROB,
-    MASKED_LM_RANDOM_TOKEN_PROB,
-    SelfEvolutionMasker,
+
+SE_SELECT_CHOICES = ChoiceEnum(list(options.SELECT_CHOICES))
+SE_METRIC_CHOICES = ChoiceEnum(list(options.FILE_METRICS))  # rarity: se-score --metric rarity
+SE_THRESHOLD_FALLBACK_CHOICES = ChoiceEnum(list(options.THRESHOLD_FALLBACK_CHOICES))
+
+# the core's options as fairseq-train spells them
+SPELLING = options.Spelling(
+    {
+        "mask_prob": "--mask-prob",
+        "select": "--se-select",
+        "metric": "--se-metric",
+        "online": "--se-online",
+        "threshold": "--se-threshold",
+        "random_share": "--se-random-share",
+        "temperature": "--se-temperature",
+        "replace_first": "--leave-unmasked-prob",
+        "replace_second": "--random-token-prob",
+        "tls_alpha": "--tls-alpha",
+        "tls_ref": "--tls-ref",
+    },
+    replacement="leave_random",
 )
-from se_fairseq.scoring import METRICS as ONLINE_METRICS
-
-SE_SELECT_CHOICES = ChoiceEnum(["topk", "threshold", "sample", "random"])
-SE_METRIC_CHOICES = ChoiceEnum(
-    ["correctness", "confidence", "rarity"]
-)  # rarity: se-score --metric rarity
-SE_THRESHOLD_FALLBACK_CHOICES = ChoiceEnum(["random", "none"])
 
 
-class SelfEvolutionConfigError(ValueError):
+class SelfEvolutionConfigError(options.OptionError):
     """A configuration se_mlm refuses at start-up; fairseq-train prints it as one line."""
 
 
@@ -148,58 +159,26 @@ class SelfEvolutionMLMConfig(MaskedLMConfig):
 
 
 def _check_config(cfg):
-    if cfg.se_online and cfg.se_select == "random":
-        raise SelfEvolutionConfigError(
-            "--se-online selects by score: use --se-select topk, sample or threshold"
+    """The core's checks (``se_fairseq.core.options``), then fairseq's own options."""
+    try:
+        options.check_masking(
+            SPELLING,
+            mask_prob=cfg.mask_prob,
+            select=str(cfg.se_select),
+            metric=str(cfg.se_metric),
+            metric_choices=options.FILE_METRICS,
+            online=cfg.se_online,
+            threshold=cfg.se_threshold,
+            random_share=cfg.se_random_share,
+            temperature=cfg.se_temperature,
+            replacement=(cfg.leave_unmasked_prob, cfg.random_token_prob),
         )
-    if cfg.se_online and str(cfg.se_metric) not in ONLINE_METRICS:
-        raise SelfEvolutionConfigError(
-            f"--se-online scores with the live model: --se-metric must be one of "
-            f"{', '.join(ONLINE_METRICS)}, not {cfg.se_metric} (a score file's metric)"
-        )
-    if not 0.0 < cfg.mask_prob < 1.0:
-        raise SelfEvolutionConfigError(f"--mask-prob must lie in (0, 1), got {cfg.mask_prob}")
-    for name in ("leave_unmasked_prob", "random_token_prob"):
-        value = getattr(cfg, name)
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise SelfEvolutionConfigError(
-                f"--{name.replace('_', '-')} must lie in [0, 1], got {value}"
-            )
-    if sum(resolved_replacement(cfg)) > 1.0:
-        raise SelfEvolutionConfigError(
-            "--leave-unmasked-prob plus --random-token-prob must not exceed 1 "
-            "(unset, each is 0.1 with --se-select random, else 0)"
-        )
-    if cfg.se_temperature <= 0:
-        raise SelfEvolutionConfigError(
-            f"--se-temperature must be positive, got {cfg.se_temperature}"
-        )
+    except options.OptionError as err:
+        raise SelfEvolutionConfigError(str(err)) from None
     if cfg.se_select != "random" and (cfg.mask_multiple_length != 1 or cfg.mask_stdev != 0):
         raise SelfEvolutionConfigError(
             "--mask-multiple-length/--mask-stdev are fairseq random-masking options; they "
             "apply only with --se-select random"
-        )
-    if cfg.se_threshold is not None and cfg.se_select != "threshold":
-        raise SelfEvolutionConfigError(
-            f"--se-threshold applies to --se-select threshold, not {cfg.se_select}"
-        )
-    if (
-        cfg.se_select == "threshold"
-        and cfg.se_threshold is None
-        and str(cfg.se_metric) not in DEFAULT_THRESHOLDS
-    ):
-        raise SelfEvolutionConfigError(
-            f"--se-select threshold with --se-metric {cfg.se_metric} needs "
-            "--se-threshold (there is no default for that metric)"
-        )
-    if not 0.0 <= cfg.se_random_share <= 1.0:
-        raise SelfEvolutionConfigError(
-            f"--se-random-share must lie in [0, 1], got {cfg.se_random_share}"
-        )
-    if cfg.se_random_share > 0 and cfg.se_select not in ("topk", "sample"):
-        raise SelfEvolutionConfigError(
-            "--se-random-share splits the budget of --se-select topk or sample, "
-            f"not {cfg.se_select}"
         )
     if getattr(cfg, "d2v2_multi", False):
         raise SelfEvolutionConfigError("--d2v2-multi (data2vec batches) is not supported by se_mlm")
@@ -209,13 +188,8 @@ def resolved_replacement(cfg: SelfEvolutionMLMConfig) -> tuple[float, ...]:
     """(leave_unmasked_prob, random_token_prob): as given, else masked_lm's 0.1 each with
     --se-select random and 0 in the SE modes (every selected token becomes <mask>, as in
     the paper's reference code)."""
-    defaults = (
-        (MASKED_LM_LEAVE_UNMASKED_PROB, MASKED_LM_RANDOM_TOKEN_PROB)
-        if cfg.se_select == "random"
-        else (0.0, 0.0)
-    )
     given = (cfg.leave_unmasked_prob, cfg.random_token_prob)
-    return tuple(d if g is None else float(g) for g, d in zip(given, defaults))
+    return options.resolve_replacement(SPELLING, str(cfg.se_select), given)
 
 
 def build_masker(
@@ -227,9 +201,6 @@ def build_masker(
     """The masker of the SE modes, from the options: ``word_begins`` is the whole-word
     table of --mask-whole-words (None without it); --se-select threshold without
     --se-threshold takes the metric's default (DEFAULT_THRESHOLDS)."""
-    threshold = cfg.se_threshold
-    if threshold is None and cfg.se_select == "threshold":
-        threshold = DEFAULT_THRESHOLDS[str(cfg.se_metric)]
     leave_unmasked_prob, random_token_prob = resolved_replacement(cfg)
     return SelfEvolutionMasker(
         dictionary,
@@ -237,7 +208,10 @@ def build_masker(
         mask_prob=cfg.mask_prob,
         mode=str(cfg.se_select),
         seed=cfg.seed,
-        threshold=threshold,  # None outside threshold mode
+        # None outside threshold mode
+        threshold=options.resolve_threshold(
+            str(cfg.se_select), cfg.se_threshold, str(cfg.se_metric)
+        ),
         temperature=cfg.se_temperature,
         leave_unmasked_prob=leave_unmasked_prob,
         random_token_prob=random_token_prob,

@@ -6,13 +6,18 @@ so a sample's mask does not depend on the batch it lands in, the worker that
 builds it, or how many times it was built: resuming reproduces it exactly.
 """
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 
+from se_fairseq.core.options import (
+    MASKED_LM_LEAVE_UNMASKED_PROB,
+    MASKED_LM_RANDOM_TOKEN_PROB,
+    Spelling,
+    check_masking,
+)
 from se_fairseq.ops import select
 from se_fairseq.ops.reference import splitmix64
 
@@ -23,22 +28,18 @@ _REPLACE_STREAM = 0x5E1EC7ED5E1EC7ED
 _RANDOM_STREAM = 0x2A17C0DE0BADF00D  # uniform picks: threshold fallback, random share
 _BERNOULLI_STREAM = 0x7F4A7C15BE7A5EED  # mode "random": one independent draw per unit
 
-# The threshold of --se-select threshold when none is given, by metric. The reference code
-# masks the tokens whose loss (correctness) exceeds 0.1, i.e. whose probability is below
-# e^-0.1 = 0.905. For confidence (entropy) the default is the entropy of the surest
-# prediction with that top probability: the binary entropy h(e^-0.1) = 0.314 nats. A token
-# scores below it only if the model puts more than 0.905 on one candidate, so the two rules
-# agree wherever that candidate is the truth.
-_P_SURE = math.exp(-0.1)
-DEFAULT_THRESHOLDS = {
-    "correctness": 0.1,
-    "confidence": -(_P_SURE * math.log(_P_SURE) + (1 - _P_SURE) * math.log(1 - _P_SURE)),
-}
-
-# fairseq masked_lm's replacement policy (80/10/10), which the reference code applies to
-# the rows that threshold selection leaves empty.
-MASKED_LM_LEAVE_UNMASKED_PROB = 0.1
-MASKED_LM_RANDOM_TOKEN_PROB = 0.1
+# the masker's own arguments, as its refusals name them
+MASKER_SPELLING = Spelling(
+    {
+        "mask_prob": "mask_prob",
+        "select": "mode",
+        "random_share": "random_share",
+        "temperature": "temperature",
+        "replace_first": "leave_unmasked_prob",
+        "replace_second": "random_token_prob",
+    },
+    flags=False,
+)
 
 
 def row_seeds(seed, epoch, indices):
@@ -162,8 +163,14 @@ class SelfEvolutionMasker:
         threshold_fallback,
         random_share,
     ):
-        if not 0.0 <= random_share <= 1.0:
-            raise ValueError(f"random_share must lie in [0, 1], got {random_share}")
+        check_masking(
+            MASKER_SPELLING,
+            mask_prob=mask_prob,
+            select=mode,
+            random_share=random_share,
+            temperature=temperature,
+            replacement=(leave_unmasked_prob, random_token_prob),
+        )
         self.pad = pad
         self.mask_idx = mask_idx
         self.mask_prob = mask_prob
@@ -172,7 +179,7 @@ class SelfEvolutionMasker:
         self.threshold = threshold
         self.temperature = temperature
         self.threshold_fallback = threshold_fallback and mode == "threshold"
-        self.random_share = random_share if mode in ("topk", "sample") else 0.0
+        self.random_share = random_share
         self.leave_unmasked_prob = leave_unmasked_prob
         self.random_token_prob = random_token_prob
         special = special.clone()
