@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from support.hf_tokenizers import HF_WORDS, hf_examples, tiny_bert_tokenizer
 from transformers import BertConfig, BertForMaskedLM, Trainer, TrainingArguments
 
+from se_fairseq.core.constants import REF_PROBS
 from se_fairseq.core.masking import row_seeds
 from se_fairseq.hf import (
     DataCollatorForSelfEvolution,
@@ -26,7 +27,6 @@ from se_fairseq.hf import (
     token_ls_loss,
 )
 from se_fairseq.ops.reference import rounded_count
-from se_fairseq.core.constants import REF_PROBS
 
 
 @pytest.fixture(scope="module")

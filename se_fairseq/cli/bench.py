@@ -120,6 +120,12 @@ def cli_main(argv=None):
         level=logging.WARNING,
         stream=sys.stderr,
     )
+    from se_fairseq.extras import MissingExtraError, require_fairseq
+
+    try:
+        require_fairseq("se-bench (fairseq's data pipeline)")
+    except MissingExtraError as err:
+        raise SystemExit(f"se-bench: {err}") from None
     from se_fairseq.pipeline_bench import compare_pipelines
 
     args, base_args, bench_args = parse(sys.argv[1:] if argv is None else argv)

@@ -40,7 +40,14 @@ def quiet_transformers(transformers):
 def import_fairseq():
     """Import fairseq with the plugin registered: its checkpoint loading is then
     ``torch.load(weights_only=True)`` with the allow-list (also when autoload is off),
-    and ``--arch hf_bert*`` exists."""
+    and ``--arch hf_bert*`` exists. Without fairseq: :class:`MissingDependencyError`
+    naming the extra."""
+    from se_fairseq.extras import MissingExtraError, require_fairseq
+
+    try:
+        require_fairseq("se-convert (a fairseq checkpoint on one side)")
+    except MissingExtraError as err:
+        raise MissingDependencyError(str(err)) from None
     import fairseq  # noqa: F401
 
     import se_fairseq

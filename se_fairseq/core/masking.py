@@ -7,7 +7,7 @@ builds it, or how many times it was built: resuming reproduces it exactly.
 """
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Optional
+from typing import Optional, Protocol
 
 import numpy as np
 import torch
@@ -21,8 +21,19 @@ from se_fairseq.core.options import (
 from se_fairseq.ops import select
 from se_fairseq.ops.reference import splitmix64
 
-if TYPE_CHECKING:
-    from fairseq.data import Dictionary
+
+class Vocabulary(Protocol):
+    """What the masker reads of a vocabulary (fairseq's ``Dictionary`` has it): its size,
+    its first ``nspecial`` ids are special, ``pad()`` fills the target, ``count`` weighs
+    random replacements with ``freq_weighted_replacement``."""
+
+    nspecial: int
+    count: list
+
+    def __len__(self) -> int: ...
+
+    def pad(self) -> int: ...
+
 
 _REPLACE_STREAM = 0x5E1EC7ED5E1EC7ED
 _RANDOM_STREAM = 0x2A17C0DE0BADF00D  # uniform picks: threshold fallback, random share
@@ -66,7 +77,7 @@ class SelfEvolutionMasker:
 
     def __init__(
         self,
-        dictionary: "Dictionary",
+        dictionary: Vocabulary,
         mask_idx: int,
         *,
         mask_prob: float,
