@@ -30,6 +30,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from support.readme import marked_blocks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ARCH = (
@@ -49,12 +50,6 @@ SUBSTITUTIONS = [
     (r"--log-interval 100", "--log-interval 1", "log every update of a short run"),
 ]
 WORDS = [f"w{i}" for i in range(120)]
-
-
-def marked_blocks(path):
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    return dict(re.findall(r"<!-- recipe-test: ([\w-]+) -->\n```bash\n(.*?)```", text, flags=re.S))
 
 
 def in_miniature(block):

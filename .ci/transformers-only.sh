@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# CI's second set-up: the transformers-only install on Python 3.13, where fairseq has no
+# wheel. A fresh venv (.venv-hf313), torch from the registry (the CUDA build), then
+# pip install --no-build-isolation ".[hf,finetune]" with the CPU operator only
+# (SE_FAIRSEQ_CUDA=0: compiling the CUDA kernel takes minutes and no GPU runs it here);
+# no fairseq may end up in it. Then the tests of the transformers path and the README's
+# transformers commands (tests/test_readme_hf.py), with the tests that need fairseq
+# deselected. No Python 3.13: the run fails (it does not skip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+PY313=""
+for candidate in "$(command -v python3.13 || true)" \
+    "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13; do
+  if [ -n "$candidate" ] && [ -x "$candidate" ]; then PY313=$candidate; break; fi
+done
+if [ -z "$PY313" ]; then
+  echo "[ci] error: no Python 3.13 (python3.13 on PATH or under pyenv's versions/):" \
+    "the transformers-only install cannot be checked" >&2
+  exit 1
+fi
+VENV=.venv-hf313
+EXTRAS=hf,finetune PYTHON=$PY313 VENV=$VENV SE_FAIRSEQ_CUDA=0 bash examples/setup.sh
+# pytest, at the [test] extra's pin
+pytest_pin=$("$VENV/bin/python" -c "import tomllib; print(next(r for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['test'] if r.startswith('pytest')))")
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "$pytest_pin"
+echo "[ci] $VENV: $("$VENV/bin/python" --version), $("$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null | grep -E '^(torch|transformers|se-fairseq) ' | tr -s ' ' | paste -sd ',' -)"
+if "$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null | grep -i fairseq | grep -v '^se-fairseq '; then
+  echo "[ci] error: fairseq was installed in the transformers-only venv" >&2
+  exit 1
+fi
+if "$VENV/bin/python" -c "import fairseq" 2>/dev/null; then
+  echo "[ci] error: fairseq imports in the transformers-only venv" >&2
+  exit 1
+fi
+echo "[ci] transformers-only set-up: $((SECONDS - start)) s"
+"$VENV/bin/python" -m pytest -m "not fairseq" -p no:cacheprovider \
+  tests/test_boundaries.py tests/test_select_op.py tests/test_hf_collator.py \
+  tests/test_hf_families.py tests/test_hf_score.py tests/test_hf_text.py \
+  tests/test_hf_trainer.py tests/test_run_se_mlm.py tests/test_finetune_hf.py \
+  tests/test_readme_hf.py
+echo "[ci] transformers-only job: $((SECONDS - start)) s"
