@@ -38,5 +38,5 @@ echo "[ci] transformers-only set-up: $((SECONDS - start)) s"
   tests/test_boundaries.py tests/test_select_op.py tests/test_hf_collator.py \
   tests/test_hf_families.py tests/test_hf_score.py tests/test_hf_text.py \
   tests/test_hf_trainer.py tests/test_run_se_mlm.py tests/test_finetune_hf.py \
-  tests/test_readme_hf.py
+  tests/test_readme_hf.py tests/test_core_options.py
 echo "[ci] transformers-only job: $((SECONDS - start)) s"
