@@ -14,16 +14,21 @@ its checkpoint_last.pt (Trainer runs: its last checkpoint-N/).
 import argparse
 import shlex
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Optional, Union
+
+if TYPE_CHECKING:
+    from se_fairseq.finetune import CheckpointPath
 
 
-def _pair(text, what):
+def _pair(text: str, what: str) -> tuple[Optional[str], str]:
     if "=" in text:
         name, value = text.split("=", 1)
         return name, value
     return None, text
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="se-finetune",
         description="Fine-tune fairseq checkpoints (fairseq's sentence_prediction) and Hugging "
@@ -171,7 +176,7 @@ def build_parser():
     return p
 
 
-def parse_checkpoint(text):
+def parse_checkpoint(text: str) -> tuple[str, tuple[str, Optional[str]]]:
     name, value = _pair(text, "checkpoint")
     dict_path = None
     if ":" in value:
@@ -186,17 +191,19 @@ def parse_checkpoint(text):
     return name, (value, dict_path)
 
 
-def cli_main(argv=None):
+def cli_main(argv: Optional[Sequence[str]] = None) -> None:
     from se_fairseq.finetune import FinetuneError, Overrides, finetune
 
     args = build_parser().parse_args(argv)
-    checkpoints = {}
+    checkpoints: dict[str, CheckpointPath] = {}
     for text in args.checkpoint:
         name, value = parse_checkpoint(text)
         if name in checkpoints:
             sys.exit(f"se-finetune: error: two checkpoints named {name!r}; name them NAME=CKPT")
         checkpoints[name] = value
-    tasks = [(n, f) if n else f for n, f in (_pair(t, "task") for t in args.task)]
+    tasks: list[Union[str, tuple[Optional[str], str]]] = [
+        (n, f) if n else f for n, f in (_pair(t, "task") for t in args.task)
+    ]
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:

@@ -16,14 +16,32 @@ hours, peak disk).
 """
 
 import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Optional, Union
 
 from se_fairseq.finetune.errors import FinetuneError
+from se_fairseq.finetune.log import Log
 from se_fairseq.finetune.plan import Overrides
+
+if TYPE_CHECKING:
+    from se_fairseq.finetune.checkpoint import CheckpointInfo
+    from se_fairseq.finetune.hf_model import HFCheckpointInfo
+    from se_fairseq.finetune.plan import RunSpec
+    from se_fairseq.finetune.records import Manifest
+    from se_fairseq.finetune.results import ResultsDocument
+    from se_fairseq.finetune.tasks import TaskData
+
+#: a checkpoint as given: a path (fairseq file or Hugging Face directory) or (path, dict.txt)
+CheckpointPath = Union[str, tuple[str, Optional[str]]]
+#: a task folder as given: a path, or (name, path)
+TaskFolder = Union[str, tuple[Optional[str], str]]
 
 __all__ = ["FinetuneError", "Overrides", "finetune", "prepare_data"]
 
 
-def read_checkpoints(checkpoints, out_dir, log=print):
+def read_checkpoints(
+    checkpoints: Mapping[str, CheckpointPath], out_dir: str, log: Log = print
+) -> list[Union["CheckpointInfo", "HFCheckpointInfo"]]:
     """CheckpointInfo per fairseq checkpoint file, HFCheckpointInfo per Hugging Face
     directory; a fairseq BERT checkpoint (``hf_bert``) is converted back into a
     save_pretrained directory under OUT_DIR/data/ and fine-tuned as one (BERT's own pair
@@ -36,7 +54,7 @@ def read_checkpoints(checkpoints, out_dir, log=print):
     )
     from se_fairseq.finetune.plan import check_name
 
-    infos = []
+    infos: list[Union[CheckpointInfo, HFCheckpointInfo]] = []
     for name, value in checkpoints.items():
         path, dict_path = value if isinstance(value, tuple) else (value, None)
         name = check_name(name, "checkpoint")
@@ -53,7 +71,18 @@ def read_checkpoints(checkpoints, out_dir, log=print):
     return infos
 
 
-def prepare_data(checkpoints, tasks, out_dir, tokenizer_options, log=print):
+def prepare_data(
+    checkpoints: Mapping[str, CheckpointPath],
+    tasks: Sequence[TaskFolder],
+    out_dir: str,
+    tokenizer_options: Mapping[str, Optional[str]],
+    log: Log = print,
+) -> tuple[
+    list[Union["CheckpointInfo", "HFCheckpointInfo"]],
+    list["TaskData"],
+    dict[tuple[str, str], "Manifest"],
+    dict[tuple[str, str], str],
+]:
     """Read checkpoints and task folders and binarize each task once per (dictionary,
     tokenizer); for Hugging Face checkpoints write each task's text once. Returns (infos,
     task datas, manifests, data dirs)."""
@@ -73,7 +102,9 @@ def prepare_data(checkpoints, tasks, out_dir, tokenizer_options, log=print):
     names = [d.name for d in datas]
     if len(set(names)) != len(names):
         raise FinetuneError(f"two task folders have the same name: {names}; name them NAME=PATH")
-    manifests, data_dirs, tokenizers = {}, {}, {}
+    manifests: dict[tuple[str, str], Manifest] = {}
+    data_dirs: dict[tuple[str, str], str] = {}
+    tokenizers: dict[tuple[str, str], Tokenizer] = {}
     for info in infos:
         if info.engine == "hf":
             for data in datas:
@@ -100,7 +131,7 @@ def prepare_data(checkpoints, tasks, out_dir, tokenizer_options, log=print):
     return infos, datas, manifests, data_dirs
 
 
-def _collect_test_predictions(run, out_dir):
+def _collect_test_predictions(run: "RunSpec", out_dir: str) -> None:
     """Copy a run's GLUE server files to OUT_DIR/test_predictions/CKPT/seedN/."""
     import shutil
 
@@ -117,23 +148,23 @@ def _collect_test_predictions(run, out_dir):
 
 
 def finetune(
-    checkpoints,
-    tasks,
-    out_dir,
+    checkpoints: Mapping[str, CheckpointPath],
+    tasks: Sequence[TaskFolder],
+    out_dir: str,
     *,
-    seeds=(1, 2, 3),
-    baseline=None,
-    overrides=None,
-    devices=None,
-    jobs=None,
-    bpe=None,
-    gpt2_encoder_json=None,
-    gpt2_vocab_bpe=None,
-    sentencepiece_model=None,
-    keep_checkpoints="best",
-    predict_test=False,
-    log=print,
-):
+    seeds: Sequence[int] = (1, 2, 3),
+    baseline: Optional[str] = None,
+    overrides: Optional[Overrides] = None,
+    devices: Union[str, Sequence[str], None] = None,
+    jobs: Optional[int] = None,
+    bpe: Optional[str] = None,
+    gpt2_encoder_json: Optional[str] = None,
+    gpt2_vocab_bpe: Optional[str] = None,
+    sentencepiece_model: Optional[str] = None,
+    keep_checkpoints: str = "best",
+    predict_test: bool = False,
+    log: Log = print,
+) -> "ResultsDocument":
     """Fine-tune every checkpoint on every task with every seed; returns the results document
     (also written to OUT_DIR/results.json and results.md). Runs that fail are left out of the
     tables and listed in ``doc["failures"]`` (run, log, reason); a rerun retries them.
@@ -216,11 +247,11 @@ def finetune(
         baseline,
         metric_of_task={column: d.metric for d in datas for column in d.columns},
         failures=[
-            dict(
-                f,
-                run_dir=os.path.relpath(f["run_dir"], out_dir),
-                log=os.path.relpath(f["log"], out_dir),
-            )
+            {
+                **f,
+                "run_dir": os.path.relpath(f["run_dir"], out_dir),
+                "log": os.path.relpath(f["log"], out_dir),
+            }
             for f in failures
         ],
     )

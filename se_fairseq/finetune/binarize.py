@@ -16,12 +16,20 @@ manifest matches is reused.
 import json
 import os
 import shutil
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from se_fairseq.finetune.checkpoint import file_sha256
 from se_fairseq.finetune.errors import FinetuneError
+from se_fairseq.finetune.log import Log
+from se_fairseq.finetune.records import DevSet, Manifest, TestSet
+from se_fairseq.finetune.tasks import Split, TaskData
+
+if TYPE_CHECKING:
+    from se_fairseq.finetune.encode import Tokenizer, TokenizerSpec
 
 
-def splits(task, test=False):
+def splits(task: TaskData, test: bool = False) -> list[tuple[str, Split]]:
     """(fairseq split name, Split): train, then valid, valid1, ... for the dev sets (MNLI's
     mismatched dev set is valid1, as fairseq's preprocess_GLUE_tasks.sh names it), and with
     ``test`` the GLUE test sets (test, test1: texts only, no labels)."""
@@ -38,7 +46,7 @@ def splits(task, test=False):
     )
 
 
-def test_sets(task):
+def test_sets(task: TaskData) -> list[TestSet]:
     """The manifest's list of test sets: GLUE server file name, fairseq split, index file."""
     return [
         {
@@ -50,7 +58,7 @@ def test_sets(task):
     ]
 
 
-def dev_sets(task):
+def dev_sets(task: TaskData) -> list[DevSet]:
     """The manifest's list of dev sets: results column, fairseq split, targets file."""
     return [
         {
@@ -66,7 +74,7 @@ def dev_sets(task):
 MAX_UNK_SHARE = 0.2
 
 
-def write_indexed(path_prefix, lines, dictionary):
+def write_indexed(path_prefix: str, lines: Iterable[str], dictionary: Any) -> tuple[int, int]:
     """Binarize symbol lines as fairseq-preprocess does (append </s>, mmap, no new symbols);
     returns (tokens, unknown tokens)."""
     from fairseq.data import indexed_dataset
@@ -85,7 +93,7 @@ def write_indexed(path_prefix, lines, dictionary):
     return tokens, unknown
 
 
-def label_dictionary(labels):
+def label_dictionary(labels: Iterable[str]) -> Any:
     """The label dictionary ``fairseq-preprocess --only-source`` builds from train labels."""
     from fairseq.data import Dictionary
 
@@ -98,7 +106,7 @@ def label_dictionary(labels):
     return d
 
 
-def manifest_for(task, tokenizer_spec, dict_path):
+def manifest_for(task: TaskData, tokenizer_spec: "TokenizerSpec", dict_path: str) -> Manifest:
     files = {os.path.basename(s.path): file_sha256(s.path) for _, s in splits(task, test=True)}
     return {
         "task": task.name,
@@ -113,7 +121,9 @@ def manifest_for(task, tokenizer_spec, dict_path):
     }
 
 
-def binarize_task(task, tokenizer, dict_path, out_dir, log=print):
+def binarize_task(
+    task: TaskData, tokenizer: "Tokenizer", dict_path: str, out_dir: str, log: Log = print
+) -> Manifest:
     """Write (or reuse) the binarized task; returns its manifest (with label names and sizes)."""
     from fairseq.data import Dictionary
 
@@ -164,20 +174,21 @@ def binarize_task(task, tokenizer, dict_path, out_dir, log=print):
         for split, data in splits(task):
             with open(os.path.join(label_folder, f"{split}.label"), "w") as f:
                 f.writelines(f"{float(v) / scale}\n" for v in data.labels)
-    manifest = dict(
-        wanted,
-        labels=labels,
-        num_classes=len(labels) if labels else 1,
-        sizes={split: len(data) for split, data in splits(task, test=True)},
-        tokens=stats,
-        num_inputs=task.num_inputs,
-        dev_sets=dev_sets(task),
-        test_sets=test_sets(task),
-    )
-    for entry, (_, data) in zip(manifest["test_sets"], task.test_sets):
-        with open(os.path.join(tmp, entry["index"]), "w") as f:
+    tests, devs = test_sets(task), dev_sets(task)
+    manifest: Manifest = {
+        **wanted,
+        "labels": labels,
+        "num_classes": len(labels) if labels else 1,
+        "sizes": {split: len(data) for split, data in splits(task, test=True)},
+        "tokens": stats,
+        "num_inputs": task.num_inputs,
+        "dev_sets": devs,
+        "test_sets": tests,
+    }
+    for test_entry, (_, data) in zip(tests, task.test_sets):
+        with open(os.path.join(tmp, test_entry["index"]), "w") as f:
             json.dump(data.labels, f)
-    for entry, (_, data) in zip(manifest["dev_sets"], task.dev_sets):
+    for entry, (_, data) in zip(devs, task.dev_sets):
         with open(os.path.join(tmp, entry["targets"]), "w") as f:
             json.dump(data.labels, f)
     with open(os.path.join(tmp, "manifest.json"), "w") as f:

@@ -12,6 +12,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Literal, Optional, cast
 
 from se_fairseq.finetune.errors import FinetuneError
 
@@ -24,25 +25,26 @@ class CheckpointInfo:
     name: str
     path: str
     arch: str
-    model_args: list  # fairseq-train options that rebuild the architecture
+    model_args: list[str]  # fairseq-train options that rebuild the architecture
     dict_path: str
     dict_sha256: str
     vocab_size: int  # rows of the embedding table (dictionary + <mask>)
     max_positions: int
-    bpe: dict  # the checkpoint's own cfg.bpe (may be empty)
-    engine: str = "fairseq"
+    bpe: dict[str, Any]  # the checkpoint's own cfg.bpe (may be empty)
+    engine: Literal["fairseq"] = "fairseq"
     #: the checkpoint training started from (cfg.checkpoint: --restore-file, else
     #: --finetune-from-model), where se-convert's tokenizer/ folder may be
     started_from: str = ""
 
     @property
-    def is_bert(self):
+    def is_bert(self) -> bool:
         """A BERT checkpoint (``--arch hf_bert*``, se-convert's): fine-tuned through
         transformers (:func:`se_fairseq.finetune.hf_model.convert_fairseq_bert`)."""
         return self.arch == "hf_bert" or self.arch.startswith("hf_bert_")
 
 
-def _plain(cfg):
+def _plain(cfg: Any) -> dict[str, Any]:
+    """A fairseq config section (omegaconf, argparse Namespace or mapping) as a plain dict."""
     if cfg is None:
         return {}
     if isinstance(cfg, argparse.Namespace):
@@ -51,7 +53,8 @@ def _plain(cfg):
         from omegaconf import OmegaConf
 
         if OmegaConf.is_config(cfg):
-            return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+            # a config section is a DictConfig: its container is a dict
+            return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     except ImportError:  # pragma: no cover - omegaconf comes with fairseq
         pass
     if isinstance(cfg, Mapping):
@@ -59,7 +62,7 @@ def _plain(cfg):
     return {}
 
 
-def model_cli_args(model_cfg, arch):
+def model_cli_args(model_cfg: Mapping[str, Any], arch: str) -> list[str]:
     """fairseq-train options for ``arch`` with the checkpoint's values, from the options the
     registered model declares."""
     from fairseq.models import ARCH_MODEL_REGISTRY
@@ -99,13 +102,13 @@ def model_cli_args(model_cfg, arch):
     return args
 
 
-def first_line(err):
+def first_line(err: BaseException) -> str:
     """An exception's message, its first non-empty line only (errors are one line)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else repr(err)
 
 
-def file_sha256(path):
+def file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -113,7 +116,7 @@ def file_sha256(path):
     return h.hexdigest()
 
 
-def find_dictionary(path, cfg, dict_path=None):
+def find_dictionary(path: str, cfg: Mapping[str, Any], dict_path: Optional[str] = None) -> str:
     """The checkpoint's dict.txt: given, beside the checkpoint, or in its training data folder."""
     if dict_path is not None:
         if not os.path.exists(dict_path):
@@ -132,7 +135,9 @@ def find_dictionary(path, cfg, dict_path=None):
     )
 
 
-def read_checkpoint(path, name=None, dict_path=None):
+def read_checkpoint(
+    path: str, name: Optional[str] = None, dict_path: Optional[str] = None
+) -> CheckpointInfo:
     """Inspect a fairseq checkpoint (loaded on the CPU with fairseq's own reader, which the
     plugin makes weights_only) and check its dictionary against its embedding table."""
     from fairseq import checkpoint_utils

@@ -26,6 +26,12 @@ others finished.
 """
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Optional, TypedDict, Union
+
+from se_fairseq.finetune.log import Log
+from se_fairseq.finetune.plan import Overrides
+from se_fairseq.finetune.tasks import TaskData
 
 #: training tokens per second, roberta.base (125 M parameters), one V100, fp16: an
 #: assumption (forward + backward at about 6 x 85 M non-embedding FLOPs a token, ~35 % of
@@ -34,13 +40,37 @@ TOKENS_PER_SECOND = 30000.0
 BASE_PARAMETERS = 125e6
 PIECES_PER_WORD = 1.3
 
+#: a checkpoint of the dry run: (name, parameters) or (name, parameters, model family)
+PlannedCheckpoint = Union[tuple[str, int], tuple[str, int, Optional[str]]]
 
-def parameter_count(checkpoint_path):
+
+class DryRunRow(TypedDict):
+    """One checkpoint on one task: its runs, updates and GPU hours."""
+
+    checkpoint: str
+    task: str
+    columns: list[str]
+    runs: int
+    train_examples: int
+    batch_size: int
+    epochs: int
+    updates_per_run: int
+    recipe_total_updates: Optional[int]
+    gpu_hours: float
+
+
+class DryRun(TypedDict):
+    rows: list[DryRunRow]
+    peak_disk_bytes: float
+    text: str
+
+
+def parameter_count(checkpoint_path: str) -> int:
     """Parameters of a fairseq checkpoint's model (loaded with the safe loader)."""
     return parameters_and_family(checkpoint_path)[0]
 
 
-def parameters_and_family(path):
+def parameters_and_family(path: str) -> tuple[int, Optional[str]]:
     """(parameters, model family) of a checkpoint: a Hugging Face directory's config
     model_type; ``bert`` for a fairseq hf_bert checkpoint (fine-tuned through
     transformers with BERT's recipe), None for the other fairseq ones."""
@@ -62,18 +92,27 @@ def parameters_and_family(path):
     return params, "bert" if str(arch).startswith("hf_bert") else None
 
 
-def mean_tokens(task):
+def mean_tokens(task: TaskData) -> float:
     words = sum(len(t.split()) for column in task.train.texts for t in column)
     return words * PIECES_PER_WORD / max(1, len(task.train)) + 1 + len(task.train.texts)
 
 
-def plan_table(checkpoints, tasks, seeds, overrides, keep="best", jobs=1):
+def plan_table(
+    checkpoints: Sequence[PlannedCheckpoint],
+    tasks: Sequence[TaskData],
+    seeds: Sequence[int],
+    overrides: Overrides,
+    keep: str = "best",
+    jobs: int = 1,
+) -> tuple[list[DryRunRow], float]:
     """Rows for the dry run. checkpoints: [(name, parameter count)] or [(name, parameter
     count, family)] (``bert``: BERT's recipe, :func:`se_fairseq.finetune.plan.bert_recipe`);
     tasks: TaskData."""
     from se_fairseq.finetune.plan import bert_recipe
 
-    rows, kept_bytes, running_bytes = [], 0.0, []
+    rows: list[DryRunRow] = []
+    kept_bytes = 0.0
+    running_bytes: list[float] = []
     for name, params, *family in checkpoints:
         for task in tasks:
             recipe = bert_recipe(task) if family and family[0] == "bert" else task.recipe
@@ -105,7 +144,7 @@ def plan_table(checkpoints, tasks, seeds, overrides, keep="best", jobs=1):
     return rows, peak
 
 
-def render(rows, peak, keep, jobs):
+def render(rows: Sequence[DryRunRow], peak: float, keep: str, jobs: int) -> str:
     head = (
         "| checkpoint | task | runs | train rows | batch | updates/run | recipe's total | "
         "GPU hours |"
@@ -132,7 +171,15 @@ def render(rows, peak, keep, jobs):
     return "\n".join(lines) + "\n"
 
 
-def dry_run(checkpoints, task_folders, seeds, overrides, keep="best", jobs=None, log=print):
+def dry_run(
+    checkpoints: Mapping[str, Union[str, tuple[str, Optional[str]]]],
+    task_folders: Sequence[Union[str, tuple[Optional[str], str]]],
+    seeds: Sequence[int],
+    overrides: Overrides,
+    keep: str = "best",
+    jobs: Optional[int] = None,
+    log: Log = print,
+) -> DryRun:
     """Print (through ``log``) and return the dry run's table for checkpoints
     ({name: path or (path, dict)}) x task folders x seeds."""
     from se_fairseq.finetune.tasks import read_task

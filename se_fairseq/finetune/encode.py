@@ -13,7 +13,9 @@ Nothing is ever downloaded: a URL or a missing file is an error naming the optio
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Optional
 
 from se_fairseq.finetune.checkpoint import first_line
 from se_fairseq.finetune.errors import FinetuneError
@@ -24,9 +26,9 @@ BPE_KINDS = ("gpt2", "sentencepiece", "none")
 @dataclass(frozen=True)
 class TokenizerSpec:
     kind: str
-    files: tuple = ()  # (option, path) pairs
+    files: tuple[tuple[str, str], ...] = ()  # (option, path) pairs
 
-    def identity(self):
+    def identity(self) -> str:
         """A short hash of the tokenizer: kind and file contents."""
         h = hashlib.sha256(self.kind.encode())
         for option, path in self.files:
@@ -36,7 +38,7 @@ class TokenizerSpec:
         return h.hexdigest()[:12]
 
 
-def _local_file(option, path):
+def _local_file(option: str, path: Optional[str]) -> str:
     if not path:
         raise FinetuneError(f"missing BPE file: give {option} PATH (nothing is downloaded)")
     if "://" in str(path):
@@ -53,12 +55,12 @@ def _local_file(option, path):
 
 
 def tokenizer_spec(
-    bpe=None,
-    gpt2_encoder_json=None,
-    gpt2_vocab_bpe=None,
-    sentencepiece_model=None,
-    checkpoint_bpe=None,
-):
+    bpe: Optional[str] = None,
+    gpt2_encoder_json: Optional[str] = None,
+    gpt2_vocab_bpe: Optional[str] = None,
+    sentencepiece_model: Optional[str] = None,
+    checkpoint_bpe: Optional[Mapping[str, Any]] = None,
+) -> TokenizerSpec:
     """Resolve the tokenizer from explicit options, else from the checkpoint's own cfg.bpe."""
     checkpoint_bpe = checkpoint_bpe or {}
     if bpe is None:
@@ -111,7 +113,7 @@ def tokenizer_spec(
     return TokenizerSpec("none")
 
 
-def check_gpt2_files(encoder_json, vocab_bpe):
+def check_gpt2_files(encoder_json: str, vocab_bpe: str) -> None:
     """encoder.json must be a JSON object of piece -> id, vocab.bpe lines of merges (two
     pieces): a FinetuneError naming the file, before fairseq's reader fails on it."""
     try:
@@ -145,8 +147,9 @@ def check_gpt2_files(encoder_json, vocab_bpe):
 class Tokenizer:
     """``encode(line) -> str`` of space-separated dictionary symbols."""
 
-    def __init__(self, spec):
+    def __init__(self, spec: TokenizerSpec) -> None:
         self.spec = spec
+        self._bpe: Any  # fairseq's GPT2BPE or SentencepieceBPE; None: pre-tokenized text
         files = dict(spec.files)
         if spec.kind == "gpt2":
             from fairseq.data.encoders.gpt2_bpe import GPT2BPE, GPT2BPEConfig
@@ -175,7 +178,7 @@ class Tokenizer:
         else:
             self._bpe = None
 
-    def encode(self, text):
+    def encode(self, text: str) -> str:
         text = text.strip()
         if self._bpe is None:
             return " ".join(text.split())

@@ -12,10 +12,14 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from typing import Any, Literal, Optional
 
 from se_fairseq.finetune.binarize import dev_sets, splits, test_sets
-from se_fairseq.finetune.checkpoint import file_sha256, first_line
+from se_fairseq.finetune.checkpoint import CheckpointInfo, file_sha256, first_line
 from se_fairseq.finetune.errors import FinetuneError
+from se_fairseq.finetune.log import Log
+from se_fairseq.finetune.records import Manifest
+from se_fairseq.finetune.tasks import TaskData
 
 #: families whose position table holds pad_token_id + 1 offset rows before the positions
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer")
@@ -29,16 +33,16 @@ class HFCheckpointInfo:
     path: str  # the save_pretrained directory
     model_type: str  # config.json's model_type (bert, modernbert, deberta-v2, ...)
     max_length: int  # tokens per input the tokenizer truncates to
-    engine: str = "hf"
+    engine: Literal["hf"] = "hf"
     converted_from: str = ""  # a fairseq checkpoint this directory was converted from
 
 
-def is_hf_directory(path):
+def is_hf_directory(path: str) -> bool:
     """A directory given as a checkpoint is a Hugging Face one (fairseq's are files)."""
     return os.path.isdir(path)
 
 
-def load_tokenizer(path):
+def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
@@ -51,7 +55,7 @@ def load_tokenizer(path):
         ) from None
 
 
-def max_length(config, tokenizer):
+def max_length(config: Any, tokenizer: Any) -> int:
     """Tokens per input: the tokenizer's model_max_length where it sets one, else the
     model's positions (less RoBERTa's offset rows), whichever is smaller."""
     positions = getattr(config, "max_position_embeddings", None) or 512
@@ -61,7 +65,9 @@ def max_length(config, tokenizer):
     return int(min(limit, positions)) if limit and limit < NO_LIMIT else int(positions)
 
 
-def read_hf_checkpoint(path, name=None, converted_from=""):
+def read_hf_checkpoint(
+    path: str, name: Optional[str] = None, converted_from: str = ""
+) -> HFCheckpointInfo:
     """Inspect a save_pretrained directory: config.json readable by AutoConfig, a tokenizer
     AutoTokenizer loads, with a pad token (batches are padded)."""
     from transformers import AutoConfig
@@ -94,7 +100,7 @@ def read_hf_checkpoint(path, name=None, converted_from=""):
     )
 
 
-def parameter_count(path):
+def parameter_count(path: str) -> int:
     """Parameters of the sequence-classification model of a directory (built on the meta
     device from its config: nothing is loaded)."""
     import torch
@@ -106,7 +112,7 @@ def parameter_count(path):
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def bert_tokenizer_dir(info):
+def bert_tokenizer_dir(info: CheckpointInfo) -> str:
     """The ``tokenizer/`` folder se-convert from-hf wrote: beside the checkpoint, beside
     its dict.txt, or beside the checkpoint its training started from (``--restore-file``:
     continued pretraining saves elsewhere). None found is an error: a vocab.txt rebuilt
@@ -125,7 +131,7 @@ def bert_tokenizer_dir(info):
     )
 
 
-def convert_fairseq_bert(info, out_dir, log=print):
+def convert_fairseq_bert(info: CheckpointInfo, out_dir: str, log: Log = print) -> HFCheckpointInfo:
     """A fairseq ``hf_bert`` checkpoint -> OUT_DIR/data/hf-NAME-SHA/, a save_pretrained
     directory (BertForMaskedLM weights, config, the checkpoint's own WordPiece tokenizer:
     :func:`bert_tokenizer_dir`), made once per checkpoint content."""
@@ -150,18 +156,24 @@ def convert_fairseq_bert(info, out_dir, log=print):
     return read_hf_checkpoint(folder, info.name, converted_from=info.path)
 
 
-def label_names(task):
+def label_names(task: TaskData) -> Optional[list[str]]:
     """Class i of the head is label i: the train labels in sorted order."""
     return sorted(set(task.train.labels)) if task.kind == "classification" else None
 
 
-def write_text_task(task, out_dir, log=print):
+def write_text_task(task: TaskData, out_dir: str, log: Log = print) -> Manifest:
     """Write (or reuse) OUT_DIR: ``examples.json`` (per split: the text columns and labels,
     as read from the task folder), dev targets and test indices under the names the
     fairseq data folder uses, and a manifest. Returns the manifest."""
     files = {os.path.basename(s.path): file_sha256(s.path) for _, s in splits(task, test=True)}
-    wanted = {"task": task.name, "layout": task.layout, "kind": task.kind, "files": files}
-    wanted.update(label_scale=task.label_scale, format="text-1")
+    wanted: Manifest = {
+        "task": task.name,
+        "layout": task.layout,
+        "kind": task.kind,
+        "files": files,
+        "label_scale": task.label_scale,
+        "format": "text-1",
+    }
     manifest_path = os.path.join(out_dir, "manifest.json")
     if os.path.exists(manifest_path):
         have = json.load(open(manifest_path))
@@ -177,20 +189,21 @@ def write_text_task(task, out_dir, log=print):
     }
     with open(os.path.join(tmp, "examples.json"), "w") as f:
         json.dump(examples, f)
-    manifest = dict(
-        wanted,
-        labels=labels,
-        num_classes=len(labels) if labels else 1,
-        sizes={split: len(data) for split, data in splits(task, test=True)},
-        num_inputs=task.num_inputs,
-        dev_sets=dev_sets(task),
-        test_sets=test_sets(task),
-    )
-    for entry, (_, data) in zip(manifest["dev_sets"], task.dev_sets):
+    devs, tests = dev_sets(task), test_sets(task)
+    manifest: Manifest = {
+        **wanted,
+        "labels": labels,
+        "num_classes": len(labels) if labels else 1,
+        "sizes": {split: len(data) for split, data in splits(task, test=True)},
+        "num_inputs": task.num_inputs,
+        "dev_sets": devs,
+        "test_sets": tests,
+    }
+    for entry, (_, data) in zip(devs, task.dev_sets):
         with open(os.path.join(tmp, entry["targets"]), "w") as f:
             json.dump(data.labels, f)
-    for entry, (_, data) in zip(manifest["test_sets"], task.test_sets):
-        with open(os.path.join(tmp, entry["index"]), "w") as f:
+    for test_entry, (_, data) in zip(tests, task.test_sets):
+        with open(os.path.join(tmp, test_entry["index"]), "w") as f:
             json.dump(data.labels, f)
     with open(manifest_path.replace(out_dir, tmp), "w") as f:
         json.dump(manifest, f, indent=1)
@@ -200,7 +213,7 @@ def write_text_task(task, out_dir, log=print):
     return manifest
 
 
-def text_folder(out_dir, task):
+def text_folder(out_dir: str, task: TaskData) -> str:
     """OUT_DIR/data/TASK-text-HASH: one per task folder content, shared by every HF
     checkpoint (each tokenizes it with its own tokenizer in its run)."""
     h = hashlib.sha256()

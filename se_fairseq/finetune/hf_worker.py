@@ -26,18 +26,25 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
+from typing import Any, Optional, TypedDict
+
+from se_fairseq.finetune.metrics import Label
+
+#: a spec.json as the worker reads it
+Spec = dict[str, Any]
 
 BEST = "best"
 TRAINER_CHECKPOINT = re.compile(r"^checkpoint-\d+$")
 
 
-def encode(tokenizer, texts, max_length):
+def encode(tokenizer: Any, texts: Sequence[Sequence[str]], max_length: int) -> Any:
     """A split's text columns (one list per column) as the tokenizer encodes them: the
     pair as ``tokenizer(text_a, text_b)``, truncated to ``max_length``."""
     return tokenizer(*texts, truncation=True, max_length=max_length)
 
 
-def load_examples(spec):
+def load_examples(spec: Spec) -> dict[str, Any]:
     with open(os.path.join(spec["data_dir"], "examples.json")) as f:
         return json.load(f)
 
@@ -45,7 +52,7 @@ def load_examples(spec):
 class TextDataset:
     """A split as the Trainer takes it: a list of encoded examples with their labels."""
 
-    def __init__(self, encoded, labels=None):
+    def __init__(self, encoded: Any, labels: Optional[Sequence[Label]] = None) -> None:
         self.rows = [
             {k: encoded[k][i] for k in encoded.keys()} for i in range(len(encoded["input_ids"]))
         ]
@@ -53,14 +60,14 @@ class TextDataset:
             for row, label in zip(self.rows, labels):
                 row["labels"] = label
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> dict[str, Any]:
         return self.rows[i]
 
 
-def targets_of(spec, labels):
+def targets_of(spec: Spec, labels: Sequence[str]) -> list[Any]:
     """Labels as the head is trained on them: class numbers, or scaled floats."""
     if spec["kind"] == "regression":
         scale = spec.get("label_scale") or 1.0
@@ -69,7 +76,7 @@ def targets_of(spec, labels):
     return [index[v] for v in labels]
 
 
-def outputs_to_predictions(spec, logits):
+def outputs_to_predictions(spec: Spec, logits: Any) -> list[Label]:
     import numpy as np
 
     logits = np.asarray(logits, dtype=float)
@@ -79,14 +86,22 @@ def outputs_to_predictions(spec, logits):
     return [spec["labels"][int(i)] for i in logits.argmax(-1)]
 
 
-def last_checkpoint(run_dir):
+def last_checkpoint(run_dir: str) -> Optional[str]:
     names = [n for n in os.listdir(run_dir) if TRAINER_CHECKPOINT.match(n)] if run_dir else []
     if not names:
         return None
     return os.path.join(run_dir, max(names, key=lambda n: int(n.split("-")[1])))
 
 
-def precision_options(precision):
+class PrecisionOptions(TypedDict, total=False):
+    """TrainingArguments' device and precision options."""
+
+    use_cpu: bool
+    fp16: bool
+    bf16: bool
+
+
+def precision_options(precision: str) -> PrecisionOptions:
     import torch
 
     if not torch.cuda.is_available():
@@ -101,13 +116,16 @@ def precision_options(precision):
 class HFEngine:
     """train() then predict(split) -> (predictions, head outputs, updates)."""
 
-    def __init__(self, spec, run_dir):
+    def __init__(self, spec: Spec, run_dir: str) -> None:
         self.spec, self.run_dir = spec, run_dir
-        self.trainer = None
-        self.resumed_from = None  # the Trainer checkpoint a killed run resumed from
+        self.trainer: Any = None  # transformers' Trainer, once train() built it
+        self.tokenizer: Any = None
+        self.examples: dict[str, Any] = {}
+        self.updates: Optional[int] = None
+        self.resumed_from: Optional[str] = None  # the Trainer checkpoint a killed run resumed from
         self.eval_checkpoint = BEST if spec["eval_checkpoint"] == "best" else "last"
 
-    def _metrics(self, eval_prediction):
+    def _metrics(self, eval_prediction: Any) -> dict[str, float]:
         from se_fairseq.finetune import metrics
 
         spec = self.spec
@@ -124,7 +142,7 @@ class HFEngine:
             values["accuracy"] = metrics.compute("accuracy", predictions, targets)
         return values
 
-    def train(self):
+    def train(self) -> None:
         import transformers
         from transformers import (
             AutoModelForSequenceClassification,
@@ -191,20 +209,20 @@ class HFEngine:
         chosen = state.best_model_checkpoint if args.load_best_model_at_end else None
         self.updates = int(chosen.rsplit("-", 1)[1]) if chosen else state.global_step
 
-    def dataset(self, split, with_labels=True):
+    def dataset(self, split: str, with_labels: bool = True) -> TextDataset:
         data = self.examples[split]
         encoded = encode(self.tokenizer, data["texts"], self.spec["settings"]["max_length"])
         labels = targets_of(self.spec, data["labels"]) if with_labels else None
         return TextDataset(encoded, labels)
 
-    def predict(self, split="valid"):
+    def predict(self, split: str = "valid") -> tuple[list[Label], list[list[float]], Optional[int]]:
         assert self.trainer is not None
         output = self.trainer.predict(self.dataset(split, with_labels=False))
         logits = output.predictions.reshape(len(output.predictions), -1)
         predictions = outputs_to_predictions(self.spec, logits)
         return predictions, [[float(v) for v in row] for row in logits], self.updates
 
-    def before_done(self, keep):
+    def before_done(self, keep: Optional[str]) -> None:
         """What the run keeps: the scored model as best/ (keep best or all)."""
         if keep in (None, "best", "all"):  # save_pretrained: no pickled training_args.bin
             best = os.path.join(self.run_dir, BEST)
@@ -212,7 +230,7 @@ class HFEngine:
             self.tokenizer.save_pretrained(best)
 
 
-def prune(run_dir, keep):
+def prune(run_dir: str, keep: Optional[str]) -> None:
     """The Trainer's checkpoint-N folders go unless ``keep`` is all; best/ goes with none."""
     if keep in (None, "all") or not os.path.isdir(run_dir):
         return

@@ -11,9 +11,21 @@ back through the run's own engine (to show and to test the pair format).
 
 import json
 import os
+from typing import Any, TypedDict, Union
+
+from se_fairseq.finetune.log import Log
+from se_fairseq.finetune.plan import RunSpec
+
+#: a spec.json as the worker reads it
+Spec = dict[str, Any]
 
 
-def example_input(run, index=0, split="train"):
+class ExampleInput(TypedDict):
+    pieces: list[str]
+    token_types: list[int]
+
+
+def example_input(run: Union[RunSpec, Spec], index: int = 0, split: str = "train") -> ExampleInput:
     """{"pieces": [...], "token_types": [...]} of example ``index`` of ``split``; ``run``
     is a RunSpec or its spec.json dict."""
     spec = run if isinstance(run, dict) else run.to_json()
@@ -22,12 +34,12 @@ def example_input(run, index=0, split="train"):
     return _fairseq_example(spec, index, split)
 
 
-def _hf_example(spec, index, split):
+def _hf_example(spec: Spec, index: int, split: str) -> ExampleInput:
     from transformers import AutoTokenizer
 
     from se_fairseq.finetune.hf_worker import encode, load_examples
 
-    tokenizer = AutoTokenizer.from_pretrained(spec["checkpoint_path"], local_files_only=True)
+    tokenizer: Any = AutoTokenizer.from_pretrained(spec["checkpoint_path"], local_files_only=True)
     texts = [[column[index]] for column in load_examples(spec)[split]["texts"]]
     encoded = encode(tokenizer, texts, spec["settings"]["max_length"])
     ids = encoded["input_ids"][0]
@@ -35,7 +47,7 @@ def _hf_example(spec, index, split):
     return {"pieces": tokenizer.convert_ids_to_tokens(ids), "token_types": list(types)}
 
 
-def _fairseq_example(spec, index, split):
+def _fairseq_example(spec: Spec, index: int, split: str) -> ExampleInput:
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
@@ -51,7 +63,9 @@ def _fairseq_example(spec, index, split):
     }
 
 
-def print_example(run, index=0, split="train", out=print):
+def print_example(
+    run: Union[RunSpec, Spec], index: int = 0, split: str = "train", out: Log = print
+) -> ExampleInput:
     """One line of pieces and one of token types, aligned."""
     shown = example_input(run, index, split)
     widths = [max(len(p), len(str(t))) for p, t in zip(shown["pieces"], shown["token_types"])]
@@ -60,6 +74,6 @@ def print_example(run, index=0, split="train", out=print):
     return shown
 
 
-def read_spec(run_dir):
+def read_spec(run_dir: str) -> Spec:
     with open(os.path.join(run_dir, "spec.json")) as f:
         return json.load(f)

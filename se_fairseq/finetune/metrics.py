@@ -3,7 +3,13 @@
 Values are fractions (accuracy 0.91, not 91); reports multiply by 100.
 """
 
+from collections.abc import Sequence
+from typing import Optional, Union
+
 import numpy as np
+
+#: a dev prediction or target: a label string (classification) or a number (regression)
+Label = Union[str, float]
 
 #: metric -> kind of task it applies to
 METRICS = {
@@ -23,14 +29,19 @@ COMPANIONS = {
 }
 
 
-def check_metric(metric, kind):
+def check_metric(metric: str, kind: str) -> None:
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {sorted(METRICS)}")
     if METRICS[metric] != kind:
         raise ValueError(f"metric {metric!r} is for {METRICS[metric]} tasks, not {kind}")
 
 
-def compute(metric, predictions, targets, positive_label=None):
+def compute(
+    metric: str,
+    predictions: Sequence[Label],
+    targets: Sequence[Label],
+    positive_label: Optional[str] = None,
+) -> float:
     """One metric on dev predictions (labels as strings for classification, floats otherwise)."""
     from scipy import stats
     from sklearn import metrics
@@ -59,7 +70,13 @@ def compute(metric, predictions, targets, positive_label=None):
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def evaluate(kind, main_metric, predictions, targets, positive_label=None):
+def evaluate(
+    kind: str,
+    main_metric: str,
+    predictions: Sequence[Label],
+    targets: Sequence[Label],
+    positive_label: Optional[str] = None,
+) -> dict[str, float]:
     """{metric: value} for the main metric and its companions; ``positive_label`` is the
     class F1 is of (default "1" if it is a label, else the alphabetically last)."""
     names = [main_metric] + [m for m in COMPANIONS.get(main_metric, ()) if m != main_metric]

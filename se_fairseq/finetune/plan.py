@@ -34,19 +34,39 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, Union, overload
 
 from se_fairseq.finetune.errors import FinetuneError
+from se_fairseq.finetune.records import DevSet, Manifest, RunSettings, TestSet
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from se_fairseq.finetune.checkpoint import CheckpointInfo
+    from se_fairseq.finetune.hf_model import HFCheckpointInfo
+    from se_fairseq.finetune.tasks import Recipe, TaskData
+
+#: the updates fairseq-train makes in epoch 1, 2, ... (:func:`updates_per_epoch`)
+PerEpoch = Callable[[int], int]
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 #: RunSpec fields that enter the fingerprint only when not None
 OPTIONAL_FIELDS = ("dev_sets", "engine")
 #: RoBERTa's GLUE recipe's optimizer (fairseq examples/roberta/README.glue.md)
-ROBERTA_OPTIMIZER = {"adam_betas": (0.9, 0.98), "adam_eps": 1e-6, "weight_decay": 0.1}
+ROBERTA_OPTIMIZER: dict[str, Any] = {
+    "adam_betas": (0.9, 0.98),
+    "adam_eps": 1e-6,
+    "weight_decay": 0.1,
+}
 #: BERT's (Devlin et al. 2019, section 4.1 and appendix A.3; its run_classifier.py): Adam
 #: (0.9, 0.999), eps 1e-6, weight decay 0.01, 10 % warmup, linear decay
-BERT_OPTIMIZER = {"adam_betas": (0.9, 0.999), "adam_eps": 1e-6, "weight_decay": 0.01}
+BERT_OPTIMIZER: dict[str, Any] = {
+    "adam_betas": (0.9, 0.999),
+    "adam_eps": 1e-6,
+    "weight_decay": 0.01,
+}
 
 
 @dataclass
@@ -66,7 +86,7 @@ class Overrides:
     best_metric: Optional[str] = None  # fairseq --best-checkpoint-metric
     eval_checkpoint: str = "best"  # which checkpoint predicts dev: best or last
     precision: str = "auto"  # auto (fp16 on GPU, as the recipe), fp32, fp16, bf16
-    fairseq_args: list = field(default_factory=list)  # appended last: they win
+    fairseq_args: list[str] = field(default_factory=list)  # appended last: they win
 
 
 @dataclass
@@ -79,33 +99,33 @@ class RunSpec:
     data_dir: str
     kind: str
     metric: str
-    labels: Optional[list]
+    labels: Optional[list[str]]
     label_scale: Optional[float]
     eval_checkpoint: str
     precision: str
-    fairseq_args: list
-    settings: dict
+    fairseq_args: list[str]
+    settings: RunSettings
     positive_label: Optional[str] = None  # the F1 positive class (task.json "positive")
     #: more than one dev set (MNLI): the manifest's [{name, split, targets}], else None
-    dev_sets: Optional[list] = None
+    dev_sets: Optional[list[DevSet]] = None
     #: --keep-checkpoints (all, best, none): what the run keeps once done; not a setting of
     #: the result, so never in the fingerprint
     keep_checkpoints: Optional[str] = None
     #: --predict-test: the manifest's test sets to predict once done (GLUE server files);
     #: not a setting of the dev result, so never in the fingerprint
-    test_sets: Optional[list] = None
+    test_sets: Optional[list[TestSet]] = None
     #: "hf": a Hugging Face checkpoint, trained with transformers' Trainer
     #: (:mod:`se_fairseq.finetune.hf_worker`); None: fairseq-train
     engine: Optional[str] = None
 
     @property
-    def key(self):
+    def key(self) -> str:
         return f"{self.checkpoint}/{self.task}/seed{self.seed}"
 
-    def to_json(self):
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         """What decides the run's result: a finished run with another fingerprint is stale.
         No absolute path enters it, so that an --out folder (or the checkpoint) can move: the
         run folder is left out, the data folder counts by its name (the task, the dictionary's
@@ -125,13 +145,19 @@ class RunSpec:
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_name(name, what):
+def check_name(name: str, what: str) -> str:
     if not NAME.match(name):
         raise FinetuneError(f"{what} name {name!r}: use letters, digits and . _ + - only")
     return name
 
 
-def _last_option(args, names, default=None):
+@overload
+def _last_option(args: Sequence[str], names: Sequence[str]) -> Optional[str]: ...
+@overload
+def _last_option(args: Sequence[str], names: Sequence[str], default: str) -> str: ...
+def _last_option(
+    args: Sequence[str], names: Sequence[str], default: Optional[str] = None
+) -> Optional[str]:
     """The value of the last of ``names`` in an argv list (``--x V`` or ``--x=V``)."""
     value = default
     for i, arg in enumerate(args):
@@ -143,7 +169,7 @@ def _last_option(args, names, default=None):
     return value
 
 
-def _train_sizes(data_dir, num_inputs):
+def _train_sizes(data_dir: str, num_inputs: int) -> "np.ndarray":
     """Per-example sizes of the binarized train split as sentence_prediction builds its
     source (each input's tokens with its </s>, plus the prepended <s> and separator)."""
     import numpy as np
@@ -161,7 +187,7 @@ def _train_sizes(data_dir, num_inputs):
     return sizes
 
 
-def updates_per_epoch(data_dir, args, num_inputs):
+def updates_per_epoch(data_dir: str, args: Sequence[str], num_inputs: int) -> PerEpoch:
     """Updates per epoch (epoch 1, 2, ... as a function) that fairseq-train makes from the
     arguments ``args``: the train batches fairseq builds (trainer.get_train_iterator ->
     task.get_batch_iterator -> data_utils.batch_by_size), grouped by --update-freq as
@@ -173,10 +199,10 @@ def updates_per_epoch(data_dir, args, num_inputs):
     positions = _last_option(args, ["--max-positions"])
     if _last_option(args, ["--shorten-method"], "none") == "truncate" and positions:
         sizes = np.minimum(sizes, int(positions))  # TruncateDataset
-    max_tokens = _last_option(args, ["--max-tokens"])
-    max_tokens = int(max_tokens) if max_tokens is not None else None
-    batch_size = _last_option(args, ["--batch-size", "--max-sentences"])
-    batch_size = int(batch_size) if batch_size is not None else None
+    max_tokens_arg = _last_option(args, ["--max-tokens"])
+    max_tokens = int(max_tokens_arg) if max_tokens_arg is not None else None
+    batch_size_arg = _last_option(args, ["--batch-size", "--max-sentences"])
+    batch_size = int(batch_size_arg) if batch_size_arg is not None else None
     multiple = int(_last_option(args, ["--required-batch-size-multiple"], "8"))
     seed = int(_last_option(args, ["--seed"], "1"))
     # the task's order: SortDataset(sort_order=[a permutation seeded by --seed])
@@ -199,7 +225,7 @@ def updates_per_epoch(data_dir, args, num_inputs):
     freqs = [int(f) for f in str(_last_option(args, ["--update-freq"], "1")).split(",")]
     skip_remainder = "--skip-remainder-batch" in args
 
-    def per_epoch(epoch):
+    def per_epoch(epoch: int) -> int:
         freq = freqs[epoch - 1] if epoch <= len(freqs) else freqs[-1]
         if skip_remainder:  # EpochBatchIterator drops the last batch, GroupedIterator floors
             return max(0, n - 1) // freq
@@ -208,7 +234,9 @@ def updates_per_epoch(data_dir, args, num_inputs):
     return per_epoch
 
 
-def recipe_settings(task, overrides, per_epoch, epochs=None):
+def recipe_settings(
+    task: "TaskData", overrides: Overrides, per_epoch: PerEpoch, epochs: Optional[int] = None
+) -> RunSettings:
     """The schedule and batch settings of a run; ``per_epoch(epoch)`` is the updates fairseq
     makes in that epoch (:func:`updates_per_epoch`)."""
     recipe = task.recipe
@@ -236,9 +264,17 @@ def recipe_settings(task, overrides, per_epoch, epochs=None):
     }
 
 
-def fairseq_train_args(info, task, manifest, data_dir, run_dir, seed, overrides):
+def fairseq_train_args(
+    info: "CheckpointInfo",
+    task: "TaskData",
+    manifest: Manifest,
+    data_dir: str,
+    run_dir: str,
+    seed: int,
+    overrides: Overrides,
+) -> tuple[list[str], RunSettings]:
     recipe = task.recipe
-    s = {  # what the arguments need before the schedule is counted from them
+    s: RunSettings = {  # what the arguments need before the schedule is counted from them
         "lr": overrides.lr or recipe.lr,
         "batch_size": overrides.batch_size or recipe.batch_size,
         "epochs": overrides.epochs or recipe.epochs,
@@ -329,13 +365,14 @@ def fairseq_train_args(info, task, manifest, data_dir, run_dir, seed, overrides)
         args += ["--maximize-best-checkpoint-metric"]
     args += list(overrides.fairseq_args)
     per_epoch = updates_per_epoch(data_dir, args, task.num_inputs)
-    s = recipe_settings(task, overrides, per_epoch, int(_last_option(args, ["--max-epoch"])))
+    epochs = int(_last_option(args, ["--max-epoch"], str(s["epochs"])))
+    s = recipe_settings(task, overrides, per_epoch, epochs)
     args[args.index("--total-num-update") + 1] = str(s["total_updates"])
     args[args.index("--warmup-updates") + 1] = str(s["warmup_updates"])
     return args, s
 
 
-def bert_recipe(task):
+def bert_recipe(task: "TaskData") -> "Recipe":
     """BERT's GLUE recipe (Devlin et al. 2019, 4.1): batch 32, 3 epochs, lr chosen from
     {5e-5, 4e-5, 3e-5, 2e-5} on dev; the harness takes 2e-5 (one documented default,
     ``--lr`` for the others), 10 % warmup; the task's own kind and metric."""
@@ -344,7 +381,7 @@ def bert_recipe(task):
     return Recipe(2e-5, 32, 0.1, epochs=3, kind=task.kind, metric=task.metric)
 
 
-def hf_recipe(info, task):
+def hf_recipe(info: "HFCheckpointInfo", task: "TaskData") -> tuple["Recipe", dict[str, Any]]:
     """(Recipe, optimizer) of a Hugging Face run: BERT's for a BERT checkpoint
     (config model_type bert, also a converted fairseq hf_bert one), else RoBERTa's GLUE
     recipe for the task, as the fairseq runs use."""
@@ -353,7 +390,9 @@ def hf_recipe(info, task):
     return task.recipe, ROBERTA_OPTIMIZER
 
 
-def hf_settings(info, task, train_examples, overrides):
+def hf_settings(
+    info: "HFCheckpointInfo", task: "TaskData", train_examples: int, overrides: Overrides
+) -> RunSettings:
     """The Trainer's schedule: ``updates_per_epoch`` = ceil(train examples / batch size),
     exactly the batches its DataLoader makes; the run and its linear schedule both end at
     ``total_updates`` (``--total-updates``, else ``--max-update`` or the epochs' updates,
@@ -390,17 +429,28 @@ def hf_settings(info, task, train_examples, overrides):
     }
 
 
-def plan_runs(checkpoints, tasks, manifests, data_dirs, seeds, out_dir, overrides):
+def plan_runs(
+    checkpoints: Sequence[Union["CheckpointInfo", "HFCheckpointInfo"]],
+    tasks: Sequence["TaskData"],
+    manifests: dict[tuple[str, str], Manifest],
+    data_dirs: dict[tuple[str, str], str],
+    seeds: Sequence[int],
+    out_dir: str,
+    overrides: Overrides,
+) -> list[RunSpec]:
     """RunSpecs for every (checkpoint, task, seed); ``checkpoints`` are CheckpointInfo,
     ``tasks`` TaskData, ``manifests``/``data_dirs`` keyed by (checkpoint name, task name)."""
+    from se_fairseq.finetune.hf_model import HFCheckpointInfo
+
     runs = []
     for info in checkpoints:
         for task in tasks:
             manifest = manifests[info.name, task.name]
             for seed in seeds:
                 run_dir = os.path.join(out_dir, "runs", info.name, task.name, f"seed{seed}")
-                hf = getattr(info, "engine", "fairseq") == "hf"
-                if hf:
+                args: list[str]
+                hf = isinstance(info, HFCheckpointInfo)
+                if isinstance(info, HFCheckpointInfo):
                     args = []
                     settings = hf_settings(info, task, len(task.train), overrides)
                 else:

@@ -17,20 +17,61 @@ like one more task.
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
+from typing import NotRequired, Optional, TypedDict
 
 import numpy as np
+
+from se_fairseq.finetune.records import DoneRecord, Failure, RunSettings
 
 AVERAGE = "average"
 ALPHA, POWER = 0.05, 0.80
 
 
-def t_quantile(q, dof):
+class PairedDifference(TypedDict):
+    """A checkpoint minus the baseline on one results column, paired over seeds."""
+
+    n: int
+    mean: float
+    se: float
+    detected: bool
+    detectable: float
+
+
+class ResultsEntry(TypedDict):
+    """One checkpoint on one results column."""
+
+    seeds: dict[str, float]
+    n: int
+    mean: float
+    sd: float
+    metric: str
+    all_metrics_mean: NotRequired[dict[str, float]]
+    vs_baseline: NotRequired[PairedDifference]
+
+
+class ResultsDocument(TypedDict):
+    """results.json."""
+
+    checkpoints: list[str]
+    tasks: list[str]
+    baseline: Optional[str]
+    metric_of_task: dict[str, str]
+    results: dict[str, dict[str, ResultsEntry]]
+    method: dict[str, str]
+    runs: list[DoneRecord]
+    failures: list[Failure]
+    #: per CHECKPOINT/TASK, the first seed's run settings (set by ``finetune``)
+    settings: NotRequired[dict[str, RunSettings]]
+
+
+def t_quantile(q: float, dof: int) -> float:
     from scipy import stats
 
     return float(stats.t.ppf(q, dof))
 
 
-def detectable_in_se(n, alpha=ALPHA, power=POWER):
+def detectable_in_se(n: int, alpha: float = ALPHA, power: float = POWER) -> float:
     """The true paired difference, in standard errors, that a two-sided paired t-test at
     ``alpha`` over ``n`` pairs detects with probability ``power`` (exact noncentral t)."""
     from scipy import optimize, stats
@@ -38,7 +79,7 @@ def detectable_in_se(n, alpha=ALPHA, power=POWER):
     dof = n - 1
     crit = t_quantile(1 - alpha / 2, dof)
 
-    def miss(delta):
+    def miss(delta: float) -> float:
         lower = stats.nct.cdf(-crit, dof, delta)  # NaN far out in the tail: it is 0 there
         return float(stats.nct.sf(crit, dof, delta)) + (0.0 if np.isnan(lower) else lower) - power
 
@@ -48,12 +89,12 @@ def detectable_in_se(n, alpha=ALPHA, power=POWER):
     return float(optimize.brentq(miss, 0.0, hi, xtol=1e-10))
 
 
-def paired(values, baseline):
+def paired(values: Mapping[int, float], baseline: Mapping[int, float]) -> PairedDifference:
     """Paired difference over the seeds both have: dict with mean, se, n, detected, detectable."""
     seeds = sorted(set(values) & set(baseline))
     d = np.array([values[s] - baseline[s] for s in seeds], dtype=float)
     n = len(d)
-    out = {
+    out: PairedDifference = {
         "n": n,
         "mean": float(d.mean()) if n else float("nan"),
         "se": float("nan"),
@@ -63,42 +104,47 @@ def paired(values, baseline):
     if n >= 2:
         se = float(d.std(ddof=1) / math.sqrt(n))
         crit = t_quantile(1 - ALPHA / 2, n - 1)
-        out.update(
-            se=se,
-            detected=bool(abs(out["mean"]) > crit * se),
-            detectable=detectable_in_se(n) * se,
-        )
+        out["se"] = se
+        out["detected"] = bool(abs(out["mean"]) > crit * se)
+        out["detectable"] = detectable_in_se(n) * se
     return out
 
 
-def per_column(records):
+def per_column(records: Sequence[DoneRecord]) -> list[DoneRecord]:
     """One record per results column: a run scored on several dev sets (MNLI: matched and
     mismatched, done.json's ``dev_sets``) gives one per set, named by its column."""
-    out = []
+    out: list[DoneRecord] = []
     for r in records:
-        for column, scored in (r.get("dev_sets") or {r["task"]: None}).items():
-            if scored is None:
-                out.append(r)
-            else:
-                one = {k: v for k, v in r.items() if k != "dev_sets"}
-                one.update(
-                    task=column,
-                    run_task=r["task"],
-                    metrics=scored["metrics"],
-                    value=scored["value"],
-                    dev_examples=scored["dev_examples"],
-                )
-                out.append(one)
+        dev_sets = r.get("dev_sets")
+        if not dev_sets:
+            out.append(r)
+            continue
+        for column, scored in dev_sets.items():
+            one: DoneRecord = {**r}
+            del one["dev_sets"]
+            one["task"] = column
+            one["run_task"] = r["task"]
+            one["metrics"] = scored["metrics"]
+            one["value"] = scored["value"]
+            one["dev_examples"] = scored["dev_examples"]
+            out.append(one)
     return out
 
 
-def summarize(records, checkpoints, tasks, baseline=None, metric_of_task=None, failures=()):
+def summarize(
+    records: Sequence[DoneRecord],
+    checkpoints: Sequence[str],
+    tasks: Sequence[str],
+    baseline: Optional[str] = None,
+    metric_of_task: Optional[Mapping[str, str]] = None,
+    failures: Sequence[Failure] = (),
+) -> ResultsDocument:
     """records: done.json dicts of the finished runs; tasks: the results columns (a task
     with several dev sets has one per set, see :func:`per_column`); failures: the runs that
     did not finish (dicts with key, log, reason). Returns the results document (JSON-ready)."""
     records = per_column(records)
-    values = {}  # (checkpoint, task) -> {seed: value}
-    extra = {}
+    values: dict[tuple[str, str], dict[int, float]] = {}  # (checkpoint, task) -> {seed: value}
+    extra: dict[tuple[str, str], list[dict[str, float]]] = {}
     for r in records:
         values.setdefault((r["checkpoint"], r["task"]), {})[r["seed"]] = r["value"]
         extra.setdefault((r["checkpoint"], r["task"]), []).append(r["metrics"])
@@ -109,13 +155,13 @@ def summarize(records, checkpoints, tasks, baseline=None, metric_of_task=None, f
         per_task = [values.get((c, t), {}) for t in tasks]
         seeds = set.intersection(*(set(v) for v in per_task)) if per_task else set()
         values[(c, AVERAGE)] = {s: float(np.mean([v[s] for v in per_task])) for s in sorted(seeds)}
-    table = {}
+    table: dict[str, dict[str, ResultsEntry]] = {}
     for c in checkpoints:
         table[c] = {}
         for t in list(tasks) + [AVERAGE]:
             v = values.get((c, t), {})
             arr = np.array([v[s] for s in sorted(v)], dtype=float)
-            entry = {
+            entry: ResultsEntry = {
                 "seeds": {str(s): v[s] for s in sorted(v)},
                 "n": len(arr),
                 "mean": float(arr.mean()) if len(arr) else float("nan"),
@@ -145,13 +191,13 @@ def summarize(records, checkpoints, tasks, baseline=None, metric_of_task=None, f
     }
 
 
-def _fmt(x, scale=100.0, digits=2, sign=False):
+def _fmt(x: Optional[float], scale: float = 100.0, digits: int = 2, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     return f"{x * scale:+.{digits}f}" if sign else f"{x * scale:.{digits}f}"
 
 
-def markdown(doc):
+def markdown(doc: ResultsDocument) -> str:
     """Two tables: mean ± sd per checkpoint and task; paired difference vs the baseline."""
     tasks = doc["tasks"] + [AVERAGE]
     head = (
@@ -183,7 +229,7 @@ def markdown(doc):
                 continue
             cells = []
             for t in tasks:
-                p = doc["results"][c][t].get("vs_baseline")
+                p = doc["results"][c][t]["vs_baseline"]
                 cell = f"{_fmt(p['mean'], sign=True)} ± {_fmt(p['se'])}"
                 cells.append(
                     (f"**{cell}**" if p["detected"] else cell) + f" ({_fmt(p['detectable'])})"
@@ -205,7 +251,7 @@ def markdown(doc):
     return "\n".join(lines) + "\n"
 
 
-def write(doc, out_dir):
+def write(doc: ResultsDocument, out_dir: str) -> tuple[str, str]:
     os.makedirs(out_dir, exist_ok=True)
     for name, text in (("results.json", json.dumps(doc, indent=1)), ("results.md", markdown(doc))):
         tmp = os.path.join(out_dir, name + ".tmp")

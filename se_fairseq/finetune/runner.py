@@ -29,8 +29,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any, Optional, TypedDict, Union
 
 from se_fairseq.finetune.errors import FinetuneError
+from se_fairseq.finetune.log import Log
+from se_fairseq.finetune.plan import RunSpec
+from se_fairseq.finetune.records import ClaimOwner, DoneRecord, Failure
 from se_fairseq.finetune.worker import (
     CLAIM,
     DONE,
@@ -48,8 +54,21 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 #: seconds the workers get to exit after the forwarded signal, before SIGKILL
 GRACE = 10.0
 
+#: a worker's argv for the run folders it shares with the others
+Command = Callable[[list[str]], list[str]]
 
-def visible_devices(devices=None):
+
+class ProgressState(TypedDict, total=False):
+    """What fairseq-train's log says of a run so far (:func:`parse_progress`)."""
+
+    updates: int
+    epoch: int
+    dev_metric: str
+    dev: Optional[float]
+    best: Optional[float]
+
+
+def visible_devices(devices: Union[str, Sequence[str], None] = None) -> list[str]:
     """GPU ids to spread runs over: given (``"0,1"``), else CUDA_VISIBLE_DEVICES, else every GPU
     torch sees; [] means the CPU."""
     if devices is not None:
@@ -67,11 +86,11 @@ def visible_devices(devices=None):
         return []
 
 
-def worker_command(run_dirs):
+def worker_command(run_dirs: list[str]) -> list[str]:
     return [sys.executable, "-m", "se_fairseq.finetune.worker", *run_dirs]
 
 
-def prepare(run, fingerprint):
+def prepare(run: RunSpec, fingerprint: str) -> bool:
     """Write spec.json (a new run) or check it (a resumed one); True if the run is done."""
     os.makedirs(run.run_dir, exist_ok=True)
     spec_path = os.path.join(run.run_dir, SPEC)
@@ -103,14 +122,14 @@ def prepare(run, fingerprint):
     return os.path.exists(done) and json.load(open(done)).get("fingerprint") == fingerprint
 
 
-def live_claim(run_dir):
+def live_claim(run_dir: str) -> Optional[ClaimOwner]:
     """The owner (pid, start_time, host) of the run's claim while that process runs, else
     None (no claim, an unreadable one, or its owner is gone)."""
     owner = claim_owner(run_dir)
     return owner if owner_alive(owner) else None
 
 
-def _die_with_parent(parent):
+def _die_with_parent(parent: int) -> Callable[[], None]:
     """preexec_fn of a worker: on Linux, SIGKILL when the parent dies
     (``prctl(PR_SET_PDEATHSIG)``); exit at once where the parent died before that was set.
     libc is looked up here, in the parent: the child only calls it."""
@@ -121,7 +140,7 @@ def _die_with_parent(parent):
         except (OSError, AttributeError):  # pragma: no cover
             prctl = None
 
-    def setup():
+    def setup() -> None:
         if prctl is not None:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
@@ -130,7 +149,9 @@ def _die_with_parent(parent):
     return setup
 
 
-def stop_workers(procs, signum=signal.SIGTERM, grace=GRACE):
+def stop_workers(
+    procs: Sequence["subprocess.Popen[bytes]"], signum: int = signal.SIGTERM, grace: float = GRACE
+) -> None:
     """Send ``signum`` to each worker's process group, wait up to ``grace`` seconds, then
     SIGKILL the groups; reaps the workers."""
     for sig in (signum, signal.SIGKILL):
@@ -152,7 +173,7 @@ def stop_workers(procs, signum=signal.SIGTERM, grace=GRACE):
 
 
 class _Signalled(BaseException):
-    def __init__(self, signum):
+    def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 
@@ -160,14 +181,14 @@ class _Signalled(BaseException):
 _TRAIN_INNER = re.compile(r"epoch (\d+):\s+(\d+) / (\d+) (.*)$")
 
 
-def _number(text):
+def _number(text: str) -> Optional[float]:
     try:
         return float(text)
     except ValueError:
         return None
 
 
-def parse_progress(text, metric=None):
+def parse_progress(text: str, metric: Optional[str] = None) -> ProgressState:
     """What fairseq-train's log (``--log-format simple``) says of a run so far: ``updates``
     (the last num_updates), ``epoch``, and from the last validation on the first dev set
     ``dev`` (``metric``, e.g. accuracy, as fairseq logs it), ``best`` (its best_ value)
@@ -177,7 +198,7 @@ def parse_progress(text, metric=None):
         ... | valid | epoch 001 | valid on 'valid' subset | loss 0.69 | ... | accuracy 50 |
             ... | num_updates 16 | best_accuracy 50
     """
-    state: dict = {}
+    state: ProgressState = {}
     for line in text.splitlines():
         inner = _TRAIN_INNER.search(line)
         if inner:
@@ -203,7 +224,7 @@ def parse_progress(text, metric=None):
     return state
 
 
-def _tail(path, size=65536):
+def _tail(path: str, size: int = 65536) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(max(0, os.path.getsize(path) - size))
@@ -212,7 +233,7 @@ def _tail(path, size=65536):
         return ""
 
 
-def progress_line(run, state):
+def progress_line(run: RunSpec, state: ProgressState) -> str:
     total = (run.settings or {}).get("total_updates")
     text = f"update {state.get('updates', 0)}" + (f"/{total}" if total else "")
     if "epoch" in state:
@@ -224,7 +245,7 @@ def progress_line(run, state):
     return text
 
 
-def _failure(run, reason):
+def _failure(run: RunSpec, reason: str) -> Failure:
     return {
         "key": run.key,
         "checkpoint": run.checkpoint,
@@ -236,14 +257,22 @@ def _failure(run, reason):
     }
 
 
-def _last_line(path):
+def _last_line(path: str) -> str:
     if not os.path.exists(path):
         return ""
     lines = [line.strip() for line in open(path, errors="replace") if line.strip()]
     return lines[-1] if lines else ""
 
 
-def run_all(runs, devices=None, jobs=None, log=print, command=None, poll=0.5, progress_every=60.0):
+def run_all(
+    runs: Sequence[RunSpec],
+    devices: Union[str, Sequence[str], None] = None,
+    jobs: Optional[int] = None,
+    log: Log = print,
+    command: Optional[Command] = None,
+    poll: float = 0.5,
+    progress_every: float = 60.0,
+) -> tuple[dict[str, DoneRecord], list[Failure]]:
     """Run every unfinished run; returns ({run key: done record}, [failure]) where a failure
     names the run, its folder, its log and the reason (the last line of its traceback, or the
     worker's exit code). A failing run does not stop the others. ``jobs`` worker processes
@@ -254,7 +283,9 @@ def run_all(runs, devices=None, jobs=None, log=print, command=None, poll=0.5, pr
     command = command or worker_command
     gpus = visible_devices(devices)
     jobs = jobs or max(1, len(gpus))
-    pending, results, claimed = [], {}, []
+    pending: list[RunSpec] = []
+    results: dict[str, DoneRecord] = {}
+    claimed: list[tuple[RunSpec, ClaimOwner]] = []
     for run in runs:
         if prepare(run, run.fingerprint()):
             results[run.key] = json.load(open(os.path.join(run.run_dir, DONE)))
@@ -284,12 +315,12 @@ def run_all(runs, devices=None, jobs=None, log=print, command=None, poll=0.5, pr
     )
     if not pending:
         return results, claimed_failures
-    workers: list = []
+    workers: list[tuple[Optional[str], subprocess.Popen[bytes]]] = []
     received = None
-    handlers = {}
+    handlers: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
 
-        def on_signal(signum, frame):
+        def on_signal(signum: int, frame: Optional[FrameType]) -> None:
             raise _Signalled(signum)
 
         handlers = {s: signal.signal(s, on_signal) for s in FORWARDED}
@@ -323,19 +354,19 @@ def run_all(runs, devices=None, jobs=None, log=print, command=None, poll=0.5, pr
 
 
 def _run_pool(
-    runs,
-    pending,
-    results,
-    claimed_failures,
-    gpus,
-    jobs,
-    total,
-    workers,
-    command,
-    log,
-    poll,
-    progress_every,
-):
+    runs: Sequence[RunSpec],
+    pending: list[RunSpec],
+    results: dict[str, DoneRecord],
+    claimed_failures: list[Failure],
+    gpus: list[str],
+    jobs: int,
+    total: int,
+    workers: list[tuple[Optional[str], "subprocess.Popen[bytes]"]],
+    command: Command,
+    log: Log,
+    poll: float,
+    progress_every: float,
+) -> tuple[dict[str, DoneRecord], list[Failure]]:
     log_dir = os.path.commonpath([os.path.dirname(r.run_dir) for r in pending])
     for i in range(jobs):
         env = dict(os.environ)
@@ -357,11 +388,12 @@ def _run_pool(
                     ),
                 )
             )
-    started, finished = {}, len(results)
-    failed = []
-    shown: dict = {}  # run key -> (time, line) of its last progress line
+    started: dict[str, float] = {}
+    finished = len(results)
+    failed: list[RunSpec] = []
+    shown: dict[str, tuple[float, Optional[str]]] = {}  # run key -> time, line of its last
 
-    def progress(run):
+    def progress(run: RunSpec) -> None:
         now = time.time()
         last = shown.get(run.key, (started.get(run.key, now), None))
         if now - last[0] < progress_every:
@@ -371,7 +403,7 @@ def _run_pool(
             log(f"[finetune] ...    {run.key}: {line}")
         shown[run.key] = (now, line)
 
-    def report():
+    def report() -> None:
         nonlocal finished
         for run in pending:
             if run.key in results or run in failed:

@@ -50,22 +50,28 @@ the file, the line and the label (fairseq's label dictionary would split it in t
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from se_fairseq.finetune.errors import FinetuneError
+
+#: the columns of one header a task's files may have: (text column names, label column name)
+Header = tuple[tuple[str, ...], str]
+#: a results column (or a GLUE test file name) and its split's file names tried in order
+NamedFiles = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 @dataclass(frozen=True)
 class GlueLayout:
     #: the headers a task's files may have: (text column names, label column name)
-    headers: tuple
+    headers: tuple[Header, ...]
     #: header-less files (CoLA as GLUE distributes it): (text columns, label column), 0-based
-    positions: Optional[tuple] = None
+    positions: Optional[tuple[tuple[int, ...], int]] = None
     #: the dev sets: (column suffix, file names tried in order); GLUE's MNLI has two
-    dev_files: tuple = (("", ("dev.tsv",)),)
+    dev_files: NamedFiles = (("", ("dev.tsv",)),)
     #: the test sets (no labels), as dev_files: read for --predict-test where present
-    test_files: tuple = (("", ("test.tsv",)),)
+    test_files: NamedFiles = (("", ("test.tsv",)),)
     drop_short_rows: bool = False  # rows with another field count are dropped (QQP)
     label_scale: Optional[float] = None  # regression labels are divided by this (STS-B: 5)
 
@@ -145,7 +151,7 @@ class Split:
     labels: list[str]
     lines: list[int]  # the line of the file each example comes from
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.labels)
 
 
@@ -160,29 +166,29 @@ class TaskData:
     train: Split
     dev: Split
     label_scale: Optional[float] = None
-    notes: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     positive: Optional[str] = None  # the F1 positive class (task.json "positive")
     #: the dev sets, each a results column: [(column name, Split)]; the first is ``dev``
     #: (the one fairseq-train validates on and picks the best checkpoint by)
-    dev_sets: list = field(default_factory=list)
+    dev_sets: list[tuple[str, Split]] = field(default_factory=list)
     #: GLUE test sets found in the folder: [(GLUE server file name without .tsv, Split)];
     #: a test Split's ``labels`` are the rows' ``index`` values (what the server expects)
-    test_sets: list = field(default_factory=list)
+    test_sets: list[tuple[str, Split]] = field(default_factory=list)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.dev_sets:
             self.dev_sets = [(self.name, self.dev)]
 
     @property
-    def columns(self):
+    def columns(self) -> list[str]:
         return [column for column, _ in self.dev_sets]
 
     @property
-    def num_inputs(self):
+    def num_inputs(self) -> int:
         return len(self.train.texts)
 
 
-def glue_name(folder):
+def glue_name(folder: str) -> Optional[str]:
     """The GLUE task a folder holds, from its name (case and dashes ignored), or None."""
     key = os.path.basename(os.path.normpath(folder)).lower().replace("-", "").replace("_", "")
     for name in GLUE_LAYOUTS:
@@ -191,7 +197,7 @@ def glue_name(folder):
     return GLUE_ALIASES.get(key)
 
 
-def _read_rows(path):
+def _read_rows(path: str) -> list[list[str]]:
     if not os.path.exists(path):
         raise FinetuneError(f"{path}: file not found")
     try:
@@ -205,7 +211,7 @@ def _read_rows(path):
     return [line.rstrip("\r").split("\t") for line in lines]
 
 
-def _cell(path, lineno, row, column, what):
+def _cell(path: str, lineno: int, row: list[str], column: int, what: str) -> str:
     if column >= len(row):
         raise FinetuneError(
             f"{path}, line {lineno}: no column {column + 1} ({what}); the row has {len(row)} "
@@ -217,7 +223,7 @@ def _cell(path, lineno, row, column, what):
     return value
 
 
-def _check_labels(split, kind):
+def _check_labels(split: Split, kind: str) -> None:
     if kind != "regression":
         for lineno, value in zip(split.lines, split.labels):
             if any(c.isspace() for c in value):
@@ -237,7 +243,9 @@ def _check_labels(split, kind):
             ) from None
 
 
-def _header_columns(header, alternatives):
+def _header_columns(
+    header: list[str], alternatives: tuple[Header, ...]
+) -> Optional[tuple[Sequence[int], int, tuple[str, ...]]]:
     """(text columns, label column, names) of the first alternative the header holds, or None."""
     for texts, label in alternatives:
         if all(n in header for n in (*texts, label)):
@@ -245,7 +253,7 @@ def _header_columns(header, alternatives):
     return None
 
 
-def read_glue_split(path, layout, task_name):
+def read_glue_split(path: str, layout: GlueLayout, task_name: str) -> tuple[Split, int]:
     rows = _read_rows(path)
     if not rows:
         raise FinetuneError(f"{path}: empty file")
@@ -286,7 +294,7 @@ def read_glue_split(path, layout, task_name):
     return Split(path, texts, labels, lines), dropped
 
 
-def read_glue_test(path, layout, task_name):
+def read_glue_test(path: str, layout: GlueLayout, task_name: str) -> Split:
     """A GLUE test file: the task's text columns found by the header's names (as in
     train), the ``index`` (or ``id``, ``idx``) column as the labels (else the row
     number from 0)."""
@@ -319,7 +327,7 @@ def read_glue_test(path, layout, task_name):
     return split
 
 
-def read_generic_split(path):
+def read_generic_split(path: str) -> Split:
     rows = _read_rows(path)
     if not rows:
         raise FinetuneError(f"{path}: empty file (expected a header row)")
@@ -336,8 +344,9 @@ def read_generic_split(path):
         )
     columns = [header.index(n) for n in names]
     label_column = header.index("label")
-    texts = [[] for _ in columns]
-    labels, lines = [], []
+    texts: list[list[str]] = [[] for _ in columns]
+    labels: list[str] = []
+    lines: list[int] = []
     for lineno, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
@@ -350,18 +359,17 @@ def read_generic_split(path):
     return Split(path, texts, labels, lines)
 
 
-def read_task(folder, name=None):
+def read_task(folder: str, name: Optional[str] = None) -> TaskData:
     """Read a task folder (GLUE or generic layout) into a :class:`TaskData`."""
     if not os.path.isdir(folder):
         raise FinetuneError(f"task folder {folder} not found")
-    glue = glue_name(folder)
-    is_glue = glue is not None and not os.path.exists(os.path.join(folder, "task.json"))
+    # a task.json makes any folder a generic one
+    glue = None if os.path.exists(os.path.join(folder, "task.json")) else glue_name(folder)
     if name is None:
         name = os.path.basename(os.path.normpath(folder))
-        if is_glue and len(GLUE_LAYOUTS[glue].dev_files) > 1:
+        if glue is not None and len(GLUE_LAYOUTS[glue].dev_files) > 1:
             name = glue  # MNLI-mm/ holds MNLI: its columns are MNLI-m and MNLI-mm
-    if is_glue:
-        assert glue is not None
+    if glue is not None:
         layout = GLUE_LAYOUTS[glue]
         recipe = GLUE_RECIPES[glue]
         train, dropped_train = read_glue_split(os.path.join(folder, "train.tsv"), layout, glue)
@@ -403,7 +411,7 @@ def read_task(folder, name=None):
             test_sets=test_sets,
         )
     else:
-        spec = {}
+        spec: dict[str, Any] = {}  # task.json
         spec_path = os.path.join(folder, "task.json")
         if os.path.exists(spec_path):
             try:

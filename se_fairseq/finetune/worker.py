@@ -23,6 +23,18 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Literal, Optional, Protocol, cast
+
+from se_fairseq.finetune.metrics import Label
+from se_fairseq.finetune.records import ClaimOwner, ScoredDevSet
+
+#: a spec.json as the worker reads it
+Spec = dict[str, Any]
+#: what an engine predicts for a split: predictions in file order, the head's outputs
+#: per example, and the update count of the checkpoint that predicted them
+Prediction = tuple[list[Label], list[list[float]], Optional[int]]
 
 DONE = "done.json"
 SPEC = "spec.json"
@@ -42,7 +54,20 @@ SERVER_LABELS = {
 }
 
 
-def server_label(name, label):
+class Engine(Protocol):
+    """What trains a run and predicts with it: fairseq-train (:class:`FairseqEngine`) or
+    transformers' Trainer (:class:`se_fairseq.finetune.hf_worker.HFEngine`)."""
+
+    eval_checkpoint: str  # the name of the checkpoint that predicts, recorded in done.json
+
+    def train(self) -> None: ...
+
+    def predict(self, split: str = "valid") -> Prediction: ...
+
+    def before_done(self, keep: Optional[str]) -> None: ...
+
+
+def server_label(name: str, label: str) -> str:
     """A predicted label as the GLUE server reads it for test set ``name``: GLUE's own label
     strings stay, class numbers (Hugging Face's) become the server's names (RTE, QNLI:
     entailment/not_entailment; MNLI: entailment/neutral/contradiction); 0/1 elsewhere."""
@@ -52,7 +77,9 @@ def server_label(name, label):
     return label
 
 
-def write_test_predictions(spec, run_dir, predict_split):
+def write_test_predictions(
+    spec: Spec, run_dir: str, predict_split: Callable[[str], Prediction]
+) -> list[str]:
     """--predict-test: RUN_DIR/test_predictions/<NAME>.tsv per GLUE test set (``index`` and
     ``prediction`` columns, the server's label names; STS-B's scores as floats);
     ``predict_split(split)`` is the engine's prediction of a split."""
@@ -71,7 +98,9 @@ def write_test_predictions(spec, run_dir, predict_split):
             f.write("index\tprediction\n")
             for i, p in zip(index, predictions):
                 value = (
-                    f"{p:.3f}" if spec["kind"] == "regression" else server_label(test["name"], p)
+                    f"{p:.3f}"
+                    if spec["kind"] == "regression"
+                    else server_label(test["name"], str(p))
                 )
                 f.write(f"{i}\t{value}\n")
         os.replace(path + ".tmp", path)
@@ -79,14 +108,14 @@ def write_test_predictions(spec, run_dir, predict_split):
     return written
 
 
-def write_json_atomic(path, obj):
+def write_json_atomic(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
     os.replace(tmp, path)
 
 
-def device_args(precision):
+def device_args(precision: str) -> list[str]:
     """--cpu without a visible GPU; the recipe's fp16 settings on one."""
     import torch
 
@@ -107,7 +136,7 @@ def device_args(precision):
     return ["--bf16"] if precision == "bf16" else []
 
 
-def train(spec):
+def train(spec: Spec) -> None:
     from fairseq import checkpoint_utils
     from fairseq_cli import train as fairseq_train
 
@@ -120,7 +149,9 @@ def train(spec):
     fairseq_train.cli_main()
 
 
-def predict(spec, checkpoint_path, split="valid", batch_size=64):
+def predict(
+    spec: Spec, checkpoint_path: str, split: str = "valid", batch_size: int = 64
+) -> Prediction:
     """Predictions for fairseq split ``split`` (valid: the first dev set) in file order
     (label strings, or floats for regression), the head's outputs and the checkpoint's
     update count."""
@@ -168,30 +199,30 @@ def predict(spec, checkpoint_path, split="valid", batch_size=64):
 class FairseqEngine:
     """train() through fairseq-train, then predict(split) with the scored checkpoint."""
 
-    def __init__(self, spec, run_dir):
+    def __init__(self, spec: Spec, run_dir: str) -> None:
         self.spec, self.run_dir = spec, run_dir
         self.eval_checkpoint = (
             "checkpoint_best.pt" if spec["eval_checkpoint"] == "best" else "checkpoint_last.pt"
         )
         self.checkpoint_path = os.path.join(run_dir, self.eval_checkpoint)
 
-    def train(self):
+    def train(self) -> None:
         train(self.spec)
         if not os.path.exists(self.checkpoint_path):
             raise SystemExit(f"fairseq-train left no {self.checkpoint_path}")
 
-    def predict(self, split="valid"):
+    def predict(self, split: str = "valid") -> Prediction:
         if split == "valid":
             return predict(self.spec, self.checkpoint_path)
         return predict(self.spec, self.checkpoint_path, split)
 
-    def before_done(self, keep):
+    def before_done(self, keep: Optional[str]) -> None:
         best = os.path.join(self.run_dir, "checkpoint_best.pt")
         if keep == "best" and os.path.exists(best):  # nothing resumes from it: the run is done
             drop_optimizer_state(best)
 
 
-def engine_of(spec, run_dir):
+def engine_of(spec: Spec, run_dir: str) -> Engine:
     """The run's engine: fairseq-train, or transformers' Trainer for a Hugging Face
     checkpoint (``spec["engine"] == "hf"``, :mod:`se_fairseq.finetune.hf_worker`)."""
     if spec.get("engine") == "hf":
@@ -201,7 +232,7 @@ def engine_of(spec, run_dir):
     return FairseqEngine(spec, run_dir)
 
 
-def main(run_dir):
+def main(run_dir: str) -> None:
     from se_fairseq.finetune import metrics
 
     spec = json.load(open(os.path.join(run_dir, SPEC)))
@@ -213,7 +244,7 @@ def main(run_dir):
     sets = spec.get("dev_sets") or [
         {"name": spec["task"], "split": "valid", "targets": "dev_targets.json"}
     ]
-    scored = {}
+    scored: dict[str, ScoredDevSet] = {}
     for i, dev in enumerate(sets):
         if i == 0:
             predictions, logits, state_updates = engine.predict()
@@ -266,7 +297,7 @@ def main(run_dir):
     prune_run(run_dir, keep)  # as the run ends, not when the whole invocation does
 
 
-def process_start_time(pid):
+def process_start_time(pid: int) -> Optional[int]:
     """The start time of process ``pid`` (clock ticks since boot, /proc/PID/stat field 22),
     or None where /proc is not there (not Linux) or the process is gone."""
     try:
@@ -277,14 +308,14 @@ def process_start_time(pid):
     return int(fields[19]) if len(fields) > 19 else None
 
 
-def _claim_record():
+def _claim_record() -> ClaimOwner:
     import socket
 
     pid = os.getpid()
     return {"pid": pid, "start_time": process_start_time(pid), "host": socket.gethostname()}
 
 
-def claim_owner(run_dir):
+def claim_owner(run_dir: str) -> Optional[ClaimOwner]:
     """The claim's owner (pid, start_time, host), or None: no claim, or an empty or unreadable
     one (an earlier version's claims were empty files)."""
     try:
@@ -292,10 +323,12 @@ def claim_owner(run_dir):
             owner = json.load(f)
     except (OSError, ValueError):
         return None
-    return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+    if isinstance(owner, dict) and isinstance(owner.get("pid"), int):
+        return cast(ClaimOwner, owner)
+    return None
 
 
-def owner_alive(owner):
+def owner_alive(owner: Optional[ClaimOwner]) -> bool:
     """True while the process that made a claim still runs: its pid exists, is not a zombie
     and (where /proc tells) started when the claim says, so a reused pid is not taken for
     it. A claim of another host cannot be checked here and counts as alive."""
@@ -322,7 +355,7 @@ def owner_alive(owner):
     return start is None or process_start_time(pid) in (None, start)
 
 
-def drop_optimizer_state(path):
+def drop_optimizer_state(path: str) -> bool:
     """Rewrite a fairseq checkpoint without its optimizer state (``last_optimizer_state``,
     Adam's two moments: about twice the weights), atomically; True if it had one. Loaded
     with the project's safe loader, saved with ``torch.save`` (no new globals)."""
@@ -340,7 +373,7 @@ def drop_optimizer_state(path):
     return True
 
 
-def prune_run(run_dir, keep):
+def prune_run(run_dir: str, keep: Optional[str]) -> None:
     """What ``--keep-checkpoints`` keeps of a finished run: ``all`` every file; ``best``
     only checkpoint_best.pt (the optimizer state is dropped before the run is marked done,
     :func:`main`); ``none`` no checkpoint. Removes checkpoint_last.pt and any other ``.pt``
@@ -355,7 +388,7 @@ def prune_run(run_dir, keep):
             os.remove(os.path.join(run_dir, name))
 
 
-def claim(run_dir):
+def claim(run_dir: str) -> bool:
     """True if this worker may run RUN_DIR: not finished, not claimed by another worker.
     The claim file (created atomically, by a hard link of a written file) names this
     process (pid, start time, host), so that a later invocation can tell whether its owner
@@ -378,10 +411,10 @@ class output_to:
     """Send this process's stdout and stderr (file descriptors 1 and 2, so fairseq's logging
     and anything C-level too) to a file for the duration of a run."""
 
-    def __init__(self, path):
+    def __init__(self, path: str) -> None:
         self.path = path
 
-    def __enter__(self):
+    def __enter__(self) -> "output_to":
         sys.stdout.flush()
         sys.stderr.flush()
         self.saved = os.dup(1), os.dup(2)
@@ -390,7 +423,12 @@ class output_to:
         os.dup2(self.file.fileno(), 2)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(
+        self,
+        kind: Optional[type[BaseException]],
+        value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> Literal[False]:
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(self.saved[0], 1)
@@ -401,7 +439,7 @@ class output_to:
         return False
 
 
-def serve(run_dirs):
+def serve(run_dirs: Sequence[str]) -> None:
     import traceback
 
     for run_dir in run_dirs:
