@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -683,7 +685,8 @@ def test_a_run_does_not_inherit_the_previous_runs_best_score(monkeypatch):
     )
     checkpoint_utils.save_checkpoint.best = 0.99  # as an earlier run of this worker leaves it
     try:
-        worker.train({"fairseq_args": ["data", "--seed", "2"], "precision": "fp32"})
+        run = fake_runs(Path("unused"), 1)[0]
+        worker.train(replace(run, fairseq_args=["data", "--seed", "2"], precision="fp32"))
     finally:
         vars(checkpoint_utils.save_checkpoint).pop("best", None)
     assert seen == [(None, ["fairseq-train", "data", "--seed", "2", "--cpu"])]

@@ -294,6 +294,111 @@ def test_a_claim_of_a_dead_or_reused_pid_is_not_alive(tmp_path):
     assert not owner_alive(None)
 
 
+# -- spec.json: the run as the worker and a rerun read it --------------------------------
+
+#: spec.json of a run as every version so far wrote it (RUN_DIR: the run folder); a rerun
+#: reads it back to resume, so its layout and the fingerprint in it must not move
+SPEC_JSON = """{
+ "checkpoint": "c",
+ "checkpoint_path": "/ckpt/c.pt",
+ "task": "RTE",
+ "seed": 2,
+ "run_dir": "RUN_DIR",
+ "data_dir": "/out/data/RTE-abc",
+ "kind": "classification",
+ "metric": "accuracy",
+ "labels": [
+  "entailment",
+  "not_entailment"
+ ],
+ "label_scale": null,
+ "eval_checkpoint": "best",
+ "precision": "auto",
+ "fairseq_args": [
+  "/out/data/RTE-abc",
+  "--seed",
+  "2"
+ ],
+ "settings": {
+  "lr": 2e-05,
+  "batch_size": 16
+ },
+ "positive_label": null,
+ "dev_sets": null,
+ "keep_checkpoints": "best",
+ "test_sets": null,
+ "engine": null,
+ "fingerprint": "89c57739cadf92b7"
+}"""
+
+
+def rte_run(run_dir):
+    from se_fairseq.finetune.plan import RunSpec
+
+    return RunSpec(
+        checkpoint="c",
+        checkpoint_path="/ckpt/c.pt",
+        task="RTE",
+        seed=2,
+        run_dir=str(run_dir),
+        data_dir="/out/data/RTE-abc",
+        kind="classification",
+        metric="accuracy",
+        labels=["entailment", "not_entailment"],
+        label_scale=None,
+        eval_checkpoint="best",
+        precision="auto",
+        fairseq_args=["/out/data/RTE-abc", "--seed", "2"],
+        settings={"lr": 2e-05, "batch_size": 16},
+        keep_checkpoints="best",
+    )
+
+
+def test_spec_json_is_written_as_earlier_runs_were_and_read_back_as_the_run(tmp_path):
+    from se_fairseq.finetune.runner import prepare
+    from se_fairseq.finetune.worker import read_spec
+
+    run = rte_run(tmp_path / "seed2")
+    assert run.fingerprint() == "89c57739cadf92b7"
+    assert prepare(run, run.fingerprint()) is False
+    written = open(os.path.join(run.run_dir, "spec.json")).read()
+    assert written == SPEC_JSON.replace("RUN_DIR", run.run_dir)
+    assert read_spec(run.run_dir) == (run, "89c57739cadf92b7")
+
+
+def test_a_spec_json_without_the_later_optional_fields_is_resumed(tmp_path):
+    """A run folder of an earlier version, whose spec.json lacks the fields that are None
+    unless set (keep_checkpoints, dev_sets, engine): the worker reads it with their
+    defaults, and a rerun takes it as the same run (not refused, not done) and writes
+    today's fields into it."""
+    from se_fairseq.finetune.plan import RunSpec
+    from se_fairseq.finetune.runner import prepare
+    from se_fairseq.finetune.worker import read_spec, spec_json
+
+    run = rte_run(tmp_path / "seed2")
+    os.makedirs(run.run_dir)
+    old = json.loads(SPEC_JSON.replace("RUN_DIR", run.run_dir))
+    for later in ("keep_checkpoints", "dev_sets", "engine"):
+        del old[later]
+    with open(os.path.join(run.run_dir, "spec.json"), "w") as f:
+        json.dump(old, f, indent=1)
+    read, fingerprint = read_spec(run.run_dir)
+    assert (read.keep_checkpoints, read.dev_sets, read.engine) == (None, None, None)
+    assert read.fingerprint() == fingerprint == run.fingerprint()
+    assert prepare(run, run.fingerprint()) is False
+    assert json.load(open(os.path.join(run.run_dir, "spec.json"))) == spec_json(run, fingerprint)
+    assert RunSpec.from_json(run.to_json()) == run
+
+
+def test_a_run_spec_with_an_unknown_field_is_refused(tmp_path):
+    from se_fairseq.finetune import FinetuneError
+    from se_fairseq.finetune.plan import RunSpec
+
+    data = dict(rte_run(tmp_path).to_json(), colour="blue", fingerprint="x")
+    with pytest.raises(FinetuneError, match=r"unknown fields \['colour'\]"):
+        RunSpec.from_json(data)
+
+
 # -- disk: each run keeps only what --keep-checkpoints asks, as it ends -------------------
 
 
@@ -401,10 +506,10 @@ def test_predict_test_writes_glue_server_files(
     predicted = []
 
     def fake_predict(spec, path, split="valid"):
-        predicted.append((spec["task"], split))
+        predicted.append((spec.task, split))
         sizes = {"RTE": {"valid": 8, "test": 5}, "MNLI": {"valid": 6, "valid1": 9}}
-        n = dict(sizes[spec["task"]], **({"test": 5, "test1": 4} if spec["task"] == "MNLI" else {}))
-        labels = spec["labels"]
+        n = dict(sizes[spec.task], **({"test": 5, "test1": 4} if spec.task == "MNLI" else {}))
+        labels = spec.labels
         return [labels[i % len(labels)] for i in range(n[split])], [[0.0]] * n[split], 1
 
     monkeypatch.setattr(worker, "predict", fake_predict)

@@ -16,7 +16,7 @@ import transformers
 from support.hf_tokenizers import HF_WORDS, tiny_bert_tokenizer, tiny_wordlevel_tokenizer
 
 from se_fairseq.finetune import FinetuneError, Overrides, finetune, prepare_data
-from se_fairseq.finetune.plan import plan_runs
+from se_fairseq.finetune.plan import RunSpec, plan_runs
 
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
@@ -338,8 +338,8 @@ def test_a_killed_hf_run_resumes_from_the_trainers_last_checkpoint(tmp_path):
     )
     run.keep_checkpoints = "all"
     prepare(run, run.fingerprint())
-    spec = json.load(open(os.path.join(run.run_dir, "spec.json")))
-    spec["settings"]["total_updates"] = 4  # "killed" at the end of epoch 1
+    spec = RunSpec.from_json(json.load(open(os.path.join(run.run_dir, "spec.json"))))
+    spec.settings["total_updates"] = 4  # "killed" at the end of epoch 1
     first = worker.engine_of(spec, run.run_dir)
     first.train()
     assert os.path.isdir(os.path.join(run.run_dir, "checkpoint-4"))

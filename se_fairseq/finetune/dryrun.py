@@ -27,6 +27,7 @@ others finished.
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Optional, TypedDict, Union
 
 from se_fairseq.finetune.log import Log
@@ -40,8 +41,16 @@ TOKENS_PER_SECOND = 30000.0
 BASE_PARAMETERS = 125e6
 PIECES_PER_WORD = 1.3
 
-#: a checkpoint of the dry run: (name, parameters) or (name, parameters, model family)
-PlannedCheckpoint = Union[tuple[str, int], tuple[str, int, Optional[str]]]
+
+@dataclass(frozen=True)
+class PlannedCheckpoint:
+    """A checkpoint as the dry run sizes it."""
+
+    name: str
+    parameters: int
+    #: ``bert``: fine-tuned with BERT's recipe (:func:`se_fairseq.finetune.plan.bert_recipe`);
+    #: None: RoBERTa's GLUE recipe of the task
+    family: Optional[str] = None
 
 
 class DryRunRow(TypedDict):
@@ -105,17 +114,16 @@ def plan_table(
     keep: str = "best",
     jobs: int = 1,
 ) -> tuple[list[DryRunRow], float]:
-    """Rows for the dry run. checkpoints: [(name, parameter count)] or [(name, parameter
-    count, family)] (``bert``: BERT's recipe, :func:`se_fairseq.finetune.plan.bert_recipe`);
-    tasks: TaskData."""
+    """Rows for the dry run, and the peak disk in bytes."""
     from se_fairseq.finetune.plan import bert_recipe
 
     rows: list[DryRunRow] = []
     kept_bytes = 0.0
     running_bytes: list[float] = []
-    for name, params, *family in checkpoints:
+    for checkpoint in checkpoints:
+        params = checkpoint.parameters
         for task in tasks:
-            recipe = bert_recipe(task) if family and family[0] == "bert" else task.recipe
+            recipe = bert_recipe(task) if checkpoint.family == "bert" else task.recipe
             batch = overrides.batch_size or recipe.batch_size
             epochs = overrides.epochs or recipe.epochs
             updates = overrides.total_updates or epochs * math.ceil(len(task.train) / batch)
@@ -128,7 +136,7 @@ def plan_table(
             running_bytes += [2 * 12 * params - per_run_kept] * len(seeds)
             rows.append(
                 {
-                    "checkpoint": name,
+                    "checkpoint": checkpoint.name,
                     "task": task.name,
                     "columns": task.columns,
                     "runs": len(seeds),
@@ -189,7 +197,9 @@ def dry_run(
         name, folder = folder if isinstance(folder, tuple) else (None, folder)
         tasks.append(read_task(folder, name))
     infos = [
-        (name, *parameters_and_family(value[0] if isinstance(value, tuple) else value))
+        PlannedCheckpoint(
+            name, *parameters_and_family(value[0] if isinstance(value, tuple) else value)
+        )
         for name, value in checkpoints.items()
     ]
     jobs = jobs or 1

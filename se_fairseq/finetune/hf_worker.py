@@ -1,7 +1,7 @@
 """One fine-tuning run of a Hugging Face checkpoint: ``AutoTokenizer`` and
 ``AutoModelForSequenceClassification`` from the save_pretrained directory, trained with
 transformers' ``Trainer`` (the engine :func:`se_fairseq.finetune.worker.main` uses for a
-spec whose ``engine`` is ``hf``).
+run whose ``engine`` is ``hf``).
 
 - Inputs: each example's text columns go to the tokenizer as one call,
   ``tokenizer(text_a, text_b)``, so every family gets its own pair format and token
@@ -30,9 +30,7 @@ from collections.abc import Sequence
 from typing import Any, Optional, TypedDict
 
 from se_fairseq.finetune.metrics import Label
-
-#: a spec.json as the worker reads it
-Spec = dict[str, Any]
+from se_fairseq.finetune.plan import RunSpec
 
 BEST = "best"
 TRAINER_CHECKPOINT = re.compile(r"^checkpoint-\d+$")
@@ -44,8 +42,8 @@ def encode(tokenizer: Any, texts: Sequence[Sequence[str]], max_length: int) -> A
     return tokenizer(*texts, truncation=True, max_length=max_length)
 
 
-def load_examples(spec: Spec) -> dict[str, Any]:
-    with open(os.path.join(spec["data_dir"], "examples.json")) as f:
+def load_examples(run: RunSpec) -> dict[str, Any]:
+    with open(os.path.join(run.data_dir, "examples.json")) as f:
         return json.load(f)
 
 
@@ -67,23 +65,24 @@ class TextDataset:
         return self.rows[i]
 
 
-def targets_of(spec: Spec, labels: Sequence[str]) -> list[Any]:
+def targets_of(run: RunSpec, labels: Sequence[str]) -> list[Any]:
     """Labels as the head is trained on them: class numbers, or scaled floats."""
-    if spec["kind"] == "regression":
-        scale = spec.get("label_scale") or 1.0
+    if run.kind == "regression":
+        scale = run.label_scale or 1.0
         return [float(v) / scale for v in labels]
-    index = {name: i for i, name in enumerate(spec["labels"])}
+    index = {name: i for i, name in enumerate(run.labels or [])}
     return [index[v] for v in labels]
 
 
-def outputs_to_predictions(spec: Spec, logits: Any) -> list[Label]:
+def outputs_to_predictions(run: RunSpec, logits: Any) -> list[Label]:
     import numpy as np
 
     logits = np.asarray(logits, dtype=float)
-    if spec["kind"] == "regression":
-        scale = spec.get("label_scale") or 1.0
+    if run.kind == "regression":
+        scale = run.label_scale or 1.0
         return [float(r[0]) * scale for r in logits.reshape(len(logits), -1)]
-    return [spec["labels"][int(i)] for i in logits.argmax(-1)]
+    labels = run.labels or []
+    return [labels[int(i)] for i in logits.argmax(-1)]
 
 
 def last_checkpoint(run_dir: str) -> Optional[str]:
@@ -116,29 +115,28 @@ def precision_options(precision: str) -> PrecisionOptions:
 class HFEngine:
     """train() then predict(split) -> (predictions, head outputs, updates)."""
 
-    def __init__(self, spec: Spec, run_dir: str) -> None:
-        self.spec, self.run_dir = spec, run_dir
+    def __init__(self, run: RunSpec, run_dir: str) -> None:
+        self.run, self.run_dir = run, run_dir
         self.trainer: Any = None  # transformers' Trainer, once train() built it
         self.tokenizer: Any = None
         self.examples: dict[str, Any] = {}
         self.updates: Optional[int] = None
         self.resumed_from: Optional[str] = None  # the Trainer checkpoint a killed run resumed from
-        self.eval_checkpoint = BEST if spec["eval_checkpoint"] == "best" else "last"
+        self.eval_checkpoint = BEST if run.eval_checkpoint == "best" else "last"
 
     def _metrics(self, eval_prediction: Any) -> dict[str, float]:
         from se_fairseq.finetune import metrics
 
-        spec = self.spec
-        predictions = outputs_to_predictions(spec, eval_prediction.predictions)
+        run = self.run
+        predictions = outputs_to_predictions(run, eval_prediction.predictions)
         labels = eval_prediction.label_ids
-        if spec["kind"] == "regression":
-            targets = [float(v) * (spec.get("label_scale") or 1.0) for v in labels.reshape(-1)]
+        targets: list[Label]
+        if run.kind == "regression":
+            targets = [float(v) * (run.label_scale or 1.0) for v in labels.reshape(-1)]
         else:
-            targets = [spec["labels"][int(i)] for i in labels]
-        values = metrics.evaluate(
-            spec["kind"], spec["metric"], predictions, targets, spec.get("positive_label")
-        )
-        if spec["kind"] == "classification" and "accuracy" not in values:
+            targets = [(run.labels or [])[int(i)] for i in labels]
+        values = metrics.evaluate(run.kind, run.metric, predictions, targets, run.positive_label)
+        if run.kind == "classification" and "accuracy" not in values:
             values["accuracy"] = metrics.compute("accuracy", predictions, targets)
         return values
 
@@ -151,25 +149,25 @@ class HFEngine:
             TrainingArguments,
         )
 
-        spec, s = self.spec, self.spec["settings"]
-        transformers.set_seed(spec["seed"])  # the head's initialisation
+        run, s = self.run, self.run.settings
+        transformers.set_seed(run.seed)  # the head's initialisation
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-            spec["checkpoint_path"], local_files_only=True
+            run.checkpoint_path, local_files_only=True
         )
-        self.examples = load_examples(spec)
-        regression = spec["kind"] == "regression"
+        self.examples = load_examples(run)
+        regression = run.kind == "regression"
         model = AutoModelForSequenceClassification.from_pretrained(
-            spec["checkpoint_path"],
+            run.checkpoint_path,
             local_files_only=True,
-            num_labels=1 if regression else len(spec["labels"]),
+            num_labels=1 if regression else len(run.labels or []),
             problem_type="regression" if regression else "single_label_classification",
         )
         train = self.dataset("train")
         best = s["best_metric"]
         args = TrainingArguments(
             output_dir=self.run_dir,
-            seed=spec["seed"],
-            data_seed=spec["seed"],
+            seed=run.seed,
+            data_seed=run.seed,
             learning_rate=s["lr"],
             per_device_train_batch_size=s["batch_size"],
             per_device_eval_batch_size=64,
@@ -185,14 +183,14 @@ class HFEngine:
             eval_strategy="epoch",
             save_strategy="epoch",
             save_total_limit=2,  # the best and the last (what a killed run resumes from)
-            load_best_model_at_end=spec["eval_checkpoint"] == "best",
+            load_best_model_at_end=run.eval_checkpoint == "best",
             metric_for_best_model=best,
             greater_is_better=best not in ("loss", "nll_loss"),
             logging_steps=10,
             report_to=[],
             disable_tqdm=True,
             dataloader_num_workers=0,
-            **precision_options(spec["precision"]),
+            **precision_options(run.precision),
         )
         self.trainer = Trainer(
             model=model,
@@ -211,15 +209,15 @@ class HFEngine:
 
     def dataset(self, split: str, with_labels: bool = True) -> TextDataset:
         data = self.examples[split]
-        encoded = encode(self.tokenizer, data["texts"], self.spec["settings"]["max_length"])
-        labels = targets_of(self.spec, data["labels"]) if with_labels else None
+        encoded = encode(self.tokenizer, data["texts"], self.run.settings["max_length"])
+        labels = targets_of(self.run, data["labels"]) if with_labels else None
         return TextDataset(encoded, labels)
 
     def predict(self, split: str = "valid") -> tuple[list[Label], list[list[float]], Optional[int]]:
         assert self.trainer is not None
         output = self.trainer.predict(self.dataset(split, with_labels=False))
         logits = output.predictions.reshape(len(output.predictions), -1)
-        predictions = outputs_to_predictions(self.spec, logits)
+        predictions = outputs_to_predictions(self.run, logits)
         return predictions, [[float(v) for v in row] for row in logits], self.updates
 
     def before_done(self, keep: Optional[str]) -> None:

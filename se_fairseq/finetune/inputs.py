@@ -11,13 +11,11 @@ back through the run's own engine (to show and to test the pair format).
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any, TypedDict, Union
 
 from se_fairseq.finetune.log import Log
 from se_fairseq.finetune.plan import RunSpec
-
-#: a spec.json as the worker reads it
-Spec = dict[str, Any]
 
 
 class ExampleInput(TypedDict):
@@ -25,33 +23,36 @@ class ExampleInput(TypedDict):
     token_types: list[int]
 
 
-def example_input(run: Union[RunSpec, Spec], index: int = 0, split: str = "train") -> ExampleInput:
+def example_input(
+    run: Union[RunSpec, Mapping[str, Any]], index: int = 0, split: str = "train"
+) -> ExampleInput:
     """{"pieces": [...], "token_types": [...]} of example ``index`` of ``split``; ``run``
     is a RunSpec or its spec.json dict."""
-    spec = run if isinstance(run, dict) else run.to_json()
-    if spec.get("engine") == "hf":
-        return _hf_example(spec, index, split)
-    return _fairseq_example(spec, index, split)
+    if not isinstance(run, RunSpec):
+        run = RunSpec.from_json(run)
+    if run.engine == "hf":
+        return _hf_example(run, index, split)
+    return _fairseq_example(run, index, split)
 
 
-def _hf_example(spec: Spec, index: int, split: str) -> ExampleInput:
+def _hf_example(run: RunSpec, index: int, split: str) -> ExampleInput:
     from transformers import AutoTokenizer
 
     from se_fairseq.finetune.hf_worker import encode, load_examples
 
-    tokenizer: Any = AutoTokenizer.from_pretrained(spec["checkpoint_path"], local_files_only=True)
-    texts = [[column[index]] for column in load_examples(spec)[split]["texts"]]
-    encoded = encode(tokenizer, texts, spec["settings"]["max_length"])
+    tokenizer: Any = AutoTokenizer.from_pretrained(run.checkpoint_path, local_files_only=True)
+    texts = [[column[index]] for column in load_examples(run)[split]["texts"]]
+    encoded = encode(tokenizer, texts, run.settings["max_length"])
     ids = encoded["input_ids"][0]
     types = encoded["token_type_ids"][0] if "token_type_ids" in encoded else [0] * len(ids)
     return {"pieces": tokenizer.convert_ids_to_tokens(ids), "token_types": list(types)}
 
 
-def _fairseq_example(spec: Spec, index: int, split: str) -> ExampleInput:
+def _fairseq_example(run: RunSpec, index: int, split: str) -> ExampleInput:
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    args = [a for a in spec["fairseq_args"]] + ["--cpu"]
+    args = [a for a in run.fairseq_args] + ["--cpu"]
     parsed = options.parse_args_and_arch(options.get_training_parser(), args)
     task = tasks.setup_task(convert_namespace_to_omegaconf(parsed).task)
     task.load_dataset(split)
@@ -64,7 +65,7 @@ def _fairseq_example(spec: Spec, index: int, split: str) -> ExampleInput:
 
 
 def print_example(
-    run: Union[RunSpec, Spec], index: int = 0, split: str = "train", out: Log = print
+    run: Union[RunSpec, Mapping[str, Any]], index: int = 0, split: str = "train", out: Log = print
 ) -> ExampleInput:
     """One line of pieces and one of token types, aligned."""
     shown = example_input(run, index, split)
@@ -74,6 +75,7 @@ def print_example(
     return shown
 
 
-def read_spec(run_dir: str) -> Spec:
+def read_spec(run_dir: str) -> dict[str, Any]:
+    """RUN_DIR/spec.json as written (for the run itself: ``worker.read_spec``)."""
     with open(os.path.join(run_dir, "spec.json")) as f:
         return json.load(f)

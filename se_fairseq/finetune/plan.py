@@ -34,8 +34,8 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Optional, Union, overload
 
 from se_fairseq.finetune.errors import FinetuneError
@@ -123,7 +123,19 @@ class RunSpec:
         return f"{self.checkpoint}/{self.task}/seed{self.seed}"
 
     def to_json(self) -> dict[str, Any]:
+        """The fields in declaration order, as spec.json holds them."""
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "RunSpec":
+        """The run a spec.json (or :meth:`to_json`) describes. Its ``fingerprint`` is the
+        harness's check, not a field; fields added after the file was written take their
+        defaults (None), as the runs of an earlier version need."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(names) - {"fingerprint"})
+        if unknown:
+            raise FinetuneError(f"a run spec with unknown fields {unknown}")
+        return cls(**{name: data[name] for name in names if name in data})
 
     def fingerprint(self) -> str:
         """What decides the run's result: a finished run with another fingerprint is stale.

@@ -45,6 +45,7 @@ from se_fairseq.finetune.worker import (
     SPEC,
     claim_owner,
     owner_alive,
+    spec_json,
     write_json_atomic,
 )
 
@@ -94,7 +95,7 @@ def prepare(run: RunSpec, fingerprint: str) -> bool:
     """Write spec.json (a new run) or check it (a resumed one); True if the run is done."""
     os.makedirs(run.run_dir, exist_ok=True)
     spec_path = os.path.join(run.run_dir, SPEC)
-    spec = dict(run.to_json(), fingerprint=fingerprint)
+    spec = spec_json(run, fingerprint)
     if os.path.exists(spec_path):
         have = json.load(open(spec_path))
         if have.get("fingerprint") == fingerprint and have != spec:

@@ -28,10 +28,9 @@ from types import TracebackType
 from typing import Any, Literal, Optional, Protocol, cast
 
 from se_fairseq.finetune.metrics import Label
-from se_fairseq.finetune.records import ClaimOwner, ScoredDevSet
+from se_fairseq.finetune.plan import RunSpec
+from se_fairseq.finetune.records import ClaimOwner, DevSet, DoneRecord, ScoredDevSet
 
-#: a spec.json as the worker reads it
-Spec = dict[str, Any]
 #: what an engine predicts for a split: predictions in file order, the head's outputs
 #: per example, and the update count of the checkpoint that predicted them
 Prediction = tuple[list[Label], list[list[float]], Optional[int]]
@@ -78,7 +77,7 @@ def server_label(name: str, label: str) -> str:
 
 
 def write_test_predictions(
-    spec: Spec, run_dir: str, predict_split: Callable[[str], Prediction]
+    run: RunSpec, run_dir: str, predict_split: Callable[[str], Prediction]
 ) -> list[str]:
     """--predict-test: RUN_DIR/test_predictions/<NAME>.tsv per GLUE test set (``index`` and
     ``prediction`` columns, the server's label names; STS-B's scores as floats);
@@ -86,9 +85,9 @@ def write_test_predictions(
     folder = os.path.join(run_dir, TEST_PREDICTIONS)
     os.makedirs(folder, exist_ok=True)
     written = []
-    for test in spec.get("test_sets") or ():
+    for test in run.test_sets or ():
         predictions, _, _ = predict_split(test["split"])
-        index = json.load(open(os.path.join(spec["data_dir"], test["index"])))
+        index = json.load(open(os.path.join(run.data_dir, test["index"])))
         if len(index) != len(predictions):
             raise RuntimeError(
                 f"{test['split']}: {len(predictions)} predictions, {len(index)} rows"
@@ -98,9 +97,7 @@ def write_test_predictions(
             f.write("index\tprediction\n")
             for i, p in zip(index, predictions):
                 value = (
-                    f"{p:.3f}"
-                    if spec["kind"] == "regression"
-                    else server_label(test["name"], str(p))
+                    f"{p:.3f}" if run.kind == "regression" else server_label(test["name"], str(p))
                 )
                 f.write(f"{i}\t{value}\n")
         os.replace(path + ".tmp", path)
@@ -136,7 +133,7 @@ def device_args(precision: str) -> list[str]:
     return ["--bf16"] if precision == "bf16" else []
 
 
-def train(spec: Spec) -> None:
+def train(run: RunSpec) -> None:
     from fairseq import checkpoint_utils
     from fairseq_cli import train as fairseq_train
 
@@ -144,13 +141,13 @@ def train(spec: Spec) -> None:
     # inherit the previous run's (a resumed run gets its own back from checkpoint_last.pt)
     if hasattr(checkpoint_utils.save_checkpoint, "best"):
         del checkpoint_utils.save_checkpoint.best
-    argv = list(spec["fairseq_args"]) + device_args(spec["precision"])
+    argv = list(run.fairseq_args) + device_args(run.precision)
     sys.argv = ["fairseq-train"] + argv
     fairseq_train.cli_main()
 
 
 def predict(
-    spec: Spec, checkpoint_path: str, split: str = "valid", batch_size: int = 64
+    run: RunSpec, checkpoint_path: str, split: str = "valid", batch_size: int = 64
 ) -> Prediction:
     """Predictions for fairseq split ``split`` (valid: the first dev set) in file order
     (label strings, or floats for regression), the head's outputs and the checkpoint's
@@ -159,7 +156,7 @@ def predict(
     from fairseq import checkpoint_utils
 
     state = checkpoint_utils.load_checkpoint_to_cpu(
-        checkpoint_path, arg_overrides={"data": spec["data_dir"]}
+        checkpoint_path, arg_overrides={"data": run.data_dir}
     )
     num_updates = state["optimizer_history"][-1].get("num_updates")
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
@@ -189,32 +186,32 @@ def predict(
         raise RuntimeError(f"predicted {len(outputs)} of {len(dataset)} dev examples")
     rows = [outputs[i] for i in range(len(dataset))]
     logits = [[float(v) for v in r] for r in rows]
-    if spec["kind"] == "regression":
-        scale = spec.get("label_scale") or 1.0
-        return [float(r[0]) * scale for r in rows], logits, num_updates
-    labels = spec["labels"]
-    return [labels[int(r.argmax())] for r in rows], logits, num_updates
+    if run.kind == "regression":
+        scale = run.label_scale or 1.0
+        return [float(row[0]) * scale for row in rows], logits, num_updates
+    labels = run.labels or []
+    return [labels[int(row.argmax())] for row in rows], logits, num_updates
 
 
 class FairseqEngine:
     """train() through fairseq-train, then predict(split) with the scored checkpoint."""
 
-    def __init__(self, spec: Spec, run_dir: str) -> None:
-        self.spec, self.run_dir = spec, run_dir
+    def __init__(self, run: RunSpec, run_dir: str) -> None:
+        self.run, self.run_dir = run, run_dir
         self.eval_checkpoint = (
-            "checkpoint_best.pt" if spec["eval_checkpoint"] == "best" else "checkpoint_last.pt"
+            "checkpoint_best.pt" if run.eval_checkpoint == "best" else "checkpoint_last.pt"
         )
         self.checkpoint_path = os.path.join(run_dir, self.eval_checkpoint)
 
     def train(self) -> None:
-        train(self.spec)
+        train(self.run)
         if not os.path.exists(self.checkpoint_path):
             raise SystemExit(f"fairseq-train left no {self.checkpoint_path}")
 
     def predict(self, split: str = "valid") -> Prediction:
         if split == "valid":
-            return predict(self.spec, self.checkpoint_path)
-        return predict(self.spec, self.checkpoint_path, split)
+            return predict(self.run, self.checkpoint_path)
+        return predict(self.run, self.checkpoint_path, split)
 
     def before_done(self, keep: Optional[str]) -> None:
         best = os.path.join(self.run_dir, "checkpoint_best.pt")
@@ -222,27 +219,40 @@ class FairseqEngine:
             drop_optimizer_state(best)
 
 
-def engine_of(spec: Spec, run_dir: str) -> Engine:
+def engine_of(run: RunSpec, run_dir: str) -> Engine:
     """The run's engine: fairseq-train, or transformers' Trainer for a Hugging Face
-    checkpoint (``spec["engine"] == "hf"``, :mod:`se_fairseq.finetune.hf_worker`)."""
-    if spec.get("engine") == "hf":
+    checkpoint (``run.engine == "hf"``, :mod:`se_fairseq.finetune.hf_worker`)."""
+    if run.engine == "hf":
         from se_fairseq.finetune.hf_worker import HFEngine
 
-        return HFEngine(spec, run_dir)
-    return FairseqEngine(spec, run_dir)
+        return HFEngine(run, run_dir)
+    return FairseqEngine(run, run_dir)
+
+
+def spec_json(run: RunSpec, fingerprint: str) -> dict[str, Any]:
+    """What RUN_DIR/spec.json holds: the run's fields, then the fingerprint the harness
+    checked it with (the layout every version has written: a rerun reads its runs back)."""
+    return dict(run.to_json(), fingerprint=fingerprint)
+
+
+def read_spec(run_dir: str) -> tuple[RunSpec, str]:
+    """RUN_DIR/spec.json as the run and its fingerprint."""
+    with open(os.path.join(run_dir, SPEC)) as f:
+        data = json.load(f)
+    return RunSpec.from_json(data), data["fingerprint"]
 
 
 def main(run_dir: str) -> None:
     from se_fairseq.finetune import metrics
 
-    spec = json.load(open(os.path.join(run_dir, SPEC)))
+    run, fingerprint = read_spec(run_dir)
     if os.path.exists(os.path.join(run_dir, DONE)):
         return
     start = time.time()
-    engine = engine_of(spec, run_dir)
+    engine = engine_of(run, run_dir)
     engine.train()
-    sets = spec.get("dev_sets") or [
-        {"name": spec["task"], "split": "valid", "targets": "dev_targets.json"}
+    sets: list[DevSet] = run.dev_sets or [
+        {"name": run.task, "split": "valid", "targets": "dev_targets.json"}
     ]
     scored: dict[str, ScoredDevSet] = {}
     for i, dev in enumerate(sets):
@@ -250,12 +260,10 @@ def main(run_dir: str) -> None:
             predictions, logits, state_updates = engine.predict()
         else:
             predictions, logits, _ = engine.predict(dev["split"])
-        targets = json.load(open(os.path.join(spec["data_dir"], dev["targets"])))
-        if spec["kind"] == "regression":
+        targets = json.load(open(os.path.join(run.data_dir, dev["targets"])))
+        if run.kind == "regression":
             targets = [float(t) for t in targets]
-        values = metrics.evaluate(
-            spec["kind"], spec["metric"], predictions, targets, spec.get("positive_label")
-        )
+        values = metrics.evaluate(run.kind, run.metric, predictions, targets, run.positive_label)
         out = PREDICTIONS if i == 0 else f"dev_predictions.{dev['split']}.tsv"
         with open(os.path.join(run_dir, out + ".tmp"), "w") as f:
             f.write("prediction\ttarget\thead_output\n")
@@ -266,35 +274,35 @@ def main(run_dir: str) -> None:
         os.replace(os.path.join(run_dir, out + ".tmp"), os.path.join(run_dir, out))
         scored[dev["name"]] = {
             "metrics": values,
-            "value": values[spec["metric"]],
+            "value": values[run.metric],
             "dev_examples": len(targets),
             "predictions": out,
         }
     first = scored[sets[0]["name"]]
-    test_files = write_test_predictions(spec, run_dir, engine.predict)
-    keep = spec.get("keep_checkpoints")
-    engine.before_done(keep)
-    write_json_atomic(
-        os.path.join(run_dir, DONE),
-        {
-            "key": f"{spec['checkpoint']}/{spec['task']}/seed{spec['seed']}",
-            "checkpoint": spec["checkpoint"],
-            "task": spec["task"],
-            "seed": spec["seed"],
-            "metric": spec["metric"],
-            "metrics": first["metrics"],
-            "value": first["value"],
-            "dev_examples": first["dev_examples"],
-            "eval_checkpoint": engine.eval_checkpoint,
-            "updates_of_eval_checkpoint": state_updates,
-            "fingerprint": spec["fingerprint"],
-            "seconds_last_invocation": round(time.time() - start, 1),
-            **({"dev_sets": scored} if len(sets) > 1 else {}),
-            **({"test_predictions": test_files} if test_files else {}),
-            **({"resumed_from": r} if (r := getattr(engine, "resumed_from", None)) else {}),
-        },
-    )
-    prune_run(run_dir, keep)  # as the run ends, not when the whole invocation does
+    test_files = write_test_predictions(run, run_dir, engine.predict)
+    engine.before_done(run.keep_checkpoints)
+    record: DoneRecord = {
+        "key": run.key,
+        "checkpoint": run.checkpoint,
+        "task": run.task,
+        "seed": run.seed,
+        "metric": run.metric,
+        "metrics": first["metrics"],
+        "value": first["value"],
+        "dev_examples": first["dev_examples"],
+        "eval_checkpoint": engine.eval_checkpoint,
+        "updates_of_eval_checkpoint": state_updates,
+        "fingerprint": fingerprint,
+        "seconds_last_invocation": round(time.time() - start, 1),
+    }
+    if len(sets) > 1:
+        record["dev_sets"] = scored
+    if test_files:
+        record["test_predictions"] = test_files
+    if resumed_from := getattr(engine, "resumed_from", None):
+        record["resumed_from"] = resumed_from
+    write_json_atomic(os.path.join(run_dir, DONE), record)
+    prune_run(run_dir, run.keep_checkpoints)  # as the run ends, not when the whole invocation does
 
 
 def process_start_time(pid: int) -> Optional[int]:
