@@ -316,7 +316,17 @@ def run_all(
     )
     if not pending:
         return results, claimed_failures
-    workers: list[tuple[Optional[str], subprocess.Popen[bytes]]] = []
+    pool = RunPool(
+        pending,
+        gpus,
+        jobs,
+        done=results,
+        total=total,
+        command=command,
+        log=log,
+        poll=poll,
+        progress_every=progress_every,
+    )
     received = None
     handlers: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -326,25 +336,14 @@ def run_all(
 
         handlers = {s: signal.signal(s, on_signal) for s in FORWARDED}
     try:
-        return _run_pool(
-            runs,
-            pending,
-            results,
-            claimed_failures,
-            gpus,
-            jobs,
-            total,
-            workers,
-            command,
-            log,
-            poll,
-            progress_every,
-        )
+        pool.start()
+        pool.watch()
+        return pool.done, pool.failures(claimed_failures)
     except _Signalled as signalled:
         received = signalled.signum
         log(f"[finetune] {signal.Signals(received).name}: stopping the workers")
     finally:
-        stop_workers([p for _, p in workers], received or signal.SIGTERM)
+        pool.stop(received or signal.SIGTERM)
         for s, handler in handlers.items():
             signal.signal(s, handler)
         if received is not None:  # exit as the signal asks, now that the workers are gone
@@ -354,100 +353,137 @@ def run_all(
     return results, []  # pragma: no cover (the finally raised)
 
 
-def _run_pool(
-    runs: Sequence[RunSpec],
-    pending: list[RunSpec],
-    results: dict[str, DoneRecord],
-    claimed_failures: list[Failure],
-    gpus: list[str],
-    jobs: int,
-    total: int,
-    workers: list[tuple[Optional[str], "subprocess.Popen[bytes]"]],
-    command: Command,
-    log: Log,
-    poll: float,
-    progress_every: float,
-) -> tuple[dict[str, DoneRecord], list[Failure]]:
-    log_dir = os.path.commonpath([os.path.dirname(r.run_dir) for r in pending])
-    for i in range(jobs):
-        env = dict(os.environ)
-        device = gpus[i % len(gpus)] if gpus else None
-        env["CUDA_VISIBLE_DEVICES"] = device if device is not None else ""
-        if device is None and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-        with open(os.path.join(log_dir, f"worker-{i}.log"), "a") as out:
-            workers.append(
-                (
-                    device,
-                    subprocess.Popen(
-                        command([r.run_dir for r in pending]),
-                        env=env,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,  # its own process group, killed with us
-                        preexec_fn=_die_with_parent(os.getpid()),
-                    ),
+class RunPool:
+    """The worker processes of one invocation and the pending runs they share.
+
+    :meth:`start` starts ``jobs`` workers, each its own process group on its own device
+    (``CUDA_VISIBLE_DEVICES``; none: the CPU), its output to RUNS/worker-N.log;
+    :meth:`watch` follows the run folders until every worker has exited, logging a line
+    when a run starts (its claim appears), progresses, is done (done.json, added to
+    :attr:`done`) or failed (failed.txt); :meth:`failures` lists the runs that did not
+    finish; :meth:`stop` ends the workers' process groups (forwarded signal, then SIGKILL).
+    """
+
+    def __init__(
+        self,
+        pending: Sequence[RunSpec],
+        gpus: Sequence[str],
+        jobs: int,
+        *,
+        done: dict[str, DoneRecord],
+        total: int,
+        command: Command,
+        log: Log,
+        poll: float,
+        progress_every: float,
+    ) -> None:
+        self.pending = list(pending)
+        self.gpus = list(gpus)
+        self.jobs = jobs
+        #: run key -> done record: the runs finished before, then those finishing here
+        self.done = done
+        self.total = total  # every run of the invocation, for the [n/total] count
+        self.command = command
+        self.log = log
+        self.poll = poll
+        self.progress_every = progress_every
+        self.workers: list[tuple[Optional[str], subprocess.Popen[bytes]]] = []
+        self.started: dict[str, float] = {}  # run key -> when its claim was seen
+        self.failed: list[RunSpec] = []
+        self.finished = len(done)
+        #: run key -> (time, line) of its last progress line
+        self.shown: dict[str, tuple[float, Optional[str]]] = {}
+
+    def start(self) -> None:
+        """Start the workers, each given every pending run folder (they share them by claim)."""
+        log_dir = os.path.commonpath([os.path.dirname(r.run_dir) for r in self.pending])
+        for i in range(self.jobs):
+            device = self.gpus[i % len(self.gpus)] if self.gpus else None
+            with open(os.path.join(log_dir, f"worker-{i}.log"), "a") as out:
+                process = subprocess.Popen(
+                    self.command([r.run_dir for r in self.pending]),
+                    env=self._environment(device),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group, killed with us
+                    preexec_fn=_die_with_parent(os.getpid()),
                 )
-            )
-    started: dict[str, float] = {}
-    finished = len(results)
-    failed: list[RunSpec] = []
-    shown: dict[str, tuple[float, Optional[str]]] = {}  # run key -> time, line of its last
+            self.workers.append((device, process))
 
-    def progress(run: RunSpec) -> None:
-        now = time.time()
-        last = shown.get(run.key, (started.get(run.key, now), None))
-        if now - last[0] < progress_every:
-            return
-        line = progress_line(run, parse_progress(_tail(os.path.join(run.run_dir, LOG)), run.metric))
-        if line != last[1]:
-            log(f"[finetune] ...    {run.key}: {line}")
-        shown[run.key] = (now, line)
+    def _environment(self, device: Optional[str]) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CUDA_VISIBLE_DEVICES"] = device if device is not None else ""
+        if device is None and self.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        return env
 
-    def report() -> None:
-        nonlocal finished
-        for run in pending:
-            if run.key in results or run in failed:
+    def watch(self) -> None:
+        """Report on the runs every ``poll`` seconds until every worker has exited."""
+        while any(p.poll() is None for _, p in self.workers):
+            self.report()
+            time.sleep(self.poll)
+        self.report()
+
+    def report(self) -> None:
+        """One look at each pending run's folder: start, done, failed or progress lines."""
+        for run in self.pending:
+            if run.key in self.done or run in self.failed:
                 continue
-            if run.key not in started and os.path.exists(os.path.join(run.run_dir, CLAIM)):
-                started[run.key] = time.time()
+            if run.key not in self.started and os.path.exists(os.path.join(run.run_dir, CLAIM)):
+                self.started[run.key] = time.time()
                 resumed = os.path.exists(os.path.join(run.run_dir, "checkpoint_last.pt")) or any(
                     n.startswith("checkpoint-") for n in os.listdir(run.run_dir)
                 )
-                log(f"[finetune] start  {run.key}" + (" (resuming)" if resumed else ""))
+                self.log(f"[finetune] start  {run.key}" + (" (resuming)" if resumed else ""))
             if os.path.exists(os.path.join(run.run_dir, DONE)):
                 record = json.load(open(os.path.join(run.run_dir, DONE)))
-                results[run.key] = record
-                finished += 1
-                seconds = time.time() - started.get(run.key, time.time())
-                log(
-                    f"[finetune] [{finished}/{total}] done {run.key}: {record['metric']} "
-                    f"{100 * record['value']:.2f} ({seconds:.0f} s)"
+                self.done[run.key] = record
+                self.finished += 1
+                seconds = time.time() - self.started.get(run.key, time.time())
+                self.log(
+                    f"[finetune] [{self.finished}/{self.total}] done {run.key}: "
+                    f"{record['metric']} {100 * record['value']:.2f} ({seconds:.0f} s)"
                 )
             elif os.path.exists(os.path.join(run.run_dir, FAILED)):
-                failed.append(run)
-                log(f"[finetune] FAILED {run.key}; see {run.run_dir}/{LOG}")
-            elif run.key in started:
-                progress(run)
+                self.failed.append(run)
+                self.log(f"[finetune] FAILED {run.key}; see {run.run_dir}/{LOG}")
+            elif run.key in self.started:
+                self.progress(run)
 
-    while any(p.poll() is None for _, p in workers):
-        report()
-        time.sleep(poll)
-    report()
-    codes = sorted({p.returncode for _, p in workers})
-    failures = list(claimed_failures)
-    for run in pending:
-        if run.key in results:
-            continue
-        if run in failed:
-            reason = _last_line(os.path.join(run.run_dir, FAILED)) or "failed"
-        else:
-            reason = f"not finished: the workers exited (exit codes {codes})"
-            log(f"[finetune] FAILED {run.key}: {reason}; see {run.run_dir}/{LOG}")
-        failures.append(_failure(run, reason))
-    if failures:
-        log(
-            f"[finetune] {len(failures)} of {total} runs did not finish (rerun to retry them; "
-            "finished runs are kept)"
-        )
-    return results, failures
+    def progress(self, run: RunSpec) -> None:
+        """A progress line for a running run, at most every ``progress_every`` seconds and
+        only when its log moved."""
+        now = time.time()
+        last = self.shown.get(run.key, (self.started.get(run.key, now), None))
+        if now - last[0] < self.progress_every:
+            return
+        state = parse_progress(_tail(os.path.join(run.run_dir, LOG)), run.metric)
+        line = progress_line(run, state)
+        if line != last[1]:
+            self.log(f"[finetune] ...    {run.key}: {line}")
+        self.shown[run.key] = (now, line)
+
+    def failures(self, elsewhere: Sequence[Failure] = ()) -> list[Failure]:
+        """Once the workers have exited: ``elsewhere`` (runs another process holds), then
+        each pending run that did not finish, with its reason; logs the count."""
+        codes = sorted({p.returncode for _, p in self.workers})
+        failures = list(elsewhere)
+        for run in self.pending:
+            if run.key in self.done:
+                continue
+            if run in self.failed:
+                reason = _last_line(os.path.join(run.run_dir, FAILED)) or "failed"
+            else:
+                reason = f"not finished: the workers exited (exit codes {codes})"
+                self.log(f"[finetune] FAILED {run.key}: {reason}; see {run.run_dir}/{LOG}")
+            failures.append(_failure(run, reason))
+        if failures:
+            self.log(
+                f"[finetune] {len(failures)} of {self.total} runs did not finish (rerun to "
+                "retry them; finished runs are kept)"
+            )
+        return failures
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """Stop every worker started (their process groups), reaping them."""
+        stop_workers([p for _, p in self.workers], signum)
