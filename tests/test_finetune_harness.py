@@ -3,6 +3,7 @@ process group with owned claims, per-run checkpoint pruning."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -441,7 +442,9 @@ def test_a_finished_run_keeps_only_what_keep_checkpoints_asks(
     monkeypatch.setattr(worker, "train", fake_train)
     monkeypatch.setattr(worker, "predict", lambda spec, path: (["a", "b"] * 4, [[0.0, 0.0]] * 8, 1))
     worker.main(run.run_dir)
-    checkpoints = sorted(f for f in os.listdir(run.run_dir) if f.endswith((".pt", ".tmp")))
+    checkpoints = sorted(
+        f for f in os.listdir(run.run_dir) if f.endswith((".pt", ".tmp")) or ".tmp-" in f
+    )
     expected = {
         "best": ["checkpoint_best.pt"],
         "none": [],
@@ -481,6 +484,49 @@ def make_rte(folder, n=8, hf_numbers=False):
         [RTE_HEADER[:3]] + [(100 + i, f"w{i}", f"w{i + 1}") for i in range(5)],
     )
     return folder
+
+
+def test_pruning_removes_half_written_checkpoints_of_either_naming(tmp_path):
+    from se_fairseq.finetune.worker import prune_run
+
+    names = ["checkpoint_best.pt", "checkpoint_last.pt", "checkpoint_best.pt.tmp"]
+    names += ["checkpoint_best.pt.tmp-4242", "train.log", "notes.pt.txt"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    prune_run(str(tmp_path), "best")
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_best.pt", "notes.pt.txt", "train.log"]
+
+
+def test_a_built_folder_replaces_only_its_own_earlier_build(tmp_path):
+    """The data folders are built under this process's scratch name and renamed into place:
+    an earlier build (its marker present) is replaced, a folder the harness did not write is
+    refused and left as it was, and a failed build leaves no scratch folder behind."""
+    from se_fairseq.finetune import FinetuneError
+    from se_fairseq.finetune.folders import built_folder
+
+    target = tmp_path / "data" / "task-abc"
+    with built_folder(str(target), "manifest.json") as scratch:
+        assert os.path.isdir(scratch) and not os.path.exists(target)
+        (Path(scratch) / "manifest.json").write_text("1")
+    assert (target / "manifest.json").read_text() == "1"
+    with built_folder(str(target), "manifest.json") as scratch:
+        (Path(scratch) / "manifest.json").write_text("2")
+    assert sorted(os.listdir(target)) == ["manifest.json"]
+    assert (target / "manifest.json").read_text() == "2"
+    with pytest.raises(RuntimeError, match="half way"):
+        with built_folder(str(target), "manifest.json") as scratch:
+            (Path(scratch) / "manifest.json").write_text("3")
+            raise RuntimeError("half way")
+    assert (target / "manifest.json").read_text() == "2"
+    assert sorted(os.listdir(tmp_path / "data")) == ["task-abc"]
+    mine = tmp_path / "data" / "users"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(FinetuneError, match="not written by se-finetune"):
+        with built_folder(str(mine), "manifest.json"):
+            pytest.fail("a folder the harness did not write was about to be replaced")
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path / "data")) == ["task-abc", "users"]
 
 
 @pytest.mark.parametrize("hf_numbers", [False, True])

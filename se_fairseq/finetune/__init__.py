@@ -135,6 +135,7 @@ def _collect_test_predictions(run: "RunSpec", out_dir: str) -> None:
     """Copy a run's GLUE server files to OUT_DIR/test_predictions/CKPT/seedN/."""
     import shutil
 
+    from se_fairseq.core.files import atomic_path
     from se_fairseq.finetune.worker import TEST_PREDICTIONS
 
     folder = os.path.join(run.run_dir, TEST_PREDICTIONS)
@@ -144,7 +145,8 @@ def _collect_test_predictions(run: "RunSpec", out_dir: str) -> None:
     os.makedirs(target, exist_ok=True)
     for name in sorted(os.listdir(folder)):
         if name.endswith(".tsv"):
-            shutil.copyfile(os.path.join(folder, name), os.path.join(target, name))
+            with atomic_path(os.path.join(target, name)) as tmp:
+                shutil.copyfile(os.path.join(folder, name), tmp)
 
 
 def finetune(

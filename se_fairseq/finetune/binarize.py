@@ -19,8 +19,9 @@ import shutil
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from se_fairseq.finetune.checkpoint import file_sha256
+from se_fairseq.core.files import file_sha256
 from se_fairseq.finetune.errors import FinetuneError
+from se_fairseq.finetune.folders import built_folder
 from se_fairseq.finetune.log import Log
 from se_fairseq.finetune.records import DevSet, Manifest, TestSet
 from se_fairseq.finetune.tasks import Split, TaskData
@@ -125,8 +126,6 @@ def binarize_task(
     task: TaskData, tokenizer: "Tokenizer", dict_path: str, out_dir: str, log: Log = print
 ) -> Manifest:
     """Write (or reuse) the binarized task; returns its manifest (with label names and sizes)."""
-    from fairseq.data import Dictionary
-
     wanted = manifest_for(task, tokenizer.spec, dict_path)
     manifest_path = os.path.join(out_dir, "manifest.json")
     if os.path.exists(manifest_path):
@@ -134,8 +133,25 @@ def binarize_task(
         if {k: have.get(k) for k in wanted} == wanted:
             return have
         log(f"[finetune] {out_dir} was made from other inputs; rebuilding it")
-    tmp = out_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    with built_folder(out_dir, "manifest.json") as tmp:
+        manifest = _write_binarized(task, tokenizer, dict_path, wanted, tmp)
+    labels = manifest["labels"]
+    log(
+        f"[finetune] binarized {task.name}: {len(task.train)} train / {len(task.dev)} dev "
+        "examples, "
+        f"{task.num_inputs} text column(s), {task.kind}"
+        + (f", {len(labels)} labels" if labels else "")
+        + f" -> {out_dir}"
+    )
+    return manifest
+
+
+def _write_binarized(
+    task: TaskData, tokenizer: "Tokenizer", dict_path: str, wanted: Manifest, tmp: str
+) -> Manifest:
+    """The binarized task's files and manifest.json, written into the folder ``tmp``."""
+    from fairseq.data import Dictionary
+
     dictionary = Dictionary.load(dict_path)
     stats = {}
     for i in range(task.num_inputs):
@@ -148,7 +164,6 @@ def binarize_task(
             stats[f"input{i}.{split}"] = {"tokens": tokens, "unknown": unknown}
             text_tokens = tokens - len(lines)  # without the </s> of each line
             if split == "valid" and text_tokens and unknown > MAX_UNK_SHARE * text_tokens:
-                shutil.rmtree(tmp, ignore_errors=True)
                 raise FinetuneError(
                     f"dictionary mismatch: {100 * unknown / text_tokens:.0f} % of the tokens of "
                     f"{data.path} (text {i + 1}) are not in {dict_path} after "
@@ -193,13 +208,4 @@ def binarize_task(
             json.dump(data.labels, f)
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    log(
-        f"[finetune] binarized {task.name}: {len(task.train)} train / {len(task.dev)} dev "
-        "examples, "
-        f"{task.num_inputs} text column(s), {task.kind}"
-        + (f", {len(labels)} labels" if labels else "")
-        + f" -> {out_dir}"
-    )
     return manifest

@@ -8,12 +8,12 @@ fine-tune (a classification head registered by name) works.
 """
 
 import argparse
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, cast
 
+from se_fairseq.core.files import file_sha256
 from se_fairseq.finetune.errors import FinetuneError
 
 #: set by the recipe for fine-tuning, not taken from the pretraining run
@@ -106,14 +106,6 @@ def first_line(err: BaseException) -> str:
     """An exception's message, its first non-empty line only (errors are one line)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else repr(err)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def find_dictionary(path: str, cfg: Mapping[str, Any], dict_path: Optional[str] = None) -> str:

@@ -10,13 +10,14 @@ and writes files, and imports transformers lazily.
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
+from se_fairseq.core.files import file_sha256
 from se_fairseq.finetune.binarize import dev_sets, splits, test_sets
-from se_fairseq.finetune.checkpoint import CheckpointInfo, file_sha256, first_line
+from se_fairseq.finetune.checkpoint import CheckpointInfo, first_line
 from se_fairseq.finetune.errors import FinetuneError
+from se_fairseq.finetune.folders import built_folder
 from se_fairseq.finetune.log import Log
 from se_fairseq.finetune.records import Manifest
 from se_fairseq.finetune.tasks import TaskData
@@ -25,6 +26,8 @@ from se_fairseq.finetune.tasks import TaskData
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer")
 #: a tokenizer's model_max_length above this is transformers' "no limit" placeholder
 NO_LIMIT = 1_000_000
+#: the marker of a converted checkpoint's folder: what it was converted from
+CONVERTED = "converted.json"
 
 
 @dataclass
@@ -140,18 +143,15 @@ def convert_fairseq_bert(info: CheckpointInfo, out_dir: str, log: Log = print) -
     tokenizer_dir = bert_tokenizer_dir(info)
     sha = file_sha256(info.path)
     folder = os.path.join(out_dir, "data", f"hf-{info.name}-{sha[:12]}")
-    marker = os.path.join(folder, "converted.json")
+    marker = os.path.join(folder, CONVERTED)
     if not os.path.exists(marker):
-        tmp = folder + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            fairseq_to_hf(info.path, tmp, dict_path=info.dict_path, tokenizer_dir=tokenizer_dir)
-        except ConversionError as err:
-            raise FinetuneError(f"checkpoint {info.path}: cannot convert it ({err})") from None
-        with open(os.path.join(tmp, "converted.json"), "w") as f:
-            json.dump({"checkpoint": info.path, "sha256": sha}, f, indent=1)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        with built_folder(folder, CONVERTED) as tmp:
+            try:
+                fairseq_to_hf(info.path, tmp, dict_path=info.dict_path, tokenizer_dir=tokenizer_dir)
+            except ConversionError as err:
+                raise FinetuneError(f"checkpoint {info.path}: cannot convert it ({err})") from None
+            with open(os.path.join(tmp, CONVERTED), "w") as f:
+                json.dump({"checkpoint": info.path, "sha256": sha}, f, indent=1)
         log(f"[finetune] {info.name}: BERT checkpoint converted for transformers -> {folder}")
     return read_hf_checkpoint(folder, info.name, converted_from=info.path)
 
@@ -179,10 +179,15 @@ def write_text_task(task: TaskData, out_dir: str, log: Log = print) -> Manifest:
         have = json.load(open(manifest_path))
         if {k: have.get(k) for k in wanted} == wanted:
             return have
+    with built_folder(out_dir, "manifest.json") as tmp:
+        manifest = _write_text(task, wanted, tmp)
+    log(f"[finetune] {task.name}: text for transformers -> {out_dir}")
+    return manifest
+
+
+def _write_text(task: TaskData, wanted: Manifest, tmp: str) -> Manifest:
+    """examples.json, the dev targets, test indices and manifest.json, written into ``tmp``."""
     labels = label_names(task)
-    tmp = out_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     examples = {
         split: {"texts": data.texts, "labels": data.labels}
         for split, data in splits(task, test=True)
@@ -205,11 +210,8 @@ def write_text_task(task: TaskData, out_dir: str, log: Log = print) -> Manifest:
     for test_entry, (_, data) in zip(tests, task.test_sets):
         with open(os.path.join(tmp, test_entry["index"]), "w") as f:
             json.dump(data.labels, f)
-    with open(manifest_path.replace(out_dir, tmp), "w") as f:
+    with open(os.path.join(tmp, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    log(f"[finetune] {task.name}: text for transformers -> {out_dir}")
     return manifest
 
 

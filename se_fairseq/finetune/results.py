@@ -22,6 +22,7 @@ from typing import NotRequired, Optional, TypedDict
 
 import numpy as np
 
+from se_fairseq.core.files import atomic_write_text
 from se_fairseq.finetune.records import DoneRecord, Failure, RunSettings
 
 AVERAGE = "average"
@@ -254,8 +255,5 @@ def markdown(doc: ResultsDocument) -> str:
 def write(doc: ResultsDocument, out_dir: str) -> tuple[str, str]:
     os.makedirs(out_dir, exist_ok=True)
     for name, text in (("results.json", json.dumps(doc, indent=1)), ("results.md", markdown(doc))):
-        tmp = os.path.join(out_dir, name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(out_dir, name))
+        atomic_write_text(os.path.join(out_dir, name), text)
     return os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.md")

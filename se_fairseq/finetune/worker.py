@@ -21,12 +21,14 @@ a run that raises leaves RUN_DIR/failed.txt (the traceback) and the worker goes 
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, Optional, Protocol, cast
 
+from se_fairseq.core.files import atomic_open, atomic_path, atomic_write_text
 from se_fairseq.finetune.metrics import Label
 from se_fairseq.finetune.plan import RunSpec
 from se_fairseq.finetune.records import ClaimOwner, DevSet, DoneRecord, ScoredDevSet
@@ -41,6 +43,9 @@ CLAIM = "claim"
 FAILED = "failed.txt"
 LOG = "train.log"
 PREDICTIONS = "dev_predictions.tsv"
+#: a fairseq checkpoint of a run, or one left half-written (``.pt.tmp``: earlier versions;
+#: ``.pt.tmp-PID``: core.files.temp_path)
+CHECKPOINT_FILE = re.compile(r"\.pt(\.tmp(-\d+)?)?$")
 
 
 TEST_PREDICTIONS = "test_predictions"
@@ -93,23 +98,20 @@ def write_test_predictions(
                 f"{test['split']}: {len(predictions)} predictions, {len(index)} rows"
             )
         path = os.path.join(folder, f"{test['name']}.tsv")
-        with open(path + ".tmp", "w") as f:
+        with atomic_open(path) as f:
             f.write("index\tprediction\n")
             for i, p in zip(index, predictions):
                 value = (
                     f"{p:.3f}" if run.kind == "regression" else server_label(test["name"], str(p))
                 )
                 f.write(f"{i}\t{value}\n")
-        os.replace(path + ".tmp", path)
         written.append(os.path.relpath(path, run_dir))
     return written
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    """``obj`` as JSON indented by one space (the layout of spec.json and done.json)."""
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def device_args(precision: str) -> list[str]:
@@ -265,13 +267,12 @@ def main(run_dir: str) -> None:
             targets = [float(t) for t in targets]
         values = metrics.evaluate(run.kind, run.metric, predictions, targets, run.positive_label)
         out = PREDICTIONS if i == 0 else f"dev_predictions.{dev['split']}.tsv"
-        with open(os.path.join(run_dir, out + ".tmp"), "w") as f:
+        with atomic_open(os.path.join(run_dir, out)) as f:
             f.write("prediction\ttarget\thead_output\n")
             f.writelines(
                 f"{p}\t{t}\t{','.join(f'{v:.6g}' for v in o)}\n"
                 for p, t, o in zip(predictions, targets, logits)
             )
-        os.replace(os.path.join(run_dir, out + ".tmp"), os.path.join(run_dir, out))
         scored[dev["name"]] = {
             "metrics": values,
             "value": values[run.metric],
@@ -375,9 +376,8 @@ def drop_optimizer_state(path: str) -> bool:
     if state.get("last_optimizer_state") is None:
         return False
     del state["last_optimizer_state"]
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return True
 
 
@@ -392,7 +392,7 @@ def prune_run(run_dir: str, keep: Optional[str]) -> None:
     if keep in (None, "all"):
         return
     for name in sorted(os.listdir(run_dir)):
-        if name.endswith((".pt", ".pt.tmp")) and (keep == "none" or name != "checkpoint_best.pt"):
+        if CHECKPOINT_FILE.search(name) and (keep == "none" or name != "checkpoint_best.pt"):
             os.remove(os.path.join(run_dir, name))
 
 
@@ -457,8 +457,7 @@ def serve(run_dirs: Sequence[str]) -> None:
             try:
                 main(run_dir)
             except (Exception, SystemExit):  # fairseq exits on bad options: report, go on
-                with open(os.path.join(run_dir, FAILED), "w") as f:
-                    f.write(traceback.format_exc())
+                atomic_write_text(os.path.join(run_dir, FAILED), traceback.format_exc())
                 traceback.print_exc()
 
 
