@@ -223,3 +223,95 @@ def test_offline_and_online_se_train_and_the_model_reloads(family, tmp_path):
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model(**inputs).logits, reloaded(**inputs).logits, atol=1e-6)
+
+
+# -- the sparse LM head against the dense one -------------------------------------------
+
+
+def se_trainer(tokenizer, model, path, se_args):
+    collator = DataCollatorForSelfEvolution(
+        tokenizer, mlm_probability=0.3, seed=1, **se_args.collator_kwargs()
+    )
+    args = TrainingArguments(str(path), report_to=[], use_cpu=True, save_strategy="no")
+    return SelfEvolutionTrainer(model=model, args=args, data_collator=collator, se_args=se_args)
+
+
+def model_inputs(model, batch):
+    accepted = set(inspect.signature(model.forward).parameters)
+    return {k: v for k, v in batch.items() if k in accepted or k.startswith("se_online")}
+
+
+def test_the_head_splits_at_its_projection_and_gives_the_models_logits(family):
+    """Every family's head is split (not run densely), and the projection of the split
+    features is the model's own logits at every position."""
+    from se_fairseq.core.scores import head_logits
+    from se_fairseq.hf.heads import SplitHead, head_of
+
+    name, tokenizer, config, model_class = family
+    model = new_model(config, model_class).eval()
+    batch = DataCollatorForSelfEvolution(tokenizer, select="random")(hf_examples(tokenizer, 6))
+    inputs = model_inputs(model, batch)
+    inputs.pop("labels")
+    head = head_of(model, inputs)
+    assert isinstance(head, SplitHead), name
+    with torch.no_grad():
+        dense = model(**inputs).logits
+        split = head_logits(head.head, head.features(model, inputs))
+    assert split.shape == dense.shape
+    torch.testing.assert_close(split, dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
+def test_sparse_and_dense_heads_give_the_same_step(family, tmp_path, online):
+    """The same batch through the trainer with the split head and with full logits: the
+    same online selection, p_ref, loss and gradients, to float rounding."""
+    name, tokenizer, config, model_class = family
+    examples = hf_examples(tokenizer, 8, seed=3)
+    results = {}
+    for sparse in (True, False):
+        model = new_model(config, model_class).train()
+        se_args = SelfEvolutionArguments(se_online=online, se_sparse_head=sparse)
+        trainer = se_trainer(tokenizer, model, tmp_path / str(sparse), se_args)
+        if online:
+            batch = trainer.se_collator.pad_unmasked(
+                [dict(ex, se_index=i) for i, ex in enumerate(examples)]
+            )
+            batch = trainer._mask_online(model_inputs(model, batch))
+        else:
+            batch = model_inputs(model, trainer.se_collator(examples))
+        ref = batch.get("tls_ref_probs")
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[sparse] = (batch["input_ids"], batch["labels"], ref, loss.detach(), grads)
+    (ids, labels, ref, loss, grads), (dids, dlabels, dref, dloss, dgrads) = (
+        results[True],
+        results[False],
+    )
+    assert torch.equal(ids, dids) and torch.equal(labels, dlabels), name
+    if online:
+        torch.testing.assert_close(ref, dref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, dloss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == dgrads.keys()
+    for key in grads:
+        torch.testing.assert_close(grads[key], dgrads[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_a_head_that_cannot_be_split_runs_densely_with_one_warning(tmp_path):
+    """DeBERTa-v2's non-legacy head multiplies by the word embeddings itself (its
+    get_output_embeddings() is a hidden x hidden dense layer): it is run densely."""
+    from se_fairseq.hf import heads
+
+    tokenizer = deberta_tokenizer()
+    config = deberta_config(tokenizer)
+    config.legacy = False
+    model = new_model(config, transformers.DebertaV2ForMaskedLM).eval()
+    batch = DataCollatorForSelfEvolution(tokenizer, select="random")(hf_examples(tokenizer, 4))
+    inputs = model_inputs(model, batch)
+    inputs.pop("labels")
+    heads._warned.discard("DebertaV2ForMaskedLM")
+    with pytest.warns(RuntimeWarning, match="DebertaV2ForMaskedLM cannot be split"):
+        head = heads.head_of(model, inputs)
+    assert isinstance(head, heads.DenseHead)
+    with torch.no_grad():
+        assert torch.equal(head.features(model, inputs), model(**inputs).logits)

@@ -83,6 +83,15 @@ class SelfEvolutionArguments:
         default=SCORES_COLUMN,
         metadata={"help": "the dataset column holding the per-token scores (offline SE)"},
     )
+    se_sparse_head: bool = field(
+        default=True,
+        metadata={
+            "help": "compute the LM head's vocabulary projection only where it is needed: at "
+            "the masked positions of the training forward, chunk by chunk at the scored ones "
+            "of the reference forward (the head is split at get_output_embeddings(); a model "
+            "whose head cannot be split runs densely, with a warning). False: full logits"
+        },
+    )
     tls_alpha: float = field(
         default=0.1,
         metadata={"help": "weight of the reference distribution in the target (0 = plain MLM)"},

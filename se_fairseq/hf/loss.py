@@ -30,15 +30,29 @@ def token_ls_loss(
     smoothing). The softmax is taken in fp32 whatever the logits' dtype.
     """
     selected = labels.ne(IGNORE_INDEX)
-    lprobs = F.log_softmax(logits[selected], dim=-1, dtype=torch.float32)
+    return token_ls_loss_at(
+        logits[selected], labels[selected], alpha, ref_probs, num_items_in_batch
+    )
+
+
+def token_ls_loss_at(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float,
+    ref_probs: Optional[torch.Tensor] = None,
+    num_items_in_batch: Optional[Union[int, torch.Tensor]] = None,
+) -> torch.Tensor:
+    """``token_ls_loss`` on the labelled positions only: ``logits`` (positions x vocab)
+    and their ``targets``, as a sparse LM head computes them."""
+    lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
     if alpha > 0.0 and ref_probs is not None and ref_probs.shape != lprobs.shape:
         raise ValueError(
             f"ref_probs has shape {tuple(ref_probs.shape)}, but the batch has "
             f"{lprobs.size(0)} labelled positions over a vocabulary of {lprobs.size(1)}: "
             "p_ref must hold one row per label that is not -100, in row-major order"
         )
-    total, _ = token_label_smoothed_loss(lprobs, labels[selected], alpha, ref_probs)
-    count = selected.sum() if num_items_in_batch is None else num_items_in_batch
+    total, _ = token_label_smoothed_loss(lprobs, targets, alpha, ref_probs)
+    count = targets.numel() if num_items_in_batch is None else num_items_in_batch
     if isinstance(count, torch.Tensor):
         count = count.to(total.device).clamp(min=1)
     else:

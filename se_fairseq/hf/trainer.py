@@ -26,6 +26,7 @@ from transformers import Trainer
 
 from se_fairseq.core.constants import IGNORE_INDEX, ONLINE_SEEDS, REF_PROBS
 from se_fairseq.core.online import reference_forward, select_online
+from se_fairseq.core.scores import head_logits
 from se_fairseq.hf.arguments import SelfEvolutionArguments
 from se_fairseq.hf.collator import (
     ONLINE_ELIGIBLE,
@@ -33,7 +34,8 @@ from se_fairseq.hf.collator import (
     DataCollatorForSelfEvolution,
     SelfEvolutionEpochCallback,
 )
-from se_fairseq.hf.loss import token_ls_loss
+from se_fairseq.hf.heads import DenseHead, SplitHead, head_of
+from se_fairseq.hf.loss import token_ls_loss_at
 
 # columns the collator reads besides the model's inputs (kept by remove_unused_columns)
 _COLLATOR_COLUMNS = ("special_tokens_mask", "offset_mapping")
@@ -81,6 +83,7 @@ class SelfEvolutionTrainer(Trainer):
         self._random_collator = _random_masking_like(collator)
         if se_args.se_online:
             kwargs["data_collator"] = collator.padding_only()
+        self._head: SplitHead | DenseHead | None = None
         super().__init__(*args, **kwargs)
         self.add_callback(SelfEvolutionEpochCallback(collator))
         self._check_dataset(self.train_dataset, "train_dataset", training=True)
@@ -195,28 +198,34 @@ class SelfEvolutionTrainer(Trainer):
         seeds = batch.pop(ONLINE_SEEDS)
         eligible = batch.pop(ONLINE_ELIGIBLE)
         word_begins = batch.pop(ONLINE_WORD_BEGINS, None)
+        head = self._lm_head(batch)
         with reference_forward(self.model) as inner:
-            logits = inner(**batch).logits
-            # the logits are the head's whole output already: scored as they are, and p_ref
-            # taken from them at the selected positions
+            features = head.features(inner, batch)
             step = select_online(
-                logits,
+                features,
                 batch["input_ids"],
                 eligible,
                 seeds,
                 self.se_collator.masker,
                 self.se_args.se_metric,
-                _given_logits,
-                logits.size(-1),
+                head.head,
+                head.vocab(features),
                 word_begins=word_begins,
                 want_ref=self._needs_reference(),
-                keep_logits=False,
+                keep_logits=head.sparse,  # dense: the logits are there already
             )
         if step.ref_probs is not None:
             batch[REF_PROBS] = step.ref_probs
         batch["input_ids"] = step.source
         batch["labels"] = step.target
         return batch
+
+    def _lm_head(self, inputs: Mapping[str, Any]) -> "SplitHead | DenseHead":
+        """The model's LM head split at its projection (``se_fairseq.hf.heads``), decided
+        at the first batch; dense where it cannot be split."""
+        if self._head is None:
+            self._head = head_of(self.model, inputs) if self.se_args.se_sparse_head else DenseHead()
+        return self._head
 
     # -- the loss --------------------------------------------------------------------
 
@@ -235,11 +244,20 @@ class SelfEvolutionTrainer(Trainer):
         if labels is None:
             raise ValueError("SelfEvolutionTrainer.compute_loss: the batch has no labels")
         ref_probs = inputs.pop(REF_PROBS, None)
+        # evaluation (return_outputs) keeps the model's whole output, for the Trainer's metrics
+        head = DenseHead() if return_outputs else self._lm_head(inputs)
         if ref_probs is None and self._needs_reference():
-            ref_probs = self.reference_probs(model, inputs, labels)
-        outputs = model(**inputs)
-        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-        loss = token_ls_loss(logits, labels, self.se_args.tls_alpha, ref_probs, num_items_in_batch)
+            ref_probs = self.reference_probs(model, inputs, labels, head)
+        selected = labels.ne(IGNORE_INDEX)
+        if head.sparse:
+            outputs = None
+            logits = head_logits(head.head, head.features(model, inputs)[selected])
+        else:
+            outputs = model(**inputs)
+            logits = (outputs["logits"] if isinstance(outputs, Mapping) else outputs[0])[selected]
+        loss = token_ls_loss_at(
+            logits, labels[selected], self.se_args.tls_alpha, ref_probs, num_items_in_batch
+        )
         if (
             num_items_in_batch is not None
             and self.args.average_tokens_across_devices
@@ -251,21 +269,21 @@ class SelfEvolutionTrainer(Trainer):
 
     @staticmethod
     def reference_probs(
-        model: torch.nn.Module, inputs: Mapping[str, Any], labels: torch.Tensor
+        model: torch.nn.Module,
+        inputs: Mapping[str, Any],
+        labels: torch.Tensor,
+        head: "SplitHead | DenseHead | None" = None,
     ) -> torch.Tensor:
         """p_ref (fp32) at the labelled positions: the model's prediction on the unmasked
         input (the label where there is one, the input id elsewhere) in eval mode under
-        no_grad."""
+        no_grad; with a split ``head``, projected at those positions only."""
+        head = DenseHead() if head is None else head
+        selected = labels.ne(IGNORE_INDEX)
         unmasked = dict(inputs)
-        unmasked["input_ids"] = torch.where(labels.ne(IGNORE_INDEX), labels, inputs["input_ids"])
+        unmasked["input_ids"] = torch.where(selected, labels, inputs["input_ids"])
         with reference_forward(model) as inner:
-            logits = inner(**unmasked).logits
-            return F.softmax(logits[labels.ne(IGNORE_INDEX)], dim=-1, dtype=torch.float32)
-
-
-def _given_logits(rows: torch.Tensor) -> tuple[torch.Tensor, None]:
-    """The core's scoring head over rows that are logits already."""
-    return rows, None
+            logits = head_logits(head.head, head.features(inner, unmasked)[selected])
+            return F.softmax(logits, dim=-1, dtype=torch.float32)
 
 
 def _columns_of(dataset: Any) -> Optional[set]:
