@@ -15,16 +15,20 @@ _DISABLE_ENV = "SE_FAIRSEQ_NO_AUTOLOAD"
 
 
 class _RegisterAfterExec:
-    """Wraps fairseq's loader: run it, then register the plugin."""
+    """Wraps fairseq's loader: run it, then register the plugin (once: the hook steps
+    aside)."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, hook):
         self._loader = loader
+        self._hook = hook
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
         self._loader.exec_module(module)
+        if self._hook in sys.meta_path:
+            sys.meta_path.remove(self._hook)
         try:
             import se_fairseq
 
@@ -37,21 +41,23 @@ class _RegisterAfterExec:
 
 
 class _FairseqHook:
-    """A meta-path finder that answers only for ``fairseq``, once."""
+    """A meta-path finder that answers only for ``fairseq``: the real spec, its loader
+    wrapped. It stays until fairseq is imported, so that looking fairseq up without
+    importing it (``importlib.util.find_spec``, as ``is_available`` checks do) leaves the
+    registration armed."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "fairseq":
             return None
-        sys.meta_path.remove(self)  # one shot: find the real spec, then step aside
         spec = None
         for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
+            find = getattr(finder, "find_spec", None) if finder is not self else None
             spec = find(fullname, path, target) if find else None
             if spec is not None:
                 break
         if spec is None or spec.loader is None:
             return spec
-        spec.loader = _RegisterAfterExec(spec.loader)
+        spec.loader = _RegisterAfterExec(spec.loader, self)
         return spec
 
 

@@ -51,6 +51,22 @@ def test_importing_fairseq_registers_task_and_criterion():
     assert python(code, SE_FAIRSEQ_NO_AUTOLOAD="1").endswith("False False")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_looking_fairseq_up_before_importing_it_still_registers():
+    """``importlib.util.find_spec("fairseq")`` (an availability check, as the extras and
+    many libraries do) must not disarm the hook before the real import."""
+    code = (
+        "import importlib.util; assert importlib.util.find_spec('fairseq') is not None; "
+        "assert importlib.util.find_spec('fairseq') is not None; "
+        "import fairseq; from fairseq.tasks import TASK_REGISTRY; "
+        "import se_fairseq._autoload as a, sys; "
+        "hooked = any(isinstance(f, a._FairseqHook) for f in sys.meta_path); "
+        "print('se_mlm' in TASK_REGISTRY, hooked)"
+    )
+    assert python(code).endswith("True False")
+
+
 @pytest.mark.subprocess
 def test_training_parser_offers_the_options():
     code = (
