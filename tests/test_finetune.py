@@ -433,7 +433,9 @@ for run_dir in sys.argv[1:]:
     json.dump({"device": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time(),
                "checkpoint": spec["checkpoint"], "task": spec["task"], "seed": spec["seed"],
                "metric": "accuracy", "value": 0.5, "metrics": {"accuracy": 0.5},
-               "fingerprint": spec["fingerprint"]}, open(os.path.join(run_dir, "done.json"), "w"))
+               "fingerprint": spec["fingerprint"]}, open(os.path.join(run_dir, "done.tmp"), "w"))
+    # renamed into place as the real worker does: the pool reads done.json once it exists
+    os.replace(os.path.join(run_dir, "done.tmp"), os.path.join(run_dir, "done.json"))
 """
 
 

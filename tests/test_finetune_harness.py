@@ -145,7 +145,9 @@ for run_dir in sys.argv[1:]:
     spec = json.load(open(os.path.join(run_dir, "spec.json")))
     json.dump({"checkpoint": spec["checkpoint"], "task": spec["task"], "seed": spec["seed"],
                "metric": "accuracy", "value": 0.5, "metrics": {"accuracy": 0.5},
-               "fingerprint": spec["fingerprint"]}, open(os.path.join(run_dir, "done.json"), "w"))
+               "fingerprint": spec["fingerprint"]}, open(os.path.join(run_dir, "done.tmp"), "w"))
+    # renamed into place as the real worker does: the pool reads done.json once it exists
+    os.replace(os.path.join(run_dir, "done.tmp"), os.path.join(run_dir, "done.json"))
 """
 
 PARENT = r"""
