@@ -700,6 +700,110 @@ def test_a_running_run_shows_its_updates_and_dev_metric(tmp_path):
     assert len(lines) == 1  # a line only when the log moved
 
 
+# -- the harness's lines reach a redirected stdout as they happen (issue 39, 7b) ---------
+
+#: a worker that finishes its run only once the parent's stdout (a file) shows the run's
+#: start line, and fails it if that line has not arrived 15 s after the claim
+START_LINE_WORKER = r"""
+import json, os, sys, time
+from se_fairseq.finetune.worker import claim
+parent_stdout = sys.argv[1]
+for run_dir in sys.argv[2:]:
+    if not claim(run_dir):
+        continue
+    deadline = time.time() + 15
+    while "[finetune] start  c/t/seed1" not in open(parent_stdout).read():
+        if time.time() > deadline:
+            open(os.path.join(run_dir, "failed.txt"), "w").write(
+                "RuntimeError: no start line in the parent's stdout 15 s after the claim\n")
+            sys.exit(0)
+        time.sleep(0.05)
+    spec = json.load(open(os.path.join(run_dir, "spec.json")))
+    json.dump({"checkpoint": spec["checkpoint"], "task": spec["task"], "seed": spec["seed"],
+               "metric": "accuracy", "value": 0.5, "metrics": {"accuracy": 0.5},
+               "fingerprint": spec["fingerprint"]}, open(os.path.join(run_dir, "done.tmp"), "w"))
+    # renamed into place as the real worker does: the pool reads done.json once it exists
+    os.replace(os.path.join(run_dir, "done.tmp"), os.path.join(run_dir, "done.json"))
+"""
+
+#: run_all with its default log, its stdout a file (argv: run folder, worker script, stdout)
+LOGGING_PARENT = PARENT.replace(
+    """run_all([run], devices=[], poll=0.05,
+        command=lambda run_dirs: [sys.executable, sys.argv[2], *run_dirs])""",
+    """done, failures = run_all([run], devices=[], poll=0.05,
+        command=lambda run_dirs: [sys.executable, sys.argv[2], sys.argv[3], *run_dirs])
+sys.exit(1 if failures else 0)""",
+)
+
+
+@pytest.mark.subprocess
+def test_the_start_line_reaches_a_redirected_stdout_while_the_run_goes_on(tmp_path):
+    """se-finetune's stdout redirected to a file (as a batch job's is): each [finetune] line
+    is in the file when it is logged, not when the process ends. The worker here finishes
+    its run only after it has read the run's start line in that file."""
+    import subprocess
+    import sys
+
+    assert "done, failures = run_all(" in LOGGING_PARENT
+    (tmp_path / "parent.py").write_text(LOGGING_PARENT)
+    (tmp_path / "worker.py").write_text(START_LINE_WORKER)
+    stdout = tmp_path / "stdout.txt"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("PYTHONUNBUFFERED", None)  # as a user's shell has it: stdout to a file is buffered
+    with open(stdout, "w") as out:
+        parent = subprocess.run(
+            [
+                sys.executable,
+                str(tmp_path / "parent.py"),
+                str(tmp_path / "run"),
+                str(tmp_path / "worker.py"),
+                str(stdout),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=120,
+        )
+    text = stdout.read_text()
+    failed = tmp_path / "run" / "failed.txt"
+    assert not failed.exists(), failed.read_text()
+    assert parent.returncode == 0, text
+    assert "[finetune] start  c/t/seed1" in text and "[finetune] [1/1] done c/t/seed1" in text
+
+
+def test_every_entry_point_flushes_its_lines_by_default(monkeypatch):
+    """The default log of each function that logs [finetune] lines flushes stdout after
+    each line (print alone leaves them in the buffer of a redirected stdout)."""
+    import inspect
+    import io
+    import sys
+
+    from se_fairseq import finetune
+    from se_fairseq.finetune import binarize, dryrun, hf_model, runner
+
+    class Recorder(io.StringIO):
+        flushed = ""
+
+        def flush(self):
+            self.flushed = self.getvalue()
+
+    for function in (
+        finetune.finetune,
+        finetune.prepare_data,
+        finetune.read_checkpoints,
+        runner.run_all,
+        dryrun.dry_run,
+        binarize.binarize_task,
+        hf_model.write_text_task,
+        hf_model.convert_fairseq_bert,
+    ):
+        out = Recorder()
+        monkeypatch.setattr(sys, "stdout", out)
+        inspect.signature(function).parameters["log"].default("[finetune] a line")
+        monkeypatch.undo()
+        assert out.flushed == "[finetune] a line\n", function.__qualname__
+
+
 # -- the paper-scale dry run -----------------------------------------------------------
 
 GLUE_TRAIN_ROWS = {

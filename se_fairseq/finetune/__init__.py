@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Optional, Union
 
 from se_fairseq.finetune.errors import FinetuneError
-from se_fairseq.finetune.log import Log
+from se_fairseq.finetune.log import Log, print_line
 from se_fairseq.finetune.plan import Overrides
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ __all__ = ["FinetuneError", "Overrides", "finetune", "prepare_data"]
 
 
 def read_checkpoints(
-    checkpoints: Mapping[str, CheckpointPath], out_dir: str, log: Log = print
+    checkpoints: Mapping[str, CheckpointPath], out_dir: str, log: Log = print_line
 ) -> list[Union["CheckpointInfo", "HFCheckpointInfo"]]:
     """CheckpointInfo per fairseq checkpoint file, HFCheckpointInfo per Hugging Face
     directory; a fairseq BERT checkpoint (``hf_bert``) is converted back into a
@@ -76,7 +76,7 @@ def prepare_data(
     tasks: Sequence[TaskFolder],
     out_dir: str,
     tokenizer_options: Mapping[str, Optional[str]],
-    log: Log = print,
+    log: Log = print_line,
 ) -> tuple[
     list[Union["CheckpointInfo", "HFCheckpointInfo"]],
     list["TaskData"],
@@ -165,7 +165,7 @@ def finetune(
     sentencepiece_model: Optional[str] = None,
     keep_checkpoints: str = "best",
     predict_test: bool = False,
-    log: Log = print,
+    log: Log = print_line,
 ) -> "ResultsDocument":
     """Fine-tune every checkpoint on every task with every seed; returns the results document
     (also written to OUT_DIR/results.json and results.md). Runs that fail are left out of the

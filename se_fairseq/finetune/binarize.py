@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from se_fairseq.core.files import file_sha256
 from se_fairseq.finetune.errors import FinetuneError
 from se_fairseq.finetune.folders import built_folder
-from se_fairseq.finetune.log import Log
+from se_fairseq.finetune.log import Log, print_line
 from se_fairseq.finetune.records import DevSet, Manifest, TestSet
 from se_fairseq.finetune.tasks import Split, TaskData
 
@@ -123,7 +123,7 @@ def manifest_for(task: TaskData, tokenizer_spec: "TokenizerSpec", dict_path: str
 
 
 def binarize_task(
-    task: TaskData, tokenizer: "Tokenizer", dict_path: str, out_dir: str, log: Log = print
+    task: TaskData, tokenizer: "Tokenizer", dict_path: str, out_dir: str, log: Log = print_line
 ) -> Manifest:
     """Write (or reuse) the binarized task; returns its manifest (with label names and sizes)."""
     wanted = manifest_for(task, tokenizer.spec, dict_path)

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional, TypedDict, Union
 
-from se_fairseq.finetune.log import Log
+from se_fairseq.finetune.log import Log, print_line
 from se_fairseq.finetune.plan import Overrides
 from se_fairseq.finetune.tasks import TaskData
 
@@ -186,7 +186,7 @@ def dry_run(
     overrides: Overrides,
     keep: str = "best",
     jobs: Optional[int] = None,
-    log: Log = print,
+    log: Log = print_line,
 ) -> DryRun:
     """Print (through ``log``) and return the dry run's table for checkpoints
     ({name: path or (path, dict)}) x task folders x seeds."""

@@ -18,7 +18,7 @@ from se_fairseq.finetune.binarize import dev_sets, splits, test_sets
 from se_fairseq.finetune.checkpoint import CheckpointInfo, first_line
 from se_fairseq.finetune.errors import FinetuneError
 from se_fairseq.finetune.folders import built_folder
-from se_fairseq.finetune.log import Log
+from se_fairseq.finetune.log import Log, print_line
 from se_fairseq.finetune.records import Manifest
 from se_fairseq.finetune.tasks import TaskData
 
@@ -134,7 +134,9 @@ def bert_tokenizer_dir(info: CheckpointInfo) -> str:
     )
 
 
-def convert_fairseq_bert(info: CheckpointInfo, out_dir: str, log: Log = print) -> HFCheckpointInfo:
+def convert_fairseq_bert(
+    info: CheckpointInfo, out_dir: str, log: Log = print_line
+) -> HFCheckpointInfo:
     """A fairseq ``hf_bert`` checkpoint -> OUT_DIR/data/hf-NAME-SHA/, a save_pretrained
     directory (BertForMaskedLM weights, config, the checkpoint's own WordPiece tokenizer:
     :func:`bert_tokenizer_dir`), made once per checkpoint content."""
@@ -161,7 +163,7 @@ def label_names(task: TaskData) -> Optional[list[str]]:
     return sorted(set(task.train.labels)) if task.kind == "classification" else None
 
 
-def write_text_task(task: TaskData, out_dir: str, log: Log = print) -> Manifest:
+def write_text_task(task: TaskData, out_dir: str, log: Log = print_line) -> Manifest:
     """Write (or reuse) OUT_DIR: ``examples.json`` (per split: the text columns and labels,
     as read from the task folder), dev targets and test indices under the names the
     fairseq data folder uses, and a manifest. Returns the manifest."""

@@ -34,7 +34,7 @@ from types import FrameType
 from typing import Any, Optional, TypedDict, Union
 
 from se_fairseq.finetune.errors import FinetuneError
-from se_fairseq.finetune.log import Log
+from se_fairseq.finetune.log import Log, print_line
 from se_fairseq.finetune.plan import RunSpec
 from se_fairseq.finetune.records import ClaimOwner, DoneRecord, Failure
 from se_fairseq.finetune.worker import (
@@ -269,7 +269,7 @@ def run_all(
     runs: Sequence[RunSpec],
     devices: Union[str, Sequence[str], None] = None,
     jobs: Optional[int] = None,
-    log: Log = print,
+    log: Log = print_line,
     command: Optional[Command] = None,
     poll: float = 0.5,
     progress_every: float = 60.0,
