@@ -8,6 +8,7 @@ special token (a DeBERTa/ModernBERT-style layout).
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -424,3 +425,96 @@ def test_one_trainer_run_with_a_tiny_masked_lm(tmp_path):
     result = trainer.train()
     assert trainer.state.global_step == 4 and np.isfinite(result.training_loss)
     assert collator.epoch == 2  # the second Trainer epoch masked as epoch 2
+
+
+# -- a drop-in: plain tokenized datasets, a plain Trainer -------------------------------
+
+
+def _content_key(ids):
+    """The key of an example without an index, written out: the first 8 bytes of a
+    BLAKE2b-64 digest of its ids as little-endian int64, read as an int64."""
+    import hashlib
+
+    digest = hashlib.blake2b(np.asarray(ids, dtype="<i8").tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def test_without_an_index_masks_are_keyed_on_the_examples_ids(bert):
+    """A plain tokenized dataset (no se_index): each example's mask is the masker's on the
+    row seed of (seed, epoch, a hash of its ids), wherever it sits in whichever batch."""
+    from se_fairseq.core.masking import row_seeds
+
+    raw = [{k: v for k, v in ex.items() if k != "se_index"} for ex in hf_examples(bert, 12, 4)]
+    collator = DataCollatorForSelfEvolution(bert, select="sample", seed=5)
+    collator.set_epoch(3)
+    whole = collator(raw)
+    backwards = collator(raw[::-1])
+    for i, ex in enumerate(raw):
+        n = len(ex["input_ids"])
+        assert torch.equal(backwards["labels"][len(raw) - 1 - i, :n], whole["labels"][i, :n])
+        seeds = torch.from_numpy(row_seeds(5, 3, [_content_key(ex["input_ids"])]))
+        tokens = torch.tensor([ex["input_ids"]])
+        scores = torch.tensor([ex["se_scores"]], dtype=torch.float32)
+        _, labels = collator.masker.mask(
+            tokens, scores, seeds, scored=torch.ones_like(tokens).bool()
+        )
+        assert torch.equal(labels[0], whole["labels"][i, :n]), i
+    collator.set_epoch(4)
+    assert not torch.equal(collator(raw)["labels"], whole["labels"])
+
+
+def test_an_index_on_some_examples_only_is_refused(bert):
+    examples = hf_examples(bert, 3)
+    del examples[1]["se_index"]
+    with pytest.raises(KeyError, match="example 1 of the batch has no 'se_index' column"):
+        DataCollatorForSelfEvolution(bert)(examples)
+
+
+def test_examples_coming_back_without_set_epoch_warn_once(bert):
+    """Until set_epoch is called, the collator warns when examples come back (a new epoch
+    that would repeat the first one's masks); once called, never."""
+    raw = [{k: v for k, v in ex.items() if k != "se_index"} for ex in hf_examples(bert, 40, 2)]
+    collator = DataCollatorForSelfEvolution(bert, select="random")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for start in range(0, 40, 8):  # the first epoch: every example once
+            collator(raw[start : start + 8])
+    with pytest.warns(RuntimeWarning, match="set_epoch was never called"):
+        for start in range(0, 40, 8):  # the second, without set_epoch
+            collator(raw[start : start + 8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        collator(raw[:8])  # once only
+        indexed = DataCollatorForSelfEvolution(bert, select="random")
+        indexed.set_epoch(1)
+        for _ in range(3):
+            indexed(hf_examples(bert, 8))
+
+
+def test_an_indexed_example_back_warns_at_once(bert):
+    collator = DataCollatorForSelfEvolution(bert, select="random")
+    examples = hf_examples(bert, 4)
+    collator(examples)
+    with pytest.warns(RuntimeWarning, match="set_epoch was never called"):
+        collator(examples[:1])
+
+
+def test_whole_word_mask_defaults_to_the_mask_token_only_as_transformers(bert):
+    """transformers 5.24: whole_word_mask=True sets every selected token to [MASK]."""
+    from transformers import DataCollatorForLanguageModeling
+
+    with pytest.warns(UserWarning, match="Setting mask_replace_prob to 1"):
+        theirs = DataCollatorForLanguageModeling(bert, whole_word_mask=True)
+    for select in ("random", "topk"):
+        ours = DataCollatorForSelfEvolution(bert, whole_word_mask=True, select=select)
+        assert (ours.mask_replace_prob, ours.random_replace_prob) == (
+            theirs.mask_replace_prob,
+            theirs.random_replace_prob,
+        )
+    examples = hf_examples(bert, 32, seed=3, return_offsets_mapping=True)
+    batch = DataCollatorForSelfEvolution(bert, whole_word_mask=True, select="random")(examples)
+    chosen = selected(batch)
+    assert chosen.any() and (batch["input_ids"][chosen] == bert.mask_token_id).all()
+    # an explicit choice is kept
+    kept = DataCollatorForSelfEvolution(bert, whole_word_mask=True, mask_replace_prob=0.8)
+    assert kept.mask_replace_prob == 0.8

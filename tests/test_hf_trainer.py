@@ -316,12 +316,7 @@ def test_offline_refuses_a_dataset_without_scores(tokenizer, tmp_path):
     se_trainer(tokenizer, tiny_bert(tokenizer), tmp_path, examples, random)
 
 
-def test_refuses_a_dataset_without_the_index_and_a_collator_of_other_options(tokenizer, tmp_path):
-    examples = [
-        {k: v for k, v in ex.items() if k != "se_index"} for ex in hf_examples(tokenizer, 8)
-    ]
-    with pytest.raises(ValueError, match="no 'se_index' column"):
-        se_trainer(tokenizer, tiny_bert(tokenizer), tmp_path, examples, SelfEvolutionArguments())
+def test_refuses_a_collator_of_other_options(tokenizer, tmp_path):
     collator = DataCollatorForSelfEvolution(tokenizer, select="sample")
     with pytest.raises(ValueError, match="select='sample' \\(se_args: 'topk'\\)"):
         SelfEvolutionTrainer(

@@ -3,18 +3,23 @@
 The collator pads a list of examples as ``DataCollatorForLanguageModeling`` does and
 chooses the positions to mask with ``SelfEvolutionMasker`` (the masker se_mlm uses, on
 the same operator), from the scores each example carries. A mask is a pure function
-of (seed, epoch, example index, scores):
+of (seed, epoch, example, scores), whatever the batch an example lands in or the worker
+that collates it:
 
-- the example index travels with the example, in the column ``se_index``
-  (``with_example_index`` adds it to any map-style dataset; a ``datasets.Dataset`` can
-  also get it with ``.map(lambda _, i: {"se_index": i}, with_indices=True)``);
+- the example is its index, in the column ``se_index`` where the dataset has one
+  (``with_example_index`` adds it to any map-style dataset); else its token ids (a hash of
+  them): a plain tokenized dataset needs no extra column, and identical examples then get
+  identical masks within an epoch;
 - the epoch is the collator's, set with ``set_epoch`` before each epoch's iteration
-  (``SelfEvolutionEpochCallback`` does it in the Trainer). It lives in shared memory,
-  so DataLoader workers, persistent ones included, read the epoch last set.
-
-Nothing depends on the batch an example lands in or the worker that collates it.
+  (``SelfEvolutionEpochCallback`` does it in the Trainer; ``SelfEvolutionTrainer`` adds
+  it itself). It lives in shared memory, so DataLoader workers, persistent ones
+  included, read the epoch last set. Without it every epoch would repeat the first one's
+  masks: until ``set_epoch`` is called, the collator watches for examples coming back and
+  warns once when they do.
 """
 
+import hashlib
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
@@ -126,6 +131,9 @@ class DataCollatorForSelfEvolution:
             temperature=temperature,
             replacement=(mask_replace_prob, random_replace_prob),
         )
+        if whole_word_mask and mask_replace_prob is None and random_replace_prob is None:
+            # transformers' whole-word masking sets every selected token to the mask token
+            mask_replace_prob, random_replace_prob = 1.0, 0.0
         mask_replace, random_replace = options.resolve_replacement(
             SPELLING, select, (mask_replace_prob, random_replace_prob)
         )
@@ -172,8 +180,10 @@ class DataCollatorForSelfEvolution:
             threshold_fallback=threshold_fallback,
             random_share=random_share,
         )
-        # the epoch, in shared memory: DataLoader workers (persistent or not) read it
-        self._epoch = torch.ones(1, dtype=torch.int64).share_memory_()
+        # the epoch, in shared memory: DataLoader workers (persistent or not) read it;
+        # [1] is 1 once set_epoch has been called
+        self._epoch = torch.tensor([1, 0], dtype=torch.int64).share_memory_()
+        self._returns = ReturnWatch()
 
     @property
     def epoch(self) -> int:
@@ -182,6 +192,7 @@ class DataCollatorForSelfEvolution:
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next batches belong to (1 = the first, as in fairseq)."""
         self._epoch[0] = int(epoch)
+        self._epoch[1] = 1
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         batch, scored, indices, word_begins, scores = self._padded(
@@ -232,9 +243,11 @@ class DataCollatorForSelfEvolution:
                 f"{self.index_column!r} and {self.scores_column!r} (got "
                 f"{type(examples[0]).__name__}); see se_fairseq.hf.with_example_index"
             )
-        indices = self._indices(examples)
         ids = [_as_list(ex["input_ids"]) for ex in examples]
-        scores = self._scores(examples, ids, indices) if with_scores else None
+        indices = self._indices(examples, ids)
+        # how messages name an example: its index, else its place in the batch
+        names = indices if self.index_column in examples[0] else range(len(examples))
+        scores = self._scores(examples, ids, names) if with_scores else None
         offsets = [ex.get("offset_mapping") for ex in examples] if self.whole_word_mask else None
         drop = {self.scores_column, self.index_column, "offset_mapping", "special_tokens_mask"}
         features = [{k: v for k, v in ex.items() if k not in drop} for ex in examples]
@@ -257,7 +270,7 @@ class DataCollatorForSelfEvolution:
             scored &= batch["attention_mask"].bool()
         word_begins = None
         if self.whole_word_mask:
-            word_begins = self._word_begins(offsets, indices, tokens, scored, left)
+            word_begins = self._word_begins(offsets, names, tokens, scored, left)
         return batch, scored, indices, word_begins, padded_scores
 
     def _pad(self, features):
@@ -277,17 +290,23 @@ class DataCollatorForSelfEvolution:
                 warnings[key] = state
         return dict(padded)
 
-    def _indices(self, examples):
-        try:
-            return np.array([int(ex[self.index_column]) for ex in examples], dtype=np.int64)
-        except KeyError:
+    def _indices(self, examples, ids):
+        """Each example's key: its index (column ``index_column``) where the examples have
+        one, else a hash of its token ids; watched for returns until set_epoch is called."""
+        given = [self.index_column in ex for ex in examples]
+        if all(given):
+            keys = np.array([int(ex[self.index_column]) for ex in examples], dtype=np.int64)
+        elif any(given):
             raise KeyError(
-                f"an example has no {self.index_column!r} column (its index in the dataset): "
-                "masks are a function of (seed, epoch, example index, scores), so the index "
-                "must travel with the example. Wrap the dataset with "
-                "se_fairseq.hf.with_example_index(dataset), and in the Trainer set "
-                "TrainingArguments(remove_unused_columns=False)"
-            ) from None
+                f"example {given.index(False)} of the batch has no {self.index_column!r} column "
+                "but others have it: give every example its index in the dataset "
+                "(se_fairseq.hf.with_example_index), or none"
+            )
+        else:
+            keys = np.array([content_key(row) for row in ids], dtype=np.int64)
+        if not self._epoch[1]:
+            self._returns.see(keys, indexed=all(given))
+        return keys
 
     def _scores(self, examples, ids, indices):
         scores = []
@@ -383,6 +402,49 @@ def with_example_index(dataset: Any, column: str = INDEX_COLUMN) -> ExampleIndex
     """``dataset`` (a list of dicts, a torch Dataset, a ``datasets.Dataset``) with each
     item's index added under ``column``."""
     return ExampleIndexDataset(dataset, column)
+
+
+def content_key(ids: Sequence[int]) -> int:
+    """A 64-bit key of an example's token ids (the same in every process and run)."""
+    digest = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8)
+    return int(np.frombuffer(digest.digest(), dtype=np.int64)[0])
+
+
+class ReturnWatch:
+    """Warns once when examples come back before ``set_epoch`` was ever called: a new
+    epoch masked like the first. Keys of up to ``LIMIT`` examples are kept per process;
+    with content keys a few returns may be duplicate examples, so it waits for
+    ``MIN_RETURNS`` of them and a ``SHARE`` of those kept."""
+
+    LIMIT = 1 << 16
+    MIN_RETURNS = 8
+    SHARE = 0.05
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.returned = 0
+        self.warned = False
+
+    def see(self, keys: np.ndarray, indexed: bool) -> None:
+        if self.warned:
+            return
+        for key in keys.tolist():
+            if key in self.seen:
+                self.returned += 1
+            elif len(self.seen) < self.LIMIT:
+                self.seen.add(key)
+        enough = 1 if indexed else max(self.MIN_RETURNS, int(self.SHARE * len(self.seen)))
+        if self.returned >= enough:
+            self.warned = True
+            warnings.warn(
+                "DataCollatorForSelfEvolution: examples come back but set_epoch was never "
+                "called, so this epoch repeats the first one's masks. Pass "
+                "collator.epoch_callback() in Trainer(callbacks=[...]) (SelfEvolutionTrainer "
+                "adds it), or call collator.set_epoch(epoch) before each epoch"
+                + ("" if indexed else " (or the dataset holds many duplicate examples)"),
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
 
 def _as_list(value):

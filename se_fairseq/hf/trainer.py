@@ -132,14 +132,6 @@ class SelfEvolutionTrainer(Trainer):
         columns = _columns_of(dataset)
         if columns is None:
             return
-        index = self.se_collator.index_column
-        if index not in columns:
-            raise ValueError(
-                f"{name} has no {index!r} column (each example's index in the dataset): SE "
-                "masks are a function of (seed, epoch, example index), so it must travel with "
-                "the example. Add it with se_fairseq.hf.with_example_index(dataset) or "
-                f'dataset.map(lambda _, i: {{"{index}": i}}, with_indices=True)'
-            )
         scores = self.se_args.se_scores_column
         if training and not self.se_args.se_online and self.se_args.se_select != "random":
             if scores not in columns:
@@ -321,10 +313,11 @@ def _check_collator_matches(collator: DataCollatorForSelfEvolution, se_args: Any
 
 def _random_masking_like(collator: DataCollatorForSelfEvolution) -> DataCollatorForSelfEvolution:
     """transformers' random masking (80/10/10) at the collator's mlm_probability and seed:
-    the evaluation collator where SE masking does not apply."""
+    the evaluation collator where SE masking does not apply. Its epoch stays 1: every
+    evaluation masks alike."""
     if collator.select == "random":
         return collator
-    return DataCollatorForSelfEvolution(
+    random = DataCollatorForSelfEvolution(
         collator.tokenizer,
         whole_word_mask=collator.whole_word_mask,
         mlm_probability=collator.mlm_probability,
@@ -333,3 +326,5 @@ def _random_masking_like(collator: DataCollatorForSelfEvolution) -> DataCollator
         select="random",
         index_column=collator.index_column,
     )
+    random.set_epoch(1)
+    return random
