@@ -418,6 +418,135 @@ def test_the_positive_class_of_f1_is_set_in_task_json(untrained_checkpoint, tmp_
     assert expected != pytest.approx(f1_score(labels, predictions, pos_label="same"))
 
 
+# -- what a run cannot tell (issue 39, item 8) ----------------------------------------------
+
+
+def seed_records(values_of):
+    """done.json records: {(checkpoint, task): [value per seed 1, 2, ...]}."""
+    return [
+        {
+            "checkpoint": c,
+            "task": t,
+            "seed": seed,
+            "value": v,
+            "metric": "accuracy",
+            "metrics": {"accuracy": v},
+        }
+        for (c, t), values in values_of.items()
+        for seed, v in enumerate(values, 1)
+    ]
+
+
+def paired_row(md, checkpoint):
+    """The checkpoint's row of results.md's paired-difference table."""
+    paired_table = md.split("Difference against")[1]
+    return next(line for line in paired_table.splitlines() if line.startswith(f"| {checkpoint} |"))
+
+
+def test_equal_seeds_resolve_no_difference_instead_of_a_detectable_zero():
+    """Both models score the same on every seed (each predicted the majority class, say):
+    the paired differences have no spread, so the run resolves nothing. results.md says
+    n/a where it printed a detectable difference of 0.00; results.json says no_spread
+    with a NaN detectable, and the method says what that means."""
+    records = seed_records({("base", "t"): [0.5, 0.5, 0.5], ("se", "t"): [0.5, 0.5, 0.5]})
+    doc = ft_results.summarize(records, ["base", "se"], ["t"], baseline="base")
+    row = paired_row(ft_results.markdown(doc), "se")
+    assert "(0.00)" not in row
+    assert row.count("+0.00 ± 0.00 (n/a: no spread, the same difference on every seed)") == 2
+    assert "can resolve no difference" in ft_results.markdown(doc)
+    p = doc["results"]["se"]["t"]["vs_baseline"]
+    assert math.isnan(p["detectable"]) and p["se"] == 0 and p["mean"] == 0
+    assert p["no_spread"] is True and p["detected"] is False
+    assert "no_spread" in doc["method"]
+
+
+def test_the_same_nonzero_difference_on_every_seed_is_not_a_detection():
+    """+6 points on every seed, the differences equal but for float rounding: no spread, so
+    the t-test is undefined; it was reported as detected with a detectable ~1e-14."""
+    se, base = {1: 0.53, 2: 0.51, 3: 0.56}, {1: 0.47, 2: 0.45, 3: 0.50}
+    p = ft_results.paired(se, base)
+    assert not p["detected"] and math.isnan(p["detectable"])
+    assert p["mean"] == pytest.approx(0.06) and p["se"] == 0 and p["no_spread"]
+    spread = ft_results.paired({1: 0.53, 2: 0.52, 3: 0.56}, base)  # 6, 7, 6 points
+    assert not spread["no_spread"] and spread["se"] > 0
+    assert spread["detectable"] == pytest.approx(5.6535 * spread["se"], rel=1e-4)
+
+
+def test_a_model_predicting_one_class_is_recorded_and_warned_about(
+    untrained_checkpoint, tmp_path, monkeypatch
+):
+    """The worker records how many dev examples each class got (done.json
+    prediction_counts); a run that gave every example the same class is listed in
+    results.json (single_class) and warned about in results.md."""
+    from se_fairseq.finetune import prepare_data, worker
+    from se_fairseq.finetune.plan import plan_runs
+    from se_fairseq.finetune.runner import prepare
+
+    out = str(tmp_path / "out")
+    infos, datas, manifests, dirs = prepare_data(
+        {"c": untrained_checkpoint},
+        [generic_task(str(tmp_path / "mytask"))],
+        out,
+        {"bpe": "none"},
+        log=lambda *a: None,
+    )
+    runs = plan_runs(infos, datas, manifests, dirs, [1, 2], out, Overrides())
+    records = []
+    for run, predicted in zip(runs, (["a"] * 8, ["a", "b"] * 4)):
+        prepare(run, run.fingerprint())
+        monkeypatch.setattr(
+            worker, "train", lambda run, d=run.run_dir: open(f"{d}/checkpoint_best.pt", "w")
+        )
+        monkeypatch.setattr(
+            worker, "predict", lambda run, path, p=predicted: (p, [[0.0, 0.0]] * 8, 1)
+        )
+        worker.main(run.run_dir)
+        records.append(json.load(open(os.path.join(run.run_dir, "done.json"))))
+    assert [r["prediction_counts"] for r in records] == [{"a": 8}, {"a": 4, "b": 4}]
+    doc = ft_results.summarize(records, ["c"], ["mytask"])
+    assert doc["single_class"] == [{"checkpoint": "c", "task": "mytask", "seeds": {"1": "a"}}]
+    md = ft_results.markdown(doc)
+    assert "**Warning: 1 runs predicted a single class**" in md
+    assert "- c on mytask: every dev example got the same class ('a' on seed 1)" in md
+
+
+@pytest.mark.subprocess
+def test_single_class_runs_are_warned_about_on_the_log(untrained_checkpoint, tmp_path, monkeypatch):
+    """The run's done line and the end of the invocation say it, per checkpoint and task."""
+    from se_fairseq.finetune import runner
+
+    script = tmp_path / "one_class_worker.py"
+    counts = '"metrics": {"accuracy": 0.5}, "prediction_counts": {"a": 8},'
+    script.write_text(FAKE_WORKER.replace('"metrics": {"accuracy": 0.5},', counts))
+    real_run_all = runner.run_all
+    monkeypatch.setattr(
+        runner,
+        "run_all",
+        lambda runs, **kw: real_run_all(
+            runs, command=lambda run_dirs: [sys.executable, str(script), *run_dirs], **kw
+        ),
+    )
+    logs = []
+    doc = finetune(
+        {"c": untrained_checkpoint},
+        [generic_task(str(tmp_path / "mytask"))],
+        str(tmp_path / "out"),
+        seeds=[1, 2],
+        bpe="none",
+        jobs=1,
+        devices=[],
+        log=logs.append,
+    )
+    assert doc["single_class"][0]["seeds"] == {"1": "a", "2": "a"}
+    done_lines = [line for line in logs if "] done c/mytask/seed" in line]
+    assert len(done_lines) == 2
+    assert all(line.endswith("; every dev prediction is 'a'") for line in done_lines)
+    assert (
+        "[finetune] warning: c on mytask: every dev example got the same class ('a' on seeds "
+        "1, 2); the metric of such a run is that class's alone"
+    ) in logs
+
+
 # -- the device pool ---------------------------------------------------------------------
 
 FAKE_WORKER = r"""

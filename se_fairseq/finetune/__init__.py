@@ -260,6 +260,8 @@ def finetune(
     doc["settings"] = {f"{r.checkpoint}/{r.task}": r.settings for r in runs if r.seed == seeds[0]}
     json_path, md_path = results_mod.write(doc, out_dir)
     log(f"[finetune] results: {json_path}, {md_path}")
+    for single in doc["single_class"]:
+        log(f"[finetune] warning: {results_mod.single_class_warning(single)}")
     if failures:
         log(
             f"[finetune] the table holds the {len(records)} finished runs; "

@@ -74,6 +74,8 @@ class ScoredDevSet(TypedDict):
     value: float
     dev_examples: int
     predictions: str
+    #: dev examples per predicted class (classification)
+    prediction_counts: NotRequired[dict[str, int]]
 
 
 class DoneRecord(TypedDict, total=False):
@@ -91,6 +93,8 @@ class DoneRecord(TypedDict, total=False):
     updates_of_eval_checkpoint: Optional[int]
     fingerprint: str
     seconds_last_invocation: float
+    #: dev examples per predicted class on the first dev set (classification)
+    prediction_counts: dict[str, int]
     dev_sets: dict[str, ScoredDevSet]
     test_predictions: list[str]
     resumed_from: str

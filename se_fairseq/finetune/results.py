@@ -10,7 +10,10 @@ true difference this design would detect with 80 % power at that level, from the
 power of the two-sided test: the statistic follows a noncentral t with n-1 degrees of
 freedom and noncentrality delta / se, and delta solves P(|T| > t(0.975, n-1)) = 0.80
 (scipy's ``nct``); with 3 seeds that is 5.65 standard errors, with 5 seeds 3.76.
-The average over tasks (the paper's "average score") is taken per seed, then treated
+When every seed gives the same difference (no spread: both models predicted the majority
+class on every seed, say), sd(d) is 0, the t-test is undefined and nothing can be
+resolved: such a difference is never *detected* and its detectable difference is NaN
+(n/a), not 0. The average over tasks (the paper's "average score") is taken per seed, then treated
 like one more task.
 """
 
@@ -23,10 +26,14 @@ from typing import NotRequired, Optional, TypedDict
 import numpy as np
 
 from se_fairseq.core.files import atomic_write_text
+from se_fairseq.finetune.predictions import single_class
 from se_fairseq.finetune.records import DoneRecord, Failure, RunSettings
 
 AVERAGE = "average"
 ALPHA, POWER = 0.05, 0.80
+#: paired differences (metric fractions) that all lie within this of each other have no
+#: spread: floating point can leave 1e-17 between differences that are equal
+NO_SPREAD = 1e-12
 
 
 class PairedDifference(TypedDict):
@@ -37,6 +44,16 @@ class PairedDifference(TypedDict):
     se: float
     detected: bool
     detectable: float
+    #: every seed gave the same difference: nothing can be resolved (detectable NaN)
+    no_spread: bool
+
+
+class SingleClassRuns(TypedDict):
+    """Seeds of a checkpoint that predicted one class for every example of a dev set."""
+
+    checkpoint: str
+    task: str
+    seeds: dict[str, str]  # seed -> the one class it predicted
 
 
 class ResultsEntry(TypedDict):
@@ -62,6 +79,8 @@ class ResultsDocument(TypedDict):
     method: dict[str, str]
     runs: list[DoneRecord]
     failures: list[Failure]
+    #: per checkpoint and results column, the runs that predicted a single class
+    single_class: list[SingleClassRuns]
     #: per CHECKPOINT/TASK, the first seed's run settings (set by ``finetune``)
     settings: NotRequired[dict[str, RunSettings]]
 
@@ -91,7 +110,8 @@ def detectable_in_se(n: int, alpha: float = ALPHA, power: float = POWER) -> floa
 
 
 def paired(values: Mapping[int, float], baseline: Mapping[int, float]) -> PairedDifference:
-    """Paired difference over the seeds both have: dict with mean, se, n, detected, detectable."""
+    """Paired difference over the seeds both have: n, mean, se, detected, detectable and
+    no_spread (every seed's difference the same: se 0, never detected, detectable NaN)."""
     seeds = sorted(set(values) & set(baseline))
     d = np.array([values[s] - baseline[s] for s in seeds], dtype=float)
     n = len(d)
@@ -101,8 +121,12 @@ def paired(values: Mapping[int, float], baseline: Mapping[int, float]) -> Paired
         "se": float("nan"),
         "detected": False,
         "detectable": float("nan"),
+        "no_spread": False,
     }
-    if n >= 2:
+    if n >= 2 and float(np.ptp(d)) <= NO_SPREAD:
+        out["se"] = 0.0
+        out["no_spread"] = True
+    elif n >= 2:
         se = float(d.std(ddof=1) / math.sqrt(n))
         crit = t_quantile(1 - ALPHA / 2, n - 1)
         out["se"] = se
@@ -128,6 +152,9 @@ def per_column(records: Sequence[DoneRecord]) -> list[DoneRecord]:
             one["metrics"] = scored["metrics"]
             one["value"] = scored["value"]
             one["dev_examples"] = scored["dev_examples"]
+            one.pop("prediction_counts", None)
+            if "prediction_counts" in scored:
+                one["prediction_counts"] = scored["prediction_counts"]
             out.append(one)
     return out
 
@@ -186,10 +213,46 @@ def summarize(
             "paired_test": "two-sided paired t-test at 5 % over common seeds",
             "detectable": "the difference a two-sided paired t-test at 5 % detects with 80 % "
             "power (exact noncentral t), in units of the paired standard error x that error",
+            "no_spread": "every common seed gave the same paired difference: its standard "
+            "error is 0, the t-test is undefined and the run resolves no difference "
+            "(detected false, detectable NaN: n/a)",
+            "single_class": "runs whose model gave every example of a dev set the same "
+            "class: their metric is that class's alone, not evidence the task was learned",
         },
         "runs": sorted(records, key=lambda r: (r["checkpoint"], r["task"], r["seed"])),
         "failures": sorted(failures, key=lambda f: f["key"]),
+        "single_class": single_class_runs(records),
     }
+
+
+def single_class_runs(records: Sequence[DoneRecord]) -> list[SingleClassRuns]:
+    """Per checkpoint and results column (records as :func:`per_column` gives them), the
+    seeds whose model predicted one class for every dev example."""
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    for r in sorted(records, key=lambda r: (r["checkpoint"], r["task"], r["seed"])):
+        label = single_class(r.get("prediction_counts"))
+        if label is not None:
+            found.setdefault((r["checkpoint"], r["task"]), {})[str(r["seed"])] = label
+    return [{"checkpoint": c, "task": t, "seeds": seeds} for (c, t), seeds in found.items()]
+
+
+def single_class_warning(runs: SingleClassRuns) -> str:
+    """One line: which seeds of a checkpoint predicted which one class on a column."""
+    by_label: dict[str, list[str]] = {}
+    for seed, label in runs["seeds"].items():
+        by_label.setdefault(label, []).append(seed)
+    which = "; ".join(
+        f"{label!r} on seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
+        for label, seeds in by_label.items()
+    )
+    return (
+        f"{runs['checkpoint']} on {runs['task']}: every dev example got the same class "
+        f"({which}); the metric of such a run is that class's alone"
+    )
+
+
+#: the detectable-difference cell of a paired difference without spread
+NO_SPREAD_CELL = "n/a: no spread, the same difference on every seed"
 
 
 def _fmt(x: Optional[float], scale: float = 100.0, digits: int = 2, sign: bool = False) -> str:
@@ -225,6 +288,7 @@ def markdown(doc: ResultsDocument) -> str:
             head,
             sep,
         ]
+        no_spread = False
         for c in doc["checkpoints"]:
             if c == base:
                 continue
@@ -232,10 +296,31 @@ def markdown(doc: ResultsDocument) -> str:
             for t in tasks:
                 p = doc["results"][c][t]["vs_baseline"]
                 cell = f"{_fmt(p['mean'], sign=True)} ± {_fmt(p['se'])}"
+                if p["no_spread"]:
+                    no_spread = True
+                    cells.append(f"{cell} ({NO_SPREAD_CELL})")
+                    continue
                 cells.append(
                     (f"**{cell}**" if p["detected"] else cell) + f" ({_fmt(p['detectable'])})"
                 )
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        if no_spread:
+            lines += [
+                "",
+                f"{NO_SPREAD_CELL}: every seed gave the same difference, so the seeds show no "
+                "spread (for example both models predicted one class on every seed): the "
+                "t-test is undefined and this run can resolve no difference there.",
+            ]
+    single = doc.get("single_class") or []
+    if single:
+        lines += [
+            "",
+            f"**Warning: {sum(len(s['seeds']) for s in single)} runs predicted a single class** "
+            "for every dev example (their metric is that class's alone, not evidence the task "
+            "was learned):",
+            "",
+        ]
+        lines += [f"- {single_class_warning(s)}" for s in single]
     failures = doc.get("failures") or []
     if failures:
         lines += [

@@ -36,6 +36,7 @@ from typing import Any, Optional, TypedDict, Union
 from se_fairseq.finetune.errors import FinetuneError
 from se_fairseq.finetune.log import Log, print_line
 from se_fairseq.finetune.plan import RunSpec
+from se_fairseq.finetune.predictions import single_class_note
 from se_fairseq.finetune.records import ClaimOwner, DoneRecord, Failure
 from se_fairseq.finetune.worker import (
     CLAIM,
@@ -443,6 +444,7 @@ class RunPool:
                 self.log(
                     f"[finetune] [{self.finished}/{self.total}] done {run.key}: "
                     f"{record['metric']} {100 * record['value']:.2f} ({seconds:.0f} s)"
+                    + single_class_note(record.get("prediction_counts"))
                 )
             elif os.path.exists(os.path.join(run.run_dir, FAILED)):
                 self.failed.append(run)

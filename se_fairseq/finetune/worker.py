@@ -31,6 +31,7 @@ from typing import Any, Literal, Optional, Protocol, cast
 from se_fairseq.core.files import atomic_open, atomic_path, atomic_write_text
 from se_fairseq.finetune.metrics import Label
 from se_fairseq.finetune.plan import RunSpec
+from se_fairseq.finetune.predictions import prediction_counts
 from se_fairseq.finetune.records import ClaimOwner, DevSet, DoneRecord, ScoredDevSet
 
 #: what an engine predicts for a split: predictions in file order, the head's outputs
@@ -279,6 +280,8 @@ def main(run_dir: str) -> None:
             "dev_examples": len(targets),
             "predictions": out,
         }
+        if run.kind == "classification":
+            scored[dev["name"]]["prediction_counts"] = prediction_counts(predictions)
     first = scored[sets[0]["name"]]
     test_files = write_test_predictions(run, run_dir, engine.predict)
     engine.before_done(run.keep_checkpoints)
@@ -296,6 +299,8 @@ def main(run_dir: str) -> None:
         "fingerprint": fingerprint,
         "seconds_last_invocation": round(time.time() - start, 1),
     }
+    if "prediction_counts" in first:
+        record["prediction_counts"] = first["prediction_counts"]
     if len(sets) > 1:
         record["dev_sets"] = scored
     if test_files:
