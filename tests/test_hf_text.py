@@ -1,6 +1,8 @@
 """se_fairseq.hf.tokenize_text_files against run_mlm.py's tokenization written out plainly:
 lines read with Python, tokenized one at a time, grouped per map batch of 1,000 lines."""
 
+import logging
+
 import numpy as np
 import pytest
 from support.hf_tokenizers import HF_WORDS, tiny_bert_tokenizer, tiny_roberta_tokenizer
@@ -118,3 +120,61 @@ def test_max_seq_length_defaults_and_caps(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         tokenize_text_files(tiny_bert_tokenizer(), [tmp_path / "nope.txt"])
+
+
+def test_max_seq_length_above_the_tokenizer_limit_warns_as_run_mlm(tmp_path, caplog):
+    tokenizer = tiny_bert_tokenizer()
+    tokenizer.model_max_length = 100
+    path = tmp_path / "t.txt"
+    path.write_text("the city\n")
+    cache = str(tmp_path / "cache")
+    with caplog.at_level(logging.WARNING):
+        tokenize_text_files(tokenizer, [path], 100, cache_dir=cache)  # at the limit: silent
+    assert "max_seq_length" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        tokenize_text_files(tokenizer, [path], 500, line_by_line=True, cache_dir=cache)
+    # run_mlm.py's words
+    assert (
+        "The max_seq_length passed (500) is larger than the maximum length for the model (100). "
+        "Using max_seq_length=100." in caplog.text
+    )
+
+
+def test_line_by_line_with_a_first_map_batch_of_blank_lines(tmp_path):
+    """1,000 blank lines make a map batch without one example: the next batches still
+    give theirs (transformers' tokenizer fails on an empty list of lines)."""
+    tokenizer = tiny_bert_tokenizer()
+    path = tmp_path / "t.txt"
+    lines = [""] * MAP_BATCH + ["the city", "  ", "of the school"]
+    path.write_text("\n".join(lines) + "\n")
+    got = tokenize_text_files(tokenizer, [path], 16, True, cache_dir=str(tmp_path / "cache"))
+    keys, want = reference_line_by_line(tokenizer, lines, 16)
+    assert sorted(got.column_names) == sorted(keys)
+    assert got.to_list() == want and len(want) == 2
+
+
+@pytest.mark.parametrize("line_by_line", [True, False], ids=["line_by_line", "grouped"])
+def test_files_without_examples_are_named_in_one_line(tmp_path, line_by_line):
+    tokenizer = tiny_bert_tokenizer()
+    cache = str(tmp_path / "cache")
+    empty, other = tmp_path / "empty.txt", tmp_path / "other.txt"
+    empty.write_text("")
+    other.write_text("")
+    with pytest.raises(ValueError, match=r"^\S*empty\.txt, \S*other\.txt: empty files"):
+        tokenize_text_files(tokenizer, [empty, other], 16, line_by_line, cache_dir=cache)
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n \n\t\n")
+    if line_by_line:
+        with pytest.raises(ValueError, match=r"^\S*blank\.txt: no line that is not blank"):
+            tokenize_text_files(tokenizer, [blank], 16, line_by_line, cache_dir=cache)
+    else:  # every line gives its special tokens, as in run_mlm.py
+        assert len(tokenize_text_files(tokenizer, [blank], 16, cache_dir=cache)) == 1
+
+
+def test_a_file_that_is_not_utf8_is_named_with_the_first_bad_byte(tmp_path):
+    good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
+    good.write_text("the city\n" * 3)
+    bad.write_bytes(b"the city\n" * 3 + "caf\xe9\n".encode("latin-1"))
+    where = r"^\S*bad\.txt: not UTF-8 text \(byte 0xe9 at offset 30\)"
+    with pytest.raises(ValueError, match=where):
+        tokenize_text_files(tiny_bert_tokenizer(), [good, bad], cache_dir=str(tmp_path / "c"))

@@ -12,17 +12,25 @@ made here holds exactly the examples run_mlm.py would train on:
   block is kept whole, as run_mlm.py keeps it).
 
 ``max_seq_length`` defaults to ``min(tokenizer.model_max_length, 1024)`` and is capped at
-``tokenizer.model_max_length``, as there. With ``preprocessing_num_workers`` the map runs
-on that many contiguous shards, so the batches (and the dropped remainders) are those of
-run_mlm.py with the same ``--preprocessing_num_workers``.
+``tokenizer.model_max_length`` with run_mlm.py's warning, as there. With
+``preprocessing_num_workers`` the map runs on that many contiguous shards, so the batches
+(and the dropped remainders) are those of run_mlm.py with the same
+``--preprocessing_num_workers``.
+
+Files that give no example (all empty; only blank lines with ``line_by_line``), and a file
+that is not UTF-8 text, are a ``ValueError`` that names them.
 """
 
+import codecs
+import logging
 import os
 from collections.abc import Sequence
 from itertools import chain
 from typing import Any, Optional, Union
 
 import datasets
+
+logger = logging.getLogger(__name__)
 
 TEXT_COLUMN = "text"
 DEFAULT_MAX_SEQ_LENGTH = 1024  # run_mlm.py's cap on an unset --max_seq_length
@@ -37,6 +45,11 @@ def resolve_max_seq_length(tokenizer: Any, max_seq_length: Optional[int]) -> int
     if max_seq_length < 1:
         raise ValueError(
             f"max_seq_length must be a positive number of tokens, not {max_seq_length}"
+        )
+    if max_seq_length > model_max:  # run_mlm.py's warning
+        logger.warning(
+            f"The max_seq_length passed ({max_seq_length}) is larger than the maximum length "
+            f"for the model ({model_max}). Using max_seq_length={model_max}."
         )
     return min(int(max_seq_length), model_max)
 
@@ -53,7 +66,41 @@ def load_text_files(
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"text file {path!r} does not exist")
-    return datasets.load_dataset("text", data_files=paths, split="train", cache_dir=cache_dir)
+    if all(os.path.getsize(path) == 0 for path in paths):
+        raise ValueError(f"{', '.join(paths)}: empty file{'s' if len(paths) > 1 else ''}")
+    try:
+        return datasets.load_dataset("text", data_files=paths, split="train", cache_dir=cache_dir)
+    except datasets.exceptions.DatasetGenerationError as err:
+        cause: Optional[BaseException] = err
+        while cause is not None and not isinstance(cause, UnicodeDecodeError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        for path in paths:
+            where = first_bad_utf8(path)
+            if where is not None:
+                raise ValueError(
+                    f"{path}: not UTF-8 text (byte 0x{where[1]:02x} at offset {where[0]}); "
+                    "convert it, e.g. with iconv -t UTF-8"
+                ) from None
+        raise
+
+
+def first_bad_utf8(path: str, block: int = 1 << 20) -> Optional[tuple[int, int]]:
+    """(offset, value) of the first byte of ``path`` that is not UTF-8 text, or None."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(block)
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the last block
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as err:  # err.object: the pending bytes, then data
+                return offset - pending + err.start, err.object[err.start]
+            if not data:
+                return None
+            offset += len(data)
 
 
 def tokenize_text_files(
@@ -73,7 +120,7 @@ def tokenize_text_files(
     block = resolve_max_seq_length(tokenizer, max_seq_length)
     raw = load_text_files(files, cache_dir=cache_dir)
     if line_by_line:
-        return raw.map(
+        examples = raw.map(
             _tokenize_lines,
             batched=True,
             num_proc=preprocessing_num_workers,
@@ -81,6 +128,13 @@ def tokenize_text_files(
             fn_kwargs={"tokenizer": tokenizer, "max_length": block},
             desc="Running tokenizer on dataset line_by_line",
         )
+        if len(examples) == 0:
+            listed = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+            raise ValueError(
+                f"{', '.join(str(os.fspath(p)) for p in listed)}: no line that is not blank "
+                "(line_by_line makes one example of each)"
+            )
+        return examples
     tokenized = raw.map(
         _tokenize_all,
         batched=True,
@@ -100,6 +154,9 @@ def tokenize_text_files(
 
 def _tokenize_lines(examples: dict, tokenizer: Any, max_length: int) -> Any:
     lines = [line for line in examples[TEXT_COLUMN] if len(line) > 0 and not line.isspace()]
+    if not lines:  # a batch of blank lines: no example (the tokenizer fails on no text)
+        keys = tokenizer(["x"], return_special_tokens_mask=True).keys()
+        return {key: [] for key in keys}
     return tokenizer(
         lines,
         padding=False,
