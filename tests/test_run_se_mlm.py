@@ -83,6 +83,7 @@ SE_OPTIONS = {
     "se_temperature": (["--se_select", "sample", "--se_temperature", "0.5"], 0.5),
     "se_online": (["--se_online"], True),
     "se_scores_column": (["--se_scores_column", "my_scores"], "my_scores"),
+    "se_sparse_head": (["--no_se_sparse_head"], False),
     "tls_alpha": (["--tls_alpha", "0.3"], 0.3),
     "tls_ref": (["--tls_ref", "uniform"], "uniform"),
 }
