@@ -165,7 +165,7 @@ def summary(split_path, scores, special_ids):
     """The score file's summary, as se-score's for model scores: statistics of the
     scores of the non-special tokens (special tokens score 0 and are never masked);
     every token is scored (no blocking, nothing skipped)."""
-    from se_fairseq.scoring_job import summarize
+    from se_fairseq.core.job import summarize
 
     special = np.isin(load_tokens(split_path), special_ids)
     out = summarize(np.asarray(scores, dtype=np.float32)[~special])

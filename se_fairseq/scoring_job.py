@@ -5,37 +5,57 @@
     >>> result.array_path, result.summary["mean"]
 
 The model reads every block of the split unmasked (eval mode, no gradient) and
-scores every token. The work is cut into chunks of consecutive blocks; each
-finished chunk is saved at once under ``<prefix>.partial/`` beside a manifest
-of the options, so an interrupted job continues where it stopped and the score
-file appears only when complete (atomic rename). With ``world_size`` > 1 each
-rank scores every world_size-th chunk and rank 0 assembles. Blocks longer than
-the model's positions are skipped, as fairseq-train skips them.
+scores every token. The job itself (chunks of consecutive blocks saved under
+``<prefix>.partial/`` beside a manifest of the options, resume, shards, the score
+file appearing only when complete) is the core's (``se_fairseq.core.job``); this
+module supplies the blocks of a binarized split and the forward of a fairseq
+checkpoint. With ``world_size`` > 1 each rank scores every world_size-th chunk
+and rank 0 assembles. Blocks longer than the model's positions are skipped, as
+fairseq-train skips them.
 """
 
-import hashlib
 import json
 import logging
 import os
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
+from se_fairseq.core.files import file_sha256
+from se_fairseq.core.job import (
+    DEFAULT_CHUNK_TOKENS,
+    ChunkedJob,
+    ScoringError,
+    format_summary,
+    length_sorted_batches,
+    plan_chunks,
+    summarize,
+    writing,
+)
 from se_fairseq.data import score_file
 
 logger = logging.getLogger(__name__)
 
 BREAK_MODES = ("none", "complete", "complete_doc", "eos")
 DEFAULT_MAX_TOKENS = 16384
-DEFAULT_CHUNK_TOKENS = 1 << 18
 
-
-class ScoringError(RuntimeError):
-    """A scoring job that cannot run as asked (the message says why and what to do)."""
+__all__ = [
+    "BREAK_MODES",
+    "DEFAULT_CHUNK_TOKENS",
+    "DEFAULT_MAX_TOKENS",
+    "ScoringError",
+    "ScoringJob",
+    "ScoringResult",
+    "auto_max_tokens",
+    "file_sha256",
+    "format_summary",
+    "load_scoring_model",
+    "plan_chunks",
+    "score_corpus",
+    "summarize",
+]
 
 
 @dataclass
@@ -49,74 +69,10 @@ class ScoringResult:
     summary: Optional[dict] = None
 
 
-def file_sha256(path, block=1 << 22):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(block), b""):
-            digest.update(piece)
-    return digest.hexdigest()
-
-
-def plan_chunks(block_lengths, chunk_tokens):
-    """Cut blocks into runs of consecutive blocks of at least ``chunk_tokens`` tokens
-    (the last one may be shorter): a list of (first, last) block ranges."""
-    lengths = np.asarray(block_lengths, dtype=np.int64)
-    chunks, first, tokens = [], 0, 0
-    for b, n in enumerate(lengths):
-        tokens += int(n)
-        if tokens >= chunk_tokens:
-            chunks.append((first, b + 1))
-            first, tokens = b + 1, 0
-    if first < len(lengths):
-        chunks.append((first, len(lengths)))
-    return chunks
-
-
 def runs_of(mask):
     """[start, end) of every run of True in a boolean array."""
     edges = np.diff(np.concatenate([[0], np.asarray(mask, dtype=np.int8), [0]]))
     return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
-
-
-def summarize(values):
-    """Mean, spread, quantiles and a 10-bin histogram of the scores."""
-    if len(values) == 0:
-        return {"tokens": 0}
-    qs = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
-    counts, edges = np.histogram(values, bins=10)
-    return {
-        "tokens": int(len(values)),
-        "mean": float(values.mean()),
-        "std": float(values.std()),
-        "min": float(values.min()),
-        "max": float(values.max()),
-        "quantiles": {f"{int(q * 100)}%": float(np.quantile(values, q)) for q in qs},
-        "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
-    }
-
-
-def format_summary(metric, summary):
-    if summary["tokens"] == 0:
-        return "no tokens scored"
-    quantiles = sorted(summary["quantiles"].items(), key=lambda kv: float(kv[0].rstrip("%")))
-    lines = [
-        f"{metric}: {summary['tokens']} tokens, mean {summary['mean']:.3f}, "
-        f"std {summary['std']:.3f}, min {summary['min']:.3f}, max {summary['max']:.3f}",
-        "quantiles: " + "  ".join(f"{k} {v:.3f}" for k, v in quantiles),
-    ]
-    edges, counts = summary["histogram"]["edges"], summary["histogram"]["counts"]
-    top = max(counts) or 1
-    for lo, hi, c in zip(edges[:-1], edges[1:], counts):
-        lines.append(
-            f"  [{lo:7.3f}, {hi:7.3f})  {'#' * max(1 if c else 0, round(40 * c / top)):<40} {c}"
-        )
-    if summary.get("blocks_skipped_too_long"):
-        lines.append(
-            f"skipped {summary['blocks_skipped_too_long']} blocks longer than "
-            f"{summary['max_positions']} positions ({summary['tokens_in_skipped_blocks']} "
-            "tokens), as fairseq-train does"
-        )
-    return "\n".join(lines)
 
 
 def load_scoring_model(path, data):
@@ -177,8 +133,12 @@ def auto_max_tokens(model, device, block_tokens, share=0.6):
     return max(block_tokens, min(tokens, 1 << 20))
 
 
-class ScoringJob:
-    """One rank's view of the job: blocks, chunk plan, manifest, scoring, assembly."""
+class ScoringJob(ChunkedJob):
+    """One rank's view of the job over a binarized split: its blocks, their forward
+    through a fairseq checkpoint, and the score file rank 0 assembles. The chunks,
+    manifest, resume and shards are ``ChunkedJob``'s."""
+
+    chunk_dtype = score_file.SCORE_DTYPE  # chunks are saved as the score file holds them
 
     def __init__(
         self,
@@ -218,18 +178,17 @@ class ScoringJob:
         self.batch_size = batch_size
         self.split_path = os.path.join(data, split)
         self.prefix = score_file.prefix_of(out or score_file.default_prefix(self.split_path))
-        self.partial_dir = self.prefix + ".partial"
         self.fingerprint = score_file.corpus_fingerprint(self.split_path)
-        self.timer: Any = (
-            None  # a core.scores.StageTimer when score_corpus is asked for stage_times
-        )
+        self.timer = None  # a core.scores.StageTimer when score_corpus is asked for stage_times
         self._load_model(path)
         self._load_blocks(tokens_per_sample, sample_break_mode)
         if self.max_tokens == "auto":
             self.max_tokens = auto_max_tokens(self.model, self.device, self.max_positions)
             logger.info(f"--max-tokens auto: {self.max_tokens} tokens per batch")
         lengths = self.slices[:, 1] - self.slices[:, 0]
-        self.chunks = plan_chunks(lengths, chunk_tokens)
+        self.setup_job(
+            plan_chunks(lengths, chunk_tokens), self.prefix + ".partial", rank, world_size
+        )
 
     # -- model ---------------------------------------------------------------
     def _load_model(self, path):
@@ -326,60 +285,34 @@ class ScoringJob:
             "precision": self.precision,
         }
 
-    def chunk_path(self, i):
-        return os.path.join(self.partial_dir, f"chunk-{i:06d}.npy")
-
-    def prepare_partial_dir(self):
-        """Rank 0 creates the partial folder's manifest; every rank checks it."""
-        manifest_path = os.path.join(self.partial_dir, "manifest.json")
-        wanted = self.manifest()
-        if os.path.exists(manifest_path):
-            with open(manifest_path) as f:
-                found = json.load(f)
-            if found != wanted:
-                differ = sorted(k for k in wanted if found.get(k) != wanted[k])
+    def check_output(self):
+        """The score file's two names hold nothing but an earlier score file: the job
+        replaces its own files, never a file it did not write."""
+        array_path, meta_path = score_file.paths(self.prefix)
+        if os.path.exists(meta_path):
+            try:
+                with open(meta_path, encoding="utf-8") as f:
+                    found = json.load(f)
+            except (OSError, ValueError):
+                found = None
+            if not isinstance(found, dict) or found.get("format") != score_file.FORMAT:
                 raise ScoringError(
-                    f"{self.partial_dir} holds partial results of another run "
-                    f"(different {', '.join(differ)}); rerun with the same options to resume, "
-                    "or delete that folder to start over"
+                    f"{meta_path}: exists and is not a score file, which the score file would "
+                    "replace; move it or choose another --out"
                 )
-            return
-        if self.rank != 0:
+        elif os.path.exists(array_path):
             raise ScoringError(
-                f"rank {self.rank}: no manifest in {self.partial_dir}; the "
-                "partial folder must be on storage that all ranks see"
+                f"{array_path}: exists and is not a score file (no {os.path.basename(meta_path)} "
+                "beside it), which the score file would replace; move it or choose another --out"
             )
-        os.makedirs(self.partial_dir, exist_ok=True)
-        score_file.atomic_write_text(manifest_path, json.dumps(wanted, indent=2, sort_keys=True))
 
     # -- scoring -------------------------------------------------------------
     def batches(self, first, last):
         """Blocks of [first, last) that fit the model, longest first, by tokens or count."""
         sizes = self.slices[first:last, 1] - self.slices[first:last, 0] + 1
-        order = first + np.argsort(-sizes, kind="stable")
-        order = order[~self.too_long[order]]
-        batch, longest = [], 0
-        for b in order:
-            n = int(self.slices[b, 1] - self.slices[b, 0] + 1)
-            full = (self.batch_size and len(batch) >= self.batch_size) or (
-                self.max_tokens and batch and max(longest, n) * (len(batch) + 1) > self.max_tokens
-            )
-            if full:
-                yield batch
-                batch, longest = [], 0
-            batch.append(int(b))
-            longest = max(longest, n)
-        if batch:
-            yield batch
-
-    def score_chunk(self, i, progress=None):
-        """Score chunk ``i`` and save it (fp16) under the partial folder."""
-        out = self.chunk_scores(i, progress)
-        if not np.isfinite(out).all():
-            raise ScoringError(f"non-finite scores in chunk {i}; try fp32")
-        score_file.atomic_save_npy(self.chunk_path(i), out.astype(np.float16))
-        if self.timer is not None:
-            self.timer.lap("write")
+        skip = self.too_long[first:last]
+        for batch in length_sorted_batches(sizes, self.max_tokens, self.batch_size, skip):
+            yield [first + j for j in batch]
 
     def chunk_scores(self, i, progress=None):
         """fp32 scores of every token of chunk ``i`` (0 in blocks too long to score)."""
@@ -415,27 +348,13 @@ class ScoringJob:
             progress.update(self.skipped_tokens(first, last))
         return out
 
-    def pending_chunks(self):
-        """This rank's chunks that no earlier run has saved."""
-        return [
-            i
-            for i in range(len(self.chunks))
-            if i % self.world_size == self.rank and not os.path.exists(self.chunk_path(i))
-        ]
-
-    def missing_chunks(self):
-        return [i for i in range(len(self.chunks)) if not os.path.exists(self.chunk_path(i))]
-
     def assemble(self):
         """Rank 0: join the chunks into the score file, then drop the partial folder."""
         scores = np.zeros(self.fingerprint["num_tokens"], dtype=np.float16)
         covered = np.zeros(len(scores), dtype=bool)
         for i, (first, last) in enumerate(self.chunks):
             base, end = int(self.slices[first, 0]), int(self.slices[last - 1, 1])
-            chunk = np.load(self.chunk_path(i), allow_pickle=False)
-            if len(chunk) != end - base:
-                raise ScoringError(f"{self.chunk_path(i)} is damaged; delete it and rerun")
-            scores[base:end] = chunk
+            scores[base:end] = self.load_chunk(i)
             for b in range(first, last):
                 if not self.too_long[b]:
                     covered[self.slices[b, 0] : self.slices[b, 1]] = True
@@ -444,25 +363,19 @@ class ScoringJob:
         summary["blocks_skipped_too_long"] = int(self.too_long.sum())
         summary["tokens_in_skipped_blocks"] = self.skipped_tokens()
         summary["max_positions"] = self.max_positions
-        paths = score_file.write(
-            self.prefix,
-            scores,
-            metric=self.metric,
-            checkpoint=self.checkpoint,
-            blocking=self.blocking,
-            fingerprint=self.fingerprint,
-            extra={"summary": summary},
-            unscored_ranges=runs_of(~covered),
-        )
-        shutil.rmtree(self.partial_dir, ignore_errors=True)
+        with writing(self.prefix, "cannot write the score file"):
+            paths = score_file.write(
+                self.prefix,
+                scores,
+                metric=self.metric,
+                checkpoint=self.checkpoint,
+                blocking=self.blocking,
+                fingerprint=self.fingerprint,
+                extra={"summary": summary},
+                unscored_ranges=runs_of(~covered),
+            )
+        self.remove_partial_dir()
         return paths, summary
-
-
-def _barrier(world_size):
-    if world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def score_corpus(
@@ -499,49 +412,24 @@ def score_corpus(
         timer.lap("setup")
         job.timer = timer
     if rank == 0:
-        job.prepare_partial_dir()
         logger.info(
             f"scoring {split} of {data}: {job.fingerprint['num_tokens']} tokens in "
             f"{len(job.blocks)} blocks ({job.blocking}), {len(job.chunks)} chunks, "
             f"metric {metric}, {world_size} rank(s), device {job.device}"
         )
-    _barrier(world_size)
-    if rank != 0:
-        job.prepare_partial_dir()  # checks the manifest rank 0 wrote
-
-    pending = job.pending_chunks()
-    done_before = len(range(rank, len(job.chunks), world_size)) - len(pending)
-    if done_before and rank == 0:
-        logger.info(f"resuming: {done_before} chunk(s) of rank {rank} already scored")
-    if stop_after_chunks:
-        pending = pending[:stop_after_chunks]
-    todo = sum(job.chunk_tokens(i) for i in pending)
-    start = time.perf_counter()
-    bar = progress(todo) if progress is not None else None
-    try:
-        for i in pending:
-            job.score_chunk(i, bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    elapsed = time.perf_counter() - start
-    if todo:
-        logger.info(
-            f"rank {rank}: scored {todo} tokens in {elapsed:.1f}s ({todo / elapsed:.0f} tokens/s)"
-        )
-    _barrier(world_size)
-    missing = job.missing_chunks()
+    complete = job.run(progress, stop_after_chunks)
+    assert job.partial_dir is not None
     result = ScoringResult(
-        complete=not missing,
+        complete=complete,
         chunks_total=len(job.chunks),
-        chunks_left=len(missing),
+        chunks_left=len(job.missing_chunks()),
         partial_dir=job.partial_dir,
     )
     if timer is not None:
         timer.lap("other")
-    if not missing and rank == 0:
+    if complete and rank == 0:
         (result.array_path, result.meta_path), result.summary = job.assemble()
         if timer is not None:
             timer.lap("assemble")
-    _barrier(world_size)
+    job.barrier()
     return result

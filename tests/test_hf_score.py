@@ -5,12 +5,15 @@ reference is written out here: one example at a time, unpadded, the model's logi
 float64, log_softmax, -log p(true token) or the entropy.
 """
 
+import errno
 import inspect
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
+import warnings
 
 import datasets
 import numpy as np
@@ -651,3 +654,210 @@ def test_two_ranks_under_torchrun_equal_one_process(tmp_path):
         np.concatenate(two["se_scores"]), np.concatenate(one["se_scores"])
     )
     assert compare_with_reference(model, tokenizer, two, "correctness") < 1e-5
+
+
+# -- nothing a user wrote is deleted; one line for bad input; nothing left behind --------
+
+
+def test_rescoring_into_a_folder_keeps_what_the_user_put_there(tmp_path):
+    folder, model, tokenizer = save_model(tmp_path)
+    a, b = write_text(tmp_path / "a.txt", count=40, seed=1), write_text(tmp_path / "b.txt", seed=2)
+    out = tmp_path / "S"
+    common = ["--hf", folder, "--max_seq_length", 16, "--cache_dir", tmp_path / "cache"]
+    assert se_score(*common, "--train_file", a, "--out", out) == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "sub").mkdir()
+    (out / "sub" / "keep.txt").write_text("mine too")
+    assert se_score(*common, "--train_file", b, "--out", out) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "sub" / "keep.txt").read_text() == "mine too"
+    scored = load_scored_dataset(str(out), tokenizer=tokenizer, model=model)
+    from se_fairseq.hf import tokenize_text_files
+
+    expected = tokenize_text_files(tokenizer, [b], 16, cache_dir=str(tmp_path / "cache"))
+    assert scored["input_ids"] == expected["input_ids"]
+    assert compare_with_reference(model, tokenizer, scored, "correctness") < 1e-5
+    state = json.load(open(out / "state.json"))
+    datasets_files = {f["filename"] for f in state["_data_files"]}
+    assert sorted(os.listdir(out)) == sorted(
+        {"notes.txt", "sub", "state.json", "dataset_info.json", PROVENANCE_FILE} | datasets_files
+    )
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p or ".old" in p]
+
+
+def test_the_partial_folder_loses_only_the_files_the_job_wrote(tmp_path):
+    model, tokenizer = build("bert")
+    dataset = examples_dataset(tokenizer, count=20, seed=7)
+    out = str(tmp_path / "s")
+    options = dict(output_dir=out, chunk_tokens=50)
+    assert score_dataset(model, tokenizer, dataset, stop_after_chunks=1, **options) is None
+    with open(os.path.join(out + ".partial", "notes.txt"), "w") as f:
+        f.write("mine")
+    scored = score_dataset(model, tokenizer, dataset, **options)
+    assert compare_with_reference(model, tokenizer, scored, "correctness") < 1e-5
+    assert os.listdir(out + ".partial") == ["notes.txt"]
+
+
+def test_scores_of_another_model_of_the_same_vocabulary_warn(tmp_path):
+    model, tokenizer = build("bert")
+    dataset = examples_dataset(tokenizer, count=6, seed=8)
+    out = str(tmp_path / "scored")
+    score_dataset(model, tokenizer, dataset, output_dir=out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the scoring model itself: no warning
+        load_scored_dataset(out, tokenizer=tokenizer, model=model)
+    other, _ = build("bert", seed=1)  # same class and vocabulary, other weights
+    with pytest.warns(UserWarning, match=r"scores in .*scored come from another model") as caught:
+        loaded = load_scored_dataset(out, tokenizer=tokenizer, model=other)
+    message = str(caught[0].message)
+    record = json.load(open(os.path.join(out, PROVENANCE_FILE)))
+    assert record["model"]["weights_sha256"][:12] in message
+    assert loaded["input_ids"] == dataset["input_ids"]  # stale scores are legitimate
+
+
+def test_a_replaced_scores_column_is_refused(tmp_path):
+    model, tokenizer = build("bert")
+    out = str(tmp_path / "scored")
+    score_dataset(model, tokenizer, examples_dataset(tokenizer, count=6, seed=9), output_dir=out)
+    loaded = datasets.load_from_disk(out)
+    first = loaded[0]["se_scores"]
+    scored_at = next(j for j, s in enumerate(first) if s == s)  # not NaN
+    bumped = first[:scored_at] + [first[scored_at] + 1.0] + first[scored_at + 1 :]
+    replaced = loaded.map(lambda e, i: {"se_scores": bumped} if i == 0 else {}, with_indices=True)
+    assert replaced["input_ids"] == loaded["input_ids"]
+    changed = str(tmp_path / "changed")
+    replaced.save_to_disk(changed)
+    with open(os.path.join(changed, PROVENANCE_FILE), "w") as f:
+        f.write(open(os.path.join(out, PROVENANCE_FILE)).read())
+    with pytest.raises(
+        ScoredDatasetError, match=r"column 'se_scores' of .*changed .*not the one .*se_scores\.json"
+    ):
+        load_scored_dataset(changed)
+    load_scored_dataset(out)  # the original passes
+
+
+def test_the_record_is_also_the_dataset_info_description(tmp_path):
+    model, tokenizer = build("bert")
+    out = str(tmp_path / "scored")
+    score_dataset(model, tokenizer, examples_dataset(tokenizer, count=4, seed=10), output_dir=out)
+    record = json.load(open(os.path.join(out, PROVENANCE_FILE)))
+    assert json.loads(datasets.load_from_disk(out).info.description) == record
+    from se_fairseq.hf import provenance
+
+    assert "DatasetInfo.description" in provenance.__doc__
+
+
+def test_a_failed_forward_leaves_nothing_behind_and_the_corrected_rerun_runs(tmp_path):
+    model, tokenizer = build("bert")  # 64 positions
+    good = examples_dataset(tokenizer, count=6, seed=11)
+    too_long = datasets.concatenate_datasets(
+        [good, good.select([0]).map(lambda e: {k: (v * 80)[:80] for k, v in e.items()})]
+    )
+    out = str(tmp_path / "s")
+    with pytest.raises(ScoringError, match="max_position_embeddings: 64"):
+        score_dataset(model, tokenizer, too_long, output_dir=out)
+    scored = score_dataset(model, tokenizer, good, output_dir=out)  # refused before the fix
+    assert compare_with_reference(model, tokenizer, scored, "correctness") < 1e-5
+    assert not os.path.exists(out + ".partial")
+
+
+def test_a_partial_folder_with_a_manifest_and_no_chunk_is_taken_over(tmp_path):
+    """A run that ended before its first chunk (on another rank, or killed) left only its
+    manifest: a rerun with other options replaces it; one with chunks stays refused."""
+    model, tokenizer = build("bert")
+    dataset = examples_dataset(tokenizer, count=20, seed=12)
+    out = str(tmp_path / "s")
+    os.makedirs(out + ".partial")
+    with open(os.path.join(out + ".partial", "manifest.json"), "w") as f:
+        json.dump({"metric": "confidence", "chunks": [[0, 20]]}, f)
+    scored = score_dataset(model, tokenizer, dataset, output_dir=out, chunk_tokens=50)
+    assert compare_with_reference(model, tokenizer, scored, "correctness") < 1e-5
+    assert not os.path.exists(out + ".partial")
+
+
+def refused(*argv):
+    """se-score's one-line refusal: exit status non-zero, no traceback."""
+    with pytest.raises(SystemExit) as exit_:
+        se_score(*argv)
+    message = exit_.value.code
+    assert isinstance(message, str), message  # printed as it is, exit status 1
+    assert message.startswith("se-score: ") and "\n" not in message, message
+    return message
+
+
+def test_command_bad_text_files_get_one_line_naming_the_file(tmp_path):
+    folder, _, _ = save_model(tmp_path)
+    common = ["--hf", folder, "--out", tmp_path / "out", "--cache_dir", tmp_path / "cache"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    message = refused(*common, "--train_file", empty)
+    assert re.search(r"--train_file: .*empty\.txt: .*empty", message), message
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n   \n\t\n\n")
+    message = refused(*common, "--train_file", blank, "--line_by_line")
+    assert re.search(r"--train_file: .*blank\.txt: .*no line that is not blank", message)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("the café of\n".encode("latin-1"))
+    message = refused(*common, "--train_file", latin)
+    assert re.search(r"--train_file: .*latin\.txt: not UTF-8 text .*byte 0xe9 at offset 7", message)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_command_a_dataset_without_examples_gets_one_line(tmp_path):
+    folder, _, tokenizer = save_model(tmp_path)
+    saved = tmp_path / "none"
+    examples_dataset(tokenizer, count=3).select([]).save_to_disk(saved)
+    message = refused("--hf", folder, "--dataset", saved, "--out", tmp_path / "out")
+    assert re.search(r"--dataset .*none: .*no examples", message), message
+    message = refused("--hf", folder, "--dataset", tmp_path, "--out", tmp_path / "out")
+    assert re.search(rf"--dataset {re.escape(str(tmp_path))}: not a dataset", message), message
+
+
+def test_command_a_read_only_out_gets_one_line(tmp_path, monkeypatch):
+    folder, _, _ = save_model(tmp_path)
+    text = write_text(tmp_path / "a.txt")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway: the kernel's answer to anyone else
+        real_mkdir = os.mkdir
+
+        def mkdir(path, *args, **kwargs):
+            if os.path.dirname(os.path.abspath(path)) == str(locked):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    try:
+        message = refused("--hf", folder, "--train_file", text, "--out", locked / "S")
+    finally:
+        locked.chmod(0o755)
+    assert re.search(r"locked/S\.partial: .*Permission denied", message), message
+    assert os.listdir(locked) == []
+
+
+def test_command_a_damaged_chunk_gets_one_line_naming_it(tmp_path):
+    folder, _, _ = save_model(tmp_path)
+    text = write_text(tmp_path / "a.txt", count=80)
+    args = ["--hf", folder, "--train_file", text, "--max_seq_length", 16, "--chunk-tokens", 64]
+    args += ["--out", tmp_path / "out", "--cache_dir", tmp_path / "cache"]
+    assert se_score(*args, "--stop-after-chunks", 2) == 0
+    chunk = tmp_path / "out.partial" / "chunk-000001.npy"
+    chunk.write_bytes(chunk.read_bytes()[:40])  # cut short, as by a full disk
+    message = refused(*args)
+    assert re.search(r"out\.partial/chunk-000001\.npy: damaged .*delete it", message), message
+
+
+def test_command_max_seq_length_above_the_tokenizer_limit_warns_as_run_mlm(tmp_path, caplog):
+    folder, _, tokenizer = save_model(tmp_path)
+    tokenizer.model_max_length = 12
+    tokenizer.save_pretrained(folder)
+    text = write_text(tmp_path / "a.txt")
+    args = ["--hf", folder, "--train_file", text, "--out", tmp_path / "out"]
+    with caplog.at_level(logging.WARNING):
+        assert se_score(*args, "--max_seq_length", 40, "--cache_dir", tmp_path / "cache") == 0
+    assert (
+        "The max_seq_length passed (40) is larger than the maximum length for the model (12). "
+        "Using max_seq_length=12." in caplog.text
+    )
+    assert {len(ids) for ids in load_scored_dataset(str(tmp_path / "out"))["input_ids"]} == {12}

@@ -14,10 +14,13 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -294,6 +297,35 @@ def test_a_scored_dataset_is_trained_on_as_it_is_and_checked(tmp_path):
     other = tiny_bert_tokenizer(words=HF_WORDS[:-3])
     with pytest.raises(ScoredDatasetError, match="tokenizer"):
         script.load_datasets(data_args, model_args, training_args, other, None)
+
+
+def test_a_scored_dataset_of_another_model_warns_and_replaced_scores_are_refused(tmp_path):
+    tokenizer = tiny_bert_tokenizer()
+    model = tiny_model(tokenizer)
+    text = write_text(tmp_path / "train.txt", 20, seed=3)
+    examples = tokenize_text_files(tokenizer, [text], SEQ, cache_dir=str(tmp_path / "cache"))
+    scored = str(tmp_path / "scored")
+    score_dataset(model, tokenizer, examples, output_dir=scored)
+    _, data_args, _, training_args = parse(
+        *OFFLINE[:2], "--scored_dataset", scored, "--do_train", "--output_dir", tmp_path,
+        "--use_cpu",
+    )  # fmt: skip
+    model_args = script.ModelArguments()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the scoring model: silent
+        script.load_datasets(data_args, model_args, training_args, tokenizer, model)
+    other = tiny_model(tokenizer, seed=1)  # same vocabulary, other weights
+    with pytest.warns(UserWarning, match="come from another model"):
+        train, _ = script.load_datasets(data_args, model_args, training_args, tokenizer, other)
+    assert train["input_ids"] == examples["input_ids"]  # a warning: it still trains
+    loaded = datasets.load_from_disk(scored)
+    zeroed = loaded.map(lambda e: {"se_scores": [0.0] * len(e["se_scores"])})
+    replaced = str(tmp_path / "replaced")
+    zeroed.save_to_disk(replaced)
+    shutil.copy(os.path.join(scored, "se_scores.json"), replaced)
+    data_args.scored_dataset = replaced
+    with pytest.raises(ScoredDatasetError, match="column 'se_scores' of .*replaced"):
+        script.load_datasets(data_args, model_args, training_args, tokenizer, model)
 
 
 def test_a_validation_file_beside_a_scored_dataset_is_tokenized_with_the_length_given(tmp_path):

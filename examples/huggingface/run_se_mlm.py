@@ -106,8 +106,9 @@ class DataTrainingArguments:
         metadata={
             "help": "instead of --train_file: a dataset scored by self-questioning (the --out "
             "folder of se-score --hf, or score_dataset's output_dir; input_ids + se_scores). "
-            "It is trained on as it is, without tokenizing, after checking that its scores "
-            "come from this tokenizer's vocabulary"
+            "It is trained on as it is, without tokenizing, after checking that its ids and "
+            "scores are the ones its se_scores.json records and come from this tokenizer's "
+            "vocabulary (a warning when the model's weights are not the scoring model's)"
         },
     )
     validation_split_percentage: int = field(

@@ -19,9 +19,13 @@ import os
 import sys
 
 from se_fairseq.cli.score_hf import add_hf_args, check_hf_args, main_hf
-from se_fairseq.scoring_job import BREAK_MODES, DEFAULT_CHUNK_TOKENS
+from se_fairseq.core.job import DEFAULT_CHUNK_TOKENS
 
 logger = logging.getLogger(__name__)
+
+# fairseq's --sample-break-mode choices (se_fairseq.scoring_job.BREAK_MODES): written here so
+# that the parser, which se-score --hf uses too, imports nothing of the fairseq side
+BREAK_MODES = ("none", "complete", "complete_doc", "eos")
 
 
 def _max_tokens(value):
@@ -237,7 +241,7 @@ def _score_rarity(args):
     import json
 
     from se_fairseq import rarity
-    from se_fairseq.scoring_job import format_summary
+    from se_fairseq.core.job import format_summary
 
     if args.path:
         logger.info("--metric rarity uses no checkpoint; ignoring --path")

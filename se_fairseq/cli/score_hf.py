@@ -174,23 +174,32 @@ def main_process_first(rank: int, world_size: int) -> Iterator[None]:
 
 
 def load_examples(args: argparse.Namespace, tokenizer: Any, rank: int, world_size: int) -> Any:
+    """The examples of ``--dataset`` or ``--train_file``; bad input ends in one line that
+    names the option and the file."""
     import datasets
 
     from se_fairseq.hf.text import tokenize_text_files
 
     if args.dataset is not None:
+        where = f"se-score: --dataset {args.dataset}"
         if not os.path.isdir(args.dataset):
-            raise SystemExit(f"se-score: --dataset {args.dataset} is not a folder")
-        dataset = datasets.load_from_disk(args.dataset)
+            raise SystemExit(f"{where}: not a folder")
+        if _saved_without_data(args.dataset):  # datasets cannot even load it
+            raise SystemExit(f"{where}: no examples: nothing to score")
+        try:
+            dataset = datasets.load_from_disk(args.dataset)
+        except FileNotFoundError as err:
+            raise SystemExit(f"{where}: not a dataset saved with save_to_disk ({err})") from None
         if not isinstance(dataset, datasets.Dataset):
             raise SystemExit(
-                f"se-score: --dataset {args.dataset} holds a {type(dataset).__name__} "
-                f"({', '.join(dataset)}); save one split"
+                f"{where}: holds a {type(dataset).__name__} ({', '.join(dataset)}); save one split"
             )
+        if len(dataset) == 0:
+            raise SystemExit(f"{where}: no examples: nothing to score")
         return dataset
     with main_process_first(rank, world_size):
         try:
-            return tokenize_text_files(
+            dataset = tokenize_text_files(
                 tokenizer,
                 args.train_file,
                 args.max_seq_length,
@@ -200,6 +209,20 @@ def load_examples(args: argparse.Namespace, tokenizer: Any, rank: int, world_siz
             )
         except (FileNotFoundError, ValueError) as err:
             raise SystemExit(f"se-score: --train_file: {err}") from None
+    if len(dataset) == 0:
+        raise SystemExit(f"se-score: --train_file: {', '.join(args.train_file)}: no examples")
+    return dataset
+
+
+def _saved_without_data(path: str) -> bool:
+    """Whether ``path`` holds a dataset saved with no data file (no example)."""
+    import json
+
+    try:
+        with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+            return json.load(f).get("_data_files") == []
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def main_hf(args: argparse.Namespace, rank: int, world_size: int, device: str) -> int:
@@ -207,9 +230,9 @@ def main_hf(args: argparse.Namespace, rank: int, world_size: int, device: str) -
 
     from transformers import AutoTokenizer
 
+    from se_fairseq.core.job import ScoringError, format_summary
     from se_fairseq.hf.provenance import PROVENANCE_FILE
     from se_fairseq.hf.scoring import score_dataset
-    from se_fairseq.scoring_job import ScoringError, format_summary
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.hf)
     model = load_model(args.hf)

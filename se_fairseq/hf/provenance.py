@@ -1,17 +1,22 @@
 """What HF self-questioning scores were computed from, and the checks that use it.
 
 A scored dataset saved to a folder carries ``se_scores.json`` beside datasets' own
-files (and the same record, as JSON, in its ``DatasetInfo.description``): the metric,
-the model (``name_or_path``, a sha256 of its weights), the tokenizer (name, size, a
-sha256 of its vocabulary) and a fingerprint of the token ids (a sha256 over every
-example's ``input_ids``), as a fairseq score file records its checkpoint and corpus.
-``load_scored_dataset`` refuses a folder whose ids, tokenizer or vocabulary size are not
-the ones scored.
+files (and the same record, as JSON, in its ``DatasetInfo.description``, which
+``save_to_disk`` writes to ``dataset_info.json``): the metric, the model
+(``name_or_path``, a sha256 of its weights), the tokenizer (name, size, a sha256 of its
+vocabulary), a fingerprint of the token ids (a sha256 over every example's
+``input_ids``) and one of the scores (a sha256 over the float32 values of the scores
+column), as a fairseq score file records its checkpoint and corpus.
+``load_scored_dataset`` refuses a folder whose ids or scores are not the ones recorded,
+or whose tokenizer or output vocabulary size differ, and warns when the model given has
+other weights than the scoring model (stale scores train, but they are not that model's).
 """
 
 import hashlib
 import json
 import os
+import re
+import warnings
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -26,6 +31,10 @@ ROWS_PER_READ = 10_000
 
 class ScoredDatasetError(ValueError):
     """A scored dataset that does not match what it is used with (the message says how)."""
+
+
+class StaleScoresWarning(UserWarning):
+    """Scores computed by another model than the one they are used with."""
 
 
 def list_batches(dataset: Any, column: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -68,6 +77,28 @@ def scan_ids(dataset: Any, column: str = IDS_COLUMN) -> tuple[dict, np.ndarray, 
 
 def ids_fingerprint(dataset: Any, column: str = IDS_COLUMN) -> dict:
     return scan_ids(dataset, column)[0]
+
+
+def scores_fingerprint(values: np.ndarray) -> dict:
+    """The scores column's record: how many values, and a sha256 over them as
+    little-endian float32 (NaN included: it marks the unscored tokens)."""
+    flat = np.ascontiguousarray(values, dtype="<f4")
+    return {"values": int(len(flat)), "sha256": hashlib.sha256(flat.tobytes()).hexdigest()}
+
+
+def dataset_files(path: str) -> list[str]:
+    """The files of the scored dataset saved at ``path``: datasets' (its state, its info,
+    the data files its state lists, or that datasets names so) and the record."""
+    names = ["state.json", "dataset_info.json", PROVENANCE_FILE]
+    try:
+        with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+            names += [os.path.basename(d["filename"]) for d in json.load(f)["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        names += [n for n in os.listdir(path) if _DATA_FILE.fullmatch(n)]
+    return names
+
+
+_DATA_FILE = re.compile(r"data-\d{5}-of-\d{5}\.arrow")
 
 
 def weights_sha256(model: Any) -> str:
@@ -141,9 +172,10 @@ def read_provenance(path: str) -> dict:
 
 def load_scored_dataset(path: str, tokenizer: Any = None, model: Any = None) -> Any:
     """``datasets.load_from_disk(path)``, checked against its se_scores.json: the token ids
-    must be the ones scored, and each example must hold one score per id; with
-    ``tokenizer``, its vocabulary must be the scoring tokenizer's; with ``model``, its
-    output vocabulary size must be the scoring model's."""
+    and the scores must be the ones recorded, and each example must hold one score per
+    id; with ``tokenizer``, its vocabulary must be the scoring tokenizer's; with
+    ``model``, its output vocabulary size must be the scoring model's, and other weights
+    than the scoring model's give a ``StaleScoresWarning``."""
     import datasets
 
     record = read_provenance(path)
@@ -164,9 +196,22 @@ def load_scored_dataset(path: str, tokenizer: Any = None, model: Any = None) -> 
             f"sha256 {record['ids']['sha256'][:12]}); score this dataset again"
         )
     pairs = zip(list_batches(dataset, IDS_COLUMN), list_batches(dataset, column))
-    for (lengths, _), (score_lengths, _) in pairs:
+    digest, count = hashlib.sha256(), 0
+    for (lengths, _), (score_lengths, scores) in pairs:
         if not np.array_equal(lengths, score_lengths):
             raise ScoredDatasetError(f"{path}: column {column!r} does not hold one score per id")
+        flat = np.ascontiguousarray(scores, dtype="<f4")
+        digest.update(flat.tobytes())
+        count += len(flat)
+    wanted_scores = record.get("scores")  # records written before it was kept: not checked
+    found_sha256 = digest.hexdigest()
+    if wanted_scores is not None and {"values": count, "sha256": found_sha256} != wanted_scores:
+        raise ScoredDatasetError(
+            f"the column {column!r} of {path} ({count} values, sha256 "
+            f"{found_sha256[:12]}) is not the one {record_path} records "
+            f"({wanted_scores['values']} values, sha256 {wanted_scores['sha256'][:12]}): the "
+            "scores were changed after scoring; score this dataset again"
+        )
     if tokenizer is not None:
         check_tokenizer(record, tokenizer_record(tokenizer), record_path)
     if model is not None:
@@ -177,7 +222,26 @@ def load_scored_dataset(path: str, tokenizer: Any = None, model: Any = None) -> 
                 f"come from a model with {wanted} ({record_path}); use a model of the same "
                 "vocabulary"
             )
+        check_model(record, model_record(model), path)
     return dataset
+
+
+def check_model(record: dict, found: dict, where: str) -> None:
+    """A ``StaleScoresWarning`` when ``found`` (a ``model_record``) has other weights than
+    the model the scores in ``where`` were computed with."""
+    wanted = record["model"]
+    if found["weights_sha256"] == wanted.get("weights_sha256"):
+        return
+    scorer = wanted.get("name_or_path") or wanted.get("class")
+    given = found["name_or_path"] or found["class"]
+    warnings.warn(
+        f"the scores in {where} come from another model: {scorer!r} (weights sha256 "
+        f"{str(wanted.get('weights_sha256'))[:12]}, {PROVENANCE_FILE}), not {given!r} (weights "
+        f"sha256 {found['weights_sha256'][:12]}); they train as they are, but they are not "
+        "this model's self-questioning (score again with se-score --hf to refresh them)",
+        StaleScoresWarning,
+        stacklevel=3,
+    )
 
 
 def check_tokenizer(record: dict, found: dict, where: str) -> None:

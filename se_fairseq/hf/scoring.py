@@ -11,32 +11,48 @@ float32 with the softmax in float32 whatever the forward's dtype. Special tokens
 tokenizer's ``all_special_ids`` and any ``special_tokens_mask``) and padding
 (``attention_mask`` 0) get NaN, which the collator never selects.
 
-The examples are cut into chunks of consecutive examples (at least ``chunk_tokens``
-tokens each); within a chunk they are batched longest first, padded per batch, and put
-back in order. With ``output_dir`` each finished chunk is saved at once under
-``<output_dir>.partial/`` beside a manifest of what is scored, so a killed run continues
-where it stopped; the dataset is saved to ``output_dir`` (with its provenance record,
-se_scores.json) only when complete. Under torchrun (torch.distributed initialised) rank r
+The job is the core's (``se_fairseq.core.job``); this module supplies the examples and
+the model's forward. The examples are cut into chunks of consecutive examples (at least
+``chunk_tokens`` tokens each); within a chunk they are batched longest first, padded per
+batch, and put back in order. With ``output_dir`` each finished chunk is saved at once
+under ``<output_dir>.partial/`` beside a manifest of what is scored, so a killed run
+continues where it stopped; the dataset is saved to ``output_dir`` (with its provenance
+record, se_scores.json) only when complete. A folder of earlier scores loses only their
+files: anything else in it stays. Under torchrun (torch.distributed initialised) rank r
 scores chunks r, r + W, ... and rank 0 assembles.
 """
 
 import inspect
+import json
 import logging
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Optional, Union
 
 import numpy as np
 
-from se_fairseq.data.score_file import atomic_save_npy, atomic_write_text
+from se_fairseq.core.constants import SCORES_COLUMN
+from se_fairseq.core.files import atomic_write_json
+from se_fairseq.core.job import (
+    DEFAULT_CHUNK_TOKENS,
+    ChunkedJob,
+    ScoringError,
+    length_sorted_batches,
+    plan_chunks,
+    progress_bar,
+    replace_own_files,
+    summarize,
+    world,
+    writing,
+)
 from se_fairseq.hf import provenance as prov
-from se_fairseq.scoring_job import DEFAULT_CHUNK_TOKENS, ScoringError, plan_chunks, summarize
 
 logger = logging.getLogger(__name__)
 
-SCORES_COLUMN = "se_scores"
 DTYPES = ("fp32", "fp16", "bf16")
 # Padded tokens per batch when neither batch_size nor max_tokens is given: the forward's
 # (batch x length x vocab) logits then hold at most this many values.
@@ -90,22 +106,7 @@ def score_dataset(
         device=device,
         chunk_tokens=chunk_tokens,
     )
-    return job.run(progress=progress, stop_after_chunks=stop_after_chunks, callback=chunk_callback)
-
-
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier(world_size: int) -> None:
-    if world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    return job.score(progress, stop_after_chunks, chunk_callback)
 
 
 def _autocast_dtype(dtype: Any, device_type: str) -> Any:
@@ -128,8 +129,16 @@ def _list_column(table: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
     return offsets - offsets[0], lists.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-class HFScoringJob:
-    """One rank's view: checks, chunk plan, manifest, batches, scoring, assembly."""
+class HFScoringJob(ChunkedJob):
+    """One rank's view of the job over a ``datasets.Dataset``: its examples, the model's
+    forward, and the scored dataset rank 0 saves. The chunks, manifest, resume and shards
+    are ``ChunkedJob``'s."""
+
+    chunk_dtype = np.float32
+    nan_is_unscored = True  # special tokens and padding
+    fp32_hint = "try dtype fp32"
+    partial_name = "partial scores"
+    resume_hint = "rerun with the same model, tokenizer, dataset and options to resume"
 
     def __init__(
         self,
@@ -183,8 +192,10 @@ class HFScoringJob:
                 raise ScoringError(f"{name} must be a positive integer, not {value!r}")
         if chunk_tokens < 1:
             raise ScoringError(f"chunk_tokens must be a positive integer, not {chunk_tokens}")
-        self.rank, self.world_size = _world()
-        if self.world_size > 1 and output_dir is None:
+        if len(dataset) == 0:
+            raise ScoringError("the dataset holds no examples: nothing to score")
+        rank, world_size = world()
+        if world_size > 1 and output_dir is None:
             raise ScoringError("scoring under torch.distributed needs output_dir (shared storage)")
         self.model, self.tokenizer, self.dataset = model, tokenizer, dataset
         self.metric, self.column = metric, column
@@ -203,13 +214,12 @@ class HFScoringJob:
         self.pad_id = _pad_id(model, tokenizer)
         accepted = inspect.signature(model.forward).parameters
         self.inputs = [c for c in OPTIONAL_INPUTS if c in dataset.column_names and c in accepted]
-        self.chunks = plan_chunks(self.lengths, chunk_tokens)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self.output_dir = os.path.abspath(output_dir) if output_dir is not None else None
-        self.partial_dir = self.output_dir + ".partial" if self.output_dir else None
+        partial_dir = self.output_dir + ".partial" if self.output_dir else None
+        self.setup_job(plan_chunks(self.lengths, chunk_tokens), partial_dir, rank, world_size)
         self.model_info = prov.model_record(model)
         self.tokenizer_info = prov.tokenizer_record(tokenizer)
-        self.in_memory: dict = {}  # chunk -> scores, without output_dir
         self.logits_checked = False
 
     # -- manifest --------------------------------------------------------------
@@ -229,11 +239,9 @@ class HFScoringJob:
             "chunks": [list(c) for c in self.chunks],
         }
 
-    def chunk_path(self, i: int) -> str:
-        assert self.partial_dir is not None
-        return os.path.join(self.partial_dir, f"chunk-{i:06d}.npy")
-
-    def check_output_dir(self) -> None:
+    def check_output(self) -> None:
+        """``output_dir`` is new, empty, or holds earlier scores (whose files alone the
+        job replaces)."""
         out = self.output_dir
         assert out is not None
         if os.path.isfile(out):
@@ -243,61 +251,15 @@ class HFScoringJob:
                 raise ScoringError(
                     f"output_dir {out} exists and holds no scored dataset "
                     f"({prov.PROVENANCE_FILE}); name a new folder "
-                    "(it is replaced only when it holds earlier scores)"
+                    "(only the files of earlier scores are replaced in one)"
                 )
-
-    def prepare_partial_dir(self) -> None:
-        """Rank 0 writes the manifest (or checks an earlier one); the other ranks check it."""
-        import json
-
-        assert self.partial_dir is not None
-        path = os.path.join(self.partial_dir, "manifest.json")
-        wanted = self.manifest()
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                found = json.load(f)
-            if found != wanted:
-                differ = sorted(k for k in wanted if found.get(k) != wanted[k])
-                raise ScoringError(
-                    f"{self.partial_dir} holds partial scores of another run (different "
-                    f"{', '.join(differ)}); rerun with the same model, tokenizer, dataset and "
-                    "options to resume, or delete that folder to start over"
-                )
-            return
-        if self.rank != 0:
-            raise ScoringError(
-                f"rank {self.rank}: no manifest in {self.partial_dir}; the output folder must be "
-                "on storage that all ranks see"
-            )
-        os.makedirs(self.partial_dir, exist_ok=True)
-        atomic_write_text(path, json.dumps(wanted, indent=2, sort_keys=True))
-
-    def done(self, i: int) -> bool:
-        if self.partial_dir is None:
-            return i in self.in_memory
-        return os.path.exists(self.chunk_path(i))
 
     # -- scoring -----------------------------------------------------------------
     def batches(self, first: int, last: int) -> Iterator[list[int]]:
-        """Examples of [first, last), longest first, by count or padded tokens."""
+        """Examples of [first, last) (positions from ``first``), longest first, by count
+        or padded tokens; empty ones left out."""
         lengths = self.lengths[first:last]
-        order = np.argsort(-lengths, kind="stable")
-        batch: list[int] = []
-        longest = 0
-        for j in order:
-            n = int(lengths[j])
-            if n == 0:
-                continue
-            full = (self.batch_size and len(batch) >= self.batch_size) or (
-                self.max_tokens and batch and max(longest, n) * (len(batch) + 1) > self.max_tokens
-            )
-            if full:
-                yield batch
-                batch, longest = [], 0
-            batch.append(int(j))
-            longest = max(longest, n)
-        if batch:
-            yield batch
+        yield from length_sorted_batches(lengths, self.max_tokens, self.batch_size, lengths == 0)
 
     def chunk_scores(self, i: int, bar: Any = None) -> np.ndarray:
         """float32 scores of every token of chunk ``i``, NaN where nothing is scored."""
@@ -374,29 +336,26 @@ class HFScoringJob:
         ]
         return torch.cat(pieces).numpy() if pieces else np.zeros(0, dtype=np.float32)
 
-    def score_chunk(self, i: int, bar: Any = None) -> None:
+    def chunk_tokens(self, i: int) -> int:
+        first, last = self.chunks[i]
+        return int(self.offsets[last] - self.offsets[first])
+
+    @contextmanager
+    def scoring(self) -> Iterator[None]:
+        """The model on its device in eval mode, no autograd; its train mode back after."""
         import torch
 
-        with torch.inference_mode():
-            scores = self.chunk_scores(i, bar)
-        if np.isinf(scores).any():
-            raise ScoringError(f"infinite scores in chunk {i}; try dtype fp32")
-        if self.partial_dir is None:
-            self.in_memory[i] = scores
-        else:
-            atomic_save_npy(self.chunk_path(i), scores)
-
-    def load_chunk(self, i: int) -> np.ndarray:
-        if self.partial_dir is None:
-            return self.in_memory[i]
-        scores = np.load(self.chunk_path(i), allow_pickle=False)
-        first, last = self.chunks[i]
-        if scores.shape != (int(self.offsets[last] - self.offsets[first]),):
-            raise ScoringError(f"{self.chunk_path(i)} is damaged; delete it and rerun")
-        return scores
+        was_training = self.model.training
+        self.model.to(self.device).eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            self.model.train(was_training)
 
     # -- assembly ----------------------------------------------------------------
-    def scored_dataset(self) -> tuple[Any, dict]:
+    def scored_dataset(self) -> tuple[Any, dict, np.ndarray]:
+        """The dataset with its scores column, their summary, and the flat scores."""
         import pyarrow as pa
 
         chunks = [self.load_chunk(i) for i in range(len(self.chunks))]
@@ -413,86 +372,53 @@ class HFScoringJob:
         dataset = dataset.add_column(self.column, scores)
         summary = summarize(values[~np.isnan(values)])
         summary["tokens_not_scored"] = int(np.isnan(values).sum())
-        return dataset, summary
+        return dataset, summary, values
 
-    def save(self, dataset: Any, summary: dict) -> None:
-        import json
-
-        assert self.output_dir is not None and self.partial_dir is not None
+    def save(self, dataset: Any, summary: dict, values: np.ndarray) -> None:
+        """Rank 0: the dataset and its record into ``output_dir``, through a new folder
+        beside it; in a folder of earlier scores only their files are replaced."""
         out = self.output_dir
-        tmp, old = f"{out}.tmp-{os.getpid()}", f"{out}.old-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        dataset.save_to_disk(tmp)
-        record = {**self.record(), "dtype": self.dtype_name, "summary": summary}
-        atomic_write_text(
-            os.path.join(tmp, prov.PROVENANCE_FILE), json.dumps(record, indent=2, sort_keys=True)
-        )
-        if os.path.exists(out):
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(self.partial_dir, ignore_errors=True)
+        assert out is not None
+        record = {
+            **self.record(),
+            "dtype": self.dtype_name,
+            "summary": summary,
+            "scores": prov.scores_fingerprint(values),
+        }
+        dataset.info.description = json.dumps(record, sort_keys=True)
+        parent, name = os.path.split(out)
+        with writing(parent, "cannot write the scored dataset there"):
+            tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+        try:
+            with writing(out, "cannot write the scored dataset"):
+                dataset.save_to_disk(tmp)
+                atomic_write_json(os.path.join(tmp, prov.PROVENANCE_FILE), record)
+                if os.path.isdir(out) and os.listdir(out):
+                    previous = prov.dataset_files(out)
+                    replace_own_files(tmp, out, previous, last=prov.PROVENANCE_FILE)
+                else:
+                    os.replace(tmp, out)  # new, or empty: the folder itself
+        finally:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp)  # its own scratch folder, of this run
+        self.remove_partial_dir()
 
     # -- the whole run -------------------------------------------------------------
-    def run(self, progress=None, stop_after_chunks=0, callback=None) -> Any:
-        if self.output_dir is not None:
-            if self.rank == 0:
-                self.check_output_dir()
-                self.prepare_partial_dir()
-            _barrier(self.world_size)
-            if self.rank != 0:
-                self.prepare_partial_dir()
-        mine = range(self.rank, len(self.chunks), self.world_size)
-        pending = [i for i in mine if not self.done(i)]
-        if len(pending) < len(mine) and self.rank == 0:
-            logger.info(f"resuming: {len(mine) - len(pending)} chunk(s) already scored")
-        if stop_after_chunks:
-            pending = pending[:stop_after_chunks]
-        bar = self.progress_bar(progress, sum(self.chunk_tokens(i) for i in pending))
-        was_training = self.model.training
-        self.model.to(self.device).eval()
-        try:
-            for i in pending:
-                self.score_chunk(i, bar)
-                if callback is not None:
-                    callback(i)
-        finally:
-            self.model.train(was_training)
-            if bar is not None:
-                bar.close()
-        logger.info(f"rank {self.rank}: scored {len(pending)} of {len(self.chunks)} chunks")
-        _barrier(self.world_size)
-        if not all(self.done(i) for i in range(len(self.chunks))):
-            left = sum(not self.done(i) for i in range(len(self.chunks)))
+    def score(self, progress=None, stop_after_chunks=0, callback=None) -> Any:
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = progress_bar(f"se-score --hf {self.metric}", True) if show else None
+        if not self.run(bar if self.rank == 0 else None, stop_after_chunks, callback):
+            left = len(self.missing_chunks())
             logger.info(f"{left} of {len(self.chunks)} chunks left in {self.partial_dir}")
             return None
         if self.output_dir is None:
             return self.scored_dataset()[0]
         if self.rank == 0:
             self.save(*self.scored_dataset())
-        _barrier(self.world_size)
+        self.barrier()
         import datasets
 
         return datasets.load_from_disk(self.output_dir)
-
-    def chunk_tokens(self, i: int) -> int:
-        first, last = self.chunks[i]
-        return int(self.offsets[last] - self.offsets[first])
-
-    def progress_bar(self, progress: Optional[bool], total: int) -> Any:
-        show = sys.stderr.isatty() if progress is None else progress
-        if not show or self.rank != 0:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(
-            total=total,
-            unit="tok",
-            unit_scale=True,
-            desc=f"se-score --hf {self.metric}",
-            file=sys.stderr,
-            smoothing=0.1,
-        )
 
 
 def _model_device(model: Any) -> Any:
