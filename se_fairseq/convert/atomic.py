@@ -1,10 +1,19 @@
-"""Writing the converted files atomically: each appears whole or not at all."""
+"""Writing the converted files atomically: each appears whole or not at all (through
+``se_fairseq.core.files``: a temporary name beside the target, fsync, rename; imported
+when a file is written, so that se-convert --help loads no numpy)."""
 
 import os
 import shutil
 import tempfile
 
 from .errors import ConversionError
+
+
+def tmp_path(path):
+    """The scratch name a file is written under before it is moved into place."""
+    from se_fairseq.core.files import temp_path
+
+    return temp_path(path)
 
 
 def unshared(state_dict):
@@ -20,31 +29,27 @@ def unshared(state_dict):
     return out
 
 
-def tmp_path(path):
-    """The scratch name a file is written under before it is moved into place."""
-    return f"{path}.tmp{os.getpid()}"
-
-
 def write_text(path, text):
-    from se_fairseq.data.score_file import atomic_write_text
+    from se_fairseq.core.files import atomic_write_text
 
-    atomic_write_text(path, text)
-    return path
+    return atomic_write_text(path, text)
 
 
 def copy_file(src, dst):
-    tmp = tmp_path(dst)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    from se_fairseq.core.files import atomic_path
+
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
     return dst
 
 
 def save_safetensors(state_dict, path):
     from safetensors.torch import save_file
 
-    tmp = tmp_path(path)
-    save_file(unshared(state_dict), tmp, metadata={"format": "pt"})
-    os.replace(tmp, path)
+    from se_fairseq.core.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file(unshared(state_dict), tmp, metadata={"format": "pt"})
     return path
 
 
@@ -66,14 +71,13 @@ def save_checkpoint(checkpoint, out):
     import torch
 
     from se_fairseq.checkpoint_safety import allowed_globals
+    from se_fairseq.core.files import atomic_path
 
-    tmp = tmp_path(out)
-    torch.save(checkpoint, tmp)
-    found, aliases = allowed_globals()
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in found} | {name for _, name in aliases}
-    unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(tmp)) - allowed
-    if unsafe:  # cannot happen with plain containers; never leave such a file behind
-        os.remove(tmp)
-        raise ConversionError(f"internal error: the checkpoint would pickle {sorted(unsafe)}")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        torch.save(checkpoint, tmp)
+        found, aliases = allowed_globals()
+        allowed = {f"{g.__module__}.{g.__qualname__}" for g in found} | {n for _, n in aliases}
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(tmp)) - allowed
+        if unsafe:  # cannot happen with plain containers; never leave such a file behind
+            raise ConversionError(f"internal error: the checkpoint would pickle {sorted(unsafe)}")
     return out

@@ -14,8 +14,8 @@ A split ``data-bin/train.{bin,idx}`` gets two files beside it:
 
 float16 keeps the file at the size of the token file; numpy, not torch, holds
 it (torch's uint16/float16 memory-mapping support is thin). Readers memory-map
-the array. Writers write to a temporary name and rename, so a file that
-exists is complete.
+the array. Writers write to a temporary name and rename (``se_fairseq.core.files``),
+so a file that exists is complete.
 """
 
 import hashlib
@@ -23,6 +23,8 @@ import json
 import os
 
 import numpy as np
+
+from se_fairseq.core.files import atomic_save_npy, atomic_write_json
 
 FORMAT = "se-fairseq-scores"
 VERSION = 1
@@ -126,27 +128,8 @@ def write(
     }
     meta.update(extra or {})
     atomic_save_npy(array_path, scores.astype(SCORE_DTYPE))
-    atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(meta_path, meta)
     return array_path, meta_path
-
-
-def atomic_save_npy(path, array):
-    """Write ``array`` as a plain .npy (no pickle) under a temporary name, then rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ScoreFile:
