@@ -506,7 +506,7 @@ def test_a_model_predicting_one_class_is_recorded_and_warned_about(
     doc = ft_results.summarize(records, ["c"], ["mytask"])
     assert doc["single_class"] == [{"checkpoint": "c", "task": "mytask", "seeds": {"1": "a"}}]
     md = ft_results.markdown(doc)
-    assert "**Warning: 1 runs predicted a single class**" in md
+    assert "**Warning: single-class predictions.**" in md
     assert "- c on mytask: every dev example got the same class ('a' on seed 1)" in md
 
 

@@ -315,9 +315,9 @@ def markdown(doc: ResultsDocument) -> str:
     if single:
         lines += [
             "",
-            f"**Warning: {sum(len(s['seeds']) for s in single)} runs predicted a single class** "
-            "for every dev example (their metric is that class's alone, not evidence the task "
-            "was learned):",
+            "**Warning: single-class predictions.** These runs gave every dev example the "
+            "same class (their metric is that class's alone, not evidence the task was "
+            "learned):",
             "",
         ]
         lines += [f"- {single_class_warning(s)}" for s in single]
