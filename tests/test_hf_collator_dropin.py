@@ -424,12 +424,6 @@ def test_mlm_probability_0_and_1_are_accepted(tokenizer, probability):
 # test_data_collator_for_language_modeling of earlier versions of the file (e.g.
 # huggingface/transformers @ b45351d3f3159db0a941c5c5c98ef44e1abaea91): the masked-LM
 # collator on examples given as lists of ids, not dicts
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="examples given as plain lists of ids (not dicts) are refused with a TypeError; "
-    "DataCollatorForLanguageModeling pads them (_torch_collate_batch) and masks them",
-)
 def test_examples_as_lists_of_ids(tokenizer):
     features = framed(tokenizer, [30, 60], seed=8)
     batch = random_collator(tokenizer)([list(f["input_ids"]) for f in features])
@@ -558,13 +552,6 @@ def test_whole_word_mask_forces_the_mask_token(tokenizer):
 # test_mlm_mode and the others call transformers.set_seed(42) "for reproducibility": with
 # seed=None, transformers' collator draws from the global torch RNG, which the Trainer
 # seeds from TrainingArguments.seed
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="seed=None means the fixed seed 1 (fairseq's default), not the global RNG: "
-    "transformers.set_seed (and so TrainingArguments.seed in a plain Trainer) does not "
-    "change the masks",
-)
 def test_seed_none_follows_the_global_rng(tokenizer):
     from transformers import set_seed
 
@@ -596,10 +583,11 @@ def test_identical_examples_are_masked_independently(tokenizer):
 # range(len(tokenizer))
 @pytest.mark.xfail(
     strict=True,
-    raises=RuntimeWarning,
-    reason="with a vocabulary of special tokens only (transformers' test tokenizer) the "
-    "random-replacement distribution is 0/0: numpy warns 'invalid value encountered in "
-    "divide' at construction and every 'random' replacement is the mask id",
+    raises=ValueError,
+    reason="with a vocabulary of special tokens only (transformers' test tokenizer) there is "
+    "no ordinary token to draw a random replacement from: the collator refuses "
+    "random_replace_prob > 0 (an OptionError); transformers draws from every id, specials "
+    "included",
 )
 def test_transformers_test_vocabulary():
     tok = BertTokenizerFast(vocab={"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "[PAD]": 3, "[MASK]": 4})

@@ -15,9 +15,11 @@ import torch
 from se_fairseq.core.options import (
     MASKED_LM_LEAVE_UNMASKED_PROB,
     MASKED_LM_RANDOM_TOKEN_PROB,
+    OptionError,
     Spelling,
     check_masking,
 )
+from se_fairseq.core.schedule import Rates
 from se_fairseq.ops import select
 from se_fairseq.ops.reference import splitmix64
 
@@ -199,6 +201,14 @@ class SelfEvolutionMasker:
         self.word_begins = None if mask_whole_words is None else mask_whole_words.bool()
         weights = np.ones(len(special)) if counts is None else counts.copy()
         weights[special.numpy()] = 0
+        if weights.sum() == 0:  # every id special: nothing to draw a replacement from
+            if random_token_prob > 0:
+                raise OptionError(
+                    f"random_token_prob is {random_token_prob} but every one of the "
+                    f"{len(special)} ids of the vocabulary is special: there is no token to "
+                    "replace a selected one with"
+                )
+            weights = np.ones(len(special))
         self.replacement_cdf = np.cumsum(weights / weights.sum())
         self._cdf_by_device: dict[torch.device, torch.Tensor] = {}
 
@@ -208,16 +218,19 @@ class SelfEvolutionMasker:
         """tokens (B, L) int64 padded, scores (B, L) float, indices (B,) sample ids."""
         return self.mask(tokens, scores, torch.from_numpy(row_seeds(self.seed, epoch, indices)))
 
-    def mask(self, tokens, scores, seeds, scored=None, word_begins=None):
+    def mask(self, tokens, scores, seeds, scored=None, word_begins=None, rates=None):
         """Masks a batch on its own device; ``seeds`` from ``row_seeds``.
 
         ``scored`` (bool, like ``tokens``; None = all): positions that hold a score;
         the others are not eligible (never selected, not counted in the budget).
         ``word_begins`` (bool, like ``tokens``; None = the vocabulary's table, if any):
         the positions that start a word, for whole-word selection.
+        ``rates`` (``Rates``; None = the masker's own): the mask rate and random share of
+        this batch, e.g. a schedule's at the current step.
         Returns (source, target): target holds the original token at every
         selected position and pad elsewhere.
         """
+        rates = self.rates if rates is None else rates
         # isin over the few special ids: a lookup in the vocabulary-sized table is ~200x
         # slower on CPU (bool advanced indexing)
         eligible = ~torch.isin(tokens, self._special_ids_on(tokens.device))
@@ -225,31 +238,32 @@ class SelfEvolutionMasker:
             eligible &= scored.to(tokens.device)
         seeds = seeds.to(tokens.device)
         if word_begins is None and self.word_begins is None:
-            selected, fallback = self._select(scores, eligible, seeds)
+            selected, fallback = self._select(scores, eligible, seeds, rates)
             unit_of = None
         else:
             selected, fallback, unit_of = self._select_words(
-                tokens, scores, eligible, seeds, word_begins
+                tokens, scores, eligible, seeds, word_begins, rates
             )
         return self._replace(tokens, selected, seeds, unit_of, fallback)
 
-    def _select(self, scores, eligible, seeds):
+    def _select(self, scores, eligible, seeds, rates=None):
         """(selected, rows that fell back to random masking or None)."""
+        rates = self.rates if rates is None else rates
         if self.mode == "random":
-            return self._bernoulli(eligible, seeds), None
+            return self._bernoulli(eligible, seeds, rates.mask_prob), None
         if self.mode == "threshold":
             selected = select(scores, eligible, seeds, mode="threshold", threshold=self.threshold)
             if not self.threshold_fallback:
                 return selected, None
             fallback = ~selected.any(dim=1)
-            at_random = self._uniform(eligible, seeds, ratio=self.mask_prob)
+            at_random = self._uniform(eligible, seeds, ratio=rates.mask_prob)
             return torch.where(fallback[:, None], at_random, selected), fallback
-        if self.random_share == 0.0:
+        if rates.random_share == 0.0:
             return select(
                 scores,
                 eligible,
                 seeds,
-                ratio=self.mask_prob,
+                ratio=rates.mask_prob,
                 mode=self.mode,
                 temperature=self.temperature,
             ), None
@@ -257,11 +271,11 @@ class SelfEvolutionMasker:
             scores,
             eligible,
             seeds,
-            ratio=self.mask_prob,
+            ratio=rates.mask_prob,
             mode=self.mode,
             temperature=self.temperature,
         ).sum(dim=1)
-        num_random = torch.floor(budget * self.random_share + 0.5).long()
+        num_random = torch.floor(budget * rates.random_share + 0.5).long()
         by_score = select(
             scores,
             eligible,
@@ -285,14 +299,15 @@ class SelfEvolutionMasker:
             mode="sample",
         )
 
-    def _bernoulli(self, eligible, seeds):
+    @staticmethod
+    def _bernoulli(eligible, seeds, mask_prob):
         """Each eligible position selected with probability mask_prob, independently, from a
         stream of the row seed of its own (counter = position)."""
         stream = (seeds.long() ^ _signed64(_BERNOULLI_STREAM))[:, None]
         positions = torch.arange(eligible.size(1), dtype=torch.int64, device=eligible.device)
-        return eligible & (_hash_uniform(stream, positions[None, :]) <= self.mask_prob)
+        return eligible & (_hash_uniform(stream, positions[None, :]) <= mask_prob)
 
-    def _select_words(self, tokens, scores, eligible, seeds, word_begins=None):
+    def _select_words(self, tokens, scores, eligible, seeds, word_begins=None, rates=None):
         """Whole-word selection: a word scores its highest token score. Words begin where
         ``word_begins`` (positions) says, else where the vocabulary's table does."""
         if word_begins is None:
@@ -311,7 +326,7 @@ class SelfEvolutionMasker:
             (tokens.size(0), num_words), dtype=torch.bool, device=tokens.device
         )
         word_eligible.scatter_(1, word_of, eligible)
-        chosen, fallback = self._select(word_scores, word_eligible, seeds)
+        chosen, fallback = self._select(word_scores, word_eligible, seeds, rates)
         return chosen.gather(1, word_of), fallback, word_of
 
     def _replace(self, tokens, selected, seeds, unit_of, fallback=None):
@@ -351,6 +366,11 @@ class SelfEvolutionMasker:
         replacement = replacement.clamp_(max=len(cdf) - 1).to(tokens.dtype)
         source = torch.where(selected & ~keep & ~randomize, mask_idx, tokens)
         return torch.where(randomize, replacement, source), target
+
+    @property
+    def rates(self) -> Rates:
+        """The masker's own rates (those it was built with)."""
+        return Rates(self.mask_prob, self.random_share)
 
     def _special_ids_on(self, device):
         """The special ids (int64) on ``device``, copied there once."""

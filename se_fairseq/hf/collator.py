@@ -152,7 +152,9 @@ class DataCollatorForSelfEvolution:
         self.random_replace_prob = random_replace
         self.pad_to_multiple_of = pad_to_multiple_of
         self.return_tensors = return_tensors
-        self.seed = 1 if seed is None else int(seed)  # fairseq's default seed
+        # unset: torch's seed when the collator is made (transformers.set_seed, which
+        # run_mlm.py and the Trainer call, sets it), so another run seed gives other masks
+        self.seed = torch.initial_seed() if seed is None else int(seed)
         self.select = select
         self.threshold = threshold
         self.threshold_fallback = threshold_fallback
@@ -238,11 +240,13 @@ class DataCollatorForSelfEvolution:
         if len(examples) == 0:
             raise ValueError("DataCollatorForSelfEvolution got an empty list of examples")
         if not isinstance(examples[0], Mapping):
-            raise TypeError(
-                "DataCollatorForSelfEvolution takes examples as dicts with input_ids, "
-                f"{self.index_column!r} and {self.scores_column!r} (got "
-                f"{type(examples[0]).__name__}); see se_fairseq.hf.with_example_index"
-            )
+            if not isinstance(examples[0], list | tuple | torch.Tensor | np.ndarray):
+                raise TypeError(
+                    "DataCollatorForSelfEvolution takes examples as dicts with input_ids (and "
+                    f"optionally {self.index_column!r} and {self.scores_column!r}) or as lists "
+                    f"of token ids, not {type(examples[0]).__name__}"
+                )
+            examples = [{"input_ids": ex} for ex in examples]  # as transformers' collator
         ids = [_as_list(ex["input_ids"]) for ex in examples]
         indices = self._indices(examples, ids)
         # how messages name an example: its index, else its place in the batch
