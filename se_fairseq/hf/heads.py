@@ -10,11 +10,14 @@ runs only on the rows that need it (the labelled positions of the masked forward
 eligible ones of the reference forward, in chunks): no (tokens x vocab) tensor larger
 than a chunk exists.
 
-How: while the model runs, the projection's forward is the identity, so the model's
-``logits`` are the transformed features; the core's scoring ``Head`` then projects chosen
-rows with the projection's own weight and bias. A model whose head does not end with that
-module called once on the features (its logits differ, checked once on the first batch at
-one row) is run densely, with one warning naming its class.
+How: while the model runs, the projection module is called on the rows that need it
+only (the training forward: it runs inside the model's forward, so data-parallel wrappers
+see every weight used there), or is the identity (the reference forward, eval mode
+without gradient: the model's ``logits`` are then the transformed features, which the
+core's scoring ``Head`` projects chunk by chunk with the projection's weight and bias). A
+model whose head does not end with that module called once on the features (its logits
+differ, checked once on the first batch at one row) is run densely, with one warning
+naming its class.
 """
 
 import logging
@@ -53,6 +56,11 @@ class DenseHead:
 
     def features(self, model: Any, inputs: Mapping[str, Any]) -> torch.Tensor:
         return _logits_of(model(**inputs))
+
+    def logits_at(
+        self, model: Any, inputs: Mapping[str, Any], selected: torch.Tensor
+    ) -> torch.Tensor:
+        return _logits_of(model(**inputs))[selected]
 
     def head(self, rows: torch.Tensor) -> tuple[torch.Tensor, None]:
         return rows, None
@@ -94,6 +102,27 @@ class SplitHead:
             )
         return features
 
+    def logits_at(
+        self, model: Any, inputs: Mapping[str, Any], selected: torch.Tensor
+    ) -> torch.Tensor:
+        """The model's logits at the ``selected`` positions (bool, batch x length) only,
+        in row-major order: the projection runs on those rows, inside the forward."""
+        project = self.projection.forward
+        calls: list = []
+
+        def on_selected(x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape)
+            return project(x[selected])
+
+        self.projection.forward = on_selected  # type: ignore[method-assign,assignment]
+        try:
+            logits = _logits_of(model(**inputs))
+        finally:
+            del self.projection.forward
+        if len(calls) != 1:
+            raise HeadSplitError(f"the projection ran {len(calls)} time(s), not once")
+        return logits
+
     def head(self, rows: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(rows @ W^T, bias): the projection of feature ``rows``, its bias not yet added."""
         return F.linear(rows, self.projection.weight), self.projection.bias
@@ -131,14 +160,22 @@ def _agrees(split: SplitHead, model: Any, inputs: Mapping[str, Any]) -> Optional
                 return str(err)
             logits, bias = split.head(features)
             rebuilt = (logits if bias is None else logits + bias).float()
+            everywhere = torch.ones(dense.shape[:-1], dtype=torch.bool, device=dense.device)
+            try:
+                at_rows = split.logits_at(inner, row, everywhere).float()
+            except HeadSplitError as err:
+                return str(err)
     finally:
         inner.train(was_training)
     if rebuilt.shape != dense.shape:
         return f"logits of shape {tuple(rebuilt.shape)} instead of {tuple(dense.shape)}"
-    scale = dense.abs().max().clamp(min=1.0)
-    if not torch.allclose(rebuilt, dense, rtol=1e-3, atol=1e-3 * float(scale)):
-        diff = float((rebuilt - dense).abs().max())
-        return f"its logits differ from the projection of the features by {diff:.3g}"
+    if at_rows.shape != (dense.shape[:-1].numel(), dense.shape[-1]):
+        return f"logits of shape {tuple(at_rows.shape)} at every position"
+    scale = float(dense.abs().max().clamp(min=1.0))
+    for got in (rebuilt, at_rows.reshape(dense.shape)):
+        if not torch.allclose(got, dense, rtol=1e-3, atol=1e-3 * scale):
+            diff = float((got - dense).abs().max())
+            return f"its logits differ from the projection of the features by {diff:.3g}"
     return None
 
 

@@ -243,7 +243,7 @@ class SelfEvolutionTrainer(Trainer):
         selected = labels.ne(IGNORE_INDEX)
         if head.sparse:
             outputs = None
-            logits = head_logits(head.head, head.features(model, inputs)[selected])
+            logits = head.logits_at(model, inputs, selected)
         else:
             outputs = model(**inputs)
             logits = (outputs["logits"] if isinstance(outputs, Mapping) else outputs[0])[selected]
