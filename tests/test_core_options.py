@@ -87,6 +87,23 @@ ARGUMENT_REFUSALS = [
         "--se_random_share splits the budget of --se_select topk or sample, not threshold",
     ),
     (["--tls_alpha", "1.5"], "--tls_alpha must lie in [0, 1], got 1.5"),
+    (
+        ["--se_mask_prob_schedule", "linear:0.3,0"],
+        "--se_mask_prob_schedule: schedule linear:0.3,0: rate 0 must lie in (0, 1)",
+    ),
+    (
+        ["--se_mask_prob_schedule", "steps:0.3,0.1"],
+        "--se_mask_prob_schedule: schedule 'steps:0.3,0.1': each rate after the first needs "
+        "@P, the progress where it starts (got '0.1')",
+    ),
+    (
+        ["--se_select", "threshold", "--se_random_share_schedule", "linear:1,0"],
+        "--se_random_share_schedule splits the budget of --se_select topk or sample, not threshold",
+    ),
+    (
+        ["--se_random_share", "0.5", "--se_random_share_schedule", "linear:1,0"],
+        "--se_random_share_schedule replaces --se_random_share: give one of them",
+    ),
 ]
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from se_fairseq.core.masking import SelfEvolutionMasker
+from se_fairseq.core.schedule import Rates
 from se_fairseq.core.scores import Head, head_logits, score_rows
 
 
@@ -65,6 +66,7 @@ def select_online(
     word_begins: Optional[torch.Tensor] = None,
     want_ref: bool = False,
     keep_logits: bool = True,
+    rates: Optional[Rates] = None,
 ) -> OnlineSelection:
     """Scores, selection and p_ref of one unmasked batch, from the reference forward's
     ``features`` (batch x length x dim) and the model's ``head`` over them.
@@ -73,7 +75,8 @@ def select_online(
     selected (the masker also skips its special ids). ``seeds``: the row seeds
     (``masking.row_seeds``). With ``want_ref``, p_ref comes from the logits kept while
     scoring when ``keep_logits`` and they fit the logits budget, else from the head run
-    again at the selected positions only."""
+    again at the selected positions only. ``rates``: this step's mask rate and random
+    share (a schedule's), else the masker's own."""
     rows, kept = score_rows(
         head,
         features[eligible],
@@ -84,7 +87,9 @@ def select_online(
     )
     scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
     scores[eligible] = rows
-    source, target = masker.mask(tokens, scores, seeds, scored=eligible, word_begins=word_begins)
+    source, target = masker.mask(
+        tokens, scores, seeds, scored=eligible, word_begins=word_begins, rates=rates
+    )
     ref_probs = None
     if want_ref:
         selected = target.ne(masker.pad)

@@ -10,8 +10,9 @@ the option the user wrote. The masker checks its own arguments the same way.
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
+from se_fairseq.core.schedule import Schedule, ScheduleError, check_rates, parse_schedule
 from se_fairseq.core.scores import METRICS
 from se_fairseq.ops.select import SELECT_MODES
 
@@ -94,7 +95,7 @@ class Spelling:
         return f"{self.name(option)} {listed}" if self.flags else f"{self.name(option)}={listed}"
 
 
-def _refuse(message: str) -> None:
+def _refuse(message: str) -> NoReturn:
     raise OptionError(message)
 
 
@@ -153,12 +154,16 @@ def check_masking(
     random_share: float = 0.0,
     temperature: float = 1.0,
     replacement: Optional[Sequence[Optional[float]]] = None,
+    mask_prob_schedule: Optional[str] = None,
+    random_share_schedule: Optional[str] = None,
 ) -> None:
     """Refuse (``OptionError``) masking options that cannot train, naming them with
     ``spelling``. ``metric`` None: the metric is not checked (nor a threshold's default);
     ``metric_choices`` None: any metric name; ``replacement``: the adapter's pair of
     replacement probabilities as given (None = unset), or None not to check them;
-    ``mask_prob`` None: not checked (an adapter that takes it elsewhere)."""
+    ``mask_prob`` None: not checked (an adapter that takes it elsewhere). The schedules
+    (``core.schedule`` text, None = constant) are read and held to the same bounds as the
+    rates they schedule."""
     name = spelling.name
     if select not in SELECT_CHOICES:
         _refuse(f"{name('select')} must be one of {', '.join(SELECT_CHOICES)}, not {select!r}")
@@ -205,6 +210,26 @@ def check_masking(
             f"{name('random_share')} splits the budget of "
             f"{spelling.setting('select', *BUDGET_MODES)}, not {spelling.value(select)}"
         )
+    if mask_prob_schedule is not None:
+        _check_schedule(spelling, "mask_prob_schedule", mask_prob_schedule, (False, False))
+    if random_share_schedule is not None:
+        shares = _check_schedule(
+            spelling, "random_share_schedule", random_share_schedule, (True, True)
+        )
+        if max(shares.values) > 0 and select not in BUDGET_MODES:
+            _refuse(
+                f"{name('random_share_schedule')} splits the budget of "
+                f"{spelling.setting('select', *BUDGET_MODES)}, not {spelling.value(select)}"
+            )
+
+
+def _check_schedule(spelling: Spelling, option: str, text: str, closed: tuple) -> Schedule:
+    try:
+        schedule = parse_schedule(text)
+        check_rates(schedule, 0.0, 1.0, closed)
+    except ScheduleError as err:
+        _refuse(f"{spelling.name(option)}: {err}")
+    return schedule
 
 
 def check_tls(spelling: Spelling, *, alpha: float, ref: str) -> None:

@@ -20,6 +20,15 @@ from dataclasses import dataclass
 KINDS = ("constant", "linear", "steps")
 
 
+@dataclass(frozen=True)
+class Rates:
+    """The mask rate of a batch (the share of eligible tokens, or words, to select) and the
+    share of that budget drawn uniformly (topk and sample)."""
+
+    mask_prob: float
+    random_share: float = 0.0
+
+
 class ScheduleError(ValueError):
     """A schedule that cannot be read (the message names the text and what is wrong)."""
 
@@ -111,8 +120,8 @@ def parse_schedule(spec: "str | float | Schedule") -> Schedule:
         if len(parts) != 2:
             raise ScheduleError(f"schedule {text!r}: linear takes START,END[@P]")
         end, _, reach = parts[1].partition("@")
-        values = (_number(parts[0], "rate", text), _number(end, "rate", text))
-        return Schedule("linear", values, (0.0, _progress(reach, text) if reach else 1.0))
+        ends = (_number(parts[0], "rate", text), _number(end, "rate", text))
+        return Schedule("linear", ends, (0.0, _progress(reach, text) if reach else 1.0))
     values, at = [_number(parts[0], "rate", text)], [0.0]
     for part in parts[1:]:
         rate, sep, begins = part.partition("@")
@@ -139,3 +148,21 @@ def check_rates(schedule: Schedule, low: float, high: float, closed: Sequence[bo
             raise ScheduleError(
                 f"schedule {schedule}: rate {value:g} must lie in {left}{low:g}, {high:g}{right}"
             )
+
+
+@dataclass(frozen=True)
+class RateSchedules:
+    """The mask rate's and the random share's schedules of a run."""
+
+    mask_prob: Schedule
+    random_share: Schedule
+
+    @classmethod
+    def parse(
+        cls, mask_prob: "str | float | Schedule", random_share: "str | float | Schedule"
+    ) -> "RateSchedules":
+        return cls(parse_schedule(mask_prob), parse_schedule(random_share))
+
+    def at(self, progress: float) -> Rates:
+        """The rates at ``progress`` (0 = the first update, 1 = the last)."""
+        return Rates(self.mask_prob(progress), self.random_share(progress))

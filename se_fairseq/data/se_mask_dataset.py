@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from fairseq.data import FairseqDataset, data_utils
 
-from se_fairseq.core.constants import ONLINE_SEEDS
+from se_fairseq.core.constants import ONLINE_SEEDS, SCORES_COLUMN
 from se_fairseq.core.masking import row_seeds
 
 logger = logging.getLogger(__name__)
@@ -20,9 +20,11 @@ class SelfEvolutionMaskDataset(FairseqDataset):
     (original token at selected positions, pad elsewhere), ``ntokens``,
     ``nsentences`` and ``id``.
 
-    Online mode (``scores`` and ``masker`` None): the batch stays unmasked and
-    carries ``ONLINE_SEEDS`` (one int64 per row); the task scores it with the
-    live model and masks it in ``train_step``.
+    Masked in the train step (``masker`` None): the batch stays unmasked and carries
+    ``ONLINE_SEEDS`` (one int64 per row) and, with ``scores``, the padded scores under
+    ``SCORES_COLUMN`` (NaN where unscored); the task masks it in ``train_step``: online SE
+    (no scores: it scores the batch with the live model) and rate schedules (the mask
+    rate of the step).
     """
 
     def __init__(self, tokens, scores, masker, pad_idx, seed):
@@ -36,8 +38,8 @@ class SelfEvolutionMaskDataset(FairseqDataset):
         self._warned_empty = False
 
     @property
-    def online(self):
-        return self.scores is None
+    def masked_in_step(self):
+        return self.masker is None
 
     @property
     def can_reuse_epoch_itr_across_epochs(self):
@@ -84,12 +86,17 @@ class SelfEvolutionMaskDataset(FairseqDataset):
         seeds = torch.from_numpy(row_seeds(self.seed, self.epoch, ids.numpy()))
         lengths = torch.tensor([len(s["tokens"]) for s in samples], dtype=torch.long)
         batch = {"id": ids, "nsentences": len(samples), "ntokens": int(lengths.sum())}
-        if self.online:
+        scores = None
+        if self.scores is not None:
+            scores = data_utils.collate_tokens([s["scores"].float() for s in samples], 0.0)
+        if self.masked_in_step:
             batch["net_input"] = {"src_tokens": tokens, "src_lengths": lengths}
             batch["target"] = torch.full_like(tokens, self.pad_idx)
             batch[ONLINE_SEEDS] = seeds
+            if scores is not None:
+                batch[SCORES_COLUMN] = scores
             return batch
-        scores = data_utils.collate_tokens([s["scores"].float() for s in samples], 0.0)
+        assert scores is not None
         unscored = torch.isnan(scores)  # tokens the score file records as unscored
         if unscored.any():
             source, target = self.masker.mask(

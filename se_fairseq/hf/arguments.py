@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from se_fairseq.core import options
 from se_fairseq.core.constants import SCORES_COLUMN
+from se_fairseq.core.schedule import RateSchedules
 from se_fairseq.core.scores import METRICS
 
 # the core's options as the script's command line spells them
@@ -20,6 +21,8 @@ SPELLING = options.Spelling(
         "temperature": "--se_temperature",
         "tls_alpha": "--tls_alpha",
         "tls_ref": "--tls_ref",
+        "mask_prob_schedule": "--se_mask_prob_schedule",
+        "random_share_schedule": "--se_random_share_schedule",
     },
     replacement="mask_random",
 )
@@ -79,6 +82,24 @@ class SelfEvolutionArguments:
             "the device, then trains on the masked batch"
         },
     )
+    se_mask_prob_schedule: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "the training mask rate over training progress (step / max steps): a rate, "
+            "linear:START,END[@P], or steps:R0,R1@P1,R2@P2... (e.g. steps:0.3,0.15@0.5,0.05@0.8); "
+            "training batches are then masked in the train step at the step's rate (SE's "
+            "per-example budget and --se_select random alike); evaluation masks at "
+            "--mlm_probability"
+        },
+    )
+    se_random_share_schedule: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "--se_random_share over training progress, written as "
+            "--se_mask_prob_schedule (e.g. linear:1,0 starts fully random and moves to SE); "
+            "instead of --se_random_share"
+        },
+    )
     se_scores_column: str = field(
         default=SCORES_COLUMN,
         metadata={"help": "the dataset column holding the per-token scores (offline SE)"},
@@ -116,8 +137,28 @@ class SelfEvolutionArguments:
             threshold=self.se_threshold,
             random_share=self.se_random_share,
             temperature=self.se_temperature,
+            mask_prob_schedule=self.se_mask_prob_schedule,
+            random_share_schedule=self.se_random_share_schedule,
         )
+        if self.se_random_share_schedule is not None and self.se_random_share != 0.0:
+            raise options.OptionError(
+                "--se_random_share_schedule replaces --se_random_share: give one of them"
+            )
         options.check_tls(SPELLING, alpha=self.tls_alpha, ref=self.tls_ref)
+
+    @property
+    def has_schedule(self) -> bool:
+        return self.se_mask_prob_schedule is not None or self.se_random_share_schedule is not None
+
+    def rate_schedules(self, mlm_probability: float) -> Optional[RateSchedules]:
+        """The training rates' schedules (None without a schedule); unscheduled rates are
+        constant at ``mlm_probability`` and --se_random_share."""
+        if not self.has_schedule:
+            return None
+        return RateSchedules.parse(
+            self.se_mask_prob_schedule or mlm_probability,
+            self.se_random_share_schedule or self.se_random_share,
+        )
 
     def collator_kwargs(self) -> dict[str, Any]:
         """The DataCollatorForSelfEvolution keyword arguments these options set."""

@@ -201,10 +201,7 @@ class DataCollatorForSelfEvolution:
             examples, self.select != "random"
         )
         if scores is not None:
-            unscored = torch.isnan(scores)
-            if unscored.any():
-                scored &= ~unscored
-                scores = scores.masked_fill(unscored, 0.0)
+            scores, scored = _without_nan(scores, scored)
         else:
             scores = torch.zeros(scored.shape, dtype=torch.float32)
         seeds = torch.from_numpy(row_seeds(self.seed, self.epoch, indices))
@@ -215,24 +212,30 @@ class DataCollatorForSelfEvolution:
         batch["labels"] = labels
         return batch
 
-    def pad_unmasked(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        """The batch padded but not masked, for online SE (``SelfEvolutionTrainer`` masks
-        it on the device after scoring it): no labels, and under ``ONLINE_SEEDS`` /
-        ``ONLINE_ELIGIBLE`` / ``ONLINE_WORD_BEGINS`` what ``masker.mask`` needs besides
-        the scores: the row seeds of (seed, epoch, example index) as ``__call__`` uses
-        them, the positions that may be selected (not padding, not in a given
-        ``special_tokens_mask``; the masker itself skips the special ids), and with
-        ``whole_word_mask`` the positions that start a word. No scores column is read."""
-        batch, scored, indices, word_begins, _ = self._padded(examples, with_scores=False)
+    def pad_unmasked(
+        self, examples: Sequence[Mapping[str, Any]], with_scores: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """The batch padded but not masked, for ``SelfEvolutionTrainer`` to mask on the
+        device: online SE (after scoring it) and rate schedules (at the step's rate). No
+        labels, and under ``ONLINE_SEEDS`` / ``ONLINE_ELIGIBLE`` / ``ONLINE_WORD_BEGINS``
+        what ``masker.mask`` needs: the row seeds of (seed, epoch, example) as
+        ``__call__`` uses them, the positions that may be selected (not padding, not in a
+        given ``special_tokens_mask``, not a NaN score; the masker itself skips the special
+        ids), and with ``whole_word_mask`` the positions that start a word. With
+        ``with_scores`` (offline SE) the padded scores too, under the scores column."""
+        batch, scored, indices, word_begins, scores = self._padded(examples, with_scores)
         batch[ONLINE_SEEDS] = torch.from_numpy(row_seeds(self.seed, self.epoch, indices))
+        if scores is not None:
+            scores, scored = _without_nan(scores, scored)
+            batch[self.scores_column] = scores
         batch[ONLINE_ELIGIBLE] = scored
         if word_begins is not None:
             batch[ONLINE_WORD_BEGINS] = word_begins
         return batch
 
-    def padding_only(self) -> "UnmaskedPadding":
+    def padding_only(self, with_scores: bool = False) -> "UnmaskedPadding":
         """A collator (picklable, for DataLoader workers) that calls ``pad_unmasked``."""
-        return UnmaskedPadding(self)
+        return UnmaskedPadding(self, with_scores)
 
     def _padded(self, examples, with_scores):
         """(padded batch, eligible positions, example indices, word starts or None,
@@ -358,13 +361,15 @@ class DataCollatorForSelfEvolution:
 
 
 class UnmaskedPadding:
-    """The collator of an online-SE DataLoader: ``collator.pad_unmasked``."""
+    """The collator of a DataLoader whose batches the trainer masks:
+    ``collator.pad_unmasked``."""
 
-    def __init__(self, collator: DataCollatorForSelfEvolution) -> None:
+    def __init__(self, collator: DataCollatorForSelfEvolution, with_scores: bool = False) -> None:
         self.collator = collator
+        self.with_scores = with_scores
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        return self.collator.pad_unmasked(examples)
+        return self.collator.pad_unmasked(examples, self.with_scores)
 
 
 class SelfEvolutionEpochCallback(TrainerCallback):
@@ -406,6 +411,14 @@ def with_example_index(dataset: Any, column: str = INDEX_COLUMN) -> ExampleIndex
     """``dataset`` (a list of dicts, a torch Dataset, a ``datasets.Dataset``) with each
     item's index added under ``column``."""
     return ExampleIndexDataset(dataset, column)
+
+
+def _without_nan(scores: torch.Tensor, scored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """NaN scores (unscored tokens) become 0 and leave the eligible positions."""
+    unscored = torch.isnan(scores)
+    if not unscored.any():
+        return scores, scored
+    return scores.masked_fill(unscored, 0.0), scored & ~unscored
 
 
 def content_key(ids: Sequence[int]) -> int:

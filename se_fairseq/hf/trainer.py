@@ -26,6 +26,7 @@ from transformers import Trainer
 
 from se_fairseq.core.constants import IGNORE_INDEX, ONLINE_SEEDS, REF_PROBS
 from se_fairseq.core.online import reference_forward, select_online
+from se_fairseq.core.schedule import Rates
 from se_fairseq.core.scores import head_logits
 from se_fairseq.hf.arguments import SelfEvolutionArguments
 from se_fairseq.hf.collator import (
@@ -81,8 +82,12 @@ class SelfEvolutionTrainer(Trainer):
         # evaluation: the collator's own masking offline when the split has scores;
         # random masking in online mode and for splits without scores (se_mlm's valid)
         self._random_collator = _random_masking_like(collator)
-        if se_args.se_online:
-            kwargs["data_collator"] = collator.padding_only()
+        # masked in the train step: online SE (scored with the live model) and rate
+        # schedules (the step's rate); the DataLoader only pads
+        self.rates = se_args.rate_schedules(collator.mlm_probability)
+        if se_args.se_online or self.rates is not None:
+            with_scores = not se_args.se_online and collator.select != "random"
+            kwargs["data_collator"] = collator.padding_only(with_scores)
         self._head: SplitHead | DenseHead | None = None
         super().__init__(*args, **kwargs)
         self.add_callback(SelfEvolutionEpochCallback(collator))
@@ -153,9 +158,45 @@ class SelfEvolutionTrainer(Trainer):
                 batches.append(next(epoch_iterator))
             except StopIteration:
                 break
+        rates = self._rates_now()
         if self.se_args.se_online:
-            batches = [self._mask_online(batch) for batch in batches]
+            batches = [self._mask_online(batch, rates) for batch in batches]
+        elif self.rates is not None:
+            batches = [self._mask_in_step(batch, rates) for batch in batches]
         return batches, self._count_labels(batches, device)
+
+    def _rates_now(self) -> Optional[Rates]:
+        """The scheduled rates of the coming optimizer step (progress = steps done / max
+        steps), logged with the step's metrics; None without a schedule."""
+        if self.rates is None:
+            return None
+        progress = self.state.global_step / max(self.state.max_steps, 1)
+        return self.rates.at(progress)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """The Trainer's log, with the scheduled rates of the current step."""
+        if self.rates is not None and "loss" in logs:
+            rates = self.rates.at(self.state.global_step / max(self.state.max_steps, 1))
+            logs["mask_prob"] = round(rates.mask_prob, 4)
+            if self.se_args.se_random_share_schedule is not None:
+                logs["random_share"] = round(rates.random_share, 4)
+        super().log(logs, *args, **kwargs)
+
+    def _mask_in_step(self, batch: dict, rates: Optional[Rates]) -> dict:
+        """Mask a padded, unmasked batch at ``rates``: from its scores (offline SE), at
+        random with --se_select random."""
+        batch = self._prepare_inputs(batch)
+        seeds = batch.pop(ONLINE_SEEDS)
+        eligible = batch.pop(ONLINE_ELIGIBLE)
+        word_begins = batch.pop(ONLINE_WORD_BEGINS, None)
+        tokens = batch["input_ids"]
+        scores = batch.pop(self.se_collator.scores_column, None)
+        if scores is None:
+            scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+        batch["input_ids"], batch["labels"] = self.se_collator.masker.mask(
+            tokens, scores, seeds, scored=eligible, word_begins=word_begins, rates=rates
+        )
+        return batch
 
     def _count_labels(self, batches: list, device: torch.device) -> Optional[torch.Tensor]:
         """The masked tokens of the accumulated batch (over all ranks with
@@ -175,7 +216,7 @@ class SelfEvolutionTrainer(Trainer):
             count = self.accelerator.gather(count).sum()
         return count
 
-    def _mask_online(self, batch: dict) -> dict:
+    def _mask_online(self, batch: dict, rates: Optional[Rates] = None) -> dict:
         """se_mlm's mask_online on a padded transformers batch: reference forward of the
         unmasked batch, scores, selection with the collator's masker, masked batch (and
         p_ref at the selected positions when TLS needs it)."""
@@ -205,6 +246,7 @@ class SelfEvolutionTrainer(Trainer):
                 word_begins=word_begins,
                 want_ref=self._needs_reference(),
                 keep_logits=head.sparse,  # dense: the logits are there already
+                rates=rates,
             )
         if step.ref_probs is not None:
             batch[REF_PROBS] = step.ref_probs

@@ -9,6 +9,7 @@ import logging
 import os
 
 import numpy as np
+import torch
 from fairseq import metrics, utils
 from fairseq.data import (
     MaskTokensDataset,
@@ -23,7 +24,7 @@ from fairseq.data.shorten_dataset import maybe_shorten_dataset
 from fairseq.tasks import register_task
 from fairseq.tasks.masked_lm import MaskedLMTask
 
-from se_fairseq.core.constants import ONLINE_SEEDS
+from se_fairseq.core.constants import ONLINE_SEEDS, SCORES_COLUMN
 from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion
 from se_fairseq.data import score_file
 from se_fairseq.data.epoch_sync_dataset import EpochSyncDataset
@@ -54,7 +55,8 @@ class SelfEvolutionMLMTask(MaskedLMTask):
 
     def __init__(self, cfg, dictionary=None):
         _check_config(cfg)
-        self._online_masker = None
+        self._step_masker = None
+        self.rates = se_mlm_config.rate_schedules(cfg)
         self.leave_unmasked_prob, self.random_token_prob = resolved_replacement(cfg)
         super().__init__(cfg, dictionary)
 
@@ -65,6 +67,11 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         self.datasets[split] = EpochSyncDataset(dataset)
 
     def _load_split(self, split, epoch, combine):
+        if self.rates is not None and split == self.cfg.train_subset and not self.cfg.se_online:
+            if self.cfg.se_select == "random":
+                return self._load_unmasked_split(split, epoch, combine)
+            prefix = self._score_prefix(split, epoch)
+            return self._load_scored_split(split, epoch, combine, prefix, in_step=True)
         if self.cfg.se_select == "random":
             return self._load_random_split(split, epoch, combine)
         if self.cfg.se_online:
@@ -117,7 +124,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             shuffle = np.random.permutation(len(source))
         return SortDataset(dataset, sort_order=[shuffle, source.sizes])
 
-    def _load_scored_split(self, split, epoch, combine, prefix):
+    def _load_scored_split(self, split, epoch, combine, prefix, in_step=False):
         split_path = self._split_path(split, epoch)
         scores = score_file.ScoreFile(prefix, split_path)
         se_mlm_config.check_score_file(self.cfg, scores)
@@ -145,7 +152,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         if masker.mode == "threshold":
             self._report_threshold(scores, masker)
         dataset = SelfEvolutionMaskDataset(
-            blocks[0], blocks[1], masker, self.dictionary.pad(), self.cfg.seed
+            blocks[0], blocks[1], None if in_step else masker, self.dictionary.pad(), self.cfg.seed
         )
         return self._shuffled(dataset)
 
@@ -198,6 +205,16 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             logger.warning(message + ": no token is ever masked, every step trains on nothing")
         else:
             logger.info(message)
+
+    def _load_unmasked_split(self, split, epoch, combine):
+        """Blocks the train step masks (here: --se-select random at a scheduled rate)."""
+        blocks = self._load_dataset_split(split, epoch, combine)  # brings --shorten-method
+        logger.info(
+            f"{split}: --se-select random at the rates of {self.rates}, masked in the train "
+            "step (each eligible token with the step's probability)"
+        )
+        dataset = SelfEvolutionMaskDataset(blocks, None, None, self.dictionary.pad(), self.cfg.seed)
+        return self._shuffled(dataset)
 
     def _load_online_split(self, split, epoch, combine):
         blocks = self._load_dataset_split(split, epoch, combine)  # brings --shorten-method
@@ -276,7 +293,11 @@ class SelfEvolutionMLMTask(MaskedLMTask):
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if ONLINE_SEEDS in sample:
-            sample = self.mask_online(sample, model, criterion)
+            rates = self.rates_at(update_num)
+            if self.cfg.se_online:
+                sample = self.mask_online(sample, model, criterion, rates)
+            else:
+                sample = self.mask_in_step(sample, rates)
         if self.cfg.se_select == "threshold" and sample.get("target") is not None:
             # the threshold sets how much is masked: log it (percent of the batch's tokens;
             # tensors, so no host sync per step)
@@ -285,16 +306,50 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             metrics.log_scalar("masked_pct", 100.0 * masked / max(ntokens, 1), ntokens, round=1)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
-    def mask_online(self, sample, model, criterion):
+    def rates_at(self, update_num):
+        """The scheduled rates of update ``update_num`` (None without a schedule), logged."""
+        if self.rates is None:
+            return None
+        max_update = se_mlm_config.max_update(self.cfg)
+        rates = self.rates.at(update_num / max_update)
+        metrics.log_scalar("mask_prob", rates.mask_prob, round=3)
+        if self.cfg.se_random_share_schedule is not None:
+            metrics.log_scalar("random_share", rates.random_share, round=3)
+        return rates
+
+    def step_masker(self):
+        if self._step_masker is None:
+            self._step_masker = self.build_masker()
+        return self._step_masker
+
+    def mask_online(self, sample, model, criterion, rates=None):
         """Score the unmasked batch with the live model, select, mask; keep p_ref for TLS
-        (se_mlm_online.mask_online, with the masker of the options)."""
-        if self._online_masker is None:
-            self._online_masker = self.build_masker()
+        (se_mlm_online.mask_online, with the masker of the options, at ``rates``)."""
         return se_mlm_online.mask_online(
             sample,
             model,
             criterion,
-            self._online_masker,
+            self.step_masker(),
             self.dictionary.pad(),
             str(self.cfg.se_metric),
+            rates,
         )
+
+    def mask_in_step(self, sample, rates):
+        """Mask a batch that came unmasked (a rate schedule): from its scores (NaN: not
+        eligible), or at random with --se-select random, at ``rates``."""
+        tokens = sample["net_input"]["src_tokens"]
+        scores = sample.get(SCORES_COLUMN)
+        scored = None
+        if scores is None:
+            scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+        else:
+            scored = ~torch.isnan(scores)
+            scores = scores.masked_fill(~scored, 0.0)
+        source, target = self.step_masker().mask(
+            tokens, scores, sample[ONLINE_SEEDS], scored=scored, rates=rates
+        )
+        masked = {k: v for k, v in sample.items() if k not in (ONLINE_SEEDS, SCORES_COLUMN)}
+        masked["net_input"] = dict(sample["net_input"], src_tokens=source)
+        masked["target"] = target
+        return masked

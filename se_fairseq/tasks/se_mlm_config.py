@@ -23,6 +23,7 @@ from omegaconf import II
 
 from se_fairseq.core import options
 from se_fairseq.core.masking import SelfEvolutionMasker
+from se_fairseq.core.schedule import RateSchedules
 from se_fairseq.data import score_file
 
 SE_SELECT_CHOICES = ChoiceEnum(list(options.SELECT_CHOICES))
@@ -43,6 +44,8 @@ SPELLING = options.Spelling(
         "replace_second": "--random-token-prob",
         "tls_alpha": "--tls-alpha",
         "tls_ref": "--tls-ref",
+        "mask_prob_schedule": "--mask-prob-schedule",
+        "random_share_schedule": "--se-random-share-schedule",
     },
     replacement="leave_random",
 )
@@ -110,6 +113,23 @@ class SelfEvolutionMLMConfig(MaskedLMConfig):
             "1 = random positions with SE's budget)"
         },
     )
+    mask_prob_schedule: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "the training mask rate over training progress (update / --max-update): "
+            "a rate, linear:START,END[@P], or steps:R0,R1@P1,R2@P2... (e.g. "
+            "steps:0.3,0.15@0.5,0.05@0.8); train batches are then masked in the train step at "
+            "the step's rate (SE's per-block budget and --se-select random alike); validation "
+            "masks at --mask-prob. Needs --max-update"
+        },
+    )
+    se_random_share_schedule: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "--se-random-share over training progress, written as --mask-prob-schedule "
+            "(e.g. linear:1,0 starts fully random and moves to SE); instead of --se-random-share"
+        },
+    )
     se_temperature: float = field(
         default=1.0,
         metadata={"help": "with --se-select sample: score temperature (lower = closer to topk)"},
@@ -138,6 +158,7 @@ class SelfEvolutionMLMConfig(MaskedLMConfig):
         },
     )
     train_subset: str = II("dataset.train_subset")
+    max_update: int = II("optimization.max_update")
     skip_invalid_size_inputs_valid_test: bool = II("dataset.skip_invalid_size_inputs_valid_test")
     # fairseq-train's top-level --bpe options: --mask-whole-words needs them to find where
     # words begin (masked_lm reads a self.args that dataclass tasks do not have).
@@ -172,9 +193,26 @@ def _check_config(cfg):
             random_share=cfg.se_random_share,
             temperature=cfg.se_temperature,
             replacement=(cfg.leave_unmasked_prob, cfg.random_token_prob),
+            mask_prob_schedule=cfg.mask_prob_schedule,
+            random_share_schedule=cfg.se_random_share_schedule,
         )
     except options.OptionError as err:
         raise SelfEvolutionConfigError(str(err)) from None
+    if cfg.se_random_share_schedule is not None and cfg.se_random_share != 0.0:
+        raise SelfEvolutionConfigError(
+            "--se-random-share-schedule replaces --se-random-share: give one of them"
+        )
+    if has_schedule(cfg):
+        if max_update(cfg) <= 0:
+            raise SelfEvolutionConfigError(
+                "--mask-prob-schedule/--se-random-share-schedule follow training progress "
+                "(update / --max-update): give --max-update"
+            )
+        if cfg.mask_multiple_length != 1 or cfg.mask_stdev != 0:
+            raise SelfEvolutionConfigError(
+                "--mask-multiple-length/--mask-stdev are fairseq's masked_lm spans; with a "
+                "schedule, batches are masked in the train step, without spans"
+            )
     if cfg.se_select != "random" and (cfg.mask_multiple_length != 1 or cfg.mask_stdev != 0):
         raise SelfEvolutionConfigError(
             "--mask-multiple-length/--mask-stdev are fairseq random-masking options; they "
@@ -182,6 +220,28 @@ def _check_config(cfg):
         )
     if getattr(cfg, "d2v2_multi", False):
         raise SelfEvolutionConfigError("--d2v2-multi (data2vec batches) is not supported by se_mlm")
+
+
+def max_update(cfg: SelfEvolutionMLMConfig) -> int:
+    """fairseq-train's --max-update (0: none, or a config built outside fairseq-train)."""
+    try:
+        return int(cfg.max_update or 0)
+    except (TypeError, ValueError):  # an unresolved ${optimization.max_update}
+        return 0
+
+
+def has_schedule(cfg: SelfEvolutionMLMConfig) -> bool:
+    return cfg.mask_prob_schedule is not None or cfg.se_random_share_schedule is not None
+
+
+def rate_schedules(cfg: SelfEvolutionMLMConfig) -> Optional[RateSchedules]:
+    """The training rates' schedules (None without a schedule: the masker's own rates)."""
+    if not has_schedule(cfg):
+        return None
+    return RateSchedules.parse(
+        cfg.mask_prob_schedule or cfg.mask_prob,
+        cfg.se_random_share_schedule or cfg.se_random_share,
+    )
 
 
 def resolved_replacement(cfg: SelfEvolutionMLMConfig) -> tuple[float, ...]:

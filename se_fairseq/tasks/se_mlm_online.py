@@ -13,13 +13,14 @@ reference forward. The step reads no attribute of the criterion, and reaches the
 LM head only through ``se_fairseq.scoring``.
 """
 
-from typing import Protocol
+from typing import Optional, Protocol
 
 import torch
 
 from se_fairseq.core.constants import ONLINE_SEEDS, REF_PROBS
 from se_fairseq.core.masking import SelfEvolutionMasker
 from se_fairseq.core.online import reference_forward, select_online
+from se_fairseq.core.schedule import Rates
 from se_fairseq.scoring import fairseq_head, vocab_size
 
 
@@ -38,13 +39,15 @@ def mask_online(
     masker: SelfEvolutionMasker,
     pad: int,
     metric: str,
+    rates: Optional[Rates] = None,
 ) -> dict:
     """The masked batch of an online ``sample`` (which carries ``ONLINE_SEEDS``).
 
     One reference forward of the transformer; the LM head runs at every non-padding
     position for the scores. The reference distribution at the selected positions comes
     from the same forward (the logits kept while scoring when they fit the budget, else
-    the LM head again at the selected positions only).
+    the LM head again at the selected positions only). ``rates``: the step's scheduled
+    rates, else the masker's own.
     """
     tokens = sample["net_input"]["src_tokens"]
     with reference_forward(model) as inner:
@@ -59,6 +62,7 @@ def mask_online(
             fairseq_head(inner),
             vocab_size(inner),
             want_ref=criterion.needs_reference_probs(),
+            rates=rates,
         )
     masked = {k: v for k, v in sample.items() if k != ONLINE_SEEDS}
     masked["net_input"] = dict(sample["net_input"], src_tokens=step.source)
