@@ -87,6 +87,8 @@ SE_OPTIONS = {
     "se_online": (["--se_online"], True),
     "se_scores_column": (["--se_scores_column", "my_scores"], "my_scores"),
     "se_sparse_head": (["--no_se_sparse_head"], False),
+    "se_mask_prob_schedule": (["--se_mask_prob_schedule", "linear:0.3,0.1"], "linear:0.3,0.1"),
+    "se_random_share_schedule": (["--se_random_share_schedule", "linear:1,0"], "linear:1,0"),
     "tls_alpha": (["--tls_alpha", "0.3"], 0.3),
     "tls_ref": (["--tls_ref", "uniform"], "uniform"),
 }
