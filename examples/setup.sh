@@ -29,7 +29,7 @@ if [ ! -x "$PY" ]; then
   echo "[setup] creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
 fi
-pip() { "$PY" -m pip --disable-pip-version-check --progress-bar off "$@"; }
+pip() { "$PY" -m pip --disable-pip-version-check "$@"; }
 has() { "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('$1') is None)" 2>/dev/null; }
 
 # The build needs setuptools >= 77 (pyproject.toml's PEP 639 licence fields); a fresh venv

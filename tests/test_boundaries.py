@@ -273,7 +273,7 @@ sys.argv = ["run_se_mlm.py", "--model_name_or_path", "model", "--scored_dataset"
             "scored-cli", "--do_train", "--max_steps", "2", "--per_device_train_batch_size",
             "4", "--output_dir", "se-out", "--use_cpu", "--report_to", "none",
             "--save_strategy", "no"]
-runpy.run_path({script!r}, run_name="__main__")
+runpy.run_path(SCRIPT, run_name="__main__")
 assert os.path.isfile("se-out/config.json")
 """
 
@@ -282,7 +282,8 @@ assert os.path.isfile("se-out/config.json")
 @pytest.mark.subprocess
 def test_the_transformers_path_runs_without_fairseq_or_its_adapter(tmp_path):
     script = str(ROOT / "examples" / "huggingface" / "run_se_mlm.py")
-    result = run_blocked(HF_FLOW.format(script=script), (*FAIRSEQ, *FAIRSEQ_SIDE), tmp_path)
+    flow = f"SCRIPT = {script!r}\n" + HF_FLOW
+    result = run_blocked(flow, (*FAIRSEQ, *FAIRSEQ_SIDE), tmp_path)
     assert_flow_ran(result)
 
 
@@ -292,7 +293,6 @@ from support.fairseq_data import TINY_ROBERTA, NO_DROPOUT, save_untrained_checkp
 
 import fairseq  # registers the plugin, as fairseq-train does
 
-data = {data!r}
 task, cfg = setup_task(
     data, *TINY_ROBERTA, *NO_DROPOUT, "--cpu", "--seed", "5", "--task", "se_mlm",
     "--se-online", "--criterion", "token_ls", "--optimizer", "adam", "--lr", "1e-3",
@@ -317,5 +317,6 @@ assert result.complete
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_the_fairseq_path_runs_without_transformers_or_its_adapter(corpus, tmp_path):
-    result = run_blocked(FAIRSEQ_FLOW.format(data=corpus), (*TRANSFORMERS, *HF_SIDE), tmp_path)
+    flow = f"data = {corpus!r}\n" + FAIRSEQ_FLOW
+    result = run_blocked(flow, (*TRANSFORMERS, *HF_SIDE), tmp_path)
     assert_flow_ran(result)
