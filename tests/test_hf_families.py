@@ -315,3 +315,41 @@ def test_a_head_that_cannot_be_split_runs_densely_with_one_warning(tmp_path):
     assert isinstance(head, heads.DenseHead)
     with torch.no_grad():
         assert torch.equal(head.features(model, inputs), model(**inputs).logits)
+
+
+# -- packed batches ---------------------------------------------------------------------
+
+# families whose attention honours a block-diagonal 4D mask and given position ids
+PACKS = ("bert", "roberta", "xlm-roberta", "modernbert", "electra", "distilbert")
+
+
+def test_packed_examples_equal_their_standalone_runs_or_packing_is_refused(family):
+    """Each example of a packed row (the collator's layout: position ids restarting, from
+    padding_idx + 1 for RoBERTa-like models, and a block-diagonal mask) gets the logits it
+    gets alone; a family that cannot keep them apart is refused by check_packing."""
+    from se_fairseq.hf.packed import PackingError, check_packing, position_offset_of
+
+    name, tokenizer, config, model_class = family
+    model = new_model(config, model_class).eval()
+    offset = position_offset_of(model)
+    assert offset == (config.pad_token_id + 1 if name in ("roberta", "xlm-roberta") else 0)
+    examples = hf_examples(tokenizer, 4, seed=8)
+    collator = DataCollatorForSelfEvolution(
+        tokenizer, select="random", packing=True, position_offset=offset
+    )
+    batch = model_inputs(model, collator(examples))
+    batch.pop("labels")
+    if name not in PACKS:
+        with pytest.raises(PackingError, match=type(model).__name__):
+            check_packing(model, batch, offset)
+        return
+    check_packing(model, batch, offset)
+    with torch.no_grad():
+        together = model(**batch).logits[0]
+        start = 0
+        for ex in examples:
+            n = len(ex["input_ids"])
+            alone = model_inputs(model, {"input_ids": batch["input_ids"][:, start : start + n]})
+            got, want = together[start : start + n], model(**alone).logits[0]
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+            start += n

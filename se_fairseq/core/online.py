@@ -16,7 +16,9 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from se_fairseq.core import scores as core_scores
 from se_fairseq.core.masking import SelfEvolutionMasker
+from se_fairseq.core.packing import Packing
 from se_fairseq.core.schedule import Rates
 from se_fairseq.core.scores import Head, head_logits, score_rows
 
@@ -67,35 +69,65 @@ def select_online(
     want_ref: bool = False,
     keep_logits: bool = True,
     rates: Optional[Rates] = None,
+    packing: Optional[Packing] = None,
 ) -> OnlineSelection:
     """Scores, selection and p_ref of one unmasked batch, from the reference forward's
     ``features`` (batch x length x dim) and the model's ``head`` over them.
 
     ``eligible`` (bool, like ``tokens``): the positions that get a score and may be
     selected (the masker also skips its special ids). ``seeds``: the row seeds
-    (``masking.row_seeds``). With ``want_ref``, p_ref comes from the logits kept while
-    scoring when ``keep_logits`` and they fit the logits budget, else from the head run
-    again at the selected positions only. ``rates``: this step's mask rate and random
-    share (a schedule's), else the masker's own."""
-    rows, kept = score_rows(
-        head,
-        features[eligible],
-        tokens[eligible],
-        metric,
-        vocab,
-        keep_logits=want_ref and keep_logits,
-    )
-    scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
-    scores[eligible] = rows
-    source, target = masker.mask(
-        tokens, scores, seeds, scored=eligible, word_begins=word_begins, rates=rates
-    )
-    ref_probs = None
-    if want_ref:
+    (``masking.row_seeds``). ``rates``: this step's mask rate and random share (a
+    schedule's), else the masker's own. ``packing``: the batch is one packed row
+    (``core.packing``), masked example by example (``seeds``: one per example).
+
+    With ``want_ref``, p_ref at the selected positions. With ``keep_logits`` the rows are
+    scored and selected a group at a time, each group as many rows as keep their logits
+    under the logits budget, so p_ref comes from the logits already computed; a row too
+    long for the budget alone, or ``keep_logits`` False, has its selected positions run
+    through the head again. Masks do not depend on the grouping: the masker works row by
+    row."""
+    if packing is not None:
+        step = select_online(
+            packing.rows(features, 0.0),
+            packing.rows(tokens, 0),
+            seeds=seeds,
+            eligible=packing.rows(eligible, False),
+            masker=masker,
+            metric=metric,
+            head=head,
+            vocab=vocab,
+            word_begins=None if word_begins is None else packing.rows(word_begins, True),
+            want_ref=want_ref,
+            keep_logits=keep_logits,
+            rates=rates,
+        )
+        return OnlineSelection(packing.flat(step.source), packing.flat(step.target), step.ref_probs)
+    keep = want_ref and keep_logits
+    rows = tokens.size(0)
+    group = max(1, core_scores.LOGITS_BUDGET // max(1, tokens.size(1) * vocab)) if keep else rows
+
+    def select_rows(part: slice) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        where = eligible[part]
+        scored, kept = score_rows(
+            head, features[part][where], tokens[part][where], metric, vocab, keep_logits=keep
+        )
+        scores = torch.zeros(where.shape, dtype=torch.float32, device=tokens.device)
+        scores[where] = scored
+        begins = None if word_begins is None else word_begins[part]
+        source, target = masker.mask(
+            tokens[part], scores, seeds[part], scored=where, word_begins=begins, rates=rates
+        )
+        if not want_ref:
+            return source, target, None
         selected = target.ne(masker.pad)
         if kept is not None:  # rows of the eligible positions -> the selected ones
-            logits = kept[selected[eligible]]
+            logits = kept[selected[where]]
         else:
-            logits = head_logits(head, features[selected])
-        ref_probs = F.softmax(logits, dim=-1, dtype=torch.float32)
-    return OnlineSelection(source, target, ref_probs)
+            logits = head_logits(head, features[part][selected])
+        return source, target, F.softmax(logits, dim=-1, dtype=torch.float32)
+
+    parts = [select_rows(slice(first, first + group)) for first in range(0, rows, group)]
+    sources, targets, refs = zip(*parts)
+    # row-major: the groups are in row order
+    ref = torch.cat(refs) if want_ref else None
+    return OnlineSelection(torch.cat(sources), torch.cat(targets), ref)

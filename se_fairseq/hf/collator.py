@@ -30,6 +30,7 @@ from transformers import TrainerCallback
 from se_fairseq.core import options
 from se_fairseq.core.constants import IGNORE_INDEX, INDEX_COLUMN, ONLINE_SEEDS, SCORES_COLUMN
 from se_fairseq.core.masking import SelfEvolutionMasker, row_seeds
+from se_fairseq.core.packing import Packing
 
 # the core's options as the collator's keywords spell them
 SPELLING = options.Spelling(
@@ -49,6 +50,11 @@ SPELLING = options.Spelling(
 # what pad_unmasked adds to an online batch, beside the row seeds (ONLINE_SEEDS)
 ONLINE_ELIGIBLE = "se_online_eligible"
 ONLINE_WORD_BEGINS = "se_online_word_begins"
+# and, packed, where each example lies (the trainer masks example by example)
+PACKED_CU_SEQLENS = "se_cu_seqlens"
+# how packed examples are kept apart: a block-diagonal 4D attention mask (SDPA, eager), or
+# flash attention varlen's cu_seq_lens_q/k and max_length_q/k
+PACKED_ATTENTION = ("mask", "flash")
 
 
 class DataCollatorForSelfEvolution:
@@ -103,7 +109,15 @@ class DataCollatorForSelfEvolution:
         metric: str = "correctness",
         scores_column: str = SCORES_COLUMN,
         index_column: str = INDEX_COLUMN,
+        packing: bool = False,
+        packed_attention: str = "mask",
+        position_offset: int = 0,
     ) -> None:
+        if packed_attention not in PACKED_ATTENTION:
+            raise ValueError(
+                f"packed_attention must be one of {', '.join(PACKED_ATTENTION)}, not "
+                f"{packed_attention!r}"
+            )
         if not mlm:
             raise ValueError(
                 "DataCollatorForSelfEvolution masks for masked-LM training: mlm=False "
@@ -163,6 +177,9 @@ class DataCollatorForSelfEvolution:
         self.metric = metric
         self.scores_column = scores_column
         self.index_column = index_column
+        self.packing = packing
+        self.packed_attention = packed_attention
+        self.position_offset = position_offset
         self.special_ids = sorted(
             {int(i) for i in tokenizer.all_special_ids} | {int(tokenizer.mask_token_id)}
         )
@@ -210,7 +227,11 @@ class DataCollatorForSelfEvolution:
         )
         batch["input_ids"] = source
         batch["labels"] = labels
-        return batch
+        if not self.packing:
+            return batch
+        packed = self._packed(batch)
+        del packed["_cu_seqlens"]  # the model's inputs only: the position ids restart
+        return packed
 
     def pad_unmasked(
         self, examples: Sequence[Mapping[str, Any]], with_scores: bool = False
@@ -224,14 +245,44 @@ class DataCollatorForSelfEvolution:
         ids), and with ``whole_word_mask`` the positions that start a word. With
         ``with_scores`` (offline SE) the padded scores too, under the scores column."""
         batch, scored, indices, word_begins, scores = self._padded(examples, with_scores)
-        batch[ONLINE_SEEDS] = torch.from_numpy(row_seeds(self.seed, self.epoch, indices))
         if scores is not None:
             scores, scored = _without_nan(scores, scored)
             batch[self.scores_column] = scores
         batch[ONLINE_ELIGIBLE] = scored
         if word_begins is not None:
             batch[ONLINE_WORD_BEGINS] = word_begins
+        if self.packing:
+            batch = self._packed(batch)
+            batch[PACKED_CU_SEQLENS] = batch.pop("_cu_seqlens")
+        else:
+            batch.pop("_cu_seqlens", None)
+        batch[ONLINE_SEEDS] = torch.from_numpy(row_seeds(self.seed, self.epoch, indices))
         return batch
+
+    def _packed(self, batch: dict) -> dict:
+        """The padded batch as one packed row (``core.packing``): every per-position
+        tensor flattened, position ids restarting per example (from ``position_offset``),
+        and attention kept within each example: a block-diagonal 4D mask, or flash
+        attention's ``cu_seq_lens_*`` (``packed_attention="flash"``)."""
+        lengths = batch.pop("_lengths")
+        packing = Packing.of_lengths(lengths)
+        padded_shape = batch["input_ids"].shape
+        out: dict[str, Any] = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor) and value.shape[:2] == padded_shape:
+                out[key] = packing.flat(value)
+        out["position_ids"] = packing.position_ids(self.position_offset)
+        out["_cu_seqlens"] = packing.cu_seqlens
+        if self.packed_attention == "mask":
+            out["attention_mask"] = packing.block_mask()
+        else:
+            out.pop("attention_mask", None)
+            cu = packing.cu_seqlens.to(torch.int32)
+            longest = int(packing.lengths.max())
+            out.update(
+                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest
+            )
+        return out
 
     def padding_only(self, with_scores: bool = False) -> "UnmaskedPadding":
         """A collator (picklable, for DataLoader workers) that calls ``pad_unmasked``."""
@@ -261,7 +312,7 @@ class DataCollatorForSelfEvolution:
         batch = self._pad(features)
         tokens = batch["input_ids"].long()
         rows, length = tokens.shape
-        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        left = not self.packing and getattr(self.tokenizer, "padding_side", "right") == "left"
         scored = torch.zeros((rows, length), dtype=torch.bool)
         padded_scores = None if scores is None else torch.zeros((rows, length))
         special_given = "special_tokens_mask" in examples[0]
@@ -275,6 +326,8 @@ class DataCollatorForSelfEvolution:
                 scored[r, span] &= ~given.bool()
         if "attention_mask" in batch:
             scored &= batch["attention_mask"].bool()
+        if self.packing:
+            batch["_lengths"] = [len(row) for row in ids]
         word_begins = None
         if self.whole_word_mask:
             word_begins = self._word_begins(offsets, names, tokens, scored, left)
@@ -289,8 +342,10 @@ class DataCollatorForSelfEvolution:
         if warnings is not None:
             warnings[key] = True
         try:
+            # packed examples are laid out from column 0, as right padding lays them out
+            side = {"padding_side": "right"} if self.packing else {}
             padded = self.tokenizer.pad(
-                features, return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of
+                features, return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of, **side
             )
         finally:
             if warnings is not None:

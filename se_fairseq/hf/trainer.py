@@ -26,17 +26,20 @@ from transformers import Trainer
 
 from se_fairseq.core.constants import IGNORE_INDEX, ONLINE_SEEDS, REF_PROBS
 from se_fairseq.core.online import reference_forward, select_online
+from se_fairseq.core.packing import Packing
 from se_fairseq.core.schedule import Rates
 from se_fairseq.core.scores import head_logits
 from se_fairseq.hf.arguments import SelfEvolutionArguments
 from se_fairseq.hf.collator import (
     ONLINE_ELIGIBLE,
     ONLINE_WORD_BEGINS,
+    PACKED_CU_SEQLENS,
     DataCollatorForSelfEvolution,
     SelfEvolutionEpochCallback,
 )
 from se_fairseq.hf.heads import DenseHead, SplitHead, head_of
 from se_fairseq.hf.loss import token_ls_loss_at
+from se_fairseq.hf.packed import check_packing, position_offset_of
 
 # columns the collator reads besides the model's inputs (kept by remove_unused_columns)
 _COLLATOR_COLUMNS = ("special_tokens_mask", "offset_mapping")
@@ -89,6 +92,10 @@ class SelfEvolutionTrainer(Trainer):
             with_scores = not se_args.se_online and collator.select != "random"
             kwargs["data_collator"] = collator.padding_only(with_scores)
         self._head: SplitHead | DenseHead | None = None
+        self._packing_checked = not collator.packing
+        if collator.packing and collator.position_offset == 0:
+            collator.position_offset = position_offset_of(kwargs.get("model"))
+            self._random_collator.position_offset = collator.position_offset
         super().__init__(*args, **kwargs)
         self.add_callback(SelfEvolutionEpochCallback(collator))
         self._check_dataset(self.train_dataset, "train_dataset", training=True)
@@ -189,14 +196,25 @@ class SelfEvolutionTrainer(Trainer):
         seeds = batch.pop(ONLINE_SEEDS)
         eligible = batch.pop(ONLINE_ELIGIBLE)
         word_begins = batch.pop(ONLINE_WORD_BEGINS, None)
+        packing = self._packing_of(batch)
         tokens = batch["input_ids"]
         scores = batch.pop(self.se_collator.scores_column, None)
         if scores is None:
             scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
-        batch["input_ids"], batch["labels"] = self.se_collator.masker.mask(
-            tokens, scores, seeds, scored=eligible, word_begins=word_begins, rates=rates
-        )
+        masker = self.se_collator.masker
+        if packing is None:
+            masked = masker.mask(
+                tokens, scores, seeds, scored=eligible, word_begins=word_begins, rates=rates
+            )
+        else:
+            masked = packing.mask(masker, tokens, scores, seeds, eligible, word_begins, rates)
+        batch["input_ids"], batch["labels"] = masked
         return batch
+
+    @staticmethod
+    def _packing_of(batch: dict) -> Optional[Packing]:
+        cu_seqlens = batch.pop(PACKED_CU_SEQLENS, None)
+        return None if cu_seqlens is None else Packing(cu_seqlens)
 
     def _count_labels(self, batches: list, device: torch.device) -> Optional[torch.Tensor]:
         """The masked tokens of the accumulated batch (over all ranks with
@@ -231,6 +249,7 @@ class SelfEvolutionTrainer(Trainer):
         seeds = batch.pop(ONLINE_SEEDS)
         eligible = batch.pop(ONLINE_ELIGIBLE)
         word_begins = batch.pop(ONLINE_WORD_BEGINS, None)
+        packing = self._packing_of(batch)
         head = self._lm_head(batch)
         with reference_forward(self.model) as inner:
             features = head.features(inner, batch)
@@ -247,6 +266,7 @@ class SelfEvolutionTrainer(Trainer):
                 want_ref=self._needs_reference(),
                 keep_logits=head.sparse,  # dense: the logits are there already
                 rates=rates,
+                packing=packing,
             )
         if step.ref_probs is not None:
             batch[REF_PROBS] = step.ref_probs
@@ -278,6 +298,9 @@ class SelfEvolutionTrainer(Trainer):
         if labels is None:
             raise ValueError("SelfEvolutionTrainer.compute_loss: the batch has no labels")
         ref_probs = inputs.pop(REF_PROBS, None)
+        if not self._packing_checked:
+            check_packing(model, inputs, self.se_collator.position_offset)
+            self._packing_checked = True
         # evaluation (return_outputs) keeps the model's whole output, for the Trainer's metrics
         head = DenseHead() if return_outputs else self._lm_head(inputs)
         if ref_probs is None and self._needs_reference():
@@ -367,6 +390,9 @@ def _random_masking_like(collator: DataCollatorForSelfEvolution) -> DataCollator
         seed=collator.seed,
         select="random",
         index_column=collator.index_column,
+        packing=collator.packing,
+        packed_attention=collator.packed_attention,
+        position_offset=collator.position_offset,
     )
     random.set_epoch(1)
     return random
