@@ -211,10 +211,11 @@ def test_special_tokens_mask_column_alone_marks_tokens_unscored():
 
 
 def test_logits_scored_in_pieces_past_the_row_budget(monkeypatch):
-    from se_fairseq.hf import scoring
+    from se_fairseq.core import scores
 
-    monkeypatch.setattr(scoring, "SCORED_ROWS", 7)  # a batch's scored rows in many pieces
     model, tokenizer = build("roberta")
+    # a batch's scored rows in pieces of 7 (the head's projection and the softmax)
+    monkeypatch.setattr(scores, "LOGITS_BUDGET", 7 * model.get_output_embeddings().out_features)
     scored = score_dataset(model, tokenizer, examples_dataset(tokenizer, count=10, seed=11))
     assert compare_with_reference(model, tokenizer, scored, "correctness") < 1e-5
 

@@ -22,6 +22,7 @@ naming its class.
 
 import logging
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Optional
@@ -34,6 +35,8 @@ from se_fairseq.core.online import unwrap_model
 logger = logging.getLogger(__name__)
 
 _warned: set[str] = set()
+# model -> whether its head splits (checked once per model)
+_splits: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
 
 
 def _warn_dense_once(model: Any, why: str) -> None:
@@ -181,16 +184,19 @@ def _agrees(split: SplitHead, model: Any, inputs: Mapping[str, Any]) -> Optional
 
 def head_of(model: Any, inputs: Mapping[str, Any]) -> "SplitHead | DenseHead":
     """The split head of ``model`` when it gives the model's own logits on a row of
-    ``inputs`` (checked now), else the dense one, with a one-time warning."""
+    ``inputs`` (checked at the first call for this model), else the dense one, with a
+    one-time warning."""
     inner = unwrap_model(model)
     projection = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if not isinstance(projection, torch.nn.Linear):
         _warn_dense_once(inner, "get_output_embeddings() is not a torch.nn.Linear")
         return DenseHead()
     split = SplitHead(projection)
-    why = _agrees(split, model, inputs)
-    if why is not None:
-        _warn_dense_once(inner, why)
-        return DenseHead()
-    logger.info(f"{type(inner).__name__}: the LM head's projection runs on chosen rows only")
-    return split
+    if inner not in _splits:  # the check is of the head's structure: once per model
+        why = _agrees(split, model, inputs)
+        _splits[inner] = why is None
+        if why is not None:
+            _warn_dense_once(inner, why)
+        else:
+            logger.info(f"{type(inner).__name__}: the LM head's projection runs on chosen rows")
+    return split if _splits[inner] else DenseHead()

@@ -5,7 +5,7 @@
     >>> scored = score_dataset(model, tokenizer, dataset, metric="correctness", output_dir="out")
 
 One eval-mode forward (no dropout, ``torch.inference_mode``) over the unmasked examples;
-each token gets the score se-score gives it (se_fairseq.scoring's formulas:
+each token gets the score se-score gives it (se_fairseq.core.scores' formulas:
 correctness = -log p(true token), confidence = the entropy of the prediction), in
 float32 with the softmax in float32 whatever the forward's dtype. Special tokens (the
 tokenizer's ``all_special_ids`` and any ``special_tokens_mask``) and padding
@@ -57,7 +57,6 @@ DTYPES = ("fp32", "fp16", "bf16")
 # Padded tokens per batch when neither batch_size nor max_tokens is given: the forward's
 # (batch x length x vocab) logits then hold at most this many values.
 DEFAULT_LOGITS_ELEMENTS = 1 << 28
-SCORED_ROWS = 1 << 16  # logits rows per fp32 scoring piece (the rest stay in the model's dtype)
 OPTIONAL_INPUTS = ("attention_mask", "token_type_ids")
 
 
@@ -220,7 +219,7 @@ class HFScoringJob(ChunkedJob):
         self.setup_job(plan_chunks(self.lengths, chunk_tokens), partial_dir, rank, world_size)
         self.model_info = prov.model_record(model)
         self.tokenizer_info = prov.tokenizer_record(tokenizer)
-        self.logits_checked = False
+        self.head: Any = None  # the model's LM head (se_fairseq.hf.heads), at the first batch
 
     # -- manifest --------------------------------------------------------------
     def record(self) -> dict:
@@ -284,10 +283,14 @@ class HFScoringJob(ChunkedJob):
         return out
 
     def batch_scores(self, ids, columns, spans, unscored) -> np.ndarray:
-        """Scores of the scored tokens of one batch, in the order of ``spans``."""
+        """Scores of the scored tokens of one batch, in the order of ``spans``: the LM head
+        split at its projection (``se_fairseq.hf.heads``) projects the scored positions in
+        chunks of the logits budget, so no (tokens x vocab) tensor larger than a chunk
+        exists (a head that cannot be split runs densely)."""
         import torch
 
-        from se_fairseq.core.scores import token_scores_from_logits
+        from se_fairseq.core.scores import score_rows
+        from se_fairseq.hf.heads import head_of
 
         width = max(e - s for s, e in spans)
         tensors = {"input_ids": torch.full((len(spans), width), self.pad_id, dtype=torch.long)}
@@ -308,7 +311,9 @@ class HFScoringJob(ChunkedJob):
             self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
         ):
             try:
-                logits = self.model(**batch).logits
+                if self.head is None:
+                    self.head = head_of(self.model, batch)
+                features = self.head.features(self.model, batch)
             except (IndexError, RuntimeError) as err:
                 limit = getattr(self.model.config, "max_position_embeddings", None)
                 raise ScoringError(
@@ -316,25 +321,18 @@ class HFScoringJob(ChunkedJob):
                     f"(max_position_embeddings: {limit}; is an example longer than the model "
                     f"takes?): {err}"
                 ) from err
-        if not self.logits_checked:
-            if logits.dim() != 3 or logits.shape[-1] != self.vocab:
+            vocab = self.head.vocab(features)
+            if features.dim() != 3 or vocab != self.vocab:
                 raise ScoringError(
-                    f"{type(self.model).__name__} gives logits of shape {tuple(logits.shape)}, "
-                    f"not (batch, length, {self.vocab}): not a masked-LM head"
+                    f"{type(self.model).__name__} gives logits of shape "
+                    f"{(*features.shape[:-1], vocab)}, not (batch, length, {self.vocab}): not a "
+                    "masked-LM head"
                 )
-            self.logits_checked = True
-        where = scored.to(self.device).reshape(-1).nonzero().squeeze(-1)
-        flat_logits = logits.reshape(-1, logits.shape[-1])
-        targets = batch["input_ids"].reshape(-1)
-        pieces = [
-            token_scores_from_logits(
-                flat_logits[where[p : p + SCORED_ROWS]],
-                targets[where[p : p + SCORED_ROWS]],
-                self.metric,
-            ).cpu()
-            for p in range(0, len(where), SCORED_ROWS)
-        ]
-        return torch.cat(pieces).numpy() if pieces else np.zeros(0, dtype=np.float32)
+            where = scored.to(self.device)
+            scores, _ = score_rows(
+                self.head.head, features[where], batch["input_ids"][where], self.metric, vocab
+            )
+        return scores.cpu().numpy()
 
     def chunk_tokens(self, i: int) -> int:
         first, last = self.chunks[i]
