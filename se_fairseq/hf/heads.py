@@ -174,9 +174,12 @@ def _agrees(split: SplitHead, model: Any, inputs: Mapping[str, Any]) -> Optional
         return f"logits of shape {tuple(rebuilt.shape)} instead of {tuple(dense.shape)}"
     if at_rows.shape != (dense.shape[:-1].numel(), dense.shape[-1]):
         return f"logits of shape {tuple(at_rows.shape)} at every position"
+    # a head that does something else after its projection moves the logits by their own
+    # scale; bf16/fp16 forwards (autocast, mixed precision) round the two paths apart by
+    # a few of their ulps, far less
     scale = float(dense.abs().max().clamp(min=1.0))
     for got in (rebuilt, at_rows.reshape(dense.shape)):
-        if not torch.allclose(got, dense, rtol=1e-3, atol=1e-3 * scale):
+        if not torch.allclose(got, dense, rtol=2e-2, atol=2e-2 * scale):
             diff = float((got - dense).abs().max())
             return f"its logits differ from the projection of the features by {diff:.3g}"
     return None
