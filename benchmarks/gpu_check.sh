@@ -24,6 +24,12 @@
 #   7. floor    benchmarks/bench_se_score_floor.py on the GPU, bf16 and fp32: se-score tokens/s
 #               against the floor (encoder + LM head on non-pad positions) and the bare loop,
 #               at the tiny and the roberta-base shape, with per-stage times (se_score_floor*.json)
+#   8. recipe   benchmarks/bench_hf_recipe_step.py on the GPU: ModernBERT-base (22 layers,
+#               768, vocabulary 50,368), bf16, 30 % masking, flash attention varlen where
+#               flash_attn imports (else SDPA): tokens/s and peak memory of the plain sparse
+#               step, online SE + TLS, padded and packed batches (recipe.json); against the
+#               anchor of about 3.0e5 tokens/s per H100. The packed SE step checks once that
+#               packed examples stay apart (flash attention varlen's isolation)
 # Each step's log is $OUT/<step>.log; $OUT/summary.txt lists each step's exit status and
 # time; gpu_check.json/.md hold the driver's figures. Later steps run even if one fails.
 set -uo pipefail
@@ -99,6 +105,14 @@ select_tests() {
 driver() {
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} "$VENV/bin/python" benchmarks/gpu_check.py --device cuda --out "$OUT"
 }
+recipe() {
+  local attn=sdpa
+  "$VENV/bin/python" -c "import flash_attn" 2>/dev/null && attn=flash_attention_2
+  echo "attention: $attn"
+  "$VENV/bin/python" benchmarks/bench_hf_recipe_step.py --device cuda --bf16 --attn "$attn" \
+    --layers 22 --batch-size 16 --length 1024 --median-length 512 --steps 10 --warmup 3 \
+    --threads 8 --configs plain-sparse,se,padded,packed,se-packed --json "$OUT/recipe.json"
+}
 floor() {
   for precision in bf16 fp32; do
     "$VENV/bin/python" benchmarks/bench_se_score_floor.py --device cuda --precision "$precision" \
@@ -108,7 +122,7 @@ floor() {
 
 : > "$OUT/summary.txt"
 log "start $(date -u +%FT%TZ) in $PWD, results in $OUT"
-STEPS=" ${GPU_CHECK_STEPS:-env venv build cuda select driver floor} "
+STEPS=" ${GPU_CHECK_STEPS:-env venv build cuda select driver floor recipe} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 want env && step env env_info
 want venv && step venv make_venv
@@ -117,6 +131,7 @@ if ! want build || step build build; then
   want select && step select select_tests
   want driver && step driver driver
   want floor && step floor floor
+  want recipe && step recipe recipe
 else
   log "build failed: see $OUT/build.log; the CUDA steps are skipped"
 fi

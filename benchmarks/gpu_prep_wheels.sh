@@ -5,11 +5,12 @@
 # network; benchmarks/gpu_check.sh installs these wheels there with --no-index.
 # wheels/ is git-ignored: carry it to the device (the run tool's `carry`), never commit it.
 #
-#   bash benchmarks/gpu_prep_wheels.sh            # -> wheels/a (58 MB), wheels/b (35 MB)
+#   bash benchmarks/gpu_prep_wheels.sh            # -> wheels/a, wheels/b, ... (each < 60 MB)
 #
-# The list is this venv's own fairseq dependency closure at the versions installed here
-# (so the device runs what the tests here run), minus torch and what comes with it, minus
-# torchaudio (a build for another torch does not load; fairseq imports it only for speech).
+# The list is this venv's own dependency closure of fairseq and of the transformers path
+# (transformers, accelerate, datasets) at the versions installed here (so the device runs
+# what the tests here run), minus torch and what comes with it, minus torchaudio (a build
+# for another torch does not load; fairseq imports it only for speech).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${DEST:-wheels}
@@ -26,7 +27,8 @@ skip = {"torch", "torchaudio", "triton", "sympy", "mpmath", "networkx", "jinja2"
         "filelock", "fsspec", "typing-extensions", "setuptools"}
 def norm(name):
     return re.sub(r"[-_.]+", "-", name).lower()
-roots = ["ve-fairseq", "pytest", "ninja", "wheel", "setuptools", "scipy", "numpy"]
+roots = ["ve-fairseq", "pytest", "ninja", "wheel", "setuptools", "scipy", "numpy",
+         "transformers", "accelerate", "datasets", "safetensors", "tokenizers"]
 seen, todo = {}, list(roots)
 while todo:
     name = norm(todo.pop())
@@ -61,15 +63,31 @@ for pin in "${PINS[@]}"; do
     esac
   fi
 done
-# The run tool carries at most 64 MiB per call: scipy (~35 MB, imported by fairseq's
-# sentence_prediction criterion at `import fairseq`) goes to a part of its own.
-mkdir -p "$DEST/a" "$DEST/b"
-mv "$DEST"/scipy-*.whl "$DEST/b/"
-mv "$DEST"/*.whl "$DEST/a/"
-(cd "$DEST" && ls a b) > "$DEST/MANIFEST.txt"
-du -sh "$DEST/a" "$DEST/b"
+# The run tool carries at most 64 MiB per call: the wheels go into parts a, b, c... of
+# at most 60 MB each, the largest first (first fit).
+"$PY" - "$DEST" <<'PY'
+import os, shutil, string, sys
+dest = sys.argv[1]
+wheels = sorted(
+    (f for f in os.listdir(dest) if f.endswith(".whl")),
+    key=lambda f: -os.path.getsize(os.path.join(dest, f)),
+)
+limit, parts = 60 * 1000**2, []
+for name in wheels:
+    size = os.path.getsize(os.path.join(dest, name))
+    part = next((p for p in parts if p[1] + size <= limit), None)
+    if part is None:
+        part = [string.ascii_lowercase[len(parts)], 0]
+        parts.append(part)
+        os.makedirs(os.path.join(dest, part[0]), exist_ok=True)
+    part[1] += size
+    shutil.move(os.path.join(dest, name), os.path.join(dest, part[0], name))
+for letter, size in parts:
+    print(f"[gpu-prep] part {letter}: {size / 1e6:.0f} MB")
+PY
+(cd "$DEST" && ls ./*/) > "$DEST/MANIFEST.txt"
 echo "[gpu-prep] ok. On the GPU machine (each call carries one part; .gpu-venv stays between"
-echo "[gpu-prep] calls while the machine is warm):"
-echo "[gpu-prep]   carry $DEST/b: GPU_CHECK_STEPS=venv bash benchmarks/gpu_check.sh"
-echo "[gpu-prep]   carry $DEST/a: bash benchmarks/gpu_check.sh"
+echo "[gpu-prep] calls while the machine is warm): carry each part but the last with"
+echo "[gpu-prep]   GPU_CHECK_STEPS=venv bash benchmarks/gpu_check.sh"
+echo "[gpu-prep] then the last part with: bash benchmarks/gpu_check.sh"
 echo "[gpu-prep] (wheels of packages the machine already has are skipped there)"

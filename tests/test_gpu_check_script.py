@@ -24,5 +24,5 @@ def test_scripts_parse_and_the_dry_run_lists_every_step(tmp_path):
     steps = [
         line.split()[3].rstrip(":") for line in result.stdout.splitlines() if "would run" in line
     ]
-    assert steps == ["env", "venv", "build", "cuda", "select", "driver", "floor"]
+    assert steps == ["env", "venv", "build", "cuda", "select", "driver", "floor", "recipe"]
     assert (tmp_path / "summary.txt").exists()
