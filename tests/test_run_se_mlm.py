@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -117,6 +118,60 @@ def test_every_training_argument_is_an_option():
     assert wanted <= dests
 
 
+# transformers' examples/pytorch/language-modeling/run_mlm.py: the fields of its ModelArguments
+# and DataTrainingArguments as of transformers 4.57 (its check_min_version("4.57.0") and
+# "transformers==4.57.5" pin), read in PerforatedAI/PerforatedAI-Transformers at commit
+# 746e0e9151c668ca6e19f9432b8b2a1e1c6cb4e8 (the stored huggingface/transformers copies are
+# 4.20-4.22). Every one must be an option of run_se_mlm.py.
+RUN_MLM_MODEL_ARGUMENTS = [
+    "model_name_or_path",
+    "model_type",
+    "config_overrides",
+    "config_name",
+    "tokenizer_name",
+    "cache_dir",
+    "use_fast_tokenizer",
+    "model_revision",
+    "token",
+    "trust_remote_code",
+    "dtype",
+]
+RUN_MLM_DATA_ARGUMENTS = [
+    "dataset_name",
+    "dataset_config_name",
+    "train_file",
+    "validation_file",
+    "overwrite_cache",
+    "validation_split_percentage",
+    "max_seq_length",
+    "preprocessing_num_workers",
+    "mlm_probability",
+    "line_by_line",
+    "pad_to_max_length",
+    "max_train_samples",
+    "max_eval_samples",
+    "streaming",
+]
+# ModelArguments of run_mlm.py 4.40 (tc-huang/transformers-openvla-oft at commit
+# 367a2674a3a1c38bd5a40e8a58fe0cb480016371) that 4.57 dropped or renamed; command lines still
+# carry them. (Its use_auth_token, deprecated there for --token, is not taken.)
+RUN_MLM_EARLIER = ["torch_dtype", "low_cpu_mem_usage"]
+
+
+@pytest.mark.parametrize("name", RUN_MLM_MODEL_ARGUMENTS + RUN_MLM_DATA_ARGUMENTS + RUN_MLM_EARLIER)
+def test_every_run_mlm_option_is_an_option(name):
+    parser = script.make_parser()
+    assert name in {action.dest for action in parser._actions}
+    assert f"--{name}" in {s for action in parser._actions for s in action.option_strings}
+
+
+def test_packed_attention_choices_are_the_collators():
+    from se_fairseq.hf.collator import PACKED_ATTENTION
+
+    assert script.PACKED_ATTENTION == PACKED_ATTENTION
+    assert script.DataTrainingArguments(train_file=["a.txt"]).packed_attention == "mask"
+
+
 def test_remove_unused_columns_ends_false_and_true_is_refused(tmp_path, capsys):
     _, _, _, training_args = parse(*OFFLINE, tmp_path)
     assert training_args.remove_unused_columns is False
@@ -158,6 +213,15 @@ REFUSED = [
     (["--se_online"], "--se_online"),
     (["--se_threshold", "0.2"], "--se_threshold"),  # with topk
     (["--se_select", "threshold", "--se_random_share", "0.2"], "--se_random_share"),
+    (["--streaming"], "--streaming"),  # a scored dataset is on disk
+    (["--pad_to_max_length"], "--pad_to_max_length"),  # tokenizes; a scored dataset is not
+    (["--overwrite_cache"], "--overwrite_cache"),
+    (["--dataset_name", "x"], "--dataset_name"),
+    (["--dataset_config_name", "c"], "--dataset_config_name"),
+    (["--dtype", "int8"], "--dtype"),
+    (["--dtype", "float16", "--torch_dtype", "bfloat16"], "--torch_dtype"),
+    (["--packed_attention", "ring"], "--packed_attention"),
+    (["--packed_attention", "flash"], "--packed_attention"),  # without --packing
 ]
 
 
@@ -166,7 +230,78 @@ def test_bad_values_are_refused_naming_the_option(extra, option, tmp_path, capsy
     with pytest.raises(SystemExit) as refused:
         parse(*OFFLINE, tmp_path, *extra)
     assert refused.value.code == 2  # argparse's usage error, not a traceback
-    assert option in capsys.readouterr().err
+    assert option in capsys.readouterr().err.strip().splitlines()[-1]  # one line
+
+
+# refused beside text files (the random baseline)
+REFUSED_TEXT = [
+    (["--packing", "--line_by_line", "--pad_to_max_length"], "--packing"),
+    (["--packing", "--packed_attention", "flash", "--attn_implementation", "sdpa"],
+     "--attn_implementation sdpa"),
+    (["--streaming"], "--max_steps"),
+    (["--streaming", "--max_steps", "3", "--preprocessing_num_workers", "2"],
+     "--preprocessing_num_workers"),
+    (["--streaming", "--max_steps", "3", "--overwrite_cache"], "--overwrite_cache"),
+    (["--dataset_name", "x"], "--dataset_name"),
+    (["--train_file", "a.txt", "b.json"], "--train_file"),  # text and json
+    (["--validation_file", "dev.txt", "--train_file", "a.txt", "--dataset_name", "x"],
+     "--dataset_name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "option"), REFUSED_TEXT, ids=[o for _, o in REFUSED_TEXT])
+def test_bad_combinations_beside_text_are_refused_naming_the_option(
+    extra, option, tmp_path, capsys
+):
+    with pytest.raises(SystemExit) as refused:
+        parse(*TEXT, tmp_path, "--se_select", "random", *extra)
+    assert refused.value.code == 2
+    assert option in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--dataset_name", "d", "--validation_file", "v.txt", "--do_eval"], "--validation_file"),
+        (
+            [
+                "--model_type",
+                "bert",
+                "--tokenizer_name",
+                "t",
+                "--low_cpu_mem_usage",
+                "--train_file",
+                "a.txt",
+                "--do_train",
+            ],
+            "--low_cpu_mem_usage",
+        ),
+    ],  # fmt: skip
+    ids=["dataset-and-validation-file", "low-cpu-mem-without-weights"],
+)
+def test_options_that_would_be_ignored_are_refused(argv, option, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        script.parse_args([*argv, "--output_dir", str(tmp_path), "--se_select", "random"])
+    assert option in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_data_refusals_at_load_name_the_option_in_one_line(saved, tmp_path):
+    text = write_text(tmp_path / "few.txt", 10, seed=4)
+    for extra, option in (
+        (["--streaming", "--max_steps", 2, "--do_eval"], "--validation_split_percentage"),
+        (["--do_eval"], "--validation_split_percentage"),  # 5 % of 10 rows: none
+    ):
+        with pytest.raises(SystemExit) as refused:
+            script.main(
+                [str(a) for a in (
+                    "--model_name_or_path", saved, "--train_file", text, "--do_train",
+                    "--output_dir", tmp_path / "out", "--se_select", "random", "--use_cpu",
+                    "--cache_dir", tmp_path / "cache", *extra,
+                )]
+            )  # fmt: skip
+        message = str(refused.value)
+        assert message.startswith("run_se_mlm.py: ") and option in message, message
+        assert "\n" not in message
 
 
 @pytest.mark.parametrize(
@@ -256,26 +391,312 @@ def test_a_new_model_comes_from_config_name_or_model_type_with_overrides(tmp_pat
     assert model.config.vocab_size == T.BertConfig().vocab_size  # larger than the tokenizer's
 
 
+@pytest.fixture
+def saved(tmp_path):
+    """A tiny BERT and its tokenizer in one save_pretrained folder."""
+    tokenizer = tiny_bert_tokenizer()
+    tiny_model(tokenizer).save_pretrained(tmp_path / "start")
+    tokenizer.save_pretrained(tmp_path / "start")
+    return tmp_path / "start"
+
+
+def record_calls(monkeypatch, owner, name, calls):
+    """Record the keyword arguments of every call of ``owner.name`` (then make it)."""
+    original = getattr(owner, name)
+
+    def recording(*args, **kwargs):
+        calls.append((f"{getattr(owner, '__name__', owner)}.{name}", kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recording)
+
+
+def test_token_and_trust_remote_code_reach_the_loaders(saved, tmp_path, monkeypatch):
+    """--token goes to every from_pretrained and to load_dataset; --trust_remote_code (False
+    unless given) to every from_pretrained and from_config (datasets 5 runs no dataset code,
+    so load_dataset does not take it)."""
+    dataset_folder(tmp_path / "data")
+    calls = []
+    for owner, name in (
+        (T.AutoConfig, "from_pretrained"),
+        (T.AutoTokenizer, "from_pretrained"),
+        (T.AutoModelForMaskedLM, "from_pretrained"),
+        (T.AutoModelForMaskedLM, "from_config"),
+        (datasets, "load_dataset"),
+    ):
+        record_calls(monkeypatch, owner, name, calls)
+
+    def run(*extra):
+        calls.clear()
+        model_args, data_args, _, training_args = parse(
+            "--model_name_or_path", saved, "--dataset_name", tmp_path / "data",
+            "--dataset_config_name", "withdev", "--line_by_line", "--do_train",
+            "--output_dir", tmp_path, "--se_select", "random", "--use_cpu",
+            "--cache_dir", tmp_path / "cache", *extra,
+        )  # fmt: skip
+        tokenizer = script.load_tokenizer(model_args)
+        model = script.load_model(model_args, tokenizer)
+        script.load_datasets(data_args, model_args, training_args, tokenizer, model)
+        return dict(calls)
+
+    given = run("--token", "hf_not_a_real_token", "--trust_remote_code")
+    assert set(given) == {
+        "AutoConfig.from_pretrained",
+        "AutoTokenizer.from_pretrained",
+        "AutoModelForMaskedLM.from_pretrained",
+        "datasets.load_dataset",
+    }
+    for name, kwargs in given.items():
+        assert kwargs["token"] == "hf_not_a_real_token", name
+        if name != "datasets.load_dataset":
+            assert kwargs["trust_remote_code"] is True, name
+    assert "trust_remote_code" not in given["datasets.load_dataset"]
+    unset = run()
+    for name, kwargs in unset.items():
+        assert kwargs["token"] is None, name
+        assert kwargs.get("trust_remote_code", False) is False, name
+
+    calls.clear()
+    model_args, _, _, _ = parse(
+        "--model_type", "bert", "--tokenizer_name", saved, "--config_overrides",
+        "hidden_size=16,num_hidden_layers=1,num_attention_heads=2,intermediate_size=20",
+        "--trust_remote_code", "--train_file", "a.txt", "--do_train", "--output_dir", tmp_path,
+        "--se_select", "random",
+    )  # fmt: skip
+    script.load_model(model_args, tiny_bert_tokenizer())
+    assert dict(calls)["AutoModelForMaskedLM.from_config"]["trust_remote_code"] is True
+
+
+def test_dtype_torch_dtype_low_cpu_mem_usage_and_attn_implementation_load_the_model(
+    saved, tmp_path, monkeypatch
+):
+    tokenizer = tiny_bert_tokenizer()
+
+    def load(*extra):
+        model_args, _, _, _ = parse(
+            "--model_name_or_path", saved, "--train_file", "a.txt", "--do_train",
+            "--output_dir", tmp_path, "--se_select", "random", *extra,
+        )  # fmt: skip
+        return script.load_model(model_args, tokenizer)
+
+    def dtype_of(model):
+        return next(model.parameters()).dtype
+
+    assert dtype_of(load()) == torch.float32  # the checkpoint's
+    assert dtype_of(load("--dtype", "bfloat16")) == torch.bfloat16
+    assert dtype_of(load("--torch_dtype", "float16")) == torch.float16  # the older name
+    assert dtype_of(load("--dtype", "auto")) == torch.float32
+    model_args, _, _, _ = parse(
+        "--model_type", "bert", "--tokenizer_name", saved, "--dtype", "bfloat16",
+        "--config_overrides", "hidden_size=16,num_hidden_layers=1,num_attention_heads=2",
+        "--train_file", "a.txt", "--do_train", "--output_dir", tmp_path, "--se_select", "random",
+    )  # fmt: skip
+    assert dtype_of(script.load_model(model_args, tokenizer)) == torch.bfloat16  # a new model
+
+    assert load().config._attn_implementation != "eager"
+    assert load("--attn_implementation", "eager").config._attn_implementation == "eager"
+
+    calls = []
+    record_calls(monkeypatch, T.AutoModelForMaskedLM, "from_pretrained", calls)
+    load()
+    load("--low_cpu_mem_usage")
+    assert "low_cpu_mem_usage" not in calls[0][1]
+    assert calls[1][1]["low_cpu_mem_usage"] is True
+
+
 # -- the examples ------------------------------------------------------------------------
 
 
-def test_text_files_give_run_mlm_examples_with_their_index(tmp_path):
+def write_rows(path, rows):
+    path.write_text("".join(f"{row}\n" for row in rows))
+    return str(path)
+
+
+def test_text_files_are_split_by_rows_as_run_mlm_splits_them(tmp_path):
+    """No validation file: the first 10 % of the lines (datasets' train[:10%], run_mlm.py's own
+    call) are the validation split, tokenized apart; the rest is trained on, with or without
+    --do_eval, as in run_mlm.py."""
     tokenizer = tiny_bert_tokenizer()
-    text = write_text(tmp_path / "train.txt", 80, seed=1)
-    _, data_args, _, training_args = parse(
-        "--model_name_or_path", "m", "--train_file", text, "--do_train", "--do_eval",
-        "--output_dir", tmp_path, "--se_select", "random", "--max_seq_length", SEQ,
-        "--validation_split_percentage", 10, "--use_cpu",
-    )  # fmt: skip
+    cache = str(tmp_path / "cache")
+    text = write_text(tmp_path / "train.txt", 84, seed=1)
+    held = datasets.load_dataset("text", data_files=text, split="train[:10%]", cache_dir=cache)
+    rest = datasets.load_dataset("text", data_files=text, split="train[10%:]", cache_dir=cache)
+    assert len(held) == 8
+    assert list(held["text"]) + list(rest["text"]) == Path(text).read_text().splitlines()
+    expected_dev = tokenize_text_files(
+        tokenizer, [write_rows(tmp_path / "held.txt", held["text"])], SEQ, cache_dir=cache
+    )
+    expected_train = tokenize_text_files(
+        tokenizer, [write_rows(tmp_path / "rest.txt", rest["text"])], SEQ, cache_dir=cache
+    )
+    model_args = script.ModelArguments(cache_dir=cache)
+    for evaluate in (True, False):
+        _, data_args, _, training_args = parse(
+            "--model_name_or_path", "m", "--train_file", text, "--do_train",
+            *(["--do_eval"] if evaluate else []), "--output_dir", tmp_path,
+            "--se_select", "random", "--max_seq_length", SEQ,
+            "--validation_split_percentage", 10, "--use_cpu",
+        )  # fmt: skip
+        train, dev = script.load_datasets(data_args, model_args, training_args, tokenizer, None)
+        assert train["input_ids"] == expected_train["input_ids"]
+        assert train["se_index"] == list(range(len(expected_train)))
+        if evaluate:
+            assert dev["input_ids"] == expected_dev["input_ids"]
+            assert dev["se_index"] == list(range(len(expected_dev)))
+        else:
+            assert dev is None
+
+
+def random_lines(count, seed):
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(HF_WORDS, size=int(rng.integers(2, 14)))) for _ in range(count)]
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+DATASET_CARD = """---
+configs:
+- config_name: withdev
+  data_files:
+  - split: train
+    path: withdev/train.jsonl
+  - split: validation
+    path: withdev/validation.jsonl
+- config_name: plain
+  data_files:
+  - split: train
+    path: plain/train.jsonl
+---
+"""
+
+
+def dataset_folder(folder):
+    """A local dataset (no script, no hub) with two configurations: 'withdev' (train and
+    validation splits, a 'text' column) and 'plain' (a train split only; its text is the
+    first column, 'body')."""
+    lines = {
+        "withdev/train": random_lines(20, seed=11),
+        "withdev/validation": random_lines(6, seed=12),
+        "plain/train": random_lines(40, seed=13),
+    }
+    write_jsonl(folder / "withdev" / "train.jsonl", [{"text": t} for t in lines["withdev/train"]])
+    write_jsonl(
+        folder / "withdev" / "validation.jsonl",
+        [{"text": t} for t in lines["withdev/validation"]],
+    )
+    write_jsonl(
+        folder / "plain" / "train.jsonl",
+        [{"body": t, "id": i} for i, t in enumerate(lines["plain/train"])],
+    )
+    (folder / "README.md").write_text(DATASET_CARD)
+    return lines
+
+
+def line_ids(tokenizer, lines, length=SEQ):
+    """run_mlm.py's --line_by_line examples of ``lines``, from the tokenizer itself."""
+    return tokenizer(lines, truncation=True, max_length=length)["input_ids"]
+
+
+def test_dataset_name_loads_a_local_folder_by_its_config(tmp_path):
+    tokenizer = tiny_bert_tokenizer()
+    lines = dataset_folder(tmp_path / "data")
+    cache = str(tmp_path / "cache")
+    model_args = script.ModelArguments(cache_dir=cache)
+
+    def load(config):
+        _, data_args, _, training_args = parse(
+            "--model_name_or_path", "m", "--dataset_name", tmp_path / "data",
+            "--dataset_config_name", config, "--line_by_line", "--max_seq_length", SEQ,
+            "--validation_split_percentage", 10, "--do_train", "--do_eval",
+            "--output_dir", tmp_path, "--se_select", "random", "--use_cpu",
+        )  # fmt: skip
+        return script.load_datasets(data_args, model_args, training_args, tokenizer, None)
+
+    train, dev = load("withdev")  # its own validation split: nothing held out
+    assert train["input_ids"] == line_ids(tokenizer, lines["withdev/train"])
+    assert dev["input_ids"] == line_ids(tokenizer, lines["withdev/validation"])
+    assert train["se_index"] == list(range(20)) and dev["se_index"] == list(range(6))
+
+    train, dev = load("plain")  # no validation split: run_mlm.py's train[:10%] / train[10%:]
+    held = datasets.load_dataset(
+        str(tmp_path / "data"), "plain", split="train[:10%]", cache_dir=cache
+    )
+    assert list(held["body"]) == lines["plain/train"][:4]
+    assert dev["input_ids"] == line_ids(tokenizer, lines["plain/train"][:4])  # column 'body'
+    assert train["input_ids"] == line_ids(tokenizer, lines["plain/train"][4:])
+
+
+def test_csv_and_json_train_files_are_read_by_their_text_column(tmp_path):
+    tokenizer = tiny_bert_tokenizer()
+    lines = random_lines(30, seed=21)
+    json_file = tmp_path / "train.json"
+    write_jsonl(json_file, [{"id": i, "text": t} for i, t in enumerate(lines)])  # 'text' second
+    csv_file = tmp_path / "train.csv"
+    csv_file.write_text("body,label\n" + "".join(f"{t},{i % 2}\n" for i, t in enumerate(lines)))
     model_args = script.ModelArguments(cache_dir=str(tmp_path / "cache"))
-    train, dev = script.load_datasets(data_args, model_args, training_args, tokenizer, None)
-    expected = tokenize_text_files(tokenizer, [text], SEQ, cache_dir=str(tmp_path / "cache"))
-    held = len(expected) * 10 // 100
-    assert held >= 2 and len(dev) == held and len(train) == len(expected) - held
-    assert dev["input_ids"] == expected["input_ids"][:held]
-    assert train["input_ids"] == expected["input_ids"][held:]
-    assert dev["se_index"] == list(range(held))
-    assert train["se_index"] == list(range(held, len(expected)))
+    for path in (json_file, csv_file):
+        _, data_args, _, training_args = parse(
+            "--model_name_or_path", "m", "--train_file", path, "--line_by_line",
+            "--max_seq_length", SEQ, "--validation_split_percentage", 10, "--do_train",
+            "--output_dir", tmp_path, "--se_select", "random", "--use_cpu",
+        )  # fmt: skip
+        train, _ = script.load_datasets(data_args, model_args, training_args, tokenizer, None)
+        assert train["input_ids"] == line_ids(tokenizer, lines[3:]), path.name
+
+
+def test_pad_to_max_length_gives_examples_and_batches_of_max_seq_length(tmp_path):
+    tokenizer = tiny_bert_tokenizer()
+    text = write_text(tmp_path / "train.txt", 40, seed=7)
+    model_args = script.ModelArguments(cache_dir=str(tmp_path / "cache"))
+    shapes = {}
+    for pad in (False, True):
+        _, data_args, se_args, training_args = parse(
+            *TEXT[:2], "--train_file", text, "--do_train", "--output_dir", tmp_path,
+            "--line_by_line", "--max_seq_length", SEQ, "--se_select", "random", "--use_cpu",
+            *(["--pad_to_max_length"] if pad else []),
+        )  # fmt: skip
+        train, _ = script.load_datasets(data_args, model_args, training_args, tokenizer, None)
+        collator = script.build_trainer(
+            tiny_model(tokenizer), tokenizer, train, None, data_args, se_args, training_args
+        ).data_collator
+        batch = collator([train[i] for i in range(6)])
+        shapes[pad] = tuple(batch["input_ids"].shape)
+        if pad:
+            assert {len(ids) for ids in train["input_ids"]} == {SEQ}
+            padding = batch["attention_mask"] == 0
+            assert padding.any() and (batch["labels"][padding] == -100).all()
+    assert shapes[True] == (6, SEQ)
+    assert shapes[False][1] < SEQ  # the test's lines are shorter: padding came from the option
+
+
+def test_overwrite_cache_tokenizes_again(tmp_path):
+    tokenizer = tiny_bert_tokenizer()
+    text = write_text(tmp_path / "train.txt", 30, seed=8)
+    cache = tmp_path / "cache"
+    model_args = script.ModelArguments(cache_dir=str(cache))
+
+    def load(*extra):
+        _, data_args, _, training_args = parse(
+            *TEXT[:2], "--train_file", text, "--do_train", "--output_dir", tmp_path,
+            "--max_seq_length", SEQ, "--se_select", "random", "--use_cpu", *extra,
+        )  # fmt: skip
+        return script.load_datasets(data_args, model_args, training_args, tokenizer, None)[0]
+
+    def mapped_files():
+        return sorted(cache.rglob("cache-*.arrow"))
+
+    first = load()
+    files = mapped_files()
+    assert files  # the maps' results, cached by datasets
+    for path in files:
+        os.utime(path, ns=(0, 0))
+    assert load()["input_ids"] == first["input_ids"]
+    assert mapped_files() == files and all(p.stat().st_mtime_ns == 0 for p in files)  # read
+    assert load("--overwrite_cache")["input_ids"] == first["input_ids"]
+    assert all(p.stat().st_mtime_ns > 0 for p in files)  # written again
 
 
 def test_a_scored_dataset_is_trained_on_as_it_is_and_checked(tmp_path):
@@ -286,16 +707,19 @@ def test_a_scored_dataset_is_trained_on_as_it_is_and_checked(tmp_path):
     scored = score_dataset(model, tokenizer, examples, output_dir=str(tmp_path / "scored"))
     _, data_args, _, training_args = parse(
         *OFFLINE[:2], "--scored_dataset", tmp_path / "scored", "--do_train", "--output_dir",
-        tmp_path, "--max_train_samples", 5, "--use_cpu",
+        tmp_path, "--max_train_samples", 5, "--validation_split_percentage", 10, "--use_cpu",
     )  # fmt: skip
     model_args = script.ModelArguments()
     train, dev = script.load_datasets(data_args, model_args, training_args, tokenizer, model)
-    assert dev is None and len(train) == 5
-    assert train["input_ids"] == scored["input_ids"][:5]
+    # the first 10 % of the examples are the validation split, not trained on (run_mlm.py)
+    assert len(scored) * 10 % 100 not in (0, 50)  # no tie in the rounding
+    held = round(len(scored) * 10 / 100)
+    assert held >= 1 and dev is None and len(train) == 5
+    assert train["input_ids"] == scored["input_ids"][held : held + 5]
     np.testing.assert_array_equal(
-        np.concatenate(train["se_scores"]), np.concatenate(scored["se_scores"][:5])
+        np.concatenate(train["se_scores"]), np.concatenate(scored["se_scores"][held : held + 5])
     )
-    assert train["se_index"] == list(range(5))
+    assert train["se_index"] == list(range(held, held + 5))  # the index before the split
     other = tiny_bert_tokenizer(words=HF_WORDS[:-3])
     with pytest.raises(ScoredDatasetError, match="tokenizer"):
         script.load_datasets(data_args, model_args, training_args, other, None)
@@ -349,6 +773,115 @@ def test_a_validation_file_beside_a_scored_dataset_is_tokenized_with_the_length_
     expected = tokenize_text_files(tokenizer, [dev_text], 8, line_by_line=True, cache_dir=cache)
     assert dev["input_ids"] == expected["input_ids"]
     assert max(len(ids) for ids in dev["input_ids"]) == 8
+
+
+# -- short runs in this process ------------------------------------------------------------
+
+
+def run_main(saved, out, *extra, steps=2):
+    """script.main on the saved tiny model: ``steps`` CPU steps of 4 examples."""
+    text = write_text(out.parent / "lines.txt", 60, seed=9)
+    return script.main(
+        [str(a) for a in (
+            "--model_name_or_path", saved, "--train_file", text, "--line_by_line",
+            "--max_seq_length", SEQ, "--do_train", "--max_steps", steps,
+            "--per_device_train_batch_size", 4, "--learning_rate", 1e-3, "--use_cpu",
+            "--report_to", "none", "--save_strategy", "no", "--logging_steps", 1, "--seed", 5,
+            "--dataloader_num_workers", 0, "--cache_dir", out.parent / "cache",
+            "--output_dir", out, *extra,
+        )]
+    )  # fmt: skip
+
+
+def changed_weights(saved, trainer):
+    initial = T.AutoModelForMaskedLM.from_pretrained(saved).state_dict()
+    return [
+        name
+        for name, tensor in trainer.model.state_dict().items()
+        if not torch.equal(tensor.cpu(), initial[name])
+    ]
+
+
+def test_streaming_reads_the_text_as_a_stream_and_trains(saved, tmp_path):
+    tokenizer = tiny_bert_tokenizer()
+    text = write_text(tmp_path / "stream.txt", 30, seed=10)
+    _, data_args, _, training_args = parse(
+        *TEXT[:2], "--train_file", text, "--streaming", "--max_steps", 3, "--line_by_line",
+        "--max_seq_length", SEQ, "--do_train", "--output_dir", tmp_path, "--se_select",
+        "random", "--use_cpu", "--max_train_samples", 12,
+    )  # fmt: skip
+    model_args = script.ModelArguments(cache_dir=str(tmp_path / "cache"))
+    train, _ = script.load_datasets(data_args, model_args, training_args, tokenizer, None)
+    assert isinstance(train, datasets.IterableDataset)
+    examples = list(train)
+    lines = Path(text).read_text().splitlines()
+    assert [e["input_ids"] for e in examples] == line_ids(tokenizer, lines[:12])  # none held out
+    assert "se_index" not in examples[0]  # a stream's examples are known by their ids
+
+    trainer = run_main(saved, tmp_path / "out", "--streaming", "--se_online", "--se_select", "topk")
+    assert isinstance(trainer.train_dataset, datasets.IterableDataset)
+    assert trainer.state.global_step == 2 and changed_weights(saved, trainer)
+
+
+def test_packing_gives_packed_batches_and_trains(saved, tmp_path):
+    trainer = run_main(saved, tmp_path / "out", "--packing", "--se_select", "random")
+    collator = trainer.data_collator
+    assert collator.packing and collator.packed_attention == "mask"
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    lengths = [len(e["input_ids"]) for e in examples]
+    batch = collator(examples)
+    assert batch["input_ids"].shape == (1, sum(lengths))  # one row, no padding
+    starts = np.cumsum([0] + lengths[:-1])
+    assert batch["position_ids"][0, starts].tolist() == [0] * 4  # restart per example
+    assert batch["attention_mask"].shape == (1, 1, sum(lengths), sum(lengths))  # block-diagonal
+    mask = batch["attention_mask"][0, 0].bool()
+    assert mask[0, : lengths[0]].all() and not mask[0, lengths[0] :].any()  # its own example
+    assert trainer.state.global_step == 2 and changed_weights(saved, trainer)
+
+
+def test_packed_flash_attention_needs_a_flash_model(saved, tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        run_main(saved, tmp_path / "out", "--packing", "--packed_attention", "flash",
+                 "--se_select", "random")  # fmt: skip
+    message = str(refused.value)
+    assert "--packed_attention flash" in message and "sdpa" in message and "\n" not in message
+    flash = types.SimpleNamespace(
+        config=types.SimpleNamespace(_attn_implementation="flash_attention_2")
+    )
+    _, data_args, se_args, training_args = parse(
+        *TEXT, tmp_path, "--packing", "--packed_attention", "flash", "--se_select", "random"
+    )
+    script.check_packed_attention(flash, data_args)  # accepted
+    tokenizer = tiny_bert_tokenizer()
+    collator = script.build_trainer(
+        tiny_model(tokenizer), tokenizer, None, None, data_args, se_args, training_args
+    ).data_collator
+    batch = collator([{"input_ids": tokenizer("the of and")["input_ids"]}] * 2)
+    assert "cu_seq_lens_q" in batch and "attention_mask" not in batch
+
+
+def logged(trainer, key):
+    return [entry[key] for entry in trainer.state.log_history if key in entry and "loss" in entry]
+
+
+def test_a_scheduled_mask_rate_is_logged(saved, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="run_se_mlm"):
+        trainer = run_main(
+            saved, tmp_path / "out", "--se_online", "--se_select", "topk",
+            "--se_mask_prob_schedule", "linear:0.4,0.1", steps=4,
+        )  # fmt: skip
+    assert "mask rate linear:0.4,0.1 over training" in caplog.text
+    # linear from 0.4 to 0.1 over 4 steps, logged after steps 1..4
+    assert logged(trainer, "mask_prob") == pytest.approx([0.325, 0.25, 0.175, 0.1])
+
+
+def test_mlm_probability_is_the_schedules_constant_mask_rate(saved, tmp_path):
+    trainer = run_main(
+        saved, tmp_path / "out", "--se_online", "--se_select", "topk", "--mlm_probability",
+        0.2, "--se_random_share_schedule", "linear:1,0", steps=4,
+    )  # fmt: skip
+    assert logged(trainer, "mask_prob") == pytest.approx([0.2] * 4)
+    assert logged(trainer, "random_share") == pytest.approx([0.75, 0.5, 0.25, 0.0])
 
 
 # -- runs of the script ------------------------------------------------------------------
