@@ -20,7 +20,7 @@ from se_fairseq.core import scores as core_scores
 from se_fairseq.core.masking import SelfEvolutionMasker
 from se_fairseq.core.packing import Packing
 from se_fairseq.core.schedule import Rates
-from se_fairseq.core.scores import Head, head_logits, score_rows
+from se_fairseq.core.scores import EXCESS, Head, Metric, head_logits, score_rows
 
 
 def unwrap_model(model: Any) -> Any:
@@ -45,6 +45,18 @@ def reference_forward(model: Any) -> Iterator[Any]:
 
 
 @dataclass
+class Reference:
+    """A frozen reference model's view of the same batch, for excess-loss selection
+    (Rho-1): its ``features`` (batch x length x dim, from its own eval-mode forward) and its
+    LM ``head``. The score of a position is then the live model's correctness minus the
+    reference's."""
+
+    features: torch.Tensor
+    head: Head
+    vocab: int
+
+
+@dataclass
 class OnlineSelection:
     """What the online step hands on: the masked input, the target (the original token at
     the selected positions, the masker's ``pad`` elsewhere) and p_ref at the selected
@@ -61,10 +73,11 @@ def select_online(
     eligible: torch.Tensor,
     seeds: torch.Tensor,
     masker: SelfEvolutionMasker,
-    metric: str,
+    metric: Metric,
     head: Head,
     vocab: int,
     *,
+    reference: Optional[Reference] = None,
     word_begins: Optional[torch.Tensor] = None,
     want_ref: bool = False,
     keep_logits: bool = True,
@@ -79,6 +92,8 @@ def select_online(
     (``masking.row_seeds``). ``rates``: this step's mask rate and random share (a
     schedule's), else the masker's own. ``packing``: the batch is one packed row
     (``core.packing``), masked example by example (``seeds``: one per example).
+    ``metric``: correctness, confidence, a ``ScoreFn`` of the user's, or ``excess`` with a
+    ``reference`` (the live model's correctness minus the reference model's).
 
     With ``want_ref``, p_ref at the selected positions. With ``keep_logits`` the rows are
     scored and selected a group at a time, each group as many rows as keep their logits
@@ -87,9 +102,14 @@ def select_online(
     through the head again. Masks do not depend on the grouping: the masker works row by
     row."""
     if packing is not None:
+        if reference is not None:
+            reference = Reference(
+                packing.rows(reference.features, 0.0), reference.head, reference.vocab
+            )
         step = select_online(
             packing.rows(features, 0.0),
             packing.rows(tokens, 0),
+            reference=reference,
             seeds=seeds,
             eligible=packing.rows(eligible, False),
             masker=masker,
@@ -102,15 +122,25 @@ def select_online(
             rates=rates,
         )
         return OnlineSelection(packing.flat(step.source), packing.flat(step.target), step.ref_probs)
+    if (metric == EXCESS) != (reference is not None):
+        raise ValueError("metric 'excess' scores against a reference model, and only it does")
+    live_metric = "correctness" if metric == EXCESS else metric
     keep = want_ref and keep_logits
     rows = tokens.size(0)
     group = max(1, core_scores.LOGITS_BUDGET // max(1, tokens.size(1) * vocab)) if keep else rows
 
     def select_rows(part: slice) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         where = eligible[part]
+        targets = tokens[part][where]
         scored, kept = score_rows(
-            head, features[part][where], tokens[part][where], metric, vocab, keep_logits=keep
+            head, features[part][where], targets, live_metric, vocab, keep_logits=keep
         )
+        if reference is not None:
+            ref_rows = reference.features[part][where]
+            scored = (
+                scored
+                - score_rows(reference.head, ref_rows, targets, "correctness", reference.vocab)[0]
+            )
         scores = torch.zeros(where.shape, dtype=torch.float32, device=tokens.device)
         scores[where] = scored
         begins = None if word_begins is None else word_begins[part]

@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Optional
 
 from se_fairseq.core.schedule import Schedule, ScheduleError, check_rates, parse_schedule
-from se_fairseq.core.scores import METRICS
+from se_fairseq.core.scores import EXCESS, METRICS
 from se_fairseq.ops.select import SELECT_MODES
 
 # how positions are chosen: the operator's modes, and random (no scores: masked_lm's and
 # DataCollatorForLanguageModeling's masking)
 SELECT_CHOICES = (*SELECT_MODES, "random")
-# what a score file may hold: the live model's metrics (online SE scores with them) and the
-# model-free rarity
-FILE_METRICS = (*METRICS, "rarity")
+# what online SE scores with: the live model's formulas, and its excess over a reference
+# model (Rho-1)
+LIVE_METRICS = (*METRICS, EXCESS)
+# what a score file may hold: those and the model-free rarity
+FILE_METRICS = (*LIVE_METRICS, "rarity")
 TLS_REF_CHOICES = ("model", "uniform")
 THRESHOLD_FALLBACK_CHOICES = ("random", "none")
 # the select modes whose budget a random share splits
@@ -156,6 +158,7 @@ def check_masking(
     replacement: Optional[Sequence[Optional[float]]] = None,
     mask_prob_schedule: Optional[str] = None,
     random_share_schedule: Optional[str] = None,
+    reference: Optional[bool] = None,
 ) -> None:
     """Refuse (``OptionError``) masking options that cannot train, naming them with
     ``spelling``. ``metric`` None: the metric is not checked (nor a threshold's default);
@@ -163,7 +166,8 @@ def check_masking(
     replacement probabilities as given (None = unset), or None not to check them;
     ``mask_prob`` None: not checked (an adapter that takes it elsewhere). The schedules
     (``core.schedule`` text, None = constant) are read and held to the same bounds as the
-    rates they schedule."""
+    rates they schedule. ``reference``: whether a reference model is given (online excess
+    selection needs one, and only it takes one); None: not checked."""
     name = spelling.name
     if select not in SELECT_CHOICES:
         _refuse(f"{name('select')} must be one of {', '.join(SELECT_CHOICES)}, not {select!r}")
@@ -174,11 +178,22 @@ def check_masking(
             f"{name('online')} selects by score: use "
             f"{spelling.setting('select', 'topk', 'sample', 'threshold')}"
         )
-    if online and metric is not None and metric not in METRICS:
+    if online and metric is not None and metric not in LIVE_METRICS:
         _refuse(
             f"{name('online')} scores with the live model: {name('metric')} must be one of "
-            f"{', '.join(METRICS)}, not {metric} (a score file's metric)"
+            f"{', '.join(LIVE_METRICS)}, not {metric} (a score file's metric)"
         )
+    if reference is not None and metric is not None:
+        if online and metric == EXCESS and not reference:
+            _refuse(
+                f"{spelling.setting('metric', EXCESS)} scores the live model against a frozen "
+                f"reference model: give {name('reference')}"
+            )
+        if reference and metric != EXCESS:
+            _refuse(
+                f"{name('reference')} is the reference model of "
+                f"{spelling.setting('metric', EXCESS)}, not of {spelling.value(metric)}"
+            )
     if mask_prob is not None and not 0.0 < mask_prob < 1.0:
         _refuse(f"{name('mask_prob')} must lie in (0, 1), got {mask_prob}")
     if replacement is not None:

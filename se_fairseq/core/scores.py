@@ -7,12 +7,15 @@ is computed in fp32 whatever the model's dtype.
 """
 
 from collections.abc import Callable
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 
+# the formulas of one model's prediction; "excess" (Rho-1's excess loss) is correctness
+# minus a reference model's correctness, at the same positions
 METRICS = ("correctness", "confidence")
+EXCESS = "excess"
 LOGITS_BUDGET = 1 << 25  # fp32 elements per LM-head chunk (128 MiB)
 SCORE_ELEMENTS = 1 << 19  # fp32 logits per softmax piece on the CPU (2 MiB: in cache)
 
@@ -20,6 +23,12 @@ SCORE_ELEMENTS = 1 << 19  # fp32 logits per softmax piece on the CPU (2 MiB: in 
 # them, or None). Adding the bias piece by piece while the piece is in cache saves one pass
 # over the whole chunk in memory (see ``token_scores_from_logits``).
 Head = Callable[[torch.Tensor], tuple[torch.Tensor, Optional[torch.Tensor]]]
+# A user's score of positions: (logits (positions x vocab), their token ids (positions,)) ->
+# (positions,) scores, higher = more worth masking. It sees chunks of the positions that may
+# be selected, never padding or special tokens, and never a (tokens x vocab) tensor larger
+# than the logits budget; the built-in correctness and confidence are two such functions.
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Metric = Union[str, ScoreFn]
 
 
 class StageTimer:
@@ -94,13 +103,14 @@ def score_rows(
     head: Head,
     rows: torch.Tensor,
     targets: torch.Tensor,
-    metric: str,
+    metric: Metric,
     vocab: int,
     keep_logits: bool = False,
     timer: Optional[StageTimer] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """fp32 scores of feature ``rows`` (positions x dim) against ``targets`` (positions),
-    the head run over chunks of at most ``LOGITS_BUDGET // vocab`` rows.
+    the head run over chunks of at most ``LOGITS_BUDGET // vocab`` rows. ``metric``: one of
+    METRICS, or a ``ScoreFn`` called on each chunk's logits (the head's whole output).
 
     With ``keep_logits``, also returns the head's logits of every row when they fit
     ``LOGITS_BUDGET``, else None (the caller recomputes the few it needs). ``timer`` gets
@@ -112,7 +122,14 @@ def score_rows(
         logits, bias = head(rows[s : s + chunk])
         if timer is not None:
             timer.lap("lm_head")
-        pieces.append(token_scores_from_logits(logits, targets[s : s + chunk], metric, bias=bias))
+        if callable(metric):
+            if bias is not None:
+                logits.add_(bias)
+            pieces.append(metric(logits, targets[s : s + chunk]).float())
+        else:
+            pieces.append(
+                token_scores_from_logits(logits, targets[s : s + chunk], metric, bias=bias)
+            )
         if timer is not None:
             timer.lap("score")
         if keep_logits:

@@ -47,7 +47,7 @@ OPTION_RULES = (
             (
                 {"se_online": True, "se_metric": "rarity"},
                 "--se-online scores with the live model: --se-metric must be one of "
-                "correctness, confidence, not rarity (a score file's metric)",
+                "correctness, confidence, excess, not rarity (a score file's metric)",
             ),
         ),
         accepted=({"se_online": True, "se_select": "topk", "se_metric": "confidence"},),
