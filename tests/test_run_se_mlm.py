@@ -802,6 +802,26 @@ def changed_weights(saved, trainer):
     ]
 
 
+def test_a_run_on_a_dataset_by_name_trains_and_evaluates_on_its_held_out_rows(saved, tmp_path):
+    dataset_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    trainer = script.main(
+        [str(a) for a in (
+            "--model_name_or_path", saved, "--dataset_name", tmp_path / "data",
+            "--dataset_config_name", "plain", "--validation_split_percentage", 10,
+            "--line_by_line", "--max_seq_length", SEQ, "--do_train", "--do_eval",
+            "--max_steps", 2, "--per_device_train_batch_size", 4, "--use_cpu", "--report_to",
+            "none", "--save_strategy", "no", "--dataloader_num_workers", 0, "--se_select",
+            "random", "--cache_dir", tmp_path / "cache", "--output_dir", out,
+        )]
+    )  # fmt: skip
+    assert len(trainer.train_dataset) == 36 and trainer.state.global_step == 2
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["eval_samples"] == 4  # 10 % of the config's 40 rows
+    assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]))
+    assert changed_weights(saved, trainer)
+
+
 def test_streaming_reads_the_text_as_a_stream_and_trains(saved, tmp_path):
     tokenizer = tiny_bert_tokenizer()
     text = write_text(tmp_path / "stream.txt", 30, seed=10)
