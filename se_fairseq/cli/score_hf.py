@@ -127,6 +127,12 @@ def check_hf_args(args: argparse.Namespace) -> None:
             raise SystemExit(f"se-score: {flag} is for fairseq checkpoints; not with --hf")
     if args.metric == "rarity":
         raise SystemExit("se-score: --metric rarity reads a data-bin split; not with --hf")
+    reference = getattr(args, "reference", None)
+    if (args.metric == "excess") != (reference is not None):
+        raise SystemExit(
+            "se-score: --metric excess scores against a reference model (--reference MODEL, "
+            "e.g. the starting checkpoint), and only it takes --reference"
+        )
     if args.max_tokens == "auto":
         raise SystemExit(
             "se-score: --max-tokens auto is for fairseq models; give a number with --hf"
@@ -236,6 +242,8 @@ def main_hf(args: argparse.Namespace, rank: int, world_size: int, device: str) -
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.hf)
     model = load_model(args.hf)
+    reference = getattr(args, "reference", None)
+    reference_model = load_model(reference) if reference is not None else None
     dataset = load_examples(args, tokenizer, rank, world_size)
     if rank == 0:
         logger.info(
@@ -256,6 +264,7 @@ def main_hf(args: argparse.Namespace, rank: int, world_size: int, device: str) -
             chunk_tokens=args.chunk_tokens,
             progress=False if args.no_progress_bar else None,
             stop_after_chunks=args.stop_after_chunks,
+            reference_model=reference_model,
         )
     except ScoringError as err:
         raise SystemExit(f"se-score: {err}") from None

@@ -8,7 +8,6 @@ from typing import Any, Optional
 from se_fairseq.core import options
 from se_fairseq.core.constants import SCORES_COLUMN
 from se_fairseq.core.schedule import RateSchedules
-from se_fairseq.core.scores import METRICS
 
 # the core's options as the script's command line spells them
 SPELLING = options.Spelling(
@@ -22,6 +21,7 @@ SPELLING = options.Spelling(
         "tls_alpha": "--tls_alpha",
         "tls_ref": "--tls_ref",
         "mask_prob_schedule": "--se_mask_prob_schedule",
+        "reference": "--se_reference_model",
         "random_share_schedule": "--se_random_share_schedule",
     },
     replacement="mask_random",
@@ -45,8 +45,17 @@ class SelfEvolutionArguments:
         default="correctness",
         metadata={
             "help": "the self-questioning score: correctness = -log p(true token), confidence = "
-            "entropy of the prediction (offline: what the scores column must hold)",
-            "choices": METRICS,
+            "entropy of the prediction, excess = correctness minus a frozen reference model's "
+            "(Rho-1; online: --se_reference_model) (offline: what the scores column holds)",
+            "choices": options.LIVE_METRICS,
+        },
+    )
+    se_reference_model: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "with --se_online --se_metric excess: the frozen reference model (a "
+            "save_pretrained folder or a hub name of the same vocabulary), e.g. the starting "
+            "checkpoint"
         },
     )
     se_threshold: Optional[float] = field(
@@ -132,13 +141,14 @@ class SelfEvolutionArguments:
             mask_prob=None,  # --mlm_probability, checked by the collator
             select=self.se_select,
             metric=self.se_metric,
-            metric_choices=METRICS,
+            metric_choices=options.LIVE_METRICS,
             online=self.se_online,
             threshold=self.se_threshold,
             random_share=self.se_random_share,
             temperature=self.se_temperature,
             mask_prob_schedule=self.se_mask_prob_schedule,
             random_share_schedule=self.se_random_share_schedule,
+            reference=self.se_reference_model is not None,
         )
         if self.se_random_share_schedule is not None and self.se_random_share != 0.0:
             raise options.OptionError(

@@ -76,8 +76,13 @@ def score_dataset(
     progress: Optional[bool] = None,
     stop_after_chunks: int = 0,
     chunk_callback: Optional[Callable[[int], Any]] = None,
+    reference_model: Any = None,
 ) -> Any:
     """``dataset`` with a float32 column ``column``: one score per input id (module doc).
+
+    - ``metric``: correctness, confidence, or excess (Rho-1: correctness minus
+      ``reference_model``'s, a frozen masked-LM of the same vocabulary, e.g. the starting
+      checkpoint; only excess takes a reference).
 
     - ``batch_size`` (examples) / ``max_tokens`` (padded tokens) per batch; neither: as many
       tokens as keep the logits under 2^28 values.
@@ -104,6 +109,7 @@ def score_dataset(
         dtype=dtype,
         device=device,
         chunk_tokens=chunk_tokens,
+        reference_model=reference_model,
     )
     return job.score(progress, stop_after_chunks, chunk_callback)
 
@@ -153,14 +159,21 @@ class HFScoringJob(ChunkedJob):
         dtype,
         device,
         chunk_tokens,
+        reference_model=None,
     ):
         import datasets
         import torch
 
-        from se_fairseq.core.scores import METRICS
+        from se_fairseq.core.options import LIVE_METRICS
+        from se_fairseq.core.scores import EXCESS
 
-        if metric not in METRICS:
-            raise ScoringError(f"unknown metric {metric!r}; choose from {METRICS}")
+        if metric not in LIVE_METRICS:
+            raise ScoringError(f"unknown metric {metric!r}; choose from {LIVE_METRICS}")
+        if (metric == EXCESS) != (reference_model is not None):
+            raise ScoringError(
+                "metric excess scores against a reference model (reference_model=, se-score "
+                "--hf's --reference), and only it takes one"
+            )
         if not isinstance(dataset, datasets.Dataset):
             raise ScoringError(
                 f"dataset must be one datasets.Dataset (one split), not {type(dataset).__name__}"
@@ -220,16 +233,31 @@ class HFScoringJob(ChunkedJob):
         self.model_info = prov.model_record(model)
         self.tokenizer_info = prov.tokenizer_record(tokenizer)
         self.head: Any = None  # the model's LM head (se_fairseq.hf.heads), at the first batch
+        self.reference_model = reference_model
+        self.reference_info = None
+        self.reference_head: Any = None
+        if reference_model is not None:
+            if prov.model_vocab_size(reference_model) != self.vocab:
+                raise ScoringError(
+                    f"the reference model's output vocabulary has "
+                    f"{prov.model_vocab_size(reference_model)} entries, the model's "
+                    f"{self.vocab}: excess loss compares two models on the same tokens, so "
+                    "they must share one vocabulary (and tokenizer)"
+                )
+            self.reference_info = prov.model_record(reference_model)
 
     # -- manifest --------------------------------------------------------------
     def record(self) -> dict:
-        return prov.provenance(
+        record = prov.provenance(
             metric=self.metric,
             column=self.column,
             model=self.model_info,
             tokenizer=self.tokenizer_info,
             ids=self.ids,
         )
+        if self.reference_info is not None:
+            record["reference_model"] = self.reference_info
+        return record
 
     def manifest(self) -> dict:
         return {
@@ -329,9 +357,21 @@ class HFScoringJob(ChunkedJob):
                     "masked-LM head"
                 )
             where = scored.to(self.device)
-            scores, _ = score_rows(
-                self.head.head, features[where], batch["input_ids"][where], self.metric, vocab
-            )
+            targets = batch["input_ids"][where]
+            live = "correctness" if self.reference_model is not None else self.metric
+            scores, _ = score_rows(self.head.head, features[where], targets, live, vocab)
+            if self.reference_model is not None:
+                if self.reference_head is None:
+                    self.reference_model.to(self.device).eval()
+                    self.reference_head = head_of(self.reference_model, batch)
+                ref = self.reference_head.features(self.reference_model, batch)
+                ref_vocab = self.reference_head.vocab(ref)
+                scores = (
+                    scores
+                    - score_rows(
+                        self.reference_head.head, ref[where], targets, "correctness", ref_vocab
+                    )[0]
+                )
         return scores.cpu().numpy()
 
     def chunk_tokens(self, i: int) -> int:

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from se_fairseq.core.constants import IGNORE_INDEX, ONLINE_SEEDS, REF_PROBS
-from se_fairseq.core.online import reference_forward, select_online
+from se_fairseq.core.online import Reference, reference_forward, select_online
 from se_fairseq.core.packing import Packing
 from se_fairseq.core.schedule import Rates
-from se_fairseq.core.scores import head_logits
+from se_fairseq.core.scores import EXCESS, ScoreFn, head_logits
 from se_fairseq.hf.arguments import SelfEvolutionArguments
 from se_fairseq.hf.collator import (
     ONLINE_ELIGIBLE,
@@ -61,11 +61,27 @@ class SelfEvolutionTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(
-        self, *args: Any, se_args: Optional[SelfEvolutionArguments] = None, **kwargs: Any
+        self,
+        *args: Any,
+        se_args: Optional[SelfEvolutionArguments] = None,
+        reference_model: Any = None,
+        score_fn: Optional[ScoreFn] = None,
+        **kwargs: Any,
     ) -> None:
         if se_args is None:
             raise ValueError(
                 "SelfEvolutionTrainer needs se_args= (a se_fairseq.hf.SelfEvolutionArguments)"
+            )
+        if score_fn is not None and not se_args.se_online:
+            raise ValueError(
+                "score_fn scores with the live model: it takes --se_online (offline, give the "
+                "scores as the dataset's se_scores column)"
+            )
+        excess = se_args.se_metric == EXCESS and se_args.se_online
+        if excess != (reference_model is not None):
+            raise ValueError(
+                "--se_metric excess (online) scores against reference_model= (a frozen "
+                "AutoModelForMaskedLM of the same vocabulary), and only it takes one"
             )
         collator = kwargs.get("data_collator")
         if not isinstance(collator, DataCollatorForSelfEvolution):
@@ -92,6 +108,12 @@ class SelfEvolutionTrainer(Trainer):
             with_scores = not se_args.se_online and collator.select != "random"
             kwargs["data_collator"] = collator.padding_only(with_scores)
         self._head: SplitHead | DenseHead | None = None
+        self.score_fn = score_fn
+        self.reference_model = reference_model
+        self._reference_head: SplitHead | DenseHead | None = None
+        if reference_model is not None:
+            _check_reference(kwargs.get("model", args[0] if args else None), reference_model)
+            reference_model.eval().requires_grad_(False)
         self._packing_checked = not collator.packing
         if collator.packing and collator.position_offset == 0:
             collator.position_offset = position_offset_of(kwargs.get("model"))
@@ -251,6 +273,7 @@ class SelfEvolutionTrainer(Trainer):
         word_begins = batch.pop(ONLINE_WORD_BEGINS, None)
         packing = self._packing_of(batch)
         head = self._lm_head(batch)
+        reference = self._reference(batch)
         with reference_forward(self.model) as inner:
             features = head.features(inner, batch)
             step = select_online(
@@ -259,9 +282,10 @@ class SelfEvolutionTrainer(Trainer):
                 eligible,
                 seeds,
                 self.se_collator.masker,
-                self.se_args.se_metric,
+                self.score_fn or self.se_args.se_metric,
                 head.head,
                 head.vocab(features),
+                reference=reference,
                 word_begins=word_begins,
                 want_ref=self._needs_reference(),
                 keep_logits=head.sparse,  # dense: the logits are there already
@@ -273,6 +297,21 @@ class SelfEvolutionTrainer(Trainer):
         batch["input_ids"] = step.source
         batch["labels"] = step.target
         return batch
+
+    def _reference(self, batch: Mapping[str, Any]) -> Optional[Reference]:
+        """The frozen reference model's view of ``batch`` (excess-loss selection): its own
+        eval-mode forward under no_grad, on the live model's device."""
+        if self.reference_model is None:
+            return None
+        device = batch["input_ids"].device
+        if next(self.reference_model.parameters()).device != device:
+            self.reference_model.to(device)
+        if self._reference_head is None:
+            self._reference_head = head_of(self.reference_model, batch)
+        head = self._reference_head
+        with torch.no_grad():
+            features = head.features(self.reference_model, batch)
+        return Reference(features, head.head, head.vocab(features))
 
     def _lm_head(self, inputs: Mapping[str, Any]) -> "SplitHead | DenseHead":
         """The model's LM head split at its projection (``se_fairseq.hf.heads``), decided
@@ -358,6 +397,19 @@ def _columns_of(dataset: Any) -> Optional[set]:
     except (TypeError, KeyError, IndexError):
         return None
     return set(first) if isinstance(first, Mapping) else None
+
+
+def _check_reference(model: Any, reference: Any) -> None:
+    """A reference model must score the live model's vocabulary."""
+    from se_fairseq.hf.provenance import model_vocab_size
+
+    live, ref = model_vocab_size(model), model_vocab_size(reference)
+    if ref is None or live != ref:
+        raise ValueError(
+            f"reference_model {type(reference).__name__} has an output vocabulary of {ref}, "
+            f"the live model {live}: excess loss compares the two models' losses on the same "
+            "tokens, so they must share one vocabulary (and tokenizer)"
+        )
 
 
 def _check_collator_matches(collator: DataCollatorForSelfEvolution, se_args: Any) -> None:
