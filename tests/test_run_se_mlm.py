@@ -89,6 +89,10 @@ SE_OPTIONS = {
     "se_scores_column": (["--se_scores_column", "my_scores"], "my_scores"),
     "se_sparse_head": (["--no_se_sparse_head"], False),
     "se_mask_prob_schedule": (["--se_mask_prob_schedule", "linear:0.3,0.1"], "linear:0.3,0.1"),
+    "se_reference_model": (
+        ["--se_online", "--se_metric", "excess", "--se_reference_model", "ref"],
+        "ref",
+    ),
     "se_random_share_schedule": (["--se_random_share_schedule", "linear:1,0"], "linear:1,0"),
     "tls_alpha": (["--tls_alpha", "0.3"], 0.3),
     "tls_ref": (["--tls_ref", "uniform"], "uniform"),
@@ -102,12 +106,13 @@ def test_every_se_option_is_listed_here():
 @pytest.mark.parametrize("name", sorted(SE_OPTIONS))
 def test_se_option_reaches_self_evolution_arguments(name, tmp_path):
     words, value = SE_OPTIONS[name]
-    base = TEXT if name == "se_online" else OFFLINE
+    base = TEXT if "--se_online" in words else OFFLINE
     _, _, se_args, _ = parse(*base, tmp_path, *words)
     assert isinstance(se_args, SelfEvolutionArguments)
     assert getattr(se_args, name) == value
     default = SelfEvolutionArguments()
-    untouched = [f.name for f in dataclasses.fields(default) if f.name not in (name, "se_select")]
+    given = {w[2:] for w in words if w.startswith("--")} | {name, "se_select"}
+    untouched = [f.name for f in dataclasses.fields(default) if f.name not in given]
     assert all(getattr(se_args, n) == getattr(default, n) for n in untouched)
 
 

@@ -788,11 +788,15 @@ def build_trainer(
         packed_attention=data_args.packed_attention,
         **se_args.collator_kwargs(),
     )
+    reference = None
+    if se_args.se_reference_model is not None:  # --se_metric excess: a frozen reference model
+        reference = AutoModelForMaskedLM.from_pretrained(se_args.se_reference_model)
     return SelfEvolutionTrainer(
         model=model,
         args=training_args,
         data_collator=collator,
         se_args=se_args,
+        reference_model=reference,
         train_dataset=train,
         eval_dataset=dev,
         processing_class=tokenizer,
