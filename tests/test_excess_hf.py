@@ -163,3 +163,26 @@ def test_a_user_score_function_drives_online_selection(tokenizer, tmp_path):
     assert torch.equal(masked["labels"], want)
     with pytest.raises(ValueError, match="score_fn scores with the live model"):
         trainer(tokenizer, tmp_path, SelfEvolutionArguments(), score_fn=rarity)
+
+
+@pytest.mark.parametrize(
+    "se_args, passes",
+    [
+        (SelfEvolutionArguments(tls_alpha=0.0, se_select="random"), 3),  # plain MLM step
+        (SelfEvolutionArguments(), 4),  # offline TLS: p_ref's forward
+        (SelfEvolutionArguments(se_online=True), 4),  # online: one forward for both
+        (
+            SelfEvolutionArguments(se_online=True, se_metric="excess", se_reference_model="r"),
+            5,
+        ),
+    ],
+    ids=["random", "offline-tls", "online", "online-excess"],
+)
+def test_the_flops_count_holds_ses_extra_forwards(tokenizer, tmp_path, se_args, passes):
+    """Against transformers' own count for a plain step (6 x tokens x parameters: forward
+    and backward, 3 token passes): SE adds one pass per extra forward without gradient."""
+    reference = tiny_bert(tokenizer, 1) if se_args.se_metric == "excess" else None
+    se = trainer(tokenizer, tmp_path, se_args, reference_model=reference)
+    inputs = {"input_ids": torch.ones((4, 10), dtype=torch.long)}
+    plain = 6 * 40 * se.model.num_parameters(exclude_embeddings=True)
+    assert se.floating_point_ops(inputs) == plain * passes // 3

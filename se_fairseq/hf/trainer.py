@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from se_fairseq.core.compute import TRAIN_STEP, step_passes
 from se_fairseq.core.constants import IGNORE_INDEX, ONLINE_SEEDS, REF_PROBS
 from se_fairseq.core.online import Reference, reference_forward, select_online
 from se_fairseq.core.packing import Packing
@@ -201,6 +202,17 @@ class SelfEvolutionTrainer(Trainer):
             return None
         progress = self.state.global_step / max(self.state.max_steps, 1)
         return self.rates.at(progress)
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        """The Trainer's count (6 x tokens x parameters: forward and backward) with SE's
+        extra forwards without gradient (``core.compute``): the reference forward of TLS or
+        of online SE, and a reference model's. ``total_flos`` in the train summary is then
+        the compute SE spent, comparable with a plain run's."""
+        passes = step_passes(
+            reference_forward=self.se_args.se_online or self._needs_reference(),
+            reference_model=self.reference_model is not None,
+        )
+        return super().floating_point_ops(inputs) * passes // TRAIN_STEP
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """The Trainer's log, with the scheduled rates of the current step."""
