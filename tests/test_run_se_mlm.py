@@ -896,6 +896,8 @@ def test_a_scheduled_mask_rate_is_logged(saved, tmp_path, caplog):
             "--se_mask_prob_schedule", "linear:0.4,0.1", steps=4,
         )  # fmt: skip
     assert "mask rate linear:0.4,0.1 over training" in caplog.text
+    # online: the start line says the trainer scores, not that the collator reads scores
+    assert "no scores column is read" in caplog.text and "reads se_scores" not in caplog.text
     # linear from 0.4 to 0.1 over 4 steps, logged after steps 1..4
     assert logged(trainer, "mask_prob") == pytest.approx([0.325, 0.25, 0.175, 0.1])
 

@@ -850,11 +850,16 @@ def main(argv: Optional[list[str]] = None) -> Any:
     model_args, data_args, se_args, training_args = parse_args(argv)
     setup_logging(training_args)
     packed = f"; packed rows ({data_args.packed_attention})" if data_args.packing else ""
+    if se_args.se_online:
+        reads = "the trainer scores each batch itself: no scores column is read"
+    elif se_args.se_select == "random":
+        reads = "random masking: no scores column is read"
+    else:
+        reads = f"the collator reads {se_args.se_scores_column} (and se_index where present)"
     logger.warning(
         f"rank {training_args.process_index} of {training_args.world_size}, device "
         f"{training_args.device}; {mode_of(se_args)}, {rates_of(se_args, data_args)}, "
-        f"tls_alpha {se_args.tls_alpha} ({se_args.tls_ref}){packed}; "
-        "remove_unused_columns=False (the collator reads se_index and se_scores)"
+        f"tls_alpha {se_args.tls_alpha} ({se_args.tls_ref}){packed}; {reads}"
     )
     last_checkpoint = None
     if training_args.do_train and training_args.resume_from_checkpoint is None:
