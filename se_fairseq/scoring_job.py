@@ -75,14 +75,18 @@ def runs_of(mask):
     return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
 
 
-def load_scoring_model(path, data):
+def load_scoring_model(
+    path, data, *, what="checkpoint", hint="score data binarized with the checkpoint's own dict.txt"
+):
     """The checkpoint's model and task, loaded as fairseq_cli/validate.py loads them, after
-    checking that its dictionary is the one ``data`` was binarized with."""
+    checking that its dictionary is the one ``data`` was binarized with. ``what`` names the
+    checkpoint in a refusal (a reference checkpoint...), ``hint`` ends the refusal of another
+    dictionary."""
     from fairseq import checkpoint_utils
     from fairseq.data import Dictionary
 
     if not os.path.exists(path):
-        raise ScoringError(f"checkpoint {path} not found")
+        raise ScoringError(f"{what} {path} not found")
     state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides={"data": data})
     dict_path = os.path.join(data, "dict.txt")
     data_vocab = len(Dictionary.load(dict_path)) + 1  # + <mask>, as masked_lm adds it
@@ -90,12 +94,13 @@ def load_scoring_model(path, data):
         v for k, v in state["model"].items() if k.endswith("sentence_encoder.embed_tokens.weight")
     ]
     if not embed:
-        raise ScoringError(f"{path} holds no RoBERTa- or BERT-style (hf_bert) encoder embeddings")
+        raise ScoringError(
+            f"{what} {path} holds no RoBERTa- or BERT-style (hf_bert) encoder embeddings"
+        )
     if embed[0].shape[0] != data_vocab:
         raise ScoringError(
-            f"the dictionary of checkpoint {path} has {embed[0].shape[0]} entries "
-            f"but {dict_path} gives {data_vocab} (incl. <mask>); score data binarized with "
-            "the checkpoint's own dict.txt"
+            f"the dictionary of {what} {path} has {embed[0].shape[0]} entries "
+            f"but {dict_path} gives {data_vocab} (incl. <mask>); {hint}"
         )
     # state passed in: the checkpoint is read once; its data path is already overridden
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], state=state)
@@ -157,13 +162,24 @@ class ScoringJob(ChunkedJob):
         chunk_tokens=DEFAULT_CHUNK_TOKENS,
         rank=0,
         world_size=1,
+        reference=None,
     ):
         import torch
 
-        from se_fairseq.core.scores import METRICS
+        from se_fairseq.core.scores import EXCESS, METRICS
 
-        if metric not in METRICS:
-            raise ScoringError(f"unknown metric {metric!r}; choose from {METRICS}")
+        if metric not in (*METRICS, EXCESS):
+            raise ScoringError(f"unknown metric {metric!r}; choose from {(*METRICS, EXCESS)}")
+        if metric == EXCESS and reference is None:
+            raise ScoringError(
+                "metric 'excess' scores the checkpoint against a frozen reference model: "
+                "give its checkpoint (reference=PATH, se-score --reference)"
+            )
+        if reference is not None and metric != EXCESS:
+            raise ScoringError(
+                f"a reference checkpoint ({reference}) is the reference model of metric "
+                f"'excess', not of {metric!r}"
+            )
         if precision not in ("fp32", "fp16", "bf16"):
             raise ScoringError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
         self.data, self.split, self.metric = data, split, metric
@@ -180,7 +196,13 @@ class ScoringJob(ChunkedJob):
         self.prefix = score_file.prefix_of(out or score_file.default_prefix(self.split_path))
         self.fingerprint = score_file.corpus_fingerprint(self.split_path)
         self.timer = None  # a core.scores.StageTimer when score_corpus is asked for stage_times
-        self._load_model(path)
+        self.model, self.checkpoint, cfg, self.task = self._load_model(path)
+        self.task_cfg = cfg.task
+        self.reference = self.reference_checkpoint = None
+        if reference is not None:
+            self.reference, self.reference_checkpoint, _, _ = self._load_model(
+                reference, what="reference checkpoint"
+            )
         self._load_blocks(tokens_per_sample, sample_break_mode)
         if self.max_tokens == "auto":
             self.max_tokens = auto_max_tokens(self.model, self.device, self.max_positions)
@@ -191,26 +213,22 @@ class ScoringJob(ChunkedJob):
         )
 
     # -- model ---------------------------------------------------------------
-    def _load_model(self, path):
+    def _load_model(self, path, what="checkpoint"):
+        """(model on the device in eval mode, its provenance record, cfg, task)."""
         from concurrent.futures import ThreadPoolExecutor
 
         import torch
 
         with ThreadPoolExecutor(1) as pool:  # hash the checkpoint while it loads
             sha256 = pool.submit(file_sha256, path) if os.path.exists(path) else None
-            model, cfg, self.task = load_scoring_model(path, self.data)
+            model, cfg, task = load_scoring_model(path, self.data, what=what)
             digest = sha256.result() if sha256 is not None else None
-        self.task_cfg = cfg.task
         if self.precision == "fp16":
             model = model.half()
         elif self.precision == "bf16":
             model = model.to(torch.bfloat16)
-        self.model = model.to(self.device).eval()
-        self.checkpoint = {
-            "path": os.path.abspath(path),
-            "bytes": os.path.getsize(path),
-            "sha256": digest,
-        }
+        record = {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": digest}
+        return model.to(self.device).eval(), record, cfg, task
 
     # -- data ----------------------------------------------------------------
     def _load_blocks(self, tokens_per_sample, break_mode):
@@ -245,6 +263,8 @@ class ScoringJob(ChunkedJob):
         # fairseq-train drops training blocks longer than the positions of the model
         # (--sample-break-mode complete/eos makes them from long sentences): skip them too.
         self.max_positions = min(tokens_per_sample, int(self.model.max_positions()))
+        if self.reference is not None:
+            self.max_positions = min(self.max_positions, int(self.reference.max_positions()))
         self.too_long = self.slices[:, 1] - self.slices[:, 0] + 1 > self.max_positions
         if len(self.slices) == 0:
             raise ScoringError(f"{self.split_path} holds no tokens: nothing to score")
@@ -276,7 +296,7 @@ class ScoringJob(ChunkedJob):
 
     # -- manifest ------------------------------------------------------------
     def manifest(self):
-        return {
+        manifest = {
             "corpus": self.fingerprint,
             "checkpoint": self.checkpoint,
             "metric": self.metric,
@@ -284,6 +304,9 @@ class ScoringJob(ChunkedJob):
             "chunks": [list(c) for c in self.chunks],
             "precision": self.precision,
         }
+        if self.reference_checkpoint is not None:
+            manifest["reference_checkpoint"] = self.reference_checkpoint
+        return manifest
 
     def check_output(self):
         """The score file's two names hold nothing but an earlier score file: the job
@@ -315,11 +338,10 @@ class ScoringJob(ChunkedJob):
             yield [first + j for j in batch]
 
     def chunk_scores(self, i, progress=None):
-        """fp32 scores of every token of chunk ``i`` (0 in blocks too long to score)."""
+        """fp32 scores of every token of chunk ``i`` (0 in blocks too long to score); with a
+        reference model, the checkpoint's correctness minus the reference's."""
         import torch
         from fairseq.data import data_utils
-
-        from se_fairseq.scoring import score_features
 
         timer = self.timer
         first, last = self.chunks[i]
@@ -331,12 +353,7 @@ class ScoringJob(ChunkedJob):
             if timer is not None:
                 timer.lap("load")
             with torch.inference_mode():
-                features, _ = self.model(src, features_only=True)
-                if timer is not None:
-                    timer.lap("forward")
-                scores = score_features(
-                    self.model, features, src, self.pad, self.metric, timer=timer
-                )[0].cpu()
+                scores = self._scores(src, timer).cpu()
             for row, b in enumerate(batch):
                 start, end = int(self.slices[b, 0]), int(self.slices[b, 1])
                 out[start - base : end - base] = scores[row, 1 : 1 + end - start].numpy()
@@ -347,6 +364,23 @@ class ScoringJob(ChunkedJob):
         if progress is not None:  # skipped blocks count as done
             progress.update(self.skipped_tokens(first, last))
         return out
+
+    def _scores(self, src, timer):
+        """(batch x length) fp32 scores of a batch of blocks, under inference mode."""
+        from se_fairseq.scoring import score_features
+
+        metric = "correctness" if self.reference is not None else self.metric
+        features, _ = self.model(src, features_only=True)
+        if timer is not None:
+            timer.lap("forward")
+        scores = score_features(self.model, features, src, self.pad, metric, timer=timer)[0]
+        if self.reference is None:
+            return scores
+        features, _ = self.reference(src, features_only=True)
+        if timer is not None:
+            timer.lap("forward")
+        reference = score_features(self.reference, features, src, self.pad, metric, timer=timer)
+        return scores - reference[0]
 
     def assemble(self):
         """Rank 0: join the chunks into the score file, then drop the partial folder."""
@@ -371,11 +405,17 @@ class ScoringJob(ChunkedJob):
                 checkpoint=self.checkpoint,
                 blocking=self.blocking,
                 fingerprint=self.fingerprint,
-                extra={"summary": summary},
+                extra=self._provenance(summary),
                 unscored_ranges=runs_of(~covered),
             )
         self.remove_partial_dir()
         return paths, summary
+
+    def _provenance(self, summary):
+        extra = {"summary": summary}
+        if self.reference_checkpoint is not None:
+            extra["reference_checkpoint"] = self.reference_checkpoint
+        return extra
 
 
 def score_corpus(
@@ -389,10 +429,16 @@ def score_corpus(
     stop_after_chunks: int = 0,
     progress: Optional[Callable[[int], Any]] = None,
     stage_times: Optional[dict] = None,
+    reference: Optional[str] = None,
     **options: Any,
 ) -> ScoringResult:
     """Score ``data/<split>`` with checkpoint ``path``; write the score file beside the split
     (or at ``out``). Resumes a run stopped or killed with the same options.
+
+    ``metric`` "excess" (Rho-1's excess loss) needs ``reference``, a checkpoint over the same
+    dictionary: each token's score is then the checkpoint's correctness minus the
+    reference's, and the score file records both checkpoints (``checkpoint`` and
+    ``reference_checkpoint``); a rerun with another reference does not resume this one.
 
     ``options``: tokens_per_sample, sample_break_mode, max_tokens, batch_size, device,
     precision ("fp32", "fp16", "bf16"), out, chunk_tokens. With ``world_size`` > 1 every
@@ -406,7 +452,14 @@ def score_corpus(
 
     timer = StageTimer(stage_times, options.get("device")) if stage_times is not None else None
     job = ScoringJob(
-        data, path, split=split, metric=metric, rank=rank, world_size=world_size, **options
+        data,
+        path,
+        split=split,
+        metric=metric,
+        rank=rank,
+        world_size=world_size,
+        reference=reference,
+        **options,
     )
     if timer is not None:
         timer.lap("setup")
@@ -415,7 +468,9 @@ def score_corpus(
         logger.info(
             f"scoring {split} of {data}: {job.fingerprint['num_tokens']} tokens in "
             f"{len(job.blocks)} blocks ({job.blocking}), {len(job.chunks)} chunks, "
-            f"metric {metric}, {world_size} rank(s), device {job.device}"
+            f"metric {metric}"
+            + (f" against reference {reference}" if reference is not None else "")
+            + f", {world_size} rank(s), device {job.device}"
         )
     complete = job.run(progress, stop_after_chunks)
     assert job.partial_dir is not None

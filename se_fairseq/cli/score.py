@@ -1,6 +1,7 @@
 """``se-score``: the self-questioning stage as a command.
 
     se-score DATA --path CKPT [--split train] [--metric correctness|confidence]
+    se-score DATA --path CKPT --metric excess --reference REF_CKPT
     se-score --hf MODEL (--train_file FILE... | --dataset DIR) --out DIR   (cli/score_hf.py)
 
 The model reads every block of the split unmasked (eval mode, no gradient) and
@@ -38,7 +39,7 @@ def _max_tokens(value):
 
 
 def build_parser():
-    from se_fairseq.core.scores import METRICS
+    from se_fairseq.core.scores import EXCESS, METRICS
 
     p = argparse.ArgumentParser(
         prog="se-score",
@@ -61,11 +62,20 @@ def build_parser():
     p.add_argument("--split", default="train", help="split to score (default: train)")
     p.add_argument(
         "--metric",
-        choices=(*METRICS, "rarity"),
+        choices=(*METRICS, EXCESS, "rarity"),
         default="correctness",
         help="correctness = -log p(true token); confidence = entropy of the prediction; "
-        "rarity = -log of the token's unigram probability in the train split (no model: "
-        "a control, see se_fairseq/rarity.py)",
+        "excess = correctness minus a frozen reference model's correctness (Rho-1's excess "
+        "loss; needs --reference); rarity = -log of the token's unigram probability in the "
+        "train split (no model: a control, see se_fairseq/rarity.py)",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="CKPT",
+        help="with --metric excess: the reference model whose correctness is subtracted (e.g. "
+        "the starting checkpoint): a fairseq checkpoint over the same dictionary as --path, "
+        "recorded in the score file beside it; with --hf, a model folder or hub name",
     )
     p.add_argument(
         "--tokens-per-sample",
@@ -177,6 +187,7 @@ def main(argv=None):
                 dist.destroy_process_group()
     import fairseq  # noqa: F401  (registers the safe checkpoint loader)
 
+    _check_reference(args)
     if args.metric == "rarity":
         return _score_rarity(args)
     if not args.path:
@@ -218,6 +229,7 @@ def main(argv=None):
             precision="fp16" if args.fp16 else "bf16" if args.bf16 else "fp32",
             out=args.out,
             chunk_tokens=args.chunk_tokens,
+            reference=args.reference,
         )
     except (ScoringError, ScoreFileError) as err:
         raise SystemExit(f"se-score: {err}") from None
@@ -234,6 +246,20 @@ def main(argv=None):
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _check_reference(args):
+    """--metric excess and --reference go together (one line otherwise)."""
+    if args.metric == "excess" and args.reference is None:
+        raise SystemExit(
+            "se-score: --metric excess scores --path against a frozen reference model: give "
+            "--reference CKPT (e.g. the starting checkpoint)"
+        )
+    if args.reference is not None and args.metric != "excess":
+        raise SystemExit(
+            f"se-score: --reference is the reference model of --metric excess, not of "
+            f"--metric {args.metric}"
+        )
 
 
 def _score_rarity(args):

@@ -56,6 +56,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
     def __init__(self, cfg, dictionary=None):
         _check_config(cfg)
         self._step_masker = None
+        self._reference = None  # --se-reference's model, loaded with the train split
         self.rates = se_mlm_config.rate_schedules(cfg)
         self.leave_unmasked_prob, self.random_token_prob = resolved_replacement(cfg)
         super().__init__(cfg, dictionary)
@@ -217,6 +218,10 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         return self._shuffled(dataset)
 
     def _load_online_split(self, split, epoch, combine):
+        reference = ""
+        if self.cfg.se_reference is not None:
+            self.reference_model()  # a reference that cannot serve is refused before training
+            reference = f" against the frozen reference {self.cfg.se_reference}"
         blocks = self._load_dataset_split(split, epoch, combine)  # brings --shorten-method
         threshold = ""
         if self.cfg.se_select == "threshold":
@@ -225,7 +230,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             )
         logger.info(
             f"{split}: --se-online, --se-select {self.cfg.se_select}{threshold}, "
-            f"--se-metric {self.cfg.se_metric}"
+            f"--se-metric {self.cfg.se_metric}{reference}"
         )
         dataset = SelfEvolutionMaskDataset(blocks, None, None, self.dictionary.pad(), self.cfg.seed)
         return self._shuffled(dataset)
@@ -322,9 +327,28 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             self._step_masker = self.build_masker()
         return self._step_masker
 
+    def reference_model(self):
+        """The frozen reference model of --se-reference (None without it), loaded once on
+        the CPU (se_mlm_online.load_reference); the online step moves it beside the live
+        model. It is the task's, not the model's: no optimizer or checkpoint sees it."""
+        if self._reference is None and self.cfg.se_reference is not None:
+            data = utils.split_paths(self.cfg.data)[0]
+            reference = se_mlm_online.load_reference(self.cfg.se_reference, data)
+            positions = int(reference.max_positions())
+            if positions < self.cfg.tokens_per_sample:
+                raise SelfEvolutionConfigError(
+                    f"--se-reference checkpoint {self.cfg.se_reference} reads at most "
+                    f"{positions} positions, fewer than the blocks of --tokens-per-sample "
+                    f"{self.cfg.tokens_per_sample}"
+                )
+            self._reference = reference
+        return self._reference
+
     def mask_online(self, sample, model, criterion, rates=None):
-        """Score the unmasked batch with the live model, select, mask; keep p_ref for TLS
-        (se_mlm_online.mask_online, with the masker of the options, at ``rates``)."""
+        """Score the unmasked batch with the live model (against the reference model with
+        --se-metric excess), select, mask; keep p_ref for TLS (se_mlm_online.mask_online,
+        with the masker of the options, at ``rates``)."""
+        reference = self.reference_model()
         return se_mlm_online.mask_online(
             sample,
             model,
@@ -333,6 +357,7 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             self.dictionary.pad(),
             str(self.cfg.se_metric),
             rates,
+            reference=None if reference is None else se_mlm_online.beside(reference, model),
         )
 
     def mask_in_step(self, sample, rates):

@@ -46,6 +46,7 @@ SPELLING = options.Spelling(
         "tls_ref": "--tls-ref",
         "mask_prob_schedule": "--mask-prob-schedule",
         "random_share_schedule": "--se-random-share-schedule",
+        "reference": "--se-reference",
     },
     replacement="leave_random",
 )
@@ -146,8 +147,21 @@ class SelfEvolutionMLMConfig(MaskedLMConfig):
     se_metric: SE_METRIC_CHOICES = field(
         default="correctness",
         metadata={
-            "help": "the self-questioning score: correctness = -log p(true token), confidence = "
-            "entropy of the prediction (offline: what the score file must hold)"
+            "help": "the self-questioning score (offline: what the score file must hold): "
+            "correctness = -log p(true token); confidence = entropy of the prediction; excess = "
+            "the live model's correctness minus a frozen reference model's (Rho-1's excess loss; "
+            "online with --se-reference, offline from se-score --metric excess --reference); "
+            "rarity = unigram surprisal (offline only, se-score --metric rarity)"
+        },
+    )
+    se_reference: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "with --se-online --se-metric excess: the frozen reference model (a fairseq "
+            "checkpoint over the task's dictionary, e.g. the starting checkpoint); each step "
+            "scores the unmasked batch with it too (eval mode, no gradient) and masks the "
+            "tokens where the live model's loss most exceeds its loss. It is never trained "
+            "nor saved in the checkpoints"
         },
     )
     se_scores: Optional[str] = field(
@@ -195,9 +209,16 @@ def _check_config(cfg):
             replacement=(cfg.leave_unmasked_prob, cfg.random_token_prob),
             mask_prob_schedule=cfg.mask_prob_schedule,
             random_share_schedule=cfg.se_random_share_schedule,
+            reference=cfg.se_reference is not None,
         )
     except options.OptionError as err:
         raise SelfEvolutionConfigError(str(err)) from None
+    if cfg.se_reference is not None and not cfg.se_online:
+        raise SelfEvolutionConfigError(
+            "--se-reference scores each step's batch, with --se-online; offline, --se-metric "
+            "excess trains on a score file of excess scores (se-score --metric excess "
+            "--reference CKPT)"
+        )
     if cfg.se_random_share_schedule is not None and cfg.se_random_share != 0.0:
         raise SelfEvolutionConfigError(
             "--se-random-share-schedule replaces --se-random-share: give one of them"

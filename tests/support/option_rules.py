@@ -53,6 +53,84 @@ OPTION_RULES = (
         accepted=({"se_online": True, "se_select": "topk", "se_metric": "confidence"},),
     ),
     OptionRule(
+        "--se-online --se-metric excess needs --se-reference",
+        refused=(
+            (
+                {"se_online": True, "se_metric": "excess"},
+                "--se-metric excess scores the live model against a frozen reference model: "
+                "give --se-reference",
+            ),
+            (
+                {"se_online": True, "se_select": "sample", "se_metric": "excess"},
+                "--se-metric excess scores the live model against a frozen reference model: "
+                "give --se-reference",
+            ),
+        ),
+        accepted=(
+            # _check_config does not read the file: the task loads it with the train split
+            {"se_online": True, "se_metric": "excess", "se_reference": "ref.pt"},
+            {"se_online": True, "se_select": "sample", "se_metric": "excess", "se_reference": "r"},
+            {"se_metric": "excess"},  # offline: the score file holds the excess scores
+        ),
+    ),
+    OptionRule(
+        "--se-reference only with --se-metric excess",
+        refused=(
+            (
+                {"se_online": True, "se_reference": "ref.pt"},
+                "--se-reference is the reference model of --se-metric excess, not of correctness",
+            ),
+            (
+                {"se_online": True, "se_metric": "confidence", "se_reference": "ref.pt"},
+                "--se-reference is the reference model of --se-metric excess, not of confidence",
+            ),
+            (
+                {"se_reference": "ref.pt"},
+                "--se-reference is the reference model of --se-metric excess, not of correctness",
+            ),
+            (
+                {"se_metric": "rarity", "se_reference": "ref.pt"},
+                "--se-reference is the reference model of --se-metric excess, not of rarity",
+            ),
+        ),
+    ),
+    OptionRule(
+        "--se-reference only online",
+        refused=(
+            (
+                {"se_metric": "excess", "se_reference": "ref.pt"},
+                "--se-reference scores each step's batch, with --se-online; offline, "
+                "--se-metric excess trains on a score file of excess scores (se-score --metric "
+                "excess --reference CKPT)",
+            ),
+        ),
+        accepted=({"se_online": True, "se_metric": "excess", "se_reference": "ref.pt"},),
+    ),
+    OptionRule(
+        "--se-select threshold with --se-metric excess needs --se-threshold",
+        refused=(
+            (
+                {
+                    "se_online": True,
+                    "se_select": "threshold",
+                    "se_metric": "excess",
+                    "se_reference": "ref.pt",
+                },
+                "--se-select threshold with --se-metric excess needs --se-threshold "
+                "(there is no default for that metric)",
+            ),
+        ),
+        accepted=(
+            {
+                "se_online": True,
+                "se_select": "threshold",
+                "se_metric": "excess",
+                "se_reference": "ref.pt",
+                "se_threshold": 0.0,
+            },
+        ),
+    ),
+    OptionRule(
         "--mask-prob in (0, 1)",
         refused=tuple(
             ({"mask_prob": p}, f"--mask-prob must lie in (0, 1), got {p}")
