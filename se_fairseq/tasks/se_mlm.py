@@ -24,6 +24,7 @@ from fairseq.data.shorten_dataset import maybe_shorten_dataset
 from fairseq.tasks import register_task
 from fairseq.tasks.masked_lm import MaskedLMTask
 
+from se_fairseq.core.compute import scoring_passes, step_passes
 from se_fairseq.core.constants import ONLINE_SEEDS, SCORES_COLUMN
 from se_fairseq.criterions.token_ls import TokenLabelSmoothingCriterion
 from se_fairseq.data import score_file
@@ -60,6 +61,9 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         self.rates = se_mlm_config.rate_schedules(cfg)
         self.leave_unmasked_prob, self.random_token_prob = resolved_replacement(cfg)
         super().__init__(cfg, dictionary)
+        # the compute of the scoring pass behind the train split's score file (token passes,
+        # core.compute); training's is summed in fairseq's metrics, which checkpoints keep
+        self.state.add_factory("scoring_passes", lambda: 0)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         dataset = self._load_split(split, epoch, combine)
@@ -130,6 +134,8 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         scores = score_file.ScoreFile(prefix, split_path)
         se_mlm_config.check_score_file(self.cfg, scores)
         self._report_unscored(scores)
+        if split == self.cfg.train_subset:
+            self.state.merge_state_dict({"scoring_passes": scoring_compute(scores)})
         tokens = self._load_tokens(split, split_path, combine)
         score_items = ScoreDataset(scores, tokens.sizes)
         # the same (seeded) crop of tokens and of their scores
@@ -309,7 +315,31 @@ class SelfEvolutionMLMTask(MaskedLMTask):
             ntokens = sample["ntokens"]
             masked = sample["target"].ne(self.dictionary.pad()).sum()
             metrics.log_scalar("masked_pct", 100.0 * masked / max(ntokens, 1), ntokens, round=1)
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        loss, sample_size, logging_output = super().train_step(
+            sample, model, criterion, optimizer, update_num, ignore_grad
+        )
+        logging_output["tok_passes"] = sample["ntokens"] * self.step_passes(criterion)
+        return loss, sample_size, logging_output
+
+    def step_passes(self, criterion):
+        """Token passes of a training step (core.compute): forward and backward, the
+        reference forward of online SE or of TLS, a reference model's forward."""
+        needs_reference = getattr(criterion, "needs_reference_probs", lambda: False)()
+        return step_passes(
+            reference_forward=self.cfg.se_online or needs_reference,
+            reference_model=self.cfg.se_reference is not None,
+        )
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        """The criterion's metrics, and the compute: ``tok_passes`` (token passes of the
+        interval or epoch) and ``tok_passes_total`` (the run's, the score file's scoring
+        pass included; kept in checkpoints)."""
+        super().reduce_metrics(logging_outputs, criterion)
+        passes = int(sum(log.get("tok_passes", 0) for log in logging_outputs))
+        if passes:
+            metrics.log_scalar_sum("tok_passes", passes, round=0)
+            total = self.state.scoring_passes + _run_sum("tok_passes_run", passes)
+            metrics.log_scalar("tok_passes_total", total, weight=0, round=0)
 
     def rates_at(self, update_num):
         """The scheduled rates of update ``update_num`` (None without a schedule), logged."""
@@ -378,3 +408,26 @@ class SelfEvolutionMLMTask(MaskedLMTask):
         masked["net_input"] = dict(sample["net_input"], src_tokens=source)
         masked["target"] = target
         return masked
+
+
+def scoring_compute(scores):
+    """Token passes of the scoring behind a score file: its scored tokens times the forwards
+    each took (one, two for excess loss; rarity: none, it is a count)."""
+    if scores.metric == "rarity":
+        return 0
+    tokens = int((scores.meta.get("summary") or {}).get("tokens", 0))
+    return tokens * scoring_passes(reference_model=scores.metric == "excess")
+
+
+def _run_sum(key, value):
+    """Add ``value`` to the run's sum under ``key`` in fairseq's root meters, which
+    checkpoints keep and a resume restores (--reset-meters starts it again); returns the
+    sum. Read and written where fairseq saves them (``get_meters("default")``): after a
+    resume, the root aggregator fairseq logs into is not the one it restored and saves."""
+    from fairseq.logging.meters import SumMeter
+
+    run = metrics.get_meters("default")
+    if key not in run:
+        run.add_meter(key, SumMeter(round=0), priority=10)
+    run[key].update(value)
+    return int(run[key].sum)
