@@ -18,8 +18,15 @@ class MissingExtraError(ImportError):
     which, and how to install it)."""
 
 
+def installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # an import hook that refuses it: as if it were not installed
+        return False
+
+
 def fairseq_available() -> bool:
-    return importlib.util.find_spec("fairseq") is not None
+    return installed("fairseq")
 
 
 def require_fairseq(what: str) -> None:
@@ -38,7 +45,7 @@ def require_transformers(what: str) -> None:
     missing = [
         name
         for name in ("transformers", "safetensors", "accelerate", "datasets")
-        if importlib.util.find_spec(name) is None
+        if not installed(name)
     ]
     if missing:
         raise MissingExtraError(

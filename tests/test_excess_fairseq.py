@@ -7,13 +7,16 @@ the per-row top-k of CE_live - CE_ref, each from the model's own eval-mode forwa
 score file records both checkpoints. The refusals name the option or the files.
 """
 
+import pytest
+
+pytest.importorskip("fairseq", reason="the fairseq side: pip install 'se-fairseq[fairseq]'")
+
 import hashlib
 import json
 import os
 import shutil
 
 import numpy as np
-import pytest
 import torch
 from support.fairseq_data import (
     NO_DROPOUT,

@@ -410,6 +410,7 @@ def fairseq_bert(tmp_path):
     return hf_dir, tokenizer, checkpoint
 
 
+@pytest.mark.fairseq
 def test_a_fairseq_bert_checkpoint_gets_berts_pair_format_and_token_types(tmp_path):
     """[CLS] A [SEP] B [SEP], B as type 1, as BertTokenizerFast encodes the pair from the
     same vocabulary (before: RoBERTa's <s> A </s></s> B </s>, type 0 everywhere, and raw
@@ -437,6 +438,7 @@ def test_a_fairseq_bert_checkpoint_gets_berts_pair_format_and_token_types(tmp_pa
         assert shown["token_types"] == [0] * (len(pieces_a) + 2) + [1] * (len(pieces_b) + 1)
 
 
+@pytest.mark.fairseq
 def test_the_converted_bert_checkpoint_round_trips_exactly(tmp_path):
     import torch
 
@@ -462,6 +464,7 @@ def test_the_converted_bert_checkpoint_round_trips_exactly(tmp_path):
     assert torch.equal(first, logits)
 
 
+@pytest.mark.fairseq
 def test_a_bert_checkpoint_without_its_tokenizer_is_refused(tmp_path):
     """Continued pretraining saves elsewhere: the tokenizer/ folder is looked for beside
     the checkpoint, its dict.txt and the checkpoint it started from, never rebuilt."""
@@ -478,6 +481,7 @@ def test_a_bert_checkpoint_without_its_tokenizer_is_refused(tmp_path):
         planned({"bert": str(moved)}, [make_rte(tmp_path / "RTE")], tmp_path / "out")
 
 
+@pytest.mark.fairseq
 def test_the_dry_run_gives_a_fairseq_bert_checkpoint_berts_recipe(tmp_path):
     from se_fairseq.finetune.dryrun import dry_run
 

@@ -13,8 +13,8 @@ of the bit-identity check is marked ``cuda`` (benchmarks/gpu_check.sh runs it).
 import numpy as np
 import pytest
 import torch
-from fairseq.data import Dictionary
 from support.devices import device_params
+from support.vocab import CountedVocabulary
 
 from se_fairseq.core import masking as se_masking
 from se_fairseq.core.masking import (
@@ -30,7 +30,7 @@ DEVICES = device_params()
 
 
 def dictionary(words=60):
-    d = Dictionary()
+    d = CountedVocabulary()
     for i in range(words):
         d.add_symbol(f"w{i}", n=1000 // (i + 1))  # Zipf-like counts for freq-weighted draws
     return d, d.add_symbol("<mask>")

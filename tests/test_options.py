@@ -6,11 +6,14 @@ builds with an independent computation from the option's documented meaning
 accepted neighbours are the one table tests/support/option_rules.OPTION_RULES.
 """
 
+import pytest
+
+pytest.importorskip("fairseq", reason="the fairseq side: pip install 'se-fairseq[fairseq]'")
+
 import math
 import os
 
 import numpy as np
-import pytest
 import torch
 from support.fairseq_data import (
     TINY_ROBERTA,

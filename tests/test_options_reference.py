@@ -1,5 +1,9 @@
 """docs/options.md is generated from the code's help and must be current."""
 
+import pytest
+
+pytest.importorskip("fairseq", reason="the fairseq side: pip install 'se-fairseq[fairseq]'")
+
 import importlib.util
 import os
 

@@ -6,12 +6,15 @@ longer than the model stopped fairseq-train at its first validation, and thresho
 mode said neither its threshold nor how much it masked.
 """
 
+import pytest
+
+pytest.importorskip("fairseq", reason="the fairseq side: pip install 'se-fairseq[fairseq]'")
+
 import logging
 import os
 import shutil
 
 import numpy as np
-import pytest
 from support.fairseq_data import setup_task, split_tokens, write_scores
 
 from se_fairseq.data import score_file

@@ -8,10 +8,13 @@ explicitly over the whole vocabulary at every position and sums the
 cross-entropy over the selected positions.
 """
 
+import pytest
+
+pytest.importorskip("fairseq", reason="the fairseq side: pip install 'se-fairseq[fairseq]'")
+
 import contextlib
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 from fairseq import tasks

@@ -185,6 +185,12 @@ def main(argv=None):
                 import torch.distributed as dist
 
                 dist.destroy_process_group()
+    from se_fairseq.extras import MissingExtraError, require_fairseq
+
+    try:
+        require_fairseq("se-score on a data-bin folder (the fairseq side; --hf MODEL is not)")
+    except MissingExtraError as err:
+        raise SystemExit(f"se-score: {err}") from None
     import fairseq  # noqa: F401  (registers the safe checkpoint loader)
 
     _check_reference(args)

@@ -132,11 +132,17 @@ def read_checkpoint(
 ) -> CheckpointInfo:
     """Inspect a fairseq checkpoint (loaded on the CPU with fairseq's own reader, which the
     plugin makes weights_only) and check its dictionary against its embedding table."""
-    from fairseq import checkpoint_utils
-    from fairseq.data import Dictionary
+    from se_fairseq.extras import MissingExtraError, require_fairseq
 
     if not os.path.exists(path):
         raise FinetuneError(f"checkpoint {path} not found")
+    try:
+        require_fairseq(f"checkpoint {path} (a fairseq checkpoint, not a folder with config.json)")
+    except MissingExtraError as err:
+        raise FinetuneError(str(err)) from None
+    from fairseq import checkpoint_utils
+    from fairseq.data import Dictionary
+
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
     except Exception as err:  # torch's and fairseq's readers raise many kinds on a bad file
