@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from support.fairseq_data import TINY_ROBERTA, fairseq_train
+from support.fairseq_data import TINY_ROBERTA, fairseq_train, save_checkpoint
 
 from se_fairseq import convert
 from se_fairseq.cli.convert import hide_broken_torchaudio, main
@@ -52,34 +52,13 @@ def write_dict(directory):
 def fairseq_roberta(directory, *extra):
     """A tiny fairseq RoBERTa built by fairseq's task/model API, saved as fairseq 0.12 saves it."""
     from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from omegaconf import OmegaConf
 
     write_dict(directory)
     argv = [directory, "--task", "masked_lm", "--criterion", "masked_lm", *TINY_ROBERTA, *extra]
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
     task = tasks.setup_task(args)
     model = perturb(task.build_model(args)).eval()
-    path = os.path.join(directory, "model.pt")
-    cfg = OmegaConf.to_container(
-        convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True
-    )
-    torch.save(
-        {
-            "cfg": cfg,
-            "model": model.state_dict(),
-            "extra_state": {"epoch": 1},
-            "optimizer_history": [
-                {
-                    "criterion_name": "MaskedLmLoss",
-                    "optimizer_name": "FairseqAdam",
-                    "lr_scheduler_state": {"best": None},
-                    "num_updates": 10,
-                }
-            ],
-        },
-        path,
-    )
+    path = save_checkpoint(os.path.join(directory, "model.pt"), args, model, num_updates=10)
     return model, args, path
 
 

@@ -5,8 +5,9 @@ each from its own eval-mode forward over the unmasked examples."""
 import numpy as np
 import pytest
 import torch
+from support import hf_models
 from support.hf_tokenizers import hf_examples, tiny_bert_tokenizer
-from transformers import BertConfig, BertForMaskedLM, TrainingArguments
+from transformers import TrainingArguments
 
 from se_fairseq.hf import (
     DataCollatorForSelfEvolution,
@@ -23,18 +24,7 @@ def tokenizer():
 
 
 def tiny_bert(tokenizer, seed, vocab=None):
-    torch.manual_seed(seed)
-    return BertForMaskedLM(
-        BertConfig(
-            vocab_size=vocab or len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    ).eval()
+    return hf_models.tiny_bert(tokenizer, seed=seed, vocab_size=vocab).eval()
 
 
 def correctness64(model, ids):

@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from support.hf_models import tiny_bert
 from support.hf_tokenizers import hf_examples, tiny_bert_tokenizer
 
 from se_fairseq.core.masking import SelfEvolutionMasker, row_seeds
@@ -58,7 +59,7 @@ def test_the_masker_compiles_as_one_graph_with_the_eager_masks(options):
 
 
 def _train(tmp_path, **training):
-    from transformers import BertConfig, BertForMaskedLM, TrainingArguments
+    from transformers import TrainingArguments
 
     from se_fairseq.hf import (
         DataCollatorForSelfEvolution,
@@ -67,18 +68,7 @@ def _train(tmp_path, **training):
     )
 
     tokenizer = tiny_bert_tokenizer()
-    torch.manual_seed(0)
-    model = BertForMaskedLM(
-        BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    model = tiny_bert(tokenizer)
     se_args = SelfEvolutionArguments(se_online=True)
     collator = DataCollatorForSelfEvolution(
         tokenizer, mlm_probability=0.3, seed=1, **se_args.collator_kwargs()

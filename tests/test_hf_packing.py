@@ -8,6 +8,7 @@ examples is in tests/test_hf_families.py.
 
 import pytest
 import torch
+from support.hf_models import tiny_bert
 from support.hf_tokenizers import hf_examples, tiny_bert_tokenizer
 
 from se_fairseq.core.packing import Packing
@@ -94,24 +95,11 @@ def test_flash_layout_gives_cu_seq_lens_and_no_mask(bert):
 
 
 def _trainer(tmp_path, tokenizer, se_args, packing):
-    from transformers import BertConfig, BertForMaskedLM, TrainingArguments
+    from transformers import TrainingArguments
 
     from se_fairseq.hf import SelfEvolutionTrainer
 
-    torch.manual_seed(0)
-    model = BertForMaskedLM(
-        BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-    )
+    model = tiny_bert(tokenizer, dropout=0.0)
     collator = DataCollatorForSelfEvolution(
         tokenizer, mlm_probability=0.3, seed=4, packing=packing, **se_args.collator_kwargs()
     )

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support import hf_models
 from support.hf_tokenizers import HF_WORDS, hf_examples, tiny_bert_tokenizer
-from transformers import BertConfig, BertForMaskedLM, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from se_fairseq.core.constants import REF_PROBS
 from se_fairseq.core.masking import row_seeds
@@ -34,20 +35,8 @@ def tokenizer():
     return tiny_bert_tokenizer()
 
 
-def tiny_bert(tokenizer, dropout=0.0, seed=0):
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return BertForMaskedLM(config)
+def tiny_bert(tokenizer, dropout=0.0):
+    return hf_models.tiny_bert(tokenizer, dropout=dropout)
 
 
 def training_args(path, **overrides):

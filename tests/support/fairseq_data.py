@@ -138,8 +138,6 @@ def save_untrained_checkpoint(data, path, model_args, seed=0, head_bias_std=0.0)
     head has one, and ``head_bias_std`` > 0 draws it from N(0, head_bias_std^2)."""
     import torch
     from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from omegaconf import OmegaConf
 
     args = options.parse_args_and_arch(
         options.get_training_parser(),
@@ -150,6 +148,16 @@ def save_untrained_checkpoint(data, path, model_args, seed=0, head_bias_std=0.0)
     if head_bias_std:
         with torch.no_grad():
             model.encoder.lm_head.bias.normal_(0.0, head_bias_std)
+    return save_checkpoint(path, args, model)
+
+
+def save_checkpoint(path, args, model, num_updates=0):
+    """Save ``model`` (built from the parsed fairseq-train ``args``) at ``path`` as fairseq
+    0.12 saves checkpoints: its cfg, weights and an optimizer history; returns ``path``."""
+    import torch
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from omegaconf import OmegaConf
+
     cfg = OmegaConf.to_container(
         convert_namespace_to_omegaconf(args), resolve=True, enum_to_str=True
     )
@@ -163,7 +171,7 @@ def save_untrained_checkpoint(data, path, model_args, seed=0, head_bias_std=0.0)
                     "criterion_name": "MaskedLmLoss",
                     "optimizer_name": "FairseqAdam",
                     "lr_scheduler_state": {"best": None},
-                    "num_updates": 0,
+                    "num_updates": num_updates,
                 }
             ],
         },
