@@ -21,9 +21,11 @@ if [ -z "$PY313" ]; then
 fi
 VENV=.venv-hf313
 EXTRAS=hf,finetune PYTHON=$PY313 VENV=$VENV SE_FAIRSEQ_CUDA=0 bash examples/setup.sh
-# pytest, at the [test] extra's pin
-pytest_pin=$("$VENV/bin/python" -c "import tomllib; print(next(r for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['test'] if r.startswith('pytest')))")
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "$pytest_pin"
+# the [test] extra's tools at their pins (pytest, sentencepiece, matplotlib, ...), without its
+# se-fairseq[all], which would ask for fairseq
+test_reqs=$("$VENV/bin/python" -c "import tomllib; print(' '.join(r for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['test'] if not r.startswith('se-fairseq')))")
+# shellcheck disable=SC2086
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check $test_reqs
 echo "[ci] $VENV: $("$VENV/bin/python" --version), $("$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null | grep -E '^(torch|transformers|se-fairseq) ' | tr -s ' ' | paste -sd ',' -)"
 if "$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null | grep -i fairseq | grep -v '^se-fairseq '; then
   echo "[ci] error: fairseq was installed in the transformers-only venv" >&2

@@ -5,6 +5,8 @@ import subprocess
 
 import pytest
 
+pytest.importorskip("fairseq", reason="the fairseq side: pip install 'se-fairseq[fairseq]'")
+
 
 @pytest.mark.slow
 @pytest.mark.subprocess

@@ -13,6 +13,9 @@ from support.fairseq_data import TINY_ROBERTA, fairseq_train, setup_task, split_
 
 from se_fairseq.cli.convert import hide_broken_torchaudio, main
 
+# se-convert has a fairseq checkpoint on one side: every test here needs fairseq
+pytestmark = pytest.mark.fairseq
+
 hide_broken_torchaudio()
 import transformers  # noqa: E402  (installed by examples/setup.sh: missing is a failure)
 from safetensors.torch import load_file  # noqa: E402

@@ -86,6 +86,7 @@ def test_fairseq_loader_upgrades_the_old_layout(old_layout):
     assert state["cfg"]["model"].encoder_layers == 2
 
 
+@pytest.mark.fairseq
 def test_unknown_global_is_refused_naming_it_and_the_file(tmp_path):
     path = str(tmp_path / "evil.pt")
     torch.save({"model": {}, "extra": fractions.Fraction(1, 3)}, path)
@@ -99,6 +100,7 @@ def test_unknown_global_is_refused_naming_it_and_the_file(tmp_path):
         checkpoint_utils.load_checkpoint_to_cpu(path)
 
 
+@pytest.mark.fairseq
 def test_weights_only_false_is_refused():
     from fairseq import checkpoint_utils
 

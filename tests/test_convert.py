@@ -13,6 +13,9 @@ from se_fairseq import convert
 from se_fairseq.cli.convert import hide_broken_torchaudio, main
 from se_fairseq.convert import roberta  # noqa: F401  (convert.roberta)
 
+# se-convert has a fairseq checkpoint on one side: every test here needs fairseq
+pytestmark = pytest.mark.fairseq
+
 hide_broken_torchaudio()  # a torchaudio built for another torch breaks `import transformers`
 # examples/setup.sh installs the [hf] extras: in the project's environment a missing
 # transformers is a failure, not a skip

@@ -796,6 +796,7 @@ def test_a_run_folder_with_other_settings_is_refused(tmp_path):
         prepare(run, run.fingerprint())
 
 
+@pytest.mark.fairseq
 def test_a_run_does_not_inherit_the_previous_runs_best_score(monkeypatch):
     """A worker trains several runs in one process; fairseq's save_checkpoint keeps the best
     validation score seen on the function itself, so a second run scoring below the first
@@ -917,6 +918,7 @@ def test_a_bad_encoder_json_is_a_one_line_error_naming_it(untrained_checkpoint, 
     assert "\n" not in message
 
 
+@pytest.mark.fairseq
 def test_a_bad_vocab_bpe_is_an_error_naming_its_line(tmp_path):
     from se_fairseq.finetune.encode import Tokenizer, tokenizer_spec
 
@@ -928,6 +930,7 @@ def test_a_bad_vocab_bpe_is_an_error_naming_its_line(tmp_path):
         Tokenizer(tokenizer_spec("gpt2", gpt2_encoder_json=str(encoder), gpt2_vocab_bpe=str(vocab)))
 
 
+@pytest.mark.fairseq
 @pytest.mark.parametrize("junk", ["empty", "bytes", "tensor", "no_model"])
 def test_a_junk_checkpoint_is_a_one_line_error_naming_it(tmp_path, junk):
     import torch

@@ -644,6 +644,7 @@ def fairseq_log_lines(caplog):
     return "\n".join(f"2026-12-03 10:00:00 | INFO | x | {r.getMessage()}" for r in caplog.records)
 
 
+@pytest.mark.fairseq
 def test_the_progress_parser_reads_fairseqs_own_log_lines(caplog):
     from se_fairseq.finetune.runner import parse_progress, progress_line
 

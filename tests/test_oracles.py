@@ -178,6 +178,7 @@ def small_corpus(tmp_path_factory):
     return str(data), train, valid
 
 
+@pytest.mark.fairseq
 @pytest.mark.parametrize("split", ["train", "valid"])
 def test_rarity_scores_are_minus_ln_p_for_every_token(small_corpus, split):
     """se-score --metric rarity against a count of the raw train text: a word's score is
@@ -305,6 +306,7 @@ def _word_numbers(tokens, eligible, begins_of):
     return out
 
 
+@pytest.mark.fairseq
 @pytest.mark.parametrize("mode", ["sample", "topk"])
 def test_whole_word_selection_is_word_level_selection(mode):
     """--mask-whole-words: each row's words (a word starts at a piece marked as a word
@@ -349,6 +351,7 @@ def test_whole_word_selection_is_word_level_selection(mode):
     assert expected.any() and not expected.all()
 
 
+@pytest.mark.fairseq
 @pytest.mark.parametrize("mode", ["sample", "topk"])
 @pytest.mark.parametrize("share", [0.5, 1.0])
 def test_random_share_is_score_picks_plus_uniform_picks(mode, share):
@@ -386,6 +389,7 @@ def test_random_share_is_score_picks_plus_uniform_picks(mode, share):
     assert (got.numpy().sum(axis=1) == budget).all() and num_random.sum() > 0
 
 
+@pytest.mark.fairseq
 def test_unscored_positions_are_never_selected_nor_counted():
     """mask(..., scored=S): positions without a score are not eligible; special tokens stay
     ineligible even where S is True. The selection is select_reference's over the rest."""
@@ -405,6 +409,7 @@ def test_unscored_positions_are_never_selected_nor_counted():
     np.testing.assert_array_equal(target.ne(d.pad()).numpy(), want)
 
 
+@pytest.mark.fairseq
 def test_whole_word_replacement_decides_once_per_word():
     """With --mask-whole-words a word's pieces share one keep/random/<mask> decision, as
     fairseq's masked_lm decides per word and repeats it over the pieces."""

@@ -39,6 +39,7 @@ def test_hook_adds_no_module_but_its_own_to_interpreter_start():
     assert with_hook - without == {"se_fairseq", "se_fairseq._autoload"}
 
 
+@pytest.mark.fairseq
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_importing_fairseq_registers_task_and_criterion():
@@ -51,6 +52,7 @@ def test_importing_fairseq_registers_task_and_criterion():
     assert python(code, SE_FAIRSEQ_NO_AUTOLOAD="1").endswith("False False")
 
 
+@pytest.mark.fairseq
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_looking_fairseq_up_before_importing_it_still_registers():
@@ -67,6 +69,7 @@ def test_looking_fairseq_up_before_importing_it_still_registers():
     assert python(code).endswith("True False")
 
 
+@pytest.mark.fairseq
 @pytest.mark.subprocess
 def test_training_parser_offers_the_options():
     code = (
@@ -129,6 +132,7 @@ def test_user_dir_pointing_at_the_package_works(scored_corpus, tmp_path):
     assert no_hook.returncode == 0, no_hook.stdout[-3000:]
 
 
+@pytest.mark.fairseq
 @pytest.mark.subprocess
 def test_a_failing_registration_warns_once_and_fairseq_still_imports():
     code = (
@@ -220,6 +224,7 @@ def test_a_refused_option_ends_fairseq_train_in_one_line(scored_corpus, tmp_path
     assert result.stdout.rstrip().splitlines()[-1] == f"fairseq-train: error: {message}"
 
 
+@pytest.mark.fairseq
 def test_registration_installs_the_one_line_excepthook(capsys):
     """plugin.register() (run when conftest imported fairseq) put the hook in front of
     sys.excepthook: refusals print one line, anything else reaches the hook before it."""
@@ -238,6 +243,7 @@ def test_registration_installs_the_one_line_excepthook(capsys):
     assert passed_on == [other] and capsys.readouterr().err == ""
 
 
+@pytest.mark.fairseq
 @pytest.mark.subprocess
 def test_the_excepthook_comes_with_registration_not_with_the_task_import():
     code = (

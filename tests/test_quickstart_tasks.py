@@ -83,7 +83,8 @@ SOURCE_FILES = {  # the source task's names, as the stdlib lays them out (read i
     "http": "http/",
     "inspect": "inspect.py",
     "mailbox": "mailbox.py",
-    "pathlib": "pathlib.py",
+    # a package from Python 3.13 on
+    "pathlib": "pathlib.py" if os.path.exists(os.path.join(STDLIB, "pathlib.py")) else "pathlib/",
     "pydoc": "pydoc.py",
     "subprocess": "subprocess.py",
     "tarfile": "tarfile.py",

@@ -256,6 +256,7 @@ def test_defaults_score_train_under_train_and_forward_alpha(corpus, tmp_path):
     assert u.cross_entropy([5]) == pytest.approx(-np.log(31 / 42) / np.log(2))
 
 
+@pytest.mark.fairseq
 @pytest.mark.parametrize("sequences", [[], [[]], [[7]], [[5, 6], [], [9, 2, 3]]])
 def test_load_tokens_reads_every_token_as_int64(tmp_path, sequences):
     """Small splits as fairseq writes them (uint16 ids): empty, one empty sequence, one

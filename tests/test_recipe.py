@@ -261,6 +261,7 @@ def corpus_step(workspace):
     return run_block(marked_blocks(RECIPE)["corpus"], str(workspace))
 
 
+@pytest.mark.fairseq
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_roberta_recipe_runs_as_written(workspace, corpus_step):
@@ -302,6 +303,7 @@ def test_roberta_recipe_runs_as_written(workspace, corpus_step):
     assert "done training" in out
 
 
+@pytest.mark.fairseq
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_readme_two_stages_run_as_written_and_a_relaunch_resumes(workspace, corpus_step, tmp_path):

@@ -178,6 +178,7 @@ def _random_split(prefix, sequences, seed):
     )
 
 
+@pytest.mark.fairseq
 def test_fingerprint_of_a_large_split_samples_its_bytes(tmp_path):
     """Above 64 chunks of 64 KiB the fingerprint hashes 64 evenly spaced chunks (and all
     sizes): a change inside a sampled chunk is caught, one between them is not."""
@@ -203,6 +204,7 @@ def test_fingerprint_of_a_large_split_samples_its_bytes(tmp_path):
     assert score_file.corpus_fingerprint(prefix) == base
 
 
+@pytest.mark.fairseq
 def test_fingerprint_of_a_missing_split(tmp_path):
     with pytest.raises(ScoreFileError, match="no binarized split"):
         score_file.corpus_fingerprint(str(tmp_path / "none"))
@@ -384,6 +386,7 @@ def test_fingerprint_needs_both_files_of_the_split(corpus, tmp_path, missing):
         score_file.corpus_fingerprint(split)
 
 
+@pytest.mark.fairseq
 def test_fingerprint_hash_is_the_documented_sample(tmp_path):
     """The fingerprint's definition, written out with hashlib: sha256 of the sizes (int64
     bytes), then the whole .bin when it is at most 64 chunks of 64 KiB, else the 64 chunks

@@ -264,6 +264,7 @@ def test_replace_own_files_keeps_the_others(tmp_path):
     assert not new.exists()
 
 
+@pytest.mark.fairseq
 def test_the_command_offers_the_break_modes_of_fairseqs_masked_lm():
     """se-score's parser spells the choices itself (it must import nothing of the fairseq
     side for --hf): they are masked_lm's, which the job takes."""

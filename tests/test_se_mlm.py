@@ -336,6 +336,7 @@ def sentencepiece_corpus(tmp_path_factory):
     return data, str(root / "spm.model")
 
 
+@pytest.mark.fairseq
 @pytest.mark.parametrize("mode", ["topk", "random"])
 def test_whole_word_masking_through_fairseq_argument_parsing(sentencepiece_corpus, mode):
     """--mask-whole-words as fairseq-train builds it (--bpe sentencepiece): every selected

@@ -81,6 +81,8 @@ def package_trees(packages):
     stdlib = sysconfig.get_paths()["stdlib"]
     for name, where in packages.items():
         path = os.path.join(stdlib, where)
+        if not os.path.exists(path) and where.endswith(".py"):
+            path = path[:-3]  # a module that became a package (pathlib on Python 3.13)
         if not os.path.exists(path):
             sys.exit(f"make_tasks.py: {path} (module {name}) is not in this Python's stdlib")
         files = [path] if path.endswith(".py") else []
