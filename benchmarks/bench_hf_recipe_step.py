@@ -10,7 +10,7 @@ steps then ``--steps`` timed ones; a step is what the Trainer does per batch: co
 (SE: the reference forward, scores, selection), forward, backward, AdamW.
 
     python benchmarks/bench_hf_recipe_step.py [--layers 2] [--batch-size 8] [--length 512]
-        [--steps 3] [--configs plain,plain-sparse,se-dense,se] [--device cuda --bf16
+        [--steps 3] [--configs plain,plain-sparse,se-dense,se,se-excess] [--device cuda --bf16
         --attn flash_attention_2]
 
 Configurations:
@@ -20,6 +20,9 @@ Configurations:
 - se-dense: online SE + TLS (alpha 0.1) with ``--no_se_sparse_head`` (full logits in both
   forwards: the path before the split head);
 - se: online SE + TLS with the split head (the default);
+- se-excess: online SE + TLS scoring by excess loss (``--se_metric excess``) against a
+  frozen reference model of the same shape (a second copy with other weights), which runs
+  its own forward beside the live model's reference forward;
 - padded, packed: the plain sparse step fed by ``DataCollatorForSelfEvolution(select=
   "random")``, padded per batch or packed into one row (a block-diagonal mask, or with
   ``--attn flash_attention_2`` flash attention's varlen ``cu_seq_lens``): tokens/s;
@@ -39,7 +42,7 @@ import sys
 import tempfile
 import time
 
-CONFIGS = ("plain", "plain-sparse", "se-dense", "se")
+CONFIGS = ("plain", "plain-sparse", "se-dense", "se", "se-excess")
 PACKED = ("padded", "packed", "se-packed")
 
 
@@ -132,14 +135,26 @@ def run_one(config, args):
         )  # fmt: skip
         trainer = Trainer(model=model, args=training, data_collator=collator)
     else:
-        se_args = SelfEvolutionArguments(se_online=True, se_sparse_head=config != "se-dense")
+        reference, reference_path = None, None
+        if config == "se-excess":  # saved and loaded back, as run_se_mlm.py loads it
+            torch.manual_seed(1)
+            reference_path = os.path.join(tmp, "reference")
+            ModernBertForMaskedLM(cfg).save_pretrained(reference_path)
+            reference = ModernBertForMaskedLM.from_pretrained(reference_path).to(device)
+        se_args = SelfEvolutionArguments(
+            se_online=True,
+            se_sparse_head=config != "se-dense",
+            se_metric="excess" if reference is not None else "correctness",
+            se_reference_model=reference_path,
+        )
         collator = DataCollatorForSelfEvolution(
             tokenizer, mlm_probability=0.3, seed=1, packing=packing, packed_attention=attention,
             **se_args.collator_kwargs(),
         )  # fmt: skip
         trainer = SelfEvolutionTrainer(
-            model=model, args=training, data_collator=collator, se_args=se_args
-        )
+            model=model, args=training, data_collator=collator, se_args=se_args,
+            reference_model=reference,
+        )  # fmt: skip
     trainer.create_optimizer_and_scheduler(num_training_steps=args.steps + args.warmup)
     model.train()
     seconds, tokens = [], []
@@ -207,7 +222,7 @@ def main():
         argv = [
             f"--{name.replace('_', '-')}={value}"
             for name, value in vars(args).items()
-            if name not in ("json", "one", "configs") and value not in (None, False)
+            if name not in ("json", "one", "configs") and value is not None and value is not False
         ]
         argv = [a.split("=")[0] if a.endswith("=True") else a for a in argv]
         out = subprocess.run(
