@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Does SE help? A vanilla model on real English text, then continued pretraining by SE and by
-# the controls a reviewer asks for first, with a report. CPU only, no model hub.
+# the controls a reviewer asks for first, each compared with random masking at the same updates
+# and at the same compute, with a report. CPU only, no model hub.
 #
-#   bash examples/quickstart.sh                       # the demo (about 17 min on 2 free CPU cores, plus set-up)
-#   QUICKSTART_SCALE=full bash examples/quickstart.sh # a 4x longer vanilla (about 45 min; estimated)
+#   bash examples/quickstart.sh                       # the demo (about 20 min on 2 free CPU cores, plus set-up)
+#   QUICKSTART_SCALE=full bash examples/quickstart.sh # a 4x longer vanilla (about 50 min; estimated)
 #   QUICKSTART_SCALE=ci bash examples/quickstart.sh   # every step, reduced, in a few minutes (CI)
 #   WORK=/path/to/run bash examples/quickstart.sh     # where everything goes (default: ./quickstart-run)
 #
 # Steps: 1 text, 2 SentencePiece + fairseq-preprocess, 3 vanilla masked_lm pretraining,
 # 4 se-score (vanilla's correctness; rarity, no model), 5 continued pretraining from the same
 # checkpoint: (a) random (b) SE + TLS (c) SE + MLM loss (d) rarity control (e) online SE
-# (f) threshold rule (g) SE with half the budget random, 6 evaluation, 7 downstream: the vanilla,
-# (a), (b), (d) and (e) fine-tuned with se-finetune on two labelled tasks, 3 seeds each, 8 report.
+# (f) threshold rule (g) SE with half the budget random (h) excess loss against the vanilla
+# (i) random share scheduled from 1 to 0; then random masking continued to each method's compute
+# (token passes, scoring included), 6 evaluation, 7 downstream: the vanilla, (a), (b), (d), (e)
+# and random masking at (b)'s and at (d)/(e)'s compute fine-tuned with se-finetune on two
+# labelled tasks, 3 seeds each, 8 report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -60,8 +64,8 @@ step() {  # step NAME: print a header and remember when it began
 done_step() {
   printf '%-60s %5ds\n' "$STEP_NAME" $(( SECONDS - STEP_START )) >>"$WORK/timings.txt"
 }
-run() {  # run CMD...: record the command, then run it
-  printf '%s\n' "$*" | sed "s|$WORK|\$WORK|g; s|$ROOT/||g" >>"$WORK/commands.txt"
+run() {  # run CMD...: record the command as shell text that reruns it ($WORK: the run folder)
+  python "$ROOT/examples/quickstart/record.py" "$WORK" "$ROOT" -- "$@" >>"$WORK/commands.txt"
   "$@"
 }
 train() {  # train OUT_DIR ARGS...: fairseq-train with the shared model and schedule options
@@ -100,12 +104,14 @@ for split in train test; do
 done
 done_step
 
-# Fixed for every continuation: same start, updates, seed, learning rate, replacement policy.
-CONTINUE=(--restore-file "$WORK/vanilla/checkpoint_last.pt" --reset-optimizer --reset-dataloader
-  --reset-meters --reset-lr-scheduler --lr 1e-4 --lr-scheduler fixed --max-update $CONTINUE_UPDATES
-  --validate-interval-updates $VALID_EVERY --leave-unmasked-prob 0 --random-token-prob 0
-  --validate-interval 1000 --task se_mlm)
+# Fixed for every continuation: same start, seed, learning rate, replacement policy; every method
+# runs CONTINUE_UPDATES updates.
+FROM_VANILLA=(--restore-file "$WORK/vanilla/checkpoint_last.pt" --reset-optimizer --reset-dataloader
+  --reset-meters --reset-lr-scheduler)
+SHARED=(--lr 1e-4 --lr-scheduler fixed --validate-interval-updates $VALID_EVERY
+  --leave-unmasked-prob 0 --random-token-prob 0 --validate-interval 1000 --task se_mlm)
 TLS="--criterion token_ls --tls-alpha 0.1"
+RANDOM_OPTS="--se-select random --criterion masked_lm"
 # name | label | task options (also what evaluate.py counts masks with) | criterion options
 METHODS=(
   "random|(a) random masking, MLM loss|--se-select random|--criterion masked_lm"
@@ -115,19 +121,43 @@ METHODS=(
   "online|(e) online SE: top-k + TLS|--se-online --se-select topk|$TLS"
   "threshold|(f) threshold rule of the reference code + TLS|--se-select threshold|$TLS"
   "mixed|(g) SE top-k, half the budget random + TLS|--se-select topk --se-random-share 0.5|$TLS"
+  "excess|(h) excess loss against the vanilla, online: top-k + TLS|--se-online --se-select topk --se-metric excess --se-reference $WORK/vanilla/checkpoint_last.pt|$TLS"
+  "schedule|(i) SE top-k, random share scheduled 1 to 0 + TLS|--se-select topk --se-random-share-schedule linear:1,0|$TLS"
 )
 EVAL_MODELS=(--model vanilla="$WORK/vanilla/checkpoint_last.pt")
 MASK_SHARES=()
+NAMES=()
 for method in "${METHODS[@]}"; do
   IFS='|' read -r name label task_opts crit_opts <<<"$method"
   step "5. continued pretraining $label"
   # shellcheck disable=SC2086
-  train "$WORK/$name" "${CONTINUE[@]}" $task_opts $crit_opts
+  train "$WORK/$name" "${FROM_VANILLA[@]}" "${SHARED[@]}" --max-update $CONTINUE_UPDATES $task_opts $crit_opts
   done_step
   EVAL_MODELS+=(--model "$name=$WORK/$name/checkpoint_last.pt")
-  if [ "$name" != online ]; then  # online SE has no fixed masks: it selects with the live model
-    MASK_SHARES+=(--mask-share "$name=--task se_mlm --leave-unmasked-prob 0 --random-token-prob 0 $task_opts")
-  fi
+  [ "$name" = random ] || NAMES+=("$name")
+  case "$name" in
+    online|excess|schedule) ;;  # masks chosen in the train step (live model, or a scheduled share)
+    *) MASK_SHARES+=(--mask-share "$name=--task se_mlm --leave-unmasked-prob 0 --random-token-prob 0 $task_opts") ;;
+  esac
+done
+
+# Random masking at each method's compute: the random run's compute per update divides each
+# method's total (fairseq-train's tok_passes_total, which counts the scoring pass of the score
+# file a method trains on); random masking is continued along one trajectory to each of those
+# update counts (fairseq-train resumed from the previous checkpoint: optimizer, data position
+# and meters restored), a checkpoint at each.
+step "5. random masking at each method's compute: the update counts"
+LEGS=$(run python examples/quickstart/equal_compute.py plan "$WORK" --random random "${NAMES[@]}")
+done_step
+PREVIOUS=$WORK/random
+for updates in $LEGS; do
+  step "5. random masking continued to $updates updates (equal compute)"
+  # shellcheck disable=SC2086
+  train "$WORK/random_u$updates" --restore-file "$PREVIOUS/checkpoint_last.pt" "${SHARED[@]}" \
+    --max-update $updates $RANDOM_OPTS
+  done_step
+  EVAL_MODELS+=(--model "random_u$updates=$WORK/random_u$updates/checkpoint_last.pt")
+  PREVIOUS=$WORK/random_u$updates
 done
 
 step "6. evaluation on the held-out test split"
@@ -142,13 +172,16 @@ done_step
 # a 125M-parameter model and 10 epochs) and 3 epochs: the fine-tuned vanilla then beats the
 # majority class by about 30 points on module and 15 on source (2 epochs of the earlier tasks,
 # and up to 10 epochs of a signature/docstring pair task, left them within 4 points of it).
-step "7. downstream: the vanilla, (a), (b), (d), (e) fine-tuned on two labelled tasks, seeds $FT_SEEDS"
+FT_NAMES=(vanilla random se rarity online)
+# shellcheck disable=SC2207
+FT_NAMES+=($(python examples/quickstart/equal_compute.py controls "$WORK" se rarity online))
+step "7. downstream: ${FT_NAMES[*]} fine-tuned on two labelled tasks, seeds $FT_SEEDS"
 run python examples/quickstart/make_tasks.py "$WORK/text" "$WORK/tasks" --train $FT_TRAIN --dev $FT_DEV
 FT_MODELS=()
-for name in vanilla random se rarity online; do
+for name in "${FT_NAMES[@]}"; do
   FT_MODELS+=(--checkpoint "$name=$WORK/$name/checkpoint_last.pt")
 done
-OMP_NUM_THREADS=1 run se-finetune "${FT_MODELS[@]}" --task "$WORK/tasks/module" --task "$WORK/tasks/source" \
+run env OMP_NUM_THREADS=1 se-finetune "${FT_MODELS[@]}" --task "$WORK/tasks/module" --task "$WORK/tasks/source" \
   --seeds $FT_SEEDS --baseline random --out "$WORK/downstream" --bpe sentencepiece \
   --sentencepiece-model "$WORK/spm/spm.model" --lr 1e-4 --batch-size 32 --epochs $FT_EPOCHS \
   --jobs 2 --devices cpu --keep-checkpoints none --fairseq-args "--num-workers 0"
