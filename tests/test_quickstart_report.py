@@ -310,6 +310,25 @@ def test_equal_compute_gives_each_method_random_masking_with_its_token_passes(tm
         ec.plan(str(work), "random", ["se"])
 
 
+def test_equal_compute_reads_totals_as_fairseq_prints_them(tmp_path):
+    """fairseq prints a logged number with "{:g}" (six significant digits): a million and
+    more comes as 1.1271e+06, which the plan reads as such and accepts to that precision."""
+    ec = load_script("equal_compute")
+    scores = str(tmp_path / "train.se_scores")
+    score_meta(scores, "correctness", 307_993)
+    per_update, training = 6_144, 819_108
+    fairseq_log(tmp_path / "random" / "train.log", [(100 * per_update, 100 * per_update, 100)])
+    printed = f"{training + 307_993:g}"
+    assert printed == "1.1271e+06"
+    path = tmp_path / "se" / "train.log"
+    fairseq_log(path, [(training, 0, 100)], score_file=scores)
+    path.write_text(
+        path.read_text().replace("tok_passes_total 0 |", f"tok_passes_total {printed} |")
+    )
+    se = ec.plan(str(tmp_path), "random", ["se"])["methods"]["se"]
+    assert se["total"] == 1_127_100 and se["random_updates"] == 183
+
+
 RUN_FUNCTION = re.compile(r"^run\(\) \{.*?^\}", re.S | re.M)
 
 

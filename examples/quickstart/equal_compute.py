@@ -13,7 +13,8 @@ WORK/NAME/train.log (fairseq-train's log):
   from PATH``): se-score's scored tokens x its forwards (1; 2 for excess loss; 0 for rarity,
   a count), read from the file's summary, charged in full to every run that trains on it;
 - *training*: the ``tok_passes`` of its epochs (forward, backward and the extra forwards of
-  each step). The plan stops if training + scoring is not the total.
+  each step). The plan stops if training + scoring is not the total (to the six significant
+  digits fairseq prints a number with).
 
 ``plan`` gives each method a random-masking control with the method's total compute: the
 random run's compute per update (its total over its updates) divides the method's total,
@@ -29,7 +30,9 @@ import json
 import os
 import re
 
-FLOAT = r"([-\d.]+)"
+# fairseq prints a logged number with "{:g}": six significant digits, 1.1271e+06 from a million
+FLOAT = r"([-+\d.]+(?:[eE][-+]?\d+)?)"
+PRINTED = 1e-5  # the relative precision of such a number
 
 
 def control_name(random_name, random_updates, updates):
@@ -59,7 +62,7 @@ def read_log(path):
         raise SystemExit(f"{path}: no tok_passes_total / num_updates (did fairseq-train finish?)")
     return {
         "updates": updates,
-        "total": int(total),
+        "total": round(total),
         "training": int(training),
         "score_file": score_file,
     }
@@ -80,7 +83,8 @@ def scoring_passes(prefix):
 def method_compute(work, name):
     run = read_log(os.path.join(work, name, "train.log"))
     run["scoring"] = scoring_passes(run["score_file"]) if run["score_file"] else 0
-    if run["training"] + run["scoring"] != run["total"]:
+    counted = run["training"] + run["scoring"]
+    if abs(counted - run["total"]) > PRINTED * run["total"] + 1:
         raise SystemExit(
             f"{name}: training {run['training']} + scoring {run['scoring']} token passes is not "
             f"the run's tok_passes_total {run['total']}"
