@@ -12,7 +12,11 @@ start=$SECONDS
 PY313=""
 for candidate in "$(command -v python3.13 || true)" \
     "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13; do
-  if [ -n "$candidate" ] && [ -x "$candidate" ]; then PY313=$candidate; break; fi
+  # a pyenv shim is on PATH even where 3.13 is not the selected version: it must run
+  if [ -n "$candidate" ] && [ -x "$candidate" ] \
+      && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null; then
+    PY313=$candidate; break
+  fi
 done
 if [ -z "$PY313" ]; then
   echo "[ci] error: no Python 3.13 (python3.13 on PATH or under pyenv's versions/):" \
