@@ -32,6 +32,7 @@ def last(pattern, path):
     return values[-1]
 
 
+@pytest.mark.fairseq  # fairseq-train, se-score and se-finetune on fairseq checkpoints
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_quickstart_pipeline_end_to_end(tmp_path):
