@@ -80,7 +80,7 @@ def test_downstream_verdicts_follow_scipys_paired_t_test():
     assert "detectable 0.0" not in rarity_line
     assert "yes, on module" in rarity_line  # +5 points on every seed
     _, diffs = report.downstream_tables(down)
-    row = next(line for line in diffs.splitlines() if "minus (d) rarity" in line)
+    row = next(line for line in diffs.splitlines() if "minus (c) rarity" in line)
     assert "+0.00 ± 0.00 (equal on every seed)" in row and "(0.00)" not in row
 
 
@@ -132,7 +132,7 @@ def synthetic_run(rng=None):
         }
     shares = {
         name: {"rate": 0.15, "frequent": 0.3, "middle": 0.3, "rare": 0.4}
-        for name in ("random", "se", "se_mlm", "rarity", "threshold", "mixed")
+        for name in ("random", "se", "rarity", "mixed")
     }
     data = {"results": results, "mask_shares": shares, "meta": {}}
     methods = {
@@ -185,7 +185,7 @@ def test_plot_is_two_by_two_and_nothing_hides_a_bar_or_a_label(tmp_path):
         pos = [ax.get_position() for ax in axes]
         assert pos[0].x0 == pos[2].x0 < pos[1].x0 == pos[3].x0
         assert pos[0].y0 == pos[1].y0 > pos[2].y0 == pos[3].y0
-        # no legend covers a bar of its panel (the masks panel's legend hid (g)'s bar)
+        # no legend covers a bar of its panel (the masks panel's legend once hid a bar)
         for ax in axes:
             legend = ax.get_legend()
             if legend is None:

@@ -25,13 +25,11 @@ BANDS = ("frequent", "middle", "rare")
 RUNS = [
     ("random", "(a) random masking, MLM loss"),
     ("se", "(b) SE: top-k + TLS"),
-    ("se_mlm", "(c) SE top-k, plain MLM loss"),
-    ("rarity", "(d) rarity control: rarest top-k + TLS"),
-    ("online", "(e) online SE: top-k + TLS"),
-    ("threshold", "(f) SE threshold rule (reference code) + TLS"),
-    ("mixed", "(g) SE top-k, 50 % of the budget random + TLS"),
-    ("excess", "(h) excess loss vs the vanilla, online + TLS"),
-    ("schedule", "(i) SE top-k, random share 1 -> 0 + TLS"),
+    ("rarity", "(c) rarity control: rarest top-k + TLS"),
+    ("online", "(d) online SE: top-k + TLS"),
+    ("mixed", "(e) SE top-k, 50 % of the budget random + TLS"),
+    ("excess", "(f) excess loss vs the vanilla, online + TLS"),
+    ("schedule", "(g) SE top-k, random share 1 -> 0 + TLS"),
 ]
 LABELS = {
     "unigram": "unigram (train frequencies)",
@@ -42,13 +40,11 @@ SHORT = {
     "vanilla": "vanilla",
     "random": "(a) random",
     "se": "(b) SE",
-    "se_mlm": "(c) SE, MLM loss",
-    "rarity": "(d) rarity",
-    "online": "(e) online SE",
-    "threshold": "(f) threshold",
-    "mixed": "(g) SE+50% random",
-    "excess": "(h) excess loss",
-    "schedule": "(i) share 1->0",
+    "rarity": "(c) rarity",
+    "online": "(d) online SE",
+    "mixed": "(e) SE+50% random",
+    "excess": "(f) excess loss",
+    "schedule": "(g) share 1->0",
 }
 CONTROL = re.compile(r"random_u(\d+)")
 
@@ -108,17 +104,6 @@ def compare(tokens, a, b, group, better="lower"):
     else:
         verdict = "lower" if d < 0 else "higher"
     return d, se, verdict
-
-
-def last_valid(log, key):
-    """The last value of `key` on fairseq-train's validation lines of a log, or None."""
-    value = None
-    if os.path.exists(log):
-        for line in open(log):
-            if "valid on 'valid' subset" in line:
-                m = re.search(rf"\| {key} ([-\d.]+)", line)
-                value = float(m.group(1)) if m else value
-    return value
 
 
 # -- compute -------------------------------------------------------------------------
@@ -262,7 +247,7 @@ def findings(data, tokens, names, work, comp=None):
             head = "SE did not beat the rarity control (no group with a clear difference)"
         overlap = meta["test_masks"]["overlap"]
         lines.append(
-            f"- **Is SE just rare-token masking?** {head}. (b) minus (d), same updates"
+            f"- **Is SE just rare-token masking?** {head}. (b) minus (c), same updates"
             + (f" ({both_spent(comp, 'rarity', 'se')})" if comp else "")
             + ": "
             + "; ".join(parts)
@@ -274,51 +259,32 @@ def findings(data, tokens, names, work, comp=None):
                 else "."
             )
         )
-    if "se" in results and "se_mlm" in results:
-        ref = last_valid(os.path.join(work, "se", "train.log"), "ref_accuracy")
-        lines.append(
-            "- **What TLS adds** ((b) minus (c), same masks and updates"
-            + (f"; {both_spent(comp, 'se_mlm', 'se')}" if comp else "")
-            + f"): {pair_text(tokens, 'se_mlm', 'se')}."
-            + (
-                f" Its reference distribution comes from the unmasked input, where the model sees the "
-                f"token: it ranked the true token first for {ref:.0f} % of (b)'s masked validation "
-                "tokens, so at alpha 0.1 the soft target is close to the one-hot one."
-                if ref is not None
-                else ""
-            )
-        )
     if "se" in results and "online" in results:
         lines.append(
-            "- **Online vs offline SE** ((e) minus (b), same updates"
+            "- **Online vs offline SE** ((d) minus (b), same updates"
             + (f"; {both_spent(comp, 'se', 'online')}" if comp else "")
             + f"): {pair_text(tokens, 'se', 'online')}."
         )
     if "excess" in results and "online" in results:
         lines.append(
-            "- **Excess loss vs SE's correctness, both online** ((h) minus (e), same updates"
+            "- **Excess loss vs SE's correctness, both online** ((f) minus (d), same updates"
             + (f"; {both_spent(comp, 'online', 'excess')}" if comp else "")
             + f"): {pair_text(tokens, 'online', 'excess', ('all', 'rare', 'hard'))}. The excess "
             "score is the live model's loss minus the vanilla's, so it ranks tokens by what "
             "continued training has made worse or better, not by how hard they are."
         )
-    if "threshold" in shares:
-        lines.append(
-            f"- **The reference code's threshold rule** masked {shares['threshold']['rate']:.0%} of the "
-            f"train tokens (top-k masks {shares.get('se', {}).get('rate', float('nan')):.0%})."
-        )
     if "mixed" in results and "se" in results:
         d, se, _ = compare(tokens, "se", "mixed", "frequent")
         lines.append(
-            "- **Half the budget to random positions** ((g) minus (b), same updates and compute): "
+            "- **Half the budget to random positions** ((e) minus (b), same updates and compute): "
             f"frequent tokens {d:+.3f} ± {se:.3f}, {pair_text(tokens, 'se', 'mixed')}."
         )
     if "schedule" in results and "se" in results:
         lines.append(
-            "- **The random share scheduled from 1 to 0** ((i) minus (b), same updates and "
+            "- **The random share scheduled from 1 to 0** ((g) minus (b), same updates and "
             f"compute): {pair_text(tokens, 'se', 'schedule', ('all', 'frequent', 'rare', 'hard'))}"
             + (
-                f"; (i) minus (g), the fixed half share: {pair_text(tokens, 'mixed', 'schedule')}"
+                f"; (g) minus (e), the fixed half share: {pair_text(tokens, 'mixed', 'schedule')}"
                 if "mixed" in results
                 else ""
             )
@@ -361,8 +327,8 @@ DOWNSTREAM = [
     ("vanilla", "vanilla (start point)"),
     ("random", "(a) random masking"),
     ("se", "(b) SE: top-k + TLS"),
-    ("rarity", "(d) rarity control"),
-    ("online", "(e) online SE"),
+    ("rarity", "(c) rarity control"),
+    ("online", "(d) online SE"),
 ]
 TASK_LABELS = {
     "module": "module: which of 10 packages?",
@@ -1028,9 +994,9 @@ whole token types per band):
 {band_rows}
 
 Masked train tokens of the first epoch by band, as `fairseq-train`'s task builds them. Online
-SE (e) and excess loss (h) choose with the live model in each step, and (i) masks in the step
+SE (d) and excess loss (f) choose with the live model in each step, and (g) masks in the step
 at a scheduled random share (all random at update 0, (b)'s choice at the end): they have no
-fixed masks (at update 0, (e)'s are (b)'s).
+fixed masks (at update 0, (d)'s are (b)'s).
 
 | method | masked % of train tokens | frequent % | middle % | rare % |
 | --- | --- | --- | --- | --- |
