@@ -45,6 +45,8 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
         timeout=1500,
     )
     assert result.returncode == 0, result.stdout[-4000:]
+    # importing fairseq once set the root logger to DEBUG: matplotlib's font scan got printed
+    assert "DEBUG:" not in result.stdout
     for step in (
         "1. real text",
         "2. SentencePiece",
@@ -190,3 +192,5 @@ def test_quickstart_pipeline_end_to_end(tmp_path):
         "Did SE beat random masking downstream, same compute?",
     ):
         assert text in report, text
+    assert "rarity control downstream" not in report  # the rarity control is not fine-tuned
+    assert "SE against the rarity control" not in report

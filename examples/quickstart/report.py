@@ -11,6 +11,7 @@ WORK_DIR/settings.txt. Every finding is computed from the numbers.
 
 import argparse
 import json
+import logging
 import math
 import os
 import re
@@ -781,6 +782,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work")
     args = parser.parse_args()
+    # importing fairseq configures the root logger at DEBUG unless it already has a handler,
+    # which printed matplotlib's font scan (about 230 lines) into the quickstart's output
+    logging.basicConfig(level=logging.WARNING)
     data = json.load(open(os.path.join(args.work, "results.json")))
     tokens = dict(np.load(os.path.join(args.work, "results.tokens.npz")))
     results, meta, shares = data["results"], data["meta"], data["mask_shares"]
@@ -902,6 +906,8 @@ compute is what their logs say.
         table_down, diff_down = downstream_tables(down, majority, comp)
         settings = next(iter(down["settings"].values()))
         fine_tuned = ", ".join(down_label(n) for n in down_names(down))
+        both = {"se", "rarity"} <= set(down["results"])
+        vs_rarity = ", and SE against the rarity control" if both else ""
         downstream_section = f"""
 ## Downstream: fine-tuned on two labelled tasks
 
@@ -918,10 +924,9 @@ checkpoint, as RoBERTa's GLUE recipe). Dev accuracy x 100, mean ± sd over seeds
 {table_down}
 
 Paired over seeds: each model against (a) random masking with the same updates, each method
-against random masking at its compute, and SE against the rarity control: mean ± standard error
+against random masking at its compute{vs_rarity}: mean ± standard error
 (**bold**: a paired t-test at 5 % finds a difference); in brackets the smallest difference this
-run could detect (80 % power; {NO_SPREAD_CELL}: every seed gave the same difference, so there is
-no spread to test):
+run could detect (80 % power; "{NO_SPREAD_CELL}": no test is possible):
 
 {diff_down}
 """
