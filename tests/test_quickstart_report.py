@@ -217,7 +217,7 @@ def test_the_start_point_target_is_the_quickstarts_own_goal():
     data, tokens, _, _ = synthetic_run()
     results = {k: data["results"][k] for k in ("unigram", "vanilla")}
     results["unigram"]["random"]["loss"] = results["vanilla"]["random"]["loss"] + 2.0
-    text = report.findings(dict(data, results=results), tokens, ["vanilla"], "/nonexistent")
+    text = report.findings(dict(data, results=results), tokens, ["vanilla"])
     assert "issue" not in text
     assert "the quickstart is designed to start at least 1.5 bits below it" in text
     assert ": met)" in text

@@ -186,7 +186,7 @@ def versus_random(tokens, runs, baseline_of, what):
     )
 
 
-def findings(data, tokens, names, work, comp=None):
+def findings(data, tokens, names, comp=None):
     meta, results, shares = data["meta"], data["results"], data["mask_shares"]
     lines = []
     gap = results["unigram"]["random"]["loss"] - results["vanilla"]["random"]["loss"]
@@ -972,7 +972,7 @@ split.{" Bottom right: downstream, each fine-tuned model (the vanilla and the co
 
 ## Findings
 
-{findings(data, tokens, names, args.work, comp)}
+{findings(data, tokens, names, comp)}
 {downstream_findings(down, majority, comp) if down else ""}
 
 Each continued model minus random masking, bits per token on the same test tokens (± one
