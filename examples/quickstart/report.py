@@ -406,6 +406,11 @@ def majority_shares(work, tasks):
     return out
 
 
+def se_vs_rarity(down):
+    """Whether SE and the rarity control were both fine-tuned, so that the report compares them."""
+    return {"se", "rarity"} <= set(down["results"])
+
+
 def down_comparisons(down, comp=None):
     """(a, b, what) for every downstream difference the report states: each fine-tuned model
     against (a) random masking with the same updates, each method against random masking at
@@ -419,7 +424,7 @@ def down_comparisons(down, comp=None):
         control = control_of(comp, n)
         if control and control != "random" and control in down["results"]:
             out.append((control, n, "same compute"))
-    if "rarity" in down["results"] and "se" in down["results"]:
+    if se_vs_rarity(down):
         out.append(("rarity", "se", "same updates"))
     return out
 
@@ -540,7 +545,7 @@ def downstream_findings(down, majority=None, comp=None):
             lines.append(
                 down_line(down, control, name, f"{question}, same compute?{cost}", tasks, n)
             )
-    if "rarity" in down["results"] and "se" in down["results"]:
+    if se_vs_rarity(down):
         lines.append(
             down_line(down, "rarity", "se", "Did SE beat the rarity control downstream?", tasks, n)
         )
@@ -906,8 +911,7 @@ compute is what their logs say.
         table_down, diff_down = downstream_tables(down, majority, comp)
         settings = next(iter(down["settings"].values()))
         fine_tuned = ", ".join(down_label(n) for n in down_names(down))
-        both = {"se", "rarity"} <= set(down["results"])
-        vs_rarity = ", and SE against the rarity control" if both else ""
+        vs_rarity = ", and SE against the rarity control" if se_vs_rarity(down) else ""
         downstream_section = f"""
 ## Downstream: fine-tuned on two labelled tasks
 
